@@ -1,0 +1,1077 @@
+//! The subnet allocator: the Raft state machine's data and the one function that applies a
+//! command to it.
+//!
+//! Everything here is deterministic. Time only enters through the `now` carried in a command
+//! (stamped by the leader when it proposes), so every member applying the same log reaches the
+//! same state. The central invariant, checked by [`Allocator::check_invariants`] and by the
+//! property tests, is that no two leases ever hold overlapping subnets.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, as read by the leader.
+pub type Millis = u64;
+
+/// How many recent request ids are remembered to answer a retried write without applying it
+/// twice. A retry normally arrives within seconds; this covers far more writes than that.
+pub const DEDUP_CAPACITY: usize = 16_384;
+
+/// flannel's default VXLAN port (Linux's default is 4789, but flannel clusters use 8472).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// flannel's lease lifetime: a node that vanishes keeps its subnet for a day.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Shorter leases would have agents renewing constantly and expiring on a slow disk.
+pub const MIN_LEASE_TTL_MS: u64 = 1_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    Vxlan {
+        vni: u32,
+        port: u16,
+        direct_routing: bool,
+    },
+    HostGw,
+    Bgp {
+        asn: u32,
+    },
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Vxlan { .. } => "vxlan",
+            Backend::HostGw => "host-gw",
+            Backend::Bgp { .. } => "bgp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Option<Ipv4Addr>,
+    pub subnet_max: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Config>,
+    pub backend: Backend,
+    pub lease_ttl_ms: u64,
+}
+
+impl NetworkConfig {
+    /// The embedded default: flannel's usual 10.244.0.0/16 in /24s over VXLAN VNI 1.
+    pub fn embedded_default() -> Self {
+        NetworkConfig {
+            network: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).expect("valid literal"),
+            subnet_len: 24,
+            subnet_min: None,
+            subnet_max: None,
+            ipv6: None,
+            backend: Backend::Vxlan {
+                vni: 1,
+                port: DEFAULT_VXLAN_PORT,
+                direct_routing: false,
+            },
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+        }
+    }
+
+    /// Checks the configuration on its own (not against live leases).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.pools().map(|_| ())
+    }
+
+    fn pools(&self) -> Result<(Pool, Option<Pool>), ConfigError> {
+        if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
+            return Err(ConfigError::LeaseTtl(self.lease_ttl_ms));
+        }
+        match self.backend {
+            Backend::Vxlan { vni, port, .. } => {
+                if vni == 0 || vni > 0x00ff_ffff {
+                    return Err(ConfigError::Vni(vni));
+                }
+                if port == 0 {
+                    return Err(ConfigError::Port);
+                }
+            }
+            Backend::Bgp { asn } if asn == 0 => return Err(ConfigError::Asn),
+            _ => {}
+        }
+        // Flannel keeps subnets to /30 or wider: a /31 or /32 leaves no address for pods.
+        let v4 = Pool::new(
+            u32::from(self.network.addr()) as u128,
+            self.network.prefix_len(),
+            32,
+            self.subnet_len,
+            30,
+            self.subnet_min.map(|a| u32::from(a) as u128),
+            self.subnet_max.map(|a| u32::from(a) as u128),
+        )
+        .map_err(|e| e.family("IPv4", &self.network.to_string()))?;
+        let v6 = match &self.ipv6 {
+            None => None,
+            Some(c) => Some(
+                Pool::new(
+                    u128::from(c.network.addr()),
+                    c.network.prefix_len(),
+                    128,
+                    c.subnet_len,
+                    126,
+                    None,
+                    None,
+                )
+                .map_err(|e| e.family("IPv6", &c.network.to_string()))?,
+            ),
+        };
+        Ok((v4, v6))
+    }
+
+    /// The IPv4 subnets this configuration hands out, first and last.
+    pub fn v4_range(&self) -> Option<(Ipv4Net, Ipv4Net)> {
+        let (p, _) = self.pools().ok()?;
+        Some((
+            v4net(p.subnet_at(p.min_idx), self.subnet_len),
+            v4net(p.subnet_at(p.max_idx), self.subnet_len),
+        ))
+    }
+}
+
+/// One address family's pool of equal-sized subnets, in index form so IPv4 and IPv6 share code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pool {
+    base: u128,
+    prefix: u8,
+    subnet_len: u8,
+    family_bits: u8,
+    min_idx: u128,
+    max_idx: u128,
+}
+
+#[derive(Debug)]
+enum PoolError {
+    NotNetworkAddress,
+    SubnetLen { prefix: u8, max: u8, got: u8 },
+    Bound(&'static str, &'static str),
+    MinAboveMax,
+}
+
+impl PoolError {
+    fn family(self, fam: &'static str, net: &str) -> ConfigError {
+        match self {
+            PoolError::NotNetworkAddress => ConfigError::NotNetworkAddress(net.to_string()),
+            PoolError::SubnetLen { prefix, max, got } => ConfigError::SubnetLen {
+                family: fam.to_string(),
+                prefix,
+                max,
+                got,
+            },
+            PoolError::Bound(which, why) => ConfigError::Bound {
+                which: which.to_string(),
+                why: why.to_string(),
+                network: net.to_string(),
+            },
+            PoolError::MinAboveMax => ConfigError::MinAboveMax,
+        }
+    }
+}
+
+impl Pool {
+    fn new(
+        base: u128,
+        prefix: u8,
+        family_bits: u8,
+        subnet_len: u8,
+        max_len: u8,
+        min: Option<u128>,
+        max: Option<u128>,
+    ) -> Result<Pool, PoolError> {
+        if subnet_len <= prefix || subnet_len > max_len {
+            return Err(PoolError::SubnetLen {
+                prefix,
+                max: max_len,
+                got: subnet_len,
+            });
+        }
+        let host_bits = family_bits - prefix;
+        let host_mask: u128 = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        if base & host_mask != 0 {
+            return Err(PoolError::NotNetworkAddress);
+        }
+        let mut pool = Pool {
+            base,
+            prefix,
+            subnet_len,
+            family_bits,
+            // flannel skips the first subnet: its network address would equal the cluster
+            // network's and confuse tools that treat it as the broadcast domain.
+            min_idx: 1,
+            max_idx: 0,
+        };
+        pool.max_idx = pool.last_idx();
+        if let Some(m) = min {
+            pool.min_idx = pool
+                .index_of(m)
+                .map_err(|why| PoolError::Bound("subnet_min", why))?;
+        }
+        if let Some(m) = max {
+            pool.max_idx = pool
+                .index_of(m)
+                .map_err(|why| PoolError::Bound("subnet_max", why))?;
+        }
+        if pool.min_idx > pool.max_idx {
+            return Err(PoolError::MinAboveMax);
+        }
+        Ok(pool)
+    }
+
+    // An IPv6 pool may hold 2^100 subnets; indexes are capped at 2^64, far beyond any cluster.
+    fn step_shift(&self) -> u32 {
+        (self.family_bits - self.subnet_len) as u32
+    }
+
+    fn subnet_at(&self, idx: u128) -> u128 {
+        self.base + (idx << self.step_shift())
+    }
+
+    /// The index of the subnet starting at `addr`, or why `addr` is not one.
+    fn index_of(&self, addr: u128) -> Result<u128, &'static str> {
+        if addr < self.base {
+            return Err("outside the network");
+        }
+        let off = addr - self.base;
+        let idx = off >> self.step_shift();
+        if idx << self.step_shift() != off {
+            return Err("not on a subnet boundary");
+        }
+        if idx > self.last_idx() {
+            return Err("outside the network");
+        }
+        Ok(idx)
+    }
+
+    fn last_idx(&self) -> u128 {
+        (1u128 << (self.subnet_len - self.prefix).min(64)) - 1
+    }
+
+    fn in_range(&self, idx: u128) -> bool {
+        idx >= self.min_idx && idx <= self.max_idx
+    }
+
+    fn total(&self) -> u128 {
+        self.max_idx - self.min_idx + 1
+    }
+
+    /// The lowest index in range not taken in either map (both keyed by subnet base address).
+    fn lowest_free<A, B>(
+        &self,
+        taken: &BTreeMap<u128, A>,
+        reserved: &BTreeMap<u128, B>,
+    ) -> Option<u128> {
+        let mut cand = self.min_idx;
+        let mut a = taken
+            .range(self.subnet_at(cand)..)
+            .map(|(k, _)| *k)
+            .peekable();
+        let mut b = reserved
+            .range(self.subnet_at(cand)..)
+            .map(|(k, _)| *k)
+            .peekable();
+        loop {
+            if cand > self.max_idx {
+                return None;
+            }
+            let addr = self.subnet_at(cand);
+            while a.peek().is_some_and(|k| *k < addr) {
+                a.next();
+            }
+            while b.peek().is_some_and(|k| *k < addr) {
+                b.next();
+            }
+            if a.peek() == Some(&addr) || b.peek() == Some(&addr) {
+                cand += 1;
+                continue;
+            }
+            return Some(cand);
+        }
+    }
+}
+
+fn v4net(base: u128, len: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::from(base as u32), len).expect("prefix length validated")
+}
+
+fn v6net(base: u128, len: u8) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::from(base), len).expect("prefix length validated")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantReason {
+    Reserved,
+    HeldBefore,
+    LowestFree,
+}
+
+impl fmt::Display for GrantReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GrantReason::Reserved => "reserved",
+            GrantReason::HeldBefore => "held before",
+            GrantReason::LowestFree => "lowest free",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub node: String,
+    pub subnet: Ipv4Net,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub backend_data: BTreeMap<String, String>,
+    pub expires_at: Millis,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub acquired_at: Millis,
+    pub reason: GrantReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireArgs {
+    pub node: String,
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    pub backend_data: BTreeMap<String, String>,
+    pub wanted_subnet: Option<Ipv4Net>,
+    pub wanted_ipv6_subnet: Option<Ipv6Net>,
+}
+
+/// A log entry's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `only_if_absent` lets every member of a new cluster propose its start-up flags safely:
+    /// the first one to commit wins and the rest change nothing.
+    SetConfig {
+        config: NetworkConfig,
+        only_if_absent: bool,
+    },
+    Acquire {
+        args: AcquireArgs,
+        now: Millis,
+    },
+    /// `create_revision` names the lease instance the node believes it holds (0: any).
+    Renew {
+        node: String,
+        create_revision: u64,
+        now: Millis,
+    },
+    Release {
+        node: String,
+    },
+    Expire {
+        now: Millis,
+    },
+    /// Proposed by a new leader before it expires anything: no holder loses its lease because
+    /// leadership moved while it could not renew.
+    Promote {
+        now: Millis,
+        extend_ms: u64,
+    },
+    Reserve {
+        node: String,
+        subnet: Ipv4Net,
+    },
+    Unreserve {
+        node: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client-chosen id; a retried write with the same id gets the first answer back.
+    pub request_id: Option<String>,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Lease(Lease),
+    Released(Lease),
+    Config(NetworkConfig),
+    Expired(Vec<String>),
+    Promoted(usize),
+    Reserved,
+    Unreserved,
+    /// Answer to log entries that carry no command (Raft's blank and membership entries).
+    Noop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub revision: u64,
+    pub result: Result<Outcome, AllocError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not a network address: its host bits are set")]
+    NotNetworkAddress(String),
+    #[error("{family} subnet length /{got} must be longer than the network's /{prefix} and at most /{max}")]
+    SubnetLen {
+        family: String,
+        prefix: u8,
+        max: u8,
+        got: u8,
+    },
+    #[error("{which} is {why} of {network}")]
+    Bound {
+        which: String,
+        why: String,
+        network: String,
+    },
+    #[error("subnet_min is above subnet_max")]
+    MinAboveMax,
+    #[error("lease TTL {0} ms is below the minimum of 1000 ms")]
+    LeaseTtl(u64),
+    #[error("VXLAN VNI {0} is out of range 1..=16777215")]
+    Vni(u32),
+    #[error("VXLAN port must not be 0")]
+    Port,
+    #[error("BGP AS number must not be 0")]
+    Asn,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AllocError {
+    #[error("no network configuration is set (use `twill config set`)")]
+    NoConfig,
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("configuration change rejected: {0}")]
+    WouldOrphan(String),
+    #[error("invalid node name {0:?}: 1 to 253 printable characters without spaces")]
+    NodeName(String),
+    #[error("invalid public IP {0}: unspecified, multicast and broadcast addresses cannot carry a tunnel")]
+    PublicIp(Ipv4Addr),
+    #[error("wanted subnet {subnet} is {why}")]
+    WantedSubnet { subnet: String, why: String },
+    #[error("no free subnet: {in_use} of {total} in use")]
+    Exhausted { in_use: u64, total: u64 },
+    #[error("no free IPv6 subnet in {0}")]
+    Exhausted6(String),
+    #[error("node {0} holds no lease")]
+    NoLease(String),
+    #[error(
+        "node {node} holds a different lease now (created at revision {current}, not {asked})"
+    )]
+    LeaseMismatch {
+        node: String,
+        current: u64,
+        asked: u64,
+    },
+    #[error("subnet {subnet} is {why}")]
+    ReserveSubnet { subnet: String, why: String },
+    #[error("subnet {subnet} is held by node {holder}")]
+    SubnetHeld { subnet: String, holder: String },
+    #[error("subnet {subnet} is reserved for node {holder}")]
+    SubnetReserved { subnet: String, holder: String },
+    #[error("node {0} has no reservation")]
+    NoReservation(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteReason {
+    Released,
+    Expired,
+}
+
+impl fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeleteReason::Released => "released",
+            DeleteReason::Expired => "expired",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    Put(Lease),
+    Delete { lease: Lease, reason: DeleteReason },
+    Config(NetworkConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevEvent {
+    pub revision: u64,
+    pub event: Event,
+}
+
+/// What a snapshot holds: the allocator's durable state without its derived indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AllocatorSnapshot {
+    pub config: Option<NetworkConfig>,
+    pub leases: Vec<Lease>,
+    pub reservations: Vec<(String, Ipv4Net)>,
+    pub revision: u64,
+    pub dedup: Vec<(String, Response)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Allocator {
+    config: Option<NetworkConfig>,
+    pools: Option<(Pool, Option<Pool>)>,
+    leases: BTreeMap<String, Lease>,
+    by_subnet: BTreeMap<u128, String>,
+    by_subnet6: BTreeMap<u128, String>,
+    reservations: BTreeMap<String, Ipv4Net>,
+    reserved_subnets: BTreeMap<u128, String>,
+    revision: u64,
+    dedup: HashMap<String, Response>,
+    dedup_order: VecDeque<String>,
+}
+
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 253 && n.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn usable_public_ip(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+}
+
+impl Allocator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn config(&self) -> Option<&NetworkConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    pub fn lease(&self, node: &str) -> Option<&Lease> {
+        self.leases.get(node)
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn reservations(&self) -> impl Iterator<Item = (&String, &Ipv4Net)> {
+        self.reservations.iter()
+    }
+
+    /// Applies one log entry. Returns the answer for the proposer and the lease events it made.
+    pub fn apply(&mut self, req: &Request) -> (Response, Vec<RevEvent>) {
+        if let Some(id) = &req.request_id {
+            if let Some(prev) = self.dedup.get(id) {
+                return (prev.clone(), Vec::new());
+            }
+        }
+        let mut events = Vec::new();
+        let result = self.apply_command(&req.command, &mut events);
+        let resp = Response {
+            revision: self.revision,
+            result,
+        };
+        if let Some(id) = &req.request_id {
+            self.remember(id.clone(), resp.clone());
+        }
+        (resp, events)
+    }
+
+    fn remember(&mut self, id: String, resp: Response) {
+        if self.dedup_order.len() >= DEDUP_CAPACITY {
+            if let Some(old) = self.dedup_order.pop_front() {
+                self.dedup.remove(&old);
+            }
+        }
+        self.dedup_order.push_back(id.clone());
+        self.dedup.insert(id, resp);
+    }
+
+    fn emit(&mut self, events: &mut Vec<RevEvent>, event: Event) -> u64 {
+        self.revision += 1;
+        events.push(RevEvent {
+            revision: self.revision,
+            event,
+        });
+        self.revision
+    }
+
+    fn apply_command(
+        &mut self,
+        cmd: &Command,
+        events: &mut Vec<RevEvent>,
+    ) -> Result<Outcome, AllocError> {
+        match cmd {
+            Command::SetConfig {
+                config,
+                only_if_absent,
+            } => self.set_config(config, *only_if_absent, events),
+            Command::Acquire { args, now } => self.acquire(args, *now, events),
+            Command::Renew {
+                node,
+                create_revision,
+                now,
+            } => self.renew(node, *create_revision, *now, events),
+            Command::Release { node } => {
+                let lease = self
+                    .leases
+                    .get(node)
+                    .cloned()
+                    .ok_or_else(|| AllocError::NoLease(node.clone()))?;
+                self.remove_lease(node, DeleteReason::Released, events);
+                Ok(Outcome::Released(lease))
+            }
+            Command::Expire { now } => {
+                let dead: Vec<String> = self
+                    .leases
+                    .values()
+                    .filter(|l| l.expires_at < *now)
+                    .map(|l| l.node.clone())
+                    .collect();
+                for n in &dead {
+                    self.remove_lease(n, DeleteReason::Expired, events);
+                }
+                Ok(Outcome::Expired(dead))
+            }
+            Command::Promote { now, extend_ms } => {
+                let nodes: Vec<String> = self.leases.keys().cloned().collect();
+                for n in &nodes {
+                    let Some(l) = self.leases.get(n) else {
+                        continue;
+                    };
+                    let mut l = l.clone();
+                    l.expires_at = l.expires_at.max(*now).saturating_add(*extend_ms);
+                    l.mod_revision = self.revision + 1;
+                    self.emit(events, Event::Put(l.clone()));
+                    self.leases.insert(n.clone(), l);
+                }
+                Ok(Outcome::Promoted(nodes.len()))
+            }
+            Command::Reserve { node, subnet } => self.reserve(node, *subnet),
+            Command::Unreserve { node } => {
+                let s = self
+                    .reservations
+                    .remove(node)
+                    .ok_or_else(|| AllocError::NoReservation(node.clone()))?;
+                self.reserved_subnets
+                    .remove(&(u32::from(s.network()) as u128));
+                Ok(Outcome::Unreserved)
+            }
+        }
+    }
+
+    fn set_config(
+        &mut self,
+        config: &NetworkConfig,
+        only_if_absent: bool,
+        events: &mut Vec<RevEvent>,
+    ) -> Result<Outcome, AllocError> {
+        if let (true, Some(cur)) = (only_if_absent, &self.config) {
+            return Ok(Outcome::Config(cur.clone()));
+        }
+        let (v4, v6) = config.pools()?;
+        // A change may not strand what is already handed out: every lease and reservation must
+        // still be a subnet of the new pools, at the same length.
+        for l in self.leases.values() {
+            check_fits(&v4, config, &l.subnet, &format!("lease of node {}", l.node))?;
+            if let Some(s6) = l.ipv6_subnet {
+                match &v6 {
+                    None => {
+                        return Err(AllocError::WouldOrphan(format!(
+                            "node {} holds IPv6 subnet {s6}, and the new configuration has no IPv6 network",
+                            l.node
+                        )))
+                    }
+                    Some(p6) => {
+                        let ok = s6.prefix_len() == p6.subnet_len
+                            && p6
+                                .index_of(u128::from(s6.network()))
+                                .is_ok_and(|i| p6.in_range(i));
+                        if !ok {
+                            return Err(AllocError::WouldOrphan(format!(
+                                "IPv6 subnet {s6} of node {} would fall outside the new IPv6 range",
+                                l.node
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        for (n, s) in &self.reservations {
+            check_fits(&v4, config, s, &format!("reservation of node {n}"))?;
+        }
+        if self.config.as_ref() == Some(config) {
+            return Ok(Outcome::Config(config.clone()));
+        }
+        self.config = Some(config.clone());
+        self.pools = Some((v4, v6));
+        self.emit(events, Event::Config(config.clone()));
+        Ok(Outcome::Config(config.clone()))
+    }
+
+    fn acquire(
+        &mut self,
+        a: &AcquireArgs,
+        now: Millis,
+        events: &mut Vec<RevEvent>,
+    ) -> Result<Outcome, AllocError> {
+        let (cfg, (v4, v6)) = match (&self.config, &self.pools) {
+            (Some(c), Some(p)) => (c.clone(), p.clone()),
+            _ => return Err(AllocError::NoConfig),
+        };
+        if !valid_node_name(&a.node) {
+            return Err(AllocError::NodeName(a.node.clone()));
+        }
+        if !usable_public_ip(a.public_ip) {
+            return Err(AllocError::PublicIp(a.public_ip));
+        }
+        let expires_at = now.saturating_add(cfg.lease_ttl_ms);
+
+        // Rule 1: a node that holds a lease gets it back, refreshed with what it says now.
+        if let Some(cur) = self.leases.get(&a.node).cloned() {
+            let mut l = cur;
+            l.public_ip = a.public_ip;
+            l.public_ipv6 = a.public_ipv6;
+            l.backend_data = a.backend_data.clone();
+            l.expires_at = expires_at;
+            // Dual stack switched on after the lease was made: give it its IPv6 half now.
+            if l.ipv6_subnet.is_none() {
+                if let Some(p6) = &v6 {
+                    l.ipv6_subnet = Some(self.pick_v6(p6, a.wanted_ipv6_subnet)?);
+                }
+            }
+            l.mod_revision = self.revision + 1;
+            self.emit(events, Event::Put(l.clone()));
+            self.index_insert(&l);
+            self.leases.insert(a.node.clone(), l.clone());
+            return Ok(Outcome::Lease(l));
+        }
+
+        // Validate the wanted subnet before anything else so bad input changes nothing.
+        let wanted_idx = match a.wanted_subnet {
+            None => None,
+            Some(w) => {
+                let bad = |why: &str| AllocError::WantedSubnet {
+                    subnet: w.to_string(),
+                    why: why.to_string(),
+                };
+                if w.prefix_len() != cfg.subnet_len {
+                    return Err(bad(&format!(
+                        "not a /{} (the configured subnet length)",
+                        cfg.subnet_len
+                    )));
+                }
+                let idx = v4
+                    .index_of(u32::from(w.addr()) as u128)
+                    .map_err(|why| bad(&format!("{why} of {}", cfg.network)))?;
+                if !v4.in_range(idx) {
+                    return Err(bad("outside the configured subnet range"));
+                }
+                Some(idx)
+            }
+        };
+
+        let reserved = self.reservations.get(&a.node).copied();
+        let (subnet, reason) = if let Some(r) = reserved {
+            let base = u32::from(r.network()) as u128;
+            if let Some(holder) = self.by_subnet.get(&base) {
+                return Err(AllocError::SubnetHeld {
+                    subnet: r.to_string(),
+                    holder: holder.clone(),
+                });
+            }
+            (r, GrantReason::Reserved)
+        } else if let Some(idx) = wanted_idx.filter(|i| {
+            let base = v4.subnet_at(*i);
+            !self.by_subnet.contains_key(&base) && !self.reserved_subnets.contains_key(&base)
+        }) {
+            (
+                v4net(v4.subnet_at(idx), cfg.subnet_len),
+                GrantReason::HeldBefore,
+            )
+        } else {
+            match v4.lowest_free(&self.by_subnet, &self.reserved_subnets) {
+                Some(idx) => (
+                    v4net(v4.subnet_at(idx), cfg.subnet_len),
+                    GrantReason::LowestFree,
+                ),
+                None => {
+                    let in_use = self
+                        .by_subnet
+                        .keys()
+                        .chain(self.reserved_subnets.keys())
+                        .filter(|b| v4.index_of(**b).is_ok_and(|i| v4.in_range(i)))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len() as u64;
+                    return Err(AllocError::Exhausted {
+                        in_use,
+                        total: v4.total().min(u64::MAX as u128) as u64,
+                    });
+                }
+            }
+        };
+        let ipv6_subnet = match &v6 {
+            Some(p6) => Some(self.pick_v6(p6, a.wanted_ipv6_subnet)?),
+            None => None,
+        };
+        let rev = self.revision + 1;
+        let lease = Lease {
+            node: a.node.clone(),
+            subnet,
+            ipv6_subnet,
+            public_ip: a.public_ip,
+            public_ipv6: a.public_ipv6,
+            backend_data: a.backend_data.clone(),
+            expires_at,
+            create_revision: rev,
+            mod_revision: rev,
+            acquired_at: now,
+            reason,
+        };
+        self.emit(events, Event::Put(lease.clone()));
+        self.index_insert(&lease);
+        self.leases.insert(a.node.clone(), lease.clone());
+        Ok(Outcome::Lease(lease))
+    }
+
+    fn pick_v6(&self, p6: &Pool, wanted: Option<Ipv6Net>) -> Result<Ipv6Net, AllocError> {
+        if let Some(w) = wanted {
+            let base = u128::from(w.network());
+            if w.prefix_len() == p6.subnet_len
+                && w.addr() == w.network()
+                && p6.index_of(base).is_ok_and(|i| p6.in_range(i))
+                && !self.by_subnet6.contains_key(&base)
+            {
+                return Ok(w);
+            }
+        }
+        let none: BTreeMap<u128, ()> = BTreeMap::new();
+        p6.lowest_free(&self.by_subnet6, &none)
+            .map(|i| v6net(p6.subnet_at(i), p6.subnet_len))
+            .ok_or_else(|| AllocError::Exhausted6(format!("/{}", p6.subnet_len)))
+    }
+
+    fn renew(
+        &mut self,
+        node: &str,
+        create_revision: u64,
+        now: Millis,
+        events: &mut Vec<RevEvent>,
+    ) -> Result<Outcome, AllocError> {
+        let ttl = self
+            .config
+            .as_ref()
+            .ok_or(AllocError::NoConfig)?
+            .lease_ttl_ms;
+        let mut l = self
+            .leases
+            .get(node)
+            .cloned()
+            .ok_or_else(|| AllocError::NoLease(node.to_string()))?;
+        if create_revision != 0 && create_revision != l.create_revision {
+            return Err(AllocError::LeaseMismatch {
+                node: node.to_string(),
+                current: l.create_revision,
+                asked: create_revision,
+            });
+        }
+        // Never shorten: a renew stamped by a leader whose clock lags must not pull a deadline in.
+        l.expires_at = l.expires_at.max(now.saturating_add(ttl));
+        l.mod_revision = self.revision + 1;
+        self.emit(events, Event::Put(l.clone()));
+        self.leases.insert(node.to_string(), l.clone());
+        Ok(Outcome::Lease(l))
+    }
+
+    fn reserve(&mut self, node: &str, subnet: Ipv4Net) -> Result<Outcome, AllocError> {
+        let (cfg, (v4, _)) = match (&self.config, &self.pools) {
+            (Some(c), Some(p)) => (c, p),
+            _ => return Err(AllocError::NoConfig),
+        };
+        if !valid_node_name(node) {
+            return Err(AllocError::NodeName(node.to_string()));
+        }
+        let bad = |why: String| AllocError::ReserveSubnet {
+            subnet: subnet.to_string(),
+            why,
+        };
+        if subnet.prefix_len() != cfg.subnet_len {
+            return Err(bad(format!("not a /{}", cfg.subnet_len)));
+        }
+        let base = u32::from(subnet.addr()) as u128;
+        let idx = v4
+            .index_of(base)
+            .map_err(|why| bad(format!("{why} of {}", cfg.network)))?;
+        if !v4.in_range(idx) {
+            return Err(bad("outside the configured subnet range".into()));
+        }
+        if let Some(holder) = self.by_subnet.get(&base).filter(|h| *h != node) {
+            return Err(AllocError::SubnetHeld {
+                subnet: subnet.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        if let Some(holder) = self.reserved_subnets.get(&base).filter(|h| *h != node) {
+            return Err(AllocError::SubnetReserved {
+                subnet: subnet.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        if let Some(old) = self.reservations.insert(node.to_string(), subnet) {
+            self.reserved_subnets
+                .remove(&(u32::from(old.network()) as u128));
+        }
+        self.reserved_subnets.insert(base, node.to_string());
+        Ok(Outcome::Reserved)
+    }
+
+    fn index_insert(&mut self, l: &Lease) {
+        self.by_subnet
+            .insert(u32::from(l.subnet.network()) as u128, l.node.clone());
+        if let Some(s6) = l.ipv6_subnet {
+            self.by_subnet6
+                .insert(u128::from(s6.network()), l.node.clone());
+        }
+    }
+
+    fn remove_lease(&mut self, node: &str, reason: DeleteReason, events: &mut Vec<RevEvent>) {
+        if let Some(l) = self.leases.remove(node) {
+            self.by_subnet
+                .remove(&(u32::from(l.subnet.network()) as u128));
+            if let Some(s6) = l.ipv6_subnet {
+                self.by_subnet6.remove(&u128::from(s6.network()));
+            }
+            self.emit(events, Event::Delete { lease: l, reason });
+        }
+    }
+
+    pub fn snapshot(&self) -> AllocatorSnapshot {
+        AllocatorSnapshot {
+            config: self.config.clone(),
+            leases: self.leases.values().cloned().collect(),
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(n, s)| (n.clone(), *s))
+                .collect(),
+            revision: self.revision,
+            dedup: self
+                .dedup_order
+                .iter()
+                .filter_map(|id| self.dedup.get(id).map(|r| (id.clone(), r.clone())))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds an allocator from a snapshot, re-deriving its indexes.
+    pub fn restore(s: AllocatorSnapshot) -> Result<Self, ConfigError> {
+        let mut a = Allocator {
+            pools: match &s.config {
+                Some(c) => Some(c.pools()?),
+                None => None,
+            },
+            config: s.config,
+            revision: s.revision,
+            ..Default::default()
+        };
+        for l in s.leases {
+            a.index_insert(&l);
+            a.leases.insert(l.node.clone(), l);
+        }
+        for (n, sub) in s.reservations {
+            a.reserved_subnets
+                .insert(u32::from(sub.network()) as u128, n.clone());
+            a.reservations.insert(n, sub);
+        }
+        for (id, r) in s.dedup {
+            a.remember(id, r);
+        }
+        Ok(a)
+    }
+
+    /// The safety invariant and index consistency; tests call this after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut v4: Vec<&Lease> = self.leases.values().collect();
+        v4.sort_by_key(|l| u32::from(l.subnet.network()));
+        for w in v4.windows(2) {
+            if w[0].subnet.contains(&w[1].subnet.network())
+                || w[1].subnet.contains(&w[0].subnet.network())
+            {
+                return Err(format!(
+                    "overlap: {} holds {} and {} holds {}",
+                    w[0].node, w[0].subnet, w[1].node, w[1].subnet
+                ));
+            }
+        }
+        let mut v6: Vec<(Ipv6Net, &str)> = self
+            .leases
+            .values()
+            .filter_map(|l| l.ipv6_subnet.map(|s| (s, l.node.as_str())))
+            .collect();
+        v6.sort_by_key(|(s, _)| u128::from(s.network()));
+        for w in v6.windows(2) {
+            if w[0].0.contains(&w[1].0.network()) {
+                return Err(format!("IPv6 overlap: {} and {}", w[0].1, w[1].1));
+            }
+        }
+        if self.by_subnet.len() != self.leases.len() {
+            return Err("subnet index out of step with the lease table".into());
+        }
+        for (n, s) in &self.reservations {
+            let base = u32::from(s.network()) as u128;
+            if let Some(h) = self.by_subnet.get(&base) {
+                if h != n {
+                    return Err(format!("reserved subnet {s} of {n} is held by {h}"));
+                }
+            }
+        }
+        for l in self.leases.values() {
+            if l.mod_revision > self.revision || l.create_revision > l.mod_revision {
+                return Err(format!("lease of {} has revisions from the future", l.node));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_fits(v4: &Pool, cfg: &NetworkConfig, s: &Ipv4Net, what: &str) -> Result<(), AllocError> {
+    if s.prefix_len() != cfg.subnet_len {
+        return Err(AllocError::WouldOrphan(format!(
+            "{what} is {s}, a /{}; the subnet length cannot change while it exists",
+            s.prefix_len()
+        )));
+    }
+    let ok = v4
+        .index_of(u32::from(s.network()) as u128)
+        .is_ok_and(|i| v4.in_range(i));
+    if !ok {
+        return Err(AllocError::WouldOrphan(format!(
+            "{what} is {s}, which falls outside {} (range {:?}..{:?})",
+            cfg.network, cfg.subnet_min, cfg.subnet_max
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! twill's controller: a Raft-replicated subnet allocator that replaces etcd for pod networking.
+//!
+//! The pieces, each in its own module:
+//! - [`allocator`]: the deterministic state machine (leases, reservations, configuration);
+//! - [`log_store`]: the Raft log and vote, persisted in redb;
+//! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
+//! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
+//! - [`network`]: the Raft transport over gRPC, client and server halves;
+//! - [`convert`]: the public API's messages to and from the allocator's types;
+//! - [`service`]: the public `twill.v1.Controller` gRPC service;
+//! - [`leader`]: what only the leader does (promotion grace, lease expiry);
+//! - [`node`]: wires all of the above into one running member;
+//! - [`client`]: the one client library the CLI, the agent and the tests use.
+
+pub mod allocator;
+pub mod client;
+pub mod convert;
+pub mod leader;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state_machine;
+pub mod watch;
+
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// Raft types for the allocator: log entries carry allocator requests.
+    pub TypeConfig:
+        D = allocator::Request,
+        R = allocator::Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+
+/// Wall-clock milliseconds since the Unix epoch; only the leader reads it, to stamp commands.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

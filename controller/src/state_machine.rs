@@ -1,0 +1,344 @@
+//! The allocator as openraft's state machine.
+//!
+//! The allocator lives in memory; what makes it durable is the Raft log plus the latest
+//! snapshot, written to `snapshot.bin` atomically (temporary file, fsync, rename) with a CRC.
+//! On start the snapshot is loaded and openraft replays the committed log after it.
+
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::allocator::{Allocator, AllocatorSnapshot, Outcome, Response};
+use crate::watch::History;
+use crate::{NodeId, TypeConfig};
+
+const MAGIC: &[u8; 8] = b"TWILSNP1";
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("cannot read snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} is corrupt: {what} (refusing to start without it)")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// What a snapshot's bytes decode to.
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    alloc: AllocatorSnapshot,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The applied state, shared with the gRPC service for reads and watches.
+pub struct SmData {
+    pub alloc: Allocator,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub history: History,
+}
+
+pub struct Shared {
+    data: RwLock<SmData>,
+    /// The applied revision; watchers wait on it.
+    revision: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        // A panic while holding the lock would already have taken the member down.
+        self.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmData> {
+        self.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    built: u64,
+}
+
+fn sm_err(
+    verb: ErrorVerb,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, &e).into()
+}
+
+fn snap_err(
+    verb: ErrorVerb,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, &e).into()
+}
+
+impl StateMachine {
+    /// Loads the snapshot in `dir`, if there is one; `history` is how many events to retain.
+    pub fn open(dir: &Path, history: usize) -> Result<Self, SnapshotFileError> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let mut data = SmData {
+            alloc: Allocator::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            history: History::new(history, 0),
+        };
+        if let Some(stored) = read_snapshot_file(&path)? {
+            let payload: Payload =
+                bincode::deserialize(&stored.data).map_err(|e| SnapshotFileError::Corrupt {
+                    path: path.clone(),
+                    what: e.to_string(),
+                })?;
+            data.alloc =
+                Allocator::restore(payload.alloc).map_err(|e| SnapshotFileError::Corrupt {
+                    path: path.clone(),
+                    what: e.to_string(),
+                })?;
+            data.last_applied = stored.meta.last_log_id;
+            data.membership = stored.meta.last_membership.clone();
+            data.history.reset(data.alloc.revision());
+        }
+        let rev = data.alloc.revision();
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                data: RwLock::new(data),
+                revision: watch::channel(rev).0,
+            }),
+            dir: dir.to_path_buf(),
+            built: 0,
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SnapshotFileError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
+    };
+    let corrupt = |what: &str| SnapshotFileError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    };
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err(corrupt("bad header"));
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| corrupt("bad header"))?);
+    let len = u64::from_le_bytes(
+        bytes[12..20]
+            .try_into()
+            .map_err(|_| corrupt("bad header"))?,
+    );
+    let body = &bytes[20..];
+    if body.len() as u64 != len {
+        return Err(corrupt(&format!(
+            "truncated: {} of {len} bytes",
+            body.len()
+        )));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    bincode::deserialize(body)
+        .map(Some)
+        .map_err(|e| corrupt(&e.to_string()))
+}
+
+fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<()> {
+    let body = bincode::serialize(stored).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
+        f.write_all(&(body.len() as u64).to_le_bytes())?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    // The rename itself must reach the disk before the log behind it is purged.
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    seq: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (meta, data) = {
+            let d = self.shared.read();
+            let data = bincode::serialize(&Payload {
+                alloc: d.alloc.snapshot(),
+            })
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let id = match d.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
+                None => format!("0-0-{}", self.seq),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let dir = self.dir.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored).map(|_| stored))
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "snapshot written");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
+        let d = self.shared.read();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let rev = {
+            let mut d = self.shared.write();
+            for e in entries {
+                d.last_applied = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Blank => out.push(Response {
+                        revision: d.alloc.revision(),
+                        result: Ok(Outcome::Noop),
+                    }),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(e.log_id), m);
+                        out.push(Response {
+                            revision: d.alloc.revision(),
+                            result: Ok(Outcome::Noop),
+                        });
+                    }
+                    EntryPayload::Normal(req) => {
+                        let (resp, events) = d.alloc.apply(&req);
+                        for ev in events {
+                            d.history.push(ev);
+                        }
+                        out.push(resp);
+                    }
+                }
+            }
+            d.alloc.revision()
+        };
+        self.shared.revision.send_replace(rev);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.built += 1;
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            dir: self.dir.clone(),
+            seq: self.built,
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let payload: Payload =
+            bincode::deserialize(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let alloc = Allocator::restore(payload.alloc).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let rev = {
+            let mut d = self.shared.write();
+            d.history.reset(alloc.revision());
+            d.alloc = alloc;
+            d.last_applied = meta.last_log_id;
+            d.membership = meta.last_membership.clone();
+            d.alloc.revision()
+        };
+        tracing::info!(snapshot = %meta.snapshot_id, revision = rev, "snapshot installed");
+        self.shared.revision.send_replace(rev);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let stored = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

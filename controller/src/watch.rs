@@ -1,0 +1,89 @@
+//! The retained history of lease events that `Watch` streams are served from.
+//!
+//! Events are kept in revision order with no gaps: every event after `floor` is present. A
+//! watcher asking to resume from a revision below the floor gets a full snapshot instead.
+
+use std::collections::VecDeque;
+
+use crate::allocator::RevEvent;
+
+/// How many events a member keeps for watchers that resume; older resumes get a snapshot.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+#[derive(Debug)]
+pub struct History {
+    events: VecDeque<RevEvent>,
+    capacity: usize,
+    floor: u64,
+}
+
+impl History {
+    pub fn new(capacity: usize, floor: u64) -> Self {
+        History {
+            events: VecDeque::new(),
+            capacity: capacity.max(1),
+            floor,
+        }
+    }
+
+    /// Forgets everything: after a snapshot is installed the events before it are unknown.
+    pub fn reset(&mut self, floor: u64) {
+        self.events.clear();
+        self.floor = floor;
+    }
+
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    pub fn push(&mut self, ev: RevEvent) {
+        debug_assert_eq!(ev.revision, self.floor + self.events.len() as u64 + 1);
+        if self.events.len() >= self.capacity {
+            if let Some(old) = self.events.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+        self.events.push_back(ev);
+    }
+
+    /// Every event after `rev`, or `None` when some of them are no longer retained.
+    pub fn since(&self, rev: u64) -> Option<Vec<RevEvent>> {
+        if rev < self.floor {
+            return None;
+        }
+        let start = self.events.partition_point(|e| e.revision <= rev);
+        Some(self.events.range(start..).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{Event, NetworkConfig};
+
+    fn ev(r: u64) -> RevEvent {
+        RevEvent {
+            revision: r,
+            event: Event::Config(NetworkConfig::embedded_default()),
+        }
+    }
+
+    #[test]
+    fn resume_inside_history_returns_exactly_the_later_events() {
+        let mut h = History::new(10, 0);
+        (1..=5).for_each(|r| h.push(ev(r)));
+        let got: Vec<u64> = h.since(2).unwrap().iter().map(|e| e.revision).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+        assert!(h.since(5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn resume_older_than_history_asks_for_a_snapshot() {
+        let mut h = History::new(3, 0);
+        (1..=6).for_each(|r| h.push(ev(r)));
+        assert_eq!(h.floor(), 3);
+        assert!(h.since(2).is_none());
+        let got: Vec<u64> = h.since(3).unwrap().iter().map(|e| e.revision).collect();
+        assert_eq!(got, vec![4, 5, 6]);
+    }
+}

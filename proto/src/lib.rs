@@ -1,0 +1,6 @@
+//! twill's wire contract: the public `twill.v1` API that agents and operators use, and the
+//! Raft transport service between controller members.
+
+pub mod v1 {
+    tonic::include_proto!("twill.v1");
+}

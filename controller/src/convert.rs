@@ -1,1 +1,232 @@
-//! (being written)
+//! The public API's messages to and from the allocator's types, and allocator errors to gRPC
+//! statuses. Everything parsed from the wire is checked here, so the state machine only ever
+//! sees well-formed commands.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use tonic::{Code, Status};
+use twill_proto::v1;
+
+use crate::allocator::{
+    AcquireArgs, AllocError, Backend, Event, Ipv6Config, Lease, NetworkConfig, RevEvent,
+    DEFAULT_LEASE_TTL_MS, DEFAULT_VXLAN_PORT,
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct InputError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl From<InputError> for Status {
+    fn from(e: InputError) -> Status {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+fn bad(field: &'static str, why: impl Into<String>) -> InputError {
+    InputError {
+        field,
+        why: why.into(),
+    }
+}
+
+fn cidr4(field: &'static str, s: &str) -> Result<Ipv4Net, InputError> {
+    s.trim()
+        .parse::<Ipv4Net>()
+        .map_err(|_| bad(field, format!("{s:?} is not an IPv4 CIDR like 10.244.0.0/16")))
+}
+
+fn cidr6(field: &'static str, s: &str) -> Result<Ipv6Net, InputError> {
+    s.trim()
+        .parse::<Ipv6Net>()
+        .map_err(|_| bad(field, format!("{s:?} is not an IPv6 CIDR like fd00:10:244::/56")))
+}
+
+fn opt<T>(s: &str, f: impl FnOnce(&str) -> Result<T, InputError>) -> Result<Option<T>, InputError> {
+    if s.trim().is_empty() {
+        Ok(None)
+    } else {
+        f(s).map(Some)
+    }
+}
+
+/// Zero values stand for defaults (proto3 cannot tell unset from zero): /24 subnets, a day's
+/// lease, VXLAN VNI 1 on port 8472.
+pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputError> {
+    if p.network.trim().is_empty() {
+        return Err(bad("network", "required (e.g. 10.244.0.0/16)"));
+    }
+    let network = cidr4("network", &p.network)?;
+    let addr4 = |field: &'static str| {
+        move |s: &str| {
+            s.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| bad(field, format!("{s:?} is not an IPv4 address")))
+        }
+    };
+    let subnet_len = match p.subnet_len {
+        0 => 24,
+        n if n > 32 => return Err(bad("subnet_len", format!("/{n} is not an IPv4 prefix length"))),
+        n => n as u8,
+    };
+    let ipv6 = match opt(&p.ipv6_network, |s| cidr6("ipv6_network", s))? {
+        None => None,
+        Some(net) => Some(Ipv6Config {
+            network: net,
+            subnet_len: match p.ipv6_subnet_len {
+                0 => 64,
+                n if n > 128 => {
+                    return Err(bad("ipv6_subnet_len", format!("/{n} is not an IPv6 prefix length")))
+                }
+                n => n as u8,
+            },
+        }),
+    };
+    let backend = match p.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+        None => Backend::Vxlan {
+            vni: 1,
+            port: DEFAULT_VXLAN_PORT,
+            direct_routing: false,
+        },
+        Some(v1::backend::Kind::Vxlan(v)) => Backend::Vxlan {
+            vni: if v.vni == 0 { 1 } else { v.vni },
+            port: match v.port {
+                0 => DEFAULT_VXLAN_PORT,
+                p if p > 65535 => return Err(bad("backend.vxlan.port", format!("{p} is not a UDP port"))),
+                p => p as u16,
+            },
+            direct_routing: v.direct_routing,
+        },
+        Some(v1::backend::Kind::HostGw(_)) => Backend::HostGw,
+        Some(v1::backend::Kind::Bgp(b)) => Backend::Bgp { asn: b.asn },
+    };
+    let cfg = NetworkConfig {
+        network,
+        subnet_len,
+        subnet_min: opt(&p.subnet_min, addr4("subnet_min"))?,
+        subnet_max: opt(&p.subnet_max, addr4("subnet_max"))?,
+        ipv6,
+        backend,
+        lease_ttl_ms: if p.lease_ttl_ms == 0 {
+            DEFAULT_LEASE_TTL_MS
+        } else {
+            p.lease_ttl_ms
+        },
+    };
+    cfg.validate().map_err(|e| bad("config", e.to_string()))?;
+    Ok(cfg)
+}
+
+pub fn config_to_proto(c: &NetworkConfig) -> v1::NetworkConfig {
+    let kind = match &c.backend {
+        Backend::Vxlan {
+            vni,
+            port,
+            direct_routing,
+        } => v1::backend::Kind::Vxlan(v1::VxlanBackend {
+            vni: *vni,
+            port: *port as u32,
+            direct_routing: *direct_routing,
+        }),
+        Backend::HostGw => v1::backend::Kind::HostGw(v1::HostGwBackend {}),
+        Backend::Bgp { asn } => v1::backend::Kind::Bgp(v1::BgpBackend { asn: *asn }),
+    };
+    v1::NetworkConfig {
+        network: c.network.to_string(),
+        subnet_len: c.subnet_len as u32,
+        subnet_min: c.subnet_min.map(|a| a.to_string()).unwrap_or_default(),
+        subnet_max: c.subnet_max.map(|a| a.to_string()).unwrap_or_default(),
+        ipv6_network: c.ipv6.as_ref().map(|v| v.network.to_string()).unwrap_or_default(),
+        ipv6_subnet_len: c.ipv6.as_ref().map(|v| v.subnet_len as u32).unwrap_or_default(),
+        backend: Some(v1::Backend { kind: Some(kind) }),
+        lease_ttl_ms: c.lease_ttl_ms,
+    }
+}
+
+pub fn lease_to_proto(l: &Lease) -> v1::Lease {
+    v1::Lease {
+        node: l.node.clone(),
+        subnet: l.subnet.to_string(),
+        ipv6_subnet: l.ipv6_subnet.map(|s| s.to_string()).unwrap_or_default(),
+        public_ip: l.public_ip.to_string(),
+        public_ipv6: l.public_ipv6.map(|s| s.to_string()).unwrap_or_default(),
+        backend_data: l.backend_data.clone().into_iter().collect(),
+        expires_at_ms: l.expires_at,
+        create_revision: l.create_revision,
+        mod_revision: l.mod_revision,
+        acquired_at_ms: l.acquired_at,
+        reason: l.reason.to_string(),
+    }
+}
+
+pub fn event_to_proto(e: &RevEvent) -> v1::LeaseEvent {
+    let mut out = v1::LeaseEvent {
+        revision: e.revision,
+        ..Default::default()
+    };
+    match &e.event {
+        Event::Put(l) => {
+            out.kind = v1::EventKind::Put as i32;
+            out.lease = Some(lease_to_proto(l));
+        }
+        Event::Delete { lease, reason } => {
+            out.kind = v1::EventKind::Delete as i32;
+            out.lease = Some(lease_to_proto(lease));
+            out.reason = reason.to_string();
+        }
+        Event::Config(c) => {
+            out.kind = v1::EventKind::Config as i32;
+            out.config = Some(config_to_proto(c));
+        }
+    }
+    out
+}
+
+pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
+    if r.node.trim().is_empty() {
+        return Err(bad("node", "required"));
+    }
+    let public_ip = r
+        .public_ip
+        .trim()
+        .parse::<Ipv4Addr>()
+        .map_err(|_| bad("public_ip", format!("{:?} is not an IPv4 address", r.public_ip)))?;
+    let public_ipv6 = opt(&r.public_ipv6, |s| {
+        s.trim()
+            .parse::<Ipv6Addr>()
+            .map_err(|_| bad("public_ipv6", format!("{s:?} is not an IPv6 address")))
+    })?;
+    Ok(AcquireArgs {
+        node: r.node.clone(),
+        public_ip,
+        public_ipv6,
+        backend_data: r.backend_data.clone().into_iter().collect(),
+        wanted_subnet: opt(&r.wanted_subnet, |s| cidr4("wanted_subnet", s))?,
+        wanted_ipv6_subnet: opt(&r.wanted_ipv6_subnet, |s| cidr6("wanted_ipv6_subnet", s))?,
+    })
+}
+
+pub fn reserve_subnet(s: &str) -> Result<Ipv4Net, InputError> {
+    cidr4("subnet", s)
+}
+
+/// The gRPC code that tells a client what to do about an allocator error.
+pub fn alloc_status(e: &AllocError) -> Status {
+    let code = match e {
+        AllocError::NoConfig | AllocError::WouldOrphan(_) | AllocError::LeaseMismatch { .. } => {
+            Code::FailedPrecondition
+        }
+        AllocError::Config(_)
+        | AllocError::NodeName(_)
+        | AllocError::PublicIp(_)
+        | AllocError::WantedSubnet { .. }
+        | AllocError::ReserveSubnet { .. } => Code::InvalidArgument,
+        AllocError::Exhausted { .. } | AllocError::Exhausted6(_) => Code::ResourceExhausted,
+        AllocError::NoLease(_) | AllocError::NoReservation(_) => Code::NotFound,
+        AllocError::SubnetHeld { .. } | AllocError::SubnetReserved { .. } => Code::AlreadyExists,
+    };
+    Status::new(code, e.to_string())
+}

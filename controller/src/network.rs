@@ -1,1 +1,197 @@
-//! (being written)
+//! The Raft transport over gRPC: openraft's RPCs, serialized with bincode, carried in the
+//! `twill.v1.Raft` service. The client half dials peers lazily and reconnects on its own (a
+//! tonic channel does); every call has the deadline openraft asks for.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use twill_proto::v1::raft_client::RaftClient;
+use twill_proto::v1::raft_server;
+use twill_proto::v1::RaftPayload;
+
+use crate::{NodeId, Raft, TypeConfig};
+
+/// Snapshots and large append batches exceed tonic's 4 MiB default.
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Builds a lazily connecting channel to a member's address (`http://host:port`).
+pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        let client = channel(&node.addr, Duration::from_secs(2)).ok().map(|ch| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        });
+        PeerConn {
+            target,
+            addr: node.addr.clone(),
+            client,
+        }
+    }
+}
+
+pub struct PeerConn {
+    target: NodeId,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerConn {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
+                "invalid address {:?} for member {}",
+                self.addr, self.target
+            )))));
+        };
+        let data = bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut req = Request::new(RaftPayload { data });
+        let ttl = option.hard_ttl();
+        req.set_timeout(ttl);
+        let fut = async {
+            match action {
+                RPCTypes::Vote => client.vote(req).await,
+                RPCTypes::AppendEntries => client.append_entries(req).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(req).await,
+            }
+        };
+        let resp = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(RPCError::Timeout(Timeout {
+                    action,
+                    id: 0,
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+            Ok(Err(status)) => return Err(status_to_rpc(&self.addr, status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn status_to_rpc<E: std::error::Error>(addr: &str, s: Status) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    let err = Msg(format!("{addr}: {}: {}", s.code(), s.message()));
+    match s.code() {
+        // Connection refused / reset: let openraft back off instead of retrying in a tight loop.
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+        _ => RPCError::Network(NetworkError::new(&err)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RPCTypes::Vote, &rpc, &option).await
+    }
+}
+
+/// The server half: hands incoming RPCs to the local Raft member.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+
+    pub fn into_server(self) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+}
+
+fn decode_req<T: DeserializeOwned>(p: RaftPayload) -> Result<T, Status> {
+    bincode::deserialize(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode_resp<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, Status> {
+    bincode::serialize(v)
+        .map(|data| tonic::Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req.into_inner())?;
+        encode_resp(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode_req(req.into_inner())?;
+        encode_resp(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_req(req.into_inner())?;
+        encode_resp(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,1 +1,382 @@
-//! (being written)
+//! One running controller member: storage opened, Raft started, gRPC served, leader duties on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Status;
+use twill_proto::v1::controller_client::ControllerClient;
+
+use crate::allocator::{NetworkConfig, Request, Response};
+use crate::log_store::{LogStore, OpenError};
+use crate::network::{NetworkFactory, RaftService, MAX_MESSAGE};
+use crate::service::ControllerService;
+use crate::state_machine::{Shared, SnapshotFileError, StateMachine};
+use crate::watch::DEFAULT_HISTORY;
+use crate::{leader, NodeId, Raft};
+
+/// Metadata key naming the leader's address on Unavailable answers, for clients to follow.
+pub const LEADER_HINT: &str = "x-twill-leader";
+/// Set on a request one member forwards to another, so it is never forwarded twice.
+pub const FORWARDED: &str = "x-twill-forwarded";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// How other members and clients reach this one (`http://host:port`); derived from the
+    /// bound address when empty.
+    pub advertise: String,
+    /// The initial members, this one included; empty means a single-member cluster.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Start without forming a cluster, to be added to an existing one with `members add`.
+    pub join: bool,
+    /// Proposed once, by the first leader of a cluster that has no configuration yet.
+    pub initial_config: NetworkConfig,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub write_timeout: Duration,
+    pub watch_progress: Duration,
+    pub watch_history: usize,
+    pub snapshot_every: u64,
+    /// How long past a leader change a lease is kept beyond its deadline (at least one
+    /// election timeout, so no holder loses a lease only because leadership moved).
+    pub promote_grace_ms: u64,
+    pub expiry_interval: Duration,
+}
+
+impl Options {
+    pub fn new(id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Options {
+            id,
+            data_dir,
+            listen,
+            advertise: String::new(),
+            peers: BTreeMap::new(),
+            join: false,
+            initial_config: NetworkConfig::embedded_default(),
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            write_timeout: Duration::from_secs(5),
+            watch_progress: Duration::from_secs(5),
+            watch_history: DEFAULT_HISTORY,
+            snapshot_every: 10_000,
+            promote_grace_ms: 10_000,
+            expiry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Log(#[from] OpenError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotFileError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(String),
+    #[error("--peer list {0:?} does not include this member's --id {1}")]
+    SelfNotInPeers(Vec<NodeId>, NodeId),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write or a linearizable read could not be done on this member.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this member is not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("no quorum: not committed within {timeout:?} (members {members:?})")]
+    NoQuorum {
+        timeout: Duration,
+        members: Vec<NodeId>,
+        leader: Option<(NodeId, String)>,
+    },
+    #[error("the Raft member stopped: {0}")]
+    Fatal(String),
+}
+
+impl ProposeError {
+    pub fn into_status(self) -> Status {
+        let (msg, leader) = match &self {
+            ProposeError::NotLeader { leader: None } => {
+                ("no leader elected yet; retry shortly".to_string(), None)
+            }
+            ProposeError::NotLeader { leader: Some(l) } => {
+                (format!("not the leader; the leader is member {} at {}", l.0, l.1), Some(l.1.clone()))
+            }
+            ProposeError::NoQuorum { leader, .. } => (self.to_string(), leader.as_ref().map(|l| l.1.clone())),
+            ProposeError::Fatal(_) => (self.to_string(), None),
+        };
+        let mut s = Status::unavailable(msg);
+        if let Some(addr) = leader {
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_HINT, v);
+            }
+        }
+        s
+    }
+}
+
+pub struct Member {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: Arc<Shared>,
+    pub opts: Options,
+    forward: Mutex<HashMap<String, ControllerClient<Channel>>>,
+}
+
+impl Member {
+    /// The leader as this member knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Proposes a command and waits for it to be applied; fails fast on a follower.
+    pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
+        match tokio::time::timeout(self.opts.write_timeout, self.raft.client_write(req)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }),
+            Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
+            Err(_) => Err(ProposeError::NoQuorum {
+                timeout: self.opts.write_timeout,
+                members: self.voters(),
+                leader: self.leader(),
+            }),
+        }
+    }
+
+    /// Waits until this member, as leader, has applied everything committed before the call.
+    pub async fn linearizable(&self) -> Result<(), ProposeError> {
+        match tokio::time::timeout(self.opts.write_timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
+                Err(ProposeError::NoQuorum {
+                    timeout: self.opts.write_timeout,
+                    members: self.voters(),
+                    leader: self.leader(),
+                })
+            }
+            Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// A client for forwarding a request to the member at `addr`.
+    pub fn forward_client(&self, addr: &str) -> Result<ControllerClient<Channel>, Status> {
+        let mut cache = self.forward.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = crate::network::channel(addr, Duration::from_secs(2))
+            .map_err(|e| Status::unavailable(format!("leader address {addr:?} unusable: {e}")))?;
+        let c = ControllerClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        cache.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), ProposeError> {
+        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
+            other => ProposeError::Fatal(other.to_string()),
+        };
+        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(map)?;
+        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
+        voters.insert(id);
+        self.raft.change_membership(voters, false).await.map_err(map)?;
+        Ok(())
+    }
+
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), ProposeError> {
+        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
+        voters.remove(&id);
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }),
+            Err(e) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+}
+
+/// A started member; dropping it does not stop it, [`Running::shutdown`] does.
+pub struct Running {
+    pub member: Arc<Member>,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    duties: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn advertise(&self) -> &str {
+        &self.member.opts.advertise
+    }
+
+    /// Stops serving and shuts Raft down; the data directory can then be opened again.
+    pub async fn shutdown(mut self) {
+        self.duties.abort();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.member.raft.shutdown().await;
+        let _ = (&mut self.server).await;
+    }
+
+    /// Runs until the server fails or is stopped.
+    pub async fn wait(&mut self) -> Result<(), tonic::transport::Error> {
+        match (&mut self.server).await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Binds `opts.listen` and starts a member on it.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: opts.listen,
+            source: e,
+        })?;
+    start_on(opts, listener).await
+}
+
+pub async fn start_on(mut opts: Options, listener: tokio::net::TcpListener) -> Result<Running, StartError> {
+    let addr = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: opts.listen,
+        source: e,
+    })?;
+    if opts.advertise.is_empty() {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        opts.advertise = format!("http://{host}:{}", addr.port());
+    }
+    std::fs::create_dir_all(&opts.data_dir).map_err(|e| StartError::DataDir {
+        path: opts.data_dir.clone(),
+        source: e,
+    })?;
+    let mut log = LogStore::open(&opts.data_dir.join("raft.redb"))?;
+    let sm = StateMachine::open(&opts.data_dir, opts.watch_history)?;
+    let shared = sm.shared();
+
+    let log_state = log
+        .get_log_state()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let vote = log.read_vote().await.map_err(|e| StartError::Raft(e.to_string()))?;
+    let fresh = log_state.last_log_id.is_none() && vote.is_none() && shared.read().last_applied.is_none();
+
+    let config = Config {
+        cluster_name: "twill".into(),
+        heartbeat_interval: opts.heartbeat_ms,
+        election_timeout_min: opts.election_min_ms,
+        election_timeout_max: opts.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::RaftConfig(e.to_string()))?;
+
+    let raft = Raft::new(opts.id, Arc::new(config), NetworkFactory, log, sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+    let members: BTreeMap<NodeId, BasicNode> = if opts.peers.is_empty() {
+        [(opts.id, BasicNode::new(opts.advertise.clone()))].into()
+    } else {
+        if !opts.peers.contains_key(&opts.id) {
+            return Err(StartError::SelfNotInPeers(opts.peers.keys().copied().collect(), opts.id));
+        }
+        opts.peers
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(a.clone())))
+            .collect()
+    };
+
+    let member = Arc::new(Member {
+        id: opts.id,
+        raft: raft.clone(),
+        sm: shared,
+        opts: opts.clone(),
+        forward: Mutex::new(HashMap::new()),
+    });
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(RaftService::new(raft.clone()).into_server())
+            .add_service(ControllerService::new(member.clone()).into_server())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            }),
+    );
+
+    if fresh && !opts.join {
+        tracing::info!(id = opts.id, members = ?members.keys().collect::<Vec<_>>(), "forming a new cluster");
+        // Every founding member proposes the same membership; openraft accepts it from
+        // whichever is first and the rest are told it is already done.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(error = %e, "initialize skipped");
+        }
+    } else if fresh {
+        tracing::info!(id = opts.id, "waiting to be added to an existing cluster");
+    } else {
+        tracing::info!(id = opts.id, "restarting from {}", opts.data_dir.display());
+    }
+
+    let duties = tokio::spawn(leader::run(member.clone()));
+    Ok(Running {
+        member,
+        addr,
+        stop: Some(stop_tx),
+        server,
+        duties,
+    })
+}

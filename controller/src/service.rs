@@ -1,1 +1,435 @@
-//! (being written)
+//! The public `twill.v1.Controller` gRPC service.
+//!
+//! Writes and linearizable reads that reach a follower are forwarded to the leader once (the
+//! forwarded request is marked so it is never forwarded again); a member that cannot find a
+//! leader answers Unavailable with the last leader it knows in `x-twill-leader`. Watches are
+//! served by whichever member the client is connected to, from its own applied state.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use openraft::ServerState;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use twill_proto::v1::controller_client::ControllerClient;
+use twill_proto::v1::controller_server::{self, ControllerServer};
+use twill_proto::v1::{self as pb, watch_response};
+
+use crate::allocator::{self as alloc, Command, Outcome};
+use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
+use crate::network::MAX_MESSAGE;
+use crate::node::{Member, ProposeError, FORWARDED};
+use crate::now_ms;
+
+pub struct ControllerService {
+    m: Arc<Member>,
+}
+
+type Fwd<'a, Resp> = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send + 'a>>;
+
+fn request_id(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().contains_key(FORWARDED)
+}
+
+fn mark<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+impl ControllerService {
+    pub fn new(m: Arc<Member>) -> Self {
+        ControllerService { m }
+    }
+
+    pub fn into_server(self) -> ControllerServer<Self> {
+        ControllerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Sends a request that this member cannot serve to the leader, once.
+    async fn forward_or<Resp>(
+        &self,
+        err: ProposeError,
+        was_forwarded: bool,
+        f: impl FnOnce(ControllerClient<Channel>) -> Fwd<'static, Resp>,
+    ) -> Result<Response<Resp>, Status> {
+        match err {
+            ProposeError::NotLeader { leader: Some((id, addr)) } if !was_forwarded && id != self.m.id => {
+                let client = self.m.forward_client(&addr)?;
+                f(client).await
+            }
+            e => Err(e.into_status()),
+        }
+    }
+
+    /// Proposes a command; `answer` turns the allocator's outcome into the reply.
+    async fn write<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        cmd: impl FnOnce(&Req) -> Result<alloc::Request, Status>,
+        answer: impl FnOnce(u64, Outcome) -> Result<Resp, Status>,
+        fwd: impl FnOnce(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+    {
+        let was_forwarded = forwarded(&req);
+        let msg = req.into_inner();
+        let c = cmd(&msg)?;
+        match self.m.propose(c).await {
+            Ok(resp) => match resp.result {
+                Ok(out) => answer(resp.revision, out).map(Response::new),
+                Err(e) => Err(alloc_status(&e)),
+            },
+            Err(e) => self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg))).await,
+        }
+    }
+
+    /// Waits for a linearizable read point, forwarding to the leader when this is a follower.
+    async fn read<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        answer: impl FnOnce(&Member) -> Result<Resp, Status>,
+        fwd: impl FnOnce(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+    {
+        let was_forwarded = forwarded(&req);
+        let msg = req.into_inner();
+        match self.m.linearizable().await {
+            Ok(()) => answer(&self.m).map(Response::new),
+            Err(e) => self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg))).await,
+        }
+    }
+}
+
+fn unexpected(o: Outcome) -> Status {
+    Status::internal(format!("unexpected allocator outcome {o:?}"))
+}
+
+fn lease_answer(rev: u64, o: Outcome) -> Result<pb::LeaseResponse, Status> {
+    match o {
+        Outcome::Lease(l) => Ok(pb::LeaseResponse {
+            lease: Some(lease_to_proto(&l)),
+            revision: rev,
+        }),
+        o => Err(unexpected(o)),
+    }
+}
+
+fn members(m: &Member) -> Vec<pb::Member> {
+    let metrics = m.raft.metrics().borrow().clone();
+    let mem = metrics.membership_config.membership();
+    let voters: Vec<u64> = mem.voter_ids().collect();
+    mem.nodes()
+        .map(|(id, n)| pb::Member {
+            id: *id,
+            addr: n.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl controller_server::Controller for ControllerService {
+    async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::Acquire {
+                        args: convert::acquire_args(r)?,
+                        now: now_ms(),
+                    },
+                })
+            },
+            lease_answer,
+            |mut c, r| Box::pin(async move { c.acquire(r).await }),
+        )
+        .await
+    }
+
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                if r.node.is_empty() {
+                    return Err(Status::invalid_argument("node: required"));
+                }
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::Renew {
+                        node: r.node.clone(),
+                        create_revision: r.revision,
+                        now: now_ms(),
+                    },
+                })
+            },
+            lease_answer,
+            |mut c, r| Box::pin(async move { c.renew(r).await }),
+        )
+        .await
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::Release { node: r.node.clone() },
+                })
+            },
+            |rev, o| match o {
+                Outcome::Released(_) => Ok(pb::ReleaseResponse { revision: rev }),
+                o => Err(unexpected(o)),
+            },
+            |mut c, r| Box::pin(async move { c.release(r).await }),
+        )
+        .await
+    }
+
+    async fn get_config(&self, req: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        self.read(
+            req,
+            |m| {
+                let d = m.sm.read();
+                Ok(pb::ConfigResponse {
+                    config: d.alloc.config().map(config_to_proto),
+                    revision: d.alloc.revision(),
+                    present: d.alloc.config().is_some(),
+                })
+            },
+            |mut c, r| Box::pin(async move { c.get_config(r).await }),
+        )
+        .await
+    }
+
+    async fn set_config(&self, req: Request<pb::SetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                let cfg = r
+                    .config
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("config: required"))?;
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::SetConfig {
+                        config: convert::config_from_proto(cfg)?,
+                        only_if_absent: false,
+                    },
+                })
+            },
+            |rev, o| match o {
+                Outcome::Config(c) => Ok(pb::ConfigResponse {
+                    config: Some(config_to_proto(&c)),
+                    revision: rev,
+                    present: true,
+                }),
+                o => Err(unexpected(o)),
+            },
+            |mut c, r| Box::pin(async move { c.set_config(r).await }),
+        )
+        .await
+    }
+
+    async fn list_leases(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.read(
+            req,
+            |m| {
+                let d = m.sm.read();
+                Ok(pb::ListLeasesResponse {
+                    leases: d.alloc.leases().map(lease_to_proto).collect(),
+                    reservations: d
+                        .alloc
+                        .reservations()
+                        .map(|(n, s)| pb::Reservation {
+                            node: n.clone(),
+                            subnet: s.to_string(),
+                        })
+                        .collect(),
+                    revision: d.alloc.revision(),
+                })
+            },
+            |mut c, r| Box::pin(async move { c.list_leases(r).await }),
+        )
+        .await
+    }
+
+    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::Reserve {
+                        node: r.node.clone(),
+                        subnet: convert::reserve_subnet(&r.subnet)?,
+                    },
+                })
+            },
+            |rev, _| Ok(pb::ReserveResponse { revision: rev }),
+            |mut c, r| Box::pin(async move { c.reserve(r).await }),
+        )
+        .await
+    }
+
+    async fn unreserve(&self, req: Request<pb::UnreserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        self.write(
+            req,
+            |r| {
+                Ok(alloc::Request {
+                    request_id: request_id(&r.request_id),
+                    command: Command::Unreserve { node: r.node.clone() },
+                })
+            },
+            |rev, _| Ok(pb::ReserveResponse { revision: rev }),
+            |mut c, r| Box::pin(async move { c.unreserve(r).await }),
+        )
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let start = req.into_inner().start_revision;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(serve_watch(self.m.clone(), start, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let x = self.m.raft.metrics().borrow().clone();
+        let leader_addr = self.m.leader().map(|l| l.1).unwrap_or_default();
+        let (revision, leases) = {
+            let d = self.m.sm.read();
+            (d.alloc.revision(), d.alloc.lease_count() as u64)
+        };
+        Ok(Response::new(pb::StatusResponse {
+            id: self.m.id,
+            members: members(&self.m),
+            leader: x.current_leader.unwrap_or(0),
+            leader_addr,
+            term: x.current_term,
+            last_log_index: x.last_log_index.unwrap_or(0),
+            applied_index: x.last_applied.map(|l| l.index).unwrap_or(0),
+            revision,
+            state: match x.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leases,
+        }))
+    }
+
+    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let was_forwarded = forwarded(&req);
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("id: member ids start at 1"));
+        }
+        if !(r.addr.starts_with("http://") || r.addr.starts_with("https://")) {
+            return Err(Status::invalid_argument(format!("addr: {:?} is not a URL like http://10.0.0.2:7420", r.addr)));
+        }
+        tracing::info!(member = r.id, addr = %r.addr, "adding member (learner, then voter)");
+        match self.m.add_member(r.id, r.addr.clone()).await {
+            Ok(()) => Ok(Response::new(pb::MembersResponse { members: members(&self.m) })),
+            Err(e) => {
+                self.forward_or(e, was_forwarded, move |mut c| Box::pin(async move { c.add_member(mark(r)).await }))
+                    .await
+            }
+        }
+    }
+
+    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+        let was_forwarded = forwarded(&req);
+        let r = req.into_inner();
+        if !members(&self.m).iter().any(|x| x.id == r.id) {
+            return Err(Status::not_found(format!("member {} is not in the cluster", r.id)));
+        }
+        tracing::info!(member = r.id, "removing member");
+        match self.m.remove_member(r.id).await {
+            Ok(()) => Ok(Response::new(pb::MembersResponse { members: members(&self.m) })),
+            Err(e) => {
+                self.forward_or(e, was_forwarded, move |mut c| Box::pin(async move { c.remove_member(mark(r)).await }))
+                    .await
+            }
+        }
+    }
+}
+
+/// Streams the lease events after `start` (a snapshot first when they are not all retained),
+/// then follows new events, with a progress message whenever the stream has been quiet.
+async fn serve_watch(m: Arc<Member>, start: u64, tx: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
+    let mut rx = m.sm.subscribe();
+    let mut sent = start;
+    let mut first = true;
+    loop {
+        let batch: Vec<pb::WatchResponse> = {
+            let d = m.sm.read();
+            let rev = d.alloc.revision();
+            let events = if first && (start == 0 || start > rev) {
+                None
+            } else {
+                d.history.since(sent)
+            };
+            first = false;
+            match events {
+                Some(evs) => {
+                    if let Some(last) = evs.last() {
+                        sent = last.revision;
+                    }
+                    evs.iter()
+                        .map(|e| pb::WatchResponse {
+                            msg: Some(watch_response::Msg::Event(convert::event_to_proto(e))),
+                        })
+                        .collect()
+                }
+                None => {
+                    sent = rev;
+                    vec![pb::WatchResponse {
+                        msg: Some(watch_response::Msg::Snapshot(pb::WatchSnapshot {
+                            revision: rev,
+                            leases: d.alloc.leases().map(lease_to_proto).collect(),
+                            config: d.alloc.config().map(config_to_proto),
+                            config_present: d.alloc.config().is_some(),
+                        })),
+                    }]
+                }
+            }
+        };
+        for msg in batch {
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(m.opts.watch_progress) => {
+                let p = pb::WatchResponse { msg: Some(watch_response::Msg::Progress(pb::WatchProgress { revision: sent })) };
+                if tx.send(Ok(p)).await.is_err() {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,1 +1,240 @@
-//! Shared harness for the integration tests: starting controller clusters on loopback.
+//! Shared harness for the integration tests and benchmarks: controller clusters on loopback,
+//! in this process or as real `twill` processes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tempfile::TempDir;
+use twill_controller::client::{Client, ClientOptions};
+use twill_controller::node::{self, Options, Running};
+use twill_controller::NodeId;
+
+/// Raft timings short enough for tests, long enough for a loaded 2-core CI machine.
+pub fn test_options(id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Options {
+    let mut o = Options::new(id, data_dir, listen);
+    o.heartbeat_ms = 50;
+    o.election_min_ms = 300;
+    o.election_max_ms = 600;
+    o.write_timeout = Duration::from_secs(3);
+    o.promote_grace_ms = 2_000;
+    o.expiry_interval = Duration::from_millis(200);
+    // Room for a few thousand nodes: 10.0.0.0/12 in /24s.
+    o.initial_config.network = "10.0.0.0/12".parse().expect("valid literal");
+    o
+}
+
+/// A controller cluster whose members run as tasks in this process, on loopback ports, with data
+/// directories under one temporary directory.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub addrs: BTreeMap<NodeId, SocketAddr>,
+    pub members: BTreeMap<NodeId, Running>,
+    tweak: fn(&mut Options),
+}
+
+impl Cluster {
+    /// Starts members 1..=n and waits for a leader.
+    pub async fn start(n: u64) -> Result<Cluster> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// As [`Cluster::start`], letting the test adjust every member's options.
+    pub async fn start_with(n: u64, tweak: fn(&mut Options)) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for id in 1..=n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            addrs.insert(id, l.local_addr()?);
+            listeners.insert(id, l);
+        }
+        let mut c = Cluster {
+            dir,
+            addrs,
+            members: BTreeMap::new(),
+            tweak,
+        };
+        for (id, l) in listeners {
+            let opts = c.options(id);
+            let r = node::start_on(opts, l)
+                .await
+                .with_context(|| format!("start member {id}"))?;
+            c.members.insert(id, r);
+        }
+        c.wait_leader(Duration::from_secs(20)).await?;
+        c.wait_configured(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("m{id}"))
+    }
+
+    pub fn url(&self, id: NodeId) -> String {
+        format!("http://{}", self.addrs[&id])
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.addrs.keys().map(|id| self.url(*id)).collect()
+    }
+
+    fn options(&self, id: NodeId) -> Options {
+        let mut o = test_options(id, self.data_dir(id), self.addrs[&id]);
+        o.peers = self.addrs.keys().map(|i| (*i, self.url(*i))).collect();
+        (self.tweak)(&mut o);
+        o
+    }
+
+    /// A client that knows every member, with a generous retry window for failovers.
+    pub fn client(&self) -> Client {
+        let opts = ClientOptions {
+            retry_for: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        Client::with_options(self.urls(), opts).expect("loopback URLs are valid")
+    }
+
+    /// A client bound to one member only (its writes are forwarded if it is a follower).
+    pub fn client_of(&self, id: NodeId) -> Client {
+        Client::new([self.url(id)]).expect("loopback URL is valid")
+    }
+
+    /// The leader every running member agrees on.
+    pub async fn wait_leader(&self, within: Duration) -> Result<NodeId> {
+        let deadline = Instant::now() + within;
+        loop {
+            let leaders: Vec<Option<NodeId>> = self
+                .members
+                .values()
+                .map(|r| r.member.raft.metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if self.members.contains_key(l) && leaders.iter().all(|x| *x == Some(*l)) {
+                    return Ok(*l);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {within:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the first leader's initial network configuration is applied everywhere.
+    pub async fn wait_configured(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        for (id, r) in &self.members {
+            while r.member.sm.read().alloc.config().is_none() {
+                if Instant::now() > deadline {
+                    bail!("member {id} has no network configuration after {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops one member (its data directory stays).
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(r) = self.members.remove(&id) {
+            r.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped member from its data directory, on its old address.
+    pub async fn restart(&mut self, id: NodeId) -> Result<()> {
+        let opts = self.options(id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let r = loop {
+            match node::start(opts.clone()).await {
+                Ok(r) => break r,
+                // The old socket may linger for a moment after shutdown.
+                Err(node::StartError::Bind { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => return Err(anyhow!(e)).with_context(|| format!("restart member {id}")),
+            }
+        };
+        self.members.insert(id, r);
+        Ok(())
+    }
+
+    /// Waits until every running member has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        for (id, r) in &self.members {
+            loop {
+                let applied = r
+                    .member
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if applied >= index {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("member {id} applied {applied}, wanted {index} within {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// The `twill` binary, built once per test process.
+pub fn twill_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_twill().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build_twill() -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--bin", "twill"])
+        .current_dir(&root)
+        .status()
+        .context("run cargo build --bin twill")?;
+    if !status.success() {
+        bail!("cargo build --bin twill failed: {status}");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("twill");
+    if !bin.exists() {
+        bail!("built twill binary not found at {}", bin.display());
+    }
+    Ok(bin)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A free loopback port (bound and released; good enough for tests that start a process on it).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,166 @@
+//! A 3-member controller cluster on loopback: acquisitions through every member, leader loss,
+//! catch-up after restart, and a full-cluster restart from disk.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use twill_proto::v1 as pb;
+use twill_tests::Cluster;
+
+fn acquire(node: &str) -> pb::AcquireRequest {
+    pb::AcquireRequest {
+        node: node.to_string(),
+        public_ip: "192.0.2.10".into(),
+        ..Default::default()
+    }
+}
+
+/// node → subnet as the cluster reports it through a linearizable read.
+async fn lease_table(c: &twill_controller::client::Client) -> BTreeMap<String, String> {
+    c.list_leases()
+        .await
+        .expect("list leases")
+        .leases
+        .into_iter()
+        .map(|l| (l.node, l.subnet))
+        .collect()
+}
+
+/// node → subnet straight from one member's applied state, without asking the leader.
+fn local_table(cl: &Cluster, id: u64) -> BTreeMap<String, String> {
+    let sm = cl.members[&id].member.sm.read();
+    sm.alloc
+        .leases()
+        .map(|l| (l.node.clone(), l.subnet.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_survive_leader_loss_and_full_restart() {
+    let mut cl = Cluster::start(3).await.expect("cluster starts");
+    let ids: Vec<u64> = cl.addrs.keys().copied().collect();
+
+    // 500 acquisitions spread over all members; followers forward to the leader.
+    let clients: Vec<_> = ids.iter().map(|id| cl.client_of(*id)).collect();
+    let mut acked = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (k, c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in (k..500).step_by(3) {
+                let node = format!("node-{i:03}");
+                let r = c.acquire(acquire(&node)).await.expect("acquire");
+                got.push((node, r.lease.expect("lease in answer").subnet));
+            }
+            got
+        }));
+    }
+    for t in tasks {
+        for (n, s) in t.await.expect("task") {
+            acked.insert(n, s);
+        }
+    }
+    assert_eq!(acked.len(), 500);
+    let distinct: std::collections::BTreeSet<_> = acked.values().collect();
+    assert_eq!(distinct.len(), 500, "two nodes were given the same subnet");
+
+    let client = cl.client();
+    assert_eq!(lease_table(&client).await, acked);
+
+    // Stop the leader; writes resume on the survivors.
+    let old = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    cl.stop(old).await;
+    let new = cl
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("new leader");
+    assert_ne!(new, old);
+    for i in 500..550 {
+        let node = format!("node-{i:03}");
+        let r = client
+            .acquire(acquire(&node))
+            .await
+            .expect("acquire after failover");
+        acked.insert(node, r.lease.expect("lease").subnet);
+    }
+    // Every acknowledged lease is on both survivors, applied locally.
+    let idx = cl.members[&new]
+        .member
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0);
+    cl.wait_applied(idx, Duration::from_secs(10))
+        .await
+        .expect("survivors apply");
+    for id in cl.members.keys() {
+        assert_eq!(
+            local_table(&cl, *id),
+            acked,
+            "member {id} lost or changed leases"
+        );
+    }
+
+    // The stopped member restarts from its data directory and catches up.
+    cl.restart(old).await.expect("restart old leader");
+    cl.wait_applied(idx, Duration::from_secs(20))
+        .await
+        .expect("old leader catches up");
+    assert_eq!(
+        local_table(&cl, old),
+        acked,
+        "restarted member did not catch up"
+    );
+
+    // All members stopped and restarted from disk keep every acknowledged lease.
+    for id in &ids {
+        cl.stop(*id).await;
+    }
+    for id in &ids {
+        cl.restart(*id).await.expect("restart");
+    }
+    cl.wait_leader(Duration::from_secs(20))
+        .await
+        .expect("leader after full restart");
+    assert_eq!(lease_table(&cl.client()).await, acked);
+    cl.wait_applied(idx, Duration::from_secs(20))
+        .await
+        .expect("all apply");
+    for id in &ids {
+        assert_eq!(
+            local_table(&cl, *id),
+            acked,
+            "member {id} after full restart"
+        );
+    }
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_members_leader_and_indexes() {
+    let cl = Cluster::start(3).await.expect("cluster starts");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let c = cl.client();
+    c.acquire(acquire("a")).await.expect("acquire");
+    for id in cl.addrs.keys() {
+        let s = twill_controller::client::Client::status_of(&cl.url(*id))
+            .await
+            .expect("status");
+        assert_eq!(s.id, *id);
+        assert_eq!(s.leader, leader);
+        assert_eq!(s.leader_addr, cl.url(leader));
+        assert_eq!(s.members.len(), 3);
+        assert!(s.members.iter().all(|m| m.voter));
+        assert!(s.term >= 1);
+        assert!(s.last_log_index >= s.applied_index || *id != leader);
+    }
+    cl.shutdown().await;
+}

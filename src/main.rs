@@ -1,1 +1,126 @@
-fn main() {}
+//! The `twill` command: the controller, and the operator's commands against it.
+
+mod network_flags;
+mod operator;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::operator::{ConfigCmd, MembersCmd, Target};
+
+/// Self-contained pod networking: every node gets its own pod subnet from a Raft-replicated
+/// allocator (no etcd), and pods on different nodes reach each other without NAT.
+#[derive(Parser, Debug)]
+#[command(name = "twill", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a controller member. With no flags: a single-member cluster on 127.0.0.1:7420 handing
+    /// out /24s of 10.244.0.0/16 for the vxlan backend
+    Controller(serve::ControllerArgs),
+    /// Show every member's role, Raft term and progress
+    Status(#[command(flatten)] Target),
+    /// List the subnet leases (and reservations)
+    Leases(#[command(flatten)] Target),
+    /// Show or change the cluster's network configuration
+    Config {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// List, add or remove controller members
+    Members {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        cmd: MembersCmd,
+    },
+    /// Keep a subnet for one node: no other node is ever given it
+    Reserve {
+        #[command(flatten)]
+        target: Target,
+        /// The node's name
+        node: String,
+        /// The subnet, e.g. 10.244.7.0/24
+        subnet: String,
+    },
+    /// Drop a node's reservation (a lease it holds stays)
+    Unreserve {
+        #[command(flatten)]
+        target: Target,
+        /// The node's name
+        node: String,
+    },
+    /// Release a node's lease now, e.g. for a node that is gone for good
+    Release {
+        #[command(flatten)]
+        target: Target,
+        /// The node's name
+        node: String,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_env("TWILL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(cli.cmd, Cmd::Controller(_));
+    init_logging(if is_daemon {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twill: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Controller(a) => serve::run(a).await,
+            Cmd::Status(t) => operator::status(&t).await,
+            Cmd::Leases(t) => operator::leases(&t).await,
+            Cmd::Config { target, cmd } => operator::config(&target, cmd).await,
+            Cmd::Members { target, cmd } => operator::members(&target, cmd).await,
+            Cmd::Reserve {
+                target,
+                node,
+                subnet,
+            } => operator::reserve(&target, &node, &subnet).await,
+            Cmd::Unreserve { target, node } => operator::unreserve(&target, &node).await,
+            Cmd::Release { target, node } => operator::release(&target, &node).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if is_daemon {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("twill: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -93,7 +93,11 @@ fn retryable(s: &Status) -> bool {
     // Unknown and Cancelled come from connections dropped mid-call (a member killed).
     matches!(
         s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::Aborted
     )
 }
 
@@ -150,9 +154,12 @@ impl Client {
                 return;
             }
         }
-        let _ = self
-            .current
-            .compare_exchange(from, (from + 1) % eps.len(), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.current.compare_exchange(
+            from,
+            (from + 1) % eps.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Runs `f` against the current member, retrying elsewhere while the answer is retryable.
@@ -204,7 +211,10 @@ impl Client {
         }
     }
 
-    pub async fn acquire(&self, mut req: pb::AcquireRequest) -> Result<pb::LeaseResponse, ClientError> {
+    pub async fn acquire(
+        &self,
+        mut req: pb::AcquireRequest,
+    ) -> Result<pb::LeaseResponse, ClientError> {
         if req.request_id.is_empty() {
             req.request_id = new_request_id();
         }
@@ -215,7 +225,11 @@ impl Client {
         .await
     }
 
-    pub async fn renew(&self, node: &str, create_revision: u64) -> Result<pb::LeaseResponse, ClientError> {
+    pub async fn renew(
+        &self,
+        node: &str,
+        create_revision: u64,
+    ) -> Result<pb::LeaseResponse, ClientError> {
         let req = pb::RenewRequest {
             request_id: new_request_id(),
             node: node.to_string(),
@@ -245,7 +259,10 @@ impl Client {
             .await
     }
 
-    pub async fn set_config(&self, config: pb::NetworkConfig) -> Result<pb::ConfigResponse, ClientError> {
+    pub async fn set_config(
+        &self,
+        config: pb::NetworkConfig,
+    ) -> Result<pb::ConfigResponse, ClientError> {
         let req = pb::SetConfigRequest {
             request_id: new_request_id(),
             config: Some(config),
@@ -262,7 +279,11 @@ impl Client {
             .await
     }
 
-    pub async fn reserve(&self, node: &str, subnet: &str) -> Result<pb::ReserveResponse, ClientError> {
+    pub async fn reserve(
+        &self,
+        node: &str,
+        subnet: &str,
+    ) -> Result<pb::ReserveResponse, ClientError> {
         let req = pb::ReserveRequest {
             request_id: new_request_id(),
             node: node.to_string(),
@@ -307,7 +328,11 @@ impl Client {
         }
     }
 
-    pub async fn add_member(&self, id: u64, addr: &str) -> Result<pb::MembersResponse, ClientError> {
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+    ) -> Result<pb::MembersResponse, ClientError> {
         let req = pb::AddMemberRequest {
             id,
             addr: addr.to_string(),
@@ -326,7 +351,10 @@ impl Client {
 
     /// Opens a watch on the current member; the caller resumes from its last revision when the
     /// stream ends or goes quiet past the progress interval.
-    pub async fn watch(&self, start_revision: u64) -> Result<Streaming<pb::WatchResponse>, ClientError> {
+    pub async fn watch(
+        &self,
+        start_revision: u64,
+    ) -> Result<Streaming<pb::WatchResponse>, ClientError> {
         self.call(|mut c| async move { c.watch(pb::WatchRequest { start_revision }).await })
             .await
     }

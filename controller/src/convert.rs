@@ -34,15 +34,21 @@ fn bad(field: &'static str, why: impl Into<String>) -> InputError {
 }
 
 fn cidr4(field: &'static str, s: &str) -> Result<Ipv4Net, InputError> {
-    s.trim()
-        .parse::<Ipv4Net>()
-        .map_err(|_| bad(field, format!("{s:?} is not an IPv4 CIDR like 10.244.0.0/16")))
+    s.trim().parse::<Ipv4Net>().map_err(|_| {
+        bad(
+            field,
+            format!("{s:?} is not an IPv4 CIDR like 10.244.0.0/16"),
+        )
+    })
 }
 
 fn cidr6(field: &'static str, s: &str) -> Result<Ipv6Net, InputError> {
-    s.trim()
-        .parse::<Ipv6Net>()
-        .map_err(|_| bad(field, format!("{s:?} is not an IPv6 CIDR like fd00:10:244::/56")))
+    s.trim().parse::<Ipv6Net>().map_err(|_| {
+        bad(
+            field,
+            format!("{s:?} is not an IPv6 CIDR like fd00:10:244::/56"),
+        )
+    })
 }
 
 fn opt<T>(s: &str, f: impl FnOnce(&str) -> Result<T, InputError>) -> Result<Option<T>, InputError> {
@@ -69,7 +75,12 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
     };
     let subnet_len = match p.subnet_len {
         0 => 24,
-        n if n > 32 => return Err(bad("subnet_len", format!("/{n} is not an IPv4 prefix length"))),
+        n if n > 32 => {
+            return Err(bad(
+                "subnet_len",
+                format!("/{n} is not an IPv4 prefix length"),
+            ))
+        }
         n => n as u8,
     };
     let ipv6 = match opt(&p.ipv6_network, |s| cidr6("ipv6_network", s))? {
@@ -79,7 +90,10 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
             subnet_len: match p.ipv6_subnet_len {
                 0 => 64,
                 n if n > 128 => {
-                    return Err(bad("ipv6_subnet_len", format!("/{n} is not an IPv6 prefix length")))
+                    return Err(bad(
+                        "ipv6_subnet_len",
+                        format!("/{n} is not an IPv6 prefix length"),
+                    ))
                 }
                 n => n as u8,
             },
@@ -95,7 +109,9 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
             vni: if v.vni == 0 { 1 } else { v.vni },
             port: match v.port {
                 0 => DEFAULT_VXLAN_PORT,
-                p if p > 65535 => return Err(bad("backend.vxlan.port", format!("{p} is not a UDP port"))),
+                p if p > 65535 => {
+                    return Err(bad("backend.vxlan.port", format!("{p} is not a UDP port")))
+                }
                 p => p as u16,
             },
             direct_routing: v.direct_routing,
@@ -139,8 +155,16 @@ pub fn config_to_proto(c: &NetworkConfig) -> v1::NetworkConfig {
         subnet_len: c.subnet_len as u32,
         subnet_min: c.subnet_min.map(|a| a.to_string()).unwrap_or_default(),
         subnet_max: c.subnet_max.map(|a| a.to_string()).unwrap_or_default(),
-        ipv6_network: c.ipv6.as_ref().map(|v| v.network.to_string()).unwrap_or_default(),
-        ipv6_subnet_len: c.ipv6.as_ref().map(|v| v.subnet_len as u32).unwrap_or_default(),
+        ipv6_network: c
+            .ipv6
+            .as_ref()
+            .map(|v| v.network.to_string())
+            .unwrap_or_default(),
+        ipv6_subnet_len: c
+            .ipv6
+            .as_ref()
+            .map(|v| v.subnet_len as u32)
+            .unwrap_or_default(),
         backend: Some(v1::Backend { kind: Some(kind) }),
         lease_ttl_ms: c.lease_ttl_ms,
     }
@@ -189,11 +213,12 @@ pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
     if r.node.trim().is_empty() {
         return Err(bad("node", "required"));
     }
-    let public_ip = r
-        .public_ip
-        .trim()
-        .parse::<Ipv4Addr>()
-        .map_err(|_| bad("public_ip", format!("{:?} is not an IPv4 address", r.public_ip)))?;
+    let public_ip = r.public_ip.trim().parse::<Ipv4Addr>().map_err(|_| {
+        bad(
+            "public_ip",
+            format!("{:?} is not an IPv4 address", r.public_ip),
+        )
+    })?;
     let public_ipv6 = opt(&r.public_ipv6, |s| {
         s.trim()
             .parse::<Ipv6Addr>()

@@ -21,7 +21,10 @@ pub async fn run(m: Arc<Member>) {
     loop {
         let (leading, term) = {
             let x = metrics.borrow();
-            (x.state == ServerState::Leader && x.current_leader == Some(m.id), x.current_term)
+            (
+                x.state == ServerState::Leader && x.current_leader == Some(m.id),
+                x.current_term,
+            )
         };
         if leading && promoted_term != Some(term) {
             let span = tracing::info_span!("leader", id = m.id, term);
@@ -36,7 +39,11 @@ pub async fn run(m: Arc<Member>) {
             match m.propose(req).await {
                 Ok(r) => {
                     if let Ok(Outcome::Promoted(n)) = r.result {
-                        tracing::info!(leases = n, grace_ms = m.opts.promote_grace_ms, "became leader; lease deadlines extended");
+                        tracing::info!(
+                            leases = n,
+                            grace_ms = m.opts.promote_grace_ms,
+                            "became leader; lease deadlines extended"
+                        );
                     }
                     promoted_term = Some(term);
                     let init = Request {

@@ -107,13 +107,16 @@ impl PeerConn {
             Ok(Err(status)) => return Err(status_to_rpc(&self.addr, status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        let res: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let res: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&resp.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-fn status_to_rpc<E: std::error::Error>(addr: &str, s: Status) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+fn status_to_rpc<E: std::error::Error>(
+    addr: &str,
+    s: Status,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
     let err = Msg(format!("{addr}: {}: {}", s.code(), s.message()));
     match s.code() {
         // Connection refused / reset: let openraft back off instead of retrying in a tight loop.
@@ -169,7 +172,8 @@ impl RaftService {
 }
 
 fn decode_req<T: DeserializeOwned>(p: RaftPayload) -> Result<T, Status> {
-    bincode::deserialize(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+    bincode::deserialize(&p.data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
 }
 
 fn encode_resp<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, Status> {
@@ -180,17 +184,26 @@ fn encode_resp<T: Serialize>(v: &T) -> Result<tonic::Response<RaftPayload>, Stat
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req.into_inner())?;
         encode_resp(&self.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode_req(req.into_inner())?;
         encode_resp(&self.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_req(req.into_inner())?;
         encode_resp(&self.raft.install_snapshot(rpc).await)
     }

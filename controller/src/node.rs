@@ -123,10 +123,13 @@ impl ProposeError {
             ProposeError::NotLeader { leader: None } => {
                 ("no leader elected yet; retry shortly".to_string(), None)
             }
-            ProposeError::NotLeader { leader: Some(l) } => {
-                (format!("not the leader; the leader is member {} at {}", l.0, l.1), Some(l.1.clone()))
+            ProposeError::NotLeader { leader: Some(l) } => (
+                format!("not the leader; the leader is member {} at {}", l.0, l.1),
+                Some(l.1.clone()),
+            ),
+            ProposeError::NoQuorum { leader, .. } => {
+                (self.to_string(), leader.as_ref().map(|l| l.1.clone()))
             }
-            ProposeError::NoQuorum { leader, .. } => (self.to_string(), leader.as_ref().map(|l| l.1.clone())),
             ProposeError::Fatal(_) => (self.to_string(), None),
         };
         let mut s = Status::unavailable(msg);
@@ -165,9 +168,11 @@ impl Member {
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
         match tokio::time::timeout(self.opts.write_timeout, self.raft.client_write(req)).await {
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
             Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
             Err(_) => Err(ProposeError::NoQuorum {
                 timeout: self.opts.write_timeout,
@@ -181,9 +186,11 @@ impl Member {
     pub async fn linearizable(&self) -> Result<(), ProposeError> {
         match tokio::time::timeout(self.opts.write_timeout, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
                 Err(ProposeError::NoQuorum {
                     timeout: self.opts.write_timeout,
@@ -217,10 +224,16 @@ impl Member {
             },
             other => ProposeError::Fatal(other.to_string()),
         };
-        self.raft.add_learner(id, BasicNode::new(addr), true).await.map_err(map)?;
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map_err(map)?;
         let mut voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
         voters.insert(id);
-        self.raft.change_membership(voters, false).await.map_err(map)?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(map)?;
         Ok(())
     }
 
@@ -229,9 +242,11 @@ impl Member {
         voters.remove(&id);
         match self.raft.change_membership(voters, false).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                })
+            }
             Err(e) => Err(ProposeError::Fatal(e.to_string())),
         }
     }
@@ -281,7 +296,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     start_on(opts, listener).await
 }
 
-pub async fn start_on(mut opts: Options, listener: tokio::net::TcpListener) -> Result<Running, StartError> {
+pub async fn start_on(
+    mut opts: Options,
+    listener: tokio::net::TcpListener,
+) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Bind {
         addr: opts.listen,
         source: e,
@@ -306,8 +324,12 @@ pub async fn start_on(mut opts: Options, listener: tokio::net::TcpListener) -> R
         .get_log_state()
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let vote = log.read_vote().await.map_err(|e| StartError::Raft(e.to_string()))?;
-    let fresh = log_state.last_log_id.is_none() && vote.is_none() && shared.read().last_applied.is_none();
+    let vote = log
+        .read_vote()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let fresh =
+        log_state.last_log_id.is_none() && vote.is_none() && shared.read().last_applied.is_none();
 
     let config = Config {
         cluster_name: "twill".into(),
@@ -330,7 +352,10 @@ pub async fn start_on(mut opts: Options, listener: tokio::net::TcpListener) -> R
         [(opts.id, BasicNode::new(opts.advertise.clone()))].into()
     } else {
         if !opts.peers.contains_key(&opts.id) {
-            return Err(StartError::SelfNotInPeers(opts.peers.keys().copied().collect(), opts.id));
+            return Err(StartError::SelfNotInPeers(
+                opts.peers.keys().copied().collect(),
+                opts.id,
+            ));
         }
         opts.peers
             .iter()

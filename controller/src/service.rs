@@ -40,7 +40,8 @@ fn forwarded<T>(r: &Request<T>) -> bool {
 
 fn mark<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     r
 }
 
@@ -63,7 +64,9 @@ impl ControllerService {
         f: impl FnOnce(ControllerClient<Channel>) -> Fwd<'static, Resp>,
     ) -> Result<Response<Resp>, Status> {
         match err {
-            ProposeError::NotLeader { leader: Some((id, addr)) } if !was_forwarded && id != self.m.id => {
+            ProposeError::NotLeader {
+                leader: Some((id, addr)),
+            } if !was_forwarded && id != self.m.id => {
                 let client = self.m.forward_client(&addr)?;
                 f(client).await
             }
@@ -90,7 +93,10 @@ impl ControllerService {
                 Ok(out) => answer(resp.revision, out).map(Response::new),
                 Err(e) => Err(alloc_status(&e)),
             },
-            Err(e) => self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg))).await,
+            Err(e) => {
+                self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg)))
+                    .await
+            }
         }
     }
 
@@ -108,7 +114,10 @@ impl ControllerService {
         let msg = req.into_inner();
         match self.m.linearizable().await {
             Ok(()) => answer(&self.m).map(Response::new),
-            Err(e) => self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg))).await,
+            Err(e) => {
+                self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg)))
+                    .await
+            }
         }
     }
 }
@@ -144,7 +153,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 #[tonic::async_trait]
 impl controller_server::Controller for ControllerService {
-    async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn acquire(
+        &self,
+        req: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         self.write(
             req,
             |r| {
@@ -162,7 +174,10 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
         self.write(
             req,
             |r| {
@@ -184,13 +199,18 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
         self.write(
             req,
             |r| {
                 Ok(alloc::Request {
                     request_id: request_id(&r.request_id),
-                    command: Command::Release { node: r.node.clone() },
+                    command: Command::Release {
+                        node: r.node.clone(),
+                    },
                 })
             },
             |rev, o| match o {
@@ -202,7 +222,10 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn get_config(&self, req: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+    async fn get_config(
+        &self,
+        req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::ConfigResponse>, Status> {
         self.read(
             req,
             |m| {
@@ -218,7 +241,10 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn set_config(&self, req: Request<pb::SetConfigRequest>) -> Result<Response<pb::ConfigResponse>, Status> {
+    async fn set_config(
+        &self,
+        req: Request<pb::SetConfigRequest>,
+    ) -> Result<Response<pb::ConfigResponse>, Status> {
         self.write(
             req,
             |r| {
@@ -247,7 +273,10 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn list_leases(&self, req: Request<pb::ListLeasesRequest>) -> Result<Response<pb::ListLeasesResponse>, Status> {
+    async fn list_leases(
+        &self,
+        req: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         self.read(
             req,
             |m| {
@@ -270,7 +299,10 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn reserve(&self, req: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(
+        &self,
+        req: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
         self.write(
             req,
             |r| {
@@ -288,13 +320,18 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
-    async fn unreserve(&self, req: Request<pb::UnreserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn unreserve(
+        &self,
+        req: Request<pb::UnreserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
         self.write(
             req,
             |r| {
                 Ok(alloc::Request {
                     request_id: request_id(&r.request_id),
-                    command: Command::Unreserve { node: r.node.clone() },
+                    command: Command::Unreserve {
+                        node: r.node.clone(),
+                    },
                 })
             },
             |rev, _| Ok(pb::ReserveResponse { revision: rev }),
@@ -305,14 +342,22 @@ impl controller_server::Controller for ControllerService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let start = req.into_inner().start_revision;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(serve_watch(self.m.clone(), start, tx));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let x = self.m.raft.metrics().borrow().clone();
         let leader_addr = self.m.leader().map(|l| l.1).unwrap_or_default();
         let (revision, leases) = {
@@ -340,37 +385,57 @@ impl controller_server::Controller for ControllerService {
         }))
     }
 
-    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
         let was_forwarded = forwarded(&req);
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("id: member ids start at 1"));
         }
         if !(r.addr.starts_with("http://") || r.addr.starts_with("https://")) {
-            return Err(Status::invalid_argument(format!("addr: {:?} is not a URL like http://10.0.0.2:7420", r.addr)));
+            return Err(Status::invalid_argument(format!(
+                "addr: {:?} is not a URL like http://10.0.0.2:7420",
+                r.addr
+            )));
         }
         tracing::info!(member = r.id, addr = %r.addr, "adding member (learner, then voter)");
         match self.m.add_member(r.id, r.addr.clone()).await {
-            Ok(()) => Ok(Response::new(pb::MembersResponse { members: members(&self.m) })),
+            Ok(()) => Ok(Response::new(pb::MembersResponse {
+                members: members(&self.m),
+            })),
             Err(e) => {
-                self.forward_or(e, was_forwarded, move |mut c| Box::pin(async move { c.add_member(mark(r)).await }))
-                    .await
+                self.forward_or(e, was_forwarded, move |mut c| {
+                    Box::pin(async move { c.add_member(mark(r)).await })
+                })
+                .await
             }
         }
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
         let was_forwarded = forwarded(&req);
         let r = req.into_inner();
         if !members(&self.m).iter().any(|x| x.id == r.id) {
-            return Err(Status::not_found(format!("member {} is not in the cluster", r.id)));
+            return Err(Status::not_found(format!(
+                "member {} is not in the cluster",
+                r.id
+            )));
         }
         tracing::info!(member = r.id, "removing member");
         match self.m.remove_member(r.id).await {
-            Ok(()) => Ok(Response::new(pb::MembersResponse { members: members(&self.m) })),
+            Ok(()) => Ok(Response::new(pb::MembersResponse {
+                members: members(&self.m),
+            })),
             Err(e) => {
-                self.forward_or(e, was_forwarded, move |mut c| Box::pin(async move { c.remove_member(mark(r)).await }))
-                    .await
+                self.forward_or(e, was_forwarded, move |mut c| {
+                    Box::pin(async move { c.remove_member(mark(r)).await })
+                })
+                .await
             }
         }
     }
@@ -378,7 +443,11 @@ impl controller_server::Controller for ControllerService {
 
 /// Streams the lease events after `start` (a snapshot first when they are not all retained),
 /// then follows new events, with a progress message whenever the stream has been quiet.
-async fn serve_watch(m: Arc<Member>, start: u64, tx: mpsc::Sender<Result<pb::WatchResponse, Status>>) {
+async fn serve_watch(
+    m: Arc<Member>,
+    start: u64,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+) {
     let mut rx = m.sm.subscribe();
     let mut sent = start;
     let mut first = true;

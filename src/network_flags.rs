@@ -1,0 +1,270 @@
+//! Network settings given on the command line, laid over a base configuration: the embedded
+//! default for `twill controller`, the cluster's current one for `twill config set`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use twill_proto::v1 as pb;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+    Bgp,
+}
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct NetworkFlags {
+    /// IPv4 pod network every node's subnet is carved from [default: 10.244.0.0/16]
+    #[arg(long, value_name = "CIDR")]
+    pub network: Option<String>,
+    /// Prefix length of each node's subnet (longer than the network's, at most 30) [default: 24]
+    #[arg(long, value_name = "LEN")]
+    pub subnet_len: Option<u32>,
+    /// Lowest subnet handed out (default: the second subnet of the network, as flannel does)
+    #[arg(long, value_name = "ADDR")]
+    pub subnet_min: Option<String>,
+    /// Highest subnet handed out (default: the last subnet of the network)
+    #[arg(long, value_name = "ADDR")]
+    pub subnet_max: Option<String>,
+    /// Optional IPv6 pod network for dual stack; "" removes it with `config set`
+    #[arg(long, value_name = "CIDR")]
+    pub ipv6_network: Option<String>,
+    /// Prefix length of each node's IPv6 subnet [default: 64]
+    #[arg(long, value_name = "LEN")]
+    pub ipv6_subnet_len: Option<u32>,
+    /// How agents carry pod traffic between nodes [default: vxlan]
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// VXLAN network identifier (device twill.<vni>) [default: 1]
+    #[arg(long, value_name = "VNI")]
+    pub vni: Option<u32>,
+    /// VXLAN UDP port [default: 8472, flannel's]
+    #[arg(long, value_name = "PORT")]
+    pub vxlan_port: Option<u32>,
+    /// With vxlan: plain routes to peers on the same L2 segment, VXLAN for the rest
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub direct_routing: Option<bool>,
+    /// With bgp: the cluster's AS number
+    #[arg(long, value_name = "ASN")]
+    pub bgp_asn: Option<u32>,
+    /// How long a lease lives without renewal, e.g. 24h, 90m, 30s [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease_ttl: Option<Duration>,
+}
+
+impl NetworkFlags {
+    /// The base configuration with every given flag applied; the controller validates the
+    /// result (prefix lengths, boundaries, live leases).
+    pub fn overlay(&self, base: &pb::NetworkConfig) -> Result<pb::NetworkConfig> {
+        let mut c = base.clone();
+        if let Some(v) = &self.network {
+            c.network = v.clone();
+        }
+        if let Some(v) = self.subnet_len {
+            if v == 0 {
+                bail!("--subnet-len: must be at least 1");
+            }
+            c.subnet_len = v;
+        }
+        if let Some(v) = &self.subnet_min {
+            c.subnet_min = v.clone();
+        }
+        if let Some(v) = &self.subnet_max {
+            c.subnet_max = v.clone();
+        }
+        if let Some(v) = &self.ipv6_network {
+            c.ipv6_network = v.clone();
+        }
+        if let Some(v) = self.ipv6_subnet_len {
+            c.ipv6_subnet_len = v;
+        }
+        let current = base.backend.as_ref().and_then(|b| b.kind.clone());
+        let kind = match self.backend {
+            None => current,
+            Some(BackendKind::Vxlan) => match current {
+                Some(k @ pb::backend::Kind::Vxlan(_)) => Some(k),
+                _ => Some(pb::backend::Kind::Vxlan(pb::VxlanBackend::default())),
+            },
+            Some(BackendKind::HostGw) => Some(pb::backend::Kind::HostGw(pb::HostGwBackend {})),
+            Some(BackendKind::Bgp) => match current {
+                Some(k @ pb::backend::Kind::Bgp(_)) => Some(k),
+                _ => Some(pb::backend::Kind::Bgp(pb::BgpBackend::default())),
+            },
+        };
+        let kind = match kind {
+            Some(pb::backend::Kind::Vxlan(mut v)) => {
+                if let Some(n) = self.vni {
+                    v.vni = n;
+                }
+                if let Some(p) = self.vxlan_port {
+                    v.port = p;
+                }
+                if let Some(d) = self.direct_routing {
+                    v.direct_routing = d;
+                }
+                Some(pb::backend::Kind::Vxlan(v))
+            }
+            Some(pb::backend::Kind::Bgp(mut b)) => {
+                if let Some(a) = self.bgp_asn {
+                    b.asn = a;
+                }
+                if self.vni.is_some() || self.vxlan_port.is_some() || self.direct_routing.is_some()
+                {
+                    bail!(
+                        "--vni, --vxlan-port and --direct-routing apply to the vxlan backend only"
+                    );
+                }
+                Some(pb::backend::Kind::Bgp(b))
+            }
+            other => {
+                if self.vni.is_some() || self.vxlan_port.is_some() || self.direct_routing.is_some()
+                {
+                    bail!(
+                        "--vni, --vxlan-port and --direct-routing apply to the vxlan backend only"
+                    );
+                }
+                if self.bgp_asn.is_some() {
+                    bail!("--bgp-asn applies to the bgp backend only");
+                }
+                other
+            }
+        };
+        if matches!(kind, Some(pb::backend::Kind::Vxlan(_))) && self.bgp_asn.is_some() {
+            bail!("--bgp-asn applies to the bgp backend only");
+        }
+        c.backend = kind.map(|k| pb::Backend { kind: Some(k) });
+        if let Some(t) = self.lease_ttl {
+            c.lease_ttl_ms = t.as_millis().try_into().unwrap_or(u64::MAX);
+        }
+        Ok(c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.network.is_none()
+            && self.subnet_len.is_none()
+            && self.subnet_min.is_none()
+            && self.subnet_max.is_none()
+            && self.ipv6_network.is_none()
+            && self.ipv6_subnet_len.is_none()
+            && self.backend.is_none()
+            && self.vni.is_none()
+            && self.vxlan_port.is_none()
+            && self.direct_routing.is_none()
+            && self.bgp_asn.is_none()
+            && self.lease_ttl.is_none()
+    }
+}
+
+/// Durations as operators write them: `500ms`, `30s`, `90m`, `24h`, `7d`, or combined (`1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{s:?}: expected a number, e.g. 30s, 90m, 24h"));
+        }
+        let n: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("{s:?}: missing unit (ms, s, m, h or d)")),
+            u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("{s:?}: too long"))?;
+    }
+    let ms: u64 = total.try_into().map_err(|_| format!("{s:?}: too long"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// The shortest exact spelling of a duration in the units [`parse_duration`] reads.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("5 years").is_err());
+        assert!(parse_duration("h").is_err());
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration(Duration::from_secs(5_400)), "90m");
+        assert_eq!(format_duration(Duration::from_millis(1_500)), "1500ms");
+    }
+
+    #[test]
+    fn overlay_switches_backend_and_keeps_the_rest() {
+        let base = pb::NetworkConfig {
+            network: "10.244.0.0/16".into(),
+            subnet_len: 24,
+            backend: Some(pb::Backend {
+                kind: Some(pb::backend::Kind::Vxlan(pb::VxlanBackend {
+                    vni: 7,
+                    port: 4789,
+                    direct_routing: false,
+                })),
+            }),
+            ..Default::default()
+        };
+        let f = NetworkFlags {
+            direct_routing: Some(true),
+            ..Default::default()
+        };
+        let c = f.overlay(&base).unwrap();
+        assert_eq!(c.network, "10.244.0.0/16");
+        match c.backend.and_then(|b| b.kind) {
+            Some(pb::backend::Kind::Vxlan(v)) => {
+                assert_eq!((v.vni, v.port, v.direct_routing), (7, 4789, true))
+            }
+            other => panic!("unexpected backend {other:?}"),
+        }
+        let f = NetworkFlags {
+            backend: Some(BackendKind::HostGw),
+            vni: Some(3),
+            ..Default::default()
+        };
+        assert!(
+            f.overlay(&base).is_err(),
+            "--vni with host-gw must be refused"
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! The operator's commands against a running cluster: tables for people, `--json` for scripts.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use twill_controller::client::{Client, ClientOptions};
+use twill_controller::now_ms;
+use twill_proto::v1 as pb;
+
+use crate::network_flags::{format_duration, NetworkFlags};
+
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Controller endpoint(s); any member will do, the client finds the leader
+    /// (repeat or separate with commas)
+    #[arg(
+        long = "controller",
+        global = true,
+        value_name = "URL",
+        env = "TWILL_CONTROLLER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7420"
+    )]
+    pub endpoints: Vec<String>,
+    /// Print JSON instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Target {
+    pub fn client(&self) -> Result<Client> {
+        let opts = ClientOptions {
+            retry_for: Duration::from_secs(8),
+            attempt_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        Ok(Client::with_options(&self.endpoints, opts)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Show the cluster's network configuration
+    Get,
+    /// Change the network configuration: flags not given keep their current value. Refused if a
+    /// live lease would fall outside the new configuration
+    Set(NetworkFlags),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCmd {
+    /// List the members, their role and Raft progress
+    List,
+    /// Add a member started with --join: first as a learner that catches up, then as a voter
+    Add {
+        /// The new member's --id
+        id: u64,
+        /// The new member's --advertise URL
+        url: String,
+    },
+    /// Remove a member from the cluster (stop its process afterwards)
+    Remove {
+        /// The member's id
+        id: u64,
+    },
+}
+
+fn text(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+    out
+}
+
+/// Time left until `at_ms`, as people read it ("23h59m", "expired").
+fn until(at_ms: u64) -> String {
+    let now = now_ms();
+    if at_ms <= now {
+        return "expired".into();
+    }
+    let secs = (at_ms - now) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+fn backend_json(b: &Option<pb::Backend>) -> Value {
+    match b.as_ref().and_then(|b| b.kind.as_ref()) {
+        Some(pb::backend::Kind::Vxlan(v)) => {
+            json!({"type": "vxlan", "vni": v.vni, "port": v.port, "direct_routing": v.direct_routing})
+        }
+        Some(pb::backend::Kind::HostGw(_)) => json!({"type": "host-gw"}),
+        Some(pb::backend::Kind::Bgp(b)) => json!({"type": "bgp", "asn": b.asn}),
+        None => Value::Null,
+    }
+}
+
+fn config_json(c: &pb::NetworkConfig) -> Value {
+    json!({
+        "network": c.network,
+        "subnet_len": c.subnet_len,
+        "subnet_min": c.subnet_min,
+        "subnet_max": c.subnet_max,
+        "ipv6_network": c.ipv6_network,
+        "ipv6_subnet_len": c.ipv6_subnet_len,
+        "backend": backend_json(&c.backend),
+        "lease_ttl_ms": c.lease_ttl_ms,
+    })
+}
+
+fn config_text(c: &pb::NetworkConfig, revision: u64) -> String {
+    let backend = match c.backend.as_ref().and_then(|b| b.kind.as_ref()) {
+        Some(pb::backend::Kind::Vxlan(v)) => format!(
+            "vxlan (vni {}, port {}{})",
+            v.vni,
+            v.port,
+            if v.direct_routing {
+                ", direct routing"
+            } else {
+                ""
+            }
+        ),
+        Some(pb::backend::Kind::HostGw(_)) => "host-gw".into(),
+        Some(pb::backend::Kind::Bgp(b)) => format!("bgp (AS {})", b.asn),
+        None => "-".into(),
+    };
+    let mut rows = vec![
+        ("network", c.network.clone()),
+        ("subnet length", format!("/{}", c.subnet_len)),
+        ("subnet min", text(&c.subnet_min)),
+        ("subnet max", text(&c.subnet_max)),
+    ];
+    if !c.ipv6_network.is_empty() {
+        rows.push(("ipv6 network", c.ipv6_network.clone()));
+        rows.push(("ipv6 subnet length", format!("/{}", c.ipv6_subnet_len)));
+    }
+    rows.push(("backend", backend));
+    rows.push((
+        "lease ttl",
+        format_duration(Duration::from_millis(c.lease_ttl_ms)),
+    ));
+    rows.push(("revision", revision.to_string()));
+    rows.iter().map(|(k, v)| format!("{k:<19} {v}\n")).collect()
+}
+
+fn lease_json(l: &pb::Lease) -> Value {
+    json!({
+        "node": l.node,
+        "subnet": l.subnet,
+        "ipv6_subnet": l.ipv6_subnet,
+        "public_ip": l.public_ip,
+        "public_ipv6": l.public_ipv6,
+        "backend_data": l.backend_data,
+        "expires_at_ms": l.expires_at_ms,
+        "acquired_at_ms": l.acquired_at_ms,
+        "create_revision": l.create_revision,
+        "mod_revision": l.mod_revision,
+        "reason": l.reason,
+    })
+}
+
+pub async fn status(t: &Target) -> Result<()> {
+    let client = t.client()?;
+    let first = client.status().await.context("controller status")?;
+    // Ask every member for its own view, so a lagging or unreachable one shows.
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for m in &first.members {
+        match Client::status_of(&m.addr).await {
+            Ok(s) => {
+                out.push(json!({
+                    "id": s.id, "addr": m.addr, "voter": m.voter, "state": s.state,
+                    "leader": s.leader, "term": s.term, "last_log_index": s.last_log_index,
+                    "applied_index": s.applied_index, "revision": s.revision, "leases": s.leases,
+                }));
+                rows.push(vec![
+                    s.id.to_string(),
+                    m.addr.clone(),
+                    if m.voter {
+                        s.state.clone()
+                    } else {
+                        format!("{} (learner)", s.state)
+                    },
+                    s.term.to_string(),
+                    s.last_log_index.to_string(),
+                    s.applied_index.to_string(),
+                    s.revision.to_string(),
+                    s.leases.to_string(),
+                ]);
+            }
+            Err(e) => {
+                out.push(
+                    json!({"id": m.id, "addr": m.addr, "voter": m.voter, "error": e.to_string()}),
+                );
+                let mut r = vec![
+                    m.id.to_string(),
+                    m.addr.clone(),
+                    format!("unreachable: {e}"),
+                ];
+                r.extend(std::iter::repeat_n("-".to_string(), 5));
+                rows.push(r);
+            }
+        }
+    }
+    if t.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"leader": first.leader, "leader_addr": first.leader_addr, "members": out})
+            )?
+        );
+    } else {
+        if first.leader == 0 {
+            println!("leader: none elected (no quorum?)");
+        } else {
+            println!("leader: member {} at {}", first.leader, first.leader_addr);
+        }
+        print!(
+            "{}",
+            table(
+                &["ID", "ADDRESS", "STATE", "TERM", "LAST LOG", "APPLIED", "REVISION", "LEASES"],
+                rows
+            )
+        );
+    }
+    Ok(())
+}
+
+pub async fn leases(t: &Target) -> Result<()> {
+    let r = t.client()?.list_leases().await.context("list leases")?;
+    if t.json {
+        let leases: Vec<Value> = r.leases.iter().map(lease_json).collect();
+        let res: Vec<Value> = r
+            .reservations
+            .iter()
+            .map(|x| json!({"node": x.node, "subnet": x.subnet}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"revision": r.revision, "leases": leases, "reservations": res})
+            )?
+        );
+        return Ok(());
+    }
+    let rows = r
+        .leases
+        .iter()
+        .map(|l| {
+            vec![
+                l.node.clone(),
+                l.subnet.clone(),
+                text(&l.ipv6_subnet),
+                l.public_ip.clone(),
+                until(l.expires_at_ms),
+                l.create_revision.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NODE",
+                "SUBNET",
+                "IPV6 SUBNET",
+                "PUBLIC IP",
+                "EXPIRES IN",
+                "CREATED AT REV"
+            ],
+            rows
+        )
+    );
+    if !r.reservations.is_empty() {
+        println!();
+        let rows = r
+            .reservations
+            .iter()
+            .map(|x| vec![x.node.clone(), x.subnet.clone()])
+            .collect();
+        print!("{}", table(&["RESERVED FOR", "SUBNET"], rows));
+    }
+    println!("{} leases at revision {}", r.leases.len(), r.revision);
+    Ok(())
+}
+
+pub async fn config(t: &Target, cmd: ConfigCmd) -> Result<()> {
+    let client = t.client()?;
+    let current = client.get_config().await.context("get configuration")?;
+    let shown = match cmd {
+        ConfigCmd::Get => {
+            if !current.present {
+                bail!("the cluster has no network configuration yet (set one with `twill config set --network CIDR`)");
+            }
+            current
+        }
+        ConfigCmd::Set(flags) => {
+            if flags.is_empty() {
+                bail!("nothing to change: give at least one setting, e.g. --network 10.244.0.0/16 (see --help)");
+            }
+            let base = if current.present {
+                current.config.unwrap_or_default()
+            } else {
+                pb::NetworkConfig::default()
+            };
+            let wanted = flags.overlay(&base)?;
+            client
+                .set_config(wanted)
+                .await
+                .context("set configuration")?
+        }
+    };
+    let cfg = shown.config.unwrap_or_default();
+    if t.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"revision": shown.revision, "config": config_json(&cfg)})
+            )?
+        );
+    } else {
+        print!("{}", config_text(&cfg, shown.revision));
+    }
+    Ok(())
+}
+
+fn members_out(t: &Target, members: &[pb::Member], leader: u64) -> Result<()> {
+    if t.json {
+        let v: Vec<Value> = members
+            .iter()
+            .map(
+                |m| json!({"id": m.id, "addr": m.addr, "voter": m.voter, "leader": m.id == leader}),
+            )
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let rows = members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.id.to_string(),
+                    m.addr.clone(),
+                    if m.voter { "voter" } else { "learner" }.to_string(),
+                    if m.id == leader { "yes" } else { "" }.to_string(),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["ID", "ADDRESS", "ROLE", "LEADER"], rows));
+    }
+    Ok(())
+}
+
+pub async fn members(t: &Target, cmd: MembersCmd) -> Result<()> {
+    let client = t.client()?;
+    match cmd {
+        MembersCmd::List => {
+            let s = client.status().await.context("controller status")?;
+            members_out(t, &s.members, s.leader)
+        }
+        MembersCmd::Add { id, url } => {
+            let r = client
+                .add_member(id, url.trim_end_matches('/'))
+                .await
+                .with_context(|| format!("add member {id}"))?;
+            let s = client.status().await.context("controller status")?;
+            members_out(t, &r.members, s.leader)
+        }
+        MembersCmd::Remove { id } => {
+            let r = client
+                .remove_member(id)
+                .await
+                .with_context(|| format!("remove member {id}"))?;
+            let s = client.status().await.context("controller status")?;
+            members_out(t, &r.members, s.leader)
+        }
+    }
+}
+
+pub async fn reserve(t: &Target, node: &str, subnet: &str) -> Result<()> {
+    let r = t.client()?.reserve(node, subnet).await.context("reserve")?;
+    if t.json {
+        println!(
+            "{}",
+            json!({"node": node, "subnet": subnet, "revision": r.revision})
+        );
+    } else {
+        println!("reserved {subnet} for {node} (revision {})", r.revision);
+    }
+    Ok(())
+}
+
+pub async fn release(t: &Target, node: &str) -> Result<()> {
+    let r = t.client()?.release(node).await.context("release")?;
+    if t.json {
+        println!("{}", json!({"node": node, "revision": r.revision}));
+    } else {
+        println!("released the lease of {node} (revision {})", r.revision);
+    }
+    Ok(())
+}
+
+pub async fn unreserve(t: &Target, node: &str) -> Result<()> {
+    let r = t.client()?.unreserve(node).await.context("unreserve")?;
+    if t.json {
+        println!("{}", json!({"node": node, "revision": r.revision}));
+    } else {
+        println!(
+            "removed the reservation of {node} (revision {})",
+            r.revision
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["NODE", "SUBNET"],
+            vec![
+                vec!["a-long-name".into(), "10.244.1.0/24".into()],
+                vec!["b".into(), "-".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "NODE         SUBNET\na-long-name  10.244.1.0/24\nb            -\n"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! `twill controller`: one member of the Raft-replicated subnet allocator.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use twill_controller::convert::{config_from_proto, config_to_proto};
+use twill_controller::node::{self, Options};
+use twill_controller::NodeId;
+
+use crate::network_flags::{parse_duration, NetworkFlags};
+
+/// Where a root-run controller keeps its Raft log and snapshots.
+const SYSTEM_DATA_DIR: &str = "/var/lib/twill/controller";
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// This member's id, unique in the cluster and never reused
+    #[arg(long, default_value_t = 1, env = "TWILL_ID")]
+    id: NodeId,
+    /// Raft log, vote and snapshots [default: /var/lib/twill/controller, or
+    /// ~/.local/state/twill/controller when that is not writable]
+    #[arg(long, value_name = "DIR", env = "TWILL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address for the gRPC API and Raft traffic
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7420",
+        env = "TWILL_LISTEN"
+    )]
+    listen: SocketAddr,
+    /// URL other members and agents use to reach this one [default: http://<listen>]
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// An initial member as ID=URL, this one included; repeat for each (e.g. --peer
+    /// 1=http://10.0.0.1:7420 --peer 2=http://10.0.0.2:7420 --peer 3=http://10.0.0.3:7420).
+    /// Without any, a single-member cluster is formed
+    #[arg(long = "peer", value_name = "ID=URL", value_parser = parse_peer)]
+    peers: Vec<(NodeId, String)>,
+    /// Start empty and wait to be added to a running cluster with `twill members add`
+    #[arg(long)]
+    join: bool,
+
+    /// Raft heartbeat interval
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Shortest election timeout; the longest is twice this
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    election_timeout: Duration,
+    /// Take a snapshot (and purge the log behind it) after this many log entries
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Lease events kept for watchers to resume from
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    watch_history: usize,
+    /// How long a write may wait for a quorum before the client is told Unavailable
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    write_timeout: Duration,
+
+    /// Initial network configuration, used once when a new cluster first elects a leader
+    /// (change it later with `twill config set`)
+    #[command(flatten)]
+    network: NetworkFlags,
+}
+
+fn parse_peer(s: &str) -> Result<(NodeId, String), String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=URL, e.g. 2=http://10.0.0.2:7420"))?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: member id {id:?} is not a positive number"))?;
+    if id == 0 {
+        return Err(format!("{s:?}: member ids start at 1"));
+    }
+    let url = url.trim().trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: URL must start with http:// or https://"));
+    }
+    Ok((id, url))
+}
+
+/// The default data directory: the system one when it can be created, else one under $HOME.
+fn default_data_dir() -> PathBuf {
+    let sys = PathBuf::from(SYSTEM_DATA_DIR);
+    if std::fs::create_dir_all(&sys).is_ok() {
+        return sys;
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("twill/controller")
+}
+
+impl ControllerArgs {
+    fn options(&self) -> Result<Options> {
+        if self.id == 0 {
+            bail!("--id: member ids start at 1");
+        }
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let mut o = Options::new(self.id, data_dir, self.listen);
+        o.advertise = self.advertise.clone().unwrap_or_default();
+        let mut peers = BTreeMap::new();
+        for (id, url) in &self.peers {
+            if let Some(prev) = peers.insert(*id, url.clone()) {
+                bail!("--peer: member {id} given twice ({prev} and {url})");
+            }
+        }
+        if !peers.is_empty() && !peers.contains_key(&self.id) {
+            bail!(
+                "--peer lists members {:?} but not this one (--id {}); list every initial member, this one included",
+                peers.keys().collect::<Vec<_>>(),
+                self.id
+            );
+        }
+        if let (Some(own), Some(adv)) = (peers.get(&self.id), &self.advertise) {
+            if own != adv.trim_end_matches('/') {
+                bail!("--advertise {adv} differs from this member's --peer entry {own}");
+            }
+        }
+        if o.advertise.is_empty() {
+            if let Some(own) = peers.get(&self.id) {
+                o.advertise = own.clone();
+            }
+        }
+        if self.join && !peers.is_empty() {
+            bail!("--join and --peer exclude each other: a joining member learns the cluster from `twill members add`");
+        }
+        o.peers = peers;
+        o.join = self.join;
+
+        let heartbeat = self.heartbeat_interval.as_millis() as u64;
+        let election = self.election_timeout.as_millis() as u64;
+        if heartbeat == 0 || election <= heartbeat * 2 {
+            bail!(
+                "--election-timeout ({election} ms) must be more than twice --heartbeat-interval ({heartbeat} ms)"
+            );
+        }
+        o.heartbeat_ms = heartbeat;
+        o.election_min_ms = election;
+        o.election_max_ms = election * 2;
+        // A new leader gives every lease at least one full election timeout of slack.
+        o.promote_grace_ms = (election * 2).max(10_000);
+        if self.snapshot_every == 0 {
+            bail!("--snapshot-every must be at least 1");
+        }
+        o.snapshot_every = self.snapshot_every;
+        o.watch_history = self.watch_history.max(1);
+        o.write_timeout = self.write_timeout;
+
+        let base = config_to_proto(&o.initial_config);
+        let wanted = self.network.overlay(&base)?;
+        o.initial_config = config_from_proto(&wanted).context("initial network configuration")?;
+        Ok(o)
+    }
+}
+
+pub async fn run(args: ControllerArgs) -> Result<()> {
+    let opts = args.options()?;
+    tracing::info!(
+        id = opts.id,
+        data_dir = %opts.data_dir.display(),
+        listen = %opts.listen,
+        network = %opts.initial_config.network,
+        subnet_len = opts.initial_config.subnet_len,
+        backend = opts.initial_config.backend.name(),
+        "starting controller"
+    );
+    let mut running = node::start(opts).await?;
+    tracing::info!(addr = %running.addr, advertise = running.advertise(), "serving gRPC");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    tokio::select! {
+        r = running.wait() => {
+            r.context("gRPC server failed")?;
+            bail!("gRPC server stopped unexpectedly");
+        }
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -148,9 +148,16 @@ pub struct Member {
     pub sm: Arc<Shared>,
     pub opts: Options,
     forward: Mutex<HashMap<String, ControllerClient<Channel>>>,
+    /// Flipped on shutdown so long-lived streams end instead of holding the server open.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Member {
+    /// Resolves once this member starts shutting down.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// The leader as this member knows it.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
@@ -269,11 +276,19 @@ impl Running {
     /// Stops serving and shuts Raft down; the data directory can then be opened again.
     pub async fn shutdown(mut self) {
         self.duties.abort();
+        self.member.stopping.send_replace(true);
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         let _ = self.member.raft.shutdown().await;
-        let _ = (&mut self.server).await;
+        // Graceful shutdown waits for open calls; a client that keeps a stream open past the
+        // grace period is cut off rather than holding the member up.
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
     }
 
     /// Runs until the server fails or is stopped.
@@ -369,6 +384,7 @@ pub async fn start_on(
         sm: shared,
         opts: opts.clone(),
         forward: Mutex::new(HashMap::new()),
+        stopping: tokio::sync::watch::channel(false).0,
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

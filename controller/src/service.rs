@@ -449,6 +449,7 @@ async fn serve_watch(
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
 ) {
     let mut rx = m.sm.subscribe();
+    let mut stopping = m.stopping();
     let mut sent = start;
     let mut first = true;
     loop {
@@ -499,6 +500,10 @@ async fn serve_watch(
                 }
             }
             _ = tx.closed() => return,
+            _ = stopping.changed() => {
+                let _ = tx.send(Err(Status::unavailable("controller member is shutting down; resume the watch on another member"))).await;
+                return;
+            }
         }
     }
 }

@@ -1,0 +1,155 @@
+//! Watch streams: a snapshot first from revision 0, exact resumption from a retained revision,
+//! a snapshot again when the revision is older than the retained history, progress when quiet.
+
+use std::time::Duration;
+
+use tonic::Streaming;
+use twill_controller::client::Client;
+use twill_proto::v1 as pb;
+use twill_proto::v1::watch_response::Msg;
+use twill_tests::Cluster;
+
+const HISTORY: usize = 20;
+
+async fn cluster() -> Cluster {
+    Cluster::start_with(1, |o| {
+        o.watch_history = HISTORY;
+        o.watch_progress = Duration::from_millis(300);
+    })
+    .await
+    .expect("cluster starts")
+}
+
+async fn acquire(c: &Client, node: &str) -> u64 {
+    let r = c
+        .acquire(pb::AcquireRequest {
+            node: node.into(),
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire");
+    r.revision
+}
+
+/// The next message that is not a progress note.
+async fn next(s: &mut Streaming<pb::WatchResponse>) -> Msg {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("watch message within 10s")
+            .expect("stream healthy")
+            .expect("stream open");
+        match m.msg.expect("message set") {
+            Msg::Progress(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn expect_events(
+    s: &mut Streaming<pb::WatchResponse>,
+    revs: std::ops::RangeInclusive<u64>,
+) -> Vec<pb::LeaseEvent> {
+    let mut got = Vec::new();
+    for want in revs {
+        match next(s).await {
+            Msg::Event(e) => {
+                assert_eq!(e.revision, want, "events out of order or with a gap");
+                got.push(e);
+            }
+            other => panic!("expected event {want}, got {other:?}"),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_zero_snapshot_then_every_event() {
+    let cl = cluster().await;
+    let c = cl.client();
+    for i in 0..5 {
+        acquire(&c, &format!("n{i}")).await;
+    }
+    let mut s = c.watch(0).await.expect("watch");
+    let snap = match next(&mut s).await {
+        Msg::Snapshot(s) => s,
+        other => panic!("expected a snapshot first, got {other:?}"),
+    };
+    assert_eq!(snap.leases.len(), 5);
+    assert!(snap.config_present);
+    let base = snap.revision;
+
+    let r1 = acquire(&c, "n5").await;
+    c.release("n0").await.expect("release");
+    assert_eq!(r1, base + 1);
+    let evs = expect_events(&mut s, base + 1..=base + 2).await;
+    assert_eq!(evs[0].kind(), pb::EventKind::Put);
+    assert_eq!(evs[0].lease.as_ref().map(|l| l.node.as_str()), Some("n5"));
+    assert_eq!(evs[1].kind(), pb::EventKind::Delete);
+    assert_eq!(evs[1].lease.as_ref().map(|l| l.node.as_str()), Some("n0"));
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_gives_exactly_the_events_after_the_revision() {
+    let cl = cluster().await;
+    let c = cl.client();
+    let mut revs = Vec::new();
+    for i in 0..10 {
+        revs.push(acquire(&c, &format!("n{i}")).await);
+    }
+    let resume = revs[4];
+    let last = *revs.last().expect("ten revisions");
+    let mut s = c.watch(resume).await.expect("watch");
+    let evs = expect_events(&mut s, resume + 1..=last).await;
+    let nodes: Vec<_> = evs
+        .iter()
+        .filter_map(|e| e.lease.as_ref())
+        .map(|l| l.node.clone())
+        .collect();
+    assert_eq!(nodes, ["n5", "n6", "n7", "n8", "n9"]);
+    // Nothing more until the next write, which then arrives as the next revision.
+    let extra = acquire(&c, "late").await;
+    assert_eq!(extra, last + 1);
+    expect_events(&mut s, last + 1..=last + 1).await;
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_than_history_gives_a_snapshot_then_events() {
+    let cl = cluster().await;
+    let c = cl.client();
+    let first = acquire(&c, "n0").await;
+    for i in 1..(HISTORY * 2) {
+        acquire(&c, &format!("n{i}")).await;
+    }
+    let mut s = c.watch(first).await.expect("watch");
+    let snap = match next(&mut s).await {
+        Msg::Snapshot(s) => s,
+        other => panic!("a revision older than the history must give a snapshot, got {other:?}"),
+    };
+    assert_eq!(snap.leases.len(), HISTORY * 2);
+    let r = acquire(&c, "after").await;
+    assert_eq!(r, snap.revision + 1);
+    expect_events(&mut s, r..=r).await;
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_stream_sends_progress_with_the_current_revision() {
+    let cl = cluster().await;
+    let c = cl.client();
+    let rev = acquire(&c, "n0").await;
+    let mut s = c.watch(rev).await.expect("watch");
+    let m = tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("progress within 5s")
+        .expect("healthy")
+        .expect("open");
+    match m.msg {
+        Some(Msg::Progress(p)) => assert_eq!(p.revision, rev),
+        other => panic!("expected progress, got {other:?}"),
+    }
+    cl.shutdown().await;
+}

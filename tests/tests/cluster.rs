@@ -164,3 +164,62 @@ async fn status_reports_members_leader_and_indexes() {
     }
     cl.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_member_catches_up_becomes_voter_and_can_be_removed() {
+    let cl = Cluster::start(3).await.expect("cluster starts");
+    let c = cl.client();
+    for i in 0..20 {
+        c.acquire(acquire(&format!("n{i}"))).await.expect("acquire");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut o = twill_tests::test_options(4, cl.dir.path().join("m4"), addr);
+    o.join = true;
+    let joiner = twill_controller::node::start_on(o, listener)
+        .await
+        .expect("start joiner");
+    let url = format!("http://{addr}");
+
+    let r = c.add_member(4, &url).await.expect("add member");
+    assert!(
+        r.members.iter().any(|m| m.id == 4 && m.voter),
+        "member 4 not a voter: {:?}",
+        r.members
+    );
+    // It has every lease once it has caught up.
+    let want = lease_table(&c).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: BTreeMap<String, String> = joiner
+            .member
+            .sm
+            .read()
+            .alloc
+            .leases()
+            .map(|l| (l.node.clone(), l.subnet.to_string()))
+            .collect();
+        if got == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "joiner did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = c.remove_member(4).await.expect("remove member");
+    assert!(
+        r.members.iter().all(|m| m.id != 4),
+        "member 4 still listed: {:?}",
+        r.members
+    );
+    c.acquire(acquire("after-removal"))
+        .await
+        .expect("writes go on without it");
+    joiner.shutdown().await;
+    cl.shutdown().await;
+}

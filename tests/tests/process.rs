@@ -1,0 +1,299 @@
+//! `twill controller` as a real process: SIGKILL during acquisitions loses no acknowledged
+//! lease, SIGTERM stops it cleanly, and a damaged data directory is refused by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use twill_controller::client::{Client, ClientOptions};
+use twill_proto::v1 as pb;
+use twill_tests::{free_port, twill_binary};
+
+struct Controller {
+    child: Child,
+    url: String,
+}
+
+fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Controller {
+    let bin = twill_binary().expect("twill binary");
+    let child = Command::new(bin)
+        .arg("controller")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--network", "10.0.0.0/12"])
+        .args(extra)
+        .env("TWILL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn twill controller");
+    Controller {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = Client::status_of(url).await {
+            if s.state == "leader" && s.applied_index > 0 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller at {url} not ready within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `twill controller` on a data directory that should be refused; returns its output.
+fn run_to_exit(dir: &Path, port: u16) -> Output {
+    let bin = twill_binary().expect("twill binary");
+    let mut child = Command::new(bin)
+        .arg("controller")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("controller started on a damaged data directory instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn client(url: &str) -> Client {
+    Client::with_options(
+        [url],
+        ClientOptions {
+            retry_for: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = free_port().expect("port");
+    let mut ctl = spawn(&data, port, &[]);
+    wait_ready(&ctl.url).await;
+
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (acked, stop, c) = (acked.clone(), stop.clone(), client(&ctl.url));
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let node = format!("w{w}-{i:05}");
+                let r = c
+                    .acquire(pb::AcquireRequest {
+                        node: node.clone(),
+                        public_ip: "192.0.2.9".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("acquire eventually succeeds across restarts");
+                acked
+                    .lock()
+                    .unwrap()
+                    .insert(node, r.lease.expect("lease").subnet);
+                i += 1;
+            }
+        }));
+    }
+
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let n = acked.lock().unwrap().len();
+        ctl.child.kill().expect("SIGKILL");
+        ctl.child.wait().expect("reap");
+        eprintln!("round {round}: killed with {n} acknowledged leases");
+        ctl = spawn(&data, port, &[]);
+        wait_ready(&ctl.url).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "too few acquisitions to prove anything: {}",
+        acked.len()
+    );
+    let listed: BTreeMap<String, String> = client(&ctl.url)
+        .list_leases()
+        .await
+        .expect("list")
+        .leases
+        .into_iter()
+        .map(|l| (l.node, l.subnet))
+        .collect();
+    for (node, subnet) in &acked {
+        assert_eq!(
+            listed.get(node),
+            Some(subnet),
+            "acknowledged lease of {node} lost or changed"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = listed.values().collect();
+    assert_eq!(distinct.len(), listed.len(), "two nodes share a subnet");
+    let _ = ctl.child.kill();
+    let _ = ctl.child.wait();
+}
+
+fn sigterm(c: &mut Controller) -> std::process::ExitStatus {
+    let pid = c.child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(s) = c.child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A data directory with a few leases and, with a low snapshot threshold, a snapshot file.
+async fn populated(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let port = free_port().expect("port");
+    let mut ctl = spawn(&data, port, &["--snapshot-every", "5"]);
+    wait_ready(&ctl.url).await;
+    let c = client(&ctl.url);
+    for i in 0..30 {
+        c.acquire(pb::AcquireRequest {
+            node: format!("n{i}"),
+            public_ip: "192.0.2.9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire");
+    }
+    // Snapshots are built in the background: wait for the file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !data.join("snapshot.bin").exists() {
+        assert!(Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sigterm(&mut ctl).success(),
+        "SIGTERM must stop the controller cleanly"
+    );
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_raft_log_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = populated(dir.path()).await;
+    let log = data.join("raft.redb");
+    let len = std::fs::metadata(&log).expect("log exists").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .expect("open");
+    f.set_len(len / 3).expect("truncate");
+    drop(f);
+    let out = run_to_exit(&data, free_port().expect("port"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&log.display().to_string()),
+        "error must name the file: {stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&log).expect("still there").len(),
+        len / 3,
+        "the damaged file was replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_snapshot_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = populated(dir.path()).await;
+    let snap = data.join("snapshot.bin");
+    let mut bytes = std::fs::read(&snap).expect("read snapshot");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&snap, &bytes).expect("write");
+    let out = run_to_exit(&data, free_port().expect("port"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&snap.display().to_string()),
+        "error must name the file: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&snap).expect("still there"),
+        bytes,
+        "the damaged file was replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_exit_nonzero_with_a_clear_message() {
+    let bin = twill_binary().expect("twill binary");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["controller", "--network", "10.0.0.0/33"],
+            "not an IPv4 CIDR",
+        ),
+        (&["controller", "--subnet-len", "31"], "31"),
+        (
+            &["controller", "--id", "1", "--peer", "2=http://127.0.0.1:1"],
+            "not this one",
+        ),
+        (&["controller", "--peer", "x=http://a"], "member id"),
+        (&["controller", "--lease-ttl", "10"], "missing unit"),
+        (
+            &["controller", "--backend", "host-gw", "--vni", "4"],
+            "vxlan backend only",
+        ),
+        (
+            &["leases", "--controller", "127.0.0.1:1"],
+            "invalid controller endpoint",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(&bin).args(*args).output().expect("run twill");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: expected {want:?} in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}

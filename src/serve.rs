@@ -48,8 +48,10 @@ pub struct ControllerArgs {
     /// Raft heartbeat interval
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     heartbeat_interval: Duration,
-    /// Shortest election timeout; the longest is twice this
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    /// Shortest election timeout; the longest is twice this. A follower calls an election
+    /// once the leader has been silent for the longest timeout plus its own (so 0.9-1.2 s at
+    /// the default)
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
     election_timeout: Duration,
     /// Take a snapshot (and purge the log behind it) after this many log entries
     #[arg(long, value_name = "N", default_value_t = 10_000)]

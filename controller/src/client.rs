@@ -175,7 +175,13 @@ impl Client {
             attempts += 1;
             let (i, c) = self.pick();
             let err = match tokio::time::timeout(self.opts.attempt_timeout, f(c)).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Ok(r)) => {
+                    // A follower forwarded this call and named the leader: go there directly.
+                    if let Some(h) = r.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
+                        self.switch(i, Some(h.to_string()));
+                    }
+                    return Ok(r.into_inner());
+                }
                 Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Status(s)),
                 Ok(Err(s)) => {
                     let hint = s

@@ -65,7 +65,12 @@ pub async fn run(m: Arc<Member>) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "promotion not committed yet");
+                    // Losing leadership again right after winning it is routine during elections.
+                    if matches!(e, crate::node::ProposeError::NotLeader { .. }) {
+                        tracing::debug!(error = %e, "leadership lost before promotion");
+                    } else {
+                        tracing::warn!(error = %e, "promotion not committed yet");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
                 }

@@ -66,8 +66,8 @@ impl Options {
             join: false,
             initial_config: NetworkConfig::embedded_default(),
             heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 1000,
+            election_min_ms: 300,
+            election_max_ms: 600,
             write_timeout: Duration::from_secs(5),
             watch_progress: Duration::from_secs(5),
             watch_history: DEFAULT_HISTORY,
@@ -410,6 +410,7 @@ pub async fn start_on(
         tracing::info!(id = opts.id, "waiting to be added to an existing cluster");
     } else {
         tracing::info!(id = opts.id, "restarting from {}", opts.data_dir.display());
+        hold_elections(&raft, &opts);
     }
 
     let duties = tokio::spawn(leader::run(member.clone()));
@@ -420,4 +421,39 @@ pub async fn start_on(
         server,
         duties,
     })
+}
+
+/// A restarted member has no memory of when it last heard a leader, so openraft would let it
+/// call an election at once; with a higher term it then deposes a healthy leader. Like Raft's
+/// pre-vote, it first waits to hear from a leader (or for a full election period to pass).
+fn hold_elections(raft: &Raft, opts: &Options) {
+    let voters = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    if voters <= 1 {
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    let wait = Duration::from_millis(opts.election_max_ms * 2 + opts.election_min_ms);
+    tokio::spawn(async move {
+        let mut m = raft.metrics();
+        let heard = async {
+            loop {
+                let leader = m.borrow().current_leader;
+                if leader.is_some() {
+                    return;
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, heard).await;
+        raft.runtime_config().elect(true);
+    });
 }

@@ -21,7 +21,7 @@ use twill_proto::v1::{self as pb, watch_response};
 use crate::allocator::{self as alloc, Command, Outcome};
 use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
 use crate::network::MAX_MESSAGE;
-use crate::node::{Member, ProposeError, FORWARDED};
+use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
 use crate::now_ms;
 
 pub struct ControllerService {
@@ -68,7 +68,12 @@ impl ControllerService {
                 leader: Some((id, addr)),
             } if !was_forwarded && id != self.m.id => {
                 let client = self.m.forward_client(&addr)?;
-                f(client).await
+                let mut resp = f(client).await?;
+                // Tell the client where the leader is, so its next call skips this hop.
+                if let Ok(v) = addr.parse() {
+                    resp.metadata_mut().insert(LEADER_HINT, v);
+                }
+                Ok(resp)
             }
             e => Err(e.into_status()),
         }

@@ -1,6 +1,9 @@
 //! Shared harness for the integration tests and benchmarks: controller clusters on loopback,
 //! in this process or as real `twill` processes.
 
+pub mod bench;
+pub mod procs;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

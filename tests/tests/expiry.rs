@@ -20,18 +20,41 @@ async fn unrenewed_leases_expire_renewed_ones_stay() {
         .await
         .expect("cluster");
     let c = cl.client();
-    let kept = c.acquire(acquire("kept")).await.expect("acquire").lease.expect("lease");
+    let kept = c
+        .acquire(acquire("kept"))
+        .await
+        .expect("acquire")
+        .lease
+        .expect("lease");
     c.acquire(acquire("dropped")).await.expect("acquire");
     let start = tokio::time::Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         let r = c.renew("kept", kept.create_revision).await.expect("renew");
-        assert_eq!(r.lease.expect("lease").subnet, kept.subnet, "renew changed the subnet");
+        assert_eq!(
+            r.lease.expect("lease").subnet,
+            kept.subnet,
+            "renew changed the subnet"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let leases: Vec<String> = c.list_leases().await.expect("list").leases.into_iter().map(|l| l.node).collect();
-    assert_eq!(leases, ["kept"], "the unrenewed lease should have expired, the renewed one not");
+    let leases: Vec<String> = c
+        .list_leases()
+        .await
+        .expect("list")
+        .leases
+        .into_iter()
+        .map(|l| l.node)
+        .collect();
+    assert_eq!(
+        leases,
+        ["kept"],
+        "the unrenewed lease should have expired, the renewed one not"
+    );
     // Renewing an expired lease is refused: the node must acquire again.
-    let s = c.renew("dropped", 0).await.expect_err("renew of an expired lease");
+    let s = c
+        .renew("dropped", 0)
+        .await
+        .expect_err("renew of an expired lease");
     assert_eq!(s.code(), Some(tonic::Code::NotFound));
     cl.shutdown().await;
 }
@@ -42,11 +65,21 @@ async fn new_leader_extends_every_deadline() {
         .await
         .expect("cluster");
     let c = cl.client();
-    let before = c.acquire(acquire("n1")).await.expect("acquire").lease.expect("lease");
-    let old = cl.wait_leader(Duration::from_secs(10)).await.expect("leader");
+    let before = c
+        .acquire(acquire("n1"))
+        .await
+        .expect("acquire")
+        .lease
+        .expect("lease");
+    let old = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
     let grace = cl.members[&old].member.opts.promote_grace_ms;
     cl.stop(old).await;
-    cl.wait_leader(Duration::from_secs(20)).await.expect("new leader");
+    cl.wait_leader(Duration::from_secs(20))
+        .await
+        .expect("new leader");
     let after = c
         .list_leases()
         .await

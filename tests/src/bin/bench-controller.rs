@@ -1,0 +1,205 @@
+//! Controller benchmark: acquisitions/s and latency with 1 and 64 clients on a 3-member loopback
+//! cluster of real processes, leader SIGKILL → next acknowledged write, and memory at 10,000
+//! leases. Run it with `scripts/bench` (release builds of this and of `twill`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use twill_controller::client::{Client, ClientOptions};
+use twill_proto::v1 as pb;
+use twill_tests::bench::{self, ms, rss_kib, LoadResult};
+use twill_tests::procs::TwillProcs;
+
+const SINGLE_OPS: usize = 1_000;
+const CONCURRENT: usize = 64;
+const TOTAL_LEASES: usize = 10_000;
+const KILL_ROUNDS: usize = 5;
+
+fn twill_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let bin = dir.join("twill");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release --bin twill` (scripts/bench does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn client(urls: &[String]) -> Result<Client> {
+    Ok(Client::with_options(
+        urls,
+        ClientOptions {
+            retry_for: Duration::from_secs(60),
+            attempt_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+        },
+    )?)
+}
+
+async fn twill_acquire(c: &Client, node: String) -> Result<()> {
+    let r = c
+        .acquire(pb::AcquireRequest {
+            node,
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        })
+        .await?;
+    if r.lease.is_none() {
+        bail!("answer without a lease");
+    }
+    Ok(())
+}
+
+struct Figures {
+    single: LoadResult,
+    many: LoadResult,
+    failover: Vec<Duration>,
+    elections: Vec<Duration>,
+    rss_kib: Vec<Option<u64>>,
+}
+
+async fn bench_twill() -> Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let mut cl = TwillProcs::start(
+        &twill_bin()?,
+        3,
+        dir.path(),
+        &["--network", "10.0.0.0/8", "--subnet-len", "24"],
+    )
+    .await?;
+    let urls = cl.urls();
+
+    let single = bench::run(vec![client(&urls)?], SINGLE_OPS, |c, n| async move {
+        twill_acquire(&c, format!("single-{n:06}")).await
+    })
+    .await?;
+    let clients = (0..CONCURRENT)
+        .map(|_| client(&urls))
+        .collect::<Result<Vec<_>>>()?;
+    let many = bench::run(clients, TOTAL_LEASES - SINGLE_OPS, |c, n| async move {
+        twill_acquire(&c, format!("many-{n:06}")).await
+    })
+    .await?;
+
+    let leader = cl.wait_leader(Duration::from_secs(10)).await?;
+    let listed = client(&urls)?.list_leases().await?.leases.len();
+    if listed != TOTAL_LEASES {
+        bail!("expected {TOTAL_LEASES} leases, the cluster lists {listed}");
+    }
+    let rss_kib: Vec<Option<u64>> = (0..3).map(|i| cl.pid(i).and_then(rss_kib)).collect();
+    let rss_leader = rss_kib[leader];
+
+    let mut failover = Vec::new();
+    let mut elections = Vec::new();
+    let c = client(&urls)?;
+    for round in 0..KILL_ROUNDS {
+        let leader = cl.wait_leader(Duration::from_secs(30)).await?;
+        // Warm the client's connection to every member first.
+        twill_acquire(&c, format!("warm-{round}")).await?;
+        let survivors: Vec<String> = (0..3)
+            .filter(|i| *i != leader)
+            .map(|i| urls[i].clone())
+            .collect();
+        let old_id = leader as u64 + 1;
+        let killed = Instant::now();
+        cl.kill(leader);
+        let elected = tokio::spawn(async move {
+            loop {
+                for u in &survivors {
+                    if let Ok(s) = Client::status_of(u).await {
+                        if s.state == "leader" && s.id != old_id {
+                            return killed.elapsed();
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        twill_acquire(&c, format!("after-kill-{round}")).await?;
+        failover.push(killed.elapsed());
+        elections.push(elected.await?);
+        cl.restart(leader)?;
+        cl.wait_caught_up(Duration::from_secs(30)).await?;
+    }
+    let mut rss_kib = rss_kib;
+    rss_kib.push(rss_leader);
+    Ok(Figures {
+        single,
+        many,
+        failover,
+        elections,
+        rss_kib,
+    })
+}
+
+fn print(name: &str, f: &Figures) {
+    let mut fo = f.failover.clone();
+    fo.sort();
+    println!("{name}:");
+    println!(
+        "  1 client:    {:>8.0} acquisitions/s  p50 {:>9}  p99 {:>9}  ({} ops)",
+        f.single.per_sec(),
+        ms(f.single.p50),
+        ms(f.single.p99),
+        f.single.ops
+    );
+    println!(
+        "  {CONCURRENT} clients:  {:>8.0} acquisitions/s  p50 {:>9}  p99 {:>9}  ({} ops)",
+        f.many.per_sec(),
+        ms(f.many.p50),
+        ms(f.many.p99),
+        f.many.ops
+    );
+    println!(
+        "  leader SIGKILL -> next acknowledged write: median {}, max {} ({} rounds)",
+        ms(bench::quantile(&fo, 0.5)),
+        ms(fo.last().copied().unwrap_or_default()),
+        fo.len()
+    );
+    if !f.elections.is_empty() {
+        let mut el = f.elections.clone();
+        el.sort();
+        println!(
+            "  leader SIGKILL -> new leader elected:     median {}, max {}",
+            ms(bench::quantile(&el, 0.5)),
+            ms(el.last().copied().unwrap_or_default())
+        );
+    }
+    let rss: Vec<String> = f
+        .rss_kib
+        .iter()
+        .take(3)
+        .map(|r| {
+            r.map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+                .unwrap_or("-".into())
+        })
+        .collect();
+    println!(
+        "  RSS at {TOTAL_LEASES} leases: leader {}, members [{}]",
+        f.rss_kib
+            .last()
+            .copied()
+            .flatten()
+            .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+            .unwrap_or("-".into()),
+        rss.join(", ")
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    println!(
+        "twill controller benchmark: 3 members on loopback, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let t = bench_twill().await.context("twill benchmark")?;
+    print("twill", &t);
+    Ok(())
+}

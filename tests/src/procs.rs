@@ -1,0 +1,162 @@
+//! A controller cluster of real `twill controller` processes on loopback, for benchmarks and
+//! tests that kill members with signals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use twill_controller::client::Client;
+
+pub struct TwillProcs {
+    bin: PathBuf,
+    dir: PathBuf,
+    ports: Vec<u16>,
+    extra: Vec<String>,
+    children: Vec<Option<Child>>,
+}
+
+impl TwillProcs {
+    /// Starts members 1..=n with data directories under `dir` and waits for a leader.
+    pub async fn start(bin: &Path, n: usize, dir: &Path, extra: &[&str]) -> Result<TwillProcs> {
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push(crate::free_port()?);
+        }
+        let mut p = TwillProcs {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            ports,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            children: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            p.spawn(i)?;
+        }
+        p.wait_leader(Duration::from_secs(30)).await?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("controller")
+            .arg("--id")
+            .arg((i + 1).to_string())
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("m{}", i + 1)))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.ports[i]));
+        if self.ports.len() > 1 {
+            for (j, port) in self.ports.iter().enumerate() {
+                cmd.arg("--peer")
+                    .arg(format!("{}=http://127.0.0.1:{port}", j + 1));
+            }
+        }
+        cmd.args(&self.extra)
+            .env(
+                "TWILL_LOG",
+                std::env::var("TWILL_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(|c| c.id())
+    }
+
+    /// The index of the member every running member names as leader.
+    pub async fn wait_leader(&self, within: Duration) -> Result<usize> {
+        let deadline = Instant::now() + within;
+        let urls = self.urls();
+        loop {
+            let mut seen = Vec::new();
+            for (i, u) in urls.iter().enumerate() {
+                if self.children[i].is_some() {
+                    seen.push(
+                        Client::status_of(u)
+                            .await
+                            .ok()
+                            .map(|s| (s.leader, s.applied_index)),
+                    );
+                }
+            }
+            if let Some(Some((l, applied))) = seen.first().cloned() {
+                let idx = l as usize;
+                if l != 0
+                    && applied > 0
+                    && idx <= urls.len()
+                    && self.children[idx - 1].is_some()
+                    && seen.iter().all(|s| s.map(|x| x.0) == Some(l))
+                {
+                    return Ok(idx - 1);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {within:?}: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for an agreed leader and every running member applied up to its commit point.
+    pub async fn wait_caught_up(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let leader = self.wait_leader(within).await?;
+        let urls = self.urls();
+        let target = Client::status_of(&urls[leader]).await?.applied_index;
+        for (i, u) in urls.iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            loop {
+                if let Ok(s) = Client::status_of(u).await {
+                    if s.applied_index >= target {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "member {} did not catch up to {target} within {within:?}",
+                        i + 1
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}
+
+impl Drop for TwillProcs {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! The pieces, each in its own module:
 //! - [`allocator`]: the deterministic state machine (leases, reservations, configuration);
+//! - [`batch`]: group commit, many client writes per Raft entry;
 //! - [`log_store`]: the Raft log and vote, persisted in redb;
 //! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
 //! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
@@ -13,6 +14,7 @@
 //! - [`client`]: the one client library the CLI, the agent and the tests use.
 
 pub mod allocator;
+pub mod batch;
 pub mod client;
 pub mod convert;
 pub mod leader;
@@ -28,8 +30,8 @@ use std::io::Cursor;
 openraft::declare_raft_types!(
     /// Raft types for the allocator: log entries carry allocator requests.
     pub TypeConfig:
-        D = allocator::Request,
-        R = allocator::Response,
+        D = batch::Batch,
+        R = batch::Answers,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

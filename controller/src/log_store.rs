@@ -1,13 +1,17 @@
 //! The Raft log and vote, persisted in one redb database (`raft.redb` under the data directory).
 //!
-//! Every append, vote and truncation is a redb write transaction committed with immediate
-//! durability before openraft is told it is done, so a `kill -9` never loses an entry a
-//! follower acknowledged or a vote it cast. The blocking commit runs on tokio's blocking pool.
+//! All writes go through one writer thread in order. Appends are group-committed: openraft's
+//! core appends one client write at a time, so the writer takes every job queued while the
+//! previous commit was syncing and commits them in one redb transaction with immediate
+//! durability. openraft is told an entry is flushed only after that commit, so a `kill -9` never
+//! loses an entry a follower acknowledged or a vote it cast. Entries waiting for the writer are
+//! kept in memory and served to readers, as openraft requires of a submitted append.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -34,9 +38,95 @@ pub enum OpenError {
     Corrupt { path: PathBuf, what: String },
 }
 
+/// Most jobs one commit takes, so one huge queue cannot delay every callback behind it.
+const MAX_GROUP: usize = 4096;
+
+type WriteFn = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send>;
+
+enum Job {
+    Append {
+        rows: Vec<(u64, Arc<Vec<u8>>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Write {
+        f: WriteFn,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Entries appended but not yet committed by the writer, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Arc<Vec<u8>>>>>;
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Pending,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The writer thread: commits queued jobs in groups, then answers them.
+fn writer(db: Arc<Database>, pending: Pending, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            for job in &mut group {
+                match job {
+                    Job::Append { rows, .. } => {
+                        let mut t = txn.open_table(LOGS)?;
+                        for (i, b) in rows.iter() {
+                            t.insert(*i, b.as_slice())?;
+                        }
+                    }
+                    Job::Write { f, .. } => {
+                        let f = std::mem::replace(f, Box::new(|_| Ok(())));
+                        f(&txn)?;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        let err = result.as_ref().err().map(|e| e.to_string());
+        {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for job in &group {
+                if let Job::Append { rows, .. } = job {
+                    for (i, b) in rows {
+                        // Only forget what this job put there: a truncate may have replaced it.
+                        if p.get(i).is_some_and(|cur| Arc::ptr_eq(cur, b)) && err.is_none() {
+                            p.remove(i);
+                        }
+                    }
+                }
+            }
+        }
+        for job in group {
+            match job {
+                Job::Append { callback, .. } => callback.log_io_completed(match &err {
+                    None => Ok(()),
+                    Some(e) => Err(std::io::Error::other(e.clone())),
+                }),
+                Job::Write { done, .. } => {
+                    let _ = done.send(match &err {
+                        None => Ok(()),
+                        Some(e) => Err(e.clone()),
+                    });
+                }
+            }
+        }
+        if let Some(e) = err {
+            // Later writes would land after a hole: stop, openraft then shuts the member down.
+            tracing::error!(error = %e, "Raft log write failed; the log writer stops");
+            return;
+        }
+    }
 }
 
 fn io_err(
@@ -58,7 +148,24 @@ impl LogStore {
             path: path.to_path_buf(),
             source: e.into(),
         })?;
-        let store = LogStore { db: Arc::new(db) };
+        let db = Arc::new(db);
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || writer(db, pending, rx))
+                .map_err(|e| OpenError::Open {
+                    path: path.to_path_buf(),
+                    source: redb::Error::Io(e),
+                })?;
+        }
+        let store = LogStore {
+            db,
+            pending,
+            jobs: tx,
+        };
         // Read everything once: a log whose entries do not decode must stop the start, not
         // surface later as a panic in the middle of replication.
         store.verify().map_err(|what| OpenError::Corrupt {
@@ -127,32 +234,50 @@ impl LogStore {
         }
     }
 
-    /// Runs a write transaction on the blocking pool and waits for its durable commit.
+    /// Queues a write transaction behind every earlier append and waits for its commit.
     async fn write<F>(
         &self,
-        verb_subject: ErrorSubject<NodeId>,
+        subject: ErrorSubject<NodeId>,
         f: F,
     ) -> Result<(), StorageError<NodeId>>
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
     {
-        let db = self.db.clone();
-        let subject = verb_subject.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            f(&txn)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await;
-        match res {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let stopped = || {
+            io_err(
+                subject.clone(),
+                ErrorVerb::Write,
+                std::io::Error::other("the Raft log writer stopped"),
+            )
+        };
+        self.jobs
+            .send(Job::Write {
+                f: Box::new(f),
+                done,
+            })
+            .map_err(|_| stopped())?;
+        match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io_err(subject, ErrorVerb::Write, e)),
-            Err(join) => Err(io_err(subject, ErrorVerb::Write, join)),
+            Ok(Err(e)) => Err(io_err(
+                subject.clone(),
+                ErrorVerb::Write,
+                std::io::Error::other(e),
+            )),
+            Err(_) => Err(stopped()),
         }
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let newest_pending = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.last_key_value().map(|(_, b)| b.clone())
+        };
+        if let Some(b) = newest_pending {
+            let e: Entry<TypeConfig> =
+                decode(&b).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            return Ok(Some(*e.get_log_id()));
+        }
         let err = |e: redb::Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
         let r = self.db.begin_read().map_err(|e| err(e.into()))?;
         let t = match r.open_table(LOGS) {
@@ -174,12 +299,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
         let err = |e: redb::Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let r = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let t = match r.open_table(LOGS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e.into())),
-        };
         let start = match range.start_bound() {
             Bound::Included(s) => Bound::Included(*s),
             Bound::Excluded(s) => Bound::Excluded(*s),
@@ -190,14 +309,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(s) => Bound::Excluded(*s),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let mut out = Vec::new();
-        for item in t.range::<u64>((start, end)).map_err(|e| err(e.into()))? {
-            let (_, v) = item.map_err(|e| err(e.into()))?;
-            out.push(
-                decode(v.value()).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?,
-            );
+        // Pending first: an entry the writer commits meanwhile is then found in one or both,
+        // never in neither.
+        let mut rows: BTreeMap<u64, Arc<Vec<u8>>> = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.range((start, end))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect()
+        };
+        let r = self.db.begin_read().map_err(|e| err(e.into()))?;
+        match r.open_table(LOGS) {
+            Ok(t) => {
+                for item in t.range::<u64>((start, end)).map_err(|e| err(e.into()))? {
+                    let (k, v) = item.map_err(|e| err(e.into()))?;
+                    rows.entry(k.value())
+                        .or_insert_with(|| Arc::new(v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(err(e.into())),
         }
-        Ok(out)
+        rows.values()
+            .map(|b| decode(b).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e)))
+            .collect()
     }
 }
 
@@ -244,25 +378,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             let bytes = bincode::serialize(&e)
                 .map_err(|err| io_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
-            rows.push((e.log_id.index, bytes));
+            rows.push((e.log_id.index, Arc::new(bytes)));
         }
-        let res = self
-            .write(ErrorSubject::Logs, move |txn| {
-                let mut t = txn.open_table(LOGS)?;
-                for (i, b) in &rows {
-                    t.insert(*i, b.as_slice())?;
-                }
-                Ok(())
-            })
-            .await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, b) in &rows {
+                p.insert(*i, b.clone());
+            }
         }
-        res
+        self.jobs.send(Job::Append { rows, callback }).map_err(|_| {
+            io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other("the Raft log writer stopped"),
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.retain(|i, _| *i < log_id.index);
+        }
         self.write(ErrorSubject::Logs, move |txn| {
             let mut t = txn.open_table(LOGS)?;
             t.retain_in(log_id.index.., |_, _| false)?;

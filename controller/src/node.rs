@@ -9,13 +9,14 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Status;
 use twill_proto::v1::controller_client::ControllerClient;
 
 use crate::allocator::{NetworkConfig, Request, Response};
+use crate::batch::{self, BatchError};
 use crate::log_store::{LogStore, OpenError};
 use crate::network::{NetworkFactory, RaftService, MAX_MESSAGE};
 use crate::service::ControllerService;
@@ -150,6 +151,7 @@ pub struct Member {
     forward: Mutex<HashMap<String, ControllerClient<Channel>>>,
     /// Flipped on shutdown so long-lived streams end instead of holding the server open.
     stopping: tokio::sync::watch::Sender<bool>,
+    batches: mpsc::Sender<(Request, batch::Reply)>,
 }
 
 impl Member {
@@ -173,14 +175,15 @@ impl Member {
 
     /// Proposes a command and waits for it to be applied; fails fast on a follower.
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
-        match tokio::time::timeout(self.opts.write_timeout, self.raft.client_write(req)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
-            }
-            Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
+        let (tx, rx) = oneshot::channel();
+        if self.batches.send((req, tx)).await.is_err() {
+            return Err(ProposeError::Fatal("the proposal queue is closed".into()));
+        }
+        match tokio::time::timeout(self.opts.write_timeout, rx).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(BatchError::NotLeader(leader)))) => Err(ProposeError::NotLeader { leader }),
+            Ok(Ok(Err(BatchError::Fatal(e)))) => Err(ProposeError::Fatal(e)),
+            Ok(Err(_)) => Err(ProposeError::Fatal("the proposal was dropped".into())),
             Err(_) => Err(ProposeError::NoQuorum {
                 timeout: self.opts.write_timeout,
                 members: self.voters(),
@@ -378,6 +381,8 @@ pub async fn start_on(
             .collect()
     };
 
+    let (batch_tx, batch_rx) = mpsc::channel(batch::MAX_BATCH * 4);
+    tokio::spawn(batch::run(raft.clone(), batch_rx));
     let member = Arc::new(Member {
         id: opts.id,
         raft: raft.clone(),
@@ -385,6 +390,7 @@ pub async fn start_on(
         opts: opts.clone(),
         forward: Mutex::new(HashMap::new()),
         stopping: tokio::sync::watch::channel(false).0,
+        batches: batch_tx,
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -16,7 +16,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::allocator::{Allocator, AllocatorSnapshot, Outcome, Response};
+use crate::allocator::{Allocator, AllocatorSnapshot};
+use crate::batch::Answers;
 use crate::watch::History;
 use crate::{NodeId, TypeConfig};
 
@@ -245,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((d.last_applied, d.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answers>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -256,23 +257,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for e in entries {
                 d.last_applied = Some(e.log_id);
                 match e.payload {
-                    EntryPayload::Blank => out.push(Response {
-                        revision: d.alloc.revision(),
-                        result: Ok(Outcome::Noop),
-                    }),
+                    EntryPayload::Blank => out.push(Vec::new()),
                     EntryPayload::Membership(m) => {
                         d.membership = StoredMembership::new(Some(e.log_id), m);
-                        out.push(Response {
-                            revision: d.alloc.revision(),
-                            result: Ok(Outcome::Noop),
-                        });
+                        out.push(Vec::new());
                     }
-                    EntryPayload::Normal(req) => {
-                        let (resp, events) = d.alloc.apply(&req);
-                        for ev in events {
-                            d.history.push(ev);
+                    EntryPayload::Normal(batch) => {
+                        let mut answers = Vec::with_capacity(batch.0.len());
+                        for req in &batch.0 {
+                            let (resp, events) = d.alloc.apply(req);
+                            for ev in events {
+                                d.history.push(ev);
+                            }
+                            answers.push(resp);
                         }
-                        out.push(resp);
+                        out.push(answers);
                     }
                 }
             }

@@ -80,7 +80,7 @@ impl NetworkFlags {
         if let Some(v) = self.ipv6_subnet_len {
             c.ipv6_subnet_len = v;
         }
-        let current = base.backend.as_ref().and_then(|b| b.kind.clone());
+        let current = base.backend.as_ref().and_then(|b| b.kind);
         let kind = match self.backend {
             None => current,
             Some(BackendKind::Vxlan) => match current {
@@ -207,7 +207,7 @@ pub fn format_duration(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

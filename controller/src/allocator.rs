@@ -103,7 +103,7 @@ impl NetworkConfig {
                     return Err(ConfigError::Port);
                 }
             }
-            Backend::Bgp { asn } if asn == 0 => return Err(ConfigError::Asn),
+            Backend::Bgp { asn: 0 } => return Err(ConfigError::Asn),
             _ => {}
         }
         // Flannel keeps subnets to /30 or wider: a /31 or /32 leaves no address for pods.

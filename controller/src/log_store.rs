@@ -7,6 +7,9 @@
 //! loses an entry a follower acknowledged or a vote it cast. Entries waiting for the writer are
 //! kept in memory and served to readers, as openraft requires of a submitted append.
 
+// openraft's StorageError is large and its size is not ours to choose.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)]
 //! openraft's own conformance suite, run against twill's persistent log store and state machine.
 
 use openraft::testing::{StoreBuilder, Suite};

@@ -50,6 +50,9 @@ pub struct Options {
     pub watch_progress: Duration,
     pub watch_history: usize,
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
+    /// log instead of a whole snapshot.
+    pub keep_log: u64,
     /// How long past a leader change a lease is kept beyond its deadline (at least one
     /// election timeout, so no holder loses a lease only because leadership moved).
     pub promote_grace_ms: u64,
@@ -73,6 +76,7 @@ impl Options {
             watch_progress: Duration::from_secs(5),
             watch_history: DEFAULT_HISTORY,
             snapshot_every: 10_000,
+            keep_log: 1_000,
             promote_grace_ms: 10_000,
             expiry_interval: Duration::from_secs(1),
         }
@@ -355,7 +359,7 @@ pub async fn start_on(
         election_timeout_min: opts.election_min_ms,
         election_timeout_max: opts.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: opts.keep_log,
         install_snapshot_timeout: 10_000,
         ..Default::default()
     }

@@ -223,3 +223,75 @@ async fn a_joining_member_catches_up_becomes_voter_and_can_be_removed() {
     joiner.shutdown().await;
     cl.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let mut cl = Cluster::start_with(3, |o| {
+        o.snapshot_every = 20;
+        o.keep_log = 0;
+    })
+    .await
+    .expect("cluster starts");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let lagging = cl
+        .addrs
+        .keys()
+        .copied()
+        .find(|i| *i != leader)
+        .expect("a follower");
+    cl.stop(lagging).await;
+    // One client writing sequentially: one Raft entry per acquisition, many snapshots.
+    let c = cl.client();
+    for i in 0..200 {
+        c.acquire(acquire(&format!("n{i:03}")))
+            .await
+            .expect("acquire");
+    }
+    let want = lease_table(&c).await;
+    let purged = cl.members[&leader]
+        .member
+        .raft
+        .metrics()
+        .borrow()
+        .purged
+        .map(|l| l.index)
+        .unwrap_or(0);
+    assert!(
+        purged > 100,
+        "the leader should have purged its log behind a snapshot (purged up to {purged})"
+    );
+
+    cl.restart(lagging).await.expect("restart");
+    let idx = cl.members[&leader]
+        .member
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0);
+    cl.wait_applied(idx, Duration::from_secs(20))
+        .await
+        .expect("catches up");
+    assert_eq!(
+        local_table(&cl, lagging),
+        want,
+        "state installed from the snapshot differs"
+    );
+    let snap = cl.members[&lagging].member.raft.metrics().borrow().snapshot;
+    assert!(
+        snap.is_some(),
+        "the lagging member should hold an installed snapshot"
+    );
+    // And it restarts from that snapshot plus its log.
+    cl.stop(lagging).await;
+    cl.restart(lagging).await.expect("restart again");
+    cl.wait_applied(idx, Duration::from_secs(20))
+        .await
+        .expect("applies again");
+    assert_eq!(local_table(&cl, lagging), want);
+    cl.shutdown().await;
+}

@@ -63,6 +63,10 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9420); off when not given
+    #[arg(long, value_name = "ADDR", env = "TWILL_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+
     /// Initial network configuration, used once when a new cluster first elects a leader
     /// (change it later with `twill config set`)
     #[command(flatten)]
@@ -155,6 +159,7 @@ impl ControllerArgs {
         o.snapshot_every = self.snapshot_every;
         o.watch_history = self.watch_history.max(1);
         o.write_timeout = self.write_timeout;
+        o.metrics_listen = self.metrics_addr;
 
         let base = config_to_proto(&o.initial_config);
         let wanted = self.network.overlay(&base)?;

@@ -135,6 +135,13 @@ impl NetworkConfig {
         Ok((v4, v6))
     }
 
+    /// How many IPv4 subnets this configuration can hand out.
+    pub fn v4_capacity(&self) -> u64 {
+        self.pools()
+            .map(|(p, _)| u64::try_from(p.total()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
     /// The IPv4 subnets this configuration hands out, first and last.
     pub fn v4_range(&self) -> Option<(Ipv4Net, Ipv4Net)> {
         let (p, _) = self.pools().ok()?;

@@ -2,6 +2,7 @@
 //! so each write would cost a full disk sync on its own; instead every write queued while
 //! earlier batches are in flight goes into one Raft entry, applied in order.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::allocator::{Request, Response};
+use crate::metrics::Metrics;
 use crate::{NodeId, Raft};
 
 /// One Raft log entry: requests applied in order, answered in the same order.
@@ -33,7 +35,7 @@ pub enum BatchError {
 pub type Reply = oneshot::Sender<Result<Response, BatchError>>;
 
 /// Proposes what arrives on `rx` in batches until every sender is gone.
-pub async fn run(raft: Raft, mut rx: mpsc::Receiver<(Request, Reply)>) {
+pub async fn run(raft: Raft, mut rx: mpsc::Receiver<(Request, Reply)>, metrics: Arc<Metrics>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -52,6 +54,10 @@ pub async fn run(raft: Raft, mut rx: mpsc::Receiver<(Request, Reply)>) {
                 Err(_) => break,
             }
         }
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .batched_writes
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;

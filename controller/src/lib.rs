@@ -6,6 +6,7 @@
 //! - [`log_store`]: the Raft log and vote, persisted in redb;
 //! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
 //! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
+//! - [`metrics`]: Prometheus metrics over HTTP;
 //! - [`network`]: the Raft transport over gRPC, client and server halves;
 //! - [`convert`]: the public API's messages to and from the allocator's types;
 //! - [`service`]: the public `twill.v1.Controller` gRPC service;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod convert;
 pub mod leader;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod service;

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use twill_proto::v1::controller_client::ControllerClient;
 use crate::allocator::{NetworkConfig, Request, Response};
 use crate::batch::{self, BatchError};
 use crate::log_store::{LogStore, OpenError};
+use crate::metrics::Metrics;
 use crate::network::{NetworkFactory, RaftService, MAX_MESSAGE};
 use crate::service::ControllerService;
 use crate::state_machine::{Shared, SnapshotFileError, StateMachine};
@@ -57,6 +59,8 @@ pub struct Options {
     /// election timeout, so no holder loses a lease only because leadership moved).
     pub promote_grace_ms: u64,
     pub expiry_interval: Duration,
+    /// Where to serve Prometheus metrics over HTTP; none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Options {
@@ -79,6 +83,7 @@ impl Options {
             keep_log: 1_000,
             promote_grace_ms: 10_000,
             expiry_interval: Duration::from_secs(1),
+            metrics_listen: None,
         }
     }
 }
@@ -156,6 +161,7 @@ pub struct Member {
     /// Flipped on shutdown so long-lived streams end instead of holding the server open.
     stopping: tokio::sync::watch::Sender<bool>,
     batches: mpsc::Sender<(Request, batch::Reply)>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Member {
@@ -179,6 +185,31 @@ impl Member {
 
     /// Proposes a command and waits for it to be applied; fails fast on a follower.
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
+        let started = std::time::Instant::now();
+        self.metrics.writes.fetch_add(1, Ordering::Relaxed);
+        let r = self.propose_inner(req).await;
+        match &r {
+            Ok(_) => self.metrics.observe_write(started.elapsed()),
+            Err(ProposeError::NotLeader { .. }) => {
+                self.metrics
+                    .write_errors_not_leader
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ProposeError::NoQuorum { .. }) => {
+                self.metrics
+                    .write_errors_no_quorum
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ProposeError::Fatal(_)) => {
+                self.metrics
+                    .write_errors_fatal
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    async fn propose_inner(&self, req: Request) -> Result<Response, ProposeError> {
         let (tx, rx) = oneshot::channel();
         if self.batches.send((req, tx)).await.is_err() {
             return Err(ProposeError::Fatal("the proposal queue is closed".into()));
@@ -386,7 +417,8 @@ pub async fn start_on(
     };
 
     let (batch_tx, batch_rx) = mpsc::channel(batch::MAX_BATCH * 4);
-    tokio::spawn(batch::run(raft.clone(), batch_rx));
+    let metrics = Arc::new(Metrics::default());
+    tokio::spawn(batch::run(raft.clone(), batch_rx, metrics.clone()));
     let member = Arc::new(Member {
         id: opts.id,
         raft: raft.clone(),
@@ -395,6 +427,7 @@ pub async fn start_on(
         forward: Mutex::new(HashMap::new()),
         stopping: tokio::sync::watch::channel(false).0,
         batches: batch_tx,
+        metrics,
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -423,6 +456,13 @@ pub async fn start_on(
         hold_elections(&raft, &opts);
     }
 
+    if let Some(addr) = opts.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind { addr, source: e })?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(l, member.clone()));
+    }
     let duties = tokio::spawn(leader::run(member.clone()));
     Ok(Running {
         member,

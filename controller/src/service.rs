@@ -455,6 +455,7 @@ async fn serve_watch(
 ) {
     let mut rx = m.sm.subscribe();
     let mut stopping = m.stopping();
+    let _open = WatcherGauge::new(m.clone());
     let mut sent = start;
     let mut first = true;
     loop {
@@ -510,5 +511,26 @@ async fn serve_watch(
                 return;
             }
         }
+    }
+}
+
+/// Counts an open watch stream for as long as it is served.
+struct WatcherGauge(Arc<Member>);
+
+impl WatcherGauge {
+    fn new(m: Arc<Member>) -> Self {
+        m.metrics
+            .watchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WatcherGauge(m)
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .watchers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -36,7 +36,7 @@ pub struct Cluster {
     pub dir: TempDir,
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     pub members: BTreeMap<NodeId, Running>,
-    tweak: fn(&mut Options),
+    tweak: std::sync::Arc<dyn Fn(&mut Options) + Send + Sync>,
 }
 
 impl Cluster {
@@ -46,7 +46,10 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], letting the test adjust every member's options.
-    pub async fn start_with(n: u64, tweak: fn(&mut Options)) -> Result<Cluster> {
+    pub async fn start_with(
+        n: u64,
+        tweak: impl Fn(&mut Options) + Send + Sync + 'static,
+    ) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
@@ -59,7 +62,7 @@ impl Cluster {
             dir,
             addrs,
             members: BTreeMap::new(),
-            tweak,
+            tweak: std::sync::Arc::new(tweak),
         };
         for (id, l) in listeners {
             let opts = c.options(id);

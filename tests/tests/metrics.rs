@@ -1,0 +1,63 @@
+//! The Prometheus endpoint reports what the member is doing.
+
+use std::io::{Read, Write};
+
+use twill_proto::v1 as pb;
+use twill_tests::{free_port, Cluster};
+
+fn scrape(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_leases_and_writes() {
+    let port = free_port().expect("port");
+    let cl = Cluster::start_with(1, move |o| {
+        o.metrics_listen = Some(([127, 0, 0, 1], port).into())
+    })
+    .await
+    .expect("cluster");
+    let c = cl.client();
+    for i in 0..3 {
+        c.acquire(pb::AcquireRequest {
+            node: format!("n{i}"),
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire");
+    }
+    c.release("n0").await.expect("release");
+    let text = tokio::task::spawn_blocking(move || scrape(port, "/metrics"))
+        .await
+        .expect("scrape");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(value(&text, "twill_controller_is_leader"), 1.0);
+    assert_eq!(value(&text, "twill_controller_leases"), 2.0);
+    assert_eq!(
+        value(&text, "twill_controller_subnets"),
+        4095.0,
+        "10.0.0.0/12 in /24s, first skipped"
+    );
+    assert!(value(&text, "twill_controller_writes_total") >= 4.0);
+    assert!(value(&text, "twill_controller_write_seconds_count") >= 4.0);
+    assert!(value(&text, "twill_controller_batched_writes_total") >= 4.0);
+    let missing = tokio::task::spawn_blocking(move || scrape(port, "/nope"))
+        .await
+        .expect("scrape");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    cl.shutdown().await;
+}

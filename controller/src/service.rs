@@ -95,8 +95,14 @@ impl ControllerService {
         let c = cmd(&msg)?;
         match self.m.propose(c).await {
             Ok(resp) => match resp.result {
-                Ok(out) => answer(resp.revision, out).map(Response::new),
-                Err(e) => Err(alloc_status(&e)),
+                Ok(out) => {
+                    log_outcome(resp.revision, &out);
+                    answer(resp.revision, out).map(Response::new)
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "request refused");
+                    Err(alloc_status(&e))
+                }
             },
             Err(e) => {
                 self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg)))
@@ -124,6 +130,27 @@ impl ControllerService {
                     .await
             }
         }
+    }
+}
+
+/// One line per change an operator would want to find in the log; renewals only at debug.
+fn log_outcome(rev: u64, o: &Outcome) {
+    match o {
+        Outcome::Lease(l) if l.create_revision == rev => {
+            tracing::info!(node = %l.node, subnet = %l.subnet, public_ip = %l.public_ip, reason = %l.reason, revision = rev, "lease granted")
+        }
+        Outcome::Lease(l) => {
+            tracing::debug!(node = %l.node, subnet = %l.subnet, revision = rev, "lease renewed")
+        }
+        Outcome::Released(l) => {
+            tracing::info!(node = %l.node, subnet = %l.subnet, revision = rev, "lease released")
+        }
+        Outcome::Config(c) => {
+            tracing::info!(network = %c.network, subnet_len = c.subnet_len, backend = c.backend.name(), revision = rev, "network configuration set")
+        }
+        Outcome::Reserved => tracing::info!(revision = rev, "reservation added"),
+        Outcome::Unreserved => tracing::info!(revision = rev, "reservation removed"),
+        Outcome::Expired(_) | Outcome::Promoted(_) | Outcome::Noop => {}
     }
 }
 

@@ -65,6 +65,8 @@ pub struct LogStore {
     db: Arc<Database>,
     pending: Pending,
     jobs: mpsc::Sender<Job>,
+    /// Turns true once the writer thread has exited and closed the database file.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The writer thread: commits queued jobs in groups, then answers them.
@@ -154,11 +156,15 @@ impl LogStore {
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::channel();
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
         {
             let (db, pending) = (db.clone(), pending.clone());
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || writer(db, pending, rx))
+                .spawn(move || {
+                    writer(db, pending, rx);
+                    closed_tx.send_replace(true);
+                })
                 .map_err(|e| OpenError::Open {
                     path: path.to_path_buf(),
                     source: redb::Error::Io(e),
@@ -168,6 +174,7 @@ impl LogStore {
             db,
             pending,
             jobs: tx,
+            closed,
         };
         // Read everything once: a log whose entries do not decode must stop the start, not
         // surface later as a panic in the middle of replication.
@@ -176,6 +183,14 @@ impl LogStore {
             what,
         })?;
         Ok(store)
+    }
+
+    /// Resolves once every handle is dropped and the file is closed, so it can be opened again.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     fn verify(&self) -> Result<(), String> {

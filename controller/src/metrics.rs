@@ -209,10 +209,15 @@ pub fn render(m: &Member) -> String {
     o
 }
 
-/// Serves `GET /metrics` (and `/healthz`) over plain HTTP/1.1 until the listener fails.
+/// Serves `GET /metrics` (and `/healthz`) over plain HTTP/1.1 until the member stops.
 pub async fn serve(listener: TcpListener, m: Arc<Member>) {
+    let mut stopping = m.stopping();
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.changed() => return,
+        };
+        let Ok((mut sock, _)) = accepted else {
             continue;
         };
         let m = m.clone();

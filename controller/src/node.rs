@@ -1,8 +1,10 @@
 //! One running controller member: storage opened, Raft started, gRPC served, leader duties on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -304,6 +306,7 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     duties: JoinHandle<()>,
+    log_closed: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 impl Running {
@@ -326,6 +329,16 @@ impl Running {
             .is_err()
         {
             self.server.abort();
+        }
+        let _ = (&mut self.duties).await;
+        // Dropping the last handles lets the log writer finish and close the file.
+        let log_closed = std::mem::replace(&mut self.log_closed, Box::pin(async {}));
+        drop(self);
+        if tokio::time::timeout(Duration::from_secs(5), log_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the Raft log was not closed within 5s of shutdown");
         }
     }
 
@@ -370,6 +383,7 @@ pub async fn start_on(
         source: e,
     })?;
     let mut log = LogStore::open(&opts.data_dir.join("raft.redb"))?;
+    let log_closed = Box::pin(log.closed());
     let sm = StateMachine::open(&opts.data_dir, opts.watch_history)?;
     let shared = sm.shared();
 
@@ -470,6 +484,7 @@ pub async fn start_on(
         stop: Some(stop_tx),
         server,
         duties,
+        log_closed,
     })
 }
 

@@ -175,14 +175,7 @@ impl Cluster {
         let deadline = Instant::now() + within;
         for (id, r) in &self.members {
             loop {
-                let applied = r
-                    .member
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map(|l| l.index)
-                    .unwrap_or(0);
+                let applied = applied_index(r);
                 if applied >= index {
                     break;
                 }
@@ -201,6 +194,26 @@ impl Cluster {
             self.stop(id).await;
         }
     }
+}
+
+/// The last log index a member has applied.
+pub fn applied_index(r: &Running) -> u64 {
+    r.member
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0)
+}
+
+/// A member's lease table (node → subnet) from its own applied state, without asking the leader.
+pub fn local_leases(r: &Running) -> BTreeMap<String, String> {
+    let sm = r.member.sm.read();
+    sm.alloc
+        .leases()
+        .map(|l| (l.node.clone(), l.subnet.to_string()))
+        .collect()
 }
 
 /// The `twill` binary, built once per test process.

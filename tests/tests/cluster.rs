@@ -28,11 +28,7 @@ async fn lease_table(c: &twill_controller::client::Client) -> BTreeMap<String, S
 
 /// node → subnet straight from one member's applied state, without asking the leader.
 fn local_table(cl: &Cluster, id: u64) -> BTreeMap<String, String> {
-    let sm = cl.members[&id].member.sm.read();
-    sm.alloc
-        .leases()
-        .map(|l| (l.node.clone(), l.subnet.to_string()))
-        .collect()
+    twill_tests::local_leases(&cl.members[&id])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,14 +83,7 @@ async fn three_members_survive_leader_loss_and_full_restart() {
         acked.insert(node, r.lease.expect("lease").subnet);
     }
     // Every acknowledged lease is on both survivors, applied locally.
-    let idx = cl.members[&new]
-        .member
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .map(|l| l.index)
-        .unwrap_or(0);
+    let idx = twill_tests::applied_index(&cl.members[&new]);
     cl.wait_applied(idx, Duration::from_secs(10))
         .await
         .expect("survivors apply");
@@ -193,14 +182,7 @@ async fn a_joining_member_catches_up_becomes_voter_and_can_be_removed() {
     let want = lease_table(&c).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let got: BTreeMap<String, String> = joiner
-            .member
-            .sm
-            .read()
-            .alloc
-            .leases()
-            .map(|l| (l.node.clone(), l.subnet.to_string()))
-            .collect();
+        let got = twill_tests::local_leases(&joiner);
         if got == want {
             break;
         }
@@ -265,14 +247,7 @@ async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot() {
     );
 
     cl.restart(lagging).await.expect("restart");
-    let idx = cl.members[&leader]
-        .member
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .map(|l| l.index)
-        .unwrap_or(0);
+    let idx = twill_tests::applied_index(&cl.members[&leader]);
     cl.wait_applied(idx, Duration::from_secs(20))
         .await
         .expect("catches up");

@@ -1,3 +1,12 @@
-//! The node agent (not built yet): it will hold the node's lease, follow the lease stream,
-//! compute the desired kernel state and program VXLAN or host-gw routes through netlink.
-//! Nothing here yet; see the project's issue tracker.
+//! The node agent's library. Built so far: the pure parts.
+//!
+//! - [`desired`]: the kernel objects a node should have, as a plain function of its own lease,
+//!   its peers' leases, the backend and local facts (no root, no sockets);
+//! - [`vtep`]: the node's VXLAN MAC, stable across restarts and distinct between nodes;
+//! - [`subnet_env`]: flannel's `subnet.env`, rendered and written atomically.
+//!
+//! Not built yet: the lease keeper, the watch client, the netlink reconciler and `twill agent`.
+
+pub mod desired;
+pub mod subnet_env;
+pub mod vtep;

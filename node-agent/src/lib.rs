@@ -8,5 +8,6 @@
 //! Not built yet: the lease keeper, the watch client, the netlink reconciler and `twill agent`.
 
 pub mod desired;
+pub mod reconcile;
 pub mod subnet_env;
 pub mod vtep;

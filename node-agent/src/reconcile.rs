@@ -1,0 +1,634 @@
+//! Bringing the kernel to the desired state: read what twill owns through netlink, plan the
+//! difference (a pure function), apply it.
+//!
+//! Ownership: routes carry [`ROUTE_PROTOCOL`]; neighbour, FDB and address entries count only on
+//! twill's own VXLAN devices (`twill.<vni>`). Nothing else is read as ours or ever changed.
+//! Order per peer: neighbour, FDB, route when adding; route, FDB, neighbour when removing, so a
+//! route never points at a gateway the kernel cannot resolve.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::desired::{Desired, Fdb, Neighbour, Route, VxlanLink};
+use crate::vtep::Mac;
+
+/// twill's route protocol number (`ip route show proto 151`): marks the routes it owns.
+pub const ROUTE_PROTOCOL: u8 = 151;
+/// Every VXLAN device twill creates is named with this prefix.
+pub const DEVICE_PREFIX: &str = "twill.";
+
+/// The part of the kernel's state that twill owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// twill's VXLAN devices by name (normally one).
+    pub links: Vec<VxlanLink>,
+    pub addresses: BTreeSet<(String, Ipv4Net)>,
+    pub neighbours: BTreeSet<Neighbour>,
+    pub fdb: BTreeSet<Fdb>,
+    pub routes: BTreeSet<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    DeleteLink(String),
+    CreateLink(VxlanLink),
+    AddAddress(String, Ipv4Net),
+    DeleteAddress(String, Ipv4Net),
+    AddNeighbour(Neighbour),
+    DeleteNeighbour(Neighbour),
+    AddFdb(Fdb),
+    DeleteFdb(Fdb),
+    AddRoute(Route),
+    DeleteRoute(Route),
+}
+
+/// The operations that turn `observed` into `desired`, in a safe order.
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // Devices first: a device created or re-created starts empty, so nothing on it counts as
+    // present afterwards.
+    let mut fresh: BTreeSet<String> = BTreeSet::new();
+    for l in &observed.links {
+        if desired.vxlan.as_ref() != Some(l) {
+            ops.push(Op::DeleteLink(l.name.clone()));
+            fresh.insert(l.name.clone());
+        }
+    }
+    if let Some(want) = &desired.vxlan {
+        if !observed.links.contains(want) {
+            ops.push(Op::CreateLink(want.clone()));
+            fresh.insert(want.name.clone());
+        }
+    }
+    let alive = |dev: &String| !fresh.contains(dev);
+
+    // Removals, routes before the entries they rely on.
+    for r in observed.routes.difference(&desired.routes) {
+        if r.onlink && !alive(&r.dev) {
+            continue; // gone with its device
+        }
+        ops.push(Op::DeleteRoute(r.clone()));
+    }
+    for f in observed
+        .fdb
+        .difference(&desired.fdb)
+        .filter(|f| alive(&f.dev))
+    {
+        ops.push(Op::DeleteFdb(f.clone()));
+    }
+    for n in observed
+        .neighbours
+        .difference(&desired.neighbours)
+        .filter(|n| alive(&n.dev))
+    {
+        ops.push(Op::DeleteNeighbour(n.clone()));
+    }
+    for (d, a) in observed
+        .addresses
+        .difference(&desired.addresses)
+        .filter(|(d, _)| alive(d))
+    {
+        ops.push(Op::DeleteAddress(d.clone(), *a));
+    }
+
+    // Additions, in dependency order.
+    let present = |dev: &String| alive(dev);
+    for (d, a) in &desired.addresses {
+        if !(present(d) && observed.addresses.contains(&(d.clone(), *a))) {
+            ops.push(Op::AddAddress(d.clone(), *a));
+        }
+    }
+    for n in &desired.neighbours {
+        if !(present(&n.dev) && observed.neighbours.contains(n)) {
+            ops.push(Op::AddNeighbour(n.clone()));
+        }
+    }
+    for f in &desired.fdb {
+        if !(present(&f.dev) && observed.fdb.contains(f)) {
+            ops.push(Op::AddFdb(f.clone()));
+        }
+    }
+    for r in &desired.routes {
+        let gone_with_device = r.onlink && !present(&r.dev);
+        if gone_with_device || !observed.routes.contains(r) {
+            ops.push(Op::AddRoute(r.clone()));
+        }
+    }
+    ops
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("interface {0:?} does not exist")]
+    NoInterface(String),
+    #[error("{op:?} failed: {source}")]
+    Apply {
+        op: Box<Op>,
+        source: rtnetlink::Error,
+    },
+}
+
+/// A netlink connection to the kernel of the calling thread's network namespace.
+pub struct Kernel {
+    handle: Handle,
+}
+
+fn link_name(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn mac_of(bytes: &[u8]) -> Option<Mac> {
+    <[u8; 6]>::try_from(bytes).ok().map(Mac)
+}
+
+impl Kernel {
+    /// Opens the connection; must be called inside a tokio runtime on the namespace's thread.
+    pub fn connect() -> Result<Kernel, KernelError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Kernel { handle })
+    }
+
+    async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
+        Ok(self.handle.link().get().execute().try_collect().await?)
+    }
+
+    pub async fn index_of(&self, name: &str) -> Result<u32, KernelError> {
+        for l in self.links().await? {
+            if link_name(&l) == Some(name) {
+                return Ok(l.header.index);
+            }
+        }
+        Err(KernelError::NoInterface(name.to_string()))
+    }
+
+    /// What twill owns in this namespace.
+    pub async fn observe(&self) -> Result<Observed, KernelError> {
+        let links = self.links().await?;
+        let names: std::collections::BTreeMap<u32, String> = links
+            .iter()
+            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+            .collect();
+        let mut o = Observed::default();
+        let mut ours: std::collections::BTreeMap<u32, String> = Default::default();
+        for l in &links {
+            let Some(name) = link_name(l).filter(|n| n.starts_with(DEVICE_PREFIX)) else {
+                continue;
+            };
+            ours.insert(l.header.index, name.to_string());
+            let mut v = VxlanLink {
+                name: name.to_string(),
+                vni: 0,
+                port: 0,
+                local: Ipv4Addr::UNSPECIFIED,
+                dev: String::new(),
+                mac: Mac([0; 6]),
+                mtu: 0,
+            };
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::Address(b) => v.mac = mac_of(b).unwrap_or(Mac([0; 6])),
+                    LinkAttribute::Mtu(m) => v.mtu = *m,
+                    LinkAttribute::LinkInfo(infos) => {
+                        for i in infos {
+                            if let LinkInfo::Data(InfoData::Vxlan(xs)) = i {
+                                for x in xs {
+                                    match x {
+                                        InfoVxlan::Id(id) => v.vni = *id,
+                                        InfoVxlan::Port(p) => v.port = *p,
+                                        InfoVxlan::Local(ip) => v.local = *ip,
+                                        InfoVxlan::Link(ix) => {
+                                            v.dev = names.get(ix).cloned().unwrap_or_default()
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            o.links.push(v);
+        }
+
+        if !ours.is_empty() {
+            let addrs: Vec<_> = self.handle.address().get().execute().try_collect().await?;
+            for a in addrs {
+                let Some(dev) = ours.get(&a.header.index) else {
+                    continue;
+                };
+                for attr in &a.attributes {
+                    if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(
+                        ip,
+                    )) = attr
+                    {
+                        if let Ok(n) = Ipv4Net::new(*ip, a.header.prefix_len) {
+                            o.addresses.insert((dev.clone(), n));
+                        }
+                    }
+                }
+            }
+            let neigh: Vec<NeighbourMessage> = self
+                .handle
+                .neighbours()
+                .get()
+                .execute()
+                .try_collect()
+                .await?;
+            for n in neigh
+                .iter()
+                .filter(|n| n.header.state == NeighbourState::Permanent)
+            {
+                let Some(dev) = ours.get(&n.header.ifindex) else {
+                    continue;
+                };
+                let ip = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+                    _ => None,
+                });
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    o.neighbours.insert(Neighbour {
+                        dev: dev.clone(),
+                        ip,
+                        mac,
+                    });
+                }
+            }
+            let mut req = self.handle.neighbours().get();
+            req = req.set_address_family(AddressFamily::Bridge);
+            let fdb: Vec<NeighbourMessage> = req.execute().try_collect().await?;
+            for n in fdb
+                .iter()
+                .filter(|n| n.header.state == NeighbourState::Permanent)
+            {
+                let Some(dev) = ours.get(&n.header.ifindex) else {
+                    continue;
+                };
+                let dst = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+                    _ => None,
+                });
+                if let (Some(dst), Some(mac)) = (dst, mac) {
+                    o.fdb.insert(Fdb {
+                        dev: dev.clone(),
+                        mac,
+                        dst,
+                    });
+                }
+            }
+        }
+
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        for r in routes {
+            if r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL)
+                || r.header.table != RouteHeader::RT_TABLE_MAIN
+            {
+                continue;
+            }
+            let mut dst = None;
+            let mut via = None;
+            let mut dev = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+                    RouteAttribute::Oif(ix) => dev = names.get(ix).cloned(),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(via), Some(dev)) = (dst, via, dev) {
+                if let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+                    o.routes.insert(Route {
+                        dst,
+                        via,
+                        dev,
+                        onlink: r.header.flags.contains(RouteFlags::Onlink),
+                    });
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// Applies the plan in order; stops at the first failure (the next resync retries).
+    pub async fn apply(&self, ops: &[Op]) -> Result<(), KernelError> {
+        for op in ops {
+            self.apply_one(op).await.map_err(|e| match e {
+                KernelError::Netlink(source) => KernelError::Apply {
+                    op: Box::new(op.clone()),
+                    source,
+                },
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(&self, op: &Op) -> Result<(), KernelError> {
+        let h = &self.handle;
+        match op {
+            Op::DeleteLink(name) => {
+                let ix = self.index_of(name).await?;
+                h.link().del(ix).execute().await?;
+            }
+            Op::CreateLink(l) => {
+                let dev = self.index_of(&l.dev).await?;
+                let msg = LinkVxlan::new(&l.name, l.vni)
+                    .dev(dev)
+                    .port(l.port)
+                    .local(l.local)
+                    .learning(false)
+                    .mtu(l.mtu)
+                    .address(l.mac.0.to_vec())
+                    .up()
+                    .build();
+                h.link().add(msg).execute().await?;
+                // Some kernels ignore the MAC on creation; set it (and up) explicitly.
+                let ix = self.index_of(&l.name).await?;
+                let set = LinkUnspec::new_with_index(ix)
+                    .address(l.mac.0.to_vec())
+                    .up()
+                    .build();
+                h.link().set(set).execute().await?;
+            }
+            Op::AddAddress(dev, a) => {
+                let ix = self.index_of(dev).await?;
+                h.address()
+                    .add(ix, IpAddr::V4(a.addr()), a.prefix_len())
+                    .replace()
+                    .execute()
+                    .await?;
+            }
+            Op::DeleteAddress(dev, a) => {
+                let ix = self.index_of(dev).await?;
+                let addrs: Vec<_> = h
+                    .address()
+                    .get()
+                    .set_link_index_filter(ix)
+                    .set_address_filter(IpAddr::V4(a.addr()))
+                    .set_prefix_length_filter(a.prefix_len())
+                    .execute()
+                    .try_collect()
+                    .await?;
+                for m in addrs {
+                    h.address().del(m).execute().await?;
+                }
+            }
+            Op::AddNeighbour(n) => {
+                let ix = self.index_of(&n.dev).await?;
+                h.neighbours()
+                    .add(ix, IpAddr::V4(n.ip))
+                    .link_layer_address(&n.mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await?;
+            }
+            Op::DeleteNeighbour(n) => {
+                let ix = self.index_of(&n.dev).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = ix;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        n.ip,
+                    )));
+                h.neighbours().del(m).execute().await?;
+            }
+            Op::AddFdb(f) => {
+                let ix = self.index_of(&f.dev).await?;
+                let mut req = h
+                    .neighbours()
+                    .add_bridge(ix, &f.mac.0)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace();
+                req.message_mut()
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        f.dst,
+                    )));
+                req.execute().await?;
+            }
+            Op::DeleteFdb(f) => {
+                let ix = self.index_of(&f.dev).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = ix;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        f.dst,
+                    )));
+                h.neighbours().del(m).execute().await?;
+            }
+            Op::AddRoute(r) => {
+                let ix = self.index_of(&r.dev).await?;
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
+                    .gateway(r.via)
+                    .output_interface(ix)
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+                if r.onlink {
+                    b = b.onlink();
+                }
+                h.route().add(b.build()).replace().execute().await?;
+            }
+            Op::DeleteRoute(r) => {
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                    .build();
+                h.route().del(msg).execute().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, plans and applies; returns the operations that were needed.
+    pub async fn reconcile(&self, desired: &Desired) -> Result<Vec<Op>, KernelError> {
+        let observed = self.observe().await?;
+        let ops = plan(desired, &observed);
+        self.apply(&ops).await?;
+        Ok(ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    fn link() -> VxlanLink {
+        VxlanLink {
+            name: "twill.1".into(),
+            vni: 1,
+            port: 8472,
+            local: "192.0.2.1".parse().unwrap(),
+            dev: "eth0".into(),
+            mac: mac("0a:00:00:00:00:01"),
+            mtu: 1450,
+        }
+    }
+
+    fn peer(i: u8) -> (Neighbour, Fdb, Route) {
+        let gw = Ipv4Addr::new(10, 244, i, 0);
+        let m = Mac([0x0a, 0, 0, 0, 0, i]);
+        (
+            Neighbour {
+                dev: "twill.1".into(),
+                ip: gw,
+                mac: m,
+            },
+            Fdb {
+                dev: "twill.1".into(),
+                mac: m,
+                dst: Ipv4Addr::new(192, 0, 2, i),
+            },
+            Route {
+                dst: Ipv4Net::new(gw, 24).unwrap(),
+                via: gw,
+                dev: "twill.1".into(),
+                onlink: true,
+            },
+        )
+    }
+
+    fn desired(peers: &[u8]) -> Desired {
+        let mut d = Desired {
+            vxlan: Some(link()),
+            ..Default::default()
+        };
+        d.addresses
+            .insert(("twill.1".into(), "10.244.1.0/32".parse().unwrap()));
+        for i in peers {
+            let (n, f, r) = peer(*i);
+            d.neighbours.insert(n);
+            d.fdb.insert(f);
+            d.routes.insert(r);
+        }
+        d
+    }
+
+    fn as_observed(d: &Desired) -> Observed {
+        Observed {
+            links: d.vxlan.iter().cloned().collect(),
+            addresses: d.addresses.clone(),
+            neighbours: d.neighbours.clone(),
+            fdb: d.fdb.clone(),
+            routes: d.routes.clone(),
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_when_in_sync() {
+        let d = desired(&[2, 3]);
+        assert_eq!(plan(&d, &as_observed(&d)), vec![]);
+    }
+
+    #[test]
+    fn from_scratch_creates_device_then_neighbour_fdb_route_per_peer() {
+        let d = desired(&[2]);
+        let (n, f, r) = peer(2);
+        assert_eq!(
+            plan(&d, &Observed::default()),
+            vec![
+                Op::CreateLink(link()),
+                Op::AddAddress("twill.1".into(), "10.244.1.0/32".parse().unwrap()),
+                Op::AddNeighbour(n),
+                Op::AddFdb(f),
+                Op::AddRoute(r),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_vanished_peer_is_removed_route_first_and_a_new_one_added() {
+        let now = desired(&[2, 4]);
+        let before = as_observed(&desired(&[2, 3]));
+        let (n3, f3, r3) = peer(3);
+        let (n4, f4, r4) = peer(4);
+        assert_eq!(
+            plan(&now, &before),
+            vec![
+                Op::DeleteRoute(r3),
+                Op::DeleteFdb(f3),
+                Op::DeleteNeighbour(n3),
+                Op::AddNeighbour(n4),
+                Op::AddFdb(f4),
+                Op::AddRoute(r4),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_device_is_recreated_and_every_peer_replayed() {
+        let d = desired(&[2]);
+        let mut o = as_observed(&d);
+        o.links[0].mtu = 1400;
+        let ops = plan(&d, &o);
+        assert_eq!(ops[0], Op::DeleteLink("twill.1".into()));
+        assert_eq!(ops[1], Op::CreateLink(link()));
+        assert_eq!(
+            ops.len(),
+            6,
+            "device, address and all three peer entries: {ops:?}"
+        );
+    }
+
+    #[test]
+    fn switching_to_host_gw_removes_the_device_and_its_routes_go_with_it() {
+        let mut d = Desired::default();
+        let hostgw = Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            via: "192.0.2.2".parse().unwrap(),
+            dev: "eth0".into(),
+            onlink: false,
+        };
+        d.routes.insert(hostgw.clone());
+        let o = as_observed(&desired(&[2]));
+        assert_eq!(
+            plan(&d, &o),
+            vec![Op::DeleteLink("twill.1".into()), Op::AddRoute(hostgw)]
+        );
+    }
+}

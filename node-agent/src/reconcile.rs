@@ -288,8 +288,13 @@ impl Kernel {
                 let Some(dev) = ours.get(&n.header.ifindex) else {
                     continue;
                 };
+                // In the bridge family the kernel's NDA_DST is not typed as an IP address, so
+                // it arrives as raw bytes.
                 let dst = n.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => None,
                 });
                 let mac = n.attributes.iter().find_map(|a| match a {

@@ -1,0 +1,292 @@
+//! The reconciler against real kernels: two node namespaces on a veth underlay (192.0.2.0/24),
+//! each with a pod bridge address. Needs root; in CI (CI=true) a missing root is a failure.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use twill_agent::desired::{compute, Backend, Desired, Input, LocalFacts, NodeLease};
+use twill_agent::reconcile::{plan, Kernel, Op};
+use twill_agent::vtep;
+
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root, and CI runs as root: failing instead of skipping");
+    }
+    eprintln!("skipped: {test} needs root (network namespaces)");
+    false
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_out(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces joined by a veth pair; removed on drop.
+struct Pair {
+    a: String,
+    b: String,
+}
+
+impl Pair {
+    fn new(tag: &str) -> Pair {
+        let id = std::process::id();
+        let p = Pair {
+            a: format!("tw-{tag}-a-{id}"),
+            b: format!("tw-{tag}-b-{id}"),
+        };
+        for (ns, addr, pod) in [
+            (&p.a, "192.0.2.1/24", "10.244.1.1/24"),
+            (&p.b, "192.0.2.2/24", "10.244.2.1/24"),
+        ] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            // The pod bridge, as the CNI bridge plugin would make it.
+            ip(&["-n", ns, "link", "add", "cni0", "type", "bridge"]);
+            ip(&["-n", ns, "addr", "add", pod, "dev", "cni0"]);
+            ip(&["-n", ns, "link", "set", "cni0", "up"]);
+            let _ = addr;
+        }
+        ip(&[
+            "-n", &p.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &p.b,
+        ]);
+        for (ns, addr) in [(&p.a, "192.0.2.1/24"), (&p.b, "192.0.2.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        p
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns` with its own current-thread runtime.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: a valid namespace fd; only this new thread changes namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(f())
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn lease(node: &str, third: u8, public: u8) -> NodeLease {
+    NodeLease {
+        node: node.into(),
+        subnet: format!("10.244.{third}.0/24").parse().unwrap(),
+        public_ip: Ipv4Addr::new(192, 0, 2, public),
+        vtep_mac: Some(vtep::derive(node)),
+    }
+}
+
+fn desired_for(me: &str, backend: &Backend) -> Desired {
+    let (own, peer) = if me == "a" {
+        (lease("a", 1, 1), lease("b", 2, 2))
+    } else {
+        (lease("b", 2, 2), lease("a", 1, 1))
+    };
+    compute(&Input {
+        own: own.clone(),
+        peers: vec![own.clone(), peer],
+        backend: backend.clone(),
+        facts: LocalFacts {
+            iface: "eth0".into(),
+            mtu: 1500,
+            public_ip: own.public_ip,
+            connected: vec!["192.0.2.0/24".parse().unwrap()],
+        },
+    })
+}
+
+/// Reconciles, then checks the kernel holds exactly the desired set; returns the ops needed.
+fn reconcile(ns: &str, d: &Desired) -> Vec<Op> {
+    let d = d.clone();
+    in_netns(ns, move || {
+        Box::pin(async move {
+            let k = Kernel::connect().expect("netlink");
+            let ops = k.reconcile(&d).await.expect("reconcile");
+            let after = k.observe().await.expect("observe");
+
+            assert_eq!(
+                plan(&d, &after),
+                vec![],
+                "kernel differs from desired after reconcile: {after:?}"
+            );
+            ops
+        })
+    })
+}
+
+fn pings(ns: &str, from: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "1", "-W", "2", "-I", from, to,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn vxlan_programs_pings_and_repairs_drift() {
+    if !root_or_skip("vxlan_programs_pings_and_repairs_drift") {
+        return;
+    }
+    let p = Pair::new("vx");
+    let backend = Backend::Vxlan {
+        vni: 1,
+        port: 8472,
+        direct_routing: false,
+    };
+    let (da, db) = (desired_for("a", &backend), desired_for("b", &backend));
+    assert!(!reconcile(&p.a, &da).is_empty());
+    assert!(!reconcile(&p.b, &db).is_empty());
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "pod-to-pod ping over vxlan failed"
+    );
+
+    // The exact objects, as iproute2 shows them.
+    let link = ip_out(&["-n", &p.a, "-d", "link", "show", "twill.1"]);
+    assert!(
+        link.contains("vxlan id 1")
+            && link.contains("local 192.0.2.1")
+            && link.contains("dstport 8472"),
+        "{link}"
+    );
+    assert!(
+        link.contains("nolearning") && link.contains("mtu 1450"),
+        "{link}"
+    );
+    assert!(
+        link.contains(&vtep::derive("a").to_string()),
+        "VTEP MAC not the derived one: {link}"
+    );
+    let routes = ip_out(&["-n", &p.a, "route", "show", "proto", "151"]);
+    assert_eq!(
+        routes.trim(),
+        "10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink"
+    );
+
+    // A second pass changes nothing.
+    assert_eq!(reconcile(&p.a, &da), vec![]);
+
+    // Drift, each repaired by the next pass.
+    ip(&["-n", &p.a, "route", "flush", "proto", "151"]);
+    assert!(!pings(&p.a, "10.244.1.1", "10.244.2.1"));
+    assert_eq!(reconcile(&p.a, &da).len(), 1);
+    ip(&[
+        "-n",
+        &p.a,
+        "neigh",
+        "flush",
+        "dev",
+        "twill.1",
+        "nud",
+        "permanent",
+    ]);
+    assert!(!reconcile(&p.a, &da).is_empty());
+    let mac_b = vtep::derive("b").to_string();
+    ip(&["-n", &p.a, "neigh", "del", "10.244.2.0", "dev", "twill.1"]);
+    assert!(!reconcile(&p.a, &da).is_empty());
+    Command::new("bridge")
+        .args([
+            "-n",
+            &p.a,
+            "fdb",
+            "del",
+            &mac_b,
+            "dev",
+            "twill.1",
+            "dst",
+            "192.0.2.2",
+            "self",
+        ])
+        .status()
+        .expect("bridge fdb del");
+    assert!(!reconcile(&p.a, &da).is_empty());
+    ip(&["-n", &p.a, "link", "del", "twill.1"]);
+    let ops = reconcile(&p.a, &da);
+    assert!(matches!(ops.first(), Some(Op::CreateLink(_))), "{ops:?}");
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "ping after repairs failed"
+    );
+
+    // A peer that leaves: its entries go, nothing else of ours remains.
+    let mut alone = da.clone();
+    alone.neighbours.clear();
+    alone.fdb.clear();
+    alone.routes.clear();
+    assert_eq!(reconcile(&p.a, &alone).len(), 3);
+    assert_eq!(
+        ip_out(&["-n", &p.a, "route", "show", "proto", "151"]).trim(),
+        ""
+    );
+}
+
+#[test]
+fn host_gw_programs_routes_via_the_peer_and_pings() {
+    if !root_or_skip("host_gw_programs_routes_via_the_peer_and_pings") {
+        return;
+    }
+    let p = Pair::new("gw");
+    let (da, db) = (
+        desired_for("a", &Backend::HostGw),
+        desired_for("b", &Backend::HostGw),
+    );
+    reconcile(&p.a, &da);
+    reconcile(&p.b, &db);
+    assert_eq!(
+        ip_out(&["-n", &p.a, "route", "show", "proto", "151"]).trim(),
+        "10.244.2.0/24 via 192.0.2.2 dev eth0"
+    );
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "pod-to-pod ping over host-gw failed"
+    );
+    // Switching the backend to vxlan replaces the routes.
+    let vx = Backend::Vxlan {
+        vni: 1,
+        port: 8472,
+        direct_routing: false,
+    };
+    reconcile(&p.a, &desired_for("a", &vx));
+    reconcile(&p.b, &desired_for("b", &vx));
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "ping after switching to vxlan failed"
+    );
+}

@@ -1,5 +1,6 @@
 //! The `twill` command: the controller, and the operator's commands against it.
 
+mod agent_cmd;
 mod network_flags;
 mod operator;
 mod serve;
@@ -25,6 +26,9 @@ enum Cmd {
     /// Run a controller member. With no flags: a single-member cluster on 127.0.0.1:7420 handing
     /// out /24s of 10.244.0.0/16 for the vxlan backend
     Controller(serve::ControllerArgs),
+    /// Run the node agent: hold this node's lease, program VXLAN or host-gw routes to every other
+    /// node, and write subnet.env for CNI
+    Agent(agent_cmd::AgentArgs),
     /// Show every member's role, Raft term and progress
     Status(#[command(flatten)] Target),
     /// List the subnet leases (and reservations)
@@ -81,7 +85,7 @@ fn init_logging(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_daemon = matches!(cli.cmd, Cmd::Controller(_));
+    let is_daemon = matches!(cli.cmd, Cmd::Controller(_) | Cmd::Agent(_));
     init_logging(if is_daemon {
         "info,openraft=warn"
     } else {
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.cmd {
             Cmd::Controller(a) => serve::run(a).await,
+            Cmd::Agent(a) => agent_cmd::run(a).await,
             Cmd::Status(t) => operator::status(&t).await,
             Cmd::Leases(t) => operator::leases(&t).await,
             Cmd::Config { target, cmd } => operator::config(&target, cmd).await,

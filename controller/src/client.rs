@@ -162,6 +162,12 @@ impl Client {
         );
     }
 
+    /// Moves on to the next known member, e.g. after a stream from the current one went quiet.
+    pub fn rotate(&self) {
+        let (i, _) = self.pick();
+        self.switch(i, None);
+    }
+
     /// Runs `f` against the current member, retrying elsewhere while the answer is retryable.
     async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where

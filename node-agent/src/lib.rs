@@ -1,13 +1,21 @@
-//! The node agent's library. Built so far: the pure parts.
+//! The node agent's library.
 //!
 //! - [`desired`]: the kernel objects a node should have, as a plain function of its own lease,
 //!   its peers' leases, the backend and local facts (no root, no sockets);
 //! - [`vtep`]: the node's VXLAN MAC, stable across restarts and distinct between nodes;
 //! - [`subnet_env`]: flannel's `subnet.env`, rendered and written atomically.
 //!
-//! Not built yet: the lease keeper, the watch client, the netlink reconciler and `twill agent`.
+//! - [`reconcile`]: what twill owns in the kernel, read through netlink, the plan to the
+//!   desired state, and its ordered application;
+//! - [`facts`]: choosing the public interface and address;
+//! - [`lease`]: holding the node's lease; [`watch`]: following the lease stream;
+//! - [`agent`]: all of it together, with health and metrics endpoints.
 
+pub mod agent;
 pub mod desired;
+pub mod facts;
+pub mod lease;
 pub mod reconcile;
 pub mod subnet_env;
 pub mod vtep;
+pub mod watch;

@@ -181,6 +181,69 @@ impl Kernel {
         Err(KernelError::NoInterface(name.to_string()))
     }
 
+    /// The interface of the IPv4 default route, if there is one.
+    pub async fn default_route_iface(&self) -> Result<Option<String>, KernelError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        let oif = routes
+            .iter()
+            .filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN
+            })
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                })
+            });
+        let Some(oif) = oif else { return Ok(None) };
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .find(|l| l.header.index == oif)
+            .and_then(link_name)
+            .map(str::to_string))
+    }
+
+    /// Every interface with its MTU and IPv4 prefixes (address/prefix length).
+    pub async fn interfaces(&self) -> Result<Vec<(String, u32, Vec<Ipv4Net>)>, KernelError> {
+        let links = self.links().await?;
+        let addrs: Vec<_> = self.handle.address().get().execute().try_collect().await?;
+        let mut out = Vec::new();
+        for l in &links {
+            let Some(name) = link_name(l) else { continue };
+            let mtu = l
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Mtu(m) => Some(*m),
+                    _ => None,
+                })
+                .unwrap_or(1500);
+            let nets = addrs
+                .iter()
+                .filter(|a| a.header.index == l.header.index)
+                .flat_map(|a| {
+                    a.attributes.iter().filter_map(move |x| match x {
+                        netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(
+                            ip,
+                        )) => Ipv4Net::new(*ip, a.header.prefix_len).ok(),
+                        _ => None,
+                    })
+                })
+                .collect();
+            out.push((name.to_string(), mtu, nets));
+        }
+        Ok(out)
+    }
+
     /// What twill owns in this namespace.
     pub async fn observe(&self) -> Result<Observed, KernelError> {
         let links = self.links().await?;

@@ -1,0 +1,99 @@
+//! Following the controller's lease stream into a local view: a snapshot replaces the view,
+//! events are applied in revision order, and a stream that goes quiet past a few progress
+//! intervals is treated as dead and resumed (from the last revision) on another member.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use twill_controller::client::Client;
+use twill_proto::v1::watch_response::Msg;
+use twill_proto::v1::{self as pb, EventKind};
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub revision: u64,
+    pub config: Option<pb::NetworkConfig>,
+    pub leases: BTreeMap<String, pb::Lease>,
+}
+
+impl View {
+    /// Applies one stream message; returns whether the view changed.
+    pub fn apply(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Snapshot(s) => {
+                self.revision = s.revision;
+                self.config = if s.config_present { s.config } else { None };
+                self.leases = s.leases.into_iter().map(|l| (l.node.clone(), l)).collect();
+                true
+            }
+            Msg::Event(e) => {
+                if e.revision <= self.revision {
+                    return false;
+                }
+                self.revision = e.revision;
+                match e.kind() {
+                    EventKind::Put => {
+                        if let Some(l) = e.lease {
+                            self.leases.insert(l.node.clone(), l);
+                        }
+                    }
+                    EventKind::Delete => {
+                        if let Some(l) = e.lease {
+                            self.leases.remove(&l.node);
+                        }
+                    }
+                    EventKind::Config => self.config = e.config,
+                    EventKind::Unspecified => return false,
+                }
+                true
+            }
+            Msg::Progress(_) => false,
+        }
+    }
+}
+
+/// Keeps `tx` up to date forever.
+pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: Duration) {
+    let mut view = View::default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut stream = match client.watch(view.revision).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the lease watch; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        tracing::info!(from_revision = view.revision, "watching leases");
+        loop {
+            match tokio::time::timeout(quiet_limit, stream.message()).await {
+                Ok(Ok(Some(m))) => {
+                    backoff = Duration::from_millis(200);
+                    if let Some(msg) = m.msg {
+                        if view.apply(msg) {
+                            tx.send_replace(view.clone());
+                        }
+                    }
+                }
+                Ok(Ok(None)) => {
+                    tracing::info!("lease watch ended; resuming");
+                    break;
+                }
+                Ok(Err(s)) => {
+                    tracing::warn!(error = %s.message(), "lease watch failed; resuming");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(quiet = ?quiet_limit, "lease watch silent; resuming on another member");
+                    break;
+                }
+            }
+        }
+        client.rotate();
+        tokio::time::sleep(backoff).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! `twill agent`: the node agent.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use twill_agent::agent::{self, Options};
+use twill_agent::facts::Choice;
+
+use crate::network_flags::parse_duration;
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Controller endpoint(s), any members (repeat or separate with commas)
+    #[arg(
+        long = "controller",
+        value_name = "URL",
+        env = "TWILL_CONTROLLER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7420"
+    )]
+    controllers: Vec<String>,
+    /// This node's name in the lease table [default: the hostname]
+    #[arg(long, env = "TWILL_NODE_NAME")]
+    node_name: Option<String>,
+    /// Interface for node-to-node traffic [default: the one of the default route]
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
+    /// Use the first interface whose name matches this regular expression
+    #[arg(long, value_name = "REGEX", conflicts_with = "iface")]
+    iface_regex: Option<String>,
+    /// The node's public address; must be on the chosen interface [default: its first address]
+    #[arg(long, value_name = "ADDR")]
+    public_ip: Option<Ipv4Addr>,
+    /// Where the agent remembers its subnet across restarts
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/twill/agent")]
+    state_dir: PathBuf,
+    /// flannel-compatible subnet file for CNI
+    #[arg(long, value_name = "FILE", default_value = "/run/flannel/subnet.env")]
+    subnet_file: PathBuf,
+    /// Serve /healthz, /readyz and /metrics here (e.g. 127.0.0.1:9421); off when not given
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// How often the kernel state is re-read and repaired
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    resync: Duration,
+    /// Sets FLANNEL_IPMASQ in subnet.env (masquerading itself is not done by twill yet)
+    #[arg(long)]
+    ip_masq: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub async fn run(a: AgentArgs) -> Result<()> {
+    let opts = Options {
+        controllers: a.controllers,
+        node_name: a.node_name.unwrap_or_else(hostname),
+        choice: Choice {
+            iface: a.iface,
+            iface_regex: a.iface_regex,
+            public_ip: a.public_ip,
+        },
+        state_dir: a.state_dir,
+        subnet_file: a.subnet_file,
+        metrics_addr: a.metrics_addr,
+        resync: a.resync.max(Duration::from_millis(100)),
+        ip_masq: a.ip_masq,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = agent::run(opts) => r?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping (the dataplane stays as it is)"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping (the dataplane stays as it is)"),
+    }
+    Ok(())
+}

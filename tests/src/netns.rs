@@ -1,0 +1,285 @@
+//! Node namespaces on an underlay bridge, with a controller and agents running inside them as
+//! real processes. Everything lives in namespaces this harness creates and removes; nothing is
+//! connected to the root namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// True when running as root; in CI (CI=true) not being root is an error, elsewhere the caller
+/// prints "skipped".
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root, and CI runs as root: failing instead of skipping");
+    }
+    eprintln!("skipped: {test} needs root (network namespaces)");
+    false
+}
+
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+pub fn ip_out(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+pub struct Node {
+    pub ns: String,
+    pub name: String,
+    pub addr: String,
+    pub agent: Option<Child>,
+    pub dir: PathBuf,
+}
+
+/// An underlay bridge namespace, a controller namespace and `n` node namespaces.
+pub struct Topology {
+    pub tag: String,
+    pub underlay: String,
+    pub ctl_ns: String,
+    pub controller: Option<Child>,
+    pub nodes: Vec<Node>,
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+pub const CONTROLLER_ADDR: &str = "192.0.2.100";
+
+impl Topology {
+    pub fn new(tag: &str, n: usize, bin: &Path) -> Result<Topology> {
+        let id = std::process::id();
+        let t = Topology {
+            tag: format!("{tag}{id}"),
+            underlay: format!("tw-ul-{tag}{id}"),
+            ctl_ns: format!("tw-ctl-{tag}{id}"),
+            controller: None,
+            nodes: Vec::new(),
+            dir: tempfile::tempdir()?,
+            bin: bin.to_path_buf(),
+        };
+        let mut t = t;
+        ip(&["netns", "add", &t.underlay])?;
+        ip(&["-n", &t.underlay, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &t.underlay, "link", "set", "br0", "up"])?;
+        let ctl = t.ctl_ns.clone();
+        t.attach(&ctl, 100)?;
+        for i in 1..=n {
+            let ns = format!("tw-n{i}-{}", t.tag);
+            t.attach(&ns, i as u8)?;
+            let dir = t.dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir)?;
+            t.nodes.push(Node {
+                ns,
+                name: format!("node{i}"),
+                addr: format!("192.0.2.{i}"),
+                agent: None,
+                dir,
+            });
+        }
+        Ok(t)
+    }
+
+    /// A namespace with `eth0` = 192.0.2.<host>/24 on the underlay bridge.
+    fn attach(&mut self, ns: &str, host: u8) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let port = format!("p{host}");
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay,
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("192.0.2.{host}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &self.underlay, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &self.underlay, "link", "set", &port, "up"])?;
+        Ok(())
+    }
+
+    pub fn controller_url(&self) -> String {
+        format!("http://{CONTROLLER_ADDR}:7420")
+    }
+
+    /// Starts the controller with extra flags (e.g. the backend).
+    pub fn start_controller(&mut self, extra: &[&str]) -> Result<()> {
+        let data = self.dir.path().join("controller");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ctl_ns])
+            .arg(&self.bin)
+            .args([
+                "controller",
+                "--listen",
+                &format!("{CONTROLLER_ADDR}:7420"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(extra)
+            .env("TWILL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start controller")?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let url = self.controller_url();
+        let bin = self.bin.clone();
+        let n = &mut self.nodes[i];
+        let child = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(&bin)
+            .args([
+                "agent",
+                "--controller",
+                &url,
+                "--node-name",
+                &n.name,
+                "--iface",
+                "eth0",
+                "--resync",
+                "500ms",
+            ])
+            .arg("--state-dir")
+            .arg(n.dir.join("state"))
+            .arg("--subnet-file")
+            .arg(n.dir.join("subnet.env"))
+            .env("TWILL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start agent")?;
+        n.agent = Some(child);
+        Ok(())
+    }
+
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `twill <args> --controller URL` inside the controller namespace.
+    pub fn twill(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ctl_ns])
+            .arg(&self.bin)
+            .args(args)
+            .args(["--controller", &self.controller_url()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "twill {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The node's FLANNEL_SUBNET (pod gateway address/len) once subnet.env exists.
+    pub fn wait_subnet(&self, i: usize, within: Duration) -> Result<String> {
+        let path = self.nodes[i].dir.join("subnet.env");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if let Some(v) = s.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=")) {
+                    return Ok(v.to_string());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no subnet.env within {within:?}", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A pod bridge with the gateway address, as the CNI bridge plugin makes it.
+    pub fn add_pod_bridge(&self, i: usize, gw: &str) -> Result<()> {
+        let ns = &self.nodes[i].ns;
+        ip(&["-n", ns, "link", "add", "cni0", "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", gw, "dev", "cni0"])?;
+        ip(&["-n", ns, "link", "set", "cni0", "up"])
+    }
+
+    pub fn ping(&self, i: usize, from: &str, to: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[i].ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                from,
+                to,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// twill's routes in a node, as iproute2 prints them.
+    pub fn routes(&self, i: usize) -> Vec<String> {
+        ip_out(&["-n", &self.nodes[i].ns, "route", "show", "proto", "151"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_agent(i);
+        }
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &n.ns]).status();
+        }
+        for ns in [&self.ctl_ns, &self.underlay] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

@@ -187,6 +187,45 @@ impl Topology {
         Ok(())
     }
 
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs an agent in node `i` to completion (for inputs it must refuse), with a time limit.
+    pub fn agent_once(&self, i: usize, args: &[&str]) -> Result<std::process::Output> {
+        let n = &self.nodes[i];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(&self.bin)
+            .args([
+                "agent",
+                "--controller",
+                &self.controller_url(),
+                "--node-name",
+                &n.name,
+            ])
+            .args(args)
+            .arg("--state-dir")
+            .arg(n.dir.join("state"))
+            .arg("--subnet-file")
+            .arg(n.dir.join("subnet.env"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("agent with {args:?} kept running instead of failing");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child.wait_with_output()?)
+    }
+
     pub fn stop_agent(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].agent.take() {
             let _ = c.kill();

@@ -111,6 +111,62 @@ fn run(tag: &str, backend: &[&str], vxlan: bool) {
     wait_until("ping matrix after rejoin", Duration::from_secs(20), || {
         matrix_ok(&t)
     });
+
+    // Drift: a route flush is repaired by the agent's resync.
+    let ns0 = t.nodes[0].ns.clone();
+    twill_tests::netns::ip(&["-n", &ns0, "route", "flush", "proto", "151"]).expect("flush");
+    wait_until(
+        "routes restored after a flush",
+        Duration::from_secs(5),
+        || t.routes(0).len() == N - 1,
+    );
+    if vxlan {
+        twill_tests::netns::ip(&["-n", &ns0, "link", "del", "twill.1"]).expect("delete device");
+        wait_until("device and peers replayed", Duration::from_secs(5), || {
+            t.routes(0).len() == N - 1
+        });
+    }
+    wait_until("ping matrix after drift", Duration::from_secs(20), || {
+        matrix_ok(&t)
+    });
+
+    // A peer vanishes while node1's agent is down: at its start node1 removes the stale entries,
+    // keeps its own subnet, and adds nothing twice.
+    t.stop_agent(0);
+    t.stop_agent(2);
+    t.twill(&["release", "node3"]).expect("release");
+    t.start_agent(0).expect("restart node1");
+    wait_until(
+        "stale peer removed at start",
+        Duration::from_secs(10),
+        || t.routes(0).len() == N - 2,
+    );
+    assert_eq!(
+        t.wait_subnet(0, Duration::from_secs(5)).expect("subnet"),
+        subnets[0]
+    );
+
+    // The controller goes away: the dataplane stays; it comes back: the agents catch up.
+    t.stop_controller();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        t.routes(0).len(),
+        N - 2,
+        "routes removed while the controller was down"
+    );
+    assert!(
+        t.ping(0, gw_addr(&subnets[0]), gw_addr(&subnets[1])),
+        "dataplane broken while the controller was down"
+    );
+    t.start_controller(backend).expect("controller again");
+    t.start_agent(2).expect("node3 back");
+    for i in 0..N {
+        wait_until(
+            "catch-up after the controller outage",
+            Duration::from_secs(30),
+            || t.routes(i).len() == N - 1,
+        );
+    }
 }
 
 #[test]
@@ -132,5 +188,39 @@ fn three_nodes_vxlan_direct_routing() {
     // All nodes share the underlay segment, so direct routing makes every peer a plain route.
     if root_or_skip("three_nodes_vxlan_direct_routing") {
         run("dr", &["--backend", "vxlan", "--direct-routing"], false);
+    }
+}
+
+#[test]
+fn bad_agent_input_fails_clearly_and_programs_nothing() {
+    if !root_or_skip("bad_agent_input_fails_clearly_and_programs_nothing") {
+        return;
+    }
+    let mut t = Topology::new("bad", 1, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&["--backend", "bgp", "--bgp-asn", "64512"])
+        .expect("controller");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--iface", "nope0"], "interface \"nope0\" does not exist"),
+        (
+            &["--iface", "eth0", "--public-ip", "203.0.113.9"],
+            "public IP 203.0.113.9 is on no interface",
+        ),
+        (&["--iface-regex", "^zz"], "no interface matches"),
+        (&["--iface", "eth0"], "backend \"bgp\" is not supported"),
+    ];
+    for (args, want) in cases {
+        let out = t.agent_once(0, args).expect("run agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(want),
+            "{args:?}: expected {want:?} in {stderr}"
+        );
+        let links = ip_out(&["-n", &t.nodes[0].ns, "link", "show"]);
+        assert!(
+            !links.contains("twill."),
+            "{args:?} left a twill device behind: {links}"
+        );
+        assert!(t.routes(0).is_empty(), "{args:?} left routes behind");
     }
 }

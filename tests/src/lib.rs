@@ -220,30 +220,38 @@ pub fn local_leases(r: &Running) -> BTreeMap<String, String> {
 /// The `twill` binary, built once per test process.
 pub fn twill_binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_twill().map_err(|e| format!("{e:#}")))
+    BIN.get_or_init(|| build_bin("twill", "twill").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow!(e))
 }
 
-fn build_twill() -> Result<PathBuf> {
+/// The `twill-cni` plugin, built once per test process.
+pub fn cni_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("twill-agent", "twill-cni").map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--bin", "twill"])
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
         .current_dir(&root)
         .status()
-        .context("run cargo build --bin twill")?;
+        .with_context(|| format!("run cargo build --bin {bin}"))?;
     if !status.success() {
-        bail!("cargo build --bin twill failed: {status}");
+        bail!("cargo build --bin {bin} failed: {status}");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("twill");
-    if !bin.exists() {
-        bail!("built twill binary not found at {}", bin.display());
+    let path = target.join("debug").join(bin);
+    if !path.exists() {
+        bail!("built binary not found at {}", path.display());
     }
-    Ok(bin)
+    Ok(path)
 }
 
 pub fn workspace_root() -> PathBuf {

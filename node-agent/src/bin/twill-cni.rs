@@ -1,0 +1,221 @@
+//! `twill-cni`: a CNI 1.0 plugin that gives pods addresses from the node's twill subnet by
+//! delegating to the standard `bridge` and `host-local` plugins.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use serde_json::{json, Value};
+use twill_agent::cni::*;
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_default()
+}
+
+fn find_plugin(name: &str) -> Result<PathBuf, CniError> {
+    for dir in env("CNI_PATH").split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(CniError::new(
+        ERR_INVALID_CONFIG,
+        format!("plugin {name:?} not found in CNI_PATH"),
+        env("CNI_PATH"),
+    ))
+}
+
+/// Runs the delegate with the same environment and `conf` on stdin; returns its stdout.
+fn delegate(conf: &Value) -> Result<Vec<u8>, CniError> {
+    let kind = conf.get("type").and_then(Value::as_str).unwrap_or("bridge");
+    let plugin = find_plugin(kind)?;
+    let mut child = Command::new(&plugin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                ERR_IO,
+                format!("cannot run {}", plugin.display()),
+                e.to_string(),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .map_err(|e| CniError::new(ERR_IO, "cannot write to the delegate", e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::new(ERR_IO, "delegate failed to run", e.to_string()))?;
+    if !out.status.success() {
+        // The delegate's own error object is the most useful answer: pass it through.
+        if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+            let code = v.get("code").and_then(Value::as_u64).unwrap_or(999) as u32;
+            let msg = v
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("delegate failed");
+            let details = v.get("details").and_then(Value::as_str).unwrap_or("");
+            return Err(CniError::new(code, format!("{kind}: {msg}"), details));
+        }
+        return Err(CniError::new(
+            999,
+            format!("{kind} failed"),
+            String::from_utf8_lossy(&out.stdout),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
+    let cmd = env("CNI_COMMAND");
+    let data_dir = PathBuf::from(
+        netconf
+            .get("dataDir")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_DATA_DIR),
+    );
+    let subnet_file = PathBuf::from(
+        netconf
+            .get("subnetFile")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_SUBNET_FILE),
+    );
+    match cmd.as_str() {
+        "VERSION" => Ok(Some(
+            json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})
+                .to_string()
+                .into_bytes(),
+        )),
+        "ADD" => {
+            let text = std::fs::read_to_string(&subnet_file).map_err(|e| {
+                CniError::new(
+                    ERR_TRY_LATER,
+                    format!(
+                        "cannot read {} (is twill agent running?)",
+                        subnet_file.display()
+                    ),
+                    e.to_string(),
+                )
+            })?;
+            let conf = delegate_config(netconf, &parse_subnet_env(&text)?);
+            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
+            std::fs::create_dir_all(&data_dir)
+                .and_then(|_| std::fs::write(&saved, conf.to_string()))
+                .map_err(|e| {
+                    CniError::new(
+                        ERR_IO,
+                        format!("cannot save {}", saved.display()),
+                        e.to_string(),
+                    )
+                })?;
+            delegate(&conf).map(Some)
+        }
+        "DEL" => {
+            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
+            let conf = match std::fs::read_to_string(&saved) {
+                Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                    CniError::new(
+                        ERR_DECODE,
+                        format!("{} is damaged", saved.display()),
+                        e.to_string(),
+                    )
+                })?,
+                // Never added, or already deleted: DEL must succeed.
+                Err(_) => return Ok(None),
+            };
+            delegate(&conf)?;
+            let _ = std::fs::remove_file(&saved);
+            Ok(None)
+        }
+        "CHECK" => {
+            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
+            let s = std::fs::read_to_string(&saved).map_err(|e| {
+                CniError::new(
+                    ERR_INVALID_ENV,
+                    format!("no record of container {}", env("CNI_CONTAINERID")),
+                    e.to_string(),
+                )
+            })?;
+            let mut conf: Value = serde_json::from_str(&s).map_err(|e| {
+                CniError::new(
+                    ERR_DECODE,
+                    format!("{} is damaged", saved.display()),
+                    e.to_string(),
+                )
+            })?;
+            if let (Some(prev), Some(obj)) = (netconf.get("prevResult"), conf.as_object_mut()) {
+                obj.insert("prevResult".into(), prev.clone());
+            }
+            delegate(&conf)?;
+            Ok(None)
+        }
+        "" => Err(CniError::new(
+            ERR_INVALID_ENV,
+            "CNI_COMMAND is not set: twill-cni is run by a container runtime",
+            "",
+        )),
+        other => Err(CniError::new(
+            ERR_INVALID_ENV,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "",
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut input = String::new();
+    let netconf: Value = if env("CNI_COMMAND") == "VERSION" {
+        json!({})
+    } else {
+        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+            let err = CniError::new(
+                ERR_IO,
+                "cannot read the network configuration",
+                e.to_string(),
+            );
+            println!("{}", err.to_json("1.0.0"));
+            return ExitCode::FAILURE;
+        }
+        match serde_json::from_str(&input) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = CniError::new(
+                    ERR_DECODE,
+                    "network configuration is not JSON",
+                    e.to_string(),
+                );
+                println!("{}", err.to_json("1.0.0"));
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let version = netconf
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("1.0.0")
+        .to_string();
+    if env("CNI_COMMAND") != "VERSION" && !SUPPORTED.contains(&version.as_str()) {
+        let err = CniError::new(
+            ERR_INCOMPATIBLE_VERSION,
+            format!("cniVersion {version} not supported"),
+            SUPPORTED.join(", "),
+        );
+        println!("{}", err.to_json(&version));
+        return ExitCode::FAILURE;
+    }
+    match run(&netconf) {
+        Ok(Some(out)) => {
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::FAILURE
+        }
+    }
+}

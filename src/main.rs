@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod network_flags;
 mod operator;
+mod sandbox_cmd;
 mod serve;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Cmd {
     /// Run the node agent: hold this node's lease, program VXLAN or host-gw routes to every other
     /// node, and write subnet.env for CNI
     Agent(agent_cmd::AgentArgs),
+    /// Run a whole cluster in network namespaces on this machine (root): a controller, N nodes
+    /// with agents, pods through twill-cni; prints leases and a pod reachability matrix
+    Sandbox(sandbox_cmd::SandboxArgs),
     /// Show every member's role, Raft term and progress
     Status(#[command(flatten)] Target),
     /// List the subnet leases (and reservations)
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Controller(a) => serve::run(a).await,
             Cmd::Agent(a) => agent_cmd::run(a).await,
+            Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
             Cmd::Status(t) => operator::status(&t).await,
             Cmd::Leases(t) => operator::leases(&t).await,
             Cmd::Config { target, cmd } => operator::config(&target, cmd).await,

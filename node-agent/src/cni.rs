@@ -104,8 +104,9 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
         "isGateway": true,
         "isDefaultGateway": false,
         "hairpinMode": true,
-        // Masquerading is the node's job when FLANNEL_IPMASQ is set, not the bridge plugin's.
-        "ipMasq": !s.ipmasq,
+        // Never the bridge plugin's masquerade: it would NAT pod-to-pod traffic between nodes,
+        // which must keep its pod source address. Outbound masquerade is the node's job.
+        "ipMasq": false,
         "mtu": s.mtu,
         "ipam": {
             "type": "host-local",
@@ -155,7 +156,10 @@ mod tests {
         assert_eq!(d["name"], "podnet");
         assert_eq!(d["bridge"], "cni0");
         assert_eq!(d["mtu"], 1450);
-        assert_eq!(d["ipMasq"], false);
+        assert_eq!(
+            d["ipMasq"], false,
+            "pod-to-pod traffic must not be masqueraded"
+        );
         assert_eq!(d["hairpinMode"], false, "delegate overrides apply");
         assert_eq!(d["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
         assert_eq!(d["ipam"]["ranges"][0][0]["gateway"], "10.244.7.1");

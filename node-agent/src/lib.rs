@@ -17,6 +17,7 @@ pub mod desired;
 pub mod facts;
 pub mod lease;
 pub mod reconcile;
+pub mod sandbox;
 pub mod subnet_env;
 pub mod vtep;
 pub mod watch;

@@ -1,0 +1,443 @@
+//! A sandbox cluster: node namespaces on an underlay bridge (192.0.2.0/24), a controller and one
+//! agent per node running inside them as real processes, and pods made through `twill-cni`.
+//! Used by `twill sandbox` and by the namespace tests. Everything lives in namespaces created
+//! here and removed on drop; nothing is connected to the root namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Whether this process runs as root (namespaces need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+pub fn ip_out(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A pod: a namespace given an address on its node's `cni0` by `twill-cni`.
+pub struct Pod {
+    pub ns: String,
+    pub node: usize,
+    pub addr: String,
+}
+
+pub struct Node {
+    pub ns: String,
+    pub name: String,
+    pub addr: String,
+    pub agent: Option<Child>,
+    pub dir: PathBuf,
+}
+
+/// An underlay bridge namespace, a controller namespace and `n` node namespaces.
+pub struct Topology {
+    pub tag: String,
+    pub underlay: String,
+    pub ctl_ns: String,
+    pub controller: Option<Child>,
+    pub nodes: Vec<Node>,
+    /// Data directories of the controller and the agents.
+    pub dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    pub pods: Vec<Pod>,
+    bin: PathBuf,
+}
+
+pub const CONTROLLER_ADDR: &str = "192.0.2.100";
+
+impl Topology {
+    pub fn new(tag: &str, n: usize, bin: &Path) -> Result<Topology> {
+        let id = std::process::id();
+        let tmp = tempfile::tempdir()?;
+        let t = Topology {
+            tag: format!("{tag}{id}"),
+            underlay: format!("tw-ul-{tag}{id}"),
+            ctl_ns: format!("tw-ctl-{tag}{id}"),
+            controller: None,
+            nodes: Vec::new(),
+            dir: tmp.path().to_path_buf(),
+            tmp: Some(tmp),
+            pods: Vec::new(),
+            bin: bin.to_path_buf(),
+        };
+        let mut t = t;
+        ip(&["netns", "add", &t.underlay])?;
+        ip(&["-n", &t.underlay, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &t.underlay, "link", "set", "br0", "up"])?;
+        let ctl = t.ctl_ns.clone();
+        t.attach(&ctl, 100)?;
+        for i in 1..=n {
+            let ns = format!("tw-n{i}-{}", t.tag);
+            t.attach(&ns, i as u8)?;
+            let dir = t.dir.join(format!("node{i}"));
+            std::fs::create_dir_all(&dir)?;
+            t.nodes.push(Node {
+                ns,
+                name: format!("node{i}"),
+                addr: format!("192.0.2.{i}"),
+                agent: None,
+                dir,
+            });
+        }
+        Ok(t)
+    }
+
+    /// A namespace with `eth0` = 192.0.2.<host>/24 on the underlay bridge.
+    fn attach(&mut self, ns: &str, host: u8) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let port = format!("p{host}");
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay,
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("192.0.2.{host}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &self.underlay, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &self.underlay, "link", "set", &port, "up"])?;
+        Ok(())
+    }
+
+    pub fn controller_url(&self) -> String {
+        format!("http://{CONTROLLER_ADDR}:7420")
+    }
+
+    /// Starts the controller with extra flags (e.g. the backend).
+    pub fn start_controller(&mut self, extra: &[&str]) -> Result<()> {
+        let data = self.dir.join("controller");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ctl_ns])
+            .arg(&self.bin)
+            .args([
+                "controller",
+                "--listen",
+                &format!("{CONTROLLER_ADDR}:7420"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(extra)
+            .env("TWILL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start controller")?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let url = self.controller_url();
+        let bin = self.bin.clone();
+        let n = &mut self.nodes[i];
+        let child = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(&bin)
+            .args([
+                "agent",
+                "--controller",
+                &url,
+                "--node-name",
+                &n.name,
+                "--iface",
+                "eth0",
+                "--resync",
+                "500ms",
+            ])
+            .arg("--state-dir")
+            .arg(n.dir.join("state"))
+            .arg("--subnet-file")
+            .arg(n.dir.join("subnet.env"))
+            .env("TWILL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start agent")?;
+        n.agent = Some(child);
+        Ok(())
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs an agent in node `i` to completion (for inputs it must refuse), with a time limit.
+    pub fn agent_once(&self, i: usize, args: &[&str]) -> Result<std::process::Output> {
+        let n = &self.nodes[i];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &n.ns])
+            .arg(&self.bin)
+            .args([
+                "agent",
+                "--controller",
+                &self.controller_url(),
+                "--node-name",
+                &n.name,
+            ])
+            .args(args)
+            .arg("--state-dir")
+            .arg(n.dir.join("state"))
+            .arg("--subnet-file")
+            .arg(n.dir.join("subnet.env"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("agent with {args:?} kept running instead of failing");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `twill <args> --controller URL` inside the controller namespace.
+    pub fn twill(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ctl_ns])
+            .arg(&self.bin)
+            .args(args)
+            .args(["--controller", &self.controller_url()])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "twill {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The node's FLANNEL_SUBNET (pod gateway address/len) once subnet.env exists.
+    pub fn wait_subnet(&self, i: usize, within: Duration) -> Result<String> {
+        let path = self.nodes[i].dir.join("subnet.env");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if let Some(v) = s.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=")) {
+                    return Ok(v.to_string());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no subnet.env within {within:?}", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A pod bridge with the gateway address, as the CNI bridge plugin makes it.
+    pub fn add_pod_bridge(&self, i: usize, gw: &str) -> Result<()> {
+        let ns = &self.nodes[i].ns;
+        ip(&["-n", ns, "link", "add", "cni0", "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", gw, "dev", "cni0"])?;
+        ip(&["-n", ns, "link", "set", "cni0", "up"])
+    }
+
+    pub fn ping(&self, i: usize, from: &str, to: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[i].ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                from,
+                to,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Creates pod `k` on node `i` through `twill-cni` (delegating to the reference plugins in
+    /// `cni_path`), the way a container runtime would.
+    pub fn add_pod(&mut self, i: usize, k: usize, cni: &Path, cni_path: &str) -> Result<()> {
+        let node = &self.nodes[i];
+        let ns = format!("tw-p{}-{k}-{}", i + 1, self.tag);
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("twill-sandbox-{}", self.tag),
+            "type": "twill-cni",
+            "subnetFile": node.dir.join("subnet.env"),
+            "dataDir": node.dir.join("cni"),
+            "delegate": {"ipam": {
+                "type": "host-local",
+                "dataDir": node.dir.join("ipam"),
+                "ranges": [[{"subnet": self.subnet_of(i)?, "gateway": self.gateway_of(i)?}]],
+                "routes": [{"dst": "10.0.0.0/8", "gw": self.gateway_of(i)?}],
+            }},
+        });
+        let dirs = format!(
+            "{cni_path}:{}",
+            cni.parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(cni)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &ns)
+            .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", dirs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run twill-cni")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(conf.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if !out.status.success() {
+            bail!("twill-cni ADD for {ns}: {result}");
+        }
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .context("twill-cni returned no address")?
+            .to_string();
+        self.pods.push(Pod { ns, node: i, addr });
+        Ok(())
+    }
+
+    /// The node's subnet (network/len) from its subnet.env.
+    fn subnet_of(&self, i: usize) -> Result<String> {
+        let gw = self.wait_subnet(i, Duration::from_secs(1))?;
+        let net: ipnet::Ipv4Net = gw.parse().context("FLANNEL_SUBNET")?;
+        Ok(net.trunc().to_string())
+    }
+
+    fn gateway_of(&self, i: usize) -> Result<String> {
+        let gw = self.wait_subnet(i, Duration::from_secs(1))?;
+        Ok(gw.split('/').next().unwrap_or_default().to_string())
+    }
+
+    /// Whether pod `a` reaches pod `b` (one ping, one second).
+    pub fn pod_ping(&self, a: usize, b: usize) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.pods[a].ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &self.pods[b].addr,
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Leaves the namespaces in place (for `twill sandbox --keep`): nothing is stopped or removed.
+    pub fn keep(mut self) -> Vec<String> {
+        let mut names: Vec<String> = self.nodes.iter().map(|n| n.ns.clone()).collect();
+        names.extend(self.pods.iter().map(|p| p.ns.clone()));
+        names.push(self.ctl_ns.clone());
+        names.push(self.underlay.clone());
+        for n in &mut self.nodes {
+            n.agent = None;
+        }
+        self.controller = None;
+        self.nodes.clear();
+        self.pods.clear();
+        self.underlay.clear();
+        self.ctl_ns.clear();
+        if let Some(t) = self.tmp.take() {
+            let _ = t.keep();
+        }
+        names
+    }
+
+    /// twill's routes in a node, as iproute2 prints them.
+    pub fn routes(&self, i: usize) -> Vec<String> {
+        ip_out(&["-n", &self.nodes[i].ns, "route", "show", "proto", "151"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_agent(i);
+        }
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &p.ns]).status();
+        }
+        for n in &self.nodes {
+            let _ = Command::new("ip").args(["netns", "del", &n.ns]).status();
+        }
+        for ns in [&self.ctl_ns, &self.underlay] {
+            if !ns.is_empty() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}

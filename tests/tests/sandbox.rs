@@ -1,0 +1,62 @@
+//! `twill sandbox --check`, the README's "run it" command, as a user runs it.
+
+use std::process::Command;
+
+use twill_tests::netns::root_or_skip;
+use twill_tests::{cni_binary, twill_binary};
+
+/// Runs `twill sandbox ARGS --check`; returns success, output, and the sandbox's namespace tag.
+fn sandbox(args: &[&str]) -> (bool, String, String) {
+    let bin = twill_binary().expect("twill");
+    cni_binary().expect("twill-cni next to twill");
+    let child = Command::new(bin)
+        .arg("sandbox")
+        .args(args)
+        .arg("--check")
+        .env("TWILL_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run twill sandbox");
+    let tag = format!("sb{}", child.id());
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        tag,
+    )
+}
+
+#[test]
+fn sandbox_check_passes_for_five_vxlan_nodes_and_cleans_up() {
+    if !root_or_skip("sandbox_check_passes_for_five_vxlan_nodes_and_cleans_up") {
+        return;
+    }
+    let (ok, out, tag) = sandbox(&["--nodes", "5", "--pods-per-node", "2"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("every pod reaches every other pod"), "{out}");
+    // 10 pods: 90 ordered pairs, every one reachable.
+    assert_eq!(out.matches(" ok").count(), 90, "{out}");
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.lines().any(|l| l.contains(&tag)),
+        "namespaces left behind: {left}"
+    );
+}
+
+#[test]
+fn sandbox_check_passes_for_host_gw() {
+    if !root_or_skip("sandbox_check_passes_for_host_gw") {
+        return;
+    }
+    let (ok, out, _) = sandbox(&["--nodes", "3", "--backend", "host-gw"]);
+    assert!(ok, "{out}");
+}

@@ -2,7 +2,6 @@
 //! each with a pod bridge address. Needs root; in CI (CI=true) a missing root is a failure.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use twill_agent::desired::{compute, Backend, Desired, Input, LocalFacts, NodeLease};
@@ -81,25 +80,11 @@ impl Drop for Pair {
     }
 }
 
-/// Runs `f` on a thread inside namespace `ns` with its own current-thread runtime.
 fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
 ) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: a valid namespace fd; only this new thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(f())
-    })
-    .join()
-    .expect("namespace thread")
+    twill_agent::sandbox::in_netns(ns, f).expect("namespace thread")
 }
 
 fn lease(node: &str, third: u8, public: u8) -> NodeLease {

@@ -160,6 +160,32 @@ fn mac_of(bytes: &[u8]) -> Option<Mac> {
     <[u8; 6]>::try_from(bytes).ok().map(Mac)
 }
 
+/// Permanent entries on twill's devices as (device, IPv4 address, MAC). In the bridge family
+/// (FDB) the kernel's NDA_DST is not typed as an IP address, so it arrives as raw bytes.
+fn permanent_entries(
+    msgs: &[NeighbourMessage],
+    ours: &std::collections::BTreeMap<u32, String>,
+) -> Vec<(String, Ipv4Addr, Mac)> {
+    msgs.iter()
+        .filter(|n| n.header.state == NeighbourState::Permanent)
+        .filter_map(|n| {
+            let dev = ours.get(&n.header.ifindex)?;
+            let ip = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                    <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                }
+                _ => None,
+            })?;
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+                _ => None,
+            })?;
+            Some((dev.clone(), ip, mac))
+        })
+        .collect()
+}
+
 impl Kernel {
     /// Opens the connection; must be called inside a tokio runtime on the namespace's thread.
     pub fn connect() -> Result<Kernel, KernelError> {
@@ -318,59 +344,17 @@ impl Kernel {
                 .execute()
                 .try_collect()
                 .await?;
-            for n in neigh
-                .iter()
-                .filter(|n| n.header.state == NeighbourState::Permanent)
-            {
-                let Some(dev) = ours.get(&n.header.ifindex) else {
-                    continue;
-                };
-                let ip = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    _ => None,
-                });
-                let mac = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
-                    _ => None,
-                });
-                if let (Some(ip), Some(mac)) = (ip, mac) {
-                    o.neighbours.insert(Neighbour {
-                        dev: dev.clone(),
-                        ip,
-                        mac,
-                    });
-                }
+            for (dev, ip, mac) in permanent_entries(&neigh, &ours) {
+                o.neighbours.insert(Neighbour { dev, ip, mac });
             }
-            let mut req = self.handle.neighbours().get();
-            req = req.set_address_family(AddressFamily::Bridge);
+            let req = self
+                .handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge);
             let fdb: Vec<NeighbourMessage> = req.execute().try_collect().await?;
-            for n in fdb
-                .iter()
-                .filter(|n| n.header.state == NeighbourState::Permanent)
-            {
-                let Some(dev) = ours.get(&n.header.ifindex) else {
-                    continue;
-                };
-                // In the bridge family the kernel's NDA_DST is not typed as an IP address, so
-                // it arrives as raw bytes.
-                let dst = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-                    }
-                    _ => None,
-                });
-                let mac = n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
-                    _ => None,
-                });
-                if let (Some(dst), Some(mac)) = (dst, mac) {
-                    o.fdb.insert(Fdb {
-                        dev: dev.clone(),
-                        mac,
-                        dst,
-                    });
-                }
+            for (dev, dst, mac) in permanent_entries(&fdb, &ours) {
+                o.fdb.insert(Fdb { dev, mac, dst });
             }
         }
 

@@ -131,6 +131,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let (view_tx, mut view_rx) = watch::channel(View::default());
     tokio::spawn(follow(client.clone(), view_tx, Duration::from_secs(20)));
 
+    let mut events = crate::reconcile::monitor()?;
     let mut tick = tokio::time::interval(opts.resync);
     let mut last_env: Option<SubnetEnv> = None;
     let mut last_refused = BTreeMap::new();
@@ -139,6 +140,11 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             r = lease_rx.changed() => if r.is_err() { break },
             r = view_rx.changed() => if r.is_err() { break },
             _ = tick.tick() => {}
+            Some(()) = events.recv() => {
+                // Let a burst (a flush, a device deletion) finish, then repair once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while events.try_recv().is_ok() {}
+            }
         }
         let own = lease_rx.borrow().clone();
         let view = view_rx.borrow().clone();

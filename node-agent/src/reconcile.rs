@@ -160,6 +160,32 @@ fn mac_of(bytes: &[u8]) -> Option<Mac> {
     <[u8; 6]>::try_from(bytes).ok().map(Mac)
 }
 
+/// Kernel notifications about links, addresses, neighbours and IPv4 routes. Any of them may be
+/// someone removing twill's entries, so each burst triggers a reconcile (a no-op when nothing of
+/// ours changed, and a no-op makes no notifications, so this settles).
+pub fn monitor() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, KernelError> {
+    use futures::StreamExt;
+    use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let (mut conn, handle, mut messages) = rtnetlink::new_connection()?;
+    let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The connection lives as long as a handle does.
+        let _handle = handle;
+        while messages.next().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Permanent entries on twill's devices as (device, IPv4 address, MAC). In the bridge family
 /// (FDB) the kernel's NDA_DST is not typed as an IP address, so it arrives as raw bytes.
 fn permanent_entries(

@@ -84,6 +84,8 @@ pub struct Topology {
     pub dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
     pub pods: Vec<Pod>,
+    /// `--resync` given to the agents.
+    pub agent_resync: String,
     bin: PathBuf,
 }
 
@@ -102,6 +104,7 @@ impl Topology {
             dir: tmp.path().to_path_buf(),
             tmp: Some(tmp),
             pods: Vec::new(),
+            agent_resync: "500ms".into(),
             bin: bin.to_path_buf(),
         };
         let mut t = t;
@@ -189,6 +192,7 @@ impl Topology {
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let url = self.controller_url();
         let bin = self.bin.clone();
+        let resync = self.agent_resync.clone();
         let n = &mut self.nodes[i];
         let child = Command::new("ip")
             .args(["netns", "exec", &n.ns])
@@ -202,7 +206,7 @@ impl Topology {
                 "--iface",
                 "eth0",
                 "--resync",
-                "500ms",
+                &resync,
             ])
             .arg("--state-dir")
             .arg(n.dir.join("state"))

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use twill_tests::netns::{ip_out, root_or_skip, Topology};
 use twill_tests::twill_binary;
 
-const N: usize = 3;
-
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -24,7 +22,9 @@ fn gw_addr(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
 
-fn run(tag: &str, backend: &[&str], vxlan: bool) {
+fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
+    #[allow(non_snake_case)]
+    let N = n;
     let mut t = Topology::new(tag, N, &twill_binary().expect("twill binary")).expect("topology");
     t.start_controller(backend).expect("controller");
     for i in 0..N {
@@ -172,14 +172,14 @@ fn run(tag: &str, backend: &[&str], vxlan: bool) {
 #[test]
 fn three_nodes_vxlan() {
     if root_or_skip("three_nodes_vxlan") {
-        run("vx", &["--backend", "vxlan"], true);
+        run("vx", &["--backend", "vxlan"], true, 3);
     }
 }
 
 #[test]
 fn three_nodes_host_gw() {
     if root_or_skip("three_nodes_host_gw") {
-        run("gw", &["--backend", "host-gw"], false);
+        run("gw", &["--backend", "host-gw"], false, 3);
     }
 }
 
@@ -187,7 +187,7 @@ fn three_nodes_host_gw() {
 fn three_nodes_vxlan_direct_routing() {
     // All nodes share the underlay segment, so direct routing makes every peer a plain route.
     if root_or_skip("three_nodes_vxlan_direct_routing") {
-        run("dr", &["--backend", "vxlan", "--direct-routing"], false);
+        run("dr", &["--backend", "vxlan", "--direct-routing"], false, 3);
     }
 }
 
@@ -223,4 +223,109 @@ fn bad_agent_input_fails_clearly_and_programs_nothing() {
         );
         assert!(t.routes(0).is_empty(), "{args:?} left routes behind");
     }
+}
+
+#[test]
+fn five_nodes_vxlan() {
+    if root_or_skip("five_nodes_vxlan") {
+        run("vx5", &["--backend", "vxlan"], true, 5);
+    }
+}
+
+#[test]
+fn five_nodes_host_gw() {
+    if root_or_skip("five_nodes_host_gw") {
+        run("gw5", &["--backend", "host-gw"], false, 5);
+    }
+}
+
+#[test]
+fn five_nodes_vxlan_direct_routing() {
+    if root_or_skip("five_nodes_vxlan_direct_routing") {
+        run("dr5", &["--backend", "vxlan", "--direct-routing"], false, 5);
+    }
+}
+
+/// With the resync timer out of the way (an hour), only the netlink monitor can repair.
+#[test]
+fn drift_is_repaired_by_the_netlink_monitor() {
+    if !root_or_skip("drift_is_repaired_by_the_netlink_monitor") {
+        return;
+    }
+    let mut t = Topology::new("mon", 2, &twill_binary().expect("twill binary")).expect("topology");
+    t.agent_resync = "1h".into();
+    t.start_controller(&["--backend", "vxlan"])
+        .expect("controller");
+    t.start_agent(0).expect("agent");
+    t.start_agent(1).expect("agent");
+    t.wait_subnet(0, Duration::from_secs(30)).expect("subnet");
+    t.wait_subnet(1, Duration::from_secs(30)).expect("subnet");
+    wait_until("first route", Duration::from_secs(10), || {
+        t.routes(0).len() == 1
+    });
+    let ns = t.nodes[0].ns.clone();
+    let neigh = || {
+        ip_out(&[
+            "-n",
+            &ns,
+            "neigh",
+            "show",
+            "dev",
+            "twill.1",
+            "nud",
+            "permanent",
+        ])
+    };
+    let fdb = || {
+        let o = std::process::Command::new("bridge")
+            .args(["-n", &ns, "fdb", "show", "dev", "twill.1"])
+            .output()
+            .expect("bridge");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains(" dst "))
+            .count()
+    };
+
+    twill_tests::netns::ip(&["-n", &ns, "route", "flush", "proto", "151"]).expect("flush");
+    wait_until("route repaired", Duration::from_secs(3), || {
+        t.routes(0).len() == 1
+    });
+    twill_tests::netns::ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "flush",
+        "dev",
+        "twill.1",
+        "nud",
+        "permanent",
+    ])
+    .expect("flush");
+    wait_until("neighbour repaired", Duration::from_secs(3), || {
+        neigh().lines().count() == 1
+    });
+    let mac = neigh()
+        .split_whitespace()
+        .nth(2)
+        .expect("lladdr")
+        .to_string();
+    let mac = if mac == "lladdr" {
+        neigh().split_whitespace().nth(3).expect("mac").to_string()
+    } else {
+        mac
+    };
+    let dst = t.nodes[1].addr.clone();
+    let ok = std::process::Command::new("bridge")
+        .args([
+            "-n", &ns, "fdb", "del", &mac, "dev", "twill.1", "dst", &dst, "self",
+        ])
+        .status()
+        .expect("bridge");
+    assert!(ok.success(), "fdb del {mac}");
+    wait_until("fdb repaired", Duration::from_secs(3), || fdb() == 1);
+    twill_tests::netns::ip(&["-n", &ns, "link", "del", "twill.1"]).expect("del");
+    wait_until("device and peer replayed", Duration::from_secs(3), || {
+        t.routes(0).len() == 1 && fdb() == 1
+    });
 }

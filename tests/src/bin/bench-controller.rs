@@ -3,12 +3,15 @@
 //! leases. Run it with `scripts/bench` (release builds of this and of `twill`).
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use twill_controller::client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_tests::bench::{self, ms, rss_kib, LoadResult};
+use twill_tests::etcd::{EtcdCluster, FlannelEtcd};
 use twill_tests::procs::TwillProcs;
 
 const SINGLE_OPS: usize = 1_000;
@@ -137,6 +140,56 @@ async fn bench_twill() -> Result<Figures> {
     })
 }
 
+async fn bench_etcd() -> Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let mut cl = EtcdCluster::start(3, dir.path()).await?;
+    let eps = cl.endpoints();
+    let counter = Arc::new(AtomicU32::new(0));
+    let client = |c: &Arc<AtomicU32>| FlannelEtcd::new(eps.clone(), c.clone());
+    let single = bench::run(vec![client(&counter)], SINGLE_OPS, |c, n| async move {
+        c.acquire(&format!("single-{n:06}")).await.map(|_| ())
+    })
+    .await?;
+    let clients = (0..CONCURRENT).map(|_| client(&counter)).collect();
+    let many = bench::run(clients, TOTAL_LEASES - SINGLE_OPS, |c, n| async move {
+        c.acquire(&format!("many-{n:06}")).await.map(|_| ())
+    })
+    .await?;
+    let leader = cl.wait_leader(Duration::from_secs(10)).await?;
+    let mut rss_kib: Vec<Option<u64>> = (0..3).map(|i| cl.pid(i).and_then(rss_kib)).collect();
+    let rss_leader = rss_kib[leader];
+
+    let mut failover = Vec::new();
+    let c = client(&counter);
+    for round in 0..KILL_ROUNDS {
+        let leader = cl.wait_leader(Duration::from_secs(30)).await?;
+        c.acquire(&format!("warm-{round}")).await?;
+        let killed = Instant::now();
+        cl.kill(leader);
+        c.acquire(&format!("after-kill-{round}")).await?;
+        failover.push(killed.elapsed());
+        cl.restart(leader)?;
+        cl.wait_leader(Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rss_kib.push(rss_leader);
+    Ok(Figures {
+        single,
+        many,
+        failover,
+        // Not measured for etcd: the figure that matters is the next acknowledged write.
+        elections: Vec::new(),
+        rss_kib,
+    })
+}
+
+fn ratio(name: &str, twill: f64, etcd: f64, unit: &str) {
+    println!(
+        "  {name:<44} twill {twill:>9.1} {unit:<5} etcd {etcd:>9.1} {unit:<5} ratio {:.2}",
+        twill / etcd
+    );
+}
+
 fn print(name: &str, f: &Figures) {
     let mut fo = f.failover.clone();
     fo.sort();
@@ -201,5 +254,51 @@ async fn main() -> Result<()> {
     );
     let t = bench_twill().await.context("twill benchmark")?;
     print("twill", &t);
+    if !EtcdCluster::available() {
+        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
+        return Ok(());
+    }
+    let e = bench_etcd().await.context("etcd benchmark")?;
+    print(
+        "etcd 3.4 (flannel's lease grant + create-if-absent txn)",
+        &e,
+    );
+    let med = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        bench::quantile(&v, 0.5).as_secs_f64() * 1000.0
+    };
+    let mb = |f: &Figures| f.rss_kib.last().copied().flatten().unwrap_or(0) as f64 / 1024.0;
+    println!("same run, twill vs etcd:");
+    ratio(
+        "acquisitions/s, 1 client",
+        t.single.per_sec(),
+        e.single.per_sec(),
+        "/s",
+    );
+    ratio(
+        &format!("acquisitions/s, {CONCURRENT} clients"),
+        t.many.per_sec(),
+        e.many.per_sec(),
+        "/s",
+    );
+    ratio(
+        &format!("p99 latency, {CONCURRENT} clients"),
+        t.many.p99.as_secs_f64() * 1e3,
+        e.many.p99.as_secs_f64() * 1e3,
+        "ms",
+    );
+    ratio(
+        "leader SIGKILL -> next write (median)",
+        med(&t.failover),
+        med(&e.failover),
+        "ms",
+    );
+    ratio(
+        &format!("leader RSS at {TOTAL_LEASES} leases"),
+        mb(&t),
+        mb(&e),
+        "MB",
+    );
     Ok(())
 }

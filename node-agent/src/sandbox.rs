@@ -86,6 +86,8 @@ pub struct Topology {
     pub pods: Vec<Pod>,
     /// `--resync` given to the agents.
     pub agent_resync: String,
+    /// Extra flags for every agent.
+    pub agent_extra: Vec<String>,
     bin: PathBuf,
 }
 
@@ -105,6 +107,7 @@ impl Topology {
             tmp: Some(tmp),
             pods: Vec::new(),
             agent_resync: "500ms".into(),
+            agent_extra: Vec::new(),
             bin: bin.to_path_buf(),
         };
         let mut t = t;
@@ -212,6 +215,7 @@ impl Topology {
             .arg(n.dir.join("state"))
             .arg("--subnet-file")
             .arg(n.dir.join("subnet.env"))
+            .args(&self.agent_extra)
             .env("TWILL_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

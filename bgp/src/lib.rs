@@ -1,2 +1,18 @@
-//! The BGP speaker (not built yet): wire codec, session FSM, RIBs, best path and route
-//! reflection. Nothing here yet; see the project's issue tracker.
+//! twill's BGP-4 speaker (RFC 4271), as a library the agent embeds.
+//!
+//! Built so far: the wire codec.
+//! - [`message`]: framing (the fixed header, read through zerocopy) and the message types;
+//! - [`open`]: OPEN and its capabilities;
+//! - [`attribute`]: path attributes, with RFC 7606 error handling;
+//! - [`update`]: UPDATE, IPv4 and MP-BGP NLRI;
+//! - [`notification`]: NOTIFICATION and the error codes decode errors map to.
+//!
+//! Not built yet: the session FSM, the RIBs and decision process, route reflection, graceful
+//! restart, and the agent's `bgp` backend.
+
+pub mod attribute;
+pub mod message;
+pub mod notification;
+pub mod open;
+pub mod prefix;
+pub mod update;

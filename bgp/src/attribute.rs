@@ -210,6 +210,15 @@ fn decode_mp_unreach(v: &[u8]) -> Result<MpUnreach, String> {
     }
 }
 
+fn mp_reset(why: String) -> AttrProblem {
+    AttrProblem::Reset(DecodeError::new(
+        UPDATE_MESSAGE_ERROR,
+        OPTIONAL_ATTRIBUTE_ERROR,
+        Vec::new(),
+        why,
+    ))
+}
+
 fn expect_len(v: &[u8], n: usize, name: &str) -> Result<(), String> {
     if v.len() == n {
         Ok(())
@@ -313,26 +322,8 @@ fn apply(a: &mut Attributes, flags: u8, code: u8, v: &[u8], four: bool) -> Resul
         }
         // A broken MP attribute leaves the NLRI unknown: nothing to withdraw precisely, so the
         // session resets (RFC 7606 §7.3).
-        MP_REACH_NLRI => {
-            a.mp_reach = Some(decode_mp_reach(v).map_err(|why| {
-                Reset(DecodeError::new(
-                    UPDATE_MESSAGE_ERROR,
-                    OPTIONAL_ATTRIBUTE_ERROR,
-                    Vec::new(),
-                    why,
-                ))
-            })?)
-        }
-        MP_UNREACH_NLRI => {
-            a.mp_unreach = Some(decode_mp_unreach(v).map_err(|why| {
-                Reset(DecodeError::new(
-                    UPDATE_MESSAGE_ERROR,
-                    OPTIONAL_ATTRIBUTE_ERROR,
-                    Vec::new(),
-                    why,
-                ))
-            })?)
-        }
+        MP_REACH_NLRI => a.mp_reach = Some(decode_mp_reach(v).map_err(mp_reset)?),
+        MP_UNREACH_NLRI => a.mp_unreach = Some(decode_mp_unreach(v).map_err(mp_reset)?),
         // A malformed AS4 attribute is dropped (RFC 6793 §6).
         AS4_PATH => a.as4_path = Some(decode_path(v, true).map_err(Discard)?),
         AS4_AGGREGATOR => {

@@ -1,16 +1,18 @@
 //! twill's BGP-4 speaker (RFC 4271), as a library the agent embeds.
 //!
-//! Built so far: the wire codec.
+//! Built so far: the wire codec and the session state machine.
 //! - [`message`]: framing (the fixed header, read through zerocopy) and the message types;
 //! - [`open`]: OPEN and its capabilities;
 //! - [`attribute`]: path attributes, with RFC 7606 error handling;
 //! - [`update`]: UPDATE, IPv4 and MP-BGP NLRI;
-//! - [`notification`]: NOTIFICATION and the error codes decode errors map to.
+//! - [`notification`]: NOTIFICATION and the error codes decode errors map to;
+//! - [`fsm`]: the RFC 4271 §8 session state machine, events in, actions out, no I/O.
 //!
-//! Not built yet: the session FSM, the RIBs and decision process, route reflection, graceful
+//! Not built yet: the TCP driver, the RIBs and decision process, route reflection, graceful
 //! restart, and the agent's `bgp` backend.
 
 pub mod attribute;
+pub mod fsm;
 pub mod message;
 pub mod notification;
 pub mod open;

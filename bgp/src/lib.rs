@@ -6,12 +6,14 @@
 //! - [`attribute`]: path attributes, with RFC 7606 error handling;
 //! - [`update`]: UPDATE, IPv4 and MP-BGP NLRI;
 //! - [`notification`]: NOTIFICATION and the error codes decode errors map to;
-//! - [`fsm`]: the RFC 4271 §8 session state machine, events in, actions out, no I/O.
+//! - [`fsm`]: the RFC 4271 §8 session state machine, events in, actions out, no I/O;
+//! - [`driver`]: the tokio side of one session (TCP stream, timers, update channels).
 //!
-//! Not built yet: the TCP driver, the RIBs and decision process, route reflection, graceful
+//! Not built yet: the listener for passive peers, TCP-MD5, the RIBs and decision process, route reflection, graceful
 //! restart, and the agent's `bgp` backend.
 
 pub mod attribute;
+pub mod driver;
 pub mod fsm;
 pub mod message;
 pub mod notification;

@@ -1,0 +1,181 @@
+//! twill-bgp against BIRD 2 (Debian's bird2), iBGP over a veth pair between two namespaces:
+//! the session reaches Established, each side learns the other's prefix, and BIRD installs
+//! twill's prefix in its kernel table. Needs root; in CI a missing root or BIRD fails.
+
+use std::process::Command;
+use std::time::Duration;
+
+use twill_bgp::attribute::{Attributes, Origin};
+use twill_bgp::driver::{self, Report};
+use twill_bgp::fsm::Config;
+use twill_bgp::open::{Capability, AFI_IPV4, SAFI_UNICAST};
+use twill_bgp::update::Update;
+use twill_tests::netns::{in_netns, ip, ip_out, root_or_skip};
+
+struct Cleanup {
+    namespaces: Vec<String>,
+    pid_file: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn ibgp_with_bird_exchanges_prefixes_both_ways() {
+    if !root_or_skip("ibgp_with_bird_exchanges_prefixes_both_ways") {
+        return;
+    }
+    assert!(
+        Command::new("bird").arg("--version").output().is_ok(),
+        "BIRD 2 is not installed (Debian package bird2; scripts/test installs it)"
+    );
+    let id = std::process::id();
+    let (a, b) = (format!("tw-bgp-a{id}"), format!("tw-bgp-b{id}"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let _c = Cleanup {
+        namespaces: vec![a.clone(), b.clone()],
+        pid_file: dir.path().join("bird.pid"),
+    };
+    for ns in [&a, &b] {
+        ip(&["netns", "add", ns]).expect("netns");
+        ip(&["-n", ns, "link", "set", "lo", "up"]).expect("lo");
+    }
+    ip(&[
+        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+    ])
+    .expect("veth");
+    for (ns, addr) in [(&a, "192.0.2.1/24"), (&b, "192.0.2.2/24")] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]).expect("addr");
+        ip(&["-n", ns, "link", "set", "eth0", "up"]).expect("up");
+    }
+    let conf = dir.path().join("bird.conf");
+    std::fs::write(
+        &conf,
+        r#"router id 192.0.2.2;
+protocol device {}
+protocol direct { ipv4; interface "eth0"; }
+protocol kernel { ipv4 { export where source = RTS_BGP; }; }
+protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
+protocol bgp tw {
+  local 192.0.2.2 as 64512;
+  neighbor 192.0.2.1 as 64512;
+  ipv4 { import all; export where source = RTS_STATIC; next hop self; };
+}
+"#,
+    )
+    .expect("bird.conf");
+    let sock = dir.path().join("bird.ctl");
+    let status = Command::new("ip")
+        .args(["netns", "exec", &b, "bird", "-c"])
+        .arg(&conf)
+        .arg("-s")
+        .arg(&sock)
+        .arg("-P")
+        .arg(dir.path().join("bird.pid"))
+        .status()
+        .expect("start bird");
+    assert!(status.success(), "bird did not start");
+
+    let sock2 = sock.clone();
+    let b2 = b.clone();
+    let (learned, bird_route, kernel_route) = in_netns(&a, move || {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (rtx, mut reports) = tokio::sync::mpsc::channel(16);
+            let cfg = Config {
+                local_as: 64512,
+                peer_as: 64512,
+                router_id: "192.0.2.1".parse().expect("id"),
+                hold_time: 30,
+                connect_retry: 1,
+                passive: false,
+                capabilities: vec![
+                    Capability::Multiprotocol {
+                        afi: AFI_IPV4,
+                        safi: SAFI_UNICAST,
+                    },
+                    Capability::RouteRefresh,
+                ],
+            };
+            let session = tokio::spawn(driver::run(
+                cfg,
+                "192.0.2.2:179".parse().expect("addr"),
+                None,
+                rx,
+                rtx,
+            ));
+            let mut learned = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut up = false;
+            while learned.is_empty() {
+                let r = tokio::time::timeout_at(deadline, reports.recv()).await;
+                match r {
+                    Ok(Some(Report::Up { .. })) => {
+                        up = true;
+                        let announce = Update {
+                            attrs: Attributes {
+                                origin: Some(Origin::Igp),
+                                as_path: Some(vec![]),
+                                next_hop: Some("192.0.2.1".parse().expect("nh")),
+                                local_pref: Some(100),
+                                ..Default::default()
+                            },
+                            nlri: vec!["10.244.1.0/24".parse().expect("prefix")],
+                            ..Default::default()
+                        };
+                        tx.send(announce).await.expect("session takes updates");
+                    }
+                    Ok(Some(Report::Received(u))) => {
+                        learned.extend(u.nlri.iter().map(|p| p.to_string()))
+                    }
+                    Ok(Some(Report::Down(why))) => panic!("session went down: {why}"),
+                    Ok(None) | Err(_) => {
+                        panic!("no session or no prefix from BIRD within 30 s (up: {up})")
+                    }
+                }
+            }
+            // Give BIRD a moment to take and install our prefix.
+            let mut bird_route = String::new();
+            let mut kernel_route = String::new();
+            for _ in 0..50 {
+                let o = Command::new("birdc")
+                    .arg("-s")
+                    .arg(&sock2)
+                    .args(["show", "route", "10.244.1.0/24"])
+                    .output();
+                bird_route = o
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                kernel_route = ip_out(&["-n", &b2, "route", "show", "10.244.1.0/24"]);
+                if kernel_route.contains("192.0.2.1") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            session.abort();
+            (learned, bird_route, kernel_route)
+        })
+    })
+    .expect("namespace thread");
+    assert_eq!(
+        learned,
+        ["10.244.2.0/24"],
+        "twill did not learn BIRD's prefix"
+    );
+    assert!(
+        bird_route.contains("10.244.1.0/24"),
+        "BIRD did not take twill's prefix: {bird_route}"
+    );
+    assert!(
+        kernel_route.contains("via 192.0.2.1") && kernel_route.contains("proto bird"),
+        "BIRD did not install twill's prefix in its kernel table: {kernel_route:?}"
+    );
+}

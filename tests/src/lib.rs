@@ -2,6 +2,7 @@
 //! in this process or as real `twill` processes.
 
 pub mod bench;
+pub mod bgp;
 pub mod etcd;
 pub mod netns;
 pub mod procs;

@@ -5,12 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use twill_bgp::attribute::{Attributes, Origin};
-use twill_bgp::driver::{self, Report};
-use twill_bgp::fsm::Config;
-use twill_bgp::open::{Capability, AFI_IPV4, SAFI_UNICAST};
-use twill_bgp::update::Update;
-use twill_tests::netns::{in_netns, ip, ip_out, root_or_skip};
+use twill_tests::netns::{ip, ip_out, root_or_skip};
 
 struct Cleanup {
     namespaces: Vec<String>,
@@ -84,87 +79,35 @@ protocol bgp tw {
         .expect("start bird");
     assert!(status.success(), "bird did not start");
 
-    let sock2 = sock.clone();
     let b2 = b.clone();
-    let (learned, bird_route, kernel_route) = in_netns(&a, move || {
-        Box::pin(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            let (rtx, mut reports) = tokio::sync::mpsc::channel(16);
-            let cfg = Config {
-                local_as: 64512,
-                peer_as: 64512,
-                router_id: "192.0.2.1".parse().expect("id"),
-                hold_time: 30,
-                connect_retry: 1,
-                passive: false,
-                capabilities: vec![
-                    Capability::Multiprotocol {
-                        afi: AFI_IPV4,
-                        safi: SAFI_UNICAST,
-                    },
-                    Capability::RouteRefresh,
-                ],
-            };
-            let session = tokio::spawn(driver::run(
-                cfg,
-                "192.0.2.2:179".parse().expect("addr"),
-                None,
-                rx,
-                rtx,
-            ));
-            let mut learned = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let mut up = false;
-            while learned.is_empty() {
-                let r = tokio::time::timeout_at(deadline, reports.recv()).await;
-                match r {
-                    Ok(Some(Report::Up { .. })) => {
-                        up = true;
-                        let announce = Update {
-                            attrs: Attributes {
-                                origin: Some(Origin::Igp),
-                                as_path: Some(vec![]),
-                                next_hop: Some("192.0.2.1".parse().expect("nh")),
-                                local_pref: Some(100),
-                                ..Default::default()
-                            },
-                            nlri: vec!["10.244.1.0/24".parse().expect("prefix")],
-                            ..Default::default()
-                        };
-                        tx.send(announce).await.expect("session takes updates");
-                    }
-                    Ok(Some(Report::Received(u))) => {
-                        learned.extend(u.nlri.iter().map(|p| p.to_string()))
-                    }
-                    Ok(Some(Report::Down(why))) => panic!("session went down: {why}"),
-                    Ok(None) | Err(_) => {
-                        panic!("no session or no prefix from BIRD within 30 s (up: {up})")
-                    }
-                }
-            }
+    let (learned, (bird_route, kernel_route)) = twill_tests::bgp::exchange(
+        &a,
+        "192.0.2.1",
+        "192.0.2.2",
+        64512,
+        "10.244.1.0/24",
+        move || {
             // Give BIRD a moment to take and install our prefix.
-            let mut bird_route = String::new();
-            let mut kernel_route = String::new();
+            let mut seen = (String::new(), String::new());
             for _ in 0..50 {
                 let o = Command::new("birdc")
                     .arg("-s")
-                    .arg(&sock2)
+                    .arg(&sock)
                     .args(["show", "route", "10.244.1.0/24"])
                     .output();
-                bird_route = o
+                seen.0 = o
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                kernel_route = ip_out(&["-n", &b2, "route", "show", "10.244.1.0/24"]);
-                if kernel_route.contains("192.0.2.1") {
+                seen.1 = ip_out(&["-n", &b2, "route", "show", "10.244.1.0/24"]);
+                if seen.1.contains("192.0.2.1") {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::thread::sleep(Duration::from_millis(100));
             }
-            session.abort();
-            (learned, bird_route, kernel_route)
-        })
-    })
-    .expect("namespace thread");
+            seen
+        },
+    )
+    .expect("session with BIRD");
     assert_eq!(
         learned,
         ["10.244.2.0/24"],

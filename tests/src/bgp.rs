@@ -1,0 +1,76 @@
+//! The twill side of BGP interop tests: one session from a namespace to a peer, announcing a
+//! prefix and collecting what the peer announces.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use twill_bgp::attribute::{Attributes, Origin};
+use twill_bgp::driver::{self, Report};
+use twill_bgp::fsm::Config;
+use twill_bgp::open::{Capability, AFI_IPV4, SAFI_UNICAST};
+use twill_bgp::update::Update;
+
+/// Runs inside namespace `ns`: connects to `peer` (port 179) as `local` in AS `asn` (iBGP),
+/// announces `prefix` with ourselves as next hop, and returns the prefixes the peer announced,
+/// after `check` (run while the session is still up) has said what it saw.
+pub fn exchange<T: Send + 'static>(
+    ns: &str,
+    local: &str,
+    peer: &str,
+    asn: u32,
+    prefix: &str,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Result<(Vec<String>, T)> {
+    let (local, peer, prefix) = (local.to_string(), peer.to_string(), prefix.to_string());
+    crate::netns::in_netns(ns, move || {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let (rtx, mut reports) = tokio::sync::mpsc::channel(16);
+            let cfg = Config {
+                local_as: asn,
+                peer_as: asn,
+                router_id: local.parse()?,
+                hold_time: 30,
+                connect_retry: 1,
+                passive: false,
+                capabilities: vec![
+                    Capability::Multiprotocol {
+                        afi: AFI_IPV4,
+                        safi: SAFI_UNICAST,
+                    },
+                    Capability::RouteRefresh,
+                ],
+            };
+            let addr = format!("{peer}:179").parse()?;
+            let session = tokio::spawn(driver::run(cfg, addr, None, rx, rtx));
+            let mut learned = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while learned.is_empty() {
+                match tokio::time::timeout_at(deadline, reports.recv()).await {
+                    Ok(Some(Report::Up { .. })) => {
+                        let announce = Update {
+                            attrs: Attributes {
+                                origin: Some(Origin::Igp),
+                                as_path: Some(vec![]),
+                                next_hop: Some(local.parse()?),
+                                local_pref: Some(100),
+                                ..Default::default()
+                            },
+                            nlri: vec![prefix.parse()?],
+                            ..Default::default()
+                        };
+                        tx.send(announce).await?;
+                    }
+                    Ok(Some(Report::Received(u))) => {
+                        learned.extend(u.nlri.iter().map(|p| p.to_string()))
+                    }
+                    Ok(Some(Report::Down(why))) => bail!("session went down: {why}"),
+                    Ok(None) | Err(_) => bail!("no session or no prefix from {peer} within 60 s"),
+                }
+            }
+            let seen = tokio::task::spawn_blocking(check).await?;
+            session.abort();
+            Ok((learned, seen))
+        })
+    })?
+}

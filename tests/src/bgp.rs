@@ -74,3 +74,54 @@ pub fn exchange<T: Send + 'static>(
         })
     })?
 }
+
+/// Two namespaces on a veth pair: `a` (twill, 192.0.2.1) and `b` (the peer daemon,
+/// 192.0.2.2), with a temporary directory for the daemon. On drop the daemon named by
+/// `dir/peer.pid` is killed and the namespaces are removed.
+pub struct PeerPair {
+    pub a: String,
+    pub b: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl PeerPair {
+    pub fn new(tag: &str) -> Result<PeerPair> {
+        use crate::netns::ip;
+        let id = std::process::id();
+        let p = PeerPair {
+            a: format!("tw-{tag}-a{id}"),
+            b: format!("tw-{tag}-b{id}"),
+            dir: tempfile::tempdir()?,
+        };
+        for ns in [&p.a, &p.b] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "-n", &p.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &p.b,
+        ])?;
+        for (ns, addr) in [(&p.a, "192.0.2.1/24"), (&p.b, "192.0.2.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(p)
+    }
+
+    pub fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("peer.pid")
+    }
+}
+
+impl Drop for PeerPair {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+        for ns in [&self.a, &self.b] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}

@@ -5,23 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use twill_tests::netns::{ip, ip_out, root_or_skip};
-
-struct Cleanup {
-    namespaces: Vec<String>,
-    pid_file: std::path::PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
+use twill_tests::netns::{ip_out, root_or_skip};
 
 #[test]
 fn ibgp_with_bird_exchanges_prefixes_both_ways() {
@@ -32,25 +16,8 @@ fn ibgp_with_bird_exchanges_prefixes_both_ways() {
         Command::new("bird").arg("--version").output().is_ok(),
         "BIRD 2 is not installed (Debian package bird2; scripts/test installs it)"
     );
-    let id = std::process::id();
-    let (a, b) = (format!("tw-bgp-a{id}"), format!("tw-bgp-b{id}"));
-    let dir = tempfile::tempdir().expect("tmp");
-    let _c = Cleanup {
-        namespaces: vec![a.clone(), b.clone()],
-        pid_file: dir.path().join("bird.pid"),
-    };
-    for ns in [&a, &b] {
-        ip(&["netns", "add", ns]).expect("netns");
-        ip(&["-n", ns, "link", "set", "lo", "up"]).expect("lo");
-    }
-    ip(&[
-        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])
-    .expect("veth");
-    for (ns, addr) in [(&a, "192.0.2.1/24"), (&b, "192.0.2.2/24")] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]).expect("addr");
-        ip(&["-n", ns, "link", "set", "eth0", "up"]).expect("up");
-    }
+    let pair = twill_tests::bgp::PeerPair::new("bird").expect("namespaces");
+    let (a, b, dir) = (pair.a.clone(), pair.b.clone(), &pair.dir);
     let conf = dir.path().join("bird.conf");
     std::fs::write(
         &conf,
@@ -74,7 +41,7 @@ protocol bgp tw {
         .arg("-s")
         .arg(&sock)
         .arg("-P")
-        .arg(dir.path().join("bird.pid"))
+        .arg(pair.pid_file())
         .status()
         .expect("start bird");
     assert!(status.success(), "bird did not start");

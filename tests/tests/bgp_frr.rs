@@ -6,25 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use twill_tests::netns::{ip, root_or_skip};
+use twill_tests::netns::root_or_skip;
 
 const BGPD: &str = "/usr/lib/frr/bgpd";
-
-struct Cleanup {
-    namespaces: Vec<String>,
-    pid_file: std::path::PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 #[test]
 fn ibgp_with_frr_exchanges_prefixes_both_ways() {
@@ -35,30 +19,13 @@ fn ibgp_with_frr_exchanges_prefixes_both_ways() {
         std::path::Path::new(BGPD).exists(),
         "FRR is not installed (Debian package frr; scripts/test installs it)"
     );
-    let id = std::process::id();
-    let (a, b) = (format!("tw-frr-a{id}"), format!("tw-frr-b{id}"));
-    let dir = tempfile::tempdir().expect("tmp");
+    let pair = twill_tests::bgp::PeerPair::new("frr").expect("namespaces");
+    let (a, b, dir) = (pair.a.clone(), pair.b.clone(), &pair.dir);
     // bgpd drops privileges to the frr user: it must be able to read and write here.
     let _ = Command::new("chown")
         .args(["-R", "frr:frr"])
         .arg(dir.path())
         .status();
-    let _c = Cleanup {
-        namespaces: vec![a.clone(), b.clone()],
-        pid_file: dir.path().join("bgpd.pid"),
-    };
-    for ns in [&a, &b] {
-        ip(&["netns", "add", ns]).expect("netns");
-        ip(&["-n", ns, "link", "set", "lo", "up"]).expect("lo");
-    }
-    ip(&[
-        "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
-    ])
-    .expect("veth");
-    for (ns, addr) in [(&a, "192.0.2.1/24"), (&b, "192.0.2.2/24")] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]).expect("addr");
-        ip(&["-n", ns, "link", "set", "eth0", "up"]).expect("up");
-    }
     let conf = dir.path().join("bgpd.conf");
     std::fs::write(
         &conf,
@@ -73,7 +40,7 @@ fn ibgp_with_frr_exchanges_prefixes_both_ways() {
         .args(["netns", "exec", &b, BGPD, "-d", "-Z", "-S", "-P", "0", "-f"])
         .arg(&conf)
         .arg("-i")
-        .arg(dir.path().join("bgpd.pid"))
+        .arg(pair.pid_file())
         .arg("--vty_socket")
         .arg(dir.path())
         .arg("--log")

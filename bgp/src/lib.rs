@@ -1,16 +1,17 @@
 //! twill's BGP-4 speaker (RFC 4271), as a library the agent embeds.
 //!
-//! Built so far: the wire codec and the session state machine.
+//! Built so far: the wire codec, the session state machine and driver, and the RIB.
 //! - [`message`]: framing (the fixed header, read through zerocopy) and the message types;
 //! - [`open`]: OPEN and its capabilities;
 //! - [`attribute`]: path attributes, with RFC 7606 error handling;
 //! - [`update`]: UPDATE, IPv4 and MP-BGP NLRI;
 //! - [`notification`]: NOTIFICATION and the error codes decode errors map to;
 //! - [`fsm`]: the RFC 4271 §8 session state machine, events in, actions out, no I/O;
-//! - [`driver`]: the tokio side of one session (TCP stream, timers, update channels).
+//! - [`driver`]: the tokio side of one session (TCP stream, timers, update channels);
+//! - [`rib`]: Adj-RIB-In, Loc-RIB, the decision process, split horizon and route reflection.
 //!
-//! Not built yet: the listener for passive peers, TCP-MD5, the RIBs and decision process, route reflection, graceful
-//! restart, and the agent's `bgp` backend.
+//! Not built yet: the listener for passive peers, TCP-MD5, the speaker tying sessions to the
+//! RIB, graceful restart, and the agent's `bgp` backend.
 
 pub mod attribute;
 pub mod driver;
@@ -19,4 +20,5 @@ pub mod message;
 pub mod notification;
 pub mod open;
 pub mod prefix;
+pub mod rib;
 pub mod update;

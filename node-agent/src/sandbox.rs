@@ -38,6 +38,29 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
+/// Creates namespace `ns` with `eth0` = 192.0.2.<host>/24, its peer end attached to `br0` in
+/// namespace `bridge_ns`.
+pub fn attach_to_bridge(ns: &str, host: u8, bridge_ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    let port = format!("p{host}");
+    ip(&[
+        "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", bridge_ns,
+    ])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("192.0.2.{host}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", bridge_ns, "link", "set", &port, "master", "br0"])?;
+    ip(&["-n", bridge_ns, "link", "set", &port, "up"])
+}
+
 pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
@@ -134,36 +157,7 @@ impl Topology {
 
     /// A namespace with `eth0` = 192.0.2.<host>/24 on the underlay bridge.
     fn attach(&mut self, ns: &str, host: u8) -> Result<()> {
-        ip(&["netns", "add", ns])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        let port = format!("p{host}");
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay,
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("192.0.2.{host}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &self.underlay, "link", "set", &port, "master", "br0"])?;
-        ip(&["-n", &self.underlay, "link", "set", &port, "up"])?;
-        Ok(())
+        attach_to_bridge(ns, host, &self.underlay)
     }
 
     pub fn controller_url(&self) -> String {

@@ -125,3 +125,56 @@ impl Drop for PeerPair {
         }
     }
 }
+
+/// Namespaces `tw-<tag>-<host>` each with `eth0` = 192.0.2.<host>/24 on one bridge (in its own
+/// namespace). On drop, daemons whose pid files were registered are killed and everything is
+/// removed.
+pub struct Lan {
+    pub tag: String,
+    pub dir: tempfile::TempDir,
+    bridge: String,
+    hosts: Vec<String>,
+    pub pid_files: Vec<std::path::PathBuf>,
+}
+
+impl Lan {
+    pub fn new(tag: &str, hosts: &[u8]) -> Result<Lan> {
+        use crate::netns::ip;
+        let id = std::process::id();
+        let mut lan = Lan {
+            tag: format!("{tag}{id}"),
+            dir: tempfile::tempdir()?,
+            bridge: format!("tw-{tag}{id}-br"),
+            hosts: Vec::new(),
+            pid_files: Vec::new(),
+        };
+        ip(&["netns", "add", &lan.bridge])?;
+        ip(&["-n", &lan.bridge, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lan.bridge, "link", "set", "br0", "up"])?;
+        for h in hosts {
+            let ns = lan.ns(*h);
+            lan.hosts.push(ns.clone());
+            crate::netns::attach_to_bridge(&ns, *h, &lan.bridge)?;
+        }
+        Ok(lan)
+    }
+
+    pub fn ns(&self, host: u8) -> String {
+        format!("tw-{}-{host}", self.tag)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for f in &self.pid_files {
+            if let Ok(pid) = std::fs::read_to_string(f) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+        for ns in self.hosts.iter().chain([&self.bridge]) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! More session shapes against real daemons: eBGP with BIRD (per-node AS, our AS prepended and
+//! next hop self), and twill as a client of an FRR route reflector learning a BIRD client's
+//! prefix with the reflector's attributes. Needs root, bird2 and frr.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use twill_bgp::rib::{Change, Peer};
+use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
+use twill_tests::bgp::Lan;
+use twill_tests::netns::{in_netns, root_or_skip};
+
+fn start_bird(lan: &mut Lan, host: u8, conf: &str) -> std::path::PathBuf {
+    let dir = lan.dir.path().join(format!("bird{host}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
+    lan.pid_files.push(dir.join("bird.pid"));
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &lan.ns(host), "bird", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .expect("bird");
+    assert!(ok.success(), "bird did not start");
+    dir.join("bird.ctl")
+}
+
+fn peer(last: u8, asn: u32) -> PeerConfig {
+    PeerConfig {
+        peer: Peer {
+            addr: std::net::IpAddr::from([192, 0, 2, last]),
+            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
+            asn,
+            rr_client: false,
+        },
+        hold_time: 30,
+        passive: false,
+    }
+}
+
+/// Runs a speaker on host .1 until `done` (polled with the best paths seen so far) says so,
+/// then runs `check` while the sessions are still up.
+fn run_speaker<T: Send + 'static>(
+    lan: &Lan,
+    cfg: SpeakerConfig,
+    done: impl Fn(&[(IpNet, Change)]) -> bool + Send + 'static,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> (Vec<(IpNet, Change)>, T) {
+    in_netns(&lan.ns(1), move || {
+        Box::pin(async move {
+            let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
+            let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
+            let s = tokio::spawn(speaker::run(cfg, changes_tx, stop));
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done(&seen) && Instant::now() < deadline {
+                if let Ok(Some(c)) =
+                    tokio::time::timeout(Duration::from_millis(200), changes.recv()).await
+                {
+                    let p = match &c {
+                        Change::Best(p, _) | Change::Gone(p) => *p,
+                    };
+                    seen.push((p, c));
+                }
+            }
+            let checked = tokio::task::spawn_blocking(check).await.expect("check");
+            let _ = stop_tx.send(()).await;
+            let _ = s.await;
+            (seen, checked)
+        })
+    })
+    .expect("namespace thread")
+}
+
+#[test]
+fn ebgp_with_bird() {
+    if !root_or_skip("ebgp_with_bird") {
+        return;
+    }
+    let mut lan = Lan::new("eb", &[1, 2]).expect("lan");
+    let sock = start_bird(
+        &mut lan,
+        2,
+        r#"router id 192.0.2.2;
+protocol device {}
+protocol direct { ipv4; interface "eth0"; }
+protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
+protocol bgp to_twill {
+  local 192.0.2.2 as 64602;
+  neighbor 192.0.2.1 as 64601;
+  ipv4 { import all; export where source = RTS_STATIC; };
+}
+"#,
+    );
+    let cfg = SpeakerConfig {
+        local_as: 64601,
+        router_id: "192.0.2.1".parse().expect("id"),
+        cluster_id: None,
+        local_address: "192.0.2.1".parse().expect("addr"),
+        peers: vec![peer(2, 64602)],
+        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+    };
+    let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
+    let (seen, out) = run_speaker(
+        &lan,
+        cfg,
+        move |s| s.iter().any(|(p, _)| *p == want),
+        move || {
+            // BIRD takes a moment to accept and show our prefix.
+            let mut out = String::new();
+            for _ in 0..50 {
+                let o = Command::new("birdc")
+                    .arg("-s")
+                    .arg(&sock)
+                    .args(["show", "route", "all", "10.244.1.0/24"])
+                    .output();
+                out = o
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if out.contains("BGP.as_path") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out
+        },
+    );
+    let path = seen
+        .iter()
+        .find_map(|(p, c)| match c {
+            Change::Best(_, path) if *p == want => Some(path.clone()),
+            _ => None,
+        })
+        .expect("twill learned BIRD's prefix over eBGP");
+    let as_path: Vec<u32> = path
+        .attrs
+        .as_path
+        .iter()
+        .flatten()
+        .flat_map(|s| s.asns.clone())
+        .collect();
+    assert_eq!(as_path, [64602], "BIRD's AS on the path");
+    assert!(
+        out.contains("BGP.as_path: 64601"),
+        "our AS not prepended for eBGP:\n{out}"
+    );
+    assert!(
+        out.contains("BGP.next_hop: 192.0.2.1"),
+        "next hop not ours:\n{out}"
+    );
+}
+
+#[test]
+fn twill_as_client_of_an_frr_reflector() {
+    if !root_or_skip("twill_as_client_of_an_frr_reflector") {
+        return;
+    }
+    let mut lan = Lan::new("cl", &[1, 2, 3]).expect("lan");
+    // FRR on .3 reflects between twill (.1) and BIRD (.2).
+    let frr = lan.dir.path().join("frr");
+    std::fs::create_dir_all(&frr).expect("dir");
+    std::fs::write(
+        frr.join("bgpd.conf"),
+        "router bgp 64512\n bgp router-id 192.0.2.3\n no bgp ebgp-requires-policy\n neighbor 192.0.2.1 remote-as 64512\n neighbor 192.0.2.2 remote-as 64512\n address-family ipv4 unicast\n  neighbor 192.0.2.1 route-reflector-client\n  neighbor 192.0.2.2 route-reflector-client\n exit-address-family\n",
+    )
+    .expect("conf");
+    let _ = Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(&frr)
+        .status();
+    lan.pid_files.push(frr.join("bgpd.pid"));
+    let ok = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.ns(3),
+            "/usr/lib/frr/bgpd",
+            "-d",
+            "-Z",
+            "-S",
+            "-P",
+            "0",
+            "-f",
+        ])
+        .arg(frr.join("bgpd.conf"))
+        .arg("-i")
+        .arg(frr.join("bgpd.pid"))
+        .arg("--vty_socket")
+        .arg(&frr)
+        .status()
+        .expect("bgpd");
+    assert!(ok.success(), "bgpd did not start");
+    start_bird(
+        &mut lan,
+        2,
+        r#"router id 192.0.2.2;
+protocol device {}
+protocol direct { ipv4; interface "eth0"; }
+protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
+protocol bgp to_reflector {
+  local 192.0.2.2 as 64512;
+  neighbor 192.0.2.3 as 64512;
+  ipv4 { import all; export where source = RTS_STATIC; next hop self; };
+}
+"#,
+    );
+    let cfg = SpeakerConfig {
+        local_as: 64512,
+        router_id: "192.0.2.1".parse().expect("id"),
+        cluster_id: None,
+        local_address: "192.0.2.1".parse().expect("addr"),
+        peers: vec![peer(3, 64512)],
+        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+    };
+    let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
+    let (seen, ()) = run_speaker(&lan, cfg, move |s| s.iter().any(|(p, _)| *p == want), || ());
+    let path = seen
+        .iter()
+        .find_map(|(p, c)| match c {
+            Change::Best(_, path) if *p == want => Some(path.clone()),
+            _ => None,
+        })
+        .expect("twill learned BIRD's prefix through the FRR reflector");
+    assert_eq!(
+        path.attrs.originator_id,
+        Some("192.0.2.2".parse().expect("id"))
+    );
+    assert_eq!(
+        path.attrs.cluster_list,
+        vec!["192.0.2.3".parse::<std::net::Ipv4Addr>().expect("id")]
+    );
+    assert_eq!(
+        path.next_hop,
+        std::net::IpAddr::from([192, 0, 2, 2]),
+        "reflection keeps BIRD's next hop"
+    );
+}

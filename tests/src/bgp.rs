@@ -75,57 +75,6 @@ pub fn exchange<T: Send + 'static>(
     })?
 }
 
-/// Two namespaces on a veth pair: `a` (twill, 192.0.2.1) and `b` (the peer daemon,
-/// 192.0.2.2), with a temporary directory for the daemon. On drop the daemon named by
-/// `dir/peer.pid` is killed and the namespaces are removed.
-pub struct PeerPair {
-    pub a: String,
-    pub b: String,
-    pub dir: tempfile::TempDir,
-}
-
-impl PeerPair {
-    pub fn new(tag: &str) -> Result<PeerPair> {
-        use crate::netns::ip;
-        let id = std::process::id();
-        let p = PeerPair {
-            a: format!("tw-{tag}-a{id}"),
-            b: format!("tw-{tag}-b{id}"),
-            dir: tempfile::tempdir()?,
-        };
-        for ns in [&p.a, &p.b] {
-            ip(&["netns", "add", ns])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "-n", &p.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-            &p.b,
-        ])?;
-        for (ns, addr) in [(&p.a, "192.0.2.1/24"), (&p.b, "192.0.2.2/24")] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"])?;
-            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        }
-        Ok(p)
-    }
-
-    pub fn pid_file(&self) -> std::path::PathBuf {
-        self.dir.path().join("peer.pid")
-    }
-}
-
-impl Drop for PeerPair {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-        }
-        for ns in [&self.a, &self.b] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-}
-
 /// Namespaces `tw-<tag>-<host>` each with `eth0` = 192.0.2.<host>/24 on one bridge (in its own
 /// namespace). On drop, daemons whose pid files were registered are killed and everything is
 /// removed.
@@ -161,6 +110,65 @@ impl Lan {
 
     pub fn ns(&self, host: u8) -> String {
         format!("tw-{}-{host}", self.tag)
+    }
+
+    /// Starts BIRD 2 in host `host`'s namespace with `conf`; returns its control socket.
+    pub fn start_bird(&mut self, host: u8, conf: &str) -> Result<std::path::PathBuf> {
+        let dir = self.dir.path().join(format!("bird{host}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bird.conf"), conf)?;
+        self.pid_files.push(dir.join("bird.pid"));
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "bird", "-c"])
+            .arg(dir.join("bird.conf"))
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .status()?;
+        if !ok.success() {
+            bail!("bird did not start (Debian package bird2)");
+        }
+        Ok(dir.join("bird.ctl"))
+    }
+
+    /// Starts FRR's bgpd alone (no zebra) in host `host`'s namespace with `conf`; returns the
+    /// directory of its vty socket, for `vtysh --vty_socket`.
+    pub fn start_frr(&mut self, host: u8, conf: &str) -> Result<std::path::PathBuf> {
+        let dir = self.dir.path().join(format!("frr{host}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("bgpd.conf"), conf)?;
+        // bgpd drops privileges to the frr user: it must be able to read and write here.
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "frr:frr"])
+            .arg(self.dir.path())
+            .status();
+        self.pid_files.push(dir.join("bgpd.pid"));
+        let ok = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(host),
+                "/usr/lib/frr/bgpd",
+                "-d",
+                "-Z",
+                "-S",
+                "-P",
+                "0",
+                "-f",
+            ])
+            .arg(dir.join("bgpd.conf"))
+            .arg("-i")
+            .arg(dir.join("bgpd.pid"))
+            .arg("--vty_socket")
+            .arg(&dir)
+            .arg("--log")
+            .arg(format!("file:{}", dir.join("bgpd.log").display()))
+            .status()?;
+        if !ok.success() {
+            bail!("bgpd did not start (Debian package frr)");
+        }
+        Ok(dir)
     }
 }
 

@@ -1,10 +1,11 @@
-//! twill-bgp against BIRD 2 (Debian's bird2), iBGP over a veth pair between two namespaces:
-//! the session reaches Established, each side learns the other's prefix, and BIRD installs
-//! twill's prefix in its kernel table. Needs root; in CI a missing root or BIRD fails.
+//! twill-bgp against BIRD 2 (Debian's bird2), iBGP between two namespaces: the session reaches
+//! Established, each side learns the other's prefix, and BIRD installs twill's prefix in its
+//! kernel table. Needs root; in CI a missing root or BIRD fails.
 
 use std::process::Command;
 use std::time::Duration;
 
+use twill_tests::bgp::Lan;
 use twill_tests::netns::{ip_out, root_or_skip};
 
 #[test]
@@ -12,16 +13,11 @@ fn ibgp_with_bird_exchanges_prefixes_both_ways() {
     if !root_or_skip("ibgp_with_bird_exchanges_prefixes_both_ways") {
         return;
     }
-    assert!(
-        Command::new("bird").arg("--version").output().is_ok(),
-        "BIRD 2 is not installed (Debian package bird2; scripts/test installs it)"
-    );
-    let pair = twill_tests::bgp::PeerPair::new("bird").expect("namespaces");
-    let (a, b, dir) = (pair.a.clone(), pair.b.clone(), &pair.dir);
-    let conf = dir.path().join("bird.conf");
-    std::fs::write(
-        &conf,
-        r#"router id 192.0.2.2;
+    let mut lan = Lan::new("bi", &[1, 2]).expect("namespaces");
+    let sock = lan
+        .start_bird(
+            2,
+            r#"router id 192.0.2.2;
 protocol device {}
 protocol direct { ipv4; interface "eth0"; }
 protocol kernel { ipv4 { export where source = RTS_BGP; }; }
@@ -32,23 +28,11 @@ protocol bgp tw {
   ipv4 { import all; export where source = RTS_STATIC; next hop self; };
 }
 "#,
-    )
-    .expect("bird.conf");
-    let sock = dir.path().join("bird.ctl");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &b, "bird", "-c"])
-        .arg(&conf)
-        .arg("-s")
-        .arg(&sock)
-        .arg("-P")
-        .arg(pair.pid_file())
-        .status()
-        .expect("start bird");
-    assert!(status.success(), "bird did not start");
-
-    let b2 = b.clone();
+        )
+        .expect("bird");
+    let bird_ns = lan.ns(2);
     let (learned, (bird_route, kernel_route)) = twill_tests::bgp::exchange(
-        &a,
+        &lan.ns(1),
         "192.0.2.1",
         "192.0.2.2",
         64512,
@@ -65,7 +49,7 @@ protocol bgp tw {
                 seen.0 = o
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                     .unwrap_or_default();
-                seen.1 = ip_out(&["-n", &b2, "route", "show", "10.244.1.0/24"]);
+                seen.1 = ip_out(&["-n", &bird_ns, "route", "show", "10.244.1.0/24"]);
                 if seen.1.contains("192.0.2.1") {
                     break;
                 }

@@ -11,24 +11,6 @@ use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
 use twill_tests::bgp::Lan;
 use twill_tests::netns::{in_netns, root_or_skip};
 
-fn start_bird(lan: &mut Lan, host: u8, conf: &str) -> std::path::PathBuf {
-    let dir = lan.dir.path().join(format!("bird{host}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
-    lan.pid_files.push(dir.join("bird.pid"));
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &lan.ns(host), "bird", "-c"])
-        .arg(dir.join("bird.conf"))
-        .arg("-s")
-        .arg(dir.join("bird.ctl"))
-        .arg("-P")
-        .arg(dir.join("bird.pid"))
-        .status()
-        .expect("bird");
-    assert!(ok.success(), "bird did not start");
-    dir.join("bird.ctl")
-}
-
 fn peer(last: u8, asn: u32) -> PeerConfig {
     PeerConfig {
         peer: Peer {
@@ -82,10 +64,10 @@ fn ebgp_with_bird() {
         return;
     }
     let mut lan = Lan::new("eb", &[1, 2]).expect("lan");
-    let sock = start_bird(
-        &mut lan,
-        2,
-        r#"router id 192.0.2.2;
+    let sock = lan
+        .start_bird(
+            2,
+            r#"router id 192.0.2.2;
 protocol device {}
 protocol direct { ipv4; interface "eth0"; }
 protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
@@ -95,7 +77,8 @@ protocol bgp to_twill {
   ipv4 { import all; export where source = RTS_STATIC; };
 }
 "#,
-    );
+        )
+        .expect("bird");
     let cfg = SpeakerConfig {
         local_as: 64601,
         router_id: "192.0.2.1".parse().expect("id"),
@@ -161,41 +144,8 @@ fn twill_as_client_of_an_frr_reflector() {
     }
     let mut lan = Lan::new("cl", &[1, 2, 3]).expect("lan");
     // FRR on .3 reflects between twill (.1) and BIRD (.2).
-    let frr = lan.dir.path().join("frr");
-    std::fs::create_dir_all(&frr).expect("dir");
-    std::fs::write(
-        frr.join("bgpd.conf"),
-        "router bgp 64512\n bgp router-id 192.0.2.3\n no bgp ebgp-requires-policy\n neighbor 192.0.2.1 remote-as 64512\n neighbor 192.0.2.2 remote-as 64512\n address-family ipv4 unicast\n  neighbor 192.0.2.1 route-reflector-client\n  neighbor 192.0.2.2 route-reflector-client\n exit-address-family\n",
-    )
-    .expect("conf");
-    let _ = Command::new("chown")
-        .args(["-R", "frr:frr"])
-        .arg(&frr)
-        .status();
-    lan.pid_files.push(frr.join("bgpd.pid"));
-    let ok = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.ns(3),
-            "/usr/lib/frr/bgpd",
-            "-d",
-            "-Z",
-            "-S",
-            "-P",
-            "0",
-            "-f",
-        ])
-        .arg(frr.join("bgpd.conf"))
-        .arg("-i")
-        .arg(frr.join("bgpd.pid"))
-        .arg("--vty_socket")
-        .arg(&frr)
-        .status()
-        .expect("bgpd");
-    assert!(ok.success(), "bgpd did not start");
-    start_bird(
-        &mut lan,
+    lan.start_frr(3, "router bgp 64512\n bgp router-id 192.0.2.3\n no bgp ebgp-requires-policy\n neighbor 192.0.2.1 remote-as 64512\n neighbor 192.0.2.2 remote-as 64512\n address-family ipv4 unicast\n  neighbor 192.0.2.1 route-reflector-client\n  neighbor 192.0.2.2 route-reflector-client\n exit-address-family\n").expect("bgpd");
+    lan.start_bird(
         2,
         r#"router id 192.0.2.2;
 protocol device {}
@@ -207,7 +157,8 @@ protocol bgp to_reflector {
   ipv4 { import all; export where source = RTS_STATIC; next hop self; };
 }
 "#,
-    );
+    )
+    .expect("bird");
     let cfg = SpeakerConfig {
         local_as: 64512,
         router_id: "192.0.2.1".parse().expect("id"),

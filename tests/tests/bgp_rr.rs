@@ -16,13 +16,11 @@ fn twill_reflects_between_a_bird_client_and_an_frr_client() {
         return;
     }
     let mut lan = Lan::new("rr", &[1, 2, 3]).expect("lan");
-    let dir = lan.dir.path().to_path_buf();
-
     // BIRD on .2 originates 10.244.2.0/24; FRR on .3 originates 10.244.3.0/24.
-    let bird_conf = dir.join("bird.conf");
-    std::fs::write(
-        &bird_conf,
-        r#"router id 192.0.2.2;
+    let bird_sock = lan
+        .start_bird(
+            2,
+            r#"router id 192.0.2.2;
 protocol device {}
 protocol direct { ipv4; interface "eth0"; }
 protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
@@ -32,56 +30,14 @@ protocol bgp to_twill {
   ipv4 { import all; export where source = RTS_STATIC; next hop self; };
 }
 "#,
-    )
-    .expect("bird.conf");
-    let bird_sock = dir.join("bird.ctl");
-    lan.pid_files.push(dir.join("bird.pid"));
-    let ok = Command::new("ip")
-        .args(["netns", "exec", &lan.ns(2), "bird", "-c"])
-        .arg(&bird_conf)
-        .arg("-s")
-        .arg(&bird_sock)
-        .arg("-P")
-        .arg(dir.join("bird.pid"))
-        .status()
+        )
         .expect("bird");
-    assert!(ok.success(), "bird did not start");
-
-    let frr_dir = dir.join("frr");
-    std::fs::create_dir_all(&frr_dir).expect("dir");
-    std::fs::write(
-        frr_dir.join("bgpd.conf"),
-        "router bgp 64512\n bgp router-id 192.0.2.3\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor 192.0.2.1 remote-as 64512\n address-family ipv4 unicast\n  network 10.244.3.0/24\n  neighbor 192.0.2.1 next-hop-self\n exit-address-family\n",
-    )
-    .expect("bgpd.conf");
-    let _ = Command::new("chown")
-        .args(["-R", "frr:frr"])
-        .arg(&frr_dir)
-        .status();
-    lan.pid_files.push(frr_dir.join("bgpd.pid"));
-    let ok = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lan.ns(3),
-            "/usr/lib/frr/bgpd",
-            "-d",
-            "-Z",
-            "-S",
-            "-P",
-            "0",
-            "-f",
-        ])
-        .arg(frr_dir.join("bgpd.conf"))
-        .arg("-i")
-        .arg(frr_dir.join("bgpd.pid"))
-        .arg("--vty_socket")
-        .arg(&frr_dir)
-        .arg("--log")
-        .arg(format!("file:{}", frr_dir.join("bgpd.log").display()))
-        .status()
+    let frr_dir = lan
+        .start_frr(
+            3,
+            "router bgp 64512\n bgp router-id 192.0.2.3\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor 192.0.2.1 remote-as 64512\n address-family ipv4 unicast\n  network 10.244.3.0/24\n  neighbor 192.0.2.1 next-hop-self\n exit-address-family\n",
+        )
         .expect("bgpd");
-    assert!(ok.success(), "bgpd did not start");
 
     let client = |last: u8| PeerConfig {
         peer: Peer {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::fsm::{Action, Config, Event, Session, State, Timer};
+use crate::md5;
 use crate::message::{self, Message};
 use crate::update::Update;
 
@@ -56,8 +57,11 @@ pub async fn run(
             for a in s.handle(ev) {
                 match a {
                     Action::Connect => {
-                        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer))
-                            .await
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            md5::connect(peer, s.cfg.md5_password.as_deref()),
+                        )
+                        .await
                         {
                             Ok(Ok(c)) => {
                                 let _ = c.set_nodelay(true);

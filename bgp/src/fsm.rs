@@ -74,6 +74,8 @@ pub struct Config {
     /// Wait for the peer to connect instead of connecting out.
     pub passive: bool,
     pub capabilities: Vec<Capability>,
+    /// TCP-MD5 key for the session's connections (RFC 2385), applied by the driver.
+    pub md5_password: Option<String>,
 }
 
 /// Hold times are at least this long once the OPENs are in (RFC 4271 §4.2).
@@ -308,6 +310,7 @@ mod tests {
             connect_retry: 5,
             passive,
             capabilities: vec![Capability::RouteRefresh],
+            md5_password: None,
         }
     }
 

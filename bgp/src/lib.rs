@@ -8,15 +8,17 @@
 //! - [`notification`]: NOTIFICATION and the error codes decode errors map to;
 //! - [`fsm`]: the RFC 4271 §8 session state machine, events in, actions out, no I/O;
 //! - [`driver`]: the tokio side of one session (TCP stream, timers, update channels);
+//! - [`md5`]: TCP-MD5 signatures on a session's connection;
 //! - [`rib`]: Adj-RIB-In, Loc-RIB, the decision process, split horizon and route reflection;
 //! - [`speaker`]: sessions to every configured peer joined to one RIB, exporting changes.
 //!
-//! Not built yet: the listener for passive peers, TCP-MD5, graceful restart, Adj-RIB-Out
+//! Not built yet: the listener for passive peers, graceful restart, Adj-RIB-Out
 //! packing of prefixes into shared UPDATEs, and the agent's `bgp` backend.
 
 pub mod attribute;
 pub mod driver;
 pub mod fsm;
+pub mod md5;
 pub mod message;
 pub mod notification;
 pub mod open;

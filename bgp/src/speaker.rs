@@ -22,6 +22,7 @@ pub struct PeerConfig {
     pub peer: Peer,
     pub hold_time: u16,
     pub passive: bool,
+    pub md5_password: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +111,7 @@ fn spawn_session(
             },
             Capability::RouteRefresh,
         ],
+        md5_password: pc.md5_password.clone(),
     };
     let (tx, rx) = mpsc::channel(4096);
     senders.insert(i, tx);

@@ -10,18 +10,57 @@ use twill_bgp::fsm::Config;
 use twill_bgp::open::{Capability, AFI_IPV4, SAFI_UNICAST};
 use twill_bgp::update::Update;
 
-/// Runs inside namespace `ns`: connects to `peer` (port 179) as `local` in AS `asn` (iBGP),
-/// announces `prefix` with ourselves as next hop, and returns the prefixes the peer announced,
-/// after `check` (run while the session is still up) has said what it saw.
+/// Runs inside namespace `ns`: connects to `peer` (port 179) as `local` in AS `asn` (iBGP,
+/// TCP-MD5 signed when a password is given), announces `prefix` with ourselves as next hop, and
+/// returns the prefixes the peer announced, after `check` (run while the session is still up)
+/// has said what it saw.
 pub fn exchange<T: Send + 'static>(
     ns: &str,
     local: &str,
     peer: &str,
     asn: u32,
     prefix: &str,
+    md5_password: Option<&str>,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Result<(Vec<String>, T)> {
+    exchange_inner(
+        ns,
+        local,
+        peer,
+        asn,
+        prefix,
+        md5_password,
+        Duration::from_secs(60),
+        check,
+    )
+}
+
+/// As [`exchange`], giving up after `within`; returns what the peer announced.
+pub fn exchange_within(
+    ns: &str,
+    local: &str,
+    peer: &str,
+    asn: u32,
+    prefix: &str,
+    md5_password: Option<&str>,
+    within: Duration,
+) -> Result<Vec<String>> {
+    exchange_inner(ns, local, peer, asn, prefix, md5_password, within, || ()).map(|(l, ())| l)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exchange_inner<T: Send + 'static>(
+    ns: &str,
+    local: &str,
+    peer: &str,
+    asn: u32,
+    prefix: &str,
+    md5_password: Option<&str>,
+    within: Duration,
     check: impl FnOnce() -> T + Send + 'static,
 ) -> Result<(Vec<String>, T)> {
     let (local, peer, prefix) = (local.to_string(), peer.to_string(), prefix.to_string());
+    let md5_password = md5_password.map(str::to_string);
     crate::netns::in_netns(ns, move || {
         Box::pin(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -40,11 +79,12 @@ pub fn exchange<T: Send + 'static>(
                     },
                     Capability::RouteRefresh,
                 ],
+                md5_password,
             };
             let addr = format!("{peer}:179").parse()?;
             let session = tokio::spawn(driver::run(cfg, addr, None, rx, rtx));
             let mut learned = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let deadline = tokio::time::Instant::now() + within;
             while learned.is_empty() {
                 match tokio::time::timeout_at(deadline, reports.recv()).await {
                     Ok(Some(Report::Up { .. })) => {
@@ -65,7 +105,9 @@ pub fn exchange<T: Send + 'static>(
                         learned.extend(u.nlri.iter().map(|p| p.to_string()))
                     }
                     Ok(Some(Report::Down(why))) => bail!("session went down: {why}"),
-                    Ok(None) | Err(_) => bail!("no session or no prefix from {peer} within 60 s"),
+                    Ok(None) | Err(_) => {
+                        bail!("no session or no prefix from {peer} within {within:?}")
+                    }
                 }
             }
             let seen = tokio::task::spawn_blocking(check).await?;

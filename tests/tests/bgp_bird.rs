@@ -37,6 +37,7 @@ protocol bgp tw {
         "192.0.2.2",
         64512,
         "10.244.1.0/24",
+        None,
         move || {
             // Give BIRD a moment to take and install our prefix.
             let mut seen = (String::new(), String::new());

@@ -26,6 +26,7 @@ fn ibgp_with_frr_exchanges_prefixes_both_ways() {
         "192.0.2.2",
         64512,
         "10.244.1.0/24",
+        None,
         move || {
             let mut out = String::new();
             for _ in 0..50 {

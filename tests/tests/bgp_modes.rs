@@ -21,6 +21,7 @@ fn peer(last: u8, asn: u32) -> PeerConfig {
         },
         hold_time: 30,
         passive: false,
+        md5_password: None,
     }
 }
 

@@ -48,6 +48,7 @@ protocol bgp to_twill {
         },
         hold_time: 30,
         passive: false,
+        md5_password: None,
     };
     let cfg = SpeakerConfig {
         local_as: 64512,

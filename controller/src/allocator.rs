@@ -763,7 +763,8 @@ impl Allocator {
             l.public_ip = a.public_ip;
             l.public_ipv6 = a.public_ipv6;
             l.backend_data = a.backend_data.clone();
-            l.expires_at = expires_at;
+            // Like Renew: a leader whose clock lags never pulls a deadline in.
+            l.expires_at = l.expires_at.max(expires_at);
             // Dual stack switched on after the lease was made: give it its IPv6 half now.
             if l.ipv6_subnet.is_none() {
                 if let Some(p6) = &v6 {

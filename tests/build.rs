@@ -1,7 +1,8 @@
-//! Compiles the subset of etcd's API the benchmark uses (client side only), with protox.
+//! Compiles the slice of etcd's v3 API that the benchmark peer drives (client side only), with
+//! protox, so building the tests needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let file = "proto/etcd_subset.proto";
+    let file = "proto/etcd_kv.proto";
     println!("cargo:rerun-if-changed={file}");
     let fds = protox::compile([file], ["proto"])?;
     tonic_prost_build::configure()

@@ -3,8 +3,6 @@
 //! leases. Run it with `scripts/bench` (release builds of this and of `twill`).
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -144,13 +142,14 @@ async fn bench_etcd() -> Result<Figures> {
     let dir = tempfile::tempdir()?;
     let mut cl = EtcdCluster::start(3, dir.path()).await?;
     let eps = cl.endpoints();
-    let counter = Arc::new(AtomicU32::new(0));
-    let client = |c: &Arc<AtomicU32>| FlannelEtcd::new(eps.clone(), c.clone());
-    let single = bench::run(vec![client(&counter)], SINGLE_OPS, |c, n| async move {
+    // 10.0.0.0/8 in /24s: room for the 10,000 leases with few random collisions.
+    let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
+    let client = || FlannelEtcd::new(eps.clone(), network, 24);
+    let single = bench::run(vec![client()?], SINGLE_OPS, |c, n| async move {
         c.acquire(&format!("single-{n:06}")).await.map(|_| ())
     })
     .await?;
-    let clients = (0..CONCURRENT).map(|_| client(&counter)).collect();
+    let clients = (0..CONCURRENT).map(|_| client()).collect::<Result<_>>()?;
     let many = bench::run(clients, TOTAL_LEASES - SINGLE_OPS, |c, n| async move {
         c.acquire(&format!("many-{n:06}")).await.map(|_| ())
     })
@@ -160,7 +159,7 @@ async fn bench_etcd() -> Result<Figures> {
     let rss_leader = rss_kib[leader];
 
     let mut failover = Vec::new();
-    let c = client(&counter);
+    let c = client()?;
     for round in 0..KILL_ROUNDS {
         let leader = cl.wait_leader(Duration::from_secs(30)).await?;
         c.acquire(&format!("warm-{round}")).await?;
@@ -168,7 +167,7 @@ async fn bench_etcd() -> Result<Figures> {
         cl.kill(leader);
         c.acquire(&format!("after-kill-{round}")).await?;
         failover.push(killed.elapsed());
-        cl.restart(leader)?;
+        cl.restart(leader).await?;
         cl.wait_leader(Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -48,7 +48,8 @@ impl Metrics {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+/// One metric in the Prometheus text format.
+pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -212,19 +213,41 @@ pub fn render(m: &Member) -> String {
 /// Serves `GET /metrics` (and `/healthz`) over plain HTTP/1.1 until the member stops.
 pub async fn serve(listener: TcpListener, m: Arc<Member>) {
     let mut stopping = m.stopping();
+    let stop = async move {
+        let _ = stopping.changed().await;
+    };
+    serve_http(listener, stop, move |path| match path {
+        "/metrics" => ("200 OK", render(&m)),
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        _ => ("404 Not Found", "try /metrics or /healthz\n".to_string()),
+    })
+    .await
+}
+
+/// A minimal HTTP/1.1 server for health and metrics endpoints: `route` maps a request path to
+/// a status line and a text body. Runs until `stop` resolves.
+pub async fn serve_http<R>(
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+    route: R,
+) where
+    R: Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stopping.changed() => return,
+            _ = &mut stop => return,
         };
         let Ok((mut sock, _)) = accepted else {
             continue;
         };
-        let m = m.clone();
+        let route = route.clone();
         tokio::spawn(async move {
+            // Read the whole request head; it may arrive in several pieces. A GET has no body.
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
-            // Read the request head; the body (there is none for GET) is ignored.
             while n < buf.len() {
                 match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
                     Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
@@ -237,12 +260,7 @@ pub async fn serve(listener: TcpListener, m: Arc<Member>) {
                 }
             }
             let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", render(&m)),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                _ => ("404 Not Found", "try /metrics\n".to_string()),
-            };
+            let (status, body) = route(head.split_whitespace().nth(1).unwrap_or(""));
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use twill_controller::client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
@@ -238,49 +237,21 @@ fn render(s: &Stats) -> String {
         ("twill_agent_changes_total", "counter", "Kernel changes applied.", s.changes.load(Ordering::Relaxed)),
         ("twill_agent_reconcile_errors_total", "counter", "Reconcile passes that failed.", s.errors.load(Ordering::Relaxed)),
     ] {
-        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        twill_controller::metrics::metric(&mut o, name, kind, help, v);
     }
     o
 }
 
 async fn serve_http(l: tokio::net::TcpListener, s: Arc<Stats>) {
-    loop {
-        let Ok((mut sock, _)) = l.accept().await else {
-            continue;
-        };
-        let s = s.clone();
-        tokio::spawn(async move {
-            // Read the whole request head; it may arrive in several pieces.
-            let mut buf = vec![0u8; 2048];
-            let mut n = 0;
-            while n < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(k)) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if s.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
-                "/metrics" => ("200 OK", render(&s)),
-                _ => (
-                    "404 Not Found",
-                    "try /healthz, /readyz or /metrics\n".to_string(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
+    twill_controller::metrics::serve_http(l, std::future::pending(), move |path| match path {
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if s.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
+        "/metrics" => ("200 OK", render(&s)),
+        _ => (
+            "404 Not Found",
+            "try /healthz, /readyz or /metrics\n".to_string(),
+        ),
+    })
+    .await
 }

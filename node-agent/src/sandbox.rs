@@ -334,18 +334,20 @@ impl Topology {
         let ns = format!("tw-p{}-{k}-{}", i + 1, self.tag);
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        // The IPAM twill-cni would use, with its state kept in the sandbox instead of
+        // /var/lib/cni, so nothing is left behind.
+        let env = std::fs::read_to_string(node.dir.join("subnet.env"))?;
+        let subnet = crate::cni::parse_subnet_env(&env)
+            .map_err(|e| anyhow::anyhow!("subnet.env: {}", e.msg))?;
+        let mut ipam = crate::cni::delegate_config(&serde_json::json!({}), &subnet)["ipam"].clone();
+        ipam["dataDir"] = serde_json::json!(node.dir.join("ipam"));
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("twill-sandbox-{}", self.tag),
             "type": "twill-cni",
             "subnetFile": node.dir.join("subnet.env"),
             "dataDir": node.dir.join("cni"),
-            "delegate": {"ipam": {
-                "type": "host-local",
-                "dataDir": node.dir.join("ipam"),
-                "ranges": [[{"subnet": self.subnet_of(i)?, "gateway": self.gateway_of(i)?}]],
-                "routes": [{"dst": "10.0.0.0/8", "gw": self.gateway_of(i)?}],
-            }},
+            "delegate": {"ipam": ipam},
         });
         let dirs = format!(
             "{cni_path}:{}",
@@ -382,18 +384,6 @@ impl Topology {
             .to_string();
         self.pods.push(Pod { ns, node: i, addr });
         Ok(())
-    }
-
-    /// The node's subnet (network/len) from its subnet.env.
-    fn subnet_of(&self, i: usize) -> Result<String> {
-        let gw = self.wait_subnet(i, Duration::from_secs(1))?;
-        let net: ipnet::Ipv4Net = gw.parse().context("FLANNEL_SUBNET")?;
-        Ok(net.trunc().to_string())
-    }
-
-    fn gateway_of(&self, i: usize) -> Result<String> {
-        let gw = self.wait_subnet(i, Duration::from_secs(1))?;
-        Ok(gw.split('/').next().unwrap_or_default().to_string())
     }
 
     /// Whether pod `a` reaches pod `b` (one ping, one second).

@@ -23,14 +23,12 @@ fn gw_addr(cidr: &str) -> &str {
 }
 
 fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
-    #[allow(non_snake_case)]
-    let N = n;
-    let mut t = Topology::new(tag, N, &twill_binary().expect("twill binary")).expect("topology");
+    let mut t = Topology::new(tag, n, &twill_binary().expect("twill binary")).expect("topology");
     t.start_controller(backend).expect("controller");
-    for i in 0..N {
+    for i in 0..n {
         t.start_agent(i).expect("agent");
     }
-    let subnets: Vec<String> = (0..N)
+    let subnets: Vec<String> = (0..n)
         .map(|i| {
             t.wait_subnet(i, Duration::from_secs(30))
                 .expect("subnet.env")
@@ -40,8 +38,8 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
         t.add_pod_bridge(i, s).expect("pod bridge");
     }
     let matrix_ok = |t: &Topology| {
-        (0..N).all(|i| {
-            (0..N)
+        (0..n).all(|i| {
+            (0..n)
                 .filter(|j| *j != i)
                 .all(|j| t.ping(i, gw_addr(&subnets[i]), gw_addr(&subnets[j])))
         })
@@ -51,9 +49,9 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     });
 
     // Exactly one route per peer, and for VXLAN one neighbour and one FDB entry per peer.
-    for i in 0..N {
+    for i in 0..n {
         wait_until("routes settle", Duration::from_secs(10), || {
-            t.routes(i).len() == N - 1
+            t.routes(i).len() == n - 1
         });
         let ns = &t.nodes[i].ns;
         if vxlan {
@@ -69,7 +67,7 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
             ]);
             assert_eq!(
                 neigh.lines().count(),
-                N - 1,
+                n - 1,
                 "{}: neighbours {neigh}",
                 t.nodes[i].name
             );
@@ -80,7 +78,7 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
             let fdb = String::from_utf8_lossy(&fdb.stdout);
             assert_eq!(
                 fdb.lines().filter(|l| l.contains(" dst ")).count(),
-                N - 1,
+                n - 1,
                 "fdb {fdb}"
             );
         }
@@ -91,7 +89,7 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     t.twill(&["release", "node3"]).expect("release");
     for i in 0..2 {
         wait_until("peer removal", Duration::from_secs(10), || {
-            t.routes(i).len() == N - 2
+            t.routes(i).len() == n - 2
         });
     }
     // It comes back with the same subnet and everyone adds it again.
@@ -103,9 +101,9 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
         again, subnets[2],
         "a returning node must get its subnet back"
     );
-    for i in 0..N {
+    for i in 0..n {
         wait_until("peer re-added", Duration::from_secs(10), || {
-            t.routes(i).len() == N - 1
+            t.routes(i).len() == n - 1
         });
     }
     wait_until("ping matrix after rejoin", Duration::from_secs(20), || {
@@ -118,12 +116,12 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     wait_until(
         "routes restored after a flush",
         Duration::from_secs(5),
-        || t.routes(0).len() == N - 1,
+        || t.routes(0).len() == n - 1,
     );
     if vxlan {
         twill_tests::netns::ip(&["-n", &ns0, "link", "del", "twill.1"]).expect("delete device");
         wait_until("device and peers replayed", Duration::from_secs(5), || {
-            t.routes(0).len() == N - 1
+            t.routes(0).len() == n - 1
         });
     }
     wait_until("ping matrix after drift", Duration::from_secs(20), || {
@@ -139,7 +137,7 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     wait_until(
         "stale peer removed at start",
         Duration::from_secs(10),
-        || t.routes(0).len() == N - 2,
+        || t.routes(0).len() == n - 2,
     );
     assert_eq!(
         t.wait_subnet(0, Duration::from_secs(5)).expect("subnet"),
@@ -151,7 +149,7 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         t.routes(0).len(),
-        N - 2,
+        n - 2,
         "routes removed while the controller was down"
     );
     assert!(
@@ -160,11 +158,11 @@ fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     );
     t.start_controller(backend).expect("controller again");
     t.start_agent(2).expect("node3 back");
-    for i in 0..N {
+    for i in 0..n {
         wait_until(
             "catch-up after the controller outage",
             Duration::from_secs(30),
-            || t.routes(i).len() == N - 1,
+            || t.routes(i).len() == n - 1,
         );
     }
 }

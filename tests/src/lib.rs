@@ -222,7 +222,7 @@ pub fn local_leases(r: &Running) -> BTreeMap<String, String> {
 /// The `twill` binary, built once per test process.
 pub fn twill_binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("twill", "twill").map_err(|e| format!("{e:#}")))
+    BIN.get_or_init(|| build_bin("twill").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow!(e))
 }
@@ -230,16 +230,19 @@ pub fn twill_binary() -> Result<PathBuf> {
 /// The `twill-cni` plugin, built once per test process.
 pub fn cni_binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("twill-agent", "twill-cni").map_err(|e| format!("{e:#}")))
+    BIN.get_or_init(|| build_bin("twill-cni").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow!(e))
 }
 
-fn build_bin(package: &str, bin: &str) -> Result<PathBuf> {
+fn build_bin(bin: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        // The same selection as the suite's own build (scripts/test), so features unify the same
+        // way and nothing is compiled twice: a `-p` build would rebuild shared dependencies with
+        // other features and double the target directory.
+        .args(["build", "--quiet", "--workspace", "--all-targets"])
         .current_dir(&root)
         .status()
         .with_context(|| format!("run cargo build --bin {bin}"))?;

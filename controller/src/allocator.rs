@@ -535,6 +535,8 @@ pub struct AllocatorSnapshot {
     pub reservations: Vec<(String, Ipv4Net)>,
     pub revision: u64,
     pub dedup: Vec<(String, Response)>,
+    #[serde(default)]
+    pub last_now: Millis,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -549,6 +551,9 @@ pub struct Allocator {
     revision: u64,
     dedup: HashMap<String, Response>,
     dedup_order: VecDeque<String>,
+    /// The latest leader time stamped on an applied command: the timeline lease deadlines are
+    /// written in, until the next leader rebases them onto its own.
+    last_now: Millis,
 }
 
 fn valid_node_name(n: &str) -> bool {
@@ -570,6 +575,10 @@ impl Allocator {
 
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    pub fn last_now(&self) -> Millis {
+        self.last_now
     }
 
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
@@ -596,6 +605,12 @@ impl Allocator {
             }
         }
         let mut events = Vec::new();
+        match req.command {
+            Command::Acquire { now, .. } | Command::Renew { now, .. } | Command::Expire { now } => {
+                self.last_now = self.last_now.max(now)
+            }
+            _ => {}
+        }
         let result = self.apply_command(&req.command, &mut events);
         let resp = Response {
             revision: self.revision,
@@ -664,13 +679,21 @@ impl Allocator {
                 Ok(Outcome::Expired(dead))
             }
             Command::Promote { now, extend_ms } => {
+                // Deadlines move onto the new leader's timeline: each keeps the time it had
+                // left at the last command the old leader stamped, plus the grace. Members'
+                // clocks may disagree; only each leader's own clock, read steadily through its
+                // term, is trusted.
+                let since = self.last_now;
+                self.last_now = *now;
                 let nodes: Vec<String> = self.leases.keys().cloned().collect();
                 for n in &nodes {
                     let Some(l) = self.leases.get(n) else {
                         continue;
                     };
                     let mut l = l.clone();
-                    l.expires_at = l.expires_at.max(*now).saturating_add(*extend_ms);
+                    l.expires_at = now
+                        .saturating_add(l.expires_at.saturating_sub(since))
+                        .saturating_add(*extend_ms);
                     l.mod_revision = self.revision + 1;
                     self.emit(events, Event::Put(l.clone()));
                     self.leases.insert(n.clone(), l);
@@ -986,6 +1009,7 @@ impl Allocator {
                 .map(|(n, s)| (n.clone(), *s))
                 .collect(),
             revision: self.revision,
+            last_now: self.last_now,
             dedup: self
                 .dedup_order
                 .iter()
@@ -1003,6 +1027,7 @@ impl Allocator {
             },
             config: s.config,
             revision: s.revision,
+            last_now: s.last_now,
             ..Default::default()
         };
         for l in s.leases {

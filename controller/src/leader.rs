@@ -11,7 +11,6 @@ use openraft::ServerState;
 
 use crate::allocator::{Command, Outcome, Request};
 use crate::node::Member;
-use crate::now_ms;
 
 pub async fn run(m: Arc<Member>) {
     let mut metrics = m.raft.metrics();
@@ -32,7 +31,7 @@ pub async fn run(m: Arc<Member>) {
             let req = Request {
                 request_id: None,
                 command: Command::Promote {
-                    now: now_ms(),
+                    now: m.clock.take_office(),
                     extend_ms: m.opts.promote_grace_ms,
                 },
             };
@@ -78,7 +77,7 @@ pub async fn run(m: Arc<Member>) {
         }
         if leading && promoted_term == Some(term) && last_scan.elapsed() >= m.opts.expiry_interval {
             last_scan = std::time::Instant::now();
-            let now = now_ms();
+            let now = m.clock.now_ms();
             let due = m.sm.read().alloc.leases().any(|l| l.expires_at < now);
             if due {
                 let req = Request {

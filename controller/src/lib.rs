@@ -17,6 +17,7 @@
 pub mod allocator;
 pub mod batch;
 pub mod client;
+pub mod clock;
 pub mod convert;
 pub mod leader;
 pub mod log_store;

@@ -164,6 +164,7 @@ pub struct Member {
     stopping: tokio::sync::watch::Sender<bool>,
     batches: mpsc::Sender<(Request, batch::Reply)>,
     pub metrics: Arc<Metrics>,
+    pub clock: crate::clock::Clock,
 }
 
 impl Member {
@@ -442,6 +443,7 @@ pub async fn start_on(
         stopping: tokio::sync::watch::channel(false).0,
         batches: batch_tx,
         metrics,
+        clock: crate::clock::Clock::new(),
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -22,7 +22,6 @@ use crate::allocator::{self as alloc, Command, Outcome};
 use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
 use crate::network::MAX_MESSAGE;
 use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
-use crate::now_ms;
 
 pub struct ControllerService {
     m: Arc<Member>,
@@ -196,7 +195,7 @@ impl controller_server::Controller for ControllerService {
                     request_id: request_id(&r.request_id),
                     command: Command::Acquire {
                         args: convert::acquire_args(r)?,
-                        now: now_ms(),
+                        now: self.m.clock.now_ms(),
                     },
                 })
             },
@@ -221,7 +220,7 @@ impl controller_server::Controller for ControllerService {
                     command: Command::Renew {
                         node: r.node.clone(),
                         create_revision: r.revision,
-                        now: now_ms(),
+                        now: self.m.clock.now_ms(),
                     },
                 })
             },

@@ -519,6 +519,8 @@ fn show(a: &Allocator) -> String {
 fn state(a: &Allocator) -> AllocatorSnapshot {
     AllocatorSnapshot {
         dedup: Vec::new(),
+        // Every stamped command advances the leader time it saw, failed ones included.
+        last_now: 0,
         ..a.snapshot()
     }
 }
@@ -857,7 +859,10 @@ fn check_step(
                 let n = after.lease(&l.node);
                 prop_assert!(n.is_some(), "{} lost its lease on promotion", l.node);
                 let n = n.expect("checked");
-                prop_assert_eq!(n.expires_at, l.expires_at.max(*now) + extend_ms);
+                // Rebased onto the new leader's clock: the time left at the last stamped
+                // command is kept, plus the grace.
+                let left = l.expires_at.saturating_sub(before.last_now());
+                prop_assert_eq!(n.expires_at, now + left + extend_ms);
                 prop_assert_eq!(n.subnet, l.subnet);
             }
         }

@@ -123,6 +123,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             vtep_mac: mac,
         },
         state_dir: opts.state_dir.clone(),
+        // Until the cluster's configuration is read, after the first lease.
         lease_ttl: Duration::from_secs(60),
         tx: lease_tx,
     };

@@ -38,10 +38,12 @@ fn save_state(dir: &Path, subnet: &str) -> std::io::Result<()> {
 
 /// Renew when this fraction of the lease's lifetime is left (flannel renews an hour before a
 /// day's lease ends; a third leaves room for several failed attempts on short TTLs).
-fn renew_after(lease: &pb::Lease, ttl_hint: Duration) -> Duration {
+///
+/// The deadline is in the controller leader's time, which need not match this host's clock, so
+/// the time left is never taken to exceed one TTL: a clock ahead of ours cannot make us late.
+fn renew_after(lease: &pb::Lease, ttl: Duration) -> Duration {
     let now = twill_controller::now_ms();
-    let left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now));
-    let ttl = ttl_hint.max(left);
+    let left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now)).min(ttl);
     (left.saturating_sub(ttl / 3)).max(Duration::from_millis(200))
 }
 
@@ -81,7 +83,7 @@ impl Keeper {
     }
 
     /// Runs forever: holds the lease and publishes every change.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(200);
         let mut held: Option<pb::Lease> = None;
         loop {
@@ -89,6 +91,13 @@ impl Keeper {
                 None => match self.acquire().await {
                     Ok(l) => {
                         tracing::info!(node = %l.node, subnet = %l.subnet, reason = %l.reason, "lease acquired");
+                        // Renewals are paced by the cluster's TTL; keep the last one known if
+                        // the configuration cannot be read now.
+                        if let Ok(c) = self.client.get_config().await {
+                            if let Some(ttl) = c.config.filter(|c| c.lease_ttl_ms > 0) {
+                                self.lease_ttl = Duration::from_millis(ttl.lease_ttl_ms);
+                            }
+                        }
                         if let Err(e) = save_state(&self.state_dir, &l.subnet) {
                             tracing::warn!(error = %e, dir = %self.state_dir.display(), "cannot save the subnet for the next start");
                         }

@@ -14,6 +14,15 @@ fn acquire(node: &str) -> pb::AcquireRequest {
     }
 }
 
+async fn lease_of(c: &twill_controller::client::Client, node: &str) -> Option<pb::Lease> {
+    c.list_leases()
+        .await
+        .expect("list")
+        .leases
+        .into_iter()
+        .find(|l| l.node == node)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrenewed_leases_expire_renewed_ones_stay() {
     let cl = Cluster::start_with(1, |o| o.initial_config.lease_ttl_ms = 1_500)
@@ -80,13 +89,8 @@ async fn new_leader_extends_every_deadline() {
     cl.wait_leader(Duration::from_secs(20))
         .await
         .expect("new leader");
-    let after = c
-        .list_leases()
+    let after = lease_of(&c, "n1")
         .await
-        .expect("list")
-        .leases
-        .into_iter()
-        .find(|l| l.node == "n1")
         .expect("lease survives the leader change");
     assert!(
         after.expires_at_ms >= before.expires_at_ms + grace,
@@ -95,5 +99,76 @@ async fn new_leader_extends_every_deadline() {
         before.expires_at_ms
     );
     assert_eq!(after.subnet, before.subnet);
+    cl.shutdown().await;
+}
+
+/// Regression: a leader read the wall clock for every expiry scan, so a clock stepped forward by
+/// a minute expired every lease at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_clock_step_forward_expires_nothing_early() {
+    let cl = Cluster::start_with(1, |o| o.initial_config.lease_ttl_ms = 3_000)
+        .await
+        .expect("cluster");
+    let c = cl.client();
+    c.acquire(acquire("n1")).await.expect("acquire");
+    let taken = tokio::time::Instant::now();
+    cl.members[&1].member.clock.step(60_000);
+    // Several expiry scans (every 200 ms) run with the stepped clock.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        lease_of(&c, "n1").await.is_some(),
+        "lease expired {:?} after it was granted for 3 s",
+        taken.elapsed()
+    );
+    // It still expires once its TTL has really passed.
+    let start = tokio::time::Instant::now();
+    loop {
+        let held = c.list_leases().await.expect("list").leases;
+        if held.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cl.shutdown().await;
+}
+
+/// Regression: a new leader whose clock ran ahead kept old deadlines as they were, in its own
+/// time, so a long lease lost as much time as the clocks differed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_with_a_clock_ahead_keeps_the_time_left() {
+    let mut cl = Cluster::start_with(3, |o| o.initial_config.lease_ttl_ms = 60_000)
+        .await
+        .expect("cluster");
+    let c = cl.client();
+    c.acquire(acquire("n1")).await.expect("acquire");
+    let old = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    for (id, r) in &cl.members {
+        if *id != old {
+            r.member.clock.step(30_000);
+        }
+    }
+    cl.stop(old).await;
+    let new = cl
+        .wait_leader(Duration::from_secs(20))
+        .await
+        .expect("new leader");
+    let lease = lease_of(&c, "n1")
+        .await
+        .expect("lease survives the leader change");
+    let left = lease
+        .expires_at_ms
+        .saturating_sub(cl.members[&new].member.clock.now_ms());
+    // Granted 60 s a few seconds ago; a new leader must not take the 30 s clock difference off.
+    assert!(
+        left >= 45_000,
+        "only {left} ms left on a 60 s lease after the leader change"
+    );
     cl.shutdown().await;
 }

@@ -36,8 +36,91 @@ pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::
         .connect_lazy())
 }
 
+/// Faults injected into a member's outgoing Raft messages, for the chaos tests: peers it cannot
+/// reach (a partition, set on both sides), a share of messages lost before delivery or after
+/// (the answer lost), and a random delay. Never set outside tests.
+#[derive(Debug, Default)]
+pub struct Faults {
+    state: std::sync::Mutex<FaultState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FaultState {
+    cut_off: std::collections::BTreeSet<NodeId>,
+    loss_per_mille: u32,
+    max_delay_ms: u64,
+    rng: u64,
+}
+
+enum Fate {
+    Deliver { delay: Duration, lose_answer: bool },
+    Lose { delay: Duration },
+}
+
+impl Faults {
+    pub fn new(seed: u64) -> Self {
+        Faults {
+            state: std::sync::Mutex::new(FaultState {
+                rng: seed | 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut FaultState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Messages to these members are lost until [`Faults::heal`].
+    pub fn cut_off(&self, peers: impl IntoIterator<Item = NodeId>) {
+        self.with(|s| s.cut_off.extend(peers));
+    }
+
+    /// Loses `per_mille` of the messages (and as many answers), delaying the rest by up to
+    /// `max_delay`.
+    pub fn degrade(&self, per_mille: u32, max_delay: Duration) {
+        self.with(|s| {
+            s.loss_per_mille = per_mille.min(1000);
+            s.max_delay_ms = max_delay.as_millis() as u64;
+        });
+    }
+
+    pub fn heal(&self) {
+        self.with(|s| {
+            s.cut_off.clear();
+            s.loss_per_mille = 0;
+            s.max_delay_ms = 0;
+        });
+    }
+
+    fn fate(&self, target: NodeId) -> Fate {
+        self.with(|s| {
+            // xorshift64: the chaos schedule is seeded; this only needs to be cheap.
+            let mut next = || {
+                s.rng ^= s.rng << 13;
+                s.rng ^= s.rng >> 7;
+                s.rng ^= s.rng << 17;
+                s.rng
+            };
+            let delay = match s.max_delay_ms {
+                0 => Duration::ZERO,
+                m => Duration::from_millis(next() % (m + 1)),
+            };
+            let lost = s.loss_per_mille > 0 && (next() % 1000) < u64::from(s.loss_per_mille);
+            if s.cut_off.contains(&target) || lost {
+                return Fate::Lose { delay };
+            }
+            let lose_answer =
+                s.loss_per_mille > 0 && (next() % 1000) < u64::from(s.loss_per_mille);
+            Fate::Deliver { delay, lose_answer }
+        })
+    }
+}
+
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub faults: Option<std::sync::Arc<Faults>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
@@ -52,6 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             client,
+            faults: self.faults.clone(),
         }
     }
 }
@@ -60,6 +144,7 @@ pub struct PeerConn {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    faults: Option<std::sync::Arc<Faults>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +173,25 @@ impl PeerConn {
         let mut req = Request::new(RaftPayload { data });
         let ttl = option.hard_ttl();
         req.set_timeout(ttl);
+        let mut lose_answer = false;
+        if let Some(f) = &self.faults {
+            let lost = |action| {
+                RPCError::Network(NetworkError::new(&Msg(format!(
+                    "{action:?} to member {}: lost (injected fault)",
+                    self.target
+                ))))
+            };
+            match f.fate(self.target) {
+                Fate::Lose { delay } => {
+                    tokio::time::sleep(delay.min(ttl)).await;
+                    return Err(lost(action));
+                }
+                Fate::Deliver { delay, lose_answer: l } => {
+                    tokio::time::sleep(delay.min(ttl)).await;
+                    lose_answer = l;
+                }
+            }
+        }
         let fut = async {
             match action {
                 RPCTypes::Vote => client.vote(req).await,
@@ -107,6 +211,12 @@ impl PeerConn {
             Ok(Err(status)) => return Err(status_to_rpc(&self.addr, status)),
             Ok(Ok(r)) => r.into_inner(),
         };
+        if lose_answer {
+            return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                "answer from member {} lost (injected fault)",
+                self.target
+            )))));
+        }
         let res: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&resp.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

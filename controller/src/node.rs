@@ -63,6 +63,8 @@ pub struct Options {
     pub expiry_interval: Duration,
     /// Where to serve Prometheus metrics over HTTP; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Faults for this member's outgoing Raft messages (chaos tests only).
+    pub faults: Option<Arc<crate::network::Faults>>,
 }
 
 impl Options {
@@ -86,6 +88,7 @@ impl Options {
             promote_grace_ms: 10_000,
             expiry_interval: Duration::from_secs(1),
             metrics_listen: None,
+            faults: None,
         }
     }
 }
@@ -412,7 +415,10 @@ pub async fn start_on(
     .validate()
     .map_err(|e| StartError::RaftConfig(e.to_string()))?;
 
-    let raft = Raft::new(opts.id, Arc::new(config), NetworkFactory, log, sm)
+    let network = NetworkFactory {
+        faults: opts.faults.clone(),
+    };
+    let raft = Raft::new(opts.id, Arc::new(config), network, log, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 

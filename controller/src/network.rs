@@ -110,8 +110,7 @@ impl Faults {
             if s.cut_off.contains(&target) || lost {
                 return Fate::Lose { delay };
             }
-            let lose_answer =
-                s.loss_per_mille > 0 && (next() % 1000) < u64::from(s.loss_per_mille);
+            let lose_answer = s.loss_per_mille > 0 && (next() % 1000) < u64::from(s.loss_per_mille);
             Fate::Deliver { delay, lose_answer }
         })
     }
@@ -186,7 +185,10 @@ impl PeerConn {
                     tokio::time::sleep(delay.min(ttl)).await;
                     return Err(lost(action));
                 }
-                Fate::Deliver { delay, lose_answer: l } => {
+                Fate::Deliver {
+                    delay,
+                    lose_answer: l,
+                } => {
                     tokio::time::sleep(delay.min(ttl)).await;
                     lose_answer = l;
                 }

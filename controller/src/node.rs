@@ -184,6 +184,12 @@ impl Member {
         Some((id, addr))
     }
 
+    /// The leader to send a client to after a write found no quorum here: never this member,
+    /// which may be a leader cut off from the rest and not yet aware it was replaced.
+    fn other_leader(&self) -> Option<(NodeId, String)> {
+        self.leader().filter(|l| l.0 != self.id)
+    }
+
     fn voters(&self) -> Vec<NodeId> {
         let m = self.raft.metrics().borrow().clone();
         m.membership_config.membership().voter_ids().collect()
@@ -228,7 +234,7 @@ impl Member {
             Err(_) => Err(ProposeError::NoQuorum {
                 timeout: self.opts.write_timeout,
                 members: self.voters(),
-                leader: self.leader(),
+                leader: self.other_leader(),
             }),
         }
     }
@@ -246,7 +252,7 @@ impl Member {
                 Err(ProposeError::NoQuorum {
                     timeout: self.opts.write_timeout,
                     members: self.voters(),
-                    leader: self.leader(),
+                    leader: self.other_leader(),
                 })
             }
             Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),

@@ -482,6 +482,32 @@ async fn serve_watch(
     let mut rx = m.sm.subscribe();
     let mut stopping = m.stopping();
     let _open = WatcherGauge::new(m.clone());
+    // A member that restarted or lagged may not have reached the revision the watcher already
+    // saw. Serving its older state would take the watcher back in time (an agent would drop
+    // routes it just installed), so wait for it to catch up. Only a leader still behind, which
+    // knows everything committed, may answer with a snapshot: the watcher's revision then
+    // comes from an earlier incarnation of the cluster.
+    if start > 0 {
+        let caught_up = async {
+            while m.sm.read().alloc.revision() < start {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let wait = m.opts.write_timeout;
+        if !tokio::time::timeout(wait, caught_up).await.unwrap_or(false)
+            && m.linearizable().await.is_err()
+        {
+            let rev = m.sm.read().alloc.revision();
+            let msg = format!(
+                "this member is at revision {rev}, behind the requested {start}; resume the watch on another member"
+            );
+            let _ = tx.send(Err(Status::unavailable(msg))).await;
+            return;
+        }
+    }
     let mut sent = start;
     let mut first = true;
     loop {

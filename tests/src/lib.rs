@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bgp;
+pub mod chaos;
 pub mod etcd;
 pub mod netns;
 pub mod procs;

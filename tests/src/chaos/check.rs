@@ -1,0 +1,577 @@
+//! The checkers run over a finished history. Each names the rule it enforces; a violation
+//! carries the time and node so the report can show the history around it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ipnet::Ipv4Net;
+
+use super::history::{secs, Call, Held, Micros, Observation, Op, Outcome, Ret, Seen};
+use super::wgl::{self, Entry, Model, Verdict};
+
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub check: &'static str,
+    pub at: Micros,
+    pub node: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}] at {} node {:?}: {}",
+            self.check,
+            secs(self.at),
+            self.node,
+            self.detail
+        )
+    }
+}
+
+/// (a) No two leases in one state overlap.
+pub fn overlap(leases: &BTreeMap<String, Ipv4Net>) -> Option<String> {
+    let mut by_addr: Vec<(&Ipv4Net, &String)> = leases.iter().map(|(n, s)| (s, n)).collect();
+    by_addr.sort();
+    by_addr.windows(2).find_map(|w| {
+        let ((a, na), (b, nb)) = (w[0], w[1]);
+        (a.contains(&b.network()) || b.contains(&a.network()))
+            .then(|| format!("{na} holds {a} and {nb} holds {b}"))
+    })
+}
+
+/// (a) over every read, and (d) the order of every watcher's events, with (a) over every state a
+/// watcher's view passes through. Returns the final view of each watcher.
+pub fn reads_and_watchers(
+    ops: &[Op],
+    observed: &[Observation],
+    out: &mut Vec<Violation>,
+) -> BTreeMap<usize, BTreeMap<String, Held>> {
+    for op in ops {
+        if let (Some(Outcome::Ok(Ret::Table(t))), Some(c)) = (&op.outcome, op.complete) {
+            if let Some(d) = overlap(t) {
+                out.push(Violation {
+                    check: "overlap",
+                    at: c,
+                    node: String::new(),
+                    detail: format!("a linearizable read shows overlapping leases: {d}"),
+                });
+            }
+        }
+    }
+    let mut views: BTreeMap<usize, (Option<u64>, BTreeMap<String, Held>)> = BTreeMap::new();
+    for o in observed {
+        let (last, view) = views.entry(o.watcher).or_default();
+        let rev = o.seen.revision();
+        let mut node = String::new();
+        match &o.seen {
+            Seen::Snapshot { leases, .. } => {
+                if last.is_some_and(|l| rev < l) {
+                    out.push(Violation {
+                        check: "watch-order",
+                        at: o.at,
+                        node: String::new(),
+                        detail: format!(
+                            "watcher {} got a snapshot at revision {rev} after revision {}",
+                            o.watcher,
+                            last.unwrap_or(0)
+                        ),
+                    });
+                }
+                *view = leases.clone();
+            }
+            other => {
+                if let Some(l) = *last {
+                    if rev != l + 1 {
+                        out.push(Violation {
+                            check: "watch-order",
+                            at: o.at,
+                            node: String::new(),
+                            detail: format!(
+                                "watcher {} got revision {rev} right after {l} ({})",
+                                o.watcher,
+                                if rev <= l { "out of order" } else { "a gap" }
+                            ),
+                        });
+                    }
+                }
+                match other {
+                    Seen::Put { node: n, lease, .. } => {
+                        view.insert(n.clone(), *lease);
+                        node = n.clone();
+                    }
+                    Seen::Delete { node: n, .. } => {
+                        view.remove(n);
+                        node = n.clone();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        *last = Some(rev);
+        let plain: BTreeMap<String, Ipv4Net> =
+            view.iter().map(|(n, h)| (n.clone(), h.subnet)).collect();
+        if let Some(d) = overlap(&plain) {
+            out.push(Violation {
+                check: "overlap",
+                at: o.at,
+                node,
+                detail: format!("watcher {} at revision {rev}: {d}", o.watcher),
+            });
+        }
+    }
+    views.into_iter().map(|(w, (_, v))| (w, v)).collect()
+}
+
+fn ok(op: &Op) -> Option<&Ret> {
+    match &op.outcome {
+        Some(Outcome::Ok(r)) => Some(r),
+        _ => None,
+    }
+}
+
+/// (b) every acknowledged lease is in every later read until its holder's deadline (unless the
+/// holder released it), and (c) no lease ends before that deadline: not in a read, not by a
+/// refused renewal, not in a watcher's expiry event. The holder's deadline is the invocation
+/// of its last acknowledged Acquire/Renew plus the TTL; `skew` allows for rounding.
+pub fn deadlines(
+    ops: &[Op],
+    observed: &[Observation],
+    ttl: Micros,
+    skew: Micros,
+    out: &mut Vec<Violation>,
+) {
+    // The holder's deadline for each lease instance (node, create revision).
+    let mut deadline: HashMap<(String, u64), Micros> = HashMap::new();
+    for op in ops {
+        if let Some(Ret::Lease(h)) = ok(op) {
+            let d = deadline
+                .entry((op.node.clone(), h.create_revision))
+                .or_default();
+            *d = (*d).max(op.invoke + ttl);
+        }
+    }
+    let released_between = |node: &str, from: Micros, to: Micros| {
+        ops.iter().any(|o| {
+            o.node == node && o.call == Call::Release && o.invoke >= from && o.invoke <= to
+        })
+    };
+    let mut by_node: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops.iter().filter(|o| !o.node.is_empty()) {
+        by_node.entry(&op.node).or_default().push(op);
+    }
+
+    for op in ops {
+        // A renewal refused while the holder's deadline had not passed.
+        if let (Call::Renew { create_revision }, Some(Ret::NoLease | Ret::Mismatch)) =
+            (&op.call, ok(op))
+        {
+            let key = (op.node.clone(), *create_revision);
+            if let Some(d) = deadline.get(&key) {
+                if op.invoke + skew < *d && !released_between(&op.node, 0, op.invoke) {
+                    out.push(Violation {
+                        check: "early-expiry",
+                        at: op.invoke,
+                        node: op.node.clone(),
+                        detail: format!(
+                            "renewal of lease revision {create_revision} refused ({:?}) at {}, {} ms before its deadline",
+                            ok(op),
+                            secs(op.invoke),
+                            (d - op.invoke) / 1000
+                        ),
+                    });
+                }
+            }
+        }
+        // Reads: every acknowledged, unreleased lease whose deadline is after the read.
+        let (Some(Ret::Table(t)), Some(rc)) = (ok(op), op.complete) else {
+            continue;
+        };
+        for (node, nops) in &by_node {
+            let last_ack = nops
+                .iter()
+                .filter(|o| o.complete.is_some_and(|c| c < op.invoke))
+                .filter_map(|o| match ok(o) {
+                    Some(Ret::Lease(h)) => Some((o, h)),
+                    _ => None,
+                })
+                .max_by_key(|(o, _)| o.complete);
+            let Some((ack, h)) = last_ack else { continue };
+            let d = ack.invoke + ttl;
+            if rc + skew >= d || released_between(node, ack.invoke, rc) {
+                continue;
+            }
+            match t.get(*node) {
+                Some(s) if *s == h.subnet => {}
+                got => out.push(Violation {
+                    check: "lost-lease",
+                    at: rc,
+                    node: node.to_string(),
+                    detail: format!(
+                        "lease {} acknowledged at {} (deadline {}) but a read done at {} shows {:?}",
+                        h.subnet,
+                        secs(ack.complete.unwrap_or(0)),
+                        secs(d),
+                        secs(rc),
+                        got
+                    ),
+                }),
+            }
+        }
+    }
+
+    for o in observed {
+        if let Seen::Delete {
+            node,
+            lease,
+            expired: true,
+            ..
+        } = &o.seen
+        {
+            if let Some(d) = deadline.get(&(node.clone(), lease.create_revision)) {
+                if o.at + skew < *d {
+                    out.push(Violation {
+                        check: "early-expiry",
+                        at: o.at,
+                        node: node.clone(),
+                        detail: format!(
+                            "watcher {} saw lease {} expire at {}, {} ms before its holder's deadline",
+                            o.watcher,
+                            lease.subnet,
+                            secs(o.at),
+                            (d - o.at) / 1000
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One node's lease as the sequential specification has it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NodeLease {
+    Free,
+    Held(Ipv4Net),
+    /// Taken by an Acquire whose answer was lost: some subnet, not yet seen.
+    HeldUnseen,
+}
+
+/// An operation on one node's lease with what it returned (`None`: unknown).
+#[derive(Clone, Debug)]
+pub enum NodeOp {
+    Acquire(Option<Ret>),
+    Renew(Option<Ret>),
+    Release(Option<Ret>),
+    Read(Option<Ipv4Net>),
+    /// An expiry reported by a watcher.
+    Expire(Ipv4Net),
+}
+
+impl Model for NodeLease {
+    type Op = NodeOp;
+
+    fn step(&self, op: &NodeOp) -> Option<NodeLease> {
+        use NodeLease::*;
+        let holds = |s: &Ipv4Net| match self {
+            Held(x) => x == s,
+            HeldUnseen => true,
+            Free => false,
+        };
+        match op {
+            NodeOp::Acquire(Some(Ret::Lease(h))) => {
+                (*self == Free || holds(&h.subnet)).then_some(Held(h.subnet))
+            }
+            NodeOp::Acquire(Some(_)) => (*self == Free).then_some(Free),
+            NodeOp::Acquire(None) => Some(match self {
+                Free => HeldUnseen,
+                other => other.clone(),
+            }),
+            NodeOp::Renew(Some(Ret::Lease(h))) => holds(&h.subnet).then_some(Held(h.subnet)),
+            NodeOp::Renew(Some(Ret::NoLease)) => (*self == Free).then_some(Free),
+            NodeOp::Renew(Some(_)) => (*self != Free).then(|| self.clone()),
+            NodeOp::Renew(None) => Some(self.clone()),
+            NodeOp::Release(Some(Ret::NoLease)) => (*self == Free).then_some(Free),
+            NodeOp::Release(Some(_)) => (*self != Free).then_some(Free),
+            NodeOp::Release(None) => Some(Free),
+            NodeOp::Read(None) => (*self == Free).then_some(Free),
+            NodeOp::Read(Some(s)) => holds(s).then_some(Held(*s)),
+            NodeOp::Expire(s) => holds(s).then_some(Free),
+        }
+    }
+}
+
+/// (e) Each node's lease history is linearizable (leases of different nodes are independent
+/// objects, so checking each alone is enough). Returns the number of nodes checked and of
+/// histories too large to decide.
+pub fn linearizable(
+    ops: &[Op],
+    observed: &[Observation],
+    budget: usize,
+    out: &mut Vec<Violation>,
+) -> (usize, usize) {
+    let mut nodes: Vec<&str> = ops
+        .iter()
+        .filter(|o| !o.node.is_empty())
+        .map(|o| o.node.as_str())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    // Expiries once each, at the first moment any watcher saw them.
+    let mut expiries: BTreeMap<(String, u64), (Micros, Ipv4Net)> = BTreeMap::new();
+    for o in observed {
+        if let Seen::Delete {
+            node,
+            lease,
+            expired: true,
+            ..
+        } = &o.seen
+        {
+            let e = expiries
+                .entry((node.clone(), lease.create_revision))
+                .or_insert((o.at, lease.subnet));
+            e.0 = e.0.min(o.at);
+        }
+    }
+    let mut undecided = 0;
+    for node in &nodes {
+        let mut entries: Vec<(Entry<NodeOp>, &Op)> = Vec::new();
+        for op in ops {
+            let known = ok(op).cloned();
+            let nop = match (&op.call, op.node == *node) {
+                (Call::Read, _) => match known {
+                    Some(Ret::Table(t)) => NodeOp::Read(t.get(*node).copied()),
+                    // A read that failed tells nothing.
+                    _ => continue,
+                },
+                (_, false) => continue,
+                (Call::Acquire { .. }, true) => NodeOp::Acquire(known),
+                (Call::Renew { .. }, true) => NodeOp::Renew(known),
+                (Call::Release, true) => NodeOp::Release(known),
+            };
+            let complete = if ok(op).is_some() { op.complete } else { None };
+            entries.push((
+                Entry {
+                    invoke: op.invoke,
+                    complete,
+                    op: nop,
+                },
+                op,
+            ));
+        }
+        let n_ops = entries.len();
+        let mut plain: Vec<Entry<NodeOp>> = entries.iter().map(|(e, _)| e.clone()).collect();
+        for ((n, _), (at, subnet)) in &expiries {
+            if n == node {
+                plain.push(Entry {
+                    invoke: 0,
+                    complete: Some(*at),
+                    op: NodeOp::Expire(*subnet),
+                });
+            }
+        }
+        match wgl::check(&NodeLease::Free, &plain, budget) {
+            Verdict::Linearizable => {}
+            Verdict::Undecided => undecided += 1,
+            Verdict::Not(n) => {
+                let first = n.stuck.first().copied().unwrap_or(0);
+                let at = plain.get(first).map(|e| e.invoke).unwrap_or(0);
+                let stuck: Vec<String> = n
+                    .stuck
+                    .iter()
+                    .take(3)
+                    .map(|i| {
+                        let e = &plain[*i];
+                        let what = if *i < n_ops {
+                            format!("{:?}", entries[*i].1.call)
+                        } else {
+                            "expiry".into()
+                        };
+                        format!(
+                            "{what} [{} .. {}] {:?}",
+                            secs(e.invoke),
+                            e.complete.map(secs).unwrap_or_else(|| "?".into()),
+                            e.op
+                        )
+                    })
+                    .collect();
+                out.push(Violation {
+                    check: "linearizable",
+                    at,
+                    node: node.to_string(),
+                    detail: format!(
+                        "no order of {} operations fits a single lease; {} placed, cannot place: {}",
+                        plain.len(),
+                        n.deepest.len(),
+                        stuck.join("; ")
+                    ),
+                });
+            }
+        }
+    }
+    (nodes.len(), undecided)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("literal")
+    }
+
+    fn op(node: &str, call: Call, invoke: Micros, complete: Micros, ret: Ret) -> Op {
+        Op {
+            node: node.into(),
+            call,
+            invoke,
+            complete: Some(complete),
+            outcome: Some(Outcome::Ok(ret)),
+        }
+    }
+
+    fn lease(s: &str, rev: u64) -> Ret {
+        Ret::Lease(Held {
+            subnet: net(s),
+            create_revision: rev,
+        })
+    }
+
+    fn table(entries: &[(&str, &str)]) -> Ret {
+        Ret::Table(
+            entries
+                .iter()
+                .map(|(n, s)| (n.to_string(), net(s)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn overlapping_subnets_are_found() {
+        let t: BTreeMap<String, Ipv4Net> = [
+            ("a".to_string(), net("10.0.0.0/24")),
+            ("b".to_string(), net("10.0.0.128/25")),
+        ]
+        .into();
+        assert!(overlap(&t).is_some());
+        let t: BTreeMap<String, Ipv4Net> = [
+            ("a".to_string(), net("10.0.0.0/25")),
+            ("b".to_string(), net("10.0.0.128/25")),
+        ]
+        .into();
+        assert!(overlap(&t).is_none());
+    }
+
+    #[test]
+    fn a_read_without_an_acknowledged_lease_before_its_deadline_is_a_lost_lease() {
+        let ops = [
+            op(
+                "n1",
+                Call::Acquire { wanted: None },
+                0,
+                1_000,
+                lease("10.0.0.0/28", 3),
+            ),
+            op("", Call::Read, 2_000, 3_000, table(&[])),
+        ];
+        let mut v = Vec::new();
+        deadlines(&ops, &[], 3_000_000, 50_000, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, "lost-lease");
+        // After the deadline the same read is fine.
+        let mut late = ops.clone();
+        late[1].invoke = 3_100_000;
+        late[1].complete = Some(3_200_000);
+        let mut v = Vec::new();
+        deadlines(&late, &[], 3_000_000, 50_000, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn an_expiry_seen_before_the_deadline_is_early() {
+        let ops = [op(
+            "n1",
+            Call::Acquire { wanted: None },
+            0,
+            1_000,
+            lease("10.0.0.0/28", 3),
+        )];
+        let seen = [Observation {
+            watcher: 0,
+            at: 1_000_000,
+            seen: Seen::Delete {
+                revision: 4,
+                node: "n1".into(),
+                lease: Held {
+                    subnet: net("10.0.0.0/28"),
+                    create_revision: 3,
+                },
+                expired: true,
+            },
+        }];
+        let mut v = Vec::new();
+        deadlines(&ops, &seen, 3_000_000, 50_000, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, "early-expiry");
+    }
+
+    #[test]
+    fn two_subnets_for_one_node_without_release_are_not_linearizable() {
+        let ops = [
+            op(
+                "n1",
+                Call::Acquire { wanted: None },
+                0,
+                10,
+                lease("10.0.0.0/28", 3),
+            ),
+            op(
+                "n1",
+                Call::Acquire { wanted: None },
+                20,
+                30,
+                lease("10.0.0.16/28", 4),
+            ),
+        ];
+        let mut v = Vec::new();
+        linearizable(&ops, &[], 100_000, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        // With an expiry seen in between, it is a fine history.
+        let seen = [Observation {
+            watcher: 0,
+            at: 15,
+            seen: Seen::Delete {
+                revision: 4,
+                node: "n1".into(),
+                lease: Held {
+                    subnet: net("10.0.0.0/28"),
+                    create_revision: 3,
+                },
+                expired: true,
+            },
+        }];
+        let mut v = Vec::new();
+        linearizable(&ops, &seen, 100_000, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn watch_gaps_are_found() {
+        let seen = [
+            Observation {
+                watcher: 1,
+                at: 0,
+                seen: Seen::Config { revision: 1 },
+            },
+            Observation {
+                watcher: 1,
+                at: 1,
+                seen: Seen::Config { revision: 3 },
+            },
+        ];
+        let mut v = Vec::new();
+        reads_and_watchers(&[], &seen, &mut v);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].check, "watch-order");
+    }
+}

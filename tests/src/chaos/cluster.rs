@@ -1,0 +1,224 @@
+//! The controller cluster a chaos run attacks: members in this process (faults injected into
+//! their Raft transport, clocks that can be stepped) or `twill controller` processes (killed
+//! with SIGKILL, paused with SIGSTOP).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tempfile::TempDir;
+use twill_controller::client::Client;
+use twill_controller::network::Faults;
+use twill_controller::NodeId;
+
+use crate::procs::TwillProcs;
+use crate::Cluster;
+
+/// Where the controller members run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Tasks in this process: partitions, message loss and delay, clock steps, restarts.
+    InProcess,
+    /// `twill controller` processes: SIGKILL and SIGSTOP.
+    Processes,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::InProcess => "in-process",
+            Mode::Processes => "processes",
+        })
+    }
+}
+
+/// The network every chaos run hands out: sixteen /28s, so leases are scarce.
+pub const NETWORK: &str = "10.99.0.0/24";
+pub const SUBNET_LEN: u8 = 28;
+pub const POOL: usize = 16;
+
+pub enum Controllers {
+    InProcess {
+        cluster: Cluster,
+        faults: BTreeMap<NodeId, Arc<Faults>>,
+    },
+    Processes {
+        procs: TwillProcs,
+        _dir: TempDir,
+    },
+}
+
+impl Controllers {
+    pub async fn start(mode: Mode, members: usize, ttl: Duration, seed: u64) -> Result<Self> {
+        match mode {
+            Mode::InProcess => {
+                let faults: BTreeMap<NodeId, Arc<Faults>> = (1..=members as NodeId)
+                    .map(|id| (id, Arc::new(Faults::new(seed.wrapping_mul(31) + id))))
+                    .collect();
+                let f = faults.clone();
+                let ttl_ms = ttl.as_millis() as u64;
+                let cluster = Cluster::start_with(members as u64, move |o| {
+                    o.initial_config.network = NETWORK.parse().expect("valid literal");
+                    o.initial_config.subnet_len = SUBNET_LEN;
+                    o.initial_config.subnet_min = Some("10.99.0.0".parse().expect("literal"));
+                    o.initial_config.subnet_max = Some("10.99.0.240".parse().expect("literal"));
+                    o.initial_config.lease_ttl_ms = ttl_ms;
+                    o.write_timeout = Duration::from_secs(2);
+                    o.watch_progress = Duration::from_secs(1);
+                    o.faults = f.get(&o.id).cloned();
+                })
+                .await?;
+                Ok(Controllers::InProcess { cluster, faults })
+            }
+            Mode::Processes => {
+                let dir = tempfile::tempdir()?;
+                let bin = crate::twill_binary()?;
+                let ttl = format!("{}ms", ttl.as_millis());
+                let procs = TwillProcs::start(
+                    &bin,
+                    members,
+                    dir.path(),
+                    &[
+                        "--network",
+                        NETWORK,
+                        "--subnet-len",
+                        "28",
+                        "--subnet-min",
+                        "10.99.0.0",
+                        "--subnet-max",
+                        "10.99.0.240",
+                        "--lease-ttl",
+                        &ttl,
+                        "--write-timeout",
+                        "2s",
+                    ],
+                )
+                .await?;
+                Ok(Controllers::Processes { procs, _dir: dir })
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Controllers::InProcess { cluster, .. } => cluster.urls(),
+            Controllers::Processes { procs, .. } => procs.urls(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The leader's index (0-based) as the first member that answers names it.
+    pub async fn leader(&self) -> Option<usize> {
+        for u in self.urls() {
+            let asked = tokio::time::timeout(Duration::from_millis(500), Client::status_of(&u));
+            if let Ok(Ok(s)) = asked.await {
+                if s.leader != 0 {
+                    return Some(s.leader as usize - 1);
+                }
+            }
+        }
+        None
+    }
+
+    /// Crashes member `i`: SIGKILL for a process, an abrupt shutdown in process.
+    pub async fn kill(&mut self, i: usize) {
+        match self {
+            Controllers::InProcess { cluster, .. } => cluster.stop(i as NodeId + 1).await,
+            Controllers::Processes { procs, .. } => procs.kill(i),
+        }
+    }
+
+    /// Starts member `i` again from its data directory.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        match self {
+            Controllers::InProcess { cluster, .. } => cluster.restart(i as NodeId + 1).await,
+            Controllers::Processes { procs, .. } => procs.restart(i),
+        }
+    }
+
+    /// Cuts `side` off from the other members, both ways. In process only.
+    pub fn partition(&self, side: &[usize]) -> bool {
+        let Controllers::InProcess { faults, .. } = self else {
+            return false;
+        };
+        let side: Vec<NodeId> = side.iter().map(|i| *i as NodeId + 1).collect();
+        for (id, f) in faults {
+            if side.contains(id) {
+                f.cut_off(faults.keys().copied().filter(|x| !side.contains(x)));
+            } else {
+                f.cut_off(side.iter().copied());
+            }
+        }
+        true
+    }
+
+    /// Loses `per_mille` of Raft messages and delays the rest. In process only.
+    pub fn degrade(&self, per_mille: u32, delay: Duration) -> bool {
+        let Controllers::InProcess { faults, .. } = self else {
+            return false;
+        };
+        for f in faults.values() {
+            f.degrade(per_mille, delay);
+        }
+        true
+    }
+
+    pub fn heal_network(&self) {
+        if let Controllers::InProcess { faults, .. } = self {
+            for f in faults.values() {
+                f.heal();
+            }
+        }
+    }
+
+    /// Steps member `i`'s wall clock. In process only (a process's clock is the machine's).
+    pub fn step_clock(&self, i: usize, ms: i64) -> bool {
+        let Controllers::InProcess { cluster, .. } = self else {
+            return false;
+        };
+        match cluster.members.get(&(i as NodeId + 1)) {
+            Some(r) => {
+                r.member.clock.step(ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGSTOP (`stop`) or SIGCONT member `i`. Processes only.
+    pub fn signal_pause(&self, i: usize, stop: bool) -> bool {
+        let Controllers::Processes { procs, .. } = self else {
+            return false;
+        };
+        let Some(pid) = procs.pid(i) else {
+            return false;
+        };
+        let sig = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on a child this harness started and still owns.
+        unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+    }
+
+    pub async fn shutdown(self) {
+        match self {
+            Controllers::InProcess { cluster, .. } => cluster.shutdown().await,
+            Controllers::Processes { mut procs, .. } => {
+                for i in 0..procs.urls().len() {
+                    // A paused member would not die of SIGKILL until continued on some kernels.
+                    if let Some(pid) = procs.pid(i) {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+                    }
+                    procs.kill(i);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The chaos harness: a controller cluster, simulated agents holding leases, a reader and one
+//! watcher per member, all recorded; a nemesis that injects faults on a seeded schedule; then
+//! the checkers of [`check`] over the history.
+//!
+//! Faults are injected into the real stack (openraft, tonic, redb on tokio and real sockets)
+//! rather than run under a deterministic simulator such as turmoil or madsim: those would need
+//! tonic's transport and redb's I/O replaced, and would then test something other than what
+//! users run. The price: a seed fixes the fault schedule and every client's choices, not the
+//! interleaving of threads, so a rerun of a failing seed repeats its faults, not always its
+//! failure.
+
+pub mod check;
+pub mod cluster;
+pub mod history;
+pub mod wgl;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::Code;
+use twill_controller::client::{Client, ClientError, ClientOptions};
+use twill_proto::v1 as pb;
+
+pub use cluster::{Controllers, Mode};
+use history::{secs, Call, Held, History, Micros, Outcome, Ret, Seen};
+
+/// One chaos run's settings.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    pub seed: u64,
+    pub mode: Mode,
+    pub members: usize,
+    /// Agents present from the start; `departing` of them leave after the faults, and
+    /// `newcomers` join then, so that the pool is full and freed subnets must be reused.
+    pub agents: usize,
+    pub departing: usize,
+    pub newcomers: usize,
+    pub faults_for: Duration,
+    pub ttl: Duration,
+}
+
+impl Campaign {
+    pub fn new(seed: u64, mode: Mode, members: usize, faults_for: Duration) -> Self {
+        Campaign {
+            seed,
+            mode,
+            members,
+            agents: 12,
+            departing: 4,
+            newcomers: cluster::POOL - 12 + 4,
+            faults_for,
+            ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Fault kinds, by the name used in reports.
+pub const KILL: &str = "kill-member";
+pub const PARTITION: &str = "partition";
+pub const LOSSY: &str = "lossy-network";
+pub const PAUSE: &str = "pause-member";
+pub const CLOCK: &str = "clock-step";
+pub const CRASH_AGENT: &str = "crash-agent";
+pub const STALL_AGENT: &str = "stall-agent";
+
+pub struct Report {
+    pub campaign: Campaign,
+    pub faults: BTreeMap<&'static str, usize>,
+    pub operations: usize,
+    pub observations: usize,
+    pub undecided: usize,
+    /// How long after the faults healed every agent held a lease again.
+    pub recovered_in: Option<Duration>,
+    pub violations: Vec<check::Violation>,
+    /// The part of the history around the first violation.
+    pub excerpt: String,
+}
+
+impl Report {
+    pub fn line(&self) -> String {
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "seed {} ({}, {} members): {} operations, {} watch events, faults [{}], recovered in {}, violations: {}{}",
+            self.campaign.seed,
+            self.campaign.mode,
+            self.campaign.members,
+            self.operations,
+            self.observations,
+            faults.join(" "),
+            self.recovered_in
+                .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                .unwrap_or_else(|| "never".into()),
+            self.violations.len(),
+            if self.undecided > 0 {
+                format!(" ({} histories too large to decide)", self.undecided)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentMode {
+    Run,
+    /// Down (state forgotten but the wanted subnet, as in the agent's state file) until then.
+    Crashed(Instant),
+    /// Alive but not renewing until then.
+    Stalled(Instant),
+    /// Gone for good: never renews again.
+    Departed,
+}
+
+struct Agent {
+    name: String,
+    mode: Mutex<AgentMode>,
+    /// The lease the agent believes it holds.
+    held: Mutex<Option<Held>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn short_client(urls: Vec<String>) -> Result<Client> {
+    Ok(Client::with_options(
+        urls,
+        ClientOptions {
+            attempt_timeout: Duration::from_secs(1),
+            retry_for: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(300),
+        },
+    )?)
+}
+
+fn held_of(l: &pb::Lease) -> Option<Held> {
+    Some(Held {
+        subnet: l.subnet.parse().ok()?,
+        create_revision: l.create_revision,
+    })
+}
+
+/// A definite answer, or `None` when the call may or may not have taken effect.
+fn definite(e: &ClientError, call: &Call) -> Option<Ret> {
+    let ClientError::Status(s) = e else {
+        return None;
+    };
+    match (s.code(), call) {
+        (Code::NotFound, Call::Renew { .. } | Call::Release) => Some(Ret::NoLease),
+        (Code::FailedPrecondition, Call::Renew { .. }) => Some(Ret::Mismatch),
+        (Code::ResourceExhausted | Code::InvalidArgument, Call::Acquire { .. }) => {
+            Some(Ret::Refused(s.message().to_string()))
+        }
+        _ => None,
+    }
+}
+
+async fn agent_loop(
+    a: Arc<Agent>,
+    client: Client,
+    h: Arc<History>,
+    ttl: Duration,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut wanted: Option<Ipv4Net> = None;
+    let public_ip = format!("192.0.2.{}", 1 + seed % 250);
+    while !stop.load(Ordering::Relaxed) {
+        let mode = *lock(&a.mode);
+        match mode {
+            AgentMode::Departed => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            AgentMode::Crashed(until) | AgentMode::Stalled(until) if Instant::now() < until => {
+                if matches!(mode, AgentMode::Crashed(_)) {
+                    *lock(&a.held) = None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            AgentMode::Crashed(_) | AgentMode::Stalled(_) => *lock(&a.mode) = AgentMode::Run,
+            AgentMode::Run => {}
+        }
+        let held = *lock(&a.held);
+        let (call, result) = match held {
+            None => {
+                let call = Call::Acquire { wanted };
+                let id = h.invoke(&a.name, call.clone());
+                let req = pb::AcquireRequest {
+                    node: a.name.clone(),
+                    public_ip: public_ip.clone(),
+                    wanted_subnet: wanted.map(|w| w.to_string()).unwrap_or_default(),
+                    ..Default::default()
+                };
+                let r = client
+                    .acquire(req)
+                    .await
+                    .map(|r| r.lease.as_ref().and_then(held_of));
+                (call, (id, r.map(|l| l.map(Ret::Lease))))
+            }
+            Some(_) if rng.random_ratio(1, 40) => {
+                let id = h.invoke(&a.name, Call::Release);
+                let r = client.release(&a.name).await.map(|_| Some(Ret::Released));
+                (Call::Release, (id, r))
+            }
+            Some(l) => {
+                let call = Call::Renew {
+                    create_revision: l.create_revision,
+                };
+                let id = h.invoke(&a.name, call.clone());
+                let r = client
+                    .renew(&a.name, l.create_revision)
+                    .await
+                    .map(|r| r.lease.as_ref().and_then(held_of).map(Ret::Lease));
+                (call, (id, r))
+            }
+        };
+        let (id, r) = result;
+        let outcome = match &r {
+            Ok(Some(ret)) => Outcome::Ok(ret.clone()),
+            Ok(None) => Outcome::Unknown("answer without a lease".into()),
+            Err(e) => match definite(e, &call) {
+                Some(ret) => Outcome::Ok(ret),
+                None => Outcome::Unknown(e.to_string()),
+            },
+        };
+        h.complete(id, outcome.clone());
+        // What the agent believes now.
+        match (&call, &outcome) {
+            (_, Outcome::Ok(Ret::Lease(l))) => {
+                wanted = Some(l.subnet);
+                *lock(&a.held) = Some(*l);
+            }
+            (Call::Release, _) | (_, Outcome::Ok(Ret::NoLease | Ret::Mismatch)) => {
+                *lock(&a.held) = None
+            }
+            _ => {}
+        }
+        let pause = match (&call, &outcome) {
+            (Call::Renew { .. }, Outcome::Ok(Ret::Lease(_))) => ttl / 3,
+            (Call::Acquire { .. }, Outcome::Ok(Ret::Lease(_))) => ttl / 3,
+            _ => Duration::from_millis(200),
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn reader_loop(client: Client, h: Arc<History>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let id = h.invoke("", Call::Read);
+        let outcome = match client.list_leases().await {
+            Ok(r) => Outcome::Ok(Ret::Table(table(&r.leases))),
+            Err(e) => Outcome::Unknown(e.to_string()),
+        };
+        h.complete(id, outcome);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn table(leases: &[pb::Lease]) -> BTreeMap<String, Ipv4Net> {
+    leases
+        .iter()
+        .filter_map(|l| Some((l.node.clone(), l.subnet.parse().ok()?)))
+        .collect()
+}
+
+/// A watcher's current view, for the convergence check.
+#[derive(Default)]
+struct View {
+    revision: u64,
+    leases: BTreeMap<String, Ipv4Net>,
+}
+
+fn seen_of(ev: &pb::LeaseEvent) -> Option<Seen> {
+    let revision = ev.revision;
+    match pb::EventKind::try_from(ev.kind).ok()? {
+        pb::EventKind::Put => {
+            let l = ev.lease.as_ref()?;
+            Some(Seen::Put {
+                revision,
+                node: l.node.clone(),
+                lease: held_of(l)?,
+            })
+        }
+        pb::EventKind::Delete => {
+            let l = ev.lease.as_ref()?;
+            Some(Seen::Delete {
+                revision,
+                node: l.node.clone(),
+                lease: held_of(l)?,
+                expired: ev.reason == "expired",
+            })
+        }
+        pb::EventKind::Config => Some(Seen::Config { revision }),
+        pb::EventKind::Unspecified => None,
+    }
+}
+
+async fn watcher_loop(
+    n: usize,
+    url: String,
+    h: Arc<History>,
+    view: Arc<Mutex<View>>,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(client) = short_client(vec![url]) else {
+        return;
+    };
+    let mut last = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = match client.watch(last).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            // Progress comes every second; silence past that means a dead stream.
+            let msg = match tokio::time::timeout(Duration::from_secs(6), stream.message()).await {
+                Ok(Ok(Some(m))) => m,
+                _ => break,
+            };
+            let seen = match msg.msg {
+                Some(pb::watch_response::Msg::Snapshot(s)) => Some(Seen::Snapshot {
+                    revision: s.revision,
+                    leases: s
+                        .leases
+                        .iter()
+                        .filter_map(|l| Some((l.node.clone(), held_of(l)?)))
+                        .collect(),
+                }),
+                Some(pb::watch_response::Msg::Event(e)) => seen_of(&e),
+                _ => None,
+            };
+            let Some(seen) = seen else { continue };
+            last = seen.revision();
+            {
+                let mut v = lock(&view);
+                v.revision = last;
+                match &seen {
+                    Seen::Snapshot { leases, .. } => {
+                        v.leases = leases.iter().map(|(n, l)| (n.clone(), l.subnet)).collect()
+                    }
+                    Seen::Put { node, lease, .. } => {
+                        v.leases.insert(node.clone(), lease.subnet);
+                    }
+                    Seen::Delete { node, .. } => {
+                        v.leases.remove(node);
+                    }
+                    Seen::Config { .. } => {}
+                }
+            }
+            h.observe(n, seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The fault schedule, run until `until`; returns how many faults of each kind it injected.
+async fn nemesis(
+    c: &mut Controllers,
+    agents: &[Arc<Agent>],
+    h: &History,
+    rng: &mut StdRng,
+    ttl: Duration,
+    until: Instant,
+) -> Result<BTreeMap<&'static str, usize>> {
+    let mut count: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let kinds: &[&'static str] = match c {
+        Controllers::InProcess { .. } => &[KILL, PARTITION, LOSSY, CLOCK, CRASH_AGENT, STALL_AGENT],
+        Controllers::Processes { .. } => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT],
+    };
+    let n = c.len();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        // Most faults hit the leader: that is where they hurt.
+        let leader = c.leader().await;
+        let target = match leader {
+            Some(l) if rng.random_ratio(2, 3) => l,
+            _ => rng.random_range(0..n),
+        };
+        let hold = Duration::from_millis(rng.random_range(800..3000));
+        match kind {
+            KILL => {
+                h.fault(format!(
+                    "{KILL}: member {} (leader {leader:?}) for {hold:?}",
+                    target + 1
+                ));
+                c.kill(target).await;
+                tokio::time::sleep(hold).await;
+                c.restart(target)
+                    .await
+                    .with_context(|| format!("restart member {}", target + 1))?;
+            }
+            PARTITION => {
+                // The target alone, or a whole minority.
+                let mut side = vec![target];
+                let minority = (n - 1) / 2;
+                while side.len() < minority && rng.random_ratio(1, 2) {
+                    let x = rng.random_range(0..n);
+                    if !side.contains(&x) {
+                        side.push(x);
+                    }
+                }
+                h.fault(format!(
+                    "{PARTITION}: members {side:?} (0-based) cut off for {hold:?}"
+                ));
+                c.partition(&side);
+                tokio::time::sleep(hold).await;
+                c.heal_network();
+            }
+            LOSSY => {
+                let per_mille = rng.random_range(50..300);
+                let delay = Duration::from_millis(rng.random_range(0..80));
+                h.fault(format!(
+                    "{LOSSY}: {per_mille}‰ lost, up to {delay:?} delay, for {hold:?}"
+                ));
+                c.degrade(per_mille, delay);
+                tokio::time::sleep(hold).await;
+                c.heal_network();
+            }
+            PAUSE => {
+                // Long enough for the others to elect a new leader.
+                let hold = hold.max(Duration::from_millis(1500));
+                h.fault(format!(
+                    "{PAUSE}: member {} SIGSTOP for {hold:?}",
+                    target + 1
+                ));
+                c.signal_pause(target, true);
+                tokio::time::sleep(hold).await;
+                c.signal_pause(target, false);
+            }
+            CLOCK => {
+                let ms: i64 = if rng.random_ratio(3, 4) {
+                    rng.random_range(5_000..120_000)
+                } else {
+                    -rng.random_range(5_000..60_000)
+                };
+                h.fault(format!(
+                    "{CLOCK}: member {} wall clock {ms:+} ms",
+                    target + 1
+                ));
+                c.step_clock(target, ms);
+            }
+            CRASH_AGENT | STALL_AGENT => {
+                let a = &agents[rng.random_range(0..agents.len())];
+                let mut mode = lock(&a.mode);
+                if *mode != AgentMode::Run {
+                    continue;
+                }
+                if kind == CRASH_AGENT {
+                    let down = Duration::from_millis(rng.random_range(200..2000));
+                    h.fault(format!("{CRASH_AGENT}: {} down for {down:?}", a.name));
+                    *mode = AgentMode::Crashed(Instant::now() + down);
+                } else {
+                    // Past the TTL, so the lease expires and the agent must notice.
+                    let quiet = ttl + Duration::from_millis(rng.random_range(500..2500));
+                    h.fault(format!("{STALL_AGENT}: {} silent for {quiet:?}", a.name));
+                    *mode = AgentMode::Stalled(Instant::now() + quiet);
+                }
+            }
+            _ => continue,
+        }
+        *count.entry(kind).or_default() += 1;
+    }
+    Ok(count)
+}
+
+/// Runs one campaign and checks its history.
+pub async fn run(campaign: &Campaign) -> Result<Report> {
+    let mut rng = StdRng::seed_from_u64(campaign.seed);
+    let mut controllers =
+        Controllers::start(campaign.mode, campaign.members, campaign.ttl, campaign.seed).await?;
+    let urls = controllers.urls();
+    let h = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    let spawn_agent = |name: String, seed: u64, tasks: &mut Vec<tokio::task::JoinHandle<()>>| {
+        let a = Arc::new(Agent {
+            name,
+            mode: Mutex::new(AgentMode::Run),
+            held: Mutex::new(None),
+        });
+        let client = short_client(urls.clone())?;
+        tasks.push(tokio::spawn(agent_loop(
+            a.clone(),
+            client,
+            h.clone(),
+            campaign.ttl,
+            seed,
+            stop.clone(),
+        )));
+        anyhow::Ok(a)
+    };
+    let mut agents = Vec::new();
+    for i in 0..campaign.agents {
+        agents.push(spawn_agent(
+            format!("node-{i}"),
+            campaign.seed.wrapping_mul(1000) + i as u64,
+            &mut tasks,
+        )?);
+    }
+    tasks.push(tokio::spawn(reader_loop(
+        short_client(urls.clone())?,
+        h.clone(),
+        stop.clone(),
+    )));
+    let mut views = Vec::new();
+    for (n, u) in urls.iter().enumerate() {
+        let v = Arc::new(Mutex::new(View::default()));
+        views.push(v.clone());
+        tasks.push(tokio::spawn(watcher_loop(
+            n,
+            u.clone(),
+            h.clone(),
+            v,
+            stop.clone(),
+        )));
+    }
+
+    let until = Instant::now() + campaign.faults_for;
+    let faults = nemesis(&mut controllers, &agents, &h, &mut rng, campaign.ttl, until).await;
+    let mut runtime_violations = Vec::new();
+    let outcome = match faults {
+        Ok(faults) => {
+            let r = heal_and_verify(
+                campaign,
+                &controllers,
+                &agents,
+                &h,
+                &views,
+                &mut rng,
+                &mut runtime_violations,
+                |name, seed| spawn_agent(name, seed, &mut tasks),
+            )
+            .await;
+            r.map(|recovered| (faults, recovered))
+        }
+        Err(e) => Err(e),
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    controllers.shutdown().await;
+    let (faults, recovered_in) = outcome?;
+
+    let ops = h.ops();
+    let observed = h.observations();
+    let mut violations = runtime_violations;
+    let ttl_us = campaign.ttl.as_micros() as Micros;
+    check::reads_and_watchers(&ops, &observed, &mut violations);
+    check::deadlines(&ops, &observed, ttl_us, 50_000, &mut violations);
+    let (_, undecided) = check::linearizable(&ops, &observed, 2_000_000, &mut violations);
+    violations.sort_by_key(|v| v.at);
+    let excerpt = violations
+        .first()
+        .map(|v| excerpt(&h, v))
+        .unwrap_or_default();
+    Ok(Report {
+        campaign: campaign.clone(),
+        faults,
+        operations: ops.len(),
+        observations: observed.len(),
+        undecided,
+        recovered_in,
+        violations,
+        excerpt,
+    })
+}
+
+/// Heals every fault, lets `departing` agents go and `newcomers` come, and checks (f): every
+/// agent that wants a lease gets one within a bound, freed subnets are handed out again, and
+/// (d) every watcher's view converges to the leader's state.
+#[allow(clippy::too_many_arguments)]
+async fn heal_and_verify(
+    campaign: &Campaign,
+    controllers: &Controllers,
+    agents: &[Arc<Agent>],
+    h: &History,
+    views: &[Arc<Mutex<View>>],
+    rng: &mut StdRng,
+    out: &mut Vec<check::Violation>,
+    mut spawn_agent: impl FnMut(String, u64) -> Result<Arc<Agent>>,
+) -> Result<Option<Duration>> {
+    controllers.heal_network();
+    for a in agents {
+        let mut m = lock(&a.mode);
+        if *m != AgentMode::Departed {
+            *m = AgentMode::Run;
+        }
+    }
+    h.fault("healed: network whole, every agent running".into());
+    let healed = Instant::now();
+    let mut leaving: BTreeSet<String> = BTreeSet::new();
+    while leaving.len() < campaign.departing.min(agents.len()) {
+        let a = &agents[rng.random_range(0..agents.len())];
+        if leaving.insert(a.name.clone()) {
+            *lock(&a.mode) = AgentMode::Departed;
+        }
+    }
+    h.fault(format!("departed: {leaving:?}"));
+    let mut everyone: Vec<Arc<Agent>> = agents.to_vec();
+    for i in 0..campaign.newcomers {
+        everyone.push(spawn_agent(
+            format!("late-{i}"),
+            campaign.seed.wrapping_mul(7919) + i as u64,
+        )?);
+    }
+    let client = short_client(controllers.urls())?;
+    // Every departed lease must expire (TTL, plus a new leader's grace) and be handed out.
+    let bound = campaign.ttl * 3 + Duration::from_secs(25);
+    let wanted: BTreeSet<String> = everyone
+        .iter()
+        .map(|a| a.name.clone())
+        .filter(|n| !leaving.contains(n))
+        .collect();
+    let departed_subnets: BTreeSet<Ipv4Net> = {
+        let r = client.list_leases().await.ok();
+        r.map(|r| {
+            table(&r.leases)
+                .into_iter()
+                .filter(|(n, _)| leaving.contains(n))
+                .map(|(_, s)| s)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let mut recovered = None;
+    let mut last_table = BTreeMap::new();
+    while healed.elapsed() < bound {
+        if let Ok(r) = client.list_leases().await {
+            last_table = table(&r.leases);
+            let holders: BTreeSet<String> = last_table.keys().cloned().collect();
+            if holders == wanted {
+                recovered = Some(healed.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if recovered.is_none() {
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !last_table.contains_key(*n))
+            .collect();
+        let extra: Vec<&String> = last_table.keys().filter(|n| !wanted.contains(*n)).collect();
+        out.push(check::Violation {
+            check: "liveness",
+            at: h.now(),
+            node: String::new(),
+            detail: format!(
+                "{bound:?} after healing: without a lease {missing:?}, still holding after leaving {extra:?}"
+            ),
+        });
+    } else if !departed_subnets.is_empty()
+        && !last_table.values().any(|s| departed_subnets.contains(s))
+    {
+        out.push(check::Violation {
+            check: "reuse",
+            at: h.now(),
+            node: String::new(),
+            detail: format!(
+                "the pool is full, yet none of the subnets freed by expiry ({departed_subnets:?}) was handed out again"
+            ),
+        });
+    }
+
+    // (d) Each watcher's view equals a linearizable read at the same revision.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut pending: BTreeSet<usize> = (0..views.len()).collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let Ok(r) = client.list_leases().await else {
+            continue;
+        };
+        let truth = table(&r.leases);
+        let settle = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < settle && !pending.is_empty() {
+            pending.retain(|w| {
+                let v = lock(&views[*w]);
+                !(v.revision == r.revision && v.leases == truth)
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for w in pending {
+        let v = lock(&views[w]);
+        out.push(check::Violation {
+            check: "watch-converge",
+            at: h.now(),
+            node: String::new(),
+            detail: format!(
+                "watcher of member {} never matched a read of the leader: it is at revision {} with {} leases",
+                w + 1,
+                v.revision,
+                v.leases.len()
+            ),
+        });
+    }
+    Ok(recovered)
+}
+
+/// The history around a violation: that node's operations, watcher events and the faults,
+/// three seconds either side.
+fn excerpt(h: &History, v: &check::Violation) -> String {
+    let from = v.at.saturating_sub(3_000_000);
+    let to = v.at + 3_000_000;
+    let mut lines: Vec<(Micros, String)> = Vec::new();
+    for (at, f) in h.faults() {
+        if at >= from && at <= to {
+            lines.push((at, format!("{} FAULT {f}", secs(at))));
+        }
+    }
+    for op in h.ops() {
+        let relevant = v.node.is_empty() || op.node == v.node || op.call == Call::Read;
+        if relevant && op.invoke >= from && op.invoke <= to {
+            let outcome = match &op.outcome {
+                Some(Outcome::Ok(Ret::Table(t))) => match t.get(&v.node) {
+                    Some(s) if !v.node.is_empty() => format!("table with {} → {s}", v.node),
+                    _ if !v.node.is_empty() => format!("table without {}", v.node),
+                    _ => format!("table of {}", t.len()),
+                },
+                other => format!("{other:?}"),
+            };
+            lines.push((
+                op.invoke,
+                format!(
+                    "{} .. {} {} {:?} → {outcome}",
+                    secs(op.invoke),
+                    op.complete.map(secs).unwrap_or_else(|| "?".into()),
+                    if op.node.is_empty() {
+                        "reader"
+                    } else {
+                        &op.node
+                    },
+                    op.call
+                ),
+            ));
+        }
+    }
+    for o in h.observations() {
+        let about = match &o.seen {
+            Seen::Put { node, .. } | Seen::Delete { node, .. } => node == &v.node,
+            _ => false,
+        };
+        if about && o.at >= from && o.at <= to {
+            lines.push((
+                o.at,
+                format!("{} watcher {} {:?}", secs(o.at), o.watcher, o.seen),
+            ));
+        }
+    }
+    lines.sort_by_key(|l| l.0);
+    lines
+        .into_iter()
+        .map(|l| l.1)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,179 @@
+//! Long chaos campaigns: one run per seed, alternating modes and cluster sizes, every history
+//! checked. Ends with a summary line; exits 1 if any run found a violation.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use twill_tests::chaos::{self, Campaign, Mode};
+
+const HELP: &str = "twill-chaos: chaos campaigns against a twill controller cluster
+
+Each run starts a controller cluster (members in this process, or `twill controller`
+processes), 12 simulated agents, a reader and a watcher per member; injects faults on a
+schedule drawn from the seed; heals; lets 4 agents leave and 8 join; then checks the history:
+no overlapping leases, no acknowledged lease lost, no lease expired before its holder's
+deadline, watch streams in order and converged, each node's lease history linearizable,
+every agent leased again and freed subnets reused.
+
+Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S] [--mode in-process|processes|both]
+                   [--members 3|5|both] [--faults-for SECONDS]
+
+  --seeds N          runs to do (default 10)
+  --minutes M        stop starting runs after M minutes (default: no limit)
+  --first-seed S     seed of the first run (default 1); run i uses S+i
+  --mode             where members run (default both: alternate)
+  --members          cluster size (default both: alternate 3 and 5)
+  --faults-for SECS  how long each run injects faults (default 30)
+
+A failing run prints its seed, its violations and the history around the first one; rerun it
+with --first-seed SEED --seeds 1 and the same --mode/--members. The seed fixes the fault
+schedule and the clients' choices, not thread timing, so a rerun repeats the faults but may
+not repeat the failure.";
+
+struct Args {
+    seeds: u64,
+    minutes: Option<f64>,
+    first: u64,
+    modes: Vec<Mode>,
+    sizes: Vec<usize>,
+    faults_for: Duration,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        seeds: 10,
+        minutes: None,
+        first: 1,
+        modes: vec![Mode::InProcess, Mode::Processes],
+        sizes: vec![3, 5],
+        faults_for: Duration::from_secs(30),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{HELP}");
+            std::process::exit(0);
+        }
+        let Some(v) = it.next() else {
+            bail!("{flag} needs a value (see --help)");
+        };
+        let num = |v: &str| -> Result<u64> {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{flag}: {v:?} is not a whole number"))
+        };
+        match flag.as_str() {
+            "--seeds" => a.seeds = num(&v)?,
+            "--first-seed" => a.first = num(&v)?,
+            "--faults-for" => a.faults_for = Duration::from_secs(num(&v)?),
+            "--minutes" => {
+                a.minutes = Some(
+                    v.parse()
+                        .map_err(|_| anyhow::anyhow!("--minutes: {v:?} is not a number"))?,
+                )
+            }
+            "--mode" => {
+                a.modes = match v.as_str() {
+                    "in-process" => vec![Mode::InProcess],
+                    "processes" => vec![Mode::Processes],
+                    "both" => vec![Mode::InProcess, Mode::Processes],
+                    _ => bail!("--mode: {v:?} is not in-process, processes or both"),
+                }
+            }
+            "--members" => {
+                a.sizes = match v.as_str() {
+                    "3" => vec![3],
+                    "5" => vec![5],
+                    "both" => vec![3, 5],
+                    _ => bail!("--members: {v:?} is not 3, 5 or both"),
+                }
+            }
+            _ => bail!("unknown flag {flag} (see --help)"),
+        }
+    }
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("twill-chaos: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twill-chaos: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(rt.block_on(campaigns(args)));
+}
+
+async fn campaigns(a: Args) -> i32 {
+    let started = Instant::now();
+    let mut runs = 0;
+    let mut ops = 0;
+    let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut violations = 0;
+    let mut failed_seeds = Vec::new();
+    for i in 0..a.seeds {
+        if let Some(m) = a.minutes {
+            if started.elapsed().as_secs_f64() > m * 60.0 {
+                break;
+            }
+        }
+        let seed = a.first + i;
+        let mode = a.modes[i as usize % a.modes.len()];
+        let members = a.sizes[(i as usize / a.modes.len()) % a.sizes.len()];
+        let c = Campaign::new(seed, mode, members, a.faults_for);
+        let r = match chaos::run(&c).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("seed {seed} ({mode}, {members} members): the run itself failed: {e:#}");
+                failed_seeds.push(seed);
+                runs += 1;
+                continue;
+            }
+        };
+        runs += 1;
+        ops += r.operations;
+        for (k, v) in &r.faults {
+            *faults.entry(k).or_default() += v;
+        }
+        println!("{}", r.line());
+        if !r.violations.is_empty() {
+            violations += r.violations.len();
+            failed_seeds.push(seed);
+            for v in &r.violations {
+                println!("  {v}");
+            }
+            println!("  --- history around the first violation (seed {seed}) ---");
+            for l in r.excerpt.lines() {
+                println!("  {l}");
+            }
+        }
+    }
+    let by_kind: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let total: usize = faults.values().sum();
+    println!(
+        "runs: {runs}, faults injected: {total} ({}), operations checked: {ops}, violations: {violations}{}, in {:.1} min",
+        by_kind.join(" "),
+        if failed_seeds.is_empty() {
+            String::new()
+        } else {
+            format!(" (failing seeds: {failed_seeds:?})")
+        },
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if violations > 0 || !failed_seeds.is_empty() {
+        1
+    } else {
+        0
+    }
+}

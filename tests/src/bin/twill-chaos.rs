@@ -16,13 +16,16 @@ no overlapping leases, no acknowledged lease lost, no lease expired before its h
 deadline, watch streams in order and converged, each node's lease history linearizable,
 every agent leased again and freed subnets reused.
 
-Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S] [--mode in-process|processes|both]
-                   [--members 3|5|both] [--faults-for SECONDS]
+Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
+                   [--mode in-process|processes|both|agents] [--members 3|5|both]
+                   [--faults-for SECONDS]
 
   --seeds N          runs to do (default 10)
   --minutes M        stop starting runs after M minutes (default: no limit)
   --first-seed S     seed of the first run (default 1); run i uses S+i
-  --mode             where members run (default both: alternate)
+  --mode             where members run (default both: alternate); `agents` runs real
+                     `twill agent` processes in network namespaces against one controller
+                     process instead (needs root)
   --members          cluster size (default both: alternate 3 and 5)
   --faults-for SECS  how long each run injects faults (default 30)
 
@@ -36,6 +39,7 @@ struct Args {
     minutes: Option<f64>,
     first: u64,
     modes: Vec<Mode>,
+    agents: bool,
     sizes: Vec<usize>,
     faults_for: Duration,
 }
@@ -46,6 +50,7 @@ fn parse() -> Result<Args> {
         minutes: None,
         first: 1,
         modes: vec![Mode::InProcess, Mode::Processes],
+        agents: false,
         sizes: vec![3, 5],
         faults_for: Duration::from_secs(30),
     };
@@ -77,7 +82,11 @@ fn parse() -> Result<Args> {
                     "in-process" => vec![Mode::InProcess],
                     "processes" => vec![Mode::Processes],
                     "both" => vec![Mode::InProcess, Mode::Processes],
-                    _ => bail!("--mode: {v:?} is not in-process, processes or both"),
+                    "agents" => {
+                        a.agents = true;
+                        vec![Mode::Processes]
+                    }
+                    _ => bail!("--mode: {v:?} is not in-process, processes, both or agents"),
                 }
             }
             "--members" => {
@@ -105,7 +114,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("twill-chaos: cannot start the runtime: {e}");
@@ -131,11 +143,22 @@ async fn campaigns(a: Args) -> i32 {
         let seed = a.first + i;
         let mode = a.modes[i as usize % a.modes.len()];
         let members = a.sizes[(i as usize / a.modes.len()) % a.sizes.len()];
-        let c = Campaign::new(seed, mode, members, a.faults_for);
-        let r = match chaos::run(&c).await {
+        let r = if a.agents {
+            let faults_for = a.faults_for;
+            tokio::task::spawn_blocking(move || {
+                let bin = twill_tests::twill_binary()?;
+                chaos::agents::run(seed, 3, faults_for, &bin)
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+        } else {
+            chaos::run(&Campaign::new(seed, mode, members, a.faults_for)).await
+        };
+        let r = match r {
             Ok(r) => r,
             Err(e) => {
-                println!("seed {seed} ({mode}, {members} members): the run itself failed: {e:#}");
+                println!("seed {seed}: the run itself failed: {e:#}");
                 failed_seeds.push(seed);
                 runs += 1;
                 continue;
@@ -146,17 +169,10 @@ async fn campaigns(a: Args) -> i32 {
         for (k, v) in &r.faults {
             *faults.entry(k).or_default() += v;
         }
-        println!("{}", r.line());
+        r.print();
         if !r.violations.is_empty() {
             violations += r.violations.len();
             failed_seeds.push(seed);
-            for v in &r.violations {
-                println!("  {v}");
-            }
-            println!("  --- history around the first violation (seed {seed}) ---");
-            for l in r.excerpt.lines() {
-                println!("  {l}");
-            }
         }
     }
     let by_kind: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();

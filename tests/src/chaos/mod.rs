@@ -9,6 +9,7 @@
 //! interleaving of threads, so a rerun of a failing seed repeats its faults, not always its
 //! failure.
 
+pub mod agents;
 pub mod check;
 pub mod cluster;
 pub mod history;
@@ -70,7 +71,9 @@ pub const CRASH_AGENT: &str = "crash-agent";
 pub const STALL_AGENT: &str = "stall-agent";
 
 pub struct Report {
-    pub campaign: Campaign,
+    pub seed: u64,
+    /// Where the run ran, e.g. "in-process, 3 members".
+    pub setting: String,
     pub faults: BTreeMap<&'static str, usize>,
     pub operations: usize,
     pub observations: usize,
@@ -90,10 +93,9 @@ impl Report {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "seed {} ({}, {} members): {} operations, {} watch events, faults [{}], recovered in {}, violations: {}{}",
-            self.campaign.seed,
-            self.campaign.mode,
-            self.campaign.members,
+            "seed {} ({}): {} operations, {} watch events, faults [{}], recovered in {}, violations: {}{}",
+            self.seed,
+            self.setting,
             self.operations,
             self.observations,
             faults.join(" "),
@@ -107,6 +109,23 @@ impl Report {
                 String::new()
             }
         )
+    }
+
+    /// Prints the report and, if anything was violated, the history around the first one.
+    pub fn print(&self) {
+        println!("{}", self.line());
+        for v in &self.violations {
+            println!("  {v}");
+        }
+        if !self.violations.is_empty() {
+            println!(
+                "  --- history around the first violation (seed {}) ---",
+                self.seed
+            );
+            for l in self.excerpt.lines() {
+                println!("  {l}");
+            }
+        }
     }
 }
 
@@ -132,7 +151,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn short_client(urls: Vec<String>) -> Result<Client> {
+pub(crate) fn short_client(urls: Vec<String>) -> Result<Client> {
     Ok(Client::with_options(
         urls,
         ClientOptions {
@@ -258,7 +277,7 @@ async fn agent_loop(
     }
 }
 
-async fn reader_loop(client: Client, h: Arc<History>, stop: Arc<AtomicBool>) {
+pub(crate) async fn reader_loop(client: Client, h: Arc<History>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let id = h.invoke("", Call::Read);
         let outcome = match client.list_leases().await {
@@ -279,7 +298,7 @@ fn table(leases: &[pb::Lease]) -> BTreeMap<String, Ipv4Net> {
 
 /// A watcher's current view, for the convergence check.
 #[derive(Default)]
-struct View {
+pub(crate) struct View {
     revision: u64,
     leases: BTreeMap<String, Ipv4Net>,
 }
@@ -309,7 +328,7 @@ fn seen_of(ev: &pb::LeaseEvent) -> Option<Seen> {
     }
 }
 
-async fn watcher_loop(
+pub(crate) async fn watcher_loop(
     n: usize,
     url: String,
     h: Arc<History>,
@@ -577,7 +596,8 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
         .map(|v| excerpt(&h, v))
         .unwrap_or_default();
     Ok(Report {
-        campaign: campaign.clone(),
+        seed: campaign.seed,
+        setting: format!("{}, {} members", campaign.mode, campaign.members),
         faults,
         operations: ops.len(),
         observations: observed.len(),
@@ -721,7 +741,7 @@ async fn heal_and_verify(
 
 /// The history around a violation: that node's operations, watcher events and the faults,
 /// three seconds either side.
-fn excerpt(h: &History, v: &check::Violation) -> String {
+pub(crate) fn excerpt(h: &History, v: &check::Violation) -> String {
     let from = v.at.saturating_sub(3_000_000);
     let to = v.at + 3_000_000;
     let mut lines: Vec<(Micros, String)> = Vec::new();

@@ -114,8 +114,16 @@ impl Report {
     /// Prints the report and, if anything was violated, the history around the first one.
     pub fn print(&self) {
         println!("{}", self.line());
-        for v in &self.violations {
+        // The first few tell the story; the rest are counted by checker.
+        for v in self.violations.iter().take(12) {
             println!("  {v}");
+        }
+        if self.violations.len() > 12 {
+            let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+            for v in &self.violations {
+                *by.entry(v.check).or_default() += 1;
+            }
+            println!("  ... {} in all, by checker: {by:?}", self.violations.len());
         }
         if !self.violations.is_empty() {
             println!(

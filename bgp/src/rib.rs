@@ -90,6 +90,12 @@ impl Rib {
         self.peers[p].asn == self.local_as
     }
 
+    /// The pseudo-peer our own prefixes come from: our AS and our router id (no real peer may
+    /// use our router id; its OPEN is refused).
+    fn local(&self, p: PeerId) -> bool {
+        self.ibgp(p) && self.peers[p].router_id == self.router_id
+    }
+
     fn is_reflector(&self) -> bool {
         self.peers.iter().any(|p| p.rr_client)
     }
@@ -244,7 +250,7 @@ impl Rib {
         if path.peer == to {
             return None;
         }
-        let from_ibgp = self.ibgp(path.peer);
+        let from_ibgp = self.ibgp(path.peer) && !self.local(path.peer);
         let mut a = (*path.attrs).clone();
         if !self.ibgp(to) {
             let mut segs = a.as_path.take().unwrap_or_default();
@@ -281,7 +287,8 @@ impl Rib {
             a.cluster_list.insert(0, self.our_cluster());
             return Some((path.next_hop, a));
         }
-        // eBGP-learned to iBGP: next hop unchanged, LOCAL_PREF set.
+        // Our own or eBGP-learned, to iBGP: next hop unchanged, LOCAL_PREF set, nothing of
+        // reflection.
         a.local_pref.get_or_insert(100);
         Some((path.next_hop, a))
     }
@@ -327,6 +334,26 @@ mod tests {
 
     fn rib(peers: Vec<Peer>) -> Rib {
         Rib::new(64512, "192.0.2.100".parse().unwrap(), None, peers)
+    }
+
+    /// Regression: our own prefixes counted as iBGP-learned, so a plain iBGP peer never got
+    /// them (split horizon) and RR clients got them marked as reflected.
+    #[test]
+    fn own_prefixes_go_to_every_ibgp_peer_unreflected() {
+        let mut me = peer(100, 64512, false);
+        me.router_id = "192.0.2.100".parse().unwrap();
+        let mut r = rib(vec![peer(1, 64512, false), peer(2, 64512, true), me]);
+        r.cluster_id = Some("192.0.2.100".parse().unwrap());
+        let x = p("10.244.9.0/24");
+        r.announce(2, x, nh(100), attrs(&[], |a| a.local_pref = Some(100)))
+            .unwrap();
+        let path = r.best(&x).unwrap().clone();
+        for to in [0, 1] {
+            let (hop, a) = r.export(&path, to, nh(100)).expect("exported to iBGP peer");
+            assert_eq!(hop, nh(100));
+            assert_eq!(a.originator_id, None, "own prefix marked as reflected");
+            assert!(a.cluster_list.is_empty(), "own prefix given a CLUSTER_LIST");
+        }
     }
 
     #[test]

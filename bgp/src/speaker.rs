@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::attribute::{Attributes, MpReach, MpUnreach};
@@ -36,6 +37,9 @@ pub struct SpeakerConfig {
     pub peers: Vec<PeerConfig>,
     /// Prefixes this node originates.
     pub originate: Vec<IpNet>,
+    /// Where to accept sessions that peers open (normally port 179); without it the speaker
+    /// only connects out, and passive peers never come up.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The peer id under which our own prefixes sit in the RIB (never a session).
@@ -85,13 +89,70 @@ fn withdrawal(prefix: IpNet) -> Update {
     }
 }
 
-/// Starts the session to peer `i` after `delay`; returns its reports.
+/// Binds the listening socket, with each peer's TCP-MD5 key on it (a signed peer's SYN is
+/// refused without the key), and forwards every accepted connection from a configured peer.
+async fn listen(
+    addr: SocketAddr,
+    peers: &[PeerConfig],
+    accepted: mpsc::Sender<(PeerId, TcpStream)>,
+) -> std::io::Result<()> {
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    for p in peers {
+        if let Some(key) = &p.md5_password {
+            crate::md5::set_key(&sock, p.peer.addr, key.as_bytes())?;
+        }
+    }
+    sock.bind(addr)?;
+    let listener = sock.listen(64)?;
+    let by_addr: BTreeMap<IpAddr, PeerId> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.peer.addr, i))
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "BGP listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // A v4 peer reaching a v6 socket shows up as ::ffff:a.b.c.d.
+            let ip = match from.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(from.ip()),
+                v4 => v4,
+            };
+            match by_addr.get(&ip) {
+                Some(i) => {
+                    let _ = stream.set_nodelay(true);
+                    if accepted.send((*i, stream)).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    tracing::warn!(%from, "BGP connection from an address that is not a configured peer; closed")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Starts the session to peer `i` after `delay`, on `incoming` if the peer opened it; returns
+/// its reports and the task, to abort when a collision is resolved against it.
 fn spawn_session(
     cfg: &SpeakerConfig,
     i: PeerId,
     delay: Duration,
+    incoming: Option<TcpStream>,
     senders: &mut BTreeMap<PeerId, mpsc::Sender<Update>>,
-) -> mpsc::Receiver<Report> {
+) -> (mpsc::Receiver<Report>, tokio::task::JoinHandle<()>) {
     let pc = cfg.peers[i].clone();
     let session = Config {
         local_as: cfg.local_as,
@@ -99,7 +160,8 @@ fn spawn_session(
         router_id: cfg.router_id,
         hold_time: pc.hold_time,
         connect_retry: 2,
-        passive: pc.passive,
+        // A session on a connection the peer opened must not also connect out.
+        passive: pc.passive || incoming.is_some(),
         capabilities: vec![
             Capability::Multiprotocol {
                 afi: crate::open::AFI_IPV4,
@@ -117,11 +179,11 @@ fn spawn_session(
     senders.insert(i, tx);
     let (rtx, reports) = mpsc::channel::<Report>(1024);
     let addr = SocketAddr::new(pc.peer.addr, 179);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        driver::run(session, addr, None, rx, rtx).await;
+        driver::run(session, addr, incoming, rx, rtx).await;
     });
-    reports
+    (reports, task)
 }
 
 /// Runs the speaker until `stop` closes. `changes` receives every change of best path (for
@@ -152,27 +214,71 @@ pub async fn run(cfg: SpeakerConfig, changes: mpsc::Sender<Change>, mut stop: mp
     let mut up: BTreeSet<PeerId> = BTreeSet::new();
     let mut sent: BTreeMap<PeerId, BTreeSet<IpNet>> = BTreeMap::new();
 
+    // The session task of each peer that has one (passive peers have none until they call).
+    let mut sessions: BTreeMap<PeerId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+
     // Session reports are tagged with their peer id by small forwarding tasks.
-    let forward =
-        |i: PeerId, delay: Duration, senders: &mut BTreeMap<PeerId, mpsc::Sender<Update>>| {
-            let mut rx = spawn_session(&cfg, i, delay, senders);
-            let tx = reports_tx.clone();
-            tokio::spawn(async move {
-                while let Some(r) = rx.recv().await {
-                    if tx.send((i, r)).await.is_err() {
-                        break;
-                    }
+    let forward = |i: PeerId,
+                   delay: Duration,
+                   incoming: Option<TcpStream>,
+                   senders: &mut BTreeMap<PeerId, mpsc::Sender<Update>>,
+                   sessions: &mut BTreeMap<PeerId, tokio::task::JoinHandle<()>>| {
+        let (mut rx, task) = spawn_session(&cfg, i, delay, incoming, senders);
+        if let Some(old) = sessions.insert(i, task) {
+            old.abort();
+        }
+        let tx = reports_tx.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if tx.send((i, r)).await.is_err() {
+                    break;
                 }
-            });
-        };
+            }
+        });
+    };
     for i in 0..cfg.peers.len() {
-        forward(i, Duration::ZERO, &mut senders);
+        if !cfg.peers[i].passive {
+            forward(i, Duration::ZERO, None, &mut senders, &mut sessions);
+        }
+    }
+    let (accepted_tx, mut accepted) = mpsc::channel::<(PeerId, TcpStream)>(16);
+    if let Some(addr) = cfg.listen {
+        match listen(addr, &cfg.peers, accepted_tx).await {
+            Ok(()) => tracing::info!(%addr, "accepting BGP sessions"),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for BGP sessions; only connecting out")
+            }
+        }
     }
 
     loop {
         let (i, report) = tokio::select! {
             r = reports.recv() => match r { Some(r) => r, None => return },
-            _ = stop.recv() => return,
+            Some((i, stream)) = accepted.recv() => {
+                let pc = &cfg.peers[i];
+                // One session per peer (RFC 4271 §6.8): an established one stays; while ours
+                // is still connecting, the connection opened by the higher router id wins.
+                let take = if up.contains(&i) {
+                    false
+                } else if pc.passive || !sessions.contains_key(&i) {
+                    true
+                } else {
+                    pc.peer.router_id > cfg.router_id
+                };
+                if take {
+                    tracing::info!(peer = %pc.peer.addr, "BGP session opened by the peer");
+                    forward(i, Duration::ZERO, Some(stream), &mut senders, &mut sessions);
+                } else {
+                    tracing::info!(peer = %pc.peer.addr, "BGP connection from the peer closed: a session already exists");
+                }
+                continue;
+            }
+            _ = stop.recv() => {
+                for t in sessions.values() {
+                    t.abort();
+                }
+                return;
+            }
         };
         let mut changed: Vec<Change> = Vec::new();
         match report {
@@ -229,11 +335,16 @@ pub async fn run(cfg: SpeakerConfig, changes: mpsc::Sender<Change>, mut stop: mp
                 }
             }
             Report::Down(why) => {
-                tracing::warn!(peer = %cfg.peers[i].peer.addr, %why, "BGP session down; retrying");
                 up.remove(&i);
                 sent.remove(&i);
                 changed.extend(rib.peer_down(i));
-                forward(i, Duration::from_secs(2), &mut senders);
+                if cfg.peers[i].passive {
+                    tracing::warn!(peer = %cfg.peers[i].peer.addr, %why, "BGP session down; waiting for the peer to connect again");
+                    sessions.remove(&i);
+                } else {
+                    tracing::warn!(peer = %cfg.peers[i].peer.addr, %why, "BGP session down; retrying");
+                    forward(i, Duration::from_secs(2), None, &mut senders, &mut sessions);
+                }
             }
         }
         for c in changed {

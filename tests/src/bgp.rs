@@ -228,3 +228,31 @@ impl Drop for Lan {
         }
     }
 }
+
+/// A BIRD configuration for host `.host`: router id, its connected network, a static
+/// 10.244.<host>.0/24 to announce, and one BGP protocol `to_twill` with `session` inside.
+pub fn bird_conf(host: u8, session: &str) -> String {
+    format!(
+        "router id 192.0.2.{host};\nprotocol device {{}}\nprotocol direct {{ ipv4; interface \"eth0\"; }}\nprotocol static pods {{ ipv4; route 10.244.{host}.0/24 blackhole; }}\nprotocol bgp to_twill {{\n{session}}}\n"
+    )
+}
+
+/// `birdc show route all <prefix>` through `sock`, polled for up to 5 s until it contains `want`;
+/// the last output either way.
+pub fn birdc_route(sock: &std::path::Path, prefix: &str, want: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(sock)
+            .args(["show", "route", "all", prefix])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if out.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out
+}

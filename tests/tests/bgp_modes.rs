@@ -2,13 +2,12 @@
 //! next hop self), and twill as a client of an FRR route reflector learning a BIRD client's
 //! prefix with the reflector's attributes. Needs root, bird2 and frr.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use twill_bgp::rib::{Change, Peer};
 use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
-use twill_tests::bgp::Lan;
+use twill_tests::bgp::{bird_conf, birdc_route, Lan};
 use twill_tests::netns::{in_netns, root_or_skip};
 
 fn peer(last: u8, asn: u32) -> PeerConfig {
@@ -68,16 +67,10 @@ fn ebgp_with_bird() {
     let sock = lan
         .start_bird(
             2,
-            r#"router id 192.0.2.2;
-protocol device {}
-protocol direct { ipv4; interface "eth0"; }
-protocol static pods { ipv4; route 10.244.2.0/24 blackhole; }
-protocol bgp to_twill {
-  local 192.0.2.2 as 64602;
-  neighbor 192.0.2.1 as 64601;
-  ipv4 { import all; export where source = RTS_STATIC; };
-}
-"#,
+            &bird_conf(
+                2,
+                "  local 192.0.2.2 as 64602;\n  neighbor 192.0.2.1 as 64601;\n  ipv4 { import all; export where source = RTS_STATIC; };\n",
+            ),
         )
         .expect("bird");
     let cfg = SpeakerConfig {
@@ -87,31 +80,15 @@ protocol bgp to_twill {
         local_address: "192.0.2.1".parse().expect("addr"),
         peers: vec![peer(2, 64602)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        listen: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(
         &lan,
         cfg,
         move |s| s.iter().any(|(p, _)| *p == want),
-        move || {
-            // BIRD takes a moment to accept and show our prefix.
-            let mut out = String::new();
-            for _ in 0..50 {
-                let o = Command::new("birdc")
-                    .arg("-s")
-                    .arg(&sock)
-                    .args(["show", "route", "all", "10.244.1.0/24"])
-                    .output();
-                out = o
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                if out.contains("BGP.as_path") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            out
-        },
+        // BIRD takes a moment to accept and show our prefix.
+        move || birdc_route(&sock, "10.244.1.0/24", "BGP.as_path"),
     );
     let path = seen
         .iter()
@@ -167,6 +144,7 @@ protocol bgp to_reflector {
         local_address: "192.0.2.1".parse().expect("addr"),
         peers: vec![peer(3, 64512)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        listen: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, ()) = run_speaker(&lan, cfg, move |s| s.iter().any(|(p, _)| *p == want), || ());
@@ -189,5 +167,52 @@ protocol bgp to_reflector {
         path.next_hop,
         std::net::IpAddr::from([192, 0, 2, 2]),
         "reflection keeps BIRD's next hop"
+    );
+}
+
+/// twill waits for the peer (passive, listening on port 179 with the peer's TCP-MD5 key on the
+/// listening socket); BIRD connects with the same key; prefixes go both ways.
+#[test]
+fn bird_connects_to_a_passive_twill_with_md5() {
+    if !root_or_skip("bird_connects_to_a_passive_twill_with_md5") {
+        return;
+    }
+    let mut lan = Lan::new("pa", &[1, 2]).expect("lan");
+    let sock = lan
+        .start_bird(
+            2,
+            &bird_conf(
+                2,
+                "  local 192.0.2.2 as 64512;\n  neighbor 192.0.2.1 as 64512;\n  password \"pa55-word\";\n  connect retry time 1;\n  ipv4 { import all; export where source = RTS_STATIC; next hop self; };\n",
+            ),
+        )
+        .expect("bird");
+    let mut p = peer(2, 64512);
+    p.passive = true;
+    p.md5_password = Some("pa55-word".into());
+    let cfg = SpeakerConfig {
+        local_as: 64512,
+        router_id: "192.0.2.1".parse().expect("id"),
+        cluster_id: None,
+        local_address: "192.0.2.1".parse().expect("addr"),
+        peers: vec![p],
+        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        listen: Some("192.0.2.1:179".parse().expect("addr")),
+    };
+    let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
+    let (seen, out) = run_speaker(
+        &lan,
+        cfg,
+        move |s| s.iter().any(|(p, _)| *p == want),
+        move || birdc_route(&sock, "10.244.1.0/24", "BGP.next_hop"),
+    );
+    assert!(
+        seen.iter()
+            .any(|(p, c)| *p == want && matches!(c, Change::Best(..))),
+        "twill never learned BIRD's prefix over the session BIRD opened: {seen:?}"
+    );
+    assert!(
+        out.contains("BGP.next_hop: 192.0.2.1"),
+        "BIRD did not take our prefix:\n{out}"
     );
 }

@@ -57,6 +57,7 @@ protocol bgp to_twill {
         local_address: "192.0.2.1".parse().expect("addr"),
         peers: vec![client(2), client(3)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        listen: None,
     };
     let (bird_view, frr_view) = in_netns(&lan.ns(1), move || {
         Box::pin(async move {

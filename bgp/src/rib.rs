@@ -108,6 +108,17 @@ impl Rib {
         self.loc.get(prefix)
     }
 
+    /// How many prefixes each peer has in its Adj-RIB-In.
+    pub fn adj_in_counts(&self) -> BTreeMap<PeerId, usize> {
+        let mut n: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for paths in self.adj_in.values() {
+            for p in paths.keys() {
+                *n.entry(*p).or_default() += 1;
+            }
+        }
+        n
+    }
+
     pub fn loc_rib(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
         self.loc.iter()
     }

@@ -1,24 +1,28 @@
 //! The speaker: one session per configured peer, all feeding one RIB; every change of best path
 //! is sent to the peers the export rules allow, and withdrawn from those that had it. A session
-//! that goes down is started again after a pause.
+//! that goes down is started again after a pause; a passive peer's waits for the peer to call.
+//!
+//! Peers and our own prefixes can change while it runs ([`Control`]); a peer whose settings did
+//! not change keeps its session.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::attribute::{Attributes, MpReach, MpUnreach};
+use crate::attribute::{Attributes, MpReach, MpUnreach, Origin};
 use crate::driver::{self, Report};
 use crate::fsm::Config;
 use crate::open::Capability;
 use crate::rib::{Change, Path, Peer, PeerId, Rib};
 use crate::update::Update;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {
     pub peer: Peer,
     pub hold_time: u16,
@@ -29,8 +33,8 @@ pub struct PeerConfig {
 #[derive(Clone, Debug)]
 pub struct SpeakerConfig {
     pub local_as: u32,
-    pub router_id: std::net::Ipv4Addr,
-    pub cluster_id: Option<std::net::Ipv4Addr>,
+    pub router_id: Ipv4Addr,
+    pub cluster_id: Option<Ipv4Addr>,
     /// Our address on the peers' segment: the next hop towards eBGP peers and for our own
     /// prefixes.
     pub local_address: IpAddr,
@@ -40,62 +44,148 @@ pub struct SpeakerConfig {
     /// Where to accept sessions that peers open (normally port 179); without it the speaker
     /// only connects out, and passive peers never come up.
     pub listen: Option<SocketAddr>,
+    /// Only prefixes inside one of these are taken from peers (and so installed or passed on);
+    /// empty takes everything.
+    pub accept: Vec<IpNet>,
 }
 
-/// The peer id under which our own prefixes sit in the RIB (never a session).
-fn own(cfg: &SpeakerConfig) -> PeerId {
-    cfg.peers.len()
+/// Changes to a running speaker.
+#[derive(Debug)]
+pub enum Control {
+    /// The complete set of peers from now on.
+    SetPeers(Vec<PeerConfig>),
+    /// The complete set of our own prefixes from now on.
+    SetOriginate(Vec<IpNet>),
+    Stop,
 }
 
-/// The UPDATE announcing one prefix; `None` for an IPv4 prefix with an IPv6 next hop, which
-/// twill does not send.
-fn update_for(prefix: IpNet, next_hop: IpAddr, mut attrs: Attributes) -> Option<Update> {
-    match (prefix, next_hop) {
-        (IpNet::V4(p), IpAddr::V4(nh)) => {
-            attrs.next_hop = Some(nh);
-            Some(Update {
-                attrs,
-                nlri: vec![p],
-                ..Default::default()
-            })
+/// One peer as `twill bgp status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub addr: IpAddr,
+    pub asn: u32,
+    pub established: bool,
+    /// When the session last came up or went down.
+    pub since: SystemTime,
+    /// Prefixes in the peer's Adj-RIB-In, and how many of them are best paths.
+    pub received: usize,
+    pub accepted: usize,
+    /// Prefixes we announce to the peer.
+    pub advertised: usize,
+    pub last_error: Option<String>,
+}
+
+/// Shared with whoever reports on the speaker; updated as sessions change.
+pub type Status = Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>;
+
+/// Prefixes per UPDATE: well inside the 4,096-byte message limit for IPv4 and IPv6 alike.
+const PER_UPDATE: usize = 200;
+
+/// The pseudo-peer our own prefixes come from.
+const OWN: PeerId = 0;
+
+/// Announcements grouped by identical next hop and attributes, each group split into UPDATEs
+/// of at most [`PER_UPDATE`] prefixes: a full table goes out in few messages.
+fn pack(routes: Vec<(IpNet, IpAddr, Attributes)>) -> Vec<Update> {
+    let mut groups: Vec<(IpAddr, Attributes, Vec<IpNet>)> = Vec::new();
+    for (prefix, nh, attrs) in routes {
+        match groups.iter_mut().find(|g| g.0 == nh && g.1 == attrs) {
+            Some(g) => g.2.push(prefix),
+            None => groups.push((nh, attrs, vec![prefix])),
         }
-        (IpNet::V6(p), nh) => {
-            attrs.mp_reach = Some(MpReach::V6 {
+    }
+    let mut out = Vec::new();
+    for (nh, attrs, prefixes) in groups {
+        let v4: Vec<_> = prefixes
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V4(p) => Some(*p),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let v6: Vec<_> = prefixes
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V6(p) => Some(*p),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        if let IpAddr::V4(nh4) = nh {
+            for chunk in v4.chunks(PER_UPDATE) {
+                let mut a = attrs.clone();
+                a.next_hop = Some(nh4);
+                out.push(Update {
+                    attrs: a,
+                    nlri: chunk.to_vec(),
+                    ..Default::default()
+                });
+            }
+        }
+        // IPv4 prefixes with an IPv6 next hop are not sent.
+        for chunk in v6.chunks(PER_UPDATE) {
+            let mut a = attrs.clone();
+            a.mp_reach = Some(MpReach::V6 {
                 next_hop: vec![nh],
-                nlri: vec![p],
+                nlri: chunk.to_vec(),
             });
-            Some(Update {
-                attrs,
+            out.push(Update {
+                attrs: a,
                 ..Default::default()
-            })
+            });
         }
-        (IpNet::V4(_), IpAddr::V6(_)) => None,
     }
+    out
 }
 
-fn withdrawal(prefix: IpNet) -> Update {
-    match prefix {
-        IpNet::V4(p) => Update {
-            withdrawn: vec![p],
+/// Withdrawals, IPv4 in the UPDATE's own field and IPv6 in MP_UNREACH, packed the same way.
+fn pack_withdrawals(prefixes: Vec<IpNet>) -> Vec<Update> {
+    let v4: Vec<_> = prefixes
+        .iter()
+        .filter_map(|p| match p {
+            IpNet::V4(p) => Some(*p),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    let v6: Vec<_> = prefixes
+        .iter()
+        .filter_map(|p| match p {
+            IpNet::V6(p) => Some(*p),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    let mut out: Vec<Update> = v4
+        .chunks(PER_UPDATE)
+        .map(|c| Update {
+            withdrawn: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    out.extend(v6.chunks(PER_UPDATE).map(|c| Update {
+        attrs: Attributes {
+            mp_unreach: Some(MpUnreach::V6(c.to_vec())),
             ..Default::default()
         },
-        IpNet::V6(p) => Update {
-            attrs: Attributes {
-                mp_unreach: Some(MpUnreach::V6(vec![p])),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    }
+        ..Default::default()
+    }));
+    out
+}
+
+fn own_attrs() -> Arc<Attributes> {
+    Arc::new(Attributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(vec![]),
+        local_pref: Some(100),
+        ..Default::default()
+    })
 }
 
 /// Binds the listening socket, with each peer's TCP-MD5 key on it (a signed peer's SYN is
-/// refused without the key), and forwards every accepted connection from a configured peer.
+/// refused without the key), and forwards every accepted connection.
 async fn listen(
     addr: SocketAddr,
     peers: &[PeerConfig],
-    accepted: mpsc::Sender<(PeerId, TcpStream)>,
-) -> std::io::Result<()> {
+    accepted: mpsc::Sender<(IpAddr, TcpStream)>,
+) -> std::io::Result<Arc<TcpListener>> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -107,15 +197,11 @@ async fn listen(
         }
     }
     sock.bind(addr)?;
-    let listener = sock.listen(64)?;
-    let by_addr: BTreeMap<IpAddr, PeerId> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.peer.addr, i))
-        .collect();
+    let listener = Arc::new(sock.listen(64)?);
+    let l = listener.clone();
     tokio::spawn(async move {
         loop {
-            let (stream, from) = match listener.accept().await {
+            let (stream, from) = match l.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "BGP listener: accept failed");
@@ -128,251 +214,519 @@ async fn listen(
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(from.ip()),
                 v4 => v4,
             };
-            match by_addr.get(&ip) {
-                Some(i) => {
-                    let _ = stream.set_nodelay(true);
-                    if accepted.send((*i, stream)).await.is_err() {
-                        return;
-                    }
-                }
-                None => {
-                    tracing::warn!(%from, "BGP connection from an address that is not a configured peer; closed")
-                }
+            let _ = stream.set_nodelay(true);
+            if accepted.send((ip, stream)).await.is_err() {
+                return;
             }
         }
     });
-    Ok(())
+    Ok(listener)
 }
 
-/// Starts the session to peer `i` after `delay`, on `incoming` if the peer opened it; returns
-/// its reports and the task, to abort when a collision is resolved against it.
-fn spawn_session(
-    cfg: &SpeakerConfig,
-    i: PeerId,
-    delay: Duration,
-    incoming: Option<TcpStream>,
-    senders: &mut BTreeMap<PeerId, mpsc::Sender<Update>>,
-) -> (mpsc::Receiver<Report>, tokio::task::JoinHandle<()>) {
-    let pc = cfg.peers[i].clone();
-    let session = Config {
-        local_as: cfg.local_as,
-        peer_as: pc.peer.asn,
-        router_id: cfg.router_id,
-        hold_time: pc.hold_time,
-        connect_retry: 2,
-        // A session on a connection the peer opened must not also connect out.
-        passive: pc.passive || incoming.is_some(),
-        capabilities: vec![
-            Capability::Multiprotocol {
-                afi: crate::open::AFI_IPV4,
-                safi: crate::open::SAFI_UNICAST,
-            },
-            Capability::Multiprotocol {
-                afi: crate::open::AFI_IPV6,
-                safi: crate::open::SAFI_UNICAST,
-            },
-            Capability::RouteRefresh,
-        ],
-        md5_password: pc.md5_password.clone(),
-    };
-    let (tx, rx) = mpsc::channel(4096);
-    senders.insert(i, tx);
-    let (rtx, reports) = mpsc::channel::<Report>(1024);
-    let addr = SocketAddr::new(pc.peer.addr, 179);
-    let task = tokio::spawn(async move {
-        tokio::time::sleep(delay).await;
-        driver::run(session, addr, incoming, rx, rtx).await;
-    });
-    (reports, task)
+struct Session {
+    cfg: PeerConfig,
+    task: Option<JoinHandle<()>>,
+    sender: Option<mpsc::Sender<Update>>,
+    up: bool,
+    /// What this peer has been sent and not withdrawn.
+    sent: BTreeSet<IpNet>,
+    /// Bumped on every (re)start, so reports of a replaced session are ignored.
+    generation: u64,
 }
 
-/// Runs the speaker until `stop` closes. `changes` receives every change of best path (for
-/// the kernel); it may be dropped by a caller that does not install routes.
-pub async fn run(cfg: SpeakerConfig, changes: mpsc::Sender<Change>, mut stop: mpsc::Receiver<()>) {
-    let mut peers: Vec<Peer> = cfg.peers.iter().map(|p| p.peer.clone()).collect();
-    // Our own prefixes come from a pseudo-peer in our AS with our router id.
-    peers.push(Peer {
-        addr: cfg.local_address,
-        router_id: cfg.router_id,
-        asn: cfg.local_as,
-        rr_client: false,
-    });
-    let mut rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id, peers);
-    let me = own(&cfg);
-    for p in &cfg.originate {
-        let attrs = Attributes {
-            origin: Some(crate::attribute::Origin::Igp),
-            as_path: Some(vec![]),
-            local_pref: Some(100),
-            ..Default::default()
-        };
-        let _ = rib.announce(me, *p, cfg.local_address, Arc::new(attrs));
+struct Speaker {
+    cfg: SpeakerConfig,
+    rib: Rib,
+    sessions: BTreeMap<PeerId, Session>,
+    reports_tx: mpsc::Sender<(PeerId, u64, Report)>,
+    changes: mpsc::Sender<Change>,
+    status: Status,
+    listener: Option<Arc<TcpListener>>,
+    originated: BTreeSet<IpNet>,
+}
+
+impl Speaker {
+    fn session_config(&self, pc: &PeerConfig, incoming: bool) -> Config {
+        Config {
+            local_as: self.cfg.local_as,
+            peer_as: pc.peer.asn,
+            router_id: self.cfg.router_id,
+            hold_time: pc.hold_time,
+            connect_retry: 2,
+            // A session on a connection the peer opened must not also connect out.
+            passive: pc.passive || incoming,
+            capabilities: vec![
+                Capability::Multiprotocol {
+                    afi: crate::open::AFI_IPV4,
+                    safi: crate::open::SAFI_UNICAST,
+                },
+                Capability::Multiprotocol {
+                    afi: crate::open::AFI_IPV6,
+                    safi: crate::open::SAFI_UNICAST,
+                },
+                Capability::RouteRefresh,
+            ],
+            md5_password: pc.md5_password.clone(),
+        }
     }
 
-    let (reports_tx, mut reports) = mpsc::channel::<(PeerId, Report)>(1024);
-    let mut senders: BTreeMap<PeerId, mpsc::Sender<Update>> = BTreeMap::new();
-    let mut up: BTreeSet<PeerId> = BTreeSet::new();
-    let mut sent: BTreeMap<PeerId, BTreeSet<IpNet>> = BTreeMap::new();
-
-    // The session task of each peer that has one (passive peers have none until they call).
-    let mut sessions: BTreeMap<PeerId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-
-    // Session reports are tagged with their peer id by small forwarding tasks.
-    let forward = |i: PeerId,
-                   delay: Duration,
-                   incoming: Option<TcpStream>,
-                   senders: &mut BTreeMap<PeerId, mpsc::Sender<Update>>,
-                   sessions: &mut BTreeMap<PeerId, tokio::task::JoinHandle<()>>| {
-        let (mut rx, task) = spawn_session(&cfg, i, delay, incoming, senders);
-        if let Some(old) = sessions.insert(i, task) {
+    /// (Re)starts the session of peer `i` after `delay`, on `incoming` if the peer opened it.
+    fn start(&mut self, i: PeerId, delay: Duration, incoming: Option<TcpStream>) {
+        let Some(s) = self.sessions.get(&i) else {
+            return;
+        };
+        let config = self.session_config(&s.cfg, incoming.is_some());
+        let addr = SocketAddr::new(s.cfg.peer.addr, 179);
+        let (tx, rx) = mpsc::channel(4096);
+        let (rtx, mut reports) = mpsc::channel::<Report>(1024);
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return;
+        };
+        s.generation += 1;
+        let generation = s.generation;
+        if let Some(old) = s.task.take() {
             old.abort();
         }
-        let tx = reports_tx.clone();
+        s.sender = Some(tx);
+        s.task = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            driver::run(config, addr, incoming, rx, rtx).await;
+        }));
+        let out = self.reports_tx.clone();
         tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                if tx.send((i, r)).await.is_err() {
+            while let Some(r) = reports.recv().await {
+                if out.send((i, generation, r)).await.is_err() {
                     break;
                 }
             }
         });
-    };
-    for i in 0..cfg.peers.len() {
-        if !cfg.peers[i].passive {
-            forward(i, Duration::ZERO, None, &mut senders, &mut sessions);
+    }
+
+    fn set_status(&self, i: PeerId, f: impl FnOnce(&mut PeerStatus)) {
+        let Some(s) = self.sessions.get(&i) else {
+            return;
+        };
+        let mut board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let st = board.entry(s.cfg.peer.addr).or_insert_with(|| PeerStatus {
+            addr: s.cfg.peer.addr,
+            asn: s.cfg.peer.asn,
+            established: false,
+            since: SystemTime::now(),
+            received: 0,
+            accepted: 0,
+            advertised: 0,
+            last_error: None,
+        });
+        f(st);
+        st.advertised = s.sent.len();
+    }
+
+    fn refresh_counts(&self) {
+        let mut received: BTreeMap<PeerId, usize> = BTreeMap::new();
+        let mut accepted: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for (_, path) in self.rib.loc_rib() {
+            *accepted.entry(path.peer).or_default() += 1;
+        }
+        for (i, n) in self.rib.adj_in_counts() {
+            received.insert(i, n);
+        }
+        for i in self.sessions.keys() {
+            self.set_status(*i, |st| {
+                st.received = received.get(i).copied().unwrap_or(0);
+                st.accepted = accepted.get(i).copied().unwrap_or(0);
+            });
         }
     }
-    let (accepted_tx, mut accepted) = mpsc::channel::<(PeerId, TcpStream)>(16);
-    if let Some(addr) = cfg.listen {
-        match listen(addr, &cfg.peers, accepted_tx).await {
-            Ok(()) => tracing::info!(%addr, "accepting BGP sessions"),
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot listen for BGP sessions; only connecting out")
+
+    /// Adds, removes and restarts sessions so they match `peers`; untouched peers keep theirs.
+    async fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        let mut changed = Vec::new();
+        let wanted: BTreeMap<IpAddr, PeerConfig> =
+            peers.into_iter().map(|p| (p.peer.addr, p)).collect();
+        let gone: Vec<PeerId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| wanted.get(&s.cfg.peer.addr) != Some(&s.cfg))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in gone {
+            if let Some(s) = self.sessions.remove(&i) {
+                tracing::info!(peer = %s.cfg.peer.addr, "BGP peer removed or changed; its session is closed");
+                if let Some(t) = s.task {
+                    t.abort();
+                }
+                self.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&s.cfg.peer.addr);
+            }
+            changed.extend(self.rib.peer_down(i));
+        }
+        let have: BTreeSet<IpAddr> = self.sessions.values().map(|s| s.cfg.peer.addr).collect();
+        for (addr, pc) in wanted {
+            if have.contains(&addr) {
+                continue;
+            }
+            if let (Some(l), Some(key)) = (&self.listener, &pc.md5_password) {
+                if let Err(e) = crate::md5::set_key(l.as_ref(), addr, key.as_bytes()) {
+                    tracing::warn!(peer = %addr, error = %e, "cannot set the TCP-MD5 key on the listener");
+                }
+            }
+            // Slots are never reused: a late report from an old session must not land on a
+            // new peer.
+            self.rib.peers.push(pc.peer.clone());
+            let i = self.rib.peers.len() - 1;
+            let passive = pc.passive;
+            self.sessions.insert(
+                i,
+                Session {
+                    cfg: pc,
+                    task: None,
+                    sender: None,
+                    up: false,
+                    sent: BTreeSet::new(),
+                    generation: 0,
+                },
+            );
+            self.set_status(i, |_| {});
+            if !passive {
+                self.start(i, Duration::ZERO, None);
+            }
+        }
+        self.propagate(changed).await;
+    }
+
+    async fn set_originate(&mut self, prefixes: Vec<IpNet>) {
+        let wanted: BTreeSet<IpNet> = prefixes.into_iter().collect();
+        let mut changed = Vec::new();
+        for p in self.originated.difference(&wanted) {
+            changed.extend(self.rib.withdraw(OWN, *p));
+        }
+        for p in wanted.difference(&self.originated) {
+            if let Ok(c) = self
+                .rib
+                .announce(OWN, *p, self.cfg.local_address, own_attrs())
+            {
+                changed.extend(c);
+            }
+        }
+        self.originated = wanted;
+        self.propagate(changed).await;
+    }
+
+    async fn send(&mut self, to: PeerId, updates: Vec<Update>) {
+        let Some(tx) = self.sessions.get(&to).and_then(|s| s.sender.clone()) else {
+            return;
+        };
+        for u in updates {
+            if tx.send(u).await.is_err() {
+                break;
             }
         }
     }
 
-    loop {
-        let (i, report) = tokio::select! {
-            r = reports.recv() => match r { Some(r) => r, None => return },
-            Some((i, stream)) = accepted.recv() => {
-                let pc = &cfg.peers[i];
-                // One session per peer (RFC 4271 §6.8): an established one stays; while ours
-                // is still connecting, the connection opened by the higher router id wins.
-                let take = if up.contains(&i) {
-                    false
-                } else if pc.passive || !sessions.contains_key(&i) {
-                    true
-                } else {
-                    pc.peer.router_id > cfg.router_id
+    /// Sends each change to every established peer the export rules allow, packed.
+    async fn propagate(&mut self, changed: Vec<Change>) {
+        if changed.is_empty() {
+            return;
+        }
+        for c in &changed {
+            let _ = self.changes.try_send(c.clone());
+        }
+        let up: Vec<PeerId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(i, _)| *i)
+            .collect();
+        for to in up {
+            let mut announce = Vec::new();
+            let mut withdraw = Vec::new();
+            for c in &changed {
+                let (prefix, path) = match c {
+                    Change::Best(p, path) => (*p, Some(path)),
+                    Change::Gone(p) => (*p, None),
                 };
-                if take {
-                    tracing::info!(peer = %pc.peer.addr, "BGP session opened by the peer");
-                    forward(i, Duration::ZERO, Some(stream), &mut senders, &mut sessions);
-                } else {
-                    tracing::info!(peer = %pc.peer.addr, "BGP connection from the peer closed: a session already exists");
+                let export = path.and_then(|path| {
+                    self.rib
+                        .export(path, to, self.cfg.local_address)
+                        .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
+                });
+                let Some(s) = self.sessions.get_mut(&to) else {
+                    continue;
+                };
+                match export {
+                    Some((nh, a)) => {
+                        s.sent.insert(prefix);
+                        announce.push((prefix, nh, a));
+                    }
+                    None => {
+                        if s.sent.remove(&prefix) {
+                            withdraw.push(prefix);
+                        }
+                    }
                 }
-                continue;
             }
-            _ = stop.recv() => {
-                for t in sessions.values() {
-                    t.abort();
-                }
-                return;
-            }
+            let mut updates = pack_withdrawals(withdraw);
+            updates.extend(pack(announce));
+            self.send(to, updates).await;
+        }
+    }
+
+    /// A session came up: the whole table, then End-of-RIB.
+    async fn established(&mut self, i: PeerId, peer_id: Ipv4Addr) {
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return;
         };
-        let mut changed: Vec<Change> = Vec::new();
-        match report {
-            Report::Up { .. } => {
-                tracing::info!(peer = %cfg.peers[i].peer.addr, "BGP session established");
-                up.insert(i);
-                // The whole table, then End-of-RIB.
-                let best: Vec<(IpNet, Path)> =
-                    rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
-                for (prefix, path) in best {
-                    let msg = rib
-                        .export(&path, i, cfg.local_address)
-                        .and_then(|(nh, a)| update_for(prefix, nh, a));
-                    if let (Some(u), Some(s)) = (msg, senders.get(&i)) {
-                        let _ = s.send(u).await;
-                        sent.entry(i).or_default().insert(prefix);
-                    }
-                }
-                if let Some(s) = senders.get(&i) {
-                    let _ = s.send(Update::default()).await;
+        tracing::info!(peer = %s.cfg.peer.addr, %peer_id, "BGP session established");
+        s.up = true;
+        s.sent.clear();
+        // The router id the peer really uses (ORIGINATOR_ID when its routes are reflected).
+        if let Some(p) = self.rib.peers.get_mut(i) {
+            p.router_id = peer_id;
+        }
+        let best: Vec<(IpNet, Path)> = self.rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
+        let mut announce = Vec::new();
+        for (prefix, path) in best {
+            if let Some((nh, a)) = self
+                .rib
+                .export(&path, i, self.cfg.local_address)
+                .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
+            {
+                announce.push((prefix, nh, a));
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&i) {
+            s.sent = announce.iter().map(|(p, _, _)| *p).collect();
+        }
+        let mut updates = pack(announce);
+        updates.push(Update::default());
+        self.send(i, updates).await;
+        self.set_status(i, |st| {
+            st.established = true;
+            st.since = SystemTime::now();
+            st.last_error = None;
+        });
+        self.refresh_counts();
+    }
+
+    fn accepts(&self, prefix: &IpNet) -> bool {
+        self.cfg.accept.is_empty() || self.cfg.accept.iter().any(|a| a.contains(prefix))
+    }
+
+    async fn received(&mut self, i: PeerId, u: Update) {
+        let mut changed = Vec::new();
+        for p in u.withdrawn_v4() {
+            changed.extend(self.rib.withdraw(i, IpNet::V4(p)));
+        }
+        for p in u.withdrawn_v6() {
+            changed.extend(self.rib.withdraw(i, IpNet::V6(p)));
+        }
+        if u.withdraw_reason.is_none() {
+            let attrs = Arc::new(u.attrs.clone());
+            let mut announced: Vec<(IpNet, IpAddr)> = Vec::new();
+            if let Some(nh) = u.attrs.next_hop {
+                announced.extend(u.nlri.iter().map(|p| (IpNet::V4(*p), IpAddr::V4(nh))));
+            }
+            if let Some(MpReach::V6 { next_hop, nlri }) = &u.attrs.mp_reach {
+                if let Some(nh) = next_hop.first() {
+                    announced.extend(nlri.iter().map(|p| (IpNet::V6(*p), *nh)));
                 }
             }
-            Report::Received(u) => {
-                for p in u.withdrawn_v4() {
-                    changed.extend(rib.withdraw(i, IpNet::V4(p)));
+            for (p, nh) in announced {
+                if !self.accepts(&p) {
+                    tracing::debug!(prefix = %p, "outside the accepted prefixes; ignored");
+                    continue;
                 }
-                for p in u.withdrawn_v6() {
-                    changed.extend(rib.withdraw(i, IpNet::V6(p)));
-                }
-                if u.withdraw_reason.is_none() {
-                    let attrs = Arc::new(u.attrs.clone());
-                    if let Some(nh) = u.attrs.next_hop {
-                        for p in &u.nlri {
-                            match rib.announce(i, IpNet::V4(*p), IpAddr::V4(nh), attrs.clone()) {
-                                Ok(c) => changed.extend(c),
-                                Err(why) => {
-                                    tracing::debug!(prefix = %p, ?why, "announcement refused")
-                                }
-                            }
-                        }
-                    }
-                    if let Some(MpReach::V6 { next_hop, nlri }) = &u.attrs.mp_reach {
-                        if let Some(nh) = next_hop.first() {
-                            for p in nlri {
-                                match rib.announce(i, IpNet::V6(*p), *nh, attrs.clone()) {
-                                    Ok(c) => changed.extend(c),
-                                    Err(why) => {
-                                        tracing::debug!(prefix = %p, ?why, "announcement refused")
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Report::Down(why) => {
-                up.remove(&i);
-                sent.remove(&i);
-                changed.extend(rib.peer_down(i));
-                if cfg.peers[i].passive {
-                    tracing::warn!(peer = %cfg.peers[i].peer.addr, %why, "BGP session down; waiting for the peer to connect again");
-                    sessions.remove(&i);
-                } else {
-                    tracing::warn!(peer = %cfg.peers[i].peer.addr, %why, "BGP session down; retrying");
-                    forward(i, Duration::from_secs(2), None, &mut senders, &mut sessions);
+                match self.rib.announce(i, p, nh, attrs.clone()) {
+                    Ok(c) => changed.extend(c),
+                    Err(why) => tracing::debug!(prefix = %p, ?why, "announcement refused"),
                 }
             }
         }
-        for c in changed {
-            let _ = changes.try_send(c.clone());
-            for &to in &up {
-                let Some(s) = senders.get(&to) else { continue };
-                match &c {
-                    Change::Best(prefix, path) => match rib
-                        .export(path, to, cfg.local_address)
-                        .and_then(|(nh, a)| update_for(*prefix, nh, a))
-                    {
-                        Some(u) => {
-                            let _ = s.send(u).await;
-                            sent.entry(to).or_default().insert(*prefix);
-                        }
-                        None => {
-                            if sent.get_mut(&to).is_some_and(|set| set.remove(prefix)) {
-                                let _ = s.send(withdrawal(*prefix)).await;
-                            }
-                        }
-                    },
-                    Change::Gone(prefix) => {
-                        if sent.get_mut(&to).is_some_and(|set| set.remove(prefix)) {
-                            let _ = s.send(withdrawal(*prefix)).await;
-                        }
-                    }
+        self.propagate(changed).await;
+    }
+
+    async fn down(&mut self, i: PeerId, why: String) {
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return;
+        };
+        s.up = false;
+        s.sent.clear();
+        s.sender = None;
+        let passive = s.cfg.passive;
+        let addr = s.cfg.peer.addr;
+        if passive {
+            tracing::warn!(peer = %addr, %why, "BGP session down; waiting for the peer to connect again");
+            s.task = None;
+        } else {
+            tracing::warn!(peer = %addr, %why, "BGP session down; retrying");
+        }
+        self.set_status(i, |st| {
+            st.established = false;
+            st.since = SystemTime::now();
+            st.last_error = Some(why);
+        });
+        let changed = self.rib.peer_down(i);
+        self.propagate(changed).await;
+        if !passive {
+            self.start(i, Duration::from_secs(2), None);
+        }
+        self.refresh_counts();
+    }
+
+    /// One session per peer (RFC 4271 §6.8): an established one stays; while ours is still
+    /// connecting, the connection opened by the higher router id wins.
+    fn incoming(&mut self, from: IpAddr, stream: TcpStream) {
+        let Some((i, s)) = self.sessions.iter().find(|(_, s)| s.cfg.peer.addr == from) else {
+            tracing::warn!(%from, "BGP connection from an address that is not a configured peer; closed");
+            return;
+        };
+        let i = *i;
+        let take = if s.up {
+            false
+        } else if s.cfg.passive || s.task.is_none() {
+            true
+        } else {
+            s.cfg.peer.router_id > self.cfg.router_id
+        };
+        if take {
+            tracing::info!(peer = %from, "BGP session opened by the peer");
+            self.start(i, Duration::ZERO, Some(stream));
+        } else {
+            tracing::info!(peer = %from, "BGP connection from the peer closed: a session already exists");
+        }
+    }
+}
+
+/// Runs the speaker until [`Control::Stop`] or until `control` closes. `changes` receives every
+/// change of best path (for the kernel); `status` is kept current for reports.
+pub async fn run(
+    cfg: SpeakerConfig,
+    changes: mpsc::Sender<Change>,
+    mut control: mpsc::Receiver<Control>,
+    status: Status,
+) {
+    // Our own prefixes come from a pseudo-peer in our AS with our router id.
+    let own = Peer {
+        addr: cfg.local_address,
+        router_id: cfg.router_id,
+        asn: cfg.local_as,
+        rr_client: false,
+    };
+    let rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id, vec![own]);
+    let (reports_tx, mut reports) = mpsc::channel::<(PeerId, u64, Report)>(1024);
+    let (accepted_tx, mut accepted) = mpsc::channel::<(IpAddr, TcpStream)>(16);
+    let listener = match cfg.listen {
+        Some(addr) => match listen(addr, &cfg.peers, accepted_tx).await {
+            Ok(l) => {
+                tracing::info!(%addr, "accepting BGP sessions");
+                Some(l)
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for BGP sessions; only connecting out");
+                None
+            }
+        },
+        None => None,
+    };
+    let peers = cfg.peers.clone();
+    let originate = cfg.originate.clone();
+    let mut sp = Speaker {
+        cfg,
+        rib,
+        sessions: BTreeMap::new(),
+        reports_tx,
+        changes,
+        status,
+        listener,
+        originated: BTreeSet::new(),
+    };
+    sp.set_originate(originate).await;
+    sp.set_peers(peers).await;
+
+    // Prefix counts for the status board take a pass over the RIB: once a second, not per
+    // UPDATE.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sp.refresh_counts(),
+            r = reports.recv() => {
+                let Some((i, generation, report)) = r else { return };
+                if sp.sessions.get(&i).map(|s| s.generation) != Some(generation) {
+                    continue; // from a session since replaced or removed
+                }
+                match report {
+                    Report::Up { peer_id } => sp.established(i, peer_id).await,
+                    Report::Received(u) => sp.received(i, *u).await,
+                    Report::Down(why) => sp.down(i, why).await,
                 }
             }
+            Some((from, stream)) = accepted.recv() => sp.incoming(from, stream),
+            c = control.recv() => match c {
+                Some(Control::SetPeers(p)) => sp.set_peers(p).await,
+                Some(Control::SetOriginate(p)) => sp.set_originate(p).await,
+                Some(Control::Stop) | None => {
+                    for s in sp.sessions.values() {
+                        if let Some(t) = &s.task {
+                            t.abort();
+                        }
+                    }
+                    return;
+                }
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(med: u32) -> Attributes {
+        Attributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(vec![]),
+            med: Some(med),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn identical_attributes_share_updates_of_bounded_size() {
+        let nh: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut routes = Vec::new();
+        for i in 0..450u32 {
+            let p: IpNet = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
+            routes.push((p, nh, attrs(if i < 300 { 1 } else { 2 })));
+        }
+        let ups = pack(routes);
+        // 300 with MED 1 in two UPDATEs (200 + 100), 150 with MED 2 in one.
+        let sizes: Vec<(u32, usize)> = ups
+            .iter()
+            .map(|u| (u.attrs.med.unwrap(), u.nlri.len()))
+            .collect();
+        assert_eq!(sizes, [(1, 200), (1, 100), (2, 150)]);
+        assert!(ups
+            .iter()
+            .all(|u| u.attrs.next_hop == Some("192.0.2.1".parse().unwrap())));
+        for u in &ups {
+            let bytes =
+                crate::message::encode(&crate::message::Message::Update(Box::new(u.clone())), true);
+            assert!(bytes.len() <= 4096, "UPDATE of {} bytes", bytes.len());
+        }
+    }
+
+    #[test]
+    fn withdrawals_pack_by_family() {
+        let ps: Vec<IpNet> = vec![
+            "10.0.0.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+            "10.0.1.0/24".parse().unwrap(),
+        ];
+        let ups = pack_withdrawals(ps);
+        assert_eq!(ups.len(), 2);
+        assert_eq!(ups[0].withdrawn.len(), 2);
+        assert!(matches!(&ups[1].attrs.mp_unreach, Some(MpUnreach::V6(v)) if v.len() == 1));
     }
 }

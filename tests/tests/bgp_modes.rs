@@ -36,7 +36,7 @@ fn run_speaker<T: Send + 'static>(
         Box::pin(async move {
             let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
             let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
-            let s = tokio::spawn(speaker::run(cfg, changes_tx, stop));
+            let s = tokio::spawn(speaker::run(cfg, changes_tx, stop, Default::default()));
             let mut seen = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(60);
             while !done(&seen) && Instant::now() < deadline {
@@ -50,7 +50,7 @@ fn run_speaker<T: Send + 'static>(
                 }
             }
             let checked = tokio::task::spawn_blocking(check).await.expect("check");
-            let _ = stop_tx.send(()).await;
+            let _ = stop_tx.send(speaker::Control::Stop).await;
             let _ = s.await;
             (seen, checked)
         })
@@ -81,6 +81,7 @@ fn ebgp_with_bird() {
         peers: vec![peer(2, 64602)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
+        accept: vec![],
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(
@@ -145,6 +146,7 @@ protocol bgp to_reflector {
         peers: vec![peer(3, 64512)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
+        accept: vec![],
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, ()) = run_speaker(&lan, cfg, move |s| s.iter().any(|(p, _)| *p == want), || ());
@@ -198,6 +200,7 @@ fn bird_connects_to_a_passive_twill_with_md5() {
         peers: vec![p],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: Some("192.0.2.1:179".parse().expect("addr")),
+        accept: vec![],
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(

@@ -58,12 +58,13 @@ protocol bgp to_twill {
         peers: vec![client(2), client(3)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
+        accept: vec![],
     };
     let (bird_view, frr_view) = in_netns(&lan.ns(1), move || {
         Box::pin(async move {
             let (changes, _keep) = tokio::sync::mpsc::channel(1024);
             let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
-            let speaker = tokio::spawn(speaker::run(cfg, changes, stop));
+            let speaker = tokio::spawn(speaker::run(cfg, changes, stop, Default::default()));
             let seen = tokio::task::spawn_blocking(move || {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let (mut bird, mut frr) = (String::new(), String::new());
@@ -97,7 +98,7 @@ protocol bgp to_twill {
             })
             .await
             .expect("poll");
-            let _ = stop_tx.send(()).await;
+            let _ = stop_tx.send(speaker::Control::Stop).await;
             let _ = speaker.await;
             seen
         })

@@ -392,10 +392,15 @@ pub enum Command {
         now: Millis,
     },
     /// Proposed by a new leader before it expires anything: no holder loses its lease because
-    /// leadership moved while it could not renew.
+    /// leadership moved while it could not renew. Every deadline moves out by `extend_ms` (one
+    /// election timeout), and none is left closer than `floor_ms`: the time for a holder to
+    /// find the new leader. The floor does not add up over a run of leader changes, or leases
+    /// of departed nodes would never expire while leadership moves.
     Promote {
         now: Millis,
         extend_ms: u64,
+        #[serde(default)]
+        floor_ms: u64,
     },
     Reserve {
         node: String,
@@ -678,7 +683,11 @@ impl Allocator {
                 }
                 Ok(Outcome::Expired(dead))
             }
-            Command::Promote { now, extend_ms } => {
+            Command::Promote {
+                now,
+                extend_ms,
+                floor_ms,
+            } => {
                 // Deadlines move onto the new leader's timeline: each keeps the time it had
                 // left at the last command the old leader stamped, plus the grace. Members'
                 // clocks may disagree; only each leader's own clock, read steadily through its
@@ -691,9 +700,9 @@ impl Allocator {
                         continue;
                     };
                     let mut l = l.clone();
-                    l.expires_at = now
-                        .saturating_add(l.expires_at.saturating_sub(since))
-                        .saturating_add(*extend_ms);
+                    let left = l.expires_at.saturating_sub(since);
+                    l.expires_at =
+                        now.saturating_add(left.saturating_add(*extend_ms).max(*floor_ms));
                     l.mod_revision = self.revision + 1;
                     self.emit(events, Event::Put(l.clone()));
                     self.leases.insert(n.clone(), l);

@@ -32,7 +32,8 @@ pub async fn run(m: Arc<Member>) {
                 request_id: None,
                 command: Command::Promote {
                     now: m.clock.take_office(),
-                    extend_ms: m.opts.promote_grace_ms,
+                    extend_ms: m.opts.election_max_ms,
+                    floor_ms: m.opts.promote_grace_ms,
                 },
             };
             match m.propose(req).await {

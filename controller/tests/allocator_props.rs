@@ -156,6 +156,7 @@ enum Op {
     },
     Promote {
         extend: u64,
+        floor: u64,
     },
     Reserve {
         node: u8,
@@ -225,7 +226,7 @@ fn op_s() -> impl Strategy<Value = Op> {
         2 => (node_s(), any::<bool>()).prop_map(|(node, id)| Op::Release { node, id }),
         3 => (0u64..3_000, prop::option::of((0u8..6, 0u8..3)))
             .prop_map(|(extra, deadline_of)| Op::Expire { extra, deadline_of }),
-        1 => (0u64..5_000).prop_map(|extend| Op::Promote { extend }),
+        1 => (0u64..1_000, 0u64..5_000).prop_map(|(extend, floor)| Op::Promote { extend, floor }),
         2 => (node_s(), pick_s(), any::<bool>())
             .prop_map(|(node, subnet, id)| Op::Reserve { node, subnet, id }),
         1 => node_s().prop_map(|node| Op::Unreserve { node }),
@@ -380,11 +381,12 @@ impl Sim {
                 self.clock = self.clock.max(now);
                 (self.id(false), Command::Expire { now })
             }
-            Op::Promote { extend } => (
+            Op::Promote { extend, floor } => (
                 self.id(false),
                 Command::Promote {
                     now: self.clock,
                     extend_ms: *extend,
+                    floor_ms: *floor,
                 },
             ),
             Op::Reserve { node, subnet, id } => (
@@ -853,7 +855,11 @@ fn check_step(
                 other => prop_assert!(false, "Expire answered {other:?}"),
             }
         }
-        Command::Promote { now, extend_ms } => {
+        Command::Promote {
+            now,
+            extend_ms,
+            floor_ms,
+        } => {
             prop_assert_eq!(&resp.result, &Ok(Outcome::Promoted(before.lease_count())));
             for l in before.leases() {
                 let n = after.lease(&l.node);
@@ -862,7 +868,7 @@ fn check_step(
                 // Rebased onto the new leader's clock: the time left at the last stamped
                 // command is kept, plus the grace.
                 let left = l.expires_at.saturating_sub(before.last_now());
-                prop_assert_eq!(n.expires_at, now + left + extend_ms);
+                prop_assert_eq!(n.expires_at, now + (left + extend_ms).max(*floor_ms));
                 prop_assert_eq!(n.subnet, l.subnet);
             }
         }
@@ -1342,4 +1348,57 @@ proptest! {
             }
         }
     }
+}
+
+/// Regression (chaos seed 200, processes): every leader change added the whole grace period to
+/// every deadline, so after a run of failovers the leases of departed nodes outlived their TTL
+/// by a minute. Now a run of promotions leaves a lease at most its time left, one election
+/// timeout per change, or the grace, whichever is more.
+#[test]
+fn repeated_leader_changes_do_not_keep_dead_leases_alive() {
+    let mut a = Allocator::new();
+    let mut cfg = NetworkConfig::embedded_default();
+    cfg.lease_ttl_ms = 3_000;
+    let set = Request {
+        request_id: None,
+        command: Command::SetConfig {
+            config: cfg,
+            only_if_absent: false,
+        },
+    };
+    assert!(a.apply(&set).0.result.is_ok());
+    let acquire = Request {
+        request_id: None,
+        command: Command::Acquire {
+            args: AcquireArgs {
+                node: "gone".into(),
+                public_ip: "192.0.2.9".parse().unwrap(),
+                public_ipv6: None,
+                backend_data: BTreeMap::new(),
+                wanted_subnet: None,
+                wanted_ipv6_subnet: None,
+            },
+            now: 1_000_000,
+        },
+    };
+    assert!(a.apply(&acquire).0.result.is_ok());
+    // Ten leader changes, a second apart.
+    for i in 1..=10u64 {
+        let promote = Request {
+            request_id: None,
+            command: Command::Promote {
+                now: 1_000_000 + i * 1_000,
+                extend_ms: 600,
+                floor_ms: 10_000,
+            },
+        };
+        a.apply(&promote);
+    }
+    let deadline = a.lease("gone").expect("lease").expires_at;
+    let last = 1_000_000 + 10 * 1_000;
+    assert!(
+        deadline <= last + 10_000 + 10 * 600,
+        "deadline {} ms after the last leader change",
+        deadline - last
+    );
 }

@@ -675,9 +675,11 @@ async fn heal_and_verify(
     };
     let mut recovered = None;
     let mut last_table = BTreeMap::new();
+    let mut last_leases: Vec<pb::Lease> = Vec::new();
     while healed.elapsed() < bound {
         if let Ok(r) = client.list_leases().await {
             last_table = table(&r.leases);
+            last_leases = r.leases;
             let holders: BTreeSet<String> = last_table.keys().cloned().collect();
             if holders == wanted {
                 recovered = Some(healed.elapsed());
@@ -691,13 +693,27 @@ async fn heal_and_verify(
             .iter()
             .filter(|n| !last_table.contains_key(*n))
             .collect();
-        let extra: Vec<&String> = last_table.keys().filter(|n| !wanted.contains(*n)).collect();
+        // The deadlines of leases that should have gone, and who leads, for the diagnosis.
+        let extra: Vec<String> = last_leases
+            .iter()
+            .filter(|l| !wanted.contains(&l.node))
+            .map(|l| format!("{} (deadline {} ms)", l.node, l.expires_at_ms))
+            .collect();
+        let leader = match client.status().await {
+            Ok(s) => format!(
+                "leader {} in term {}, its clock {} ms",
+                s.leader,
+                s.term,
+                twill_controller::now_ms()
+            ),
+            Err(e) => format!("no status: {e}"),
+        };
         out.push(check::Violation {
             check: "liveness",
             at: h.now(),
             node: String::new(),
             detail: format!(
-                "{bound:?} after healing: without a lease {missing:?}, still holding after leaving {extra:?}"
+                "{bound:?} after healing: without a lease {missing:?}, still holding after leaving {extra:?}; {leader}"
             ),
         });
     } else if !departed_subnets.is_empty()

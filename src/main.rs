@@ -1,6 +1,7 @@
 //! The `twill` command: the controller, and the operator's commands against it.
 
 mod agent_cmd;
+mod bgp_cmd;
 mod network_flags;
 mod operator;
 mod sandbox_cmd;
@@ -26,9 +27,9 @@ struct Cli {
 enum Cmd {
     /// Run a controller member. With no flags: a single-member cluster on 127.0.0.1:7420 handing
     /// out /24s of 10.244.0.0/16 for the vxlan backend
-    Controller(serve::ControllerArgs),
-    /// Run the node agent: hold this node's lease, program VXLAN or host-gw routes to every other
-    /// node, and write subnet.env for CNI
+    Controller(Box<serve::ControllerArgs>),
+    /// Run the node agent: hold this node's lease, program VXLAN, host-gw or BGP-learned routes to
+    /// every other node, and write subnet.env for CNI
     Agent(agent_cmd::AgentArgs),
     /// Run a whole cluster in network namespaces on this machine (root): a controller, N nodes
     /// with agents, pods through twill-cni; prints leases and a pod reachability matrix
@@ -66,6 +67,11 @@ enum Cmd {
         target: Target,
         /// The node's name
         node: String,
+    },
+    /// The node agent's BGP sessions (with the bgp backend)
+    Bgp {
+        #[command(subcommand)]
+        cmd: bgp_cmd::BgpCmd,
     },
     /// Release a node's lease now, e.g. for a node that is gone for good
     Release {
@@ -107,7 +113,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Controller(a) => serve::run(a).await,
+            Cmd::Controller(a) => serve::run(*a).await,
             Cmd::Agent(a) => agent_cmd::run(a).await,
             Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
             Cmd::Status(t) => operator::status(&t).await,
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
             } => operator::reserve(&target, &node, &subnet).await,
             Cmd::Unreserve { target, node } => operator::unreserve(&target, &node).await,
             Cmd::Release { target, node } => operator::release(&target, &node).await,
+            Cmd::Bgp { cmd } => bgp_cmd::run(cmd),
         }
     });
     match result {

@@ -46,15 +46,91 @@ pub struct NetworkFlags {
     /// With vxlan: plain routes to peers on the same L2 segment, VXLAN for the rest
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub direct_routing: Option<bool>,
-    /// With bgp: the cluster's AS number
+    /// With bgp: the nodes' AS number
     #[arg(long, value_name = "ASN")]
     pub bgp_asn: Option<u32>,
+    /// With bgp: iBGP between every pair of nodes, as Calico does [default: true]; ignored
+    /// when route reflectors are named
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub bgp_mesh: Option<bool>,
+    /// With bgp: nodes that reflect routes for the others, comma-separated (e.g. node1,node2;
+    /// "" for none); the others peer only with them
+    #[arg(long, value_name = "NODES")]
+    pub bgp_route_reflectors: Option<String>,
+    /// With bgp: the reflectors' CLUSTER_ID [default: the first reflector's address]
+    #[arg(long, value_name = "ADDR")]
+    pub bgp_cluster_id: Option<String>,
+    /// With bgp: hold time proposed to peers, in seconds (0 or at least 3) [default: 90]
+    #[arg(long, value_name = "SECONDS")]
+    pub bgp_hold_time: Option<u32>,
+    /// With bgp: an outside peer such as a ToR router, as ADDR=ASN[,password=KEY][,node=NODE]
+    /// (only NODE peers with it when given); repeat for each; replaces the list
+    #[arg(long = "bgp-peer", value_name = "PEER", value_parser = parse_bgp_peer)]
+    pub bgp_peers: Vec<pb::BgpPeer>,
+    /// With bgp: a node's own AS number, as NODE=ASN; repeat for each; replaces the list
+    #[arg(long = "bgp-node-asn", value_name = "NODE=ASN", value_parser = parse_node_asn)]
+    pub bgp_node_asn: Vec<(String, u32)>,
+    /// With bgp: a prefix outside the pod network that may still be installed and passed on
+    /// (others are dropped); repeat for each; replaces the list
+    #[arg(long = "bgp-allow", value_name = "CIDR")]
+    pub bgp_allow: Vec<String>,
     /// How long a lease lives without renewal, e.g. 24h, 90m, 30s [default: 24h]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lease_ttl: Option<Duration>,
 }
 
+fn parse_bgp_peer(s: &str) -> Result<pb::BgpPeer, String> {
+    let mut parts = s.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (addr, asn) = head.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected ADDR=ASN[,password=KEY][,node=NODE], e.g. 192.0.2.254=64500")
+    })?;
+    let address: std::net::IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let asn: u32 = asn
+        .trim()
+        .parse()
+        .map_err(|_| format!("{asn:?} is not an AS number"))?;
+    let mut p = pb::BgpPeer {
+        address: address.to_string(),
+        asn,
+        ..Default::default()
+    };
+    for kv in parts {
+        match kv.split_once('=') {
+            Some(("password", v)) => p.password = v.to_string(),
+            Some(("node", v)) => p.node = v.trim().to_string(),
+            _ => return Err(format!("{kv:?}: expected password=KEY or node=NODE")),
+        }
+    }
+    Ok(p)
+}
+
+fn parse_node_asn(s: &str) -> Result<(String, u32), String> {
+    let (node, asn) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NODE=ASN, e.g. node1=64601"))?;
+    let asn: u32 = asn
+        .trim()
+        .parse()
+        .map_err(|_| format!("{asn:?} is not an AS number"))?;
+    Ok((node.trim().to_string(), asn))
+}
+
 impl NetworkFlags {
+    fn any_bgp(&self) -> bool {
+        self.bgp_asn.is_some()
+            || self.bgp_mesh.is_some()
+            || self.bgp_route_reflectors.is_some()
+            || self.bgp_cluster_id.is_some()
+            || self.bgp_hold_time.is_some()
+            || !self.bgp_peers.is_empty()
+            || !self.bgp_node_asn.is_empty()
+            || !self.bgp_allow.is_empty()
+    }
+
     /// The base configuration with every given flag applied; the controller validates the
     /// result (prefix lengths, boundaries, live leases).
     pub fn overlay(&self, base: &pb::NetworkConfig) -> Result<pb::NetworkConfig> {
@@ -80,7 +156,7 @@ impl NetworkFlags {
         if let Some(v) = self.ipv6_subnet_len {
             c.ipv6_subnet_len = v;
         }
-        let current = base.backend.as_ref().and_then(|b| b.kind);
+        let current = base.backend.as_ref().and_then(|b| b.kind.clone());
         let kind = match self.backend {
             None => current,
             Some(BackendKind::Vxlan) => match current {
@@ -110,6 +186,31 @@ impl NetworkFlags {
                 if let Some(a) = self.bgp_asn {
                     b.asn = a;
                 }
+                if let Some(m) = self.bgp_mesh {
+                    b.no_mesh = !m;
+                }
+                if let Some(r) = &self.bgp_route_reflectors {
+                    b.route_reflectors = r
+                        .split(',')
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                }
+                if let Some(c) = &self.bgp_cluster_id {
+                    b.cluster_id = c.clone();
+                }
+                if let Some(h) = self.bgp_hold_time {
+                    b.hold_time = h;
+                }
+                if !self.bgp_peers.is_empty() {
+                    b.peers = self.bgp_peers.clone();
+                }
+                if !self.bgp_node_asn.is_empty() {
+                    b.node_asn = self.bgp_node_asn.iter().cloned().collect();
+                }
+                if !self.bgp_allow.is_empty() {
+                    b.allowed_prefixes = self.bgp_allow.clone();
+                }
                 if self.vni.is_some() || self.vxlan_port.is_some() || self.direct_routing.is_some()
                 {
                     bail!(
@@ -125,14 +226,14 @@ impl NetworkFlags {
                         "--vni, --vxlan-port and --direct-routing apply to the vxlan backend only"
                     );
                 }
-                if self.bgp_asn.is_some() {
-                    bail!("--bgp-asn applies to the bgp backend only");
+                if self.any_bgp() {
+                    bail!("the --bgp-* flags apply to the bgp backend only");
                 }
                 other
             }
         };
-        if matches!(kind, Some(pb::backend::Kind::Vxlan(_))) && self.bgp_asn.is_some() {
-            bail!("--bgp-asn applies to the bgp backend only");
+        if matches!(kind, Some(pb::backend::Kind::Vxlan(_))) && self.any_bgp() {
+            bail!("the --bgp-* flags apply to the bgp backend only");
         }
         c.backend = kind.map(|k| pb::Backend { kind: Some(k) });
         if let Some(t) = self.lease_ttl {

@@ -46,7 +46,7 @@ pub enum ConfigCmd {
     Get,
     /// Change the network configuration: flags not given keep their current value. Refused if a
     /// live lease would fall outside the new configuration
-    Set(NetworkFlags),
+    Set(Box<NetworkFlags>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,7 +123,22 @@ fn backend_json(b: &Option<pb::Backend>) -> Value {
             json!({"type": "vxlan", "vni": v.vni, "port": v.port, "direct_routing": v.direct_routing})
         }
         Some(pb::backend::Kind::HostGw(_)) => json!({"type": "host-gw"}),
-        Some(pb::backend::Kind::Bgp(b)) => json!({"type": "bgp", "asn": b.asn}),
+        Some(pb::backend::Kind::Bgp(b)) => json!({
+            "type": "bgp",
+            "asn": b.asn,
+            "mesh": !b.no_mesh,
+            "route_reflectors": b.route_reflectors,
+            "cluster_id": b.cluster_id,
+            "hold_time": b.hold_time,
+            "peers": b.peers.iter().map(|p| json!({
+                "address": p.address,
+                "asn": p.asn,
+                "password": !p.password.is_empty(),
+                "node": p.node,
+            })).collect::<Vec<_>>(),
+            "node_asn": b.node_asn,
+            "allowed_prefixes": b.allowed_prefixes,
+        }),
         None => Value::Null,
     }
 }
@@ -154,7 +169,30 @@ fn config_text(c: &pb::NetworkConfig, revision: u64) -> String {
             }
         ),
         Some(pb::backend::Kind::HostGw(_)) => "host-gw".into(),
-        Some(pb::backend::Kind::Bgp(b)) => format!("bgp (AS {})", b.asn),
+        Some(pb::backend::Kind::Bgp(b)) => {
+            let mut parts = vec![format!("AS {}", b.asn)];
+            if !b.route_reflectors.is_empty() {
+                parts.push(format!("reflectors {}", b.route_reflectors.join(",")));
+            } else if b.no_mesh {
+                parts.push("no mesh".into());
+            } else {
+                parts.push("full mesh".into());
+            }
+            for p in &b.peers {
+                parts.push(format!(
+                    "peer {} AS {}{}{}",
+                    p.address,
+                    p.asn,
+                    if p.node.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" from {}", p.node)
+                    },
+                    if p.password.is_empty() { "" } else { " (MD5)" }
+                ));
+            }
+            format!("bgp ({})", parts.join(", "))
+        }
         None => "-".into(),
     };
     let mut rows = vec![

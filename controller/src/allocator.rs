@@ -35,17 +35,40 @@ pub enum Backend {
         direct_routing: bool,
     },
     HostGw,
-    Bgp {
-        asn: u32,
-    },
+    Bgp(BgpSettings),
 }
+
+/// The `bgp` backend's settings, replicated with the rest of the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSettings {
+    pub asn: u32,
+    /// iBGP between every pair of nodes (ignored when route reflectors are named).
+    pub mesh: bool,
+    pub route_reflectors: Vec<String>,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub hold_time: u16,
+    pub peers: Vec<BgpPeer>,
+    pub node_asn: BTreeMap<String, u32>,
+    pub allowed_prefixes: Vec<Ipv4Net>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeer {
+    pub address: std::net::IpAddr,
+    pub asn: u32,
+    pub password: Option<String>,
+    pub node: Option<String>,
+}
+
+/// The hold time proposed when none is configured (RFC 4271's suggestion).
+pub const DEFAULT_BGP_HOLD_TIME: u16 = 90;
 
 impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Vxlan { .. } => "vxlan",
             Backend::HostGw => "host-gw",
-            Backend::Bgp { .. } => "bgp",
+            Backend::Bgp(_) => "bgp",
         }
     }
 }
@@ -65,6 +88,46 @@ pub struct NetworkConfig {
     pub ipv6: Option<Ipv6Config>,
     pub backend: Backend,
     pub lease_ttl_ms: u64,
+}
+
+impl BgpSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Bgp(why));
+        if self.asn == 0 {
+            return Err(ConfigError::Asn);
+        }
+        if self.hold_time != 0 && self.hold_time < 3 {
+            return bad(format!(
+                "hold time {} s: 0 (no keepalives) or at least 3",
+                self.hold_time
+            ));
+        }
+        for (node, asn) in &self.node_asn {
+            if *asn == 0 {
+                return bad(format!("node {node}: AS number must not be 0"));
+            }
+        }
+        for p in &self.peers {
+            if p.asn == 0 {
+                return bad(format!("peer {}: AS number must not be 0", p.address));
+            }
+            if p.password.as_ref().is_some_and(|k| k.len() > 80) {
+                return bad(format!(
+                    "peer {}: TCP-MD5 passwords are at most 80 bytes",
+                    p.address
+                ));
+            }
+            if p.address.is_unspecified() || p.address.is_multicast() {
+                return bad(format!("peer {} is not a unicast address", p.address));
+            }
+        }
+        for a in &self.allowed_prefixes {
+            if a.addr() != a.network() {
+                return bad(format!("allowed prefix {a} has host bits set"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl NetworkConfig {
@@ -94,8 +157,8 @@ impl NetworkConfig {
         if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
             return Err(ConfigError::LeaseTtl(self.lease_ttl_ms));
         }
-        match self.backend {
-            Backend::Vxlan { vni, port, .. } => {
+        match &self.backend {
+            &Backend::Vxlan { vni, port, .. } => {
                 if vni == 0 || vni > 0x00ff_ffff {
                     return Err(ConfigError::Vni(vni));
                 }
@@ -103,7 +166,7 @@ impl NetworkConfig {
                     return Err(ConfigError::Port);
                 }
             }
-            Backend::Bgp { asn: 0 } => return Err(ConfigError::Asn),
+            Backend::Bgp(b) => b.validate()?,
             _ => {}
         }
         // Flannel keeps subnets to /30 or wider: a /31 or /32 leaves no address for pods.
@@ -464,6 +527,8 @@ pub enum ConfigError {
     Port,
     #[error("BGP AS number must not be 0")]
     Asn,
+    #[error("BGP: {0}")]
+    Bgp(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

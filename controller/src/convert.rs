@@ -9,8 +9,8 @@ use tonic::{Code, Status};
 use twill_proto::v1;
 
 use crate::allocator::{
-    AcquireArgs, AllocError, Backend, Event, Ipv6Config, Lease, NetworkConfig, RevEvent,
-    DEFAULT_LEASE_TTL_MS, DEFAULT_VXLAN_PORT,
+    AcquireArgs, AllocError, Backend, BgpPeer, BgpSettings, Event, Ipv6Config, Lease,
+    NetworkConfig, RevEvent, DEFAULT_BGP_HOLD_TIME, DEFAULT_LEASE_TTL_MS, DEFAULT_VXLAN_PORT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,81 @@ fn cidr6(field: &'static str, s: &str) -> Result<Ipv6Net, InputError> {
             format!("{s:?} is not an IPv6 CIDR like fd00:10:244::/56"),
         )
     })
+}
+
+fn bgp_from_proto(b: &v1::BgpBackend) -> Result<BgpSettings, InputError> {
+    let cluster_id = opt(&b.cluster_id, |s| {
+        s.trim().parse::<Ipv4Addr>().map_err(|_| {
+            bad(
+                "backend.bgp.cluster_id",
+                format!("{s:?} is not an IPv4 address"),
+            )
+        })
+    })?;
+    let hold_time = match b.hold_time {
+        0 => DEFAULT_BGP_HOLD_TIME,
+        h => u16::try_from(h)
+            .map_err(|_| bad("backend.bgp.hold_time", format!("{h} s is more than 65535")))?,
+    };
+    let mut peers = Vec::new();
+    for p in &b.peers {
+        let address = p.address.trim().parse().map_err(|_| {
+            bad(
+                "backend.bgp.peers.address",
+                format!("{:?} is not an IP address", p.address),
+            )
+        })?;
+        peers.push(BgpPeer {
+            address,
+            asn: p.asn,
+            password: (!p.password.is_empty()).then(|| p.password.clone()),
+            node: (!p.node.trim().is_empty()).then(|| p.node.trim().to_string()),
+        });
+    }
+    let mut allowed = Vec::new();
+    for a in &b.allowed_prefixes {
+        allowed.push(cidr4("backend.bgp.allowed_prefixes", a)?);
+    }
+    let mut reflectors: Vec<String> = b
+        .route_reflectors
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    reflectors.sort();
+    reflectors.dedup();
+    Ok(BgpSettings {
+        asn: b.asn,
+        mesh: !b.no_mesh,
+        route_reflectors: reflectors,
+        cluster_id,
+        hold_time,
+        peers,
+        node_asn: b.node_asn.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        allowed_prefixes: allowed,
+    })
+}
+
+pub fn bgp_to_proto(b: &BgpSettings) -> v1::BgpBackend {
+    v1::BgpBackend {
+        asn: b.asn,
+        no_mesh: !b.mesh,
+        route_reflectors: b.route_reflectors.clone(),
+        cluster_id: b.cluster_id.map(|c| c.to_string()).unwrap_or_default(),
+        hold_time: u32::from(b.hold_time),
+        peers: b
+            .peers
+            .iter()
+            .map(|p| v1::BgpPeer {
+                address: p.address.to_string(),
+                asn: p.asn,
+                password: p.password.clone().unwrap_or_default(),
+                node: p.node.clone().unwrap_or_default(),
+            })
+            .collect(),
+        node_asn: b.node_asn.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        allowed_prefixes: b.allowed_prefixes.iter().map(|a| a.to_string()).collect(),
+    }
 }
 
 fn opt<T>(s: &str, f: impl FnOnce(&str) -> Result<T, InputError>) -> Result<Option<T>, InputError> {
@@ -117,7 +192,7 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
             direct_routing: v.direct_routing,
         },
         Some(v1::backend::Kind::HostGw(_)) => Backend::HostGw,
-        Some(v1::backend::Kind::Bgp(b)) => Backend::Bgp { asn: b.asn },
+        Some(v1::backend::Kind::Bgp(b)) => Backend::Bgp(bgp_from_proto(b)?),
     };
     let cfg = NetworkConfig {
         network,
@@ -148,7 +223,7 @@ pub fn config_to_proto(c: &NetworkConfig) -> v1::NetworkConfig {
             direct_routing: *direct_routing,
         }),
         Backend::HostGw => v1::backend::Kind::HostGw(v1::HostGwBackend {}),
-        Backend::Bgp { asn } => v1::backend::Kind::Bgp(v1::BgpBackend { asn: *asn }),
+        Backend::Bgp(b) => v1::backend::Kind::Bgp(bgp_to_proto(b)),
     };
     v1::NetworkConfig {
         network: c.network.to_string(),

@@ -69,7 +69,12 @@ fn config(i: u8) -> NetworkConfig {
         },
         7 => NetworkConfig {
             lease_ttl_ms: 60_000,
-            backend: Backend::Bgp { asn: 64_512 },
+            backend: Backend::Bgp(twill_controller::allocator::BgpSettings {
+                asn: 64_512,
+                mesh: true,
+                hold_time: 90,
+                ..Default::default()
+            }),
             ..net(base, 26, 28)
         },
         8 => NetworkConfig {

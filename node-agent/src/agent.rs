@@ -43,9 +43,7 @@ pub enum AgentError {
     Client(#[from] twill_controller::client::ClientError),
     #[error("invalid node name {0:?}: 1 to 253 printable characters without spaces")]
     NodeName(String),
-    #[error(
-        "the cluster's backend {0:?} is not supported by this agent (supported: vxlan, host-gw)"
-    )]
+    #[error("the cluster's configuration names no backend ({0})")]
     Backend(String),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
@@ -56,6 +54,8 @@ pub enum AgentError {
 
 #[derive(Default)]
 struct Stats {
+    /// The BGP speaker's peer board, with the bgp backend.
+    bgp: std::sync::Mutex<Option<twill_bgp::speaker::Status>>,
     ready: AtomicBool,
     peers: AtomicU64,
     refused: AtomicU64,
@@ -64,15 +64,22 @@ struct Stats {
     errors: AtomicU64,
 }
 
-fn backend_of(c: &pb::NetworkConfig) -> Result<Backend, AgentError> {
+/// The backend as configured: a fixed dataplane, or BGP settings for the speaker to turn into
+/// routes.
+enum Mode {
+    Plain(Backend),
+    Bgp(pb::BgpBackend),
+}
+
+fn backend_of(c: &pb::NetworkConfig) -> Result<Mode, AgentError> {
     match c.backend.as_ref().and_then(|b| b.kind.as_ref()) {
-        Some(pb::backend::Kind::Vxlan(v)) => Ok(Backend::Vxlan {
+        Some(pb::backend::Kind::Vxlan(v)) => Ok(Mode::Plain(Backend::Vxlan {
             vni: v.vni,
             port: u16::try_from(v.port).unwrap_or(8472),
             direct_routing: v.direct_routing,
-        }),
-        Some(pb::backend::Kind::HostGw(_)) => Ok(Backend::HostGw),
-        Some(pb::backend::Kind::Bgp(_)) => Err(AgentError::Backend("bgp".into())),
+        })),
+        Some(pb::backend::Kind::HostGw(_)) => Ok(Mode::Plain(Backend::HostGw)),
+        Some(pb::backend::Kind::Bgp(b)) => Ok(Mode::Bgp(b.clone())),
         None => Err(AgentError::Backend("none".into())),
     }
 }
@@ -135,10 +142,21 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let mut tick = tokio::time::interval(opts.resync);
     let mut last_env: Option<SubnetEnv> = None;
     let mut last_refused = BTreeMap::new();
+    let mut speaker: Option<crate::bgp::Runner> = None;
     loop {
+        let learned_changed = async {
+            match speaker.as_mut() {
+                Some(r) => r.learned.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = lease_rx.changed() => if r.is_err() { break },
             r = view_rx.changed() => if r.is_err() { break },
+            Ok(()) = learned_changed => {
+                // A burst of UPDATEs (a peer's full table) settles before one reconcile.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             _ = tick.tick() => {}
             Some(()) = events.recv() => {
                 // Let a burst (a flush, a device deletion) finish, then repair once.
@@ -151,7 +169,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         let (Some(own), Some(config)) = (own, view.config.clone()) else {
             continue;
         };
-        let backend = backend_of(&config)?;
+        let mode = backend_of(&config)?;
         let Some(own_lease) = node_lease(&own) else {
             tracing::error!(subnet = %own.subnet, "lease from the controller does not parse");
             continue;
@@ -161,6 +179,40 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             ..own_lease
         };
         let peers: Vec<NodeLease> = view.leases.values().filter_map(node_lease).collect();
+        let backend = match mode {
+            Mode::Plain(b) => {
+                if let Some(r) = speaker.take() {
+                    tracing::info!("backend is no longer bgp; stopping the BGP speaker");
+                    r.stop().await;
+                }
+                b
+            }
+            Mode::Bgp(settings) => {
+                let Ok(network) = config.network.parse() else {
+                    continue;
+                };
+                let plan = crate::bgp::plan(&settings, network, &own_lease, &peers);
+                match speaker.as_mut() {
+                    Some(r) if r.compatible(&plan) => r.update(plan).await,
+                    _ => {
+                        if let Some(old) = speaker.take() {
+                            old.stop().await;
+                        }
+                        let listen = SocketAddr::new(facts.public_ip.into(), 179);
+                        let status = crate::bgp::status_path(&opts.state_dir);
+                        let r = crate::bgp::Runner::start(plan, listen, Some(status));
+                        *stats.bgp.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(r.status.clone());
+                        speaker = Some(r);
+                    }
+                }
+                let routes = speaker
+                    .as_ref()
+                    .map(|r| r.learned.borrow().clone())
+                    .unwrap_or_default();
+                Backend::Bgp { routes }
+            }
+        };
         let input = Input {
             own: own_lease.clone(),
             peers,
@@ -207,7 +259,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             ipv6_subnet: own.ipv6_subnet.parse().ok(),
             mtu: match &backend {
                 Backend::Vxlan { .. } => facts.mtu.saturating_sub(desired::VXLAN_OVERHEAD),
-                Backend::HostGw => facts.mtu,
+                Backend::HostGw | Backend::Bgp { .. } => facts.mtu,
             },
             ipmasq: opts.ip_masq,
         };
@@ -239,6 +291,9 @@ fn render(s: &Stats) -> String {
         ("twill_agent_reconcile_errors_total", "counter", "Reconcile passes that failed.", s.errors.load(Ordering::Relaxed)),
     ] {
         twill_controller::metrics::metric(&mut o, name, kind, help, v);
+    }
+    if let Some(st) = s.bgp.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        crate::bgp::render_metrics(st, &mut o);
     }
     o
 }

@@ -21,6 +21,10 @@ pub enum Backend {
         direct_routing: bool,
     },
     HostGw,
+    /// Routes the BGP speaker chose, prefix → next hop; our own subnet is never among them.
+    Bgp {
+        routes: std::collections::BTreeMap<Ipv4Net, Ipv4Addr>,
+    },
 }
 
 /// What the agent found out about its host.
@@ -140,6 +144,26 @@ pub fn compute(input: &Input) -> Desired {
                 }
             }
         }
+        Backend::Bgp { routes } => {
+            for (dst, via) in routes {
+                if dst.contains(&input.own.subnet.network()) || input.own.subnet.contains(dst) {
+                    continue;
+                }
+                if on_segment(facts, *via) {
+                    d.routes.insert(Route {
+                        dst: *dst,
+                        via: *via,
+                        dev: facts.iface.clone(),
+                        onlink: false,
+                    });
+                } else {
+                    d.refused.insert(Refusal::NotOnSegment {
+                        node: dst.to_string(),
+                        public_ip: *via,
+                    });
+                }
+            }
+        }
         Backend::Vxlan {
             vni,
             port,
@@ -201,6 +225,30 @@ pub fn compute(input: &Input) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_routes_on_segment_are_installed_and_our_subnet_never() {
+        let mut i = input(Backend::HostGw);
+        i.backend = Backend::Bgp {
+            routes: [
+                ("10.244.2.0/24", "192.0.2.2"),
+                ("10.244.1.0/24", "192.0.2.9"),
+                ("10.244.7.0/24", "198.51.100.7"),
+            ]
+            .iter()
+            .map(|(p, v)| (p.parse().unwrap(), v.parse().unwrap()))
+            .collect(),
+        };
+        let d = compute(&i);
+        let routes: Vec<String> = d
+            .routes
+            .iter()
+            .map(|r| format!("{} via {} dev {}", r.dst, r.via, r.dev))
+            .collect();
+        assert_eq!(routes, ["10.244.2.0/24 via 192.0.2.2 dev eth0"]);
+        assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
+        assert!(d.vxlan.is_none() && d.neighbours.is_empty() && d.fdb.is_empty());
+    }
 
     fn lease(node: &str, subnet: &str, ip: &str, mac: Option<&str>) -> NodeLease {
         NodeLease {

@@ -12,6 +12,7 @@
 //! - [`agent`]: all of it together, with health and metrics endpoints.
 
 pub mod agent;
+pub mod bgp;
 pub mod cni;
 pub mod desired;
 pub mod facts;

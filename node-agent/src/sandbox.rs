@@ -282,6 +282,23 @@ impl Topology {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Starts the controller with `flags` and every node's agent, waits for each node's
+    /// subnet.env and gives each node a bare pod bridge on its subnet's gateway address; returns
+    /// the nodes' FLANNEL_SUBNETs.
+    pub fn start_nodes_with_pod_bridges(&mut self, flags: &[&str]) -> Result<Vec<String>> {
+        self.start_controller(flags)?;
+        for i in 0..self.nodes.len() {
+            self.start_agent(i)?;
+        }
+        let mut subnets = Vec::new();
+        for i in 0..self.nodes.len() {
+            let s = self.wait_subnet(i, Duration::from_secs(30))?;
+            self.add_pod_bridge(i, &s)?;
+            subnets.push(s);
+        }
+        Ok(subnets)
+    }
+
     /// The node's FLANNEL_SUBNET (pod gateway address/len) once subnet.env exists.
     pub fn wait_subnet(&self, i: usize, within: Duration) -> Result<String> {
         let path = self.nodes[i].dir.join("subnet.env");

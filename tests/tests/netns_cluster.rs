@@ -2,41 +2,16 @@
 //! reachability across nodes, the exact kernel objects, a node leaving and coming back.
 //! Needs root; in CI a missing root fails the test.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use twill_tests::netns::{ip_out, root_or_skip, Topology};
+use twill_tests::netns::{gw_addr, ip_out, root_or_skip, wait_until, Topology};
 use twill_tests::twill_binary;
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn gw_addr(cidr: &str) -> &str {
-    cidr.split('/').next().unwrap_or(cidr)
-}
 
 fn run(tag: &str, backend: &[&str], vxlan: bool, n: usize) {
     let mut t = Topology::new(tag, n, &twill_binary().expect("twill binary")).expect("topology");
-    t.start_controller(backend).expect("controller");
-    for i in 0..n {
-        t.start_agent(i).expect("agent");
-    }
-    let subnets: Vec<String> = (0..n)
-        .map(|i| {
-            t.wait_subnet(i, Duration::from_secs(30))
-                .expect("subnet.env")
-        })
-        .collect();
-    for (i, s) in subnets.iter().enumerate() {
-        t.add_pod_bridge(i, s).expect("pod bridge");
-    }
+    let subnets = t
+        .start_nodes_with_pod_bridges(backend)
+        .expect("controller, agents and pod bridges");
     let matrix_ok = |t: &Topology| {
         (0..n).all(|i| {
             (0..n)
@@ -195,8 +170,7 @@ fn bad_agent_input_fails_clearly_and_programs_nothing() {
         return;
     }
     let mut t = Topology::new("bad", 1, &twill_binary().expect("twill binary")).expect("topology");
-    t.start_controller(&["--backend", "bgp", "--bgp-asn", "64512"])
-        .expect("controller");
+    t.start_controller(&[]).expect("controller");
     let cases: &[(&[&str], &str)] = &[
         (&["--iface", "nope0"], "interface \"nope0\" does not exist"),
         (
@@ -204,7 +178,10 @@ fn bad_agent_input_fails_clearly_and_programs_nothing() {
             "public IP 203.0.113.9 is on no interface",
         ),
         (&["--iface-regex", "^zz"], "no interface matches"),
-        (&["--iface", "eth0"], "backend \"bgp\" is not supported"),
+        (
+            &["--iface", "eth0", "--metrics-addr", "203.0.113.9:9421"],
+            "cannot serve metrics on 203.0.113.9:9421",
+        ),
     ];
     for (args, want) in cases {
         let out = t.agent_once(0, args).expect("run agent");

@@ -1,0 +1,395 @@
+//! The `bgp` backend: the agent's embedded speaker originates the node's subnet and hands what
+//! it learns to the reconciler. Which sessions a node has is a pure function of the cluster's
+//! BGP settings and the lease table ([`plan`]); the running speaker is told the new plan and
+//! keeps the sessions it does not change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::{mpsc, watch};
+use twill_bgp::rib::{Change, Peer};
+use twill_bgp::speaker::{self, Control, PeerConfig, SpeakerConfig, Status};
+use twill_proto::v1 as pb;
+
+use crate::desired::NodeLease;
+
+/// The hold time when the settings give none (RFC 4271's suggestion).
+const DEFAULT_HOLD: u16 = 90;
+
+/// What one node's speaker should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub peers: Vec<PeerConfig>,
+    /// Prefixes taken from peers: the pod network and the explicitly allowed ones.
+    pub accept: Vec<IpNet>,
+    pub originate: Vec<IpNet>,
+}
+
+/// The sessions of node `me` among `nodes` (every lease, `me` included or not):
+/// - with route reflectors named, a reflector peers with every node (the others are its
+///   clients, fellow reflectors are not) and every other node peers with the reflectors only;
+/// - otherwise a full iBGP (or, with per-node AS numbers, eBGP) mesh, unless turned off;
+/// - the outside peers meant for every node or for `me`.
+///
+/// Between two nodes the one with the lower address connects and the other waits, so each
+/// pair has one connection and no collision to settle.
+pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLease]) -> Plan {
+    let asn_of = |node: &str| b.node_asn.get(node).copied().unwrap_or(b.asn);
+    let hold = match b.hold_time {
+        0 => DEFAULT_HOLD,
+        h => u16::try_from(h).unwrap_or(u16::MAX),
+    };
+    let reflectors: BTreeSet<&str> = b.route_reflectors.iter().map(String::as_str).collect();
+    let i_reflect = reflectors.contains(me.node.as_str());
+    let mut peers = Vec::new();
+    let mut node_addrs = BTreeSet::new();
+    for n in nodes.iter().filter(|n| n.node != me.node) {
+        let (include, rr_client) = if reflectors.is_empty() {
+            (!b.no_mesh, false)
+        } else if i_reflect {
+            (true, !reflectors.contains(n.node.as_str()))
+        } else {
+            (reflectors.contains(n.node.as_str()), false)
+        };
+        if !include || !node_addrs.insert(n.public_ip) {
+            continue;
+        }
+        peers.push(PeerConfig {
+            peer: Peer {
+                addr: IpAddr::V4(n.public_ip),
+                router_id: n.public_ip,
+                asn: asn_of(&n.node),
+                rr_client,
+            },
+            hold_time: hold,
+            passive: me.public_ip > n.public_ip,
+            md5_password: None,
+        });
+    }
+    for p in &b.peers {
+        if !(p.node.is_empty() || p.node == me.node) {
+            continue;
+        }
+        let Ok(addr) = p.address.parse::<IpAddr>() else {
+            continue;
+        };
+        // A node's own session takes precedence over an outside entry for the same address.
+        if matches!(addr, IpAddr::V4(a) if node_addrs.contains(&a)) {
+            continue;
+        }
+        peers.push(PeerConfig {
+            peer: Peer {
+                addr,
+                // Learned from its OPEN once the session is up.
+                router_id: match addr {
+                    IpAddr::V4(a) => a,
+                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                },
+                asn: p.asn,
+                rr_client: false,
+            },
+            hold_time: hold,
+            passive: false,
+            md5_password: (!p.password.is_empty()).then(|| p.password.clone()),
+        });
+    }
+    peers.sort_by_key(|p| p.peer.addr);
+    let cluster_id = i_reflect.then(|| {
+        b.cluster_id.parse().ok().unwrap_or_else(|| {
+            // Every reflector must use the same id: the first reflector's address.
+            b.route_reflectors
+                .iter()
+                .find_map(|r| nodes.iter().find(|n| &n.node == r).map(|n| n.public_ip))
+                .unwrap_or(me.public_ip)
+        })
+    });
+    let mut accept = vec![IpNet::V4(network)];
+    accept.extend(
+        b.allowed_prefixes
+            .iter()
+            .filter_map(|a| a.parse::<Ipv4Net>().ok())
+            .map(IpNet::V4),
+    );
+    Plan {
+        local_as: asn_of(&me.node),
+        router_id: me.public_ip,
+        cluster_id,
+        peers,
+        accept,
+        originate: vec![IpNet::V4(me.subnet)],
+    }
+}
+
+/// IPv4 routes the speaker has chosen, prefix → next hop.
+pub type Learned = BTreeMap<Ipv4Net, Ipv4Addr>;
+
+/// A running speaker and what it has learned.
+pub struct Runner {
+    plan: Plan,
+    control: mpsc::Sender<Control>,
+    pub learned: watch::Receiver<Learned>,
+    pub status: Status,
+}
+
+impl Runner {
+    /// Starts a speaker for `plan`, accepting sessions on `listen`, and keeps `status_file`
+    /// current for `twill bgp status`.
+    pub fn start(plan: Plan, listen: SocketAddr, status_file: Option<PathBuf>) -> Runner {
+        let cfg = SpeakerConfig {
+            local_as: plan.local_as,
+            router_id: plan.router_id,
+            cluster_id: plan.cluster_id,
+            local_address: IpAddr::V4(plan.router_id),
+            peers: plan.peers.clone(),
+            originate: plan.originate.clone(),
+            listen: Some(listen),
+            accept: plan.accept.clone(),
+        };
+        let (changes_tx, mut changes) = mpsc::channel::<Change>(4096);
+        let (control, control_rx) = mpsc::channel(16);
+        let status: Status = Default::default();
+        tokio::spawn(speaker::run(cfg, changes_tx, control_rx, status.clone()));
+        let (learned_tx, learned) = watch::channel(Learned::new());
+        let own: BTreeSet<IpNet> = plan.originate.iter().copied().collect();
+        tokio::spawn(async move {
+            while let Some(c) = changes.recv().await {
+                learned_tx.send_modify(|l| match c {
+                    Change::Best(IpNet::V4(p), path) if !own.contains(&IpNet::V4(p)) => {
+                        match path.next_hop {
+                            IpAddr::V4(nh) => {
+                                l.insert(p, nh);
+                            }
+                            IpAddr::V6(_) => {
+                                l.remove(&p);
+                            }
+                        }
+                    }
+                    Change::Gone(IpNet::V4(p)) => {
+                        l.remove(&p);
+                    }
+                    _ => {}
+                });
+            }
+        });
+        if let Some(path) = status_file {
+            let st = status.clone();
+            let stop = control.clone();
+            tokio::spawn(async move {
+                while !stop.is_closed() {
+                    let rows = status_rows(&st);
+                    if let Err(e) = write_status(&path, &rows) {
+                        tracing::debug!(error = %e, file = %path.display(), "cannot write the BGP status");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        tracing::info!(asn = plan.local_as, router_id = %plan.router_id, peers = plan.peers.len(), "BGP speaker started");
+        Runner {
+            plan,
+            control,
+            learned,
+            status,
+        }
+    }
+
+    /// Whether a new plan can be applied to this speaker (same AS, router id, cluster id and
+    /// accepted prefixes); if not, it must be replaced.
+    pub fn compatible(&self, p: &Plan) -> bool {
+        self.plan.local_as == p.local_as
+            && self.plan.router_id == p.router_id
+            && self.plan.cluster_id == p.cluster_id
+            && self.plan.accept == p.accept
+    }
+
+    /// Tells the speaker what changed; sessions whose peers did not change are left alone.
+    pub async fn update(&mut self, p: Plan) {
+        if p.peers != self.plan.peers {
+            tracing::info!(peers = p.peers.len(), "BGP peers changed");
+            let _ = self.control.send(Control::SetPeers(p.peers.clone())).await;
+        }
+        if p.originate != self.plan.originate {
+            let _ = self
+                .control
+                .send(Control::SetOriginate(p.originate.clone()))
+                .await;
+        }
+        self.plan = p;
+    }
+
+    pub async fn stop(self) {
+        let _ = self.control.send(Control::Stop).await;
+    }
+}
+
+/// One row of `twill bgp status`, as written to the status file.
+pub fn status_rows(st: &Status) -> Vec<serde_json::Value> {
+    let board = st.lock().unwrap_or_else(|p| p.into_inner());
+    board
+        .values()
+        .map(|p| {
+            serde_json::json!({
+                "peer": p.addr.to_string(),
+                "asn": p.asn,
+                "state": if p.established { "established" } else { "down" },
+                "since": p.since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "received": p.received,
+                "accepted": p.accepted,
+                "advertised": p.advertised,
+                "last_error": p.last_error,
+            })
+        })
+        .collect()
+}
+
+/// The status file, replaced atomically so a reader never sees half of it.
+fn write_status(path: &Path, rows: &[serde_json::Value]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(rows)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Where the agent keeps the BGP status, under its state directory.
+pub fn status_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("bgp-status.json")
+}
+
+/// Per-peer Prometheus series for the agent's `/metrics`.
+pub fn render_metrics(st: &Status, out: &mut String) {
+    let board = st.lock().unwrap_or_else(|p| p.into_inner());
+    if board.is_empty() {
+        return;
+    }
+    type Field = fn(&speaker::PeerStatus) -> u64;
+    let series: [(&str, &str, Field); 4] = [
+        (
+            "twill_bgp_session_established",
+            "1 while the session to the peer is established.",
+            |p| u64::from(p.established),
+        ),
+        (
+            "twill_bgp_prefixes_received",
+            "Prefixes in the peer's Adj-RIB-In.",
+            |p| p.received as u64,
+        ),
+        (
+            "twill_bgp_prefixes_accepted",
+            "Of those, prefixes whose best path is from this peer.",
+            |p| p.accepted as u64,
+        ),
+        (
+            "twill_bgp_prefixes_advertised",
+            "Prefixes announced to the peer.",
+            |p| p.advertised as u64,
+        ),
+    ];
+    for (name, help, f) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for p in board.values() {
+            out.push_str(&format!(
+                "{name}{{peer=\"{}\",asn=\"{}\"}} {}\n",
+                p.addr,
+                p.asn,
+                f(p)
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, last: u8) -> NodeLease {
+        NodeLease {
+            node: name.into(),
+            subnet: format!("10.244.{last}.0/24").parse().unwrap(),
+            public_ip: Ipv4Addr::new(192, 0, 2, last),
+            vtep_mac: None,
+        }
+    }
+
+    fn nodes() -> Vec<NodeLease> {
+        vec![node("n1", 1), node("n2", 2), node("n3", 3)]
+    }
+
+    fn settings() -> pb::BgpBackend {
+        pb::BgpBackend {
+            asn: 64512,
+            ..Default::default()
+        }
+    }
+
+    fn addrs(p: &Plan) -> Vec<String> {
+        p.peers.iter().map(|p| p.peer.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn full_mesh_lower_address_connects() {
+        let all = nodes();
+        let p = plan(&settings(), "10.244.0.0/16".parse().unwrap(), &all[1], &all);
+        assert_eq!(addrs(&p), ["192.0.2.1", "192.0.2.3"]);
+        // .2 waits for .1 and calls .3.
+        assert!(p.peers[0].passive && !p.peers[1].passive);
+        assert!(p
+            .peers
+            .iter()
+            .all(|x| x.peer.asn == 64512 && !x.peer.rr_client));
+        assert_eq!(p.originate, ["10.244.2.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(p.cluster_id, None);
+    }
+
+    #[test]
+    fn reflectors_serve_clients_and_clients_see_only_reflectors() {
+        let all = nodes();
+        let mut s = settings();
+        s.route_reflectors = vec!["n1".into()];
+        let net = "10.244.0.0/16".parse().unwrap();
+        let rr = plan(&s, net, &all[0], &all);
+        assert_eq!(addrs(&rr), ["192.0.2.2", "192.0.2.3"]);
+        assert!(rr.peers.iter().all(|p| p.peer.rr_client));
+        assert_eq!(rr.cluster_id, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        let client = plan(&s, net, &all[2], &all);
+        assert_eq!(addrs(&client), ["192.0.2.1"]);
+        assert!(!client.peers[0].peer.rr_client);
+        assert_eq!(client.cluster_id, None);
+    }
+
+    #[test]
+    fn outside_peers_per_node_and_per_node_as() {
+        let all = nodes();
+        let mut s = settings();
+        s.no_mesh = true;
+        s.node_asn.insert("n2".into(), 64602);
+        s.peers = vec![
+            pb::BgpPeer {
+                address: "192.0.2.254".into(),
+                asn: 64500,
+                password: "k".into(),
+                node: String::new(),
+            },
+            pb::BgpPeer {
+                address: "192.0.2.253".into(),
+                asn: 64500,
+                password: String::new(),
+                node: "n3".into(),
+            },
+        ];
+        s.allowed_prefixes = vec!["0.0.0.0/0".into()];
+        let p = plan(&s, "10.244.0.0/16".parse().unwrap(), &all[1], &all);
+        assert_eq!(p.local_as, 64602);
+        assert_eq!(
+            addrs(&p),
+            ["192.0.2.254"],
+            "no mesh, and n3's own ToR is not ours"
+        );
+        assert_eq!(p.peers[0].md5_password.as_deref(), Some("k"));
+        assert_eq!(p.accept.len(), 2);
+    }
+}

@@ -92,6 +92,60 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         s.message()
     );
 
+    // BGP settings: each mistake named, nothing applied.
+    let bgp = |f: &dyn Fn(&mut pb::BgpBackend)| {
+        let mut b = pb::BgpBackend {
+            asn: 64512,
+            ..Default::default()
+        };
+        f(&mut b);
+        let mut cfg = net("10.0.0.0/12", 24);
+        cfg.backend = Some(pb::Backend {
+            kind: Some(pb::backend::Kind::Bgp(b)),
+        });
+        set(cfg)
+    };
+    for (change, want) in [
+        (
+            &(|b: &mut pb::BgpBackend| b.asn = 0) as &dyn Fn(&mut pb::BgpBackend),
+            "AS number must not be 0",
+        ),
+        (
+            &|b: &mut pb::BgpBackend| {
+                b.peers.push(pb::BgpPeer {
+                    address: "192.0.2.300".into(),
+                    asn: 64500,
+                    ..Default::default()
+                })
+            },
+            "\"192.0.2.300\" is not an IP address",
+        ),
+        (
+            &|b: &mut pb::BgpBackend| {
+                b.peers.push(pb::BgpPeer {
+                    address: "192.0.2.254".into(),
+                    asn: 64500,
+                    password: "x".repeat(81),
+                    ..Default::default()
+                })
+            },
+            "at most 80 bytes",
+        ),
+        (&|b: &mut pb::BgpBackend| b.hold_time = 2, "at least 3"),
+        (
+            &|b: &mut pb::BgpBackend| b.cluster_id = "reflector".into(),
+            "\"reflector\" is not an IPv4 address",
+        ),
+        (
+            &|b: &mut pb::BgpBackend| b.allowed_prefixes.push("10.1.2.3/8".into()),
+            "host bits",
+        ),
+    ] {
+        let s = status(c.set_config(bgp(change)).await);
+        assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+        assert!(s.message().contains(want), "want {want:?}: {}", s.message());
+    }
+
     let s = status(c.acquire(acq("w1", "192.168.9.0/24")).await);
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("192.168.9.0/24"), "{}", s.message());

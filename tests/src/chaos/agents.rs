@@ -6,7 +6,7 @@
 //! The agents' own calls happen in other processes and are not in the history, so this mode
 //! checks what can be seen from outside: (a) no overlap in any read or watcher state, (d) the
 //! watch stream in order and converged, and (f) every agent leased, its subnet.env and every
-//! peer's routes matching the lease table, and the freed subnet handed to the newcomer.
+//! peer's routes matching the lease table, and the departed node's subnet in use again.
 //! (b), (c) and (e), which need each holder's view, are checked in the other modes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,7 +24,7 @@ use super::history::{History, Outcome, Ret};
 use super::{excerpt, reader_loop, short_client, watcher_loop, Report, View};
 use crate::netns::{in_netns, Topology};
 
-/// Three subnets for three nodes: when one leaves, a newcomer can only have its subnet.
+/// Three subnets for three nodes: when one leaves, its subnet must be handed out again.
 const CONTROLLER_FLAGS: &[&str] = &[
     "--network",
     "10.98.0.0/24",

@@ -1,13 +1,17 @@
-//! The twill side of BGP interop tests: one session from a namespace to a peer, announcing a
-//! prefix and collecting what the peer announces.
+//! The twill side of BGP interop tests: one session (or a whole speaker) in a namespace facing
+//! real daemons (BIRD, FRR, GoBGP) on a shared segment, announcing prefixes and collecting what
+//! the peers announce.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use ipnet::IpNet;
 use twill_bgp::attribute::{Attributes, Origin};
 use twill_bgp::driver::{self, Report};
 use twill_bgp::fsm::Config;
 use twill_bgp::open::{Capability, AFI_IPV4, SAFI_UNICAST};
+use twill_bgp::rib::{Change, Peer};
+use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
 use twill_bgp::update::Update;
 
 /// Runs inside namespace `ns`: connects to `peer` (port 179) as `local` in AS `asn` (iBGP,
@@ -126,6 +130,8 @@ pub struct Lan {
     bridge: String,
     hosts: Vec<String>,
     pub pid_files: Vec<std::path::PathBuf>,
+    /// Daemons that stay in the foreground (gobgpd), killed on drop.
+    children: Vec<std::process::Child>,
 }
 
 impl Lan {
@@ -138,6 +144,7 @@ impl Lan {
             bridge: format!("tw-{tag}{id}-br"),
             hosts: Vec::new(),
             pid_files: Vec::new(),
+            children: Vec::new(),
         };
         ip(&["netns", "add", &lan.bridge])?;
         ip(&["-n", &lan.bridge, "link", "add", "br0", "type", "bridge"])?;
@@ -216,6 +223,10 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for f in &self.pid_files {
             if let Ok(pid) = std::fs::read_to_string(f) {
                 let _ = std::process::Command::new("kill").arg(pid.trim()).status();
@@ -255,4 +266,98 @@ pub fn birdc_route(sock: &std::path::Path, prefix: &str, want: &str) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     out
+}
+
+/// A peer on host `.last` of a [`Lan`], connected to actively.
+pub fn peer(last: u8, asn: u32) -> PeerConfig {
+    PeerConfig {
+        peer: Peer {
+            addr: std::net::IpAddr::from([192, 0, 2, last]),
+            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
+            asn,
+            rr_client: false,
+        },
+        hold_time: 30,
+        passive: false,
+        md5_password: None,
+    }
+}
+
+/// Runs a speaker on host .1 until `done` (polled with the best paths seen so far) says so,
+/// then runs `check` while the sessions are still up.
+pub fn run_speaker<T: Send + 'static>(
+    lan: &Lan,
+    cfg: SpeakerConfig,
+    done: impl Fn(&[(IpNet, Change)]) -> bool + Send + 'static,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> (Vec<(IpNet, Change)>, T) {
+    crate::netns::in_netns(&lan.ns(1), move || {
+        Box::pin(async move {
+            let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
+            let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
+            let s = tokio::spawn(speaker::run(cfg, changes_tx, stop, Default::default()));
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done(&seen) && Instant::now() < deadline {
+                if let Ok(Some(c)) =
+                    tokio::time::timeout(Duration::from_millis(200), changes.recv()).await
+                {
+                    let p = match &c {
+                        Change::Best(p, _) | Change::Gone(p) => *p,
+                    };
+                    seen.push((p, c));
+                }
+            }
+            let checked = tokio::task::spawn_blocking(check).await.expect("check");
+            let _ = stop_tx.send(speaker::Control::Stop).await;
+            let _ = s.await;
+            (seen, checked)
+        })
+    })
+    .expect("namespace thread")
+}
+
+/// A GoBGP configuration for host `.host` in AS `asn` with one neighbour.
+pub fn gobgp_conf(host: u8, asn: u32, neighbor: &str, neighbor_as: u32) -> String {
+    format!(
+        "[global.config]\n  as = {asn}\n  router-id = \"192.0.2.{host}\"\n  local-address-list = [\"192.0.2.{host}\"]\n\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{neighbor}\"\n    peer-as = {neighbor_as}\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n"
+    )
+}
+
+impl Lan {
+    /// Starts gobgpd in host `host`'s namespace with `conf` (its API on the namespace's own
+    /// 127.0.0.1, where [`Lan::gobgp`] finds it).
+    pub fn start_gobgp(&mut self, host: u8, conf: &str) -> Result<()> {
+        let dir = self.dir.path().join(format!("gobgp{host}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("gobgpd.toml"), conf)?;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "gobgpd", "-f"])
+            .arg(dir.join("gobgpd.toml"))
+            .args(["-p", "--pprof-disable", "--api-hosts=127.0.0.1:50051"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("gobgpd.log"))?)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("gobgpd did not start (Debian package gobgpd): {e}"))?;
+        self.children.push(child);
+        // Wait for its API.
+        for _ in 0..50 {
+            if self.gobgp(host, &["global"]).contains("AS:") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("gobgpd's API did not come up")
+    }
+
+    /// Runs the `gobgp` CLI against host `host`'s gobgpd; its output (the CLI's exit codes are
+    /// unreliable, so callers look at what it printed).
+    pub fn gobgp(&self, host: u8, args: &[&str]) -> String {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns(host), "gobgp", "-p", "50051"])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
 }

@@ -2,61 +2,11 @@
 //! next hop self), and twill as a client of an FRR route reflector learning a BIRD client's
 //! prefix with the reflector's attributes. Needs root, bird2 and frr.
 
-use std::time::{Duration, Instant};
-
 use ipnet::IpNet;
-use twill_bgp::rib::{Change, Peer};
-use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
-use twill_tests::bgp::{bird_conf, birdc_route, Lan};
-use twill_tests::netns::{in_netns, root_or_skip};
-
-fn peer(last: u8, asn: u32) -> PeerConfig {
-    PeerConfig {
-        peer: Peer {
-            addr: std::net::IpAddr::from([192, 0, 2, last]),
-            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
-            asn,
-            rr_client: false,
-        },
-        hold_time: 30,
-        passive: false,
-        md5_password: None,
-    }
-}
-
-/// Runs a speaker on host .1 until `done` (polled with the best paths seen so far) says so,
-/// then runs `check` while the sessions are still up.
-fn run_speaker<T: Send + 'static>(
-    lan: &Lan,
-    cfg: SpeakerConfig,
-    done: impl Fn(&[(IpNet, Change)]) -> bool + Send + 'static,
-    check: impl FnOnce() -> T + Send + 'static,
-) -> (Vec<(IpNet, Change)>, T) {
-    in_netns(&lan.ns(1), move || {
-        Box::pin(async move {
-            let (changes_tx, mut changes) = tokio::sync::mpsc::channel(1024);
-            let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
-            let s = tokio::spawn(speaker::run(cfg, changes_tx, stop, Default::default()));
-            let mut seen = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !done(&seen) && Instant::now() < deadline {
-                if let Ok(Some(c)) =
-                    tokio::time::timeout(Duration::from_millis(200), changes.recv()).await
-                {
-                    let p = match &c {
-                        Change::Best(p, _) | Change::Gone(p) => *p,
-                    };
-                    seen.push((p, c));
-                }
-            }
-            let checked = tokio::task::spawn_blocking(check).await.expect("check");
-            let _ = stop_tx.send(speaker::Control::Stop).await;
-            let _ = s.await;
-            (seen, checked)
-        })
-    })
-    .expect("namespace thread")
-}
+use twill_bgp::rib::Change;
+use twill_bgp::speaker::SpeakerConfig;
+use twill_tests::bgp::{bird_conf, birdc_route, peer, run_speaker, Lan};
+use twill_tests::netns::root_or_skip;
 
 #[test]
 fn ebgp_with_bird() {

@@ -1,0 +1,197 @@
+//! A scripted peer on a raw TCP socket, with every message written out by hand, against a
+//! running speaker on loopback: a good UPDATE is taken; a malformed ORIGIN withdraws the
+//! prefix and keeps the session (RFC 7606 treat-as-withdraw); a malformed ATOMIC_AGGREGATE is
+//! dropped and the route kept (attribute discard); an attribute list that overruns the message
+//! gets NOTIFICATION (3, 1) and the session is closed; the speaker accepts the peer again
+//! afterwards. No root needed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use twill_bgp::rib::{Change, Peer};
+use twill_bgp::speaker::{self, Control, PeerConfig, SpeakerConfig};
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(kind);
+    m.extend_from_slice(body);
+    m
+}
+
+/// OPEN: version 4, AS 64512 (two octets, no capabilities), hold 90 s, id 10.0.0.2.
+fn open() -> Vec<u8> {
+    message(1, &[4, 0xfc, 0x00, 0, 90, 10, 0, 0, 2, 0])
+}
+
+fn keepalive() -> Vec<u8> {
+    message(4, &[])
+}
+
+/// UPDATE announcing 10.244.<third>.0/24 with the given path attributes.
+fn update(attrs: &[u8], third: u8) -> Vec<u8> {
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    b.extend_from_slice(attrs);
+    b.extend_from_slice(&[24, 10, 244, third]);
+    message(2, &b)
+}
+
+/// ORIGIN (value given), empty AS_PATH, NEXT_HOP 10.0.0.2, LOCAL_PREF 100.
+fn attrs(origin: u8) -> Vec<u8> {
+    vec![
+        0x40, 1, 1, origin, //
+        0x40, 2, 0, //
+        0x40, 3, 4, 10, 0, 0, 2, //
+        0x40, 5, 4, 0, 0, 0, 100,
+    ]
+}
+
+/// The next whole message: its type and body.
+async fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 19];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("a message within 5 s")
+        .expect("connection open");
+    let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+    let mut body = vec![0u8; len - 19];
+    s.read_exact(&mut body).await.expect("message body");
+    (head[18], body)
+}
+
+/// Reads messages until one of `kind` arrives; returns its body. A NOTIFICATION on the way is
+/// a failure unless it is what was asked for.
+async fn expect(s: &mut TcpStream, kind: u8) -> Vec<u8> {
+    loop {
+        let (k, body) = read_message(s).await;
+        if k == kind {
+            return body;
+        }
+        assert_ne!(k, 3, "unexpected NOTIFICATION {body:?}");
+    }
+}
+
+async fn next_change(c: &mut mpsc::Receiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(5), c.recv())
+        .await
+        .expect("a change within 5 s")
+        .expect("speaker running")
+}
+
+fn prefix(third: u8) -> IpNet {
+    format!("10.244.{third}.0/24").parse().expect("literal")
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the speaker");
+    s.write_all(&open()).await.expect("send OPEN");
+    expect(&mut s, 1).await;
+    s.write_all(&keepalive()).await.expect("send KEEPALIVE");
+    expect(&mut s, 4).await;
+    s
+}
+
+#[tokio::test]
+async fn malformed_updates_are_handled_as_rfc_7606_says() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let cfg = SpeakerConfig {
+        local_as: 64512,
+        router_id: "10.0.0.1".parse().expect("id"),
+        cluster_id: None,
+        local_address: "127.0.0.1".parse().expect("addr"),
+        peers: vec![PeerConfig {
+            peer: Peer {
+                addr: IpAddr::from([127, 0, 0, 1]),
+                router_id: "10.0.0.2".parse().expect("id"),
+                asn: 64512,
+                rr_client: false,
+            },
+            hold_time: 90,
+            passive: true,
+            md5_password: None,
+        }],
+        originate: vec![],
+        listen: Some(addr),
+        accept: vec![],
+    };
+    let (changes_tx, mut changes) = mpsc::channel(64);
+    let (control, control_rx) = mpsc::channel(4);
+    let sp = tokio::spawn(speaker::run(
+        cfg,
+        changes_tx,
+        control_rx,
+        Default::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut s = connect(addr).await;
+    // A good UPDATE is taken.
+    s.write_all(&update(&attrs(0), 9)).await.expect("send");
+    match next_change(&mut changes).await {
+        Change::Best(p, path) => {
+            assert_eq!(p, prefix(9));
+            assert_eq!(path.next_hop.to_string(), "10.0.0.2");
+        }
+        other => panic!("expected 10.244.9.0/24 taken, got {other:?}"),
+    }
+    // ORIGIN 7 does not exist: the UPDATE withdraws what it carries, the session stays.
+    s.write_all(&update(&attrs(7), 9)).await.expect("send");
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(9)));
+    // An ATOMIC_AGGREGATE with a value: the attribute is dropped, the route taken.
+    let mut a = attrs(0);
+    a.extend_from_slice(&[0x40, 6, 1, 0]);
+    s.write_all(&update(&a, 10)).await.expect("send");
+    match next_change(&mut changes).await {
+        Change::Best(p, path) => {
+            assert_eq!(p, prefix(10));
+            assert!(
+                !path.attrs.atomic_aggregate,
+                "the malformed attribute was kept"
+            );
+        }
+        other => panic!("expected 10.244.10.0/24 taken, got {other:?}"),
+    }
+    // An attribute running past the attribute field (AS_PATH claims 40 bytes): nothing after
+    // it can be trusted, so the UPDATE is a withdrawal, and still no reset.
+    let mut overrun = attrs(0);
+    overrun[6] = 40;
+    s.write_all(&update(&overrun, 10)).await.expect("send");
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(10)));
+    s.write_all(&update(&attrs(0), 11)).await.expect("send");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(11)));
+
+    // A total attribute length past the end of the message: the NLRI cannot be found, so
+    // NOTIFICATION UPDATE Message Error / Malformed Attribute List, and the session closes.
+    let mut body = vec![0, 0, 0x01, 0x00];
+    body.extend_from_slice(&attrs(0));
+    s.write_all(&message(2, &body)).await.expect("send");
+    let n = expect(&mut s, 3).await;
+    assert_eq!(&n[..2], &[3, 1], "NOTIFICATION code/subcode");
+    // The peer's routes go with the session.
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(11)));
+
+    // The speaker takes the peer back, and a bad marker gets Connection Not Synchronized.
+    let mut s = connect(addr).await;
+    let mut bad = keepalive();
+    bad[3] = 0;
+    s.write_all(&bad).await.expect("send");
+    let n = expect(&mut s, 3).await;
+    assert_eq!(&n[..2], &[1, 1], "NOTIFICATION code/subcode");
+
+    // And once more, cleanly: the speaker survived all of it.
+    let mut s = connect(addr).await;
+    s.write_all(&update(&attrs(0), 12)).await.expect("send");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(12)));
+    drop(s);
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}

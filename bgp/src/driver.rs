@@ -18,9 +18,17 @@ use crate::update::Update;
 /// What the session reports to its owner.
 #[derive(Debug)]
 pub enum Report {
-    Up { peer_id: std::net::Ipv4Addr },
+    Up {
+        peer_id: std::net::Ipv4Addr,
+        /// The peer restarts gracefully, keeping forwarding this long (RFC 4724).
+        peer_restart_time: Option<u16>,
+    },
     Received(Box<Update>),
-    Down(String),
+    /// `stale_for`: keep the peer's routes, stale, this many seconds.
+    Down {
+        why: String,
+        stale_for: Option<u16>,
+    },
 }
 
 fn slot(t: Timer) -> usize {
@@ -89,11 +97,20 @@ pub async fn run(
                         deadlines[slot(t)] = Some(Instant::now() + Duration::from_secs(secs as u64))
                     }
                     Action::Disarm(t) => deadlines[slot(t)] = None,
-                    Action::Up { peer_id, .. } => {
-                        let _ = reports.send(Report::Up { peer_id }).await;
+                    Action::Up {
+                        peer_id,
+                        peer_restart_time,
+                        ..
+                    } => {
+                        let _ = reports
+                            .send(Report::Up {
+                                peer_id,
+                                peer_restart_time,
+                            })
+                            .await;
                     }
-                    Action::Down(why) => {
-                        let _ = reports.send(Report::Down(why)).await;
+                    Action::Down { why, stale_for } => {
+                        let _ = reports.send(Report::Down { why, stale_for }).await;
                         return;
                     }
                     Action::Deliver(u) => {

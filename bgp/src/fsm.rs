@@ -56,9 +56,17 @@ pub enum Action {
         hold_time: u16,
         four_octet_as: bool,
         peer_id: Ipv4Addr,
+        /// The peer's graceful-restart time for IPv4 unicast, if it offered to restart
+        /// gracefully (RFC 4724).
+        peer_restart_time: Option<u16>,
     },
-    /// The session left Established (or never got there): routes from it are gone.
-    Down(String),
+    /// The session left Established (or never got there). `stale_for`: the connection was
+    /// lost with a peer that restarts gracefully, so its routes are kept, stale, this many
+    /// seconds; otherwise they are gone.
+    Down {
+        why: String,
+        stale_for: Option<u16>,
+    },
     /// An UPDATE for the RIB.
     Deliver(Box<Update>),
 }
@@ -87,6 +95,7 @@ pub struct Session {
     pub hold_time: u16,
     pub four_octet_as: bool,
     pub peer_id: Option<Ipv4Addr>,
+    pub peer_restart_time: Option<u16>,
 }
 
 impl Session {
@@ -97,6 +106,7 @@ impl Session {
             hold_time: 0,
             four_octet_as: false,
             peer_id: None,
+            peer_restart_time: None,
         }
     }
 
@@ -116,14 +126,20 @@ impl Session {
     /// Sends a NOTIFICATION, closes, and goes back to Idle (RFC 4271 §8.2.2, most error paths).
     fn fail(&mut self, n: Notification, why: String) -> Vec<Action> {
         let mut out = vec![Action::Send(Message::Notification(n))];
-        out.extend(self.drop_session(why));
+        out.extend(self.drop_session(why, false));
         out
     }
 
-    fn drop_session(&mut self, why: String) -> Vec<Action> {
+    /// `lost`: the TCP connection went away without a NOTIFICATION, the case in which a
+    /// gracefully restarting peer's routes are kept (RFC 4724 §4.2).
+    fn drop_session(&mut self, why: String, lost: bool) -> Vec<Action> {
         let was = self.state;
+        let stale_for = (lost && was == State::Established)
+            .then_some(self.peer_restart_time)
+            .flatten();
         self.state = State::Idle;
         self.peer_id = None;
+        self.peer_restart_time = None;
         let mut out = vec![
             Action::Close,
             Action::Disarm(Timer::Hold),
@@ -131,7 +147,7 @@ impl Session {
             Action::Disarm(Timer::ConnectRetry),
         ];
         if was != State::Idle {
-            out.push(Action::Down(why));
+            out.push(Action::Down { why, stale_for });
         }
         out
     }
@@ -168,6 +184,16 @@ impl Session {
         self.hold_time = self.cfg.hold_time.min(o.hold_time);
         self.four_octet_as = o.four_octet_as();
         self.peer_id = Some(o.bgp_id);
+        self.peer_restart_time = o.capabilities.iter().find_map(|c| match c {
+            Capability::GracefulRestart(g)
+                if g.families
+                    .iter()
+                    .any(|f| (f.0, f.1) == (crate::open::AFI_IPV4, crate::open::SAFI_UNICAST)) =>
+            {
+                Some(g.time)
+            }
+            _ => None,
+        });
         Ok(())
     }
 
@@ -220,10 +246,10 @@ impl Session {
                 "hold timer expired".into(),
             ),
             (_, Event::Disconnected | Event::ConnectFailed) => {
-                self.drop_session("connection closed".into())
+                self.drop_session("connection closed".into(), true)
             }
             (_, Event::Received(Message::Notification(n))) => {
-                self.drop_session(format!("peer sent NOTIFICATION {n}"))
+                self.drop_session(format!("peer sent NOTIFICATION {n}"), false)
             }
             (OpenSent, Event::Received(Message::Open(o))) => match self.accept_open(&o) {
                 Err(e) => self.fail(e.notification, e.reason),
@@ -249,6 +275,7 @@ impl Session {
                     hold_time: self.hold_time,
                     four_octet_as: self.four_octet_as,
                     peer_id: self.peer_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    peer_restart_time: self.peer_restart_time,
                 });
                 out
             }
@@ -422,7 +449,13 @@ mod tests {
             Action::Send(Message::Notification(Notification::new(4, 0, vec![])))
         );
         assert!(out.contains(&Action::Close));
-        assert!(out.iter().any(|a| matches!(a, Action::Down(_))));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                stale_for: None,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -445,8 +478,65 @@ mod tests {
             2,
             vec![],
         ))));
-        assert!(out.iter().any(|a| matches!(a, Action::Down(_))));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                stale_for: None,
+                ..
+            }
+        )));
         assert_eq!(s.state, State::Idle);
+    }
+
+    #[test]
+    fn a_lost_connection_to_a_gracefully_restarting_peer_keeps_its_routes() {
+        let gr_open = |id: &str| {
+            Message::Open(Open {
+                asn: 64512,
+                hold_time: 90,
+                bgp_id: id.parse().unwrap(),
+                capabilities: vec![Capability::GracefulRestart(crate::open::GracefulRestart {
+                    restarting: false,
+                    time: 120,
+                    families: vec![(crate::open::AFI_IPV4, crate::open::SAFI_UNICAST, true)],
+                })],
+            })
+        };
+        let mut s = Session::new(cfg(false));
+        s.handle(Event::Start);
+        s.handle(Event::Connected);
+        s.handle(Event::Received(gr_open("192.0.2.2")));
+        let up = s.handle(Event::Received(Message::Keepalive));
+        assert!(up.iter().any(|a| matches!(
+            a,
+            Action::Up {
+                peer_restart_time: Some(120),
+                ..
+            }
+        )));
+        let out = s.handle(Event::Disconnected);
+        assert!(out.contains(&Action::Down {
+            why: "connection closed".into(),
+            stale_for: Some(120)
+        }));
+        // A NOTIFICATION ends it for good, graceful restart or not.
+        let mut s = Session::new(cfg(false));
+        s.handle(Event::Start);
+        s.handle(Event::Connected);
+        s.handle(Event::Received(gr_open("192.0.2.2")));
+        s.handle(Event::Received(Message::Keepalive));
+        let out = s.handle(Event::Received(Message::Notification(Notification::new(
+            6,
+            2,
+            vec![],
+        ))));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Down {
+                stale_for: None,
+                ..
+            }
+        )));
     }
 
     #[test]

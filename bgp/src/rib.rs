@@ -108,6 +108,15 @@ impl Rib {
         self.loc.get(prefix)
     }
 
+    /// The prefixes `peer` has announced (its Adj-RIB-In).
+    pub fn prefixes_from(&self, peer: PeerId) -> Vec<IpNet> {
+        self.adj_in
+            .iter()
+            .filter(|(_, paths)| paths.contains_key(&peer))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// How many prefixes each peer has in its Adj-RIB-In.
     pub fn adj_in_counts(&self) -> BTreeMap<PeerId, usize> {
         let mut n: BTreeMap<PeerId, usize> = BTreeMap::new();

@@ -47,6 +47,17 @@ pub struct SpeakerConfig {
     /// Only prefixes inside one of these are taken from peers (and so installed or passed on);
     /// empty takes everything.
     pub accept: Vec<IpNet>,
+    /// Offer graceful restart (RFC 4724) to peers.
+    pub graceful_restart: Option<RestartConfig>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartConfig {
+    /// How long peers keep our routes while we restart, in seconds.
+    pub time: u16,
+    /// This speaker has just restarted with the kernel's forwarding state kept: the R and F
+    /// bits of the capability, until every peer has sent End-of-RIB.
+    pub restarted: bool,
 }
 
 /// Changes to a running speaker.
@@ -73,6 +84,10 @@ pub struct PeerStatus {
     /// Prefixes we announce to the peer.
     pub advertised: usize,
     pub last_error: Option<String>,
+    /// The peer has sent End-of-RIB since the session came up.
+    pub end_of_rib: bool,
+    /// The peer's routes are kept, stale, while it restarts.
+    pub stale: bool,
 }
 
 /// Shared with whoever reports on the speaker; updated as sessions change.
@@ -232,6 +247,14 @@ struct Session {
     sent: BTreeSet<IpNet>,
     /// Bumped on every (re)start, so reports of a replaced session are ignored.
     generation: u64,
+    /// Its routes are kept from before a graceful restart; the number tells the stale timer
+    /// which restart it belongs to.
+    stale: Option<u64>,
+    stale_epoch: u64,
+    /// Prefixes announced since the session came up (kept on End-of-RIB when stale).
+    refreshed: BTreeSet<IpNet>,
+    /// The restart time the peer offered in its OPEN (graceful restart), while up.
+    peer_restart_time: Option<u16>,
 }
 
 struct Speaker {
@@ -243,6 +266,7 @@ struct Speaker {
     status: Status,
     listener: Option<Arc<TcpListener>>,
     originated: BTreeSet<IpNet>,
+    stale_timer: mpsc::Sender<(PeerId, u64)>,
 }
 
 impl Speaker {
@@ -265,7 +289,20 @@ impl Speaker {
                     safi: crate::open::SAFI_UNICAST,
                 },
                 Capability::RouteRefresh,
-            ],
+            ]
+            .into_iter()
+            .chain(self.cfg.graceful_restart.map(|g| {
+                Capability::GracefulRestart(crate::open::GracefulRestart {
+                    restarting: g.restarted,
+                    time: g.time.min(0x0fff),
+                    families: vec![(
+                        crate::open::AFI_IPV4,
+                        crate::open::SAFI_UNICAST,
+                        g.restarted,
+                    )],
+                })
+            }))
+            .collect(),
             md5_password: pc.md5_password.clone(),
         }
     }
@@ -316,6 +353,8 @@ impl Speaker {
             accepted: 0,
             advertised: 0,
             last_error: None,
+            end_of_rib: false,
+            stale: false,
         });
         f(st);
         st.advertised = s.sent.len();
@@ -386,6 +425,10 @@ impl Speaker {
                     up: false,
                     sent: BTreeSet::new(),
                     generation: 0,
+                    stale: None,
+                    stale_epoch: 0,
+                    refreshed: BTreeSet::new(),
+                    peer_restart_time: None,
                 },
             );
             self.set_status(i, |_| {});
@@ -474,13 +517,15 @@ impl Speaker {
     }
 
     /// A session came up: the whole table, then End-of-RIB.
-    async fn established(&mut self, i: PeerId, peer_id: Ipv4Addr) {
+    async fn established(&mut self, i: PeerId, peer_id: Ipv4Addr, restart: Option<u16>) {
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
         };
-        tracing::info!(peer = %s.cfg.peer.addr, %peer_id, "BGP session established");
+        s.peer_restart_time = restart;
+        tracing::info!(peer = %s.cfg.peer.addr, %peer_id, stale = s.stale.is_some(), "BGP session established");
         s.up = true;
         s.sent.clear();
+        s.refreshed.clear();
         // The router id the peer really uses (ORIGINATOR_ID when its routes are reflected).
         if let Some(p) = self.rib.peers.get_mut(i) {
             p.router_id = peer_id;
@@ -506,6 +551,7 @@ impl Speaker {
             st.established = true;
             st.since = SystemTime::now();
             st.last_error = None;
+            st.end_of_rib = false;
         });
         self.refresh_counts();
     }
@@ -515,6 +561,15 @@ impl Speaker {
     }
 
     async fn received(&mut self, i: PeerId, u: Update) {
+        if u.is_end_of_rib() {
+            self.set_status(i, |st| st.end_of_rib = true);
+            let stale = self.sessions.get(&i).is_some_and(|s| s.stale.is_some());
+            if stale {
+                let changed = self.flush_stale(i);
+                self.propagate(changed).await;
+            }
+            return;
+        }
         let mut changed = Vec::new();
         for p in u.withdrawn_v4() {
             changed.extend(self.rib.withdraw(i, IpNet::V4(p)));
@@ -538,6 +593,9 @@ impl Speaker {
                     tracing::debug!(prefix = %p, "outside the accepted prefixes; ignored");
                     continue;
                 }
+                if let Some(s) = self.sessions.get_mut(&i) {
+                    s.refreshed.insert(p);
+                }
                 match self.rib.announce(i, p, nh, attrs.clone()) {
                     Ok(c) => changed.extend(c),
                     Err(why) => tracing::debug!(prefix = %p, ?why, "announcement refused"),
@@ -547,15 +605,80 @@ impl Speaker {
         self.propagate(changed).await;
     }
 
-    async fn down(&mut self, i: PeerId, why: String) {
+    /// Drops what a restarting peer announced before and has not announced again.
+    fn flush_stale(&mut self, i: PeerId) -> Vec<Change> {
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return Vec::new();
+        };
+        s.stale = None;
+        let keep = std::mem::take(&mut s.refreshed);
+        let addr = s.cfg.peer.addr;
+        let mut changed = Vec::new();
+        let mut gone = 0;
+        for p in self.rib.prefixes_from(i) {
+            if !keep.contains(&p) {
+                gone += 1;
+                changed.extend(self.rib.withdraw(i, p));
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&i) {
+            s.refreshed = keep;
+        }
+        tracing::info!(peer = %addr, stale_removed = gone, "graceful restart of the peer done");
+        self.set_status(i, |st| st.stale = false);
+        changed
+    }
+
+    /// The restart time of a peer's graceful restart ran out.
+    async fn stale_expired(&mut self, i: PeerId, epoch: u64) {
+        let Some(s) = self.sessions.get(&i) else {
+            return;
+        };
+        if s.stale != Some(epoch) {
+            return;
+        }
+        let changed = if s.up {
+            self.flush_stale(i)
+        } else {
+            tracing::warn!(peer = %s.cfg.peer.addr, "peer did not come back within its restart time; its routes are withdrawn");
+            if let Some(s) = self.sessions.get_mut(&i) {
+                s.stale = None;
+            }
+            self.set_status(i, |st| st.stale = false);
+            self.rib.peer_down(i)
+        };
+        self.propagate(changed).await;
+    }
+
+    async fn down(&mut self, i: PeerId, why: String, stale_for: Option<u16>) {
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
         };
         s.up = false;
         s.sent.clear();
         s.sender = None;
+        s.peer_restart_time = None;
         let passive = s.cfg.passive;
         let addr = s.cfg.peer.addr;
+        // A peer restarting gracefully keeps its routes (stale) for the restart time it gave
+        // last; any other end withdraws them.
+        let keep = match stale_for {
+            Some(t) => {
+                s.stale_epoch += 1;
+                s.stale = Some(s.stale_epoch);
+                let (tx, epoch) = (self.stale_timer.clone(), s.stale_epoch);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(t))).await;
+                    let _ = tx.send((i, epoch)).await;
+                });
+                tracing::info!(peer = %addr, restart_time = t, "peer restarting gracefully; its routes are kept as stale");
+                true
+            }
+            None => {
+                s.stale = None;
+                false
+            }
+        };
         if passive {
             tracing::warn!(peer = %addr, %why, "BGP session down; waiting for the peer to connect again");
             s.task = None;
@@ -566,23 +689,34 @@ impl Speaker {
             st.established = false;
             st.since = SystemTime::now();
             st.last_error = Some(why);
+            st.stale = keep;
         });
-        let changed = self.rib.peer_down(i);
-        self.propagate(changed).await;
+        if !keep {
+            let changed = self.rib.peer_down(i);
+            self.propagate(changed).await;
+        }
         if !passive {
             self.start(i, Duration::from_secs(2), None);
         }
         self.refresh_counts();
     }
 
-    /// One session per peer (RFC 4271 §6.8): an established one stays; while ours is still
-    /// connecting, the connection opened by the higher router id wins.
-    fn incoming(&mut self, from: IpAddr, stream: TcpStream) {
+    /// One session per peer (RFC 4271 §6.8): an established one stays, unless the peer
+    /// restarts gracefully, whose new connection means it restarted (RFC 4724 §4.2); while ours
+    /// is still connecting, the connection opened by the higher router id wins.
+    async fn incoming(&mut self, from: IpAddr, stream: TcpStream) {
         let Some((i, s)) = self.sessions.iter().find(|(_, s)| s.cfg.peer.addr == from) else {
             tracing::warn!(%from, "BGP connection from an address that is not a configured peer; closed");
             return;
         };
         let i = *i;
+        if s.up && s.peer_restart_time.is_some() {
+            let stale_for = s.peer_restart_time;
+            self.down(i, "the peer restarted (new connection)".into(), stale_for)
+                .await;
+            self.start(i, Duration::ZERO, Some(stream));
+            return;
+        }
         let take = if s.up {
             false
         } else if s.cfg.passive || s.task.is_none() {
@@ -616,6 +750,7 @@ pub async fn run(
     };
     let rib = Rib::new(cfg.local_as, cfg.router_id, cfg.cluster_id, vec![own]);
     let (reports_tx, mut reports) = mpsc::channel::<(PeerId, u64, Report)>(1024);
+    let (stale_timer, mut stale_expired) = mpsc::channel::<(PeerId, u64)>(64);
     let (accepted_tx, mut accepted) = mpsc::channel::<(IpAddr, TcpStream)>(16);
     let listener = match cfg.listen {
         Some(addr) => match listen(addr, &cfg.peers, accepted_tx).await {
@@ -641,6 +776,7 @@ pub async fn run(
         status,
         listener,
         originated: BTreeSet::new(),
+        stale_timer,
     };
     sp.set_originate(originate).await;
     sp.set_peers(peers).await;
@@ -657,12 +793,13 @@ pub async fn run(
                     continue; // from a session since replaced or removed
                 }
                 match report {
-                    Report::Up { peer_id } => sp.established(i, peer_id).await,
+                    Report::Up { peer_id, peer_restart_time } => sp.established(i, peer_id, peer_restart_time).await,
                     Report::Received(u) => sp.received(i, *u).await,
-                    Report::Down(why) => sp.down(i, why).await,
+                    Report::Down { why, stale_for } => sp.down(i, why, stale_for).await,
                 }
             }
-            Some((from, stream)) = accepted.recv() => sp.incoming(from, stream),
+            Some((i, epoch)) = stale_expired.recv() => sp.stale_expired(i, epoch).await,
+            Some((from, stream)) = accepted.recv() => sp.incoming(from, stream).await,
             c = control.recv() => match c {
                 Some(Control::SetPeers(p)) => sp.set_peers(p).await,
                 Some(Control::SetOriginate(p)) => sp.set_originate(p).await,

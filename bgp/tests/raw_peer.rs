@@ -28,6 +28,21 @@ fn open() -> Vec<u8> {
     message(1, &[4, 0xfc, 0x00, 0, 90, 10, 0, 0, 2, 0])
 }
 
+/// OPEN with the graceful-restart capability for IPv4 unicast (forwarding kept), restart time
+/// `time` seconds, R bit when `restarted`.
+fn open_gr(time: u16, restarted: bool) -> Vec<u8> {
+    let head = (if restarted { 0x8000 } else { 0 }) | time;
+    let [hi, lo] = head.to_be_bytes();
+    message(
+        1,
+        &[
+            4, 0xfc, 0x00, 0, 90, 10, 0, 0, 2, 10, // version … optional parameters length
+            2, 8, // a capabilities parameter of 8 bytes
+            64, 6, hi, lo, 0, 1, 1, 0x80, // graceful restart: IPv4 unicast, F bit
+        ],
+    )
+}
+
 fn keepalive() -> Vec<u8> {
     message(4, &[])
 }
@@ -88,18 +103,27 @@ fn prefix(third: u8) -> IpNet {
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
+    connect_with(addr, open()).await
+}
+
+async fn connect_with(addr: SocketAddr, open: Vec<u8>) -> TcpStream {
     let mut s = TcpStream::connect(addr)
         .await
         .expect("connect to the speaker");
-    s.write_all(&open()).await.expect("send OPEN");
+    s.write_all(&open).await.expect("send OPEN");
     expect(&mut s, 1).await;
     s.write_all(&keepalive()).await.expect("send KEEPALIVE");
     expect(&mut s, 4).await;
     s
 }
 
-#[tokio::test]
-async fn malformed_updates_are_handled_as_rfc_7606_says() {
+/// A speaker on a free loopback port with 127.0.0.1 as its one, passive, peer.
+fn start() -> (
+    SocketAddr,
+    mpsc::Receiver<Change>,
+    mpsc::Sender<Control>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
@@ -122,8 +146,9 @@ async fn malformed_updates_are_handled_as_rfc_7606_says() {
         originate: vec![],
         listen: Some(addr),
         accept: vec![],
+        graceful_restart: None,
     };
-    let (changes_tx, mut changes) = mpsc::channel(64);
+    let (changes_tx, changes) = mpsc::channel(64);
     let (control, control_rx) = mpsc::channel(4);
     let sp = tokio::spawn(speaker::run(
         cfg,
@@ -131,6 +156,12 @@ async fn malformed_updates_are_handled_as_rfc_7606_says() {
         control_rx,
         Default::default(),
     ));
+    (addr, changes, control, sp)
+}
+
+#[tokio::test]
+async fn malformed_updates_are_handled_as_rfc_7606_says() {
+    let (addr, mut changes, control, sp) = start();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let mut s = connect(addr).await;
@@ -192,6 +223,67 @@ async fn malformed_updates_are_handled_as_rfc_7606_says() {
     s.write_all(&update(&attrs(0), 12)).await.expect("send");
     assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(12)));
     drop(s);
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Graceful restart, helper side (RFC 4724): a peer that offered it loses its connection; its
+/// routes stay; it comes back and sends End-of-RIB, and only what it did not announce again
+/// goes. A peer that does not come back within its restart time loses its routes then.
+#[tokio::test]
+async fn a_restarting_peers_routes_stay_until_end_of_rib_or_its_restart_time() {
+    let (addr, mut changes, control, sp) = start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut s = connect_with(addr, open_gr(120, false)).await;
+    for third in [20, 21] {
+        s.write_all(&update(&attrs(0), third)).await.expect("send");
+        assert!(
+            matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(third))
+        );
+    }
+    drop(s); // the connection is lost, no NOTIFICATION
+    let nothing = tokio::time::timeout(Duration::from_millis(700), changes.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "routes of a restarting peer withdrawn: {nothing:?}"
+    );
+
+    // Back, with only 10.244.20.0/24, then End-of-RIB: 10.244.21.0/24 was stale and goes.
+    let mut s = connect_with(addr, open_gr(120, true)).await;
+    // The same path again is no change of best path.
+    s.write_all(&update(&attrs(0), 20)).await.expect("send");
+    s.write_all(&message(2, &[0, 0, 0, 0]))
+        .await
+        .expect("send End-of-RIB");
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(21)));
+    let nothing = tokio::time::timeout(Duration::from_millis(300), changes.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "more than the stale route went: {nothing:?}"
+    );
+
+    // Now with a one-second restart time, and no return: the routes go after it.
+    drop(s);
+    let mut s = connect_with(addr, open_gr(1, false)).await;
+    s.write_all(&update(&attrs(0), 22)).await.expect("send");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(22)));
+    let lost = std::time::Instant::now();
+    drop(s);
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < 2 {
+        match next_change(&mut changes).await {
+            Change::Gone(p) => {
+                gone.insert(p);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(gone, [prefix(20), prefix(22)].into());
+    assert!(
+        lost.elapsed() >= Duration::from_millis(900),
+        "withdrawn before the restart time ran out"
+    );
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }

@@ -143,6 +143,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let mut last_env: Option<SubnetEnv> = None;
     let mut last_refused = BTreeMap::new();
     let mut speaker: Option<crate::bgp::Runner> = None;
+    // Routes to peers found in the kernel when the speaker starts (an agent restart): kept
+    // until the speaker has every peer's table again, so pod traffic keeps flowing.
+    let mut preserved: crate::bgp::Learned = BTreeMap::new();
     loop {
         let learned_changed = async {
             match speaker.as_mut() {
@@ -200,16 +203,43 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
                         }
                         let listen = SocketAddr::new(facts.public_ip.into(), 179);
                         let status = crate::bgp::status_path(&opts.state_dir);
-                        let r = crate::bgp::Runner::start(plan, listen, Some(status));
+                        preserved = match kernel.observe().await {
+                            Ok(o) => o
+                                .routes
+                                .iter()
+                                .filter(|r| r.dev == facts.iface && !r.onlink)
+                                .map(|r| (r.dst, r.via))
+                                .collect(),
+                            Err(_) => BTreeMap::new(),
+                        };
+                        if !preserved.is_empty() {
+                            tracing::info!(routes = preserved.len(), "restarting: routes in the kernel kept until every BGP peer has resent its table");
+                        }
+                        let r = crate::bgp::Runner::start(
+                            plan,
+                            listen,
+                            Some(status),
+                            !preserved.is_empty(),
+                        );
                         *stats.bgp.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(r.status.clone());
                         speaker = Some(r);
                     }
                 }
-                let routes = speaker
+                let mut routes = speaker
                     .as_ref()
                     .map(|r| r.learned.borrow().clone())
                     .unwrap_or_default();
+                if !preserved.is_empty() {
+                    if speaker.as_ref().is_some_and(|r| r.converged()) {
+                        tracing::info!("every BGP peer resent its table; routes from before the restart released");
+                        preserved.clear();
+                    } else {
+                        for (dst, via) in &preserved {
+                            routes.entry(*dst).or_insert(*via);
+                        }
+                    }
+                }
                 Backend::Bgp { routes }
             }
         };

@@ -19,6 +19,10 @@ use crate::desired::NodeLease;
 /// The hold time when the settings give none (RFC 4271's suggestion).
 const DEFAULT_HOLD: u16 = 90;
 
+/// How long peers keep this node's routes while its agent restarts, and how long a restarted
+/// agent keeps the routes it found in the kernel while its sessions come back.
+pub const RESTART_TIME: Duration = Duration::from_secs(120);
+
 /// What one node's speaker should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -135,12 +139,19 @@ pub struct Runner {
     control: mpsc::Sender<Control>,
     pub learned: watch::Receiver<Learned>,
     pub status: Status,
+    started: std::time::Instant,
 }
 
 impl Runner {
     /// Starts a speaker for `plan`, accepting sessions on `listen`, and keeps `status_file`
-    /// current for `twill bgp status`.
-    pub fn start(plan: Plan, listen: SocketAddr, status_file: Option<PathBuf>) -> Runner {
+    /// current for `twill bgp status`. `restarted`: routes of an earlier run are still in the
+    /// kernel, so peers are told forwarding went on (graceful restart's R and F bits).
+    pub fn start(
+        plan: Plan,
+        listen: SocketAddr,
+        status_file: Option<PathBuf>,
+        restarted: bool,
+    ) -> Runner {
         let cfg = SpeakerConfig {
             local_as: plan.local_as,
             router_id: plan.router_id,
@@ -150,6 +161,10 @@ impl Runner {
             originate: plan.originate.clone(),
             listen: Some(listen),
             accept: plan.accept.clone(),
+            graceful_restart: Some(speaker::RestartConfig {
+                time: RESTART_TIME.as_secs() as u16,
+                restarted,
+            }),
         };
         let (changes_tx, mut changes) = mpsc::channel::<Change>(4096);
         let (control, control_rx) = mpsc::channel(16);
@@ -196,7 +211,22 @@ impl Runner {
             control,
             learned,
             status,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Every peer has sent its whole table (End-of-RIB) since this speaker started, or the
+    /// restart time is over: routes from before a restart can go.
+    pub fn converged(&self) -> bool {
+        if self.started.elapsed() > RESTART_TIME {
+            return true;
+        }
+        // Peers the speaker has not put on the board yet count as not done.
+        let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        self.plan
+            .peers
+            .iter()
+            .all(|p| board.get(&p.peer.addr).is_some_and(|s| s.end_of_rib))
     }
 
     /// Whether a new plan can be applied to this speaker (same AS, router id, cluster id and

@@ -108,7 +108,7 @@ fn exchange_inner<T: Send + 'static>(
                     Ok(Some(Report::Received(u))) => {
                         learned.extend(u.nlri.iter().map(|p| p.to_string()))
                     }
-                    Ok(Some(Report::Down(why))) => bail!("session went down: {why}"),
+                    Ok(Some(Report::Down { why, .. })) => bail!("session went down: {why}"),
                     Ok(None) | Err(_) => {
                         bail!("no session or no prefix from {peer} within {within:?}")
                     }

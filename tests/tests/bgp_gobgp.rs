@@ -22,6 +22,7 @@ fn exchange(tag: &str, twill_as: u32, gobgp_as: u32) -> (Vec<(IpNet, Change)>, S
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
         accept: vec![],
+        graceful_restart: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let lan = std::sync::Arc::new(lan);

@@ -32,6 +32,7 @@ fn ebgp_with_bird() {
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
         accept: vec![],
+        graceful_restart: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(
@@ -97,6 +98,7 @@ protocol bgp to_reflector {
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
         accept: vec![],
+        graceful_restart: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, ()) = run_speaker(&lan, cfg, move |s| s.iter().any(|(p, _)| *p == want), || ());
@@ -151,6 +153,7 @@ fn bird_connects_to_a_passive_twill_with_md5() {
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: Some("192.0.2.1:179".parse().expect("addr")),
         accept: vec![],
+        graceful_restart: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(

@@ -59,6 +59,7 @@ protocol bgp to_twill {
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
         accept: vec![],
+        graceful_restart: None,
     };
     let (bird_view, frr_view) = in_netns(&lan.ns(1), move || {
         Box::pin(async move {

@@ -57,7 +57,7 @@ pub struct NetworkFlags {
     /// "" for none); the others peer only with them
     #[arg(long, value_name = "NODES")]
     pub bgp_route_reflectors: Option<String>,
-    /// With bgp: the reflectors' CLUSTER_ID [default: the first reflector's address]
+    /// With bgp: the reflectors' CLUSTER_ID [default: derived from the reflectors' names]
     #[arg(long, value_name = "ADDR")]
     pub bgp_cluster_id: Option<String>,
     /// With bgp: hold time proposed to peers, in seconds (0 or at least 3) [default: 90]
@@ -253,7 +253,7 @@ impl NetworkFlags {
             && self.vni.is_none()
             && self.vxlan_port.is_none()
             && self.direct_routing.is_none()
-            && self.bgp_asn.is_none()
+            && !self.any_bgp()
             && self.lease_ttl.is_none()
     }
 }

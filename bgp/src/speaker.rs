@@ -216,7 +216,12 @@ async fn listen(
     let l = listener.clone();
     tokio::spawn(async move {
         loop {
-            let (stream, from) = match l.accept().await {
+            // Ends with the speaker (its receiver gone), freeing the port for a new one.
+            let accepted_conn = tokio::select! {
+                c = l.accept() => c,
+                _ = accepted.closed() => return,
+            };
+            let (stream, from) = match accepted_conn {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "BGP listener: accept failed");

@@ -127,6 +127,17 @@ fn start() -> (
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
+    start_on(addr)
+}
+
+fn start_on(
+    addr: SocketAddr,
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Change>,
+    mpsc::Sender<Control>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = SpeakerConfig {
         local_as: 64512,
         router_id: "10.0.0.1".parse().expect("id"),
@@ -284,6 +295,24 @@ async fn a_restarting_peers_routes_stay_until_end_of_rib_or_its_restart_time() {
         lost.elapsed() >= Duration::from_millis(900),
         "withdrawn before the restart time ran out"
     );
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Regression (netns_bgp, route reflectors on five nodes): a stopped speaker's accept loop kept
+/// the port, so the speaker that replaced it could not listen and passive peers never came up.
+#[tokio::test]
+async fn a_stopped_speaker_frees_its_port_for_the_next() {
+    let (addr, _changes, control, sp) = start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, mut changes, control, sp) = start_on(addr);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect(addr).await;
+    s.write_all(&update(&attrs(0), 30)).await.expect("send");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(30)));
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }

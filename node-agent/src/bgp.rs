@@ -105,13 +105,10 @@ pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeL
     }
     peers.sort_by_key(|p| p.peer.addr);
     let cluster_id = i_reflect.then(|| {
-        b.cluster_id.parse().ok().unwrap_or_else(|| {
-            // Every reflector must use the same id: the first reflector's address.
-            b.route_reflectors
-                .iter()
-                .find_map(|r| nodes.iter().find(|n| &n.node == r).map(|n| n.public_ip))
-                .unwrap_or(me.public_ip)
-        })
+        b.cluster_id
+            .parse()
+            .ok()
+            .unwrap_or_else(|| default_cluster_id(&b.route_reflectors))
     });
     let mut accept = vec![IpNet::V4(network)];
     accept.extend(
@@ -128,6 +125,19 @@ pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeL
         accept,
         originate: vec![IpNet::V4(me.subnet)],
     }
+}
+
+/// Every reflector must use the same CLUSTER_ID, and it must not change while leases come and
+/// go (a change restarts the speaker): one derived from the reflectors' names (FNV-1a).
+fn default_cluster_id(reflectors: &[String]) -> Ipv4Addr {
+    let mut names: Vec<&str> = reflectors.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    let mut h: u32 = 0x811c_9dc5;
+    for b in names.join(",").bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    Ipv4Addr::from(h)
 }
 
 /// IPv4 routes the speaker has chosen, prefix → next hop.
@@ -384,7 +394,9 @@ mod tests {
         let rr = plan(&s, net, &all[0], &all);
         assert_eq!(addrs(&rr), ["192.0.2.2", "192.0.2.3"]);
         assert!(rr.peers.iter().all(|p| p.peer.rr_client));
-        assert_eq!(rr.cluster_id, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        // The same id on every reflector, whatever leases the reflector has seen so far.
+        assert_eq!(rr.cluster_id, Some(default_cluster_id(&["n1".into()])));
+        assert_eq!(plan(&s, net, &all[0], &all[..1]).cluster_id, rr.cluster_id);
         let client = plan(&s, net, &all[2], &all);
         assert_eq!(addrs(&client), ["192.0.2.1"]);
         assert!(!client.peers[0].peer.rr_client);

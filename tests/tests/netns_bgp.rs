@@ -21,6 +21,51 @@ fn established(t: &Topology, i: usize) -> usize {
         .count()
 }
 
+/// Node `i`'s sessions from `twill bgp status --json`: peer → (state, since).
+fn sessions_of(t: &Topology, i: usize) -> std::collections::BTreeMap<String, (String, u64)> {
+    let out = std::process::Command::new(twill_binary().expect("twill"))
+        .args(["bgp", "status", "--json", "--state-dir"])
+        .arg(t.nodes[i].dir.join("state"))
+        .output()
+        .expect("twill bgp status");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.iter()
+        .map(|r| {
+            (
+                r["peer"].as_str().unwrap_or_default().to_string(),
+                (
+                    r["state"].as_str().unwrap_or_default().to_string(),
+                    r["since"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A BGP settings change reaches every agent through the controller and is applied to the
+/// running speaker: a new outside peer appears, the node sessions stay up untouched.
+fn change_settings_without_resets(t: &Topology, n: usize) {
+    let before: Vec<_> = (0..n).map(|i| sessions_of(t, i)).collect();
+    t.twill(&["config", "set", "--bgp-peer", "192.0.2.250=64500"])
+        .expect("config set");
+    for (i, before) in before.iter().enumerate() {
+        wait_until(
+            "the new peer on every node",
+            Duration::from_secs(20),
+            || sessions_of(t, i).contains_key("192.0.2.250"),
+        );
+        let now = sessions_of(t, i);
+        for (peer, (state, since)) in before {
+            assert_eq!(
+                now.get(peer),
+                Some(&(state.clone(), *since)),
+                "node{}: the session to {peer} was reset by an unrelated change",
+                i + 1
+            );
+        }
+    }
+}
+
 fn cluster(tag: &str, n: usize, extra: &[&str], sessions: impl Fn(usize) -> usize) {
     let mut t = Topology::new(tag, n, &twill_binary().expect("twill binary")).expect("topology");
     let mut flags = vec![
@@ -66,9 +111,10 @@ fn cluster(tag: &str, n: usize, extra: &[&str], sessions: impl Fn(usize) -> usiz
             || established(&t, i) == sessions(i),
         );
     }
+    change_settings_without_resets(&t, n);
 
-    // The last node's agent stops: its speaker is gone, so every node drops its route (the
-    // lease itself stays until its TTL).
+    // The last node leaves: its agent stops and its lease is released. A stopped agent alone
+    // keeps its routes on the peers (graceful restart); the lease gone removes the peer.
     let last = n - 1;
     let gone = subnets[last]
         .parse::<ipnet::Ipv4Net>()
@@ -76,6 +122,8 @@ fn cluster(tag: &str, n: usize, extra: &[&str], sessions: impl Fn(usize) -> usiz
         .trunc()
         .to_string();
     t.stop_agent(last);
+    t.twill(&["release", &t.nodes[last].name.clone()])
+        .expect("release");
     for i in 0..last {
         wait_until(
             "the leaving node's route withdrawn",

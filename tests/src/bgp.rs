@@ -223,10 +223,7 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_children();
         for f in &self.pid_files {
             if let Ok(pid) = std::fs::read_to_string(f) {
                 let _ = std::process::Command::new("kill").arg(pid.trim()).status();
@@ -348,6 +345,14 @@ impl Lan {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("gobgpd's API did not come up")
+    }
+
+    /// Stops the foreground daemons (gobgpd) started so far.
+    pub fn stop_children(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Runs the `gobgp` CLI against host `host`'s gobgpd; its output (the CLI's exit codes are

@@ -478,8 +478,10 @@ impl Speaker {
         if changed.is_empty() {
             return;
         }
+        // Every change reaches the kernel side, waiting for room if it lags (a dropped change
+        // would leave a route missing); a closed receiver does not stop the speaker.
         for c in &changed {
-            let _ = self.changes.try_send(c.clone());
+            let _ = self.changes.send(c.clone()).await;
         }
         let up: Vec<PeerId> = self
             .sessions

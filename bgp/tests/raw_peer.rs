@@ -127,11 +127,13 @@ fn start() -> (
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    start_on(addr)
+    start_on(addr, 64)
 }
 
+/// As [`start`], on `addr`, with room for `room` unread changes.
 fn start_on(
     addr: SocketAddr,
+    room: usize,
 ) -> (
     SocketAddr,
     mpsc::Receiver<Change>,
@@ -159,7 +161,7 @@ fn start_on(
         accept: vec![],
         graceful_restart: None,
     };
-    let (changes_tx, changes) = mpsc::channel(64);
+    let (changes_tx, changes) = mpsc::channel(room);
     let (control, control_rx) = mpsc::channel(4);
     let sp = tokio::spawn(speaker::run(
         cfg,
@@ -308,11 +310,38 @@ async fn a_stopped_speaker_frees_its_port_for_the_next() {
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, mut changes, control, sp) = start_on(addr);
+    let (_, mut changes, control, sp) = start_on(addr, 64);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut s = connect(addr).await;
     s.write_all(&update(&attrs(0), 30)).await.expect("send");
     assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(30)));
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Regression (bench-bgp with 100,000 prefixes): changes were offered to a full channel and
+/// dropped, so whoever installs routes missed some. Now the speaker waits for room.
+#[tokio::test]
+async fn no_change_is_lost_when_the_reader_lags() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let (_, mut changes, control, sp) = start_on(addr, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect(addr).await;
+    for third in 0..=255u8 {
+        s.write_all(&update(&attrs(0), third)).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the reader lags behind
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 256 {
+        match next_change(&mut changes).await {
+            Change::Best(p, _) => {
+                got.insert(p);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }

@@ -267,3 +267,123 @@ fn bgp_agent_restart_keeps_pod_traffic_flowing() {
         );
     }
 }
+
+/// Kills the BIRD a test started, whatever happens to the test.
+struct BirdGuard(std::path::PathBuf);
+
+impl Drop for BirdGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// Nodes peer only with a top-of-rack router (BIRD, eBGP, no node mesh): each node's subnet
+/// reaches the other node through it, BIRD's own prefix inside the pod network is installed
+/// by twill, and a prefix outside the pod network is not (no route leaks). Pods ping across.
+#[test]
+fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
+    if !root_or_skip("agents_peer_with_a_tor_router_and_install_only_pod_routes") {
+        return;
+    }
+    // Node namespaces 1 and 2 run agents; namespace 3 (192.0.2.3) is the ToR.
+    let mut t = Topology::new("btor", 3, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&[
+        "--backend",
+        "bgp",
+        "--bgp-asn",
+        "64512",
+        "--bgp-mesh",
+        "false",
+        "--bgp-peer",
+        "192.0.2.3=64600",
+    ])
+    .expect("controller");
+    let dir = t.dir.join("tor");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut conf = String::from(
+        "router id 192.0.2.3;\nprotocol device {}\nprotocol direct { ipv4; interface \"eth0\"; }\nprotocol kernel { ipv4 { export where source = RTS_BGP; }; }\nprotocol static own { ipv4; route 10.244.200.0/24 blackhole; route 192.168.77.0/24 blackhole; }\n",
+    );
+    for n in [1, 2] {
+        conf.push_str(&format!(
+            "protocol bgp node{n} {{ local 192.0.2.3 as 64600; neighbor 192.0.2.{n} as 64512; ipv4 {{ import all; export all; }}; }}\n"
+        ));
+    }
+    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
+    let tor = t.nodes[2].ns.clone();
+    twill_tests::netns::ip(&[
+        "netns",
+        "exec",
+        &tor,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ])
+    .expect("forwarding on the ToR");
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", &tor, "bird", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .expect("bird");
+    assert!(ok.success(), "bird did not start");
+    let _bird = BirdGuard(dir.join("bird.pid"));
+    let mut subnets = Vec::new();
+    for i in 0..2 {
+        t.start_agent(i).expect("agent");
+    }
+    for i in 0..2 {
+        let s = t
+            .wait_subnet(i, Duration::from_secs(30))
+            .expect("subnet.env");
+        t.add_pod_bridge(i, &s).expect("pod bridge");
+        subnets.push(s);
+    }
+    let net = |s: &str| {
+        s.parse::<ipnet::Ipv4Net>()
+            .expect("FLANNEL_SUBNET")
+            .trunc()
+            .to_string()
+    };
+    for (i, j) in [(0, 1), (1, 0)] {
+        let want = [
+            format!("{} via 192.0.2.3 ", net(&subnets[j])),
+            "10.244.200.0/24 via 192.0.2.3 ".to_string(),
+        ];
+        wait_until(
+            "the other node's and the ToR's pod routes",
+            Duration::from_secs(30),
+            || {
+                let r = t.routes(i);
+                want.iter()
+                    .all(|w| r.iter().any(|l| l.starts_with(w.as_str())))
+            },
+        );
+        let all = twill_tests::netns::ip_out(&["-n", &t.nodes[i].ns, "route", "show"]);
+        assert!(
+            !all.contains("192.168.77.0"),
+            "a route outside the pod network leaked in:\n{all}"
+        );
+    }
+    // BIRD has the nodes' subnets in its kernel table, from twill.
+    let bird_kernel = twill_tests::netns::ip_out(&["-n", &tor, "route", "show", &net(&subnets[0])]);
+    assert!(
+        bird_kernel.contains("via 192.0.2.1") && bird_kernel.contains("proto bird"),
+        "BIRD did not install node1's subnet: {bird_kernel:?}"
+    );
+    wait_until(
+        "pods reach each other through the ToR",
+        Duration::from_secs(20),
+        || t.ping(0, gw_addr(&subnets[0]), gw_addr(&subnets[1])),
+    );
+    let status = sessions_of(&t, 0);
+    assert_eq!(
+        status.get("192.0.2.3").map(|s| s.0.as_str()),
+        Some("established"),
+        "{status:?}"
+    );
+}

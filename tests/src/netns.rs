@@ -31,3 +31,21 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -
 pub fn gw_addr(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
+
+/// GET `path` from the agent's `--metrics-addr 127.0.0.1:9421` inside namespace `ns`; the whole
+/// HTTP answer, or "" if nothing listens.
+pub fn agent_http_get(ns: &str, path: &'static str) -> String {
+    in_netns(ns, move || {
+        Box::pin(async move {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9421") else {
+                return String::new();
+            };
+            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    })
+    .unwrap_or_default()
+}

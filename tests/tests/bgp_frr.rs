@@ -1,6 +1,7 @@
-//! twill-bgp against FRR's bgpd (Debian's frr), iBGP between two namespaces: Established, each
-//! side learns the other's prefix, as FRR's own CLI shows. bgpd runs alone (no zebra), so FRR
-//! installs nothing in a kernel here. Needs root; in CI a missing root or FRR fails.
+//! twill-bgp against FRR's bgpd (Debian's frr), iBGP and eBGP between two namespaces:
+//! Established, each side learns the other's prefix, as FRR's own CLI shows. bgpd runs alone
+//! (no zebra), so FRR installs nothing in a kernel here. Needs root; in CI a missing root or FRR
+//! fails.
 
 use std::process::Command;
 use std::time::Duration;
@@ -55,5 +56,76 @@ fn ibgp_with_frr_exchanges_prefixes_both_ways() {
     assert!(
         frr_view.contains("\"10.244.1.0/24\"") && frr_view.contains("192.0.2.1"),
         "FRR does not hold twill's prefix: {frr_view}"
+    );
+}
+
+/// eBGP with FRR: twill's speaker in AS 64601, FRR in AS 64602; each side's prefix reaches the
+/// other with the sender's AS on the path, as FRR's CLI and twill's RIB show.
+#[test]
+fn ebgp_with_frr() {
+    if !root_or_skip("ebgp_with_frr") {
+        return;
+    }
+    use twill_bgp::rib::Change;
+    use twill_bgp::speaker::SpeakerConfig;
+    let mut lan = Lan::new("fe", &[1, 2]).expect("namespaces");
+    let vty = lan
+        .start_frr(
+            2,
+            "router bgp 64602\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor 192.0.2.1 remote-as 64601\n address-family ipv4 unicast\n  network 10.244.2.0/24\n exit-address-family\n",
+        )
+        .expect("bgpd");
+    let cfg = SpeakerConfig {
+        local_as: 64601,
+        router_id: "192.0.2.1".parse().expect("id"),
+        cluster_id: None,
+        local_address: "192.0.2.1".parse().expect("addr"),
+        peers: vec![twill_tests::bgp::peer(2, 64602)],
+        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        listen: None,
+        accept: vec![],
+        graceful_restart: None,
+    };
+    let want: ipnet::IpNet = "10.244.2.0/24".parse().expect("prefix");
+    let (seen, frr_view) = twill_tests::bgp::run_speaker(
+        &lan,
+        cfg,
+        move |s| s.iter().any(|(p, _)| *p == want),
+        move || {
+            let mut out = String::new();
+            for _ in 0..50 {
+                out = Command::new("vtysh")
+                    .arg("--vty_socket")
+                    .arg(&vty)
+                    .args(["-c", "show bgp ipv4 unicast 10.244.1.0/24 json"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if out.contains("64601") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out
+        },
+    );
+    let path = seen
+        .iter()
+        .find_map(|(p, c)| match c {
+            Change::Best(_, path) if *p == want => Some(path.clone()),
+            _ => None,
+        })
+        .expect("twill learned FRR's prefix over eBGP");
+    let asns: Vec<u32> = path
+        .attrs
+        .as_path
+        .iter()
+        .flatten()
+        .flat_map(|s| s.asns.clone())
+        .collect();
+    assert_eq!(asns, [64602], "FRR's AS on the path");
+    assert!(
+        frr_view.contains("64601") && frr_view.contains("192.0.2.1"),
+        "FRR lacks our prefix with our AS and next hop: {frr_view}"
     );
 }

@@ -338,6 +338,7 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
         .expect("bird");
     assert!(ok.success(), "bird did not start");
     let _bird = BirdGuard(dir.join("bird.pid"));
+    t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
     let mut subnets = Vec::new();
     for i in 0..2 {
         t.start_agent(i).expect("agent");
@@ -404,6 +405,15 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
         Duration::from_secs(20),
         || t.ping(0, gw_addr(&subnets[0]), gw_addr(&subnets[1])),
     );
+    // Per-peer metrics: the session, and what came from the ToR (its outside prefix was
+    // refused on the way in, so two: the other node's subnet and BIRD's pod prefix).
+    let ns1 = t.nodes[0].ns.clone();
+    wait_until("per-peer BGP metrics", Duration::from_secs(10), || {
+        let m = twill_tests::netns::agent_http_get(&ns1, "/metrics");
+        m.contains("twill_bgp_session_established{peer=\"192.0.2.3\",asn=\"64600\"} 1")
+            && m.contains("twill_bgp_prefixes_received{peer=\"192.0.2.3\",asn=\"64600\"} 2")
+            && m.contains("twill_bgp_prefixes_advertised{peer=\"192.0.2.3\",asn=\"64600\"} 1")
+    });
     wait_until(
         "twill bgp status shows the ToR session",
         Duration::from_secs(10),

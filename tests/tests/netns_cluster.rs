@@ -306,22 +306,6 @@ fn drift_is_repaired_by_the_netlink_monitor() {
 }
 
 /// One HTTP GET inside a namespace; returns the status line and body.
-fn http_get(ns: &str, path: &'static str) -> String {
-    twill_tests::netns::in_netns(ns, move || {
-        Box::pin(async move {
-            use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9421") else {
-                return String::new();
-            };
-            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out
-        })
-    })
-    .expect("namespace thread")
-}
-
 #[test]
 fn health_endpoints_follow_readiness() {
     if !root_or_skip("health_endpoints_follow_readiness") {
@@ -332,21 +316,21 @@ fn health_endpoints_follow_readiness() {
     t.start_agent(0).expect("agent");
     let ns = t.nodes[0].ns.clone();
     wait_until("healthz up", Duration::from_secs(10), || {
-        http_get(&ns, "/healthz").starts_with("HTTP/1.1 200")
+        twill_tests::netns::agent_http_get(&ns, "/healthz").starts_with("HTTP/1.1 200")
     });
     // No controller yet: alive, not ready.
-    assert!(http_get(&ns, "/readyz").starts_with("HTTP/1.1 503"));
+    assert!(twill_tests::netns::agent_http_get(&ns, "/readyz").starts_with("HTTP/1.1 503"));
     t.start_controller(&["--backend", "vxlan"])
         .expect("controller");
     wait_until(
         "ready once the lease is held and programmed",
         Duration::from_secs(30),
-        || http_get(&ns, "/readyz").starts_with("HTTP/1.1 200"),
+        || twill_tests::netns::agent_http_get(&ns, "/readyz").starts_with("HTTP/1.1 200"),
     );
     assert!(
         t.nodes[0].dir.join("subnet.env").exists(),
         "ready before subnet.env was written"
     );
-    let m = http_get(&ns, "/metrics");
+    let m = twill_tests::netns::agent_http_get(&ns, "/metrics");
     assert!(m.contains("twill_agent_ready 1"), "{m}");
 }

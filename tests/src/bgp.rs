@@ -366,3 +366,38 @@ impl Lan {
             .unwrap_or_default()
     }
 }
+
+/// The best path `run_speaker` saw for `prefix`, if any.
+pub fn best_path(seen: &[(IpNet, Change)], prefix: &str) -> Option<twill_bgp::rib::Path> {
+    let want: IpNet = prefix.parse().ok()?;
+    seen.iter().find_map(|(p, c)| match c {
+        Change::Best(_, path) if *p == want => Some(path.clone()),
+        _ => None,
+    })
+}
+
+/// A path's AS numbers, in order, segments flattened.
+pub fn as_path(path: &twill_bgp::rib::Path) -> Vec<u32> {
+    path.attrs
+        .as_path
+        .iter()
+        .flatten()
+        .flat_map(|s| s.asns.clone())
+        .collect()
+}
+
+/// The configuration of a speaker on host .1 of a [`Lan`]: AS `asn`, `peers`, originating
+/// `originate`, connecting out only.
+pub fn speaker_on_host_1(asn: u32, peers: Vec<PeerConfig>, originate: &[&str]) -> SpeakerConfig {
+    SpeakerConfig {
+        local_as: asn,
+        router_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+        cluster_id: None,
+        local_address: std::net::IpAddr::from([192, 0, 2, 1]),
+        peers,
+        originate: originate.iter().filter_map(|p| p.parse().ok()).collect(),
+        listen: None,
+        accept: vec![],
+        graceful_restart: None,
+    }
+}

@@ -66,8 +66,7 @@ fn ebgp_with_frr() {
     if !root_or_skip("ebgp_with_frr") {
         return;
     }
-    use twill_bgp::rib::Change;
-    use twill_bgp::speaker::SpeakerConfig;
+    use twill_tests::bgp::{as_path, best_path, peer, speaker_on_host_1};
     let mut lan = Lan::new("fe", &[1, 2]).expect("namespaces");
     let vty = lan
         .start_frr(
@@ -75,17 +74,7 @@ fn ebgp_with_frr() {
             "router bgp 64602\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n neighbor 192.0.2.1 remote-as 64601\n address-family ipv4 unicast\n  network 10.244.2.0/24\n exit-address-family\n",
         )
         .expect("bgpd");
-    let cfg = SpeakerConfig {
-        local_as: 64601,
-        router_id: "192.0.2.1".parse().expect("id"),
-        cluster_id: None,
-        local_address: "192.0.2.1".parse().expect("addr"),
-        peers: vec![twill_tests::bgp::peer(2, 64602)],
-        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
-        listen: None,
-        accept: vec![],
-        graceful_restart: None,
-    };
+    let cfg = speaker_on_host_1(64601, vec![peer(2, 64602)], &["10.244.1.0/24"]);
     let want: ipnet::IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, frr_view) = twill_tests::bgp::run_speaker(
         &lan,
@@ -109,21 +98,8 @@ fn ebgp_with_frr() {
             out
         },
     );
-    let path = seen
-        .iter()
-        .find_map(|(p, c)| match c {
-            Change::Best(_, path) if *p == want => Some(path.clone()),
-            _ => None,
-        })
-        .expect("twill learned FRR's prefix over eBGP");
-    let asns: Vec<u32> = path
-        .attrs
-        .as_path
-        .iter()
-        .flatten()
-        .flat_map(|s| s.asns.clone())
-        .collect();
-    assert_eq!(asns, [64602], "FRR's AS on the path");
+    let path = best_path(&seen, "10.244.2.0/24").expect("twill learned FRR's prefix over eBGP");
+    assert_eq!(as_path(&path), [64602], "FRR's AS on the path");
     assert!(
         frr_view.contains("64601") && frr_view.contains("192.0.2.1"),
         "FRR lacks our prefix with our AS and next hop: {frr_view}"

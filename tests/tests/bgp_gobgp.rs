@@ -3,8 +3,7 @@
 
 use ipnet::IpNet;
 use twill_bgp::rib::Change;
-use twill_bgp::speaker::SpeakerConfig;
-use twill_tests::bgp::{gobgp_conf, peer, run_speaker, Lan};
+use twill_tests::bgp::{as_path, best_path, gobgp_conf, peer, run_speaker, speaker_on_host_1, Lan};
 use twill_tests::netns::root_or_skip;
 
 fn exchange(tag: &str, twill_as: u32, gobgp_as: u32) -> (Vec<(IpNet, Change)>, String) {
@@ -13,17 +12,7 @@ fn exchange(tag: &str, twill_as: u32, gobgp_as: u32) -> (Vec<(IpNet, Change)>, S
         .expect("gobgpd");
     let added = lan.gobgp(2, &["global", "rib", "add", "10.244.2.0/24", "-a", "ipv4"]);
     assert!(!added.contains("rror"), "gobgp rib add: {added}");
-    let cfg = SpeakerConfig {
-        local_as: twill_as,
-        router_id: "192.0.2.1".parse().expect("id"),
-        cluster_id: None,
-        local_address: "192.0.2.1".parse().expect("addr"),
-        peers: vec![peer(2, gobgp_as)],
-        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
-        listen: None,
-        accept: vec![],
-        graceful_restart: None,
-    };
+    let cfg = speaker_on_host_1(twill_as, vec![peer(2, gobgp_as)], &["10.244.1.0/24"]);
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let lan = std::sync::Arc::new(lan);
     let l = lan.clone();
@@ -62,20 +51,9 @@ fn ibgp_with_gobgp() {
         rib.contains("10.244.1.0/24") && rib.contains("192.0.2.1"),
         "GoBGP lacks our prefix with our next hop:\n{rib}"
     );
-    let path = seen
-        .iter()
-        .find_map(|(_, c)| match c {
-            Change::Best(p, path) if p.to_string() == "10.244.2.0/24" => Some(path.clone()),
-            _ => None,
-        })
-        .expect("learned");
+    let path = best_path(&seen, "10.244.2.0/24").expect("learned");
     assert_eq!(path.next_hop.to_string(), "192.0.2.2");
-    assert!(path
-        .attrs
-        .as_path
-        .iter()
-        .flatten()
-        .all(|s| s.asns.is_empty()));
+    assert!(as_path(&path).is_empty(), "iBGP path with ASes on it");
 }
 
 #[test]
@@ -88,19 +66,6 @@ fn ebgp_with_gobgp() {
         rib.contains("10.244.1.0/24") && rib.contains("64601"),
         "GoBGP lacks our prefix with our AS on the path:\n{rib}"
     );
-    let path = seen
-        .iter()
-        .find_map(|(_, c)| match c {
-            Change::Best(p, path) if p.to_string() == "10.244.2.0/24" => Some(path.clone()),
-            _ => None,
-        })
-        .expect("learned");
-    let asns: Vec<u32> = path
-        .attrs
-        .as_path
-        .iter()
-        .flatten()
-        .flat_map(|s| s.asns.clone())
-        .collect();
-    assert_eq!(asns, [64602], "GoBGP's AS on the path");
+    let path = best_path(&seen, "10.244.2.0/24").expect("learned");
+    assert_eq!(as_path(&path), [64602], "GoBGP's AS on the path");
 }

@@ -5,7 +5,9 @@
 use ipnet::IpNet;
 use twill_bgp::rib::Change;
 use twill_bgp::speaker::SpeakerConfig;
-use twill_tests::bgp::{bird_conf, birdc_route, peer, run_speaker, Lan};
+use twill_tests::bgp::{
+    as_path, best_path, bird_conf, birdc_route, peer, run_speaker, speaker_on_host_1, Lan,
+};
 use twill_tests::netns::root_or_skip;
 
 #[test]
@@ -23,17 +25,7 @@ fn ebgp_with_bird() {
             ),
         )
         .expect("bird");
-    let cfg = SpeakerConfig {
-        local_as: 64601,
-        router_id: "192.0.2.1".parse().expect("id"),
-        cluster_id: None,
-        local_address: "192.0.2.1".parse().expect("addr"),
-        peers: vec![peer(2, 64602)],
-        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
-        listen: None,
-        accept: vec![],
-        graceful_restart: None,
-    };
+    let cfg = speaker_on_host_1(64601, vec![peer(2, 64602)], &["10.244.1.0/24"]);
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, out) = run_speaker(
         &lan,
@@ -42,21 +34,8 @@ fn ebgp_with_bird() {
         // BIRD takes a moment to accept and show our prefix.
         move || birdc_route(&sock, "10.244.1.0/24", "BGP.as_path"),
     );
-    let path = seen
-        .iter()
-        .find_map(|(p, c)| match c {
-            Change::Best(_, path) if *p == want => Some(path.clone()),
-            _ => None,
-        })
-        .expect("twill learned BIRD's prefix over eBGP");
-    let as_path: Vec<u32> = path
-        .attrs
-        .as_path
-        .iter()
-        .flatten()
-        .flat_map(|s| s.asns.clone())
-        .collect();
-    assert_eq!(as_path, [64602], "BIRD's AS on the path");
+    let path = best_path(&seen, "10.244.2.0/24").expect("twill learned BIRD's prefix over eBGP");
+    assert_eq!(as_path(&path), [64602], "BIRD's AS on the path");
     assert!(
         out.contains("BGP.as_path: 64601"),
         "our AS not prepended for eBGP:\n{out}"
@@ -89,25 +68,10 @@ protocol bgp to_reflector {
 "#,
     )
     .expect("bird");
-    let cfg = SpeakerConfig {
-        local_as: 64512,
-        router_id: "192.0.2.1".parse().expect("id"),
-        cluster_id: None,
-        local_address: "192.0.2.1".parse().expect("addr"),
-        peers: vec![peer(3, 64512)],
-        originate: vec!["10.244.1.0/24".parse().expect("prefix")],
-        listen: None,
-        accept: vec![],
-        graceful_restart: None,
-    };
+    let cfg = speaker_on_host_1(64512, vec![peer(3, 64512)], &["10.244.1.0/24"]);
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");
     let (seen, ()) = run_speaker(&lan, cfg, move |s| s.iter().any(|(p, _)| *p == want), || ());
-    let path = seen
-        .iter()
-        .find_map(|(p, c)| match c {
-            Change::Best(_, path) if *p == want => Some(path.clone()),
-            _ => None,
-        })
+    let path = best_path(&seen, "10.244.2.0/24")
         .expect("twill learned BIRD's prefix through the FRR reflector");
     assert_eq!(
         path.attrs.originator_id,

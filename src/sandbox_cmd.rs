@@ -13,6 +13,8 @@ use twill_agent::sandbox::{is_root, Topology};
 pub enum SandboxBackend {
     Vxlan,
     HostGw,
+    /// Each agent runs a BGP speaker (iBGP full mesh, AS 64512)
+    Bgp,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +110,7 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     let backend: &[&str] = match a.backend {
         SandboxBackend::Vxlan => &["--backend", "vxlan"],
         SandboxBackend::HostGw => &["--backend", "host-gw"],
+        SandboxBackend::Bgp => &["--backend", "bgp", "--bgp-asn", "64512"],
     };
     println!(
         "starting a controller and {n} agents ({:?}) in namespaces...",

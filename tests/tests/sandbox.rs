@@ -60,3 +60,13 @@ fn sandbox_check_passes_for_host_gw() {
     let (ok, out, _) = sandbox(&["--nodes", "3", "--backend", "host-gw"]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn sandbox_check_passes_for_bgp() {
+    if !root_or_skip("sandbox_check_passes_for_bgp") {
+        return;
+    }
+    let (ok, out, _) = sandbox(&["--nodes", "3", "--backend", "bgp"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("every pod reaches every other pod"), "{out}");
+}

@@ -33,21 +33,21 @@ pub const AS4_AGGREGATOR: u8 = 18;
 pub const AS_SET: u8 = 1;
 pub const AS_SEQUENCE: u8 = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
     Igp = 0,
     Egp = 1,
     Incomplete = 2,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Segment {
     pub kind: u8,
     pub asns: Vec<u32>,
 }
 
 /// Reachability carried in MP_REACH_NLRI.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MpReach {
     V4 {
         next_hop: Ipv4Addr,
@@ -59,7 +59,7 @@ pub enum MpReach {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum MpUnreach {
     V4(Vec<Ipv4Net>),
     V6(Vec<Ipv6Net>),
@@ -67,7 +67,7 @@ pub enum MpUnreach {
 
 /// The attributes of an UPDATE, decoded. Unknown optional transitive attributes are kept (with
 /// the Partial bit set) to pass on; unknown optional non-transitive ones are dropped.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Attributes {
     pub origin: Option<Origin>,
     pub as_path: Option<Vec<Segment>>,

@@ -5,7 +5,7 @@
 //! Peers and our own prefixes can change while it runs ([`Control`]); a peer whose settings did
 //! not change keeps its session.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -99,32 +99,37 @@ const PER_UPDATE: usize = 200;
 /// The pseudo-peer our own prefixes come from.
 const OWN: PeerId = 0;
 
+/// IPv4 and IPv6 prefixes apart, as UPDATEs carry them in different fields.
+fn by_family(prefixes: &[IpNet]) -> (Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for p in prefixes {
+        match p {
+            IpNet::V4(p) => v4.push(*p),
+            IpNet::V6(p) => v6.push(*p),
+        }
+    }
+    (v4, v6)
+}
+
 /// Announcements grouped by identical next hop and attributes, each group split into UPDATEs
 /// of at most [`PER_UPDATE`] prefixes: a full table goes out in few messages.
 fn pack(routes: Vec<(IpNet, IpAddr, Attributes)>) -> Vec<Update> {
+    // Hashed, so a table with many different attribute sets still packs in linear time.
+    let mut index: HashMap<(IpAddr, Attributes), usize> = HashMap::new();
     let mut groups: Vec<(IpAddr, Attributes, Vec<IpNet>)> = Vec::new();
     for (prefix, nh, attrs) in routes {
-        match groups.iter_mut().find(|g| g.0 == nh && g.1 == attrs) {
-            Some(g) => g.2.push(prefix),
-            None => groups.push((nh, attrs, vec![prefix])),
+        match index.get(&(nh, attrs.clone())) {
+            Some(i) => groups[*i].2.push(prefix),
+            None => {
+                index.insert((nh, attrs.clone()), groups.len());
+                groups.push((nh, attrs, vec![prefix]));
+            }
         }
     }
     let mut out = Vec::new();
     for (nh, attrs, prefixes) in groups {
-        let v4: Vec<_> = prefixes
-            .iter()
-            .filter_map(|p| match p {
-                IpNet::V4(p) => Some(*p),
-                IpNet::V6(_) => None,
-            })
-            .collect();
-        let v6: Vec<_> = prefixes
-            .iter()
-            .filter_map(|p| match p {
-                IpNet::V6(p) => Some(*p),
-                IpNet::V4(_) => None,
-            })
-            .collect();
+        let (v4, v6) = by_family(&prefixes);
         if let IpAddr::V4(nh4) = nh {
             for chunk in v4.chunks(PER_UPDATE) {
                 let mut a = attrs.clone();
@@ -154,20 +159,7 @@ fn pack(routes: Vec<(IpNet, IpAddr, Attributes)>) -> Vec<Update> {
 
 /// Withdrawals, IPv4 in the UPDATE's own field and IPv6 in MP_UNREACH, packed the same way.
 fn pack_withdrawals(prefixes: Vec<IpNet>) -> Vec<Update> {
-    let v4: Vec<_> = prefixes
-        .iter()
-        .filter_map(|p| match p {
-            IpNet::V4(p) => Some(*p),
-            IpNet::V6(_) => None,
-        })
-        .collect();
-    let v6: Vec<_> = prefixes
-        .iter()
-        .filter_map(|p| match p {
-            IpNet::V6(p) => Some(*p),
-            IpNet::V4(_) => None,
-        })
-        .collect();
+    let (v4, v6) = by_family(&prefixes);
     let mut out: Vec<Update> = v4
         .chunks(PER_UPDATE)
         .map(|c| Update {

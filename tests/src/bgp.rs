@@ -221,13 +221,18 @@ impl Lan {
     }
 }
 
+/// Stops the daemon whose pid file is `f` (BIRD and bgpd write one), if it is still there.
+pub fn kill_pid_file(f: &std::path::Path) {
+    if let Ok(pid) = std::fs::read_to_string(f) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         self.stop_children();
         for f in &self.pid_files {
-            if let Ok(pid) = std::fs::read_to_string(f) {
-                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-            }
+            kill_pid_file(f);
         }
         for ns in self.hosts.iter().chain([&self.bridge]) {
             let _ = std::process::Command::new("ip")
@@ -245,24 +250,51 @@ pub fn bird_conf(host: u8, session: &str) -> String {
     )
 }
 
-/// `birdc show route all <prefix>` through `sock`, polled for up to 5 s until it contains `want`;
-/// the last output either way.
-pub fn birdc_route(sock: &std::path::Path, prefix: &str, want: &str) -> String {
+/// Runs `show` every 100 ms, for up to 5 s, until its output contains `want`; the last output
+/// either way (daemons take a moment to take a route and show it).
+pub fn poll_output(want: &str, mut show: impl FnMut() -> String) -> String {
     let mut out = String::new();
     for _ in 0..50 {
-        out = std::process::Command::new("birdc")
-            .arg("-s")
-            .arg(sock)
-            .args(["show", "route", "all", prefix])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        out = show();
         if out.contains(want) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     out
+}
+
+/// Standard output of a command, or "" if it could not run.
+pub fn output_of(cmd: &mut std::process::Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// `birdc show route all <prefix>` through `sock`, polled until it contains `want`.
+pub fn birdc_route(sock: &std::path::Path, prefix: &str, want: &str) -> String {
+    poll_output(want, || {
+        output_of(
+            std::process::Command::new("birdc")
+                .arg("-s")
+                .arg(sock)
+                .args(["show", "route", "all", prefix]),
+        )
+    })
+}
+
+/// FRR's `show bgp ipv4 unicast <prefix> json` through its vty socket directory, polled until it
+/// contains `want`.
+pub fn vtysh_route(vty: &std::path::Path, prefix: &str, want: &str) -> String {
+    let cmd = format!("show bgp ipv4 unicast {prefix} json");
+    poll_output(want, || {
+        output_of(
+            std::process::Command::new("vtysh")
+                .arg("--vty_socket")
+                .arg(vty)
+                .args(["-c", &cmd]),
+        )
+    })
 }
 
 /// A peer on host `.last` of a [`Lan`], connected to actively.
@@ -358,12 +390,11 @@ impl Lan {
     /// Runs the `gobgp` CLI against host `host`'s gobgpd; its output (the CLI's exit codes are
     /// unreliable, so callers look at what it printed).
     pub fn gobgp(&self, host: u8, args: &[&str]) -> String {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns(host), "gobgp", "-p", "50051"])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        output_of(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns(host), "gobgp", "-p", "50051"])
+                .args(args),
+        )
     }
 }
 

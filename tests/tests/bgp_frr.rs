@@ -3,10 +3,7 @@
 //! (no zebra), so FRR installs nothing in a kernel here. Needs root; in CI a missing root or FRR
 //! fails.
 
-use std::process::Command;
-use std::time::Duration;
-
-use twill_tests::bgp::Lan;
+use twill_tests::bgp::{vtysh_route, Lan};
 use twill_tests::netns::root_or_skip;
 
 #[test]
@@ -28,24 +25,7 @@ fn ibgp_with_frr_exchanges_prefixes_both_ways() {
         64512,
         "10.244.1.0/24",
         None,
-        move || {
-            let mut out = String::new();
-            for _ in 0..50 {
-                let o = Command::new("vtysh")
-                    .arg("--vty_socket")
-                    .arg(&vty)
-                    .args(["-c", "show bgp ipv4 unicast 10.244.1.0/24 json"])
-                    .output();
-                out = o
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                if out.contains("192.0.2.1") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            out
-        },
+        move || vtysh_route(&vty, "10.244.1.0/24", "192.0.2.1"),
     )
     .expect("session with FRR");
     assert_eq!(
@@ -80,23 +60,7 @@ fn ebgp_with_frr() {
         &lan,
         cfg,
         move |s| s.iter().any(|(p, _)| *p == want),
-        move || {
-            let mut out = String::new();
-            for _ in 0..50 {
-                out = Command::new("vtysh")
-                    .arg("--vty_socket")
-                    .arg(&vty)
-                    .args(["-c", "show bgp ipv4 unicast 10.244.1.0/24 json"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                if out.contains("64601") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            out
-        },
+        move || vtysh_route(&vty, "10.244.1.0/24", "64601"),
     );
     let path = best_path(&seen, "10.244.2.0/24").expect("twill learned FRR's prefix over eBGP");
     assert_eq!(as_path(&path), [64602], "FRR's AS on the path");

@@ -3,7 +3,9 @@
 
 use ipnet::IpNet;
 use twill_bgp::rib::Change;
-use twill_tests::bgp::{as_path, best_path, gobgp_conf, peer, run_speaker, speaker_on_host_1, Lan};
+use twill_tests::bgp::{
+    as_path, best_path, gobgp_conf, peer, poll_output, run_speaker, speaker_on_host_1, Lan,
+};
 use twill_tests::netns::root_or_skip;
 
 fn exchange(tag: &str, twill_as: u32, gobgp_as: u32) -> (Vec<(IpNet, Change)>, String) {
@@ -21,15 +23,9 @@ fn exchange(tag: &str, twill_as: u32, gobgp_as: u32) -> (Vec<(IpNet, Change)>, S
         cfg,
         move |s| s.iter().any(|(p, _)| *p == want),
         move || {
-            let mut out = String::new();
-            for _ in 0..50 {
-                out = l.gobgp(2, &["global", "rib", "-a", "ipv4", "10.244.1.0/24"]);
-                if out.contains("10.244.1.0/24") {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            out
+            poll_output("10.244.1.0/24", || {
+                l.gobgp(2, &["global", "rib", "-a", "ipv4", "10.244.1.0/24"])
+            })
         },
     );
     let neighbour = lan.gobgp(2, &["neighbor", "192.0.2.1"]);

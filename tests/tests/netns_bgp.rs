@@ -273,9 +273,7 @@ struct BirdGuard(std::path::PathBuf);
 
 impl Drop for BirdGuard {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-        }
+        twill_tests::bgp::kill_pid_file(&self.0);
     }
 }
 
@@ -373,13 +371,12 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                let bird = std::process::Command::new("birdc")
-                    .arg("-s")
-                    .arg(dir.join("bird.ctl"))
-                    .args(["show", "route", "all"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
+                let bird = twill_tests::bgp::output_of(
+                    std::process::Command::new("birdc")
+                        .arg("-s")
+                        .arg(dir.join("bird.ctl"))
+                        .args(["show", "route", "all"]),
+                );
                 panic!(
                     "node{} has {r:?}, wants {want:?}; its sessions {:?}; BIRD's routes:\n{bird}",
                     i + 1,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use twill_bgp::rib::Change;
 use twill_bgp::speaker::{self, Control, SpeakerConfig};
-use twill_tests::bgp::{gobgp_conf, peer, Lan};
+use twill_tests::bgp::{gobgp_conf, kill_pid_file, output_of, peer, Lan};
 use twill_tests::netns::{in_netns, is_root};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -114,30 +114,24 @@ fn first_number(s: &str) -> u32 {
         .unwrap_or(0)
 }
 
-fn kill_pid_file(f: &std::path::Path) {
-    if let Ok(pid) = std::fs::read_to_string(f) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
-    }
-    let _ = std::fs::remove_file(f);
-}
-
 /// BIRD in host .3 until its session's table holds `n` prefixes.
 fn bird_round(lan: &mut Lan, n: u32) -> Result<Duration> {
     let conf = "router id 192.0.2.3;\nprotocol device {}\nprotocol bgp from_injector {\n  local 192.0.2.3 as 64512;\n  neighbor 192.0.2.1 as 64512;\n  ipv4 { import all; export none; };\n}\n";
     let sock = lan.start_bird(3, conf)?;
     let d = poll("BIRD", n, || {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(&sock)
-            .args(["show", "route", "protocol", "from_injector", "count"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        let out = output_of(Command::new("birdc").arg("-s").arg(&sock).args([
+            "show",
+            "route",
+            "protocol",
+            "from_injector",
+            "count",
+        ]));
         // "BIRD 2.0.12 ready.\n100000 of 100000 routes for 100000 networks in table master4"
         out.lines().nth(1).map(first_number).unwrap_or(0)
     });
     if let Some(f) = lan.pid_files.pop() {
         kill_pid_file(&f);
+        let _ = std::fs::remove_file(&f);
     }
     d
 }

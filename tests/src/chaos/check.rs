@@ -437,6 +437,23 @@ mod tests {
         })
     }
 
+    /// A watcher seeing n1's lease 10.0.0.0/28 (created at revision 3) expire at `at`.
+    fn expiry_of_n1(at: Micros) -> Observation {
+        Observation {
+            watcher: 0,
+            at,
+            seen: Seen::Delete {
+                revision: 4,
+                node: "n1".into(),
+                lease: Held {
+                    subnet: net("10.0.0.0/28"),
+                    create_revision: 3,
+                },
+                expired: true,
+            },
+        }
+    }
+
     fn table(entries: &[(&str, &str)]) -> Ret {
         Ret::Table(
             entries
@@ -496,19 +513,7 @@ mod tests {
             1_000,
             lease("10.0.0.0/28", 3),
         )];
-        let seen = [Observation {
-            watcher: 0,
-            at: 1_000_000,
-            seen: Seen::Delete {
-                revision: 4,
-                node: "n1".into(),
-                lease: Held {
-                    subnet: net("10.0.0.0/28"),
-                    create_revision: 3,
-                },
-                expired: true,
-            },
-        }];
+        let seen = [expiry_of_n1(1_000_000)];
         let mut v = Vec::new();
         deadlines(&ops, &seen, 3_000_000, 50_000, &mut v);
         assert_eq!(v.len(), 1, "{v:?}");
@@ -537,19 +542,7 @@ mod tests {
         linearizable(&ops, &[], 100_000, &mut v);
         assert_eq!(v.len(), 1, "{v:?}");
         // With an expiry seen in between, it is a fine history.
-        let seen = [Observation {
-            watcher: 0,
-            at: 15,
-            seen: Seen::Delete {
-                revision: 4,
-                node: "n1".into(),
-                lease: Held {
-                    subnet: net("10.0.0.0/28"),
-                    create_revision: 3,
-                },
-                expired: true,
-            },
-        }];
+        let seen = [expiry_of_n1(15)];
         let mut v = Vec::new();
         linearizable(&ops, &seen, 100_000, &mut v);
         assert!(v.is_empty(), "{v:?}");

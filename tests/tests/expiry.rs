@@ -173,3 +173,43 @@ async fn new_leader_with_a_clock_ahead_keeps_the_time_left() {
     );
     cl.shutdown().await;
 }
+
+/// Regression (chaos seeds 200 and 201, processes): every leader change added the whole grace
+/// period to every deadline, so after a few failovers a lease nobody renewed lived on for a
+/// minute past its TTL. With a 20 s grace and two leader changes that was 40 s and more; now
+/// the grace is a floor, so the lease goes about 20 s after the last change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_leader_changes_do_not_keep_dead_leases_alive() {
+    let mut cl = Cluster::start_with(3, |o| {
+        o.initial_config.lease_ttl_ms = 3_000;
+        o.promote_grace_ms = 20_000;
+    })
+    .await
+    .expect("cluster");
+    let c = cl.client();
+    c.acquire(acquire("gone")).await.expect("acquire");
+    for _ in 0..2 {
+        let leader = cl
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        cl.stop(leader).await;
+        cl.wait_leader(Duration::from_secs(20))
+            .await
+            .expect("new leader");
+        cl.restart(leader).await.expect("restart");
+    }
+    let last_change = tokio::time::Instant::now();
+    loop {
+        if lease_of(&c, "gone").await.is_none() {
+            break;
+        }
+        assert!(
+            last_change.elapsed() < Duration::from_secs(32),
+            "an unrenewed 3 s lease still held {:?} after the last leader change (grace 20 s)",
+            last_change.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    cl.shutdown().await;
+}

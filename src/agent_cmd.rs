@@ -22,7 +22,8 @@ pub struct AgentArgs {
         default_value = "http://127.0.0.1:7420"
     )]
     controllers: Vec<String>,
-    /// This node's name in the lease table [default: the hostname]
+    /// This node's name in the lease table: a Kubernetes node name (lower-case DNS-1123
+    /// subdomain, at most 253 bytes) [default: the hostname, lower-cased]
     #[arg(long, env = "TWILL_NODE_NAME")]
     node_name: Option<String>,
     /// Interface for node-to-node traffic [default: the one of the default route]
@@ -51,9 +52,11 @@ pub struct AgentArgs {
     ip_masq: bool,
 }
 
+/// The host's name as kubelet makes a node name of it: lower-cased (Kubernetes node names are
+/// DNS-1123 subdomains), so a host called `Worker-1` is node `worker-1` here as there.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
+        .map(|s| s.trim().to_ascii_lowercase())
         .unwrap_or_default()
 }
 

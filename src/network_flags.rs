@@ -60,7 +60,7 @@ pub struct NetworkFlags {
     /// With bgp: the reflectors' CLUSTER_ID [default: derived from the reflectors' names]
     #[arg(long, value_name = "ADDR")]
     pub bgp_cluster_id: Option<String>,
-    /// With bgp: hold time proposed to peers, in seconds (0 or at least 3) [default: 90]
+    /// With bgp: hold time proposed to peers, in seconds (at least 3) [default: 90]
     #[arg(long, value_name = "SECONDS")]
     pub bgp_hold_time: Option<u32>,
     /// With bgp: an outside peer such as a ToR router, as ADDR=ASN[,password=KEY][,node=NODE]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use twill_controller::client::{Client, ClientOptions};
+use twill_client::{Client, ClientOptions};
 use twill_controller::now_ms;
 use twill_proto::v1 as pb;
 

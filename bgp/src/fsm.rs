@@ -42,6 +42,9 @@ pub enum Event {
     /// A message could not be decoded: the NOTIFICATION to send.
     Malformed(DecodeError),
     Expired(Timer),
+    /// The peer took none of our bytes for [`Session::send_hold_time`] (RFC 9687): the driver
+    /// keeps this clock, as only it sees whether a write makes progress.
+    SendHoldExpired,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +92,12 @@ pub struct Config {
 /// Hold times are at least this long once the OPENs are in (RFC 4271 §4.2).
 const LARGE_HOLD: u16 = 240;
 
+/// The least send hold time, in seconds. A peer whose TCP window stays shut is not processing
+/// what we send even while its KEEPALIVEs arrive (RFC 9687); but a peer working through a full
+/// table may take a while, and what waits for it is coalesced, not queued, so there is no
+/// hurry: minutes, not the seconds of a hold time.
+const SEND_HOLD_FLOOR: u32 = 480;
+
 pub struct Session {
     pub cfg: Config,
     pub state: State,
@@ -108,6 +117,18 @@ impl Session {
             peer_id: None,
             peer_restart_time: None,
         }
+    }
+
+    /// How long the peer may take none of our bytes before the session is closed (RFC 9687):
+    /// twice the hold time and at least [`SEND_HOLD_FLOOR`], so a peer that also fell silent is
+    /// caught, and reported, by its hold timer first. Before the OPENs are in, the hold time is
+    /// the large one of RFC 4271 §8.2.2.
+    pub fn send_hold_time(&self) -> u32 {
+        let hold = match self.state {
+            State::OpenConfirm | State::Established => self.hold_time,
+            _ => LARGE_HOLD,
+        };
+        (2 * u32::from(hold)).max(SEND_HOLD_FLOOR)
     }
 
     fn open(&self) -> Message {
@@ -241,6 +262,13 @@ impl Session {
             }
             (Connect | Active, _) => vec![],
             (_, Event::Malformed(e)) => self.fail(e.notification, e.reason),
+            (_, Event::SendHoldExpired) => {
+                let secs = self.send_hold_time();
+                self.fail(
+                    Notification::new(SEND_HOLD_TIMER_EXPIRED, 0, Vec::new()),
+                    format!("send hold timer expired: the peer took nothing we sent for {secs} s"),
+                )
+            }
             (_, Event::Expired(Timer::Hold)) => self.fail(
                 Notification::new(HOLD_TIMER_EXPIRED, 0, Vec::new()),
                 "hold timer expired".into(),
@@ -456,6 +484,35 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_closed_after_the_send_hold_time() {
+        let mut s = Session::new(cfg(false));
+        s.handle(Event::Start);
+        assert_eq!(
+            s.send_hold_time(),
+            480,
+            "before the OPENs: the large hold time, doubled"
+        );
+        established(&mut s);
+        assert_eq!(s.send_hold_time(), 480, "never under eight minutes");
+        s.hold_time = 300;
+        assert_eq!(s.send_hold_time(), 600, "twice the hold time");
+        let out = s.handle(Event::SendHoldExpired);
+        assert_eq!(
+            out[0],
+            Action::Send(Message::Notification(Notification::new(8, 0, vec![])))
+        );
+        assert!(out.contains(&Action::Close));
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Down { why, stale_for: None } if why.contains("send hold timer")
+        )));
+        // Without a connection there is nothing to close.
+        let mut s = Session::new(cfg(true));
+        s.handle(Event::Start);
+        assert_eq!(s.handle(Event::SendHoldExpired), vec![]);
     }
 
     #[test]

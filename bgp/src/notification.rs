@@ -9,6 +9,8 @@ pub const HOLD_TIMER_EXPIRED: u8 = 4;
 pub const FSM_ERROR: u8 = 5;
 pub const CEASE: u8 = 6;
 pub const ROUTE_REFRESH_ERROR: u8 = 7;
+/// RFC 9687.
+pub const SEND_HOLD_TIMER_EXPIRED: u8 = 8;
 
 // Message Header Error subcodes.
 pub const CONNECTION_NOT_SYNCHRONIZED: u8 = 1;
@@ -56,6 +58,7 @@ impl fmt::Display for Notification {
             FSM_ERROR => "finite state machine error",
             CEASE => "cease",
             ROUTE_REFRESH_ERROR => "ROUTE-REFRESH message error",
+            SEND_HOLD_TIMER_EXPIRED => "send hold timer expired",
             _ => "unknown error",
         };
         write!(f, "{code} ({}/{})", self.code, self.subcode)

@@ -12,6 +12,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+use twill_proto::defaults::{VXLAN_PORT, VXLAN_VNI};
+use twill_proto::names::validate_node_name;
+use twill_proto::settings::{BgpField, BgpSettingsError};
+
+/// Defined with the wire contract, so controller and agents read the same settings.
+pub use twill_proto::settings::{BgpPeer, BgpSettings};
 
 /// Milliseconds since the Unix epoch, as read by the leader.
 pub type Millis = u64;
@@ -20,8 +26,6 @@ pub type Millis = u64;
 /// twice. A retry normally arrives within seconds; this covers far more writes than that.
 pub const DEDUP_CAPACITY: usize = 16_384;
 
-/// flannel's default VXLAN port (Linux's default is 4789, but flannel clusters use 8472).
-pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// flannel's lease lifetime: a node that vanishes keeps its subnet for a day.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Shorter leases would have agents renewing constantly and expiring on a slow disk.
@@ -37,31 +41,6 @@ pub enum Backend {
     HostGw,
     Bgp(BgpSettings),
 }
-
-/// The `bgp` backend's settings, replicated with the rest of the configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BgpSettings {
-    pub asn: u32,
-    /// iBGP between every pair of nodes (ignored when route reflectors are named).
-    pub mesh: bool,
-    pub route_reflectors: Vec<String>,
-    pub cluster_id: Option<Ipv4Addr>,
-    pub hold_time: u16,
-    pub peers: Vec<BgpPeer>,
-    pub node_asn: BTreeMap<String, u32>,
-    pub allowed_prefixes: Vec<Ipv4Net>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BgpPeer {
-    pub address: std::net::IpAddr,
-    pub asn: u32,
-    pub password: Option<String>,
-    pub node: Option<String>,
-}
-
-/// The hold time proposed when none is configured (RFC 4271's suggestion).
-pub const DEFAULT_BGP_HOLD_TIME: u16 = 90;
 
 impl Backend {
     pub fn name(&self) -> &'static str {
@@ -90,46 +69,6 @@ pub struct NetworkConfig {
     pub lease_ttl_ms: u64,
 }
 
-impl BgpSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |why: String| Err(ConfigError::Bgp(why));
-        if self.asn == 0 {
-            return Err(ConfigError::Asn);
-        }
-        if self.hold_time != 0 && self.hold_time < 3 {
-            return bad(format!(
-                "hold time {} s: 0 (no keepalives) or at least 3",
-                self.hold_time
-            ));
-        }
-        for (node, asn) in &self.node_asn {
-            if *asn == 0 {
-                return bad(format!("node {node}: AS number must not be 0"));
-            }
-        }
-        for p in &self.peers {
-            if p.asn == 0 {
-                return bad(format!("peer {}: AS number must not be 0", p.address));
-            }
-            if p.password.as_ref().is_some_and(|k| k.len() > 80) {
-                return bad(format!(
-                    "peer {}: TCP-MD5 passwords are at most 80 bytes",
-                    p.address
-                ));
-            }
-            if p.address.is_unspecified() || p.address.is_multicast() {
-                return bad(format!("peer {} is not a unicast address", p.address));
-            }
-        }
-        for a in &self.allowed_prefixes {
-            if a.addr() != a.network() {
-                return bad(format!("allowed prefix {a} has host bits set"));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl NetworkConfig {
     /// The embedded default: flannel's usual 10.244.0.0/16 in /24s over VXLAN VNI 1.
     pub fn embedded_default() -> Self {
@@ -140,8 +79,8 @@ impl NetworkConfig {
             subnet_max: None,
             ipv6: None,
             backend: Backend::Vxlan {
-                vni: 1,
-                port: DEFAULT_VXLAN_PORT,
+                vni: VXLAN_VNI,
+                port: VXLAN_PORT,
                 direct_routing: false,
             },
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
@@ -150,13 +89,11 @@ impl NetworkConfig {
 
     /// Checks the configuration on its own (not against live leases).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_backend()?;
         self.pools().map(|_| ())
     }
 
-    fn pools(&self) -> Result<(Pool, Option<Pool>), ConfigError> {
-        if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
-            return Err(ConfigError::LeaseTtl(self.lease_ttl_ms));
-        }
+    fn check_backend(&self) -> Result<(), ConfigError> {
         match &self.backend {
             &Backend::Vxlan { vni, port, .. } => {
                 if vni == 0 || vni > 0x00ff_ffff {
@@ -167,7 +104,15 @@ impl NetworkConfig {
                 }
             }
             Backend::Bgp(b) => b.validate()?,
-            _ => {}
+            Backend::HostGw => {}
+        }
+        Ok(())
+    }
+
+    /// The address pools; the backend is not looked at (see [`Allocator::restore`]).
+    fn pools(&self) -> Result<(Pool, Option<Pool>), ConfigError> {
+        if self.lease_ttl_ms < MIN_LEASE_TTL_MS {
+            return Err(ConfigError::LeaseTtl(self.lease_ttl_ms));
         }
         // Flannel keeps subnets to /30 or wider: a /31 or /32 leaves no address for pods.
         let v4 = Pool::new(
@@ -531,6 +476,17 @@ pub enum ConfigError {
     Bgp(String),
 }
 
+/// Into the stored error shape: answers are kept in snapshots, so `ConfigError` keeps its
+/// variants (bincode numbers them by position) and carries the rest as text.
+impl From<BgpSettingsError> for ConfigError {
+    fn from(e: BgpSettingsError) -> Self {
+        match e.field {
+            BgpField::Asn => ConfigError::Asn,
+            _ => ConfigError::Bgp(e.to_string()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AllocError {
     #[error("no network configuration is set (use `twill config set`)")]
@@ -539,7 +495,9 @@ pub enum AllocError {
     Config(#[from] ConfigError),
     #[error("configuration change rejected: {0}")]
     WouldOrphan(String),
-    #[error("invalid node name {0:?}: 1 to 253 printable characters without spaces")]
+    /// The shared validator's message, which quotes only the start of the name: answers are
+    /// kept in the replicated dedup table, and a name may be megabytes long.
+    #[error("{0}")]
     NodeName(String),
     #[error("invalid public IP {0}: unspecified, multicast and broadcast addresses cannot carry a tunnel")]
     PublicIp(Ipv4Addr),
@@ -626,8 +584,8 @@ pub struct Allocator {
     last_now: Millis,
 }
 
-fn valid_node_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 253 && n.chars().all(|c| c.is_ascii_graphic())
+fn check_node_name(n: &str) -> Result<(), AllocError> {
+    validate_node_name(n).map_err(|e| AllocError::NodeName(e.to_string()))
 }
 
 fn usable_public_ip(ip: Ipv4Addr) -> bool {
@@ -796,6 +754,7 @@ impl Allocator {
         if let (true, Some(cur)) = (only_if_absent, &self.config) {
             return Ok(Outcome::Config(cur.clone()));
         }
+        config.check_backend()?;
         let (v4, v6) = config.pools()?;
         // A change may not strand what is already handed out: every lease and reservation must
         // still be a subnet of the new pools, at the same length.
@@ -846,9 +805,7 @@ impl Allocator {
             (Some(c), Some(p)) => (c.clone(), p.clone()),
             _ => return Err(AllocError::NoConfig),
         };
-        if !valid_node_name(&a.node) {
-            return Err(AllocError::NodeName(a.node.clone()));
-        }
+        check_node_name(&a.node)?;
         if !usable_public_ip(a.public_ip) {
             return Err(AllocError::PublicIp(a.public_ip));
         }
@@ -1016,9 +973,7 @@ impl Allocator {
             (Some(c), Some(p)) => (c, p),
             _ => return Err(AllocError::NoConfig),
         };
-        if !valid_node_name(node) {
-            return Err(AllocError::NodeName(node.to_string()));
-        }
+        check_node_name(node)?;
         let bad = |why: String| AllocError::ReserveSubnet {
             subnet: subnet.to_string(),
             why,
@@ -1092,7 +1047,9 @@ impl Allocator {
         }
     }
 
-    /// Rebuilds an allocator from a snapshot, re-deriving its indexes.
+    /// Rebuilds an allocator from a snapshot, re-deriving its indexes. The backend settings
+    /// are not checked again: they were valid when applied, and a rule tightened since (node
+    /// names in BGP settings, say) must not keep a member from starting.
     pub fn restore(s: AllocatorSnapshot) -> Result<Self, ConfigError> {
         let mut a = Allocator {
             pools: match &s.config {
@@ -1181,4 +1138,153 @@ fn check_fits(v4: &Pool, cfg: &NetworkConfig, s: &Ipv4Net, what: &str) -> Result
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_config(backend: Backend) -> Allocator {
+        let mut a = Allocator::new();
+        let config = NetworkConfig {
+            backend,
+            ..NetworkConfig::embedded_default()
+        };
+        let (resp, _) = a.apply(&Request {
+            request_id: None,
+            command: Command::SetConfig {
+                config,
+                only_if_absent: false,
+            },
+        });
+        assert!(resp.result.is_ok(), "{resp:?}");
+        a
+    }
+
+    fn acquire(a: &mut Allocator, node: String) -> Result<Outcome, AllocError> {
+        a.apply(&Request {
+            request_id: None,
+            command: Command::Acquire {
+                args: AcquireArgs {
+                    node,
+                    public_ip: Ipv4Addr::new(192, 0, 2, 1),
+                    public_ipv6: None,
+                    backend_data: BTreeMap::new(),
+                    wanted_subnet: None,
+                    wanted_ipv6_subnet: None,
+                },
+                now: 1,
+            },
+        })
+        .0
+        .result
+    }
+
+    #[test]
+    fn a_huge_node_name_is_refused_and_not_kept_in_the_answer() {
+        let mut a = with_config(NetworkConfig::embedded_default().backend);
+        let Err(AllocError::NodeName(msg)) = acquire(&mut a, "n".repeat(5 << 20)) else {
+            panic!("a 5 MB name must be refused");
+        };
+        assert!(
+            msg.len() < 600,
+            "answers are kept in the dedup table: {msg}"
+        );
+        assert_eq!(a.lease_count(), 0);
+    }
+
+    #[test]
+    fn kubernetes_refused_node_names_are_refused() {
+        let mut a = with_config(Backend::HostGw);
+        for n in ["Node-1", "node_1", "-node", "node.", "node 1"] {
+            assert!(
+                matches!(acquire(&mut a, n.into()), Err(AllocError::NodeName(_))),
+                "{n}"
+            );
+        }
+        assert!(acquire(&mut a, "ip-10-0-0-1.ec2.internal".into()).is_ok());
+    }
+
+    #[test]
+    fn bgp_node_names_follow_the_node_name_rule() {
+        let bad = NetworkConfig {
+            backend: Backend::Bgp(BgpSettings {
+                asn: 64512,
+                route_reflectors: vec!["RR_1".into()],
+                ..Default::default()
+            }),
+            ..NetworkConfig::embedded_default()
+        };
+        let err = bad.validate().expect_err("uppercase reflector name");
+        assert!(err.to_string().contains("route_reflectors"), "{err}");
+        let no_asn = NetworkConfig {
+            backend: Backend::Bgp(BgpSettings::default()),
+            ..NetworkConfig::embedded_default()
+        };
+        assert_eq!(no_asn.validate(), Err(ConfigError::Asn));
+    }
+
+    #[test]
+    fn restore_keeps_settings_accepted_under_an_older_rule() {
+        // Written before node names in BGP settings were checked: the member must still start.
+        let old = NetworkConfig {
+            backend: Backend::Bgp(BgpSettings {
+                asn: 64512,
+                route_reflectors: vec!["RR_1".into()],
+                ..Default::default()
+            }),
+            ..NetworkConfig::embedded_default()
+        };
+        let snap = AllocatorSnapshot {
+            config: Some(old.clone()),
+            ..Default::default()
+        };
+        let a = Allocator::restore(snap).expect("restores");
+        assert_eq!(a.config(), Some(&old));
+    }
+
+    /// The layout `BgpSettings` had when it was defined here; Raft logs and snapshots hold it.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct StoredBgpSettings {
+        asn: u32,
+        mesh: bool,
+        route_reflectors: Vec<String>,
+        cluster_id: Option<Ipv4Addr>,
+        hold_time: u16,
+        peers: Vec<StoredBgpPeer>,
+        node_asn: BTreeMap<String, u32>,
+        allowed_prefixes: Vec<Ipv4Net>,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct StoredBgpPeer {
+        address: std::net::IpAddr,
+        asn: u32,
+        password: Option<String>,
+        node: Option<String>,
+    }
+
+    #[test]
+    fn bgp_settings_keep_their_stored_layout() {
+        let stored = StoredBgpSettings {
+            asn: 64512,
+            mesh: false,
+            route_reflectors: vec!["rr-1".into()],
+            cluster_id: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            hold_time: 30,
+            peers: vec![StoredBgpPeer {
+                address: "192.0.2.254".parse().expect("literal"),
+                asn: 64500,
+                password: Some("k".into()),
+                node: Some("n1".into()),
+            }],
+            node_asn: [("n2".to_string(), 64602)].into(),
+            allowed_prefixes: vec!["192.0.2.0/24".parse().expect("literal")],
+        };
+        let bytes = bincode::serialize(&stored).expect("serialize");
+        let now: BgpSettings = bincode::deserialize(&bytes).expect("old bytes read");
+        assert_eq!(bincode::serialize(&now).expect("serialize"), bytes);
+        assert_eq!(now.route_reflectors, ["rr-1"]);
+        assert_eq!(now.peers[0].node.as_deref(), Some("n1"));
+    }
 }

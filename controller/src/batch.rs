@@ -2,7 +2,6 @@
 //! so each write would cost a full disk sync on its own; instead every write queued while
 //! earlier batches are in flight goes into one Raft entry, applied in order.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -54,10 +53,7 @@ pub async fn run(raft: Raft, mut rx: mpsc::Receiver<(Request, Reply)>, metrics: 
                 Err(_) => break,
             }
         }
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .batched_writes
-            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        metrics.batch(reqs.len());
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -6,11 +6,14 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use tonic::{Code, Status};
+use twill_proto::defaults::{VXLAN_PORT, VXLAN_VNI};
+use twill_proto::names::validate_node_name;
+use twill_proto::settings::{bgp_from_proto, bgp_to_proto};
 use twill_proto::v1;
 
 use crate::allocator::{
-    AcquireArgs, AllocError, Backend, BgpPeer, BgpSettings, Event, Ipv6Config, Lease,
-    NetworkConfig, RevEvent, DEFAULT_BGP_HOLD_TIME, DEFAULT_LEASE_TTL_MS, DEFAULT_VXLAN_PORT,
+    AcquireArgs, AllocError, Backend, Event, Ipv6Config, Lease, NetworkConfig, RevEvent,
+    DEFAULT_LEASE_TTL_MS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,81 +54,6 @@ fn cidr6(field: &'static str, s: &str) -> Result<Ipv6Net, InputError> {
     })
 }
 
-fn bgp_from_proto(b: &v1::BgpBackend) -> Result<BgpSettings, InputError> {
-    let cluster_id = opt(&b.cluster_id, |s| {
-        s.trim().parse::<Ipv4Addr>().map_err(|_| {
-            bad(
-                "backend.bgp.cluster_id",
-                format!("{s:?} is not an IPv4 address"),
-            )
-        })
-    })?;
-    let hold_time = match b.hold_time {
-        0 => DEFAULT_BGP_HOLD_TIME,
-        h => u16::try_from(h)
-            .map_err(|_| bad("backend.bgp.hold_time", format!("{h} s is more than 65535")))?,
-    };
-    let mut peers = Vec::new();
-    for p in &b.peers {
-        let address = p.address.trim().parse().map_err(|_| {
-            bad(
-                "backend.bgp.peers.address",
-                format!("{:?} is not an IP address", p.address),
-            )
-        })?;
-        peers.push(BgpPeer {
-            address,
-            asn: p.asn,
-            password: (!p.password.is_empty()).then(|| p.password.clone()),
-            node: (!p.node.trim().is_empty()).then(|| p.node.trim().to_string()),
-        });
-    }
-    let mut allowed = Vec::new();
-    for a in &b.allowed_prefixes {
-        allowed.push(cidr4("backend.bgp.allowed_prefixes", a)?);
-    }
-    let mut reflectors: Vec<String> = b
-        .route_reflectors
-        .iter()
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect();
-    reflectors.sort();
-    reflectors.dedup();
-    Ok(BgpSettings {
-        asn: b.asn,
-        mesh: !b.no_mesh,
-        route_reflectors: reflectors,
-        cluster_id,
-        hold_time,
-        peers,
-        node_asn: b.node_asn.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        allowed_prefixes: allowed,
-    })
-}
-
-pub fn bgp_to_proto(b: &BgpSettings) -> v1::BgpBackend {
-    v1::BgpBackend {
-        asn: b.asn,
-        no_mesh: !b.mesh,
-        route_reflectors: b.route_reflectors.clone(),
-        cluster_id: b.cluster_id.map(|c| c.to_string()).unwrap_or_default(),
-        hold_time: u32::from(b.hold_time),
-        peers: b
-            .peers
-            .iter()
-            .map(|p| v1::BgpPeer {
-                address: p.address.to_string(),
-                asn: p.asn,
-                password: p.password.clone().unwrap_or_default(),
-                node: p.node.clone().unwrap_or_default(),
-            })
-            .collect(),
-        node_asn: b.node_asn.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        allowed_prefixes: b.allowed_prefixes.iter().map(|a| a.to_string()).collect(),
-    }
-}
-
 fn opt<T>(s: &str, f: impl FnOnce(&str) -> Result<T, InputError>) -> Result<Option<T>, InputError> {
     if s.trim().is_empty() {
         Ok(None)
@@ -135,7 +63,7 @@ fn opt<T>(s: &str, f: impl FnOnce(&str) -> Result<T, InputError>) -> Result<Opti
 }
 
 /// Zero values stand for defaults (proto3 cannot tell unset from zero): /24 subnets, a day's
-/// lease, VXLAN VNI 1 on port 8472.
+/// lease, VXLAN with flannel's VNI and port ([`twill_proto::defaults`]).
 pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputError> {
     if p.network.trim().is_empty() {
         return Err(bad("network", "required (e.g. 10.244.0.0/16)"));
@@ -176,14 +104,14 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
     };
     let backend = match p.backend.as_ref().and_then(|b| b.kind.as_ref()) {
         None => Backend::Vxlan {
-            vni: 1,
-            port: DEFAULT_VXLAN_PORT,
+            vni: VXLAN_VNI,
+            port: VXLAN_PORT,
             direct_routing: false,
         },
         Some(v1::backend::Kind::Vxlan(v)) => Backend::Vxlan {
-            vni: if v.vni == 0 { 1 } else { v.vni },
+            vni: if v.vni == 0 { VXLAN_VNI } else { v.vni },
             port: match v.port {
-                0 => DEFAULT_VXLAN_PORT,
+                0 => VXLAN_PORT,
                 p if p > 65535 => {
                     return Err(bad("backend.vxlan.port", format!("{p} is not a UDP port")))
                 }
@@ -192,7 +120,9 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
             direct_routing: v.direct_routing,
         },
         Some(v1::backend::Kind::HostGw(_)) => Backend::HostGw,
-        Some(v1::backend::Kind::Bgp(b)) => Backend::Bgp(bgp_from_proto(b)?),
+        Some(v1::backend::Kind::Bgp(b)) => {
+            Backend::Bgp(bgp_from_proto(b).map_err(|e| bad("backend.bgp", e.to_string()))?)
+        }
     };
     let cfg = NetworkConfig {
         network,
@@ -284,10 +214,18 @@ pub fn event_to_proto(e: &RevEvent) -> v1::LeaseEvent {
     out
 }
 
-pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
-    if r.node.trim().is_empty() {
+/// A node name that may create state (a lease, a reservation), checked before it is proposed
+/// so a bad one never reaches the Raft log; the allocator checks it again when applying.
+pub fn node_name(s: &str) -> Result<&str, InputError> {
+    if s.trim().is_empty() {
         return Err(bad("node", "required"));
     }
+    validate_node_name(s).map_err(|e| bad("node", e.to_string()))?;
+    Ok(s)
+}
+
+pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
+    node_name(&r.node)?;
     let public_ip = r.public_ip.trim().parse::<Ipv4Addr>().map_err(|_| {
         bad(
             "public_ip",
@@ -329,4 +267,74 @@ pub fn alloc_status(e: &AllocError) -> Status {
         AllocError::SubnetHeld { .. } | AllocError::SubnetReserved { .. } => Code::AlreadyExists,
     };
     Status::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_node_name_is_refused_before_it_is_proposed() {
+        let r = |node: String| v1::AcquireRequest {
+            node,
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        };
+        let e = acquire_args(&r("x".repeat(5 << 20))).expect_err("too long");
+        assert_eq!(e.field, "node");
+        assert!(e.to_string().len() < 600, "{e}");
+        let e = acquire_args(&r("Node_1".into())).expect_err("not DNS-1123");
+        assert!(e.to_string().contains("\"Node_1\""), "{e}");
+        assert_eq!(
+            acquire_args(&r("n1".into())).map(|a| a.node).ok(),
+            Some("n1".into())
+        );
+    }
+
+    #[test]
+    fn bgp_mistakes_name_the_field() {
+        let cfg = v1::NetworkConfig {
+            network: "10.244.0.0/16".into(),
+            backend: Some(v1::Backend {
+                kind: Some(v1::backend::Kind::Bgp(v1::BgpBackend {
+                    asn: 64512,
+                    peers: vec![v1::BgpPeer {
+                        address: "192.0.2.300".into(),
+                        asn: 64500,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        };
+        let e = config_from_proto(&cfg).expect_err("bad peer address");
+        assert_eq!(
+            e.to_string(),
+            "backend.bgp: peers.address: \"192.0.2.300\" is not an IP address"
+        );
+    }
+
+    #[test]
+    fn bgp_settings_survive_the_round_trip() {
+        let b = v1::BgpBackend {
+            asn: 64512,
+            route_reflectors: vec!["rr-1".into()],
+            hold_time: 30,
+            ..Default::default()
+        };
+        let cfg = v1::NetworkConfig {
+            network: "10.244.0.0/16".into(),
+            backend: Some(v1::Backend {
+                kind: Some(v1::backend::Kind::Bgp(b.clone())),
+            }),
+            ..Default::default()
+        };
+        let typed = config_from_proto(&cfg).expect("valid");
+        let back = config_to_proto(&typed);
+        assert_eq!(
+            back.backend.and_then(|k| k.kind),
+            Some(v1::backend::Kind::Bgp(b))
+        );
+    }
 }

@@ -12,11 +12,11 @@
 //! - [`service`]: the public `twill.v1.Controller` gRPC service;
 //! - [`leader`]: what only the leader does (promotion grace, lease expiry);
 //! - [`node`]: wires all of the above into one running member;
-//! - [`client`]: the one client library the CLI, the agent and the tests use.
+//!
+//! The client library lives in its own crate, `twill-client`.
 
 pub mod allocator;
 pub mod batch;
-pub mod client;
 pub mod clock;
 pub mod convert;
 pub mod leader;
@@ -46,9 +46,4 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;
 
 /// Wall-clock milliseconds since the Unix epoch; only the leader reads it, to stamp commands.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use twill_proto::now_ms;

@@ -1,17 +1,20 @@
 //! Prometheus metrics for what an operator graphs: leadership, Raft progress, lease counts and
 //! capacity, write rate, errors and latency, and how well writes batch.
 //!
-//! Counters are plain atomics; gauges are read from Raft metrics and the state machine when
-//! scraped. The text format is written by hand: it is a few lines.
+//! Counters and the latency histogram are updated where things happen; gauges are read from
+//! Raft's own metrics and the state machine just before each scrape, so they are never stale.
+//! Serving is `twill-telemetry`'s, shared with the agent.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use twill_telemetry::{prometheus_client, Endpoints};
 
 use crate::node::Member;
 
@@ -20,252 +23,203 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default)]
+/// Why a write was not committed: the `reason` label of `twill_controller_write_errors_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum WriteError {
+    NotLeader,
+    NoQuorum,
+    Fatal,
+}
+
+type ReasonLabel = Vec<(&'static str, &'static str)>;
+
+/// What the member counts as it works (each handle shares its value with the registry).
 pub struct Metrics {
-    pub writes: AtomicU64,
-    pub write_errors_not_leader: AtomicU64,
-    pub write_errors_no_quorum: AtomicU64,
-    pub write_errors_fatal: AtomicU64,
-    pub batches: AtomicU64,
-    pub batched_writes: AtomicU64,
-    pub watchers: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    writes: Counter,
+    write_errors: Family<ReasonLabel, Counter>,
+    batches: Counter,
+    batched_writes: Counter,
+    watchers: Gauge,
+    write_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            writes: Counter::default(),
+            write_errors: Family::default(),
+            batches: Counter::default(),
+            batched_writes: Counter::default(),
+            watchers: Gauge::default(),
+            write_seconds: Histogram::new(BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn observe_write(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    pub fn proposed(&self) {
+        self.writes.inc();
+    }
+
+    pub fn committed(&self, took: Duration) {
+        self.write_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, why: WriteError) {
+        let reason = match why {
+            WriteError::NotLeader => "not_leader",
+            WriteError::NoQuorum => "no_quorum",
+            WriteError::Fatal => "fatal",
+        };
+        self.write_errors
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// One Raft entry carrying `writes` client writes.
+    pub fn batch(&self, writes: usize) {
+        self.batches.inc();
+        self.batched_writes.inc_by(writes as u64);
+    }
+
+    pub fn watch_opened(&self) {
+        self.watchers.inc();
+    }
+
+    pub fn watch_closed(&self) {
+        self.watchers.dec();
     }
 }
 
-/// One metric in the Prometheus text format.
-pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
+/// Values read from Raft and the state machine at scrape time.
+#[derive(Default)]
+struct Gauges {
+    is_leader: Gauge,
+    has_leader: Gauge,
+    term: Gauge,
+    last_log_index: Gauge,
+    applied_index: Gauge,
+    snapshot_index: Gauge,
+    voters: Gauge,
+    revision: Gauge,
+    leases: Gauge,
+    reservations: Gauge,
+    subnets: Gauge,
 }
 
-/// The exposition text for one member.
-pub fn render(m: &Member) -> String {
-    let x = m.raft.metrics().borrow().clone();
-    let (revision, leases, reservations, capacity) = {
+fn int(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+impl Gauges {
+    fn read(&self, m: &Member) {
+        let x = m.raft.metrics().borrow().clone();
         let d = m.sm.read();
+        self.is_leader
+            .set(i64::from(x.state == ServerState::Leader));
+        self.has_leader.set(i64::from(x.current_leader.is_some()));
+        self.term.set(int(x.current_term));
+        self.last_log_index.set(int(x.last_log_index.unwrap_or(0)));
+        self.applied_index
+            .set(int(x.last_applied.map(|l| l.index).unwrap_or(0)));
+        self.snapshot_index
+            .set(int(x.snapshot.map(|l| l.index).unwrap_or(0)));
+        self.voters
+            .set(int(x.membership_config.membership().voter_ids().count()));
+        self.revision.set(int(d.alloc.revision()));
+        self.leases.set(int(d.alloc.lease_count()));
+        self.reservations.set(int(d.alloc.reservations().count()));
+        self.subnets
+            .set(int(d.alloc.config().map(|c| c.v4_capacity()).unwrap_or(0)));
+    }
+}
+
+/// The member's `/metrics` and `/healthz` (a controller has no readiness beyond answering).
+pub fn endpoints(m: Arc<Member>) -> Endpoints {
+    let mut r = Registry::default();
+    let g = Gauges::default();
+    for (name, help, gauge) in [
         (
-            d.alloc.revision(),
-            d.alloc.lease_count(),
-            d.alloc.reservations().count(),
-            d.alloc.config().map(|c| c.v4_capacity()).unwrap_or(0),
-        )
-    };
-    let k = &m.metrics;
-    let mut o = String::new();
-    let leader = u8::from(x.state == ServerState::Leader);
-    metric(
-        &mut o,
-        "twill_controller_is_leader",
-        "gauge",
-        "1 if this member is the Raft leader.",
-        leader,
-    );
-    metric(
-        &mut o,
-        "twill_controller_has_leader",
-        "gauge",
-        "1 if this member knows a leader.",
-        u8::from(x.current_leader.is_some()),
-    );
-    metric(
-        &mut o,
-        "twill_controller_term",
-        "gauge",
-        "Current Raft term.",
-        x.current_term,
-    );
-    metric(
-        &mut o,
-        "twill_controller_last_log_index",
-        "gauge",
-        "Index of the last Raft log entry.",
-        x.last_log_index.unwrap_or(0),
-    );
-    metric(
-        &mut o,
-        "twill_controller_applied_index",
-        "gauge",
-        "Index of the last applied Raft log entry.",
-        x.last_applied.map(|l| l.index).unwrap_or(0),
-    );
-    metric(
-        &mut o,
-        "twill_controller_snapshot_index",
-        "gauge",
-        "Index covered by the latest snapshot.",
-        x.snapshot.map(|l| l.index).unwrap_or(0),
-    );
-    metric(
-        &mut o,
-        "twill_controller_voters",
-        "gauge",
-        "Voting members in the cluster configuration.",
-        x.membership_config.membership().voter_ids().count(),
-    );
-    metric(
-        &mut o,
-        "twill_controller_revision",
-        "gauge",
-        "Allocator revision (bumped by every lease or config change).",
-        revision,
-    );
-    metric(
-        &mut o,
-        "twill_controller_leases",
-        "gauge",
-        "Live subnet leases.",
-        leases,
-    );
-    metric(
-        &mut o,
-        "twill_controller_reservations",
-        "gauge",
-        "Subnet reservations.",
-        reservations,
-    );
-    metric(
-        &mut o,
-        "twill_controller_subnets",
-        "gauge",
-        "IPv4 subnets the configuration can hand out.",
-        capacity,
-    );
-    metric(
-        &mut o,
-        "twill_controller_watchers",
-        "gauge",
-        "Open Watch streams on this member.",
-        k.watchers.load(Ordering::Relaxed),
-    );
-    metric(
-        &mut o,
-        "twill_controller_writes_total",
-        "counter",
-        "Writes proposed on this member.",
-        k.writes.load(Ordering::Relaxed),
-    );
-    let _ = writeln!(o, "# HELP twill_controller_write_errors_total Writes this member could not commit, by reason.\n# TYPE twill_controller_write_errors_total counter");
-    for (reason, c) in [
-        ("not_leader", &k.write_errors_not_leader),
-        ("no_quorum", &k.write_errors_no_quorum),
-        ("fatal", &k.write_errors_fatal),
+            "twill_controller_is_leader",
+            "1 if this member is the Raft leader",
+            &g.is_leader,
+        ),
+        (
+            "twill_controller_has_leader",
+            "1 if this member knows a leader",
+            &g.has_leader,
+        ),
+        ("twill_controller_term", "Current Raft term", &g.term),
+        (
+            "twill_controller_last_log_index",
+            "Index of the last Raft log entry",
+            &g.last_log_index,
+        ),
+        (
+            "twill_controller_applied_index",
+            "Index of the last applied Raft log entry",
+            &g.applied_index,
+        ),
+        (
+            "twill_controller_snapshot_index",
+            "Index covered by the latest snapshot",
+            &g.snapshot_index,
+        ),
+        (
+            "twill_controller_voters",
+            "Voting members in the cluster configuration",
+            &g.voters,
+        ),
+        (
+            "twill_controller_revision",
+            "Allocator revision (bumped by every lease or config change)",
+            &g.revision,
+        ),
+        ("twill_controller_leases", "Live subnet leases", &g.leases),
+        (
+            "twill_controller_reservations",
+            "Subnet reservations",
+            &g.reservations,
+        ),
+        (
+            "twill_controller_subnets",
+            "IPv4 subnets the configuration can hand out",
+            &g.subnets,
+        ),
     ] {
-        let _ = writeln!(
-            o,
-            "twill_controller_write_errors_total{{reason=\"{reason}\"}} {}",
-            c.load(Ordering::Relaxed)
-        );
+        r.register(name, help, gauge.clone());
     }
-    metric(
-        &mut o,
-        "twill_controller_batches_total",
-        "counter",
-        "Raft entries carrying client writes.",
-        k.batches.load(Ordering::Relaxed),
+    let k = &m.metrics;
+    r.register(
+        "twill_controller_watchers",
+        "Open Watch streams on this member",
+        k.watchers.clone(),
     );
-    metric(
-        &mut o,
-        "twill_controller_batched_writes_total",
-        "counter",
-        "Client writes carried in those entries.",
-        k.batched_writes.load(Ordering::Relaxed),
+    // Counters are named without `_total`: the encoder adds it.
+    r.register(
+        "twill_controller_writes",
+        "Writes proposed on this member",
+        k.writes.clone(),
     );
-    let _ = writeln!(o, "# HELP twill_controller_write_seconds Time from proposal to applied answer.\n# TYPE twill_controller_write_seconds histogram");
-    for (i, b) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "twill_controller_write_seconds_bucket{{le=\"{b}\"}} {}",
-            k.latency_buckets[i].load(Ordering::Relaxed)
-        );
-    }
-    let count = k.latency_count.load(Ordering::Relaxed);
-    let _ = writeln!(
-        o,
-        "twill_controller_write_seconds_bucket{{le=\"+Inf\"}} {count}"
+    r.register(
+        "twill_controller_write_errors",
+        "Writes this member could not commit, by reason",
+        k.write_errors.clone(),
     );
-    let _ = writeln!(
-        o,
-        "twill_controller_write_seconds_sum {}",
-        k.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    r.register(
+        "twill_controller_batches",
+        "Raft entries carrying client writes",
+        k.batches.clone(),
     );
-    let _ = writeln!(o, "twill_controller_write_seconds_count {count}");
-    o
-}
-
-/// Serves `GET /metrics` (and `/healthz`) over plain HTTP/1.1 until the member stops.
-pub async fn serve(listener: TcpListener, m: Arc<Member>) {
-    let mut stopping = m.stopping();
-    let stop = async move {
-        let _ = stopping.changed().await;
-    };
-    serve_http(listener, stop, move |path| match path {
-        "/metrics" => ("200 OK", render(&m)),
-        "/healthz" => ("200 OK", "ok\n".to_string()),
-        _ => ("404 Not Found", "try /metrics or /healthz\n".to_string()),
-    })
-    .await
-}
-
-/// A minimal HTTP/1.1 server for health and metrics endpoints: `route` maps a request path to
-/// a status line and a text body. Runs until `stop` resolves.
-pub async fn serve_http<R>(
-    listener: TcpListener,
-    stop: impl std::future::Future<Output = ()>,
-    route: R,
-) where
-    R: Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
-{
-    let route = Arc::new(route);
-    tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = &mut stop => return,
-        };
-        let Ok((mut sock, _)) = accepted else {
-            continue;
-        };
-        let route = route.clone();
-        tokio::spawn(async move {
-            // Read the whole request head; it may arrive in several pieces. A GET has no body.
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            while n < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(k)) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = route(head.split_whitespace().nth(1).unwrap_or(""));
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
+    r.register(
+        "twill_controller_batched_writes",
+        "Client writes carried in those entries",
+        k.batched_writes.clone(),
+    );
+    r.register(
+        "twill_controller_write_seconds",
+        "Time from proposal to applied answer",
+        k.write_seconds.clone(),
+    );
+    Endpoints::new(r).with_refresh(move || g.read(&m))
 }

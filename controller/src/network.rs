@@ -15,7 +15,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 use twill_proto::v1::raft_client::RaftClient;
 use twill_proto::v1::raft_server;
@@ -24,17 +24,9 @@ use twill_proto::v1::RaftPayload;
 use crate::{NodeId, Raft, TypeConfig};
 
 /// Snapshots and large append batches exceed tonic's 4 MiB default.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+pub use twill_proto::MAX_MESSAGE;
 
-/// Builds a lazily connecting channel to a member's address (`http://host:port`).
-pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(addr.to_string())?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
-}
+pub use twill_client::channel;
 
 /// Faults injected into a member's outgoing Raft messages, for the chaos tests: peers it cannot
 /// reach (a partition, set on both sides), a share of messages lost before delivery or after

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use twill_proto::v1::controller_client::ControllerClient;
 use crate::allocator::{NetworkConfig, Request, Response};
 use crate::batch::{self, BatchError};
 use crate::log_store::{LogStore, OpenError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WriteError};
 use crate::network::{NetworkFactory, RaftService, MAX_MESSAGE};
 use crate::service::ControllerService;
 use crate::state_machine::{Shared, SnapshotFileError, StateMachine};
@@ -29,7 +28,7 @@ use crate::watch::DEFAULT_HISTORY;
 use crate::{leader, NodeId, Raft};
 
 /// Metadata key naming the leader's address on Unavailable answers, for clients to follow.
-pub const LEADER_HINT: &str = "x-twill-leader";
+pub use twill_proto::LEADER_HINT;
 /// Set on a request one member forwards to another, so it is never forwarded twice.
 pub const FORWARDED: &str = "x-twill-forwarded";
 
@@ -198,25 +197,13 @@ impl Member {
     /// Proposes a command and waits for it to be applied; fails fast on a follower.
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
         let started = std::time::Instant::now();
-        self.metrics.writes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.proposed();
         let r = self.propose_inner(req).await;
         match &r {
-            Ok(_) => self.metrics.observe_write(started.elapsed()),
-            Err(ProposeError::NotLeader { .. }) => {
-                self.metrics
-                    .write_errors_not_leader
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(ProposeError::NoQuorum { .. }) => {
-                self.metrics
-                    .write_errors_no_quorum
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(ProposeError::Fatal(_)) => {
-                self.metrics
-                    .write_errors_fatal
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(_) => self.metrics.committed(started.elapsed()),
+            Err(ProposeError::NotLeader { .. }) => self.metrics.failed(WriteError::NotLeader),
+            Err(ProposeError::NoQuorum { .. }) => self.metrics.failed(WriteError::NoQuorum),
+            Err(ProposeError::Fatal(_)) => self.metrics.failed(WriteError::Fatal),
         }
         r
     }
@@ -489,7 +476,14 @@ pub async fn start_on(
             .await
             .map_err(|e| StartError::Bind { addr, source: e })?;
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-        tokio::spawn(crate::metrics::serve(l, member.clone()));
+        let mut stopping = member.stopping();
+        tokio::spawn(twill_telemetry::serve(
+            l,
+            crate::metrics::endpoints(member.clone()),
+            async move {
+                let _ = stopping.changed().await;
+            },
+        ));
     }
     let duties = tokio::spawn(leader::run(member.clone()));
     Ok(Running {

@@ -571,18 +571,13 @@ struct WatcherGauge(Arc<Member>);
 
 impl WatcherGauge {
     fn new(m: Arc<Member>) -> Self {
-        m.metrics
-            .watchers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.metrics.watch_opened();
         WatcherGauge(m)
     }
 }
 
 impl Drop for WatcherGauge {
     fn drop(&mut self) {
-        self.0
-            .metrics
-            .watchers
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.metrics.watch_closed();
     }
 }

@@ -15,8 +15,8 @@ use proptest::sample::Index;
 use twill_controller::allocator::{
     AcquireArgs, AllocError, Allocator, AllocatorSnapshot, Backend, Command, DeleteReason, Event,
     GrantReason, Ipv6Config, Lease, NetworkConfig, Outcome, Request, Response, RevEvent,
-    DEFAULT_VXLAN_PORT,
 };
+use twill_proto::defaults::VXLAN_PORT;
 
 // ---------------------------------------------------------------------------------------------
 // Configurations: small on purpose, so a handful of nodes exhausts them.
@@ -34,7 +34,7 @@ fn net(a: [u8; 4], prefix: u8, subnet_len: u8) -> NetworkConfig {
         ipv6: None,
         backend: Backend::Vxlan {
             vni: 1,
-            port: DEFAULT_VXLAN_PORT,
+            port: VXLAN_PORT,
             direct_routing: false,
         },
         lease_ttl_ms: 5_000,
@@ -180,12 +180,16 @@ enum Op {
     },
 }
 
-/// Node names: six valid ones, and two the allocator must refuse.
+/// Node names: six valid ones, and five the allocator must refuse (printable ASCII that
+/// Kubernetes' DNS-1123 rule still refuses among them).
 fn name(i: u8) -> String {
     match i {
         0..=5 => format!("n{i}"),
         6 => String::new(),
-        _ => "bad name".into(),
+        7 => "bad name".into(),
+        8 => "N1".into(),
+        9 => "n_1".into(),
+        _ => "n1.".into(),
     }
 }
 
@@ -199,7 +203,7 @@ fn ip(i: u8) -> Ipv4Addr {
 }
 
 fn node_s() -> impl Strategy<Value = u8> {
-    prop_oneof![12 => 0u8..6, 1 => 6u8..8]
+    prop_oneof![12 => 0u8..6, 1 => 6u8..11]
 }
 
 fn pick_s() -> impl Strategy<Value = Pick> {
@@ -532,8 +536,16 @@ fn state(a: &Allocator) -> AllocatorSnapshot {
     }
 }
 
+/// Kubernetes' node-name rule (a DNS-1123 subdomain), written out apart from the allocator's.
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 253 && n.chars().all(|c| c.is_ascii_graphic())
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum)
+            && b.iter().all(|c| alnum(c) || *c == b'-')
+    };
+    n.len() <= 253 && n.split('.').all(label)
 }
 
 fn usable_ip(ip: Ipv4Addr) -> bool {

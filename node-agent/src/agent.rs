@@ -1,21 +1,25 @@
-//! The agent: lease keeper and lease watch feed the desired state; the reconciler applies it on
-//! every change and on a resync timer (which also puts back anything removed from outside);
-//! `subnet.env` is written once the lease is held; `/healthz`, `/readyz` and `/metrics` report.
+//! The agent: one loop over typed events (the node's lease changed or was renewed, the lease
+//! stream moved, the configuration changed, the kernel changed, the resync tick, the backend
+//! has news) feeding one state value through small handlers. After each handler that can
+//! change the dataplane, the desired state is computed (a pure function) and reconciled with
+//! the kernel; readiness is derived from that state whenever it is asked for.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-use twill_controller::client::{Client, ClientOptions};
+use tokio::sync::{mpsc, watch};
+use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 
-use crate::desired::{self, Backend, Desired, Input, NodeLease};
+use crate::backend::{self, Config, ConfigError, Dataplane};
+use crate::desired::{self, Input, LocalFacts, NodeLease, Refusal};
 use crate::facts::{self, Choice, FactsError};
+use crate::health::Health;
 use crate::lease::{Identity, Keeper};
+use crate::metrics::{BgpBoard, Metrics};
 use crate::reconcile::{Kernel, KernelError};
 use crate::subnet_env::SubnetEnv;
 use crate::vtep::{self, Mac};
@@ -40,50 +44,32 @@ pub enum AgentError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("controller endpoints: {0}")]
-    Client(#[from] twill_controller::client::ClientError),
-    #[error("invalid node name {0:?}: 1 to 253 printable characters without spaces")]
-    NodeName(String),
-    #[error("the cluster's configuration names no backend ({0})")]
-    Backend(String),
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Client(#[from] twill_client::ClientError),
+    #[error(transparent)]
+    NodeName(#[from] twill_proto::names::NodeNameError),
+    #[error(transparent)]
+    Metrics(#[from] twill_telemetry::BindError),
 }
 
-#[derive(Default)]
-struct Stats {
-    /// The BGP speaker's peer board, with the bgp backend.
-    bgp: std::sync::Mutex<Option<twill_bgp::speaker::Status>>,
-    ready: AtomicBool,
-    peers: AtomicU64,
-    refused: AtomicU64,
-    reconciles: AtomicU64,
-    changes: AtomicU64,
-    errors: AtomicU64,
+/// What wakes the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The keeper holds a different lease, or none.
+    LeaseChanged,
+    /// The keeper renewed the lease (or lost it): only readiness moves.
+    LeaseRenewed,
+    /// The lease stream moved: peers' leases or the configuration.
+    StreamMoved,
+    /// Netlink reported a change to something we may own.
+    Kernel,
+    Resync,
+    /// The backend has news (the BGP speaker chose other routes).
+    Backend,
+    /// A source of events ended: the agent is shutting down.
+    Closed(&'static str),
 }
 
-/// The backend as configured: a fixed dataplane, or BGP settings for the speaker to turn into
-/// routes.
-enum Mode {
-    Plain(Backend),
-    Bgp(pb::BgpBackend),
-}
-
-fn backend_of(c: &pb::NetworkConfig) -> Result<Mode, AgentError> {
-    match c.backend.as_ref().and_then(|b| b.kind.as_ref()) {
-        Some(pb::backend::Kind::Vxlan(v)) => Ok(Mode::Plain(Backend::Vxlan {
-            vni: v.vni,
-            port: u16::try_from(v.port).unwrap_or(8472),
-            direct_routing: v.direct_routing,
-        })),
-        Some(pb::backend::Kind::HostGw(_)) => Ok(Mode::Plain(Backend::HostGw)),
-        Some(pb::backend::Kind::Bgp(b)) => Ok(Mode::Bgp(b.clone())),
-        None => Err(AgentError::Backend("none".into())),
-    }
-}
-
+/// A lease as the desired state uses it; `None` for one that does not parse.
 fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
     Some(NodeLease {
         node: l.node.clone(),
@@ -96,11 +82,269 @@ fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
     })
 }
 
-pub async fn run(opts: Options) -> Result<(), AgentError> {
-    let n = &opts.node_name;
-    if n.is_empty() || n.len() > 253 || !n.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(AgentError::NodeName(n.clone()));
+struct Agent {
+    opts: Options,
+    kernel: Kernel,
+    facts: LocalFacts,
+    mac: Mac,
+    lease_rx: watch::Receiver<Option<pb::Lease>>,
+    valid_rx: watch::Receiver<Option<Instant>>,
+    view_rx: watch::Receiver<View>,
+    kernel_events: mpsc::UnboundedReceiver<()>,
+    tick: tokio::time::Interval,
+    // The state the handlers keep.
+    own: Option<pb::Lease>,
+    view: View,
+    config: Option<pb::NetworkConfig>,
+    backend: Option<Box<dyn Dataplane>>,
+    last_env: Option<SubnetEnv>,
+    refused: BTreeSet<Refusal>,
+    config_error: Option<String>,
+    health: Arc<Mutex<Health>>,
+    metrics: Metrics,
+    bgp_board: BgpBoard,
+}
+
+impl Agent {
+    async fn next(&mut self) -> Event {
+        let backend_news = async {
+            match self.backend.as_mut() {
+                Some(b) => b.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = self.lease_rx.changed() => if r.is_err() { Event::Closed("lease keeper") } else { Event::LeaseChanged },
+            r = self.valid_rx.changed() => if r.is_err() { Event::Closed("lease keeper") } else { Event::LeaseRenewed },
+            r = self.view_rx.changed() => if r.is_err() { Event::Closed("lease stream") } else { Event::StreamMoved },
+            () = backend_news => Event::Backend,
+            _ = self.tick.tick() => Event::Resync,
+            e = self.kernel_events.recv() => match e {
+                Some(()) => Event::Kernel,
+                None => Event::Closed("netlink monitor"),
+            },
+        }
     }
+
+    fn health(&self, f: impl FnOnce(&mut Health)) {
+        f(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn on_lease_changed(&mut self) {
+        self.own = self.lease_rx.borrow_and_update().clone();
+        if self.own.is_none() {
+            self.last_env = None;
+            self.health(|h| h.subnet_env_written = false);
+        }
+    }
+
+    fn on_lease_renewed(&mut self) {
+        let until = *self.valid_rx.borrow_and_update();
+        self.health(|h| h.lease_valid_until = until);
+    }
+
+    /// Takes the stream's view; a changed configuration gets its own handler.
+    async fn on_stream_moved(&mut self) {
+        self.view = self.view_rx.borrow_and_update().clone();
+        if self.view.config != self.config {
+            self.config = self.view.config.clone();
+            self.on_config_changed().await;
+        }
+    }
+
+    /// A new configuration: a backend that cannot take it is stopped (the next reconcile
+    /// removes what it programmed and the new one does not want).
+    async fn on_config_changed(&mut self) {
+        let parsed = self.config.as_ref().map(Config::from_proto);
+        match parsed {
+            None => {
+                tracing::info!("waiting for the cluster's network configuration");
+            }
+            Some(Err(e)) => self.refuse_config(e).await,
+            Some(Ok(c)) => {
+                self.config_error = None;
+                if let Some(b) = self.backend.take_if(|b| !b.takes(&c)) {
+                    tracing::info!(from = b.name(), to = c.name(), "backend changed");
+                    self.stop_backend(b).await;
+                }
+            }
+        }
+    }
+
+    async fn refuse_config(&mut self, e: ConfigError) {
+        let e = e.to_string();
+        if self.config_error.as_ref() != Some(&e) {
+            tracing::error!(error = %e, "configuration not usable; the dataplane is left as it is");
+        }
+        self.config_error = Some(e);
+    }
+
+    async fn stop_backend(&mut self, b: Box<dyn Dataplane>) {
+        *self.bgp_board.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        b.stop().await;
+    }
+
+    /// Drains a burst of kernel events (a flush, a device deletion) so it is repaired once.
+    async fn on_kernel(&mut self) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while self.kernel_events.try_recv().is_ok() {}
+    }
+
+    /// Brings the backend and the kernel in line with the state; records the outcome.
+    async fn reconcile(&mut self) {
+        let (Some(own), Some(config)) = (self.own.clone(), self.config.clone()) else {
+            return;
+        };
+        let cfg = match Config::from_proto(&config) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                self.refuse_config(e).await;
+                self.health(|h| h.last_reconcile = Some(Err(msg)));
+                return;
+            }
+        };
+        let Some(own_lease) = node_lease(&own) else {
+            let msg = format!("own lease does not parse (subnet {:?})", own.subnet);
+            tracing::error!("{msg}");
+            self.health(|h| h.last_reconcile = Some(Err(msg)));
+            return;
+        };
+        let own_lease = NodeLease {
+            vtep_mac: Some(self.mac),
+            ..own_lease
+        };
+        let peers: Vec<NodeLease> = self.view.leases.values().filter_map(node_lease).collect();
+        let view = backend::View {
+            own: &own_lease,
+            peers: &peers,
+            facts: &self.facts,
+        };
+        let backend = match self.backend.as_mut() {
+            Some(b) => {
+                b.update(&cfg, &view).await;
+                b
+            }
+            None => {
+                let b = backend::start(
+                    &cfg,
+                    &view,
+                    backend::Start {
+                        kernel: &self.kernel,
+                        facts: &self.facts,
+                        state_dir: &self.opts.state_dir,
+                    },
+                )
+                .await;
+                tracing::info!(backend = b.name(), "backend started");
+                *self.bgp_board.lock().unwrap_or_else(|p| p.into_inner()) = b.bgp_status();
+                self.backend.insert(b)
+            }
+        };
+        let recipe = backend.recipe();
+        let pod_mtu = backend.pod_mtu(self.facts.mtu);
+        let backend_health = backend.health();
+        self.health(|h| h.backend = backend_health);
+
+        let want = desired::compute(&Input {
+            own: own_lease.clone(),
+            peers,
+            backend: recipe,
+            facts: self.facts.clone(),
+        });
+        for r in want.refused.difference(&self.refused) {
+            tracing::warn!(refusal = ?r, "peer not programmed");
+        }
+        self.refused = want.refused.clone();
+        self.metrics.reconciles.inc();
+        match self.kernel.reconcile(&want).await {
+            Ok(ops) => {
+                if !ops.is_empty() {
+                    self.metrics.changes.inc_by(ops.len() as u64);
+                    tracing::info!(subnet = %own_lease.subnet, changes = ops.len(), "dataplane updated");
+                    for op in &ops {
+                        tracing::debug!(?op, "applied");
+                    }
+                }
+                self.health(|h| h.last_reconcile = Some(Ok(())));
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::warn!(error = %e, "reconcile failed; retrying at the next resync");
+                self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+                return;
+            }
+        }
+        self.metrics
+            .routes
+            .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .refused
+            .set(i64::try_from(want.refused.len()).unwrap_or(i64::MAX));
+        self.write_subnet_env(&config, &own, own_lease.subnet, pod_mtu);
+    }
+
+    fn write_subnet_env(
+        &mut self,
+        config: &pb::NetworkConfig,
+        own: &pb::Lease,
+        subnet: ipnet::Ipv4Net,
+        mtu: u32,
+    ) {
+        let Ok(network) = config.network.parse() else {
+            return;
+        };
+        let env = SubnetEnv {
+            network,
+            subnet,
+            ipv6_network: config.ipv6_network.parse().ok(),
+            ipv6_subnet: own.ipv6_subnet.parse().ok(),
+            mtu,
+            ipmasq: self.opts.ip_masq,
+        };
+        if self.last_env.as_ref() == Some(&env) {
+            return;
+        }
+        match env.write(&self.opts.subnet_file) {
+            Ok(()) => {
+                tracing::info!(file = %self.opts.subnet_file.display(), subnet = %env.subnet, "subnet.env written");
+                self.last_env = Some(env);
+                self.health(|h| h.subnet_env_written = true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file = %self.opts.subnet_file.display(), "cannot write subnet.env");
+                self.health(|h| h.subnet_env_written = false);
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let ev = self.next().await;
+            match ev {
+                Event::LeaseChanged => self.on_lease_changed(),
+                Event::LeaseRenewed => {
+                    self.on_lease_renewed();
+                    continue;
+                }
+                Event::StreamMoved => self.on_stream_moved().await,
+                Event::Kernel => self.on_kernel().await,
+                Event::Resync | Event::Backend => {}
+                Event::Closed(what) => {
+                    tracing::info!(source = what, "event source closed; agent stopping");
+                    break;
+                }
+            }
+            self.reconcile().await;
+        }
+        if let Some(b) = self.backend.take() {
+            self.stop_backend(b).await;
+        }
+    }
+}
+
+pub async fn run(opts: Options) -> Result<(), AgentError> {
+    twill_proto::names::validate_node_name(&opts.node_name)?;
     let kernel = Kernel::connect()?;
     let facts = facts::discover(&kernel, &opts.choice).await?;
     tracing::info!(iface = %facts.iface, public_ip = %facts.public_ip, mtu = facts.mtu, "public interface chosen");
@@ -113,15 +357,17 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         },
     )?);
 
-    let stats = Arc::new(Stats::default());
+    let health = Arc::new(Mutex::new(Health::default()));
+    let metrics = Metrics::default();
+    let bgp_board = BgpBoard::default();
     if let Some(addr) = opts.metrics_addr {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| AgentError::Metrics { addr, source: e })?;
-        tokio::spawn(serve_http(l, stats.clone()));
+        let l = twill_telemetry::bind(addr).await?;
+        let e = crate::metrics::endpoints(&metrics, health.clone(), bgp_board.clone());
+        tokio::spawn(twill_telemetry::serve(l, e, std::future::pending()));
     }
 
-    let (lease_tx, mut lease_rx) = watch::channel(None);
+    let (lease_tx, lease_rx) = watch::channel(None);
+    let (valid_tx, valid_rx) = watch::channel(None);
     let keeper = Keeper {
         client: client.clone(),
         id: Identity {
@@ -133,211 +379,33 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         // Until the cluster's configuration is read, after the first lease.
         lease_ttl: Duration::from_secs(60),
         tx: lease_tx,
+        valid_until: valid_tx,
     };
     tokio::spawn(keeper.run());
-    let (view_tx, mut view_rx) = watch::channel(View::default());
+    let (view_tx, view_rx) = watch::channel(View::default());
     tokio::spawn(follow(client.clone(), view_tx, Duration::from_secs(20)));
 
-    let mut events = crate::reconcile::monitor()?;
-    let mut tick = tokio::time::interval(opts.resync);
-    let mut last_env: Option<SubnetEnv> = None;
-    let mut last_refused = BTreeMap::new();
-    let mut speaker: Option<crate::bgp::Runner> = None;
-    // Routes to peers found in the kernel when the speaker starts (an agent restart): kept
-    // until the speaker has every peer's table again, so pod traffic keeps flowing.
-    let mut preserved: crate::bgp::Learned = BTreeMap::new();
-    loop {
-        let learned_changed = async {
-            match speaker.as_mut() {
-                Some(r) => r.learned.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = lease_rx.changed() => if r.is_err() { break },
-            r = view_rx.changed() => if r.is_err() { break },
-            Ok(()) = learned_changed => {
-                // A burst of UPDATEs (a peer's full table) settles before one reconcile.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            _ = tick.tick() => {}
-            Some(()) = events.recv() => {
-                // Let a burst (a flush, a device deletion) finish, then repair once.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while events.try_recv().is_ok() {}
-            }
-        }
-        let own = lease_rx.borrow().clone();
-        let view = view_rx.borrow().clone();
-        let (Some(own), Some(config)) = (own, view.config.clone()) else {
-            continue;
-        };
-        let mode = backend_of(&config)?;
-        let Some(own_lease) = node_lease(&own) else {
-            tracing::error!(subnet = %own.subnet, "lease from the controller does not parse");
-            continue;
-        };
-        let own_lease = NodeLease {
-            vtep_mac: Some(mac),
-            ..own_lease
-        };
-        let peers: Vec<NodeLease> = view.leases.values().filter_map(node_lease).collect();
-        let backend = match mode {
-            Mode::Plain(b) => {
-                if let Some(r) = speaker.take() {
-                    tracing::info!("backend is no longer bgp; stopping the BGP speaker");
-                    r.stop().await;
-                }
-                b
-            }
-            Mode::Bgp(settings) => {
-                let Ok(network) = config.network.parse() else {
-                    continue;
-                };
-                let plan = crate::bgp::plan(&settings, network, &own_lease, &peers);
-                match speaker.as_mut() {
-                    Some(r) if r.compatible(&plan) => r.update(plan).await,
-                    _ => {
-                        if let Some(old) = speaker.take() {
-                            old.stop().await;
-                        }
-                        let listen = SocketAddr::new(facts.public_ip.into(), 179);
-                        let status = crate::bgp::status_path(&opts.state_dir);
-                        preserved = match kernel.observe().await {
-                            Ok(o) => o
-                                .routes
-                                .iter()
-                                .filter(|r| r.dev == facts.iface && !r.onlink)
-                                .map(|r| (r.dst, r.via))
-                                .collect(),
-                            Err(_) => BTreeMap::new(),
-                        };
-                        if !preserved.is_empty() {
-                            tracing::info!(routes = preserved.len(), "restarting: routes in the kernel kept until every BGP peer has resent its table");
-                        }
-                        let r = crate::bgp::Runner::start(
-                            plan,
-                            listen,
-                            Some(status),
-                            !preserved.is_empty(),
-                        );
-                        *stats.bgp.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(r.status.clone());
-                        speaker = Some(r);
-                    }
-                }
-                let mut routes = speaker
-                    .as_ref()
-                    .map(|r| r.learned.borrow().clone())
-                    .unwrap_or_default();
-                if !preserved.is_empty() {
-                    if speaker.as_ref().is_some_and(|r| r.converged()) {
-                        tracing::info!("every BGP peer resent its table; routes from before the restart released");
-                        preserved.clear();
-                    } else {
-                        for (dst, via) in &preserved {
-                            routes.entry(*dst).or_insert(*via);
-                        }
-                    }
-                }
-                Backend::Bgp { routes }
-            }
-        };
-        let input = Input {
-            own: own_lease.clone(),
-            peers,
-            backend: backend.clone(),
-            facts: facts.clone(),
-        };
-        let want: Desired = desired::compute(&input);
-        for r in &want.refused {
-            if last_refused.insert(format!("{r:?}"), ()).is_none() {
-                tracing::warn!(refusal = ?r, "peer not programmed");
-            }
-        }
-        last_refused.retain(|k, _| want.refused.iter().any(|r| format!("{r:?}") == *k));
-        stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        match kernel.reconcile(&want).await {
-            Ok(ops) => {
-                if !ops.is_empty() {
-                    stats.changes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-                    tracing::info!(subnet = %own_lease.subnet, changes = ops.len(), "dataplane updated");
-                    for op in &ops {
-                        tracing::debug!(?op, "applied");
-                    }
-                }
-            }
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "reconcile failed; retrying at the next resync");
-                continue;
-            }
-        }
-        stats
-            .peers
-            .store(want.routes.len() as u64, Ordering::Relaxed);
-        stats
-            .refused
-            .store(want.refused.len() as u64, Ordering::Relaxed);
-        let env = SubnetEnv {
-            network: match config.network.parse() {
-                Ok(n) => n,
-                Err(_) => continue,
-            },
-            subnet: own_lease.subnet,
-            ipv6_network: config.ipv6_network.parse().ok(),
-            ipv6_subnet: own.ipv6_subnet.parse().ok(),
-            mtu: match &backend {
-                Backend::Vxlan { .. } => facts.mtu.saturating_sub(desired::VXLAN_OVERHEAD),
-                Backend::HostGw | Backend::Bgp { .. } => facts.mtu,
-            },
-            ipmasq: opts.ip_masq,
-        };
-        if last_env.as_ref() != Some(&env) {
-            match env.write(&opts.subnet_file) {
-                Ok(()) => {
-                    tracing::info!(file = %opts.subnet_file.display(), subnet = %env.subnet, "subnet.env written");
-                    last_env = Some(env);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %opts.subnet_file.display(), "cannot write subnet.env");
-                    continue;
-                }
-            }
-        }
-        stats.ready.store(true, Ordering::Relaxed);
-    }
+    let agent = Agent {
+        kernel_events: crate::reconcile::monitor()?,
+        tick: tokio::time::interval(opts.resync),
+        opts,
+        kernel,
+        facts,
+        mac,
+        lease_rx,
+        valid_rx,
+        view_rx,
+        own: None,
+        view: View::default(),
+        config: None,
+        backend: None,
+        last_env: None,
+        refused: BTreeSet::new(),
+        config_error: None,
+        health,
+        metrics,
+        bgp_board,
+    };
+    agent.run().await;
     Ok(())
-}
-
-fn render(s: &Stats) -> String {
-    let mut o = String::new();
-    for (name, kind, help, v) in [
-        ("twill_agent_ready", "gauge", "1 once the lease is held, the dataplane programmed and subnet.env written.", u64::from(s.ready.load(Ordering::Relaxed))),
-        ("twill_agent_routes", "gauge", "Routes to peers' subnets programmed.", s.peers.load(Ordering::Relaxed)),
-        ("twill_agent_refused_peers", "gauge", "Peers not programmed (host-gw peer off the L2 segment, vxlan peer without a VTEP MAC).", s.refused.load(Ordering::Relaxed)),
-        ("twill_agent_reconciles_total", "counter", "Reconcile passes.", s.reconciles.load(Ordering::Relaxed)),
-        ("twill_agent_changes_total", "counter", "Kernel changes applied.", s.changes.load(Ordering::Relaxed)),
-        ("twill_agent_reconcile_errors_total", "counter", "Reconcile passes that failed.", s.errors.load(Ordering::Relaxed)),
-    ] {
-        twill_controller::metrics::metric(&mut o, name, kind, help, v);
-    }
-    if let Some(st) = s.bgp.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        crate::bgp::render_metrics(st, &mut o);
-    }
-    o
-}
-
-async fn serve_http(l: tokio::net::TcpListener, s: Arc<Stats>) {
-    twill_controller::metrics::serve_http(l, std::future::pending(), move |path| match path {
-        "/healthz" => ("200 OK", "ok\n".to_string()),
-        "/readyz" if s.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string()),
-        "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
-        "/metrics" => ("200 OK", render(&s)),
-        _ => (
-            "404 Not Found",
-            "try /healthz, /readyz or /metrics\n".to_string(),
-        ),
-    })
-    .await
 }

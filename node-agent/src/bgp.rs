@@ -1,7 +1,8 @@
 //! The `bgp` backend: the agent's embedded speaker originates the node's subnet and hands what
 //! it learns to the reconciler. Which sessions a node has is a pure function of the cluster's
 //! BGP settings and the lease table ([`plan`]); the running speaker is told the new plan and
-//! keeps the sessions it does not change.
+//! keeps the sessions it does not change. The settings arrive parsed and checked by
+//! [`twill_proto::settings::bgp_from_proto`], the controller's own reading of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,12 +13,9 @@ use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, watch};
 use twill_bgp::rib::{Change, Peer};
 use twill_bgp::speaker::{self, Control, PeerConfig, SpeakerConfig, Status};
-use twill_proto::v1 as pb;
+use twill_proto::settings::BgpSettings;
 
 use crate::desired::NodeLease;
-
-/// The hold time when the settings give none (RFC 4271's suggestion).
-const DEFAULT_HOLD: u16 = 90;
 
 /// How long peers keep this node's routes while its agent restarts, and how long a restarted
 /// agent keeps the routes it found in the kernel while its sessions come back.
@@ -43,19 +41,15 @@ pub struct Plan {
 ///
 /// Between two nodes the one with the lower address connects and the other waits, so each
 /// pair has one connection and no collision to settle.
-pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLease]) -> Plan {
+pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLease]) -> Plan {
     let asn_of = |node: &str| b.node_asn.get(node).copied().unwrap_or(b.asn);
-    let hold = match b.hold_time {
-        0 => DEFAULT_HOLD,
-        h => u16::try_from(h).unwrap_or(u16::MAX),
-    };
     let reflectors: BTreeSet<&str> = b.route_reflectors.iter().map(String::as_str).collect();
     let i_reflect = reflectors.contains(me.node.as_str());
     let mut peers = Vec::new();
     let mut node_addrs = BTreeSet::new();
     for n in nodes.iter().filter(|n| n.node != me.node) {
         let (include, rr_client) = if reflectors.is_empty() {
-            (!b.no_mesh, false)
+            (b.mesh, false)
         } else if i_reflect {
             (true, !reflectors.contains(n.node.as_str()))
         } else {
@@ -71,18 +65,16 @@ pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeL
                 asn: asn_of(&n.node),
                 rr_client,
             },
-            hold_time: hold,
+            hold_time: b.hold_time,
             passive: me.public_ip > n.public_ip,
             md5_password: None,
         });
     }
     for p in &b.peers {
-        if !(p.node.is_empty() || p.node == me.node) {
+        if p.node.as_deref().is_some_and(|n| n != me.node) {
             continue;
         }
-        let Ok(addr) = p.address.parse::<IpAddr>() else {
-            continue;
-        };
+        let addr = p.address;
         // A node's own session takes precedence over an outside entry for the same address.
         if matches!(addr, IpAddr::V4(a) if node_addrs.contains(&a)) {
             continue;
@@ -98,25 +90,18 @@ pub fn plan(b: &pb::BgpBackend, network: Ipv4Net, me: &NodeLease, nodes: &[NodeL
                 asn: p.asn,
                 rr_client: false,
             },
-            hold_time: hold,
+            hold_time: b.hold_time,
             passive: false,
-            md5_password: (!p.password.is_empty()).then(|| p.password.clone()),
+            md5_password: p.password.clone(),
         });
     }
     peers.sort_by_key(|p| p.peer.addr);
     let cluster_id = i_reflect.then(|| {
         b.cluster_id
-            .parse()
-            .ok()
             .unwrap_or_else(|| default_cluster_id(&b.route_reflectors))
     });
     let mut accept = vec![IpNet::V4(network)];
-    accept.extend(
-        b.allowed_prefixes
-            .iter()
-            .filter_map(|a| a.parse::<Ipv4Net>().ok())
-            .map(IpNet::V4),
-    );
+    accept.extend(b.allowed_prefixes.iter().copied().map(IpNet::V4));
     Plan {
         local_as: asn_of(&me.node),
         router_id: me.public_ip,
@@ -150,6 +135,8 @@ pub struct Runner {
     pub learned: watch::Receiver<Learned>,
     pub status: Status,
     started: std::time::Instant,
+    listen: SocketAddr,
+    status_file: Option<PathBuf>,
 }
 
 impl Runner {
@@ -202,7 +189,7 @@ impl Runner {
                 });
             }
         });
-        if let Some(path) = status_file {
+        if let Some(path) = status_file.clone() {
             let st = status.clone();
             let stop = control.clone();
             tokio::spawn(async move {
@@ -222,7 +209,19 @@ impl Runner {
             learned,
             status,
             started: std::time::Instant::now(),
+            listen,
+            status_file,
         }
+    }
+
+    /// Where it accepts sessions.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Where it keeps the status for `twill bgp status`.
+    pub fn status_file(&self) -> Option<PathBuf> {
+        self.status_file.clone()
     }
 
     /// Every peer has sent its whole table (End-of-RIB) since this speaker started, or the
@@ -236,7 +235,20 @@ impl Runner {
         self.plan
             .peers
             .iter()
-            .all(|p| board.get(&p.peer.addr).is_some_and(|s| s.end_of_rib))
+            .all(|p| board.peers.get(&p.peer.addr).is_some_and(|s| s.end_of_rib))
+    }
+
+    /// Whether the speaker runs and accepts sessions: a node whose peers cannot reach it is
+    /// not ready.
+    pub fn listening(&self) -> Result<(), String> {
+        if self.control.is_closed() {
+            return Err("the BGP speaker has stopped".into());
+        }
+        let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match &board.listen_error {
+            Some(e) => Err(format!("BGP {e}")),
+            None => Ok(()),
+        }
     }
 
     /// Whether a new plan can be applied to this speaker (same AS, router id, cluster id and
@@ -272,6 +284,7 @@ impl Runner {
 pub fn status_rows(st: &Status) -> Vec<serde_json::Value> {
     let board = st.lock().unwrap_or_else(|p| p.into_inner());
     board
+        .peers
         .values()
         .map(|p| {
             serde_json::json!({
@@ -300,51 +313,10 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
     state_dir.join("bgp-status.json")
 }
 
-/// Per-peer Prometheus series for the agent's `/metrics`.
-pub fn render_metrics(st: &Status, out: &mut String) {
-    let board = st.lock().unwrap_or_else(|p| p.into_inner());
-    if board.is_empty() {
-        return;
-    }
-    type Field = fn(&speaker::PeerStatus) -> u64;
-    let series: [(&str, &str, Field); 4] = [
-        (
-            "twill_bgp_session_established",
-            "1 while the session to the peer is established.",
-            |p| u64::from(p.established),
-        ),
-        (
-            "twill_bgp_prefixes_received",
-            "Prefixes in the peer's Adj-RIB-In.",
-            |p| p.received as u64,
-        ),
-        (
-            "twill_bgp_prefixes_accepted",
-            "Of those, prefixes whose best path is from this peer.",
-            |p| p.accepted as u64,
-        ),
-        (
-            "twill_bgp_prefixes_advertised",
-            "Prefixes announced to the peer.",
-            |p| p.advertised as u64,
-        ),
-    ];
-    for (name, help, f) in series {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for p in board.values() {
-            out.push_str(&format!(
-                "{name}{{peer=\"{}\",asn=\"{}\"}} {}\n",
-                p.addr,
-                p.asn,
-                f(p)
-            ));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use twill_proto::settings::BgpPeer;
 
     fn node(name: &str, last: u8) -> NodeLease {
         NodeLease {
@@ -359,8 +331,8 @@ mod tests {
         vec![node("n1", 1), node("n2", 2), node("n3", 3)]
     }
 
-    fn settings() -> pb::BgpBackend {
-        pb::BgpBackend {
+    fn settings() -> BgpSettings {
+        BgpSettings {
             asn: 64512,
             ..Default::default()
         }
@@ -381,6 +353,10 @@ mod tests {
             .peers
             .iter()
             .all(|x| x.peer.asn == 64512 && !x.peer.rr_client));
+        assert!(p
+            .peers
+            .iter()
+            .all(|x| x.hold_time == twill_proto::defaults::BGP_HOLD_TIME));
         assert_eq!(p.originate, ["10.244.2.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(p.cluster_id, None);
     }
@@ -407,23 +383,23 @@ mod tests {
     fn outside_peers_per_node_and_per_node_as() {
         let all = nodes();
         let mut s = settings();
-        s.no_mesh = true;
+        s.mesh = false;
         s.node_asn.insert("n2".into(), 64602);
         s.peers = vec![
-            pb::BgpPeer {
-                address: "192.0.2.254".into(),
+            BgpPeer {
+                address: "192.0.2.254".parse().unwrap(),
                 asn: 64500,
-                password: "k".into(),
-                node: String::new(),
+                password: Some("k".into()),
+                node: None,
             },
-            pb::BgpPeer {
-                address: "192.0.2.253".into(),
+            BgpPeer {
+                address: "192.0.2.253".parse().unwrap(),
                 asn: 64500,
-                password: String::new(),
-                node: "n3".into(),
+                password: None,
+                node: Some("n3".into()),
             },
         ];
-        s.allowed_prefixes = vec!["0.0.0.0/0".into()];
+        s.allowed_prefixes = vec!["0.0.0.0/0".parse().unwrap()];
         let p = plan(&s, "10.244.0.0/16".parse().unwrap(), &all[1], &all);
         assert_eq!(p.local_as, 64602);
         assert_eq!(

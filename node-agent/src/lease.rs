@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tonic::Code;
-use twill_controller::client::{Client, ClientError};
+use twill_client::{Client, ClientError};
 use twill_proto::v1 as pb;
 
 use crate::vtep::Mac;
@@ -42,9 +42,7 @@ fn save_state(dir: &Path, subnet: &str) -> std::io::Result<()> {
 /// The deadline is in the controller leader's time, which need not match this host's clock, so
 /// the time left is never taken to exceed one TTL: a clock ahead of ours cannot make us late.
 fn renew_after(lease: &pb::Lease, ttl: Duration) -> Duration {
-    let now = twill_controller::now_ms();
-    let left = Duration::from_millis(lease.expires_at_ms.saturating_sub(now)).min(ttl);
-    (left.saturating_sub(ttl / 3)).max(Duration::from_millis(200))
+    (valid_for(lease, ttl).saturating_sub(ttl / 3)).max(Duration::from_millis(200))
 }
 
 pub struct Keeper {
@@ -53,6 +51,14 @@ pub struct Keeper {
     pub state_dir: PathBuf,
     pub lease_ttl: Duration,
     pub tx: watch::Sender<Option<pb::Lease>>,
+    /// Until when the lease held is known to be valid, on this host's monotonic clock; moved
+    /// at every acquire and renewal, `None` once the lease is lost. Readiness reads it.
+    pub valid_until: watch::Sender<Option<Instant>>,
+}
+
+/// How long `lease` is good for from now, never more than one TTL (see [`renew_after`]).
+fn valid_for(lease: &pb::Lease, ttl: Duration) -> Duration {
+    Duration::from_millis(lease.expires_at_ms.saturating_sub(twill_proto::now_ms())).min(ttl)
 }
 
 impl Keeper {
@@ -126,6 +132,10 @@ impl Keeper {
             };
             let lost = held.is_some() && next.is_none();
             held = next;
+            self.valid_until.send_replace(
+                held.as_ref()
+                    .map(|l| Instant::now() + valid_for(l, self.lease_ttl)),
+            );
             if lost || held.is_some() {
                 self.tx.send_if_modified(|cur| {
                     let changed = cur.as_ref().map(|c| (&c.subnet, c.create_revision))

@@ -9,16 +9,23 @@
 //!   desired state, and its ordered application;
 //! - [`facts`]: choosing the public interface and address;
 //! - [`lease`]: holding the node's lease; [`watch`]: following the lease stream;
-//! - [`agent`]: all of it together, with health and metrics endpoints.
+//! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
+//! - [`health`]: readiness, derived from the agent's state when asked;
+//! - [`metrics`]: the agent's Prometheus metrics;
+//! - [`agent`]: the event loop that ties it together.
+//!
+//! The namespace sandbox lives in its own crate (`twill-sandbox`), never in the agent.
 
 pub mod agent;
+pub mod backend;
 pub mod bgp;
 pub mod cni;
 pub mod desired;
 pub mod facts;
+pub mod health;
 pub mod lease;
+pub mod metrics;
 pub mod reconcile;
-pub mod sandbox;
 pub mod subnet_env;
 pub mod vtep;
 pub mod watch;

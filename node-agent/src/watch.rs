@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use twill_controller::client::Client;
+use twill_client::Client;
 use twill_proto::v1::watch_response::Msg;
 use twill_proto::v1::{self as pb, EventKind};
 

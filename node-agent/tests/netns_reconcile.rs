@@ -7,18 +7,7 @@ use std::process::Command;
 use twill_agent::desired::{compute, Backend, Desired, Input, LocalFacts, NodeLease};
 use twill_agent::reconcile::{plan, Kernel, Op};
 use twill_agent::vtep;
-
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI runs as root: failing instead of skipping");
-    }
-    eprintln!("skipped: {test} needs root (network namespaces)");
-    false
-}
+use twill_sandbox::root_or_skip;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -84,7 +73,7 @@ fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
 ) -> T {
-    twill_agent::sandbox::in_netns(ns, f).expect("namespace thread")
+    twill_sandbox::in_netns(ns, f).expect("namespace thread")
 }
 
 fn lease(node: &str, third: u8, public: u8) -> NodeLease {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
-use twill_controller::client::{Client, ClientOptions};
+use twill_client::{Client, ClientOptions};
 use twill_controller::node::{self, Options, Running};
 use twill_controller::NodeId;
 
@@ -271,4 +271,29 @@ pub fn workspace_root() -> PathBuf {
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// The samples of a `/metrics` HTTP response, read by a Prometheus text-format parser (not our
+/// own): a scrape that does not parse fails the test.
+pub fn parse_metrics(response: &str) -> Result<prometheus_parse::Scrape> {
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response}"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "scrape failed: {head}");
+    Ok(prometheus_parse::Scrape::parse(
+        body.lines().map(|l| Ok(l.to_string())),
+    )?)
+}
+
+/// The value of the unlabelled sample `name` in a parsed scrape.
+pub fn sample(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
 }

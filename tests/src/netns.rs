@@ -1,19 +1,6 @@
-//! Namespace test helpers: the sandbox topology from the agent crate, and the root check.
+//! Namespace test helpers: the sandbox topology and the root check from twill-sandbox.
 
-pub use twill_agent::sandbox::*;
-
-/// True when running as root; in CI (CI=true) not being root is a failure, elsewhere the test
-/// prints "skipped" and passes.
-pub fn root_or_skip(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root, and CI runs as root: failing instead of skipping");
-    }
-    eprintln!("skipped: {test} needs root (network namespaces)");
-    false
-}
+pub use twill_sandbox::*;
 
 /// Polls `f` every 100 ms until it holds; fails the test naming `what` after `within`.
 pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
@@ -41,7 +28,10 @@ pub fn agent_http_get(ns: &str, path: &'static str) -> String {
             let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9421") else {
                 return String::new();
             };
-            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
             out

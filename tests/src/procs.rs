@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use twill_controller::client::Client;
+use twill_client::Client;
 
 pub struct TwillProcs {
     bin: PathBuf,

@@ -16,7 +16,7 @@ fn acquire(node: &str) -> pb::AcquireRequest {
 }
 
 /// node → subnet as the cluster reports it through a linearizable read.
-async fn lease_table(c: &twill_controller::client::Client) -> BTreeMap<String, String> {
+async fn lease_table(c: &twill_client::Client) -> BTreeMap<String, String> {
     c.list_leases()
         .await
         .expect("list leases")
@@ -140,7 +140,7 @@ async fn status_reports_members_leader_and_indexes() {
     let c = cl.client();
     c.acquire(acquire("a")).await.expect("acquire");
     for id in cl.addrs.keys() {
-        let s = twill_controller::client::Client::status_of(&cl.url(*id))
+        let s = twill_client::Client::status_of(&cl.url(*id))
             .await
             .expect("status");
         assert_eq!(s.id, *id);

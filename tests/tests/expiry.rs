@@ -14,7 +14,7 @@ fn acquire(node: &str) -> pb::AcquireRequest {
     }
 }
 
-async fn lease_of(c: &twill_controller::client::Client, node: &str) -> Option<pb::Lease> {
+async fn lease_of(c: &twill_client::Client, node: &str) -> Option<pb::Lease> {
     c.list_leases()
         .await
         .expect("list")

@@ -3,23 +3,23 @@
 use std::io::{Read, Write};
 
 use twill_proto::v1 as pb;
-use twill_tests::{free_port, Cluster};
+use twill_tests::{free_port, parse_metrics, sample, Cluster};
 
 fn scrape(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
 }
 
 fn value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-        .trim()
-        .parse()
-        .expect("number")
+    let scrape = parse_metrics(text).expect("the scrape parses");
+    sample(&scrape, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,7 +305,10 @@ fn drift_is_repaired_by_the_netlink_monitor() {
     });
 }
 
-/// One HTTP GET inside a namespace; returns the status line and body.
+/// `/readyz` is derived from the agent's state at every request: not ready without a
+/// controller, ready once the lease is held and programmed, not ready again while every
+/// reconcile fails (a foreign VXLAN device holding VNI 1 keeps twill from recreating its own)
+/// or once the lease has run out with the controller gone, and ready again when healed.
 #[test]
 fn health_endpoints_follow_readiness() {
     if !root_or_skip("health_endpoints_follow_readiness") {
@@ -315,22 +318,87 @@ fn health_endpoints_follow_readiness() {
     t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
     t.start_agent(0).expect("agent");
     let ns = t.nodes[0].ns.clone();
+    let get = |path: &'static str| twill_tests::netns::agent_http_get(&ns, path);
     wait_until("healthz up", Duration::from_secs(10), || {
-        twill_tests::netns::agent_http_get(&ns, "/healthz").starts_with("HTTP/1.1 200")
+        get("/healthz").starts_with("HTTP/1.1 200")
     });
     // No controller yet: alive, not ready.
-    assert!(twill_tests::netns::agent_http_get(&ns, "/readyz").starts_with("HTTP/1.1 503"));
-    t.start_controller(&["--backend", "vxlan"])
+    let r = get("/readyz");
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.contains("no lease held"),
+        "{r}"
+    );
+    // Short leases, so that losing the controller shows within the test.
+    t.start_controller(&["--backend", "vxlan", "--lease-ttl", "4s"])
         .expect("controller");
+    let ready = || get("/readyz").starts_with("HTTP/1.1 200");
     wait_until(
         "ready once the lease is held and programmed",
         Duration::from_secs(30),
-        || twill_tests::netns::agent_http_get(&ns, "/readyz").starts_with("HTTP/1.1 200"),
+        ready,
     );
     assert!(
         t.nodes[0].dir.join("subnet.env").exists(),
         "ready before subnet.env was written"
     );
-    let m = twill_tests::netns::agent_http_get(&ns, "/metrics");
-    assert!(m.contains("twill_agent_ready 1"), "{m}");
+    let m = get("/metrics");
+    let scrape = twill_tests::parse_metrics(&m).expect("the agent's scrape parses");
+    assert_eq!(
+        twill_tests::sample(&scrape, "twill_agent_ready"),
+        Some(1.0),
+        "{m}"
+    );
+
+    // Every reconcile fails while a foreign device holds VNI 1 on port 8472 (the kernel
+    // refuses a second one): not ready, saying why; ready again once it is gone.
+    let batch = "link del twill.1\nlink add foreign.1 type vxlan id 1 dstport 8472 dev eth0\n";
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", &ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    {
+        use std::io::Write;
+        ip.stdin
+            .take()
+            .expect("stdin")
+            .write_all(batch.as_bytes())
+            .expect("write batch");
+    }
+    assert!(ip.wait().expect("ip").success(), "ip -batch");
+    wait_until(
+        "not ready while reconciles fail",
+        Duration::from_secs(15),
+        || {
+            let r = get("/readyz");
+            r.starts_with("HTTP/1.1 503") && r.contains("last reconcile failed")
+        },
+    );
+    let m = get("/metrics");
+    let scrape = twill_tests::parse_metrics(&m).expect("the agent's scrape parses");
+    assert_eq!(
+        twill_tests::sample(&scrape, "twill_agent_ready"),
+        Some(0.0),
+        "{m}"
+    );
+    twill_tests::netns::ip(&["-n", &ns, "link", "del", "foreign.1"]).expect("del foreign");
+    wait_until(
+        "ready again once reconciles succeed",
+        Duration::from_secs(15),
+        ready,
+    );
+
+    // The controller goes away: the lease runs out (4 s) and the agent says so; the controller
+    // comes back on the same data and the renewed lease makes it ready again.
+    t.stop_controller();
+    wait_until(
+        "not ready once the lease has expired",
+        Duration::from_secs(30),
+        || {
+            let r = get("/readyz");
+            r.starts_with("HTTP/1.1 503") && r.contains("lease expired")
+        },
+    );
+    t.start_controller(&[]).expect("controller again");
+    wait_until("ready again after renewing", Duration::from_secs(60), ready);
 }

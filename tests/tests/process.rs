@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use twill_controller::client::{Client, ClientOptions};
+use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_tests::{free_port, twill_binary};
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic::Streaming;
-use twill_controller::client::Client;
+use twill_client::Client;
 use twill_proto::v1 as pb;
 use twill_proto::v1::watch_response::Msg;
 use twill_tests::Cluster;

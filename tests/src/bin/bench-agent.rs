@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use twill_agent::desired::{compute, Backend, Input, LocalFacts, NodeLease};
 use twill_agent::reconcile::Kernel;
-use twill_agent::sandbox::{in_netns, ip, is_root, Topology};
 use twill_agent::vtep;
-use twill_controller::client::Client;
+use twill_client::Client;
 use twill_proto::v1 as pb;
+use twill_sandbox::{in_netns, ip, is_root, Topology};
 use twill_tests::bench::{ms, quantile};
 
 fn sibling(name: &str) -> Result<PathBuf> {

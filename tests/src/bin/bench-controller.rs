@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use twill_controller::client::{Client, ClientOptions};
+use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_tests::bench::{self, ms, rss_kib, LoadResult};
 use twill_tests::etcd::{EtcdCluster, FlannelEtcd};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tempfile::TempDir;
-use twill_controller::client::Client;
+use twill_client::Client;
 use twill_controller::network::Faults;
 use twill_controller::NodeId;
 

@@ -25,7 +25,7 @@ use ipnet::Ipv4Net;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
-use twill_controller::client::{Client, ClientError, ClientOptions};
+use twill_client::{Client, ClientError, ClientOptions};
 use twill_proto::v1 as pb;
 
 pub use cluster::{Controllers, Mode};

@@ -5,7 +5,7 @@
 //! Peers and our own prefixes can change while it runs ([`Control`]); a peer whose settings did
 //! not change keeps its session.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::attribute::{Attributes, MpReach, MpUnreach, Origin};
+mod outbox;
+
+use crate::attribute::{Attributes, MpReach, Origin};
 use crate::driver::{self, Report};
 use crate::fsm::Config;
 use crate::open::Capability;
@@ -90,92 +92,19 @@ pub struct PeerStatus {
     pub stale: bool,
 }
 
-/// Shared with whoever reports on the speaker; updated as sessions change.
-pub type Status = Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>;
+/// What the speaker tells whoever reports on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Board {
+    pub peers: BTreeMap<IpAddr, PeerStatus>,
+    /// Why peers cannot open sessions to us: the listening socket could not be bound.
+    pub listen_error: Option<String>,
+}
 
-/// Prefixes per UPDATE: well inside the 4,096-byte message limit for IPv4 and IPv6 alike.
-const PER_UPDATE: usize = 200;
+/// Shared with whoever reports on the speaker; updated as sessions change.
+pub type Status = Arc<Mutex<Board>>;
 
 /// The pseudo-peer our own prefixes come from.
 const OWN: PeerId = 0;
-
-/// IPv4 and IPv6 prefixes apart, as UPDATEs carry them in different fields.
-fn by_family(prefixes: &[IpNet]) -> (Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv6Net>) {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for p in prefixes {
-        match p {
-            IpNet::V4(p) => v4.push(*p),
-            IpNet::V6(p) => v6.push(*p),
-        }
-    }
-    (v4, v6)
-}
-
-/// Announcements grouped by identical next hop and attributes, each group split into UPDATEs
-/// of at most [`PER_UPDATE`] prefixes: a full table goes out in few messages.
-fn pack(routes: Vec<(IpNet, IpAddr, Attributes)>) -> Vec<Update> {
-    // Hashed, so a table with many different attribute sets still packs in linear time.
-    let mut index: HashMap<(IpAddr, Attributes), usize> = HashMap::new();
-    let mut groups: Vec<(IpAddr, Attributes, Vec<IpNet>)> = Vec::new();
-    for (prefix, nh, attrs) in routes {
-        match index.get(&(nh, attrs.clone())) {
-            Some(i) => groups[*i].2.push(prefix),
-            None => {
-                index.insert((nh, attrs.clone()), groups.len());
-                groups.push((nh, attrs, vec![prefix]));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (nh, attrs, prefixes) in groups {
-        let (v4, v6) = by_family(&prefixes);
-        if let IpAddr::V4(nh4) = nh {
-            for chunk in v4.chunks(PER_UPDATE) {
-                let mut a = attrs.clone();
-                a.next_hop = Some(nh4);
-                out.push(Update {
-                    attrs: a,
-                    nlri: chunk.to_vec(),
-                    ..Default::default()
-                });
-            }
-        }
-        // IPv4 prefixes with an IPv6 next hop are not sent.
-        for chunk in v6.chunks(PER_UPDATE) {
-            let mut a = attrs.clone();
-            a.mp_reach = Some(MpReach::V6 {
-                next_hop: vec![nh],
-                nlri: chunk.to_vec(),
-            });
-            out.push(Update {
-                attrs: a,
-                ..Default::default()
-            });
-        }
-    }
-    out
-}
-
-/// Withdrawals, IPv4 in the UPDATE's own field and IPv6 in MP_UNREACH, packed the same way.
-fn pack_withdrawals(prefixes: Vec<IpNet>) -> Vec<Update> {
-    let (v4, v6) = by_family(&prefixes);
-    let mut out: Vec<Update> = v4
-        .chunks(PER_UPDATE)
-        .map(|c| Update {
-            withdrawn: c.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    out.extend(v6.chunks(PER_UPDATE).map(|c| Update {
-        attrs: Attributes {
-            mp_unreach: Some(MpUnreach::V6(c.to_vec())),
-            ..Default::default()
-        },
-        ..Default::default()
-    }));
-    out
-}
 
 fn own_attrs() -> Arc<Attributes> {
     Arc::new(Attributes {
@@ -238,9 +167,10 @@ async fn listen(
 struct Session {
     cfg: PeerConfig,
     task: Option<JoinHandle<()>>,
-    sender: Option<mpsc::Sender<Update>>,
+    /// What waits to be written to the current session, once it is up.
+    outbox: Option<Arc<outbox::Outbox>>,
     up: bool,
-    /// What this peer has been sent and not withdrawn.
+    /// What this peer has been sent, or will be, and not withdrawn: its Adj-RIB-Out.
     sent: BTreeSet<IpNet>,
     /// Bumped on every (re)start, so reports of a replaced session are ignored.
     generation: u64,
@@ -311,7 +241,8 @@ impl Speaker {
         };
         let config = self.session_config(&s.cfg, incoming.is_some());
         let addr = SocketAddr::new(s.cfg.peer.addr, 179);
-        let (tx, rx) = mpsc::channel(4096);
+        let out = outbox::Outbox::new();
+        let taker = outbox::Taker(out.clone());
         let (rtx, mut reports) = mpsc::channel::<Report>(1024);
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
@@ -321,10 +252,12 @@ impl Speaker {
         if let Some(old) = s.task.take() {
             old.abort();
         }
-        s.sender = Some(tx);
+        if let Some(old) = s.outbox.replace(out) {
+            old.close();
+        }
         s.task = Some(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            driver::run(config, addr, incoming, rx, rtx).await;
+            driver::run_with(config, addr, incoming, taker, rtx).await;
         }));
         let out = self.reports_tx.clone();
         tokio::spawn(async move {
@@ -341,18 +274,21 @@ impl Speaker {
             return;
         };
         let mut board = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let st = board.entry(s.cfg.peer.addr).or_insert_with(|| PeerStatus {
-            addr: s.cfg.peer.addr,
-            asn: s.cfg.peer.asn,
-            established: false,
-            since: SystemTime::now(),
-            received: 0,
-            accepted: 0,
-            advertised: 0,
-            last_error: None,
-            end_of_rib: false,
-            stale: false,
-        });
+        let st = board
+            .peers
+            .entry(s.cfg.peer.addr)
+            .or_insert_with(|| PeerStatus {
+                addr: s.cfg.peer.addr,
+                asn: s.cfg.peer.asn,
+                established: false,
+                since: SystemTime::now(),
+                received: 0,
+                accepted: 0,
+                advertised: 0,
+                last_error: None,
+                end_of_rib: false,
+                stale: false,
+            });
         f(st);
         st.advertised = s.sent.len();
     }
@@ -394,6 +330,7 @@ impl Speaker {
                 self.status
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .peers
                     .remove(&s.cfg.peer.addr);
             }
             changed.extend(self.rib.peer_down(i));
@@ -418,7 +355,7 @@ impl Speaker {
                 Session {
                     cfg: pc,
                     task: None,
-                    sender: None,
+                    outbox: None,
                     up: false,
                     sent: BTreeSet::new(),
                     generation: 0,
@@ -454,17 +391,6 @@ impl Speaker {
         self.propagate(changed).await;
     }
 
-    async fn send(&mut self, to: PeerId, updates: Vec<Update>) {
-        let Some(tx) = self.sessions.get(&to).and_then(|s| s.sender.clone()) else {
-            return;
-        };
-        for u in updates {
-            if tx.send(u).await.is_err() {
-                break;
-            }
-        }
-    }
-
     /// Sends each change to every established peer the export rules allow, packed.
     async fn propagate(&mut self, changed: Vec<Change>) {
         if changed.is_empty() {
@@ -482,8 +408,7 @@ impl Speaker {
             .map(|(i, _)| *i)
             .collect();
         for to in up {
-            let mut announce = Vec::new();
-            let mut withdraw = Vec::new();
+            let mut words = Vec::new();
             for c in &changed {
                 let (prefix, path) = match c {
                     Change::Best(p, path) => (*p, Some(path)),
@@ -500,18 +425,18 @@ impl Speaker {
                 match export {
                     Some((nh, a)) => {
                         s.sent.insert(prefix);
-                        announce.push((prefix, nh, a));
+                        words.push((prefix, Some((nh, a))));
                     }
                     None => {
                         if s.sent.remove(&prefix) {
-                            withdraw.push(prefix);
+                            words.push((prefix, None));
                         }
                     }
                 }
             }
-            let mut updates = pack_withdrawals(withdraw);
-            updates.extend(pack(announce));
-            self.send(to, updates).await;
+            if let Some(out) = self.sessions.get(&to).and_then(|s| s.outbox.as_ref()) {
+                out.put(words);
+            }
         }
     }
 
@@ -537,15 +462,16 @@ impl Speaker {
                 .export(&path, i, self.cfg.local_address)
                 .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
             {
-                announce.push((prefix, nh, a));
+                announce.push((prefix, Some((nh, a))));
             }
         }
         if let Some(s) = self.sessions.get_mut(&i) {
-            s.sent = announce.iter().map(|(p, _, _)| *p).collect();
+            s.sent = announce.iter().map(|(p, _)| *p).collect();
+            if let Some(out) = &s.outbox {
+                out.put(announce);
+                out.end_of_rib();
+            }
         }
-        let mut updates = pack(announce);
-        updates.push(Update::default());
-        self.send(i, updates).await;
         self.set_status(i, |st| {
             st.established = true;
             st.since = SystemTime::now();
@@ -655,7 +581,9 @@ impl Speaker {
         };
         s.up = false;
         s.sent.clear();
-        s.sender = None;
+        if let Some(out) = s.outbox.take() {
+            out.close();
+        }
         s.peer_restart_time = None;
         let passive = s.cfg.passive;
         let addr = s.cfg.peer.addr;
@@ -759,6 +687,10 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot listen for BGP sessions; only connecting out");
+                status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .listen_error = Some(format!("cannot listen on {addr}: {e}"));
                 None
             }
         },
@@ -812,57 +744,5 @@ pub async fn run(
                 }
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attrs(med: u32) -> Attributes {
-        Attributes {
-            origin: Some(Origin::Igp),
-            as_path: Some(vec![]),
-            med: Some(med),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn identical_attributes_share_updates_of_bounded_size() {
-        let nh: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut routes = Vec::new();
-        for i in 0..450u32 {
-            let p: IpNet = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
-            routes.push((p, nh, attrs(if i < 300 { 1 } else { 2 })));
-        }
-        let ups = pack(routes);
-        // 300 with MED 1 in two UPDATEs (200 + 100), 150 with MED 2 in one.
-        let sizes: Vec<(u32, usize)> = ups
-            .iter()
-            .map(|u| (u.attrs.med.unwrap(), u.nlri.len()))
-            .collect();
-        assert_eq!(sizes, [(1, 200), (1, 100), (2, 150)]);
-        assert!(ups
-            .iter()
-            .all(|u| u.attrs.next_hop == Some("192.0.2.1".parse().unwrap())));
-        for u in &ups {
-            let bytes =
-                crate::message::encode(&crate::message::Message::Update(Box::new(u.clone())), true);
-            assert!(bytes.len() <= 4096, "UPDATE of {} bytes", bytes.len());
-        }
-    }
-
-    #[test]
-    fn withdrawals_pack_by_family() {
-        let ps: Vec<IpNet> = vec![
-            "10.0.0.0/24".parse().unwrap(),
-            "2001:db8::/64".parse().unwrap(),
-            "10.0.1.0/24".parse().unwrap(),
-        ];
-        let ups = pack_withdrawals(ps);
-        assert_eq!(ups.len(), 2);
-        assert_eq!(ups[0].withdrawn.len(), 2);
-        assert!(matches!(&ups[1].attrs.mp_unreach, Some(MpUnreach::V6(v)) if v.len() == 1));
     }
 }

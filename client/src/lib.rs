@@ -11,13 +11,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 use twill_proto::v1::controller_client::ControllerClient;
 use twill_proto::v1::{self as pb};
 
-use crate::network::MAX_MESSAGE;
-use crate::node::LEADER_HINT;
+use twill_proto::{LEADER_HINT, MAX_MESSAGE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -76,11 +75,22 @@ fn connect(addr: &str) -> Result<ControllerClient<Channel>, ClientError> {
     if !(addr.starts_with("http://") || addr.starts_with("https://")) {
         return Err(ClientError::BadEndpoint(addr.to_string()));
     }
-    let ch = crate::network::channel(addr, Duration::from_secs(2))
+    let ch = channel(addr, Duration::from_secs(2))
         .map_err(|_| ClientError::BadEndpoint(addr.to_string()))?;
     Ok(ControllerClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Builds a lazily connecting channel to a member's address (`http://host:port`); the Raft
+/// transport between members uses it too.
+pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
 }
 
 /// A fresh request id: random enough that two clients never collide.

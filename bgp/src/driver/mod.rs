@@ -1,11 +1,19 @@
-//! The thin tokio side of a session: it owns the TCP stream and the three timers, turns bytes
-//! and expiries into [`Event`]s for the state machine, and carries out its [`Action`]s.
-//! Updates to send come in on a channel; what the peer announces goes out on another.
+//! The thin tokio side of a session: it owns the TCP connection and the three timers, turns
+//! bytes and expiries into [`Event`]s for the state machine, and carries out its [`Action`]s.
+//! Writing is done by a task of its own ([`writer`]): a peer that stops reading holds up that
+//! task only, while the session goes on reading, answering and running its hold timer.
+//! UPDATEs to send come from an [`Outgoing`] source, taken one batch at a time as the
+//! connection has room; what the peer announces goes out as [`Report`]s.
 
+mod writer;
+
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -14,6 +22,7 @@ use crate::fsm::{Action, Config, Event, Session, State, Timer};
 use crate::md5;
 use crate::message::{self, Message};
 use crate::update::Update;
+use writer::{Outcome, Writer};
 
 /// What the session reports to its owner.
 #[derive(Debug)]
@@ -41,27 +50,64 @@ fn slot(t: Timer) -> usize {
 
 const TIMERS: [Timer; 3] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive];
 
+/// Where a session's UPDATEs come from. The session asks for more only when everything it was
+/// given before is written, so what waits stays with the source, which may coalesce it.
+pub(crate) trait Outgoing: Send + 'static {
+    /// The next UPDATEs, in order, waiting until there are some; `None` when whoever feeds the
+    /// session is gone, which stops it. Cancel-safe: nothing is taken unless it is returned.
+    fn next(&mut self) -> impl Future<Output = Option<Vec<Update>>> + Send;
+}
+
+/// UPDATEs taken from a channel at once, at most.
+const CHANNEL_BATCH: usize = 64;
+
+impl Outgoing for mpsc::Receiver<Update> {
+    async fn next(&mut self) -> Option<Vec<Update>> {
+        let mut batch = vec![self.recv().await?];
+        while batch.len() < CHANNEL_BATCH {
+            match self.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
 /// Runs one session to a peer until it goes down (the caller restarts it if it wants).
 /// `incoming`: a connection the peer opened to us, for passive sessions.
 pub async fn run(
     cfg: Config,
     peer: SocketAddr,
     incoming: Option<TcpStream>,
-    mut to_send: mpsc::Receiver<Update>,
+    to_send: mpsc::Receiver<Update>,
+    reports: mpsc::Sender<Report>,
+) {
+    run_with(cfg, peer, incoming, to_send, reports).await
+}
+
+/// [`run`], with UPDATEs from any [`Outgoing`] source.
+pub(crate) async fn run_with(
+    cfg: Config,
+    peer: SocketAddr,
+    incoming: Option<TcpStream>,
+    mut outgoing: impl Outgoing,
     reports: mpsc::Sender<Report>,
 ) {
     let mut s = Session::new(cfg);
     let mut deadlines: [Option<Instant>; 3] = [None; 3];
-    let mut stream: Option<TcpStream> = None;
+    // The two halves apart, so that one `select!` can wait on both.
+    let mut reader: Option<OwnedReadHalf> = None;
+    let mut writer: Option<Writer> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut pending: Vec<Event> = vec![Event::Start];
+    let mut pending: VecDeque<Event> = VecDeque::from([Event::Start]);
     if let Some(c) = incoming {
-        stream = Some(c);
-        pending.push(Event::Connected);
+        (reader, writer) = split(c);
+        pending.push_back(Event::Connected);
     }
     loop {
         // Run the machine over everything queued, carrying out its actions.
-        while let Some(ev) = (!pending.is_empty()).then(|| pending.remove(0)) {
+        while let Some(ev) = pending.pop_front() {
             for a in s.handle(ev) {
                 match a {
                     Action::Connect => {
@@ -73,24 +119,25 @@ pub async fn run(
                         {
                             Ok(Ok(c)) => {
                                 let _ = c.set_nodelay(true);
-                                stream = Some(c);
-                                pending.push(Event::Connected);
+                                (reader, writer) = split(c);
+                                pending.push_back(Event::Connected);
                             }
-                            _ => pending.push(Event::ConnectFailed),
+                            _ => pending.push_back(Event::ConnectFailed),
                         }
                     }
                     Action::Send(m) => {
                         let bytes = message::encode(&m, s.four_octet_as);
-                        let ok = match stream.as_mut() {
-                            Some(c) => c.write_all(&bytes).await.is_ok(),
-                            None => false,
-                        };
-                        if !ok && !matches!(m, Message::Notification(_)) {
-                            pending.push(Event::Disconnected);
+                        let hold = send_hold(&s);
+                        let queued = writer.as_mut().is_some_and(|w| w.send(bytes, hold));
+                        if !queued && !matches!(m, Message::Notification(_)) {
+                            pending.push_back(Event::Disconnected);
                         }
                     }
                     Action::Close => {
-                        stream = None;
+                        reader = None;
+                        if let Some(w) = writer.take() {
+                            w.close();
+                        }
                         buf.clear();
                     }
                     Action::Arm(t, secs) => {
@@ -132,49 +179,73 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        // More UPDATEs only once the last batch is written: what the peer has not taken yet
+        // stays with the source, not in a queue here.
+        let room = s.state == State::Established && writer.as_ref().is_some_and(Writer::idle);
         let mut chunk = [0u8; 8192];
         tokio::select! {
             _ = sleep => {
                 if let Some((_, t)) = next {
                     deadlines[slot(t)] = None;
-                    pending.push(Event::Expired(t));
+                    pending.push_back(Event::Expired(t));
                 }
             }
             r = async {
-                match stream.as_mut() {
+                match reader.as_mut() {
                     Some(c) => c.read(&mut chunk).await,
                     None => std::future::pending().await,
                 }
             } => match r {
-                Ok(0) | Err(_) => pending.push(Event::Disconnected),
+                Ok(0) | Err(_) => pending.push_back(Event::Disconnected),
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
                     loop {
                         match message::decode(&buf, s.four_octet_as) {
                             Ok(Some((m, used))) => {
                                 buf.drain(..used);
-                                pending.push(Event::Received(m));
+                                pending.push_back(Event::Received(m));
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                pending.push(Event::Malformed(e));
+                                pending.push_back(Event::Malformed(e));
                                 break;
                             }
                         }
                     }
                 }
             },
-            u = to_send.recv(), if s.state == State::Established => match u {
-                Some(u) => {
-                    let bytes = message::encode(&Message::Update(Box::new(u)), s.four_octet_as);
-                    if let Some(c) = stream.as_mut() {
-                        if c.write_all(&bytes).await.is_err() {
-                            pending.push(Event::Disconnected);
-                        }
+            o = async {
+                match writer.as_mut() {
+                    Some(w) => w.outcome().await,
+                    None => std::future::pending().await,
+                }
+            } => match o {
+                Outcome::Wrote => {}
+                Outcome::Failed => pending.push_back(Event::Disconnected),
+                Outcome::Stalled => pending.push_back(Event::SendHoldExpired),
+            },
+            u = outgoing.next(), if room => match u {
+                Some(updates) => {
+                    let mut bytes = Vec::new();
+                    for u in updates {
+                        bytes.extend(message::encode(&Message::Update(Box::new(u)), s.four_octet_as));
+                    }
+                    let hold = send_hold(&s);
+                    if !writer.as_mut().is_some_and(|w| w.send(bytes, hold)) {
+                        pending.push_back(Event::Disconnected);
                     }
                 }
-                None => pending.push(Event::Stop),
+                None => pending.push_back(Event::Stop),
             },
         }
     }
+}
+
+fn split(c: TcpStream) -> (Option<OwnedReadHalf>, Option<Writer>) {
+    let (r, w) = c.into_split();
+    (Some(r), Some(Writer::spawn(w)))
+}
+
+fn send_hold(s: &Session) -> Duration {
+    Duration::from_secs(u64::from(s.send_hold_time()))
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[derive(Subcommand, Debug)]
 pub enum BgpCmd {
-    /// Peers, session state and uptime, prefixes received / accepted / advertised
+    /// Peers, session state and uptime, prefixes received / accepted / refused / advertised
     Status(StatusArgs),
 }
 
@@ -61,22 +61,36 @@ pub fn run(cmd: BgpCmd) -> Result<()> {
         .and_then(|m| m.elapsed().ok())
         .filter(|d| d.as_secs() > 10);
     println!(
-        "{:<40} {:>10}  {:<12} {:>8} {:>9} {:>9} {:>11}",
-        "PEER", "AS", "STATE", "FOR", "RECEIVED", "ACCEPTED", "ADVERTISED"
+        "{:<40} {:>10}  {:<12} {:>8} {:>9} {:>9} {:>8} {:>11}",
+        "PEER", "AS", "STATE", "FOR", "RECEIVED", "ACCEPTED", "REFUSED", "ADVERTISED"
     );
     for r in &rows {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let refused: Vec<(String, u64)> = r
+            .get("refused")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(why, v)| (why.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
-            "{:<40} {:>10}  {:<12} {:>8} {:>9} {:>9} {:>11}",
+            "{:<40} {:>10}  {:<12} {:>8} {:>9} {:>9} {:>8} {:>11}",
             s("peer"),
             n("asn"),
             s("state"),
             age(n("since")),
             n("received"),
             n("accepted"),
+            refused.iter().map(|(_, n)| n).sum::<u64>(),
             n("advertised")
         );
+        if !refused.is_empty() {
+            let why: Vec<String> = refused.iter().map(|(w, n)| format!("{w} {n}")).collect();
+            println!("    refused by the import rules: {}", why.join(", "));
+        }
         if let Some(e) = r.get("last_error").and_then(Value::as_str) {
             if s("state") != "established" {
                 println!("    last error: {e}");

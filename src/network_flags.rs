@@ -64,14 +64,16 @@ pub struct NetworkFlags {
     #[arg(long, value_name = "SECONDS")]
     pub bgp_hold_time: Option<u32>,
     /// With bgp: an outside peer such as a ToR router, as ADDR=ASN[,password=KEY][,node=NODE]
-    /// (only NODE peers with it when given); repeat for each; replaces the list
+    /// (only NODE peers with it when given); it is sent the node's own subnet only (no
+    /// transit); repeat for each; replaces the list
     #[arg(long = "bgp-peer", value_name = "PEER", value_parser = parse_bgp_peer)]
     pub bgp_peers: Vec<pb::BgpPeer>,
     /// With bgp: a node's own AS number, as NODE=ASN; repeat for each; replaces the list
     #[arg(long = "bgp-node-asn", value_name = "NODE=ASN", value_parser = parse_node_asn)]
     pub bgp_node_asn: Vec<(String, u32)>,
-    /// With bgp: a prefix outside the pod network that may still be installed and passed on
-    /// (others are dropped); repeat for each; replaces the list
+    /// With bgp: a range whose prefixes may be taken from peers although no lease holds them
+    /// (outside the pod network nothing else is; inside it, leased subnets are taken only
+    /// from their holders and their more-specifics never); repeat for each; replaces the list
     #[arg(long = "bgp-allow", value_name = "CIDR")]
     pub bgp_allow: Vec<String>,
     /// How long a lease lives without renewal, e.g. 24h, 90m, 30s [default: 24h]

@@ -22,6 +22,7 @@ pub mod md5;
 pub mod message;
 pub mod notification;
 pub mod open;
+pub mod policy;
 pub mod prefix;
 pub mod rib;
 pub mod speaker;

@@ -117,6 +117,14 @@ impl Rib {
             .collect()
     }
 
+    /// The paths `peer` has announced, by prefix.
+    pub fn paths_from(&self, peer: PeerId) -> Vec<(IpNet, Path)> {
+        self.adj_in
+            .iter()
+            .filter_map(|(p, paths)| paths.get(&peer).map(|path| (*p, path.clone())))
+            .collect()
+    }
+
     /// How many prefixes each peer has in its Adj-RIB-In.
     pub fn adj_in_counts(&self) -> BTreeMap<PeerId, usize> {
         let mut n: BTreeMap<PeerId, usize> = BTreeMap::new();

@@ -140,6 +140,20 @@ fn start_on(
     mpsc::Sender<Control>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_with(addr, room, Default::default())
+}
+
+/// As [`start_on`], keeping `status` current.
+fn start_with(
+    addr: SocketAddr,
+    room: usize,
+    status: speaker::Status,
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Change>,
+    mpsc::Sender<Control>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = SpeakerConfig {
         local_as: 64512,
         router_id: "10.0.0.1".parse().expect("id"),
@@ -155,20 +169,16 @@ fn start_on(
             hold_time: 90,
             passive: true,
             md5_password: None,
+            export: Default::default(),
         }],
         originate: vec![],
         listen: Some(addr),
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     };
     let (changes_tx, changes) = mpsc::channel(room);
     let (control, control_rx) = mpsc::channel(4);
-    let sp = tokio::spawn(speaker::run(
-        cfg,
-        changes_tx,
-        control_rx,
-        Default::default(),
-    ));
+    let sp = tokio::spawn(speaker::run(cfg, changes_tx, control_rx, status));
     (addr, changes, control, sp)
 }
 
@@ -341,6 +351,94 @@ async fn no_change_is_lost_when_the_reader_lags() {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Lease-validated import: inside the guarded range a prefix is taken only from its owner;
+/// what is refused is held, and taken without asking the peer again once new rules admit it;
+/// what new rules refuse is withdrawn. The status board counts refusals by reason.
+#[tokio::test]
+async fn import_rules_refuse_hold_and_admit_as_they_change() {
+    use twill_bgp::policy::{Import, Refusal};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let owner = |third: u8, nh: &str| (prefix(third), nh.parse::<IpAddr>().expect("addr"));
+    // The peer sends next hop 10.0.0.2 (see `attrs`).
+    let rules = |owners: Vec<(IpNet, IpAddr)>| Import {
+        guarded: vec!["10.244.0.0/16".parse().expect("net")],
+        owners: owners.into_iter().collect(),
+        allow: Some(vec![]),
+    };
+    let status: speaker::Status = Default::default();
+    let (_, mut changes, control, sp) = start_with(addr, 64, status.clone());
+    // start_on's speaker has no import rules; these replace them before the peer connects.
+    control
+        .send(Control::SetImport(rules(vec![
+            owner(1, "10.0.0.2"),
+            owner(2, "10.0.0.9"),
+        ])))
+        .await
+        .expect("control");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect(addr).await;
+    for third in [1, 2, 3] {
+        s.write_all(&update(&attrs(0), third)).await.expect("send");
+    }
+    // 2 is someone else's, 3 nobody's: only 1 is taken.
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(1)));
+    // 3 leased to the peer's address: taken from what was held, with no new UPDATE.
+    control
+        .send(Control::SetImport(rules(vec![
+            owner(1, "10.0.0.2"),
+            owner(2, "10.0.0.9"),
+            owner(3, "10.0.0.2"),
+        ])))
+        .await
+        .expect("control");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(3)));
+    // 1 moves to another holder: the peer's route for it goes.
+    control
+        .send(Control::SetImport(rules(vec![
+            owner(1, "10.0.0.7"),
+            owner(2, "10.0.0.9"),
+            owner(3, "10.0.0.2"),
+        ])))
+        .await
+        .expect("control");
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(1)));
+    // A more-specific of a leased subnet, even from its holder, is never taken.
+    let mut b = vec![0, 0];
+    let a = attrs(0);
+    b.extend_from_slice(&(a.len() as u16).to_be_bytes());
+    b.extend_from_slice(&a);
+    b.extend_from_slice(&[25, 10, 244, 3, 128]);
+    s.write_all(&message(2, &b)).await.expect("send");
+    // Withdrawing 3 is the next change: the /25 made none.
+    let mut w = vec![0, 4, 24, 10, 244, 3];
+    w.extend_from_slice(&[0, 0]);
+    s.write_all(&message(2, &w)).await.expect("send");
+    assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(3)));
+    // Held now: 2 (someone else's), 1 (moved away), the /25.
+    let want = [(Refusal::MoreSpecific, 1), (Refusal::NotFromOwner, 2)].into();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .peers
+            .get(&IpAddr::from([127, 0, 0, 1]))
+            .map(|p| p.refused.clone());
+        if refused.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusals on the board: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;

@@ -232,6 +232,7 @@ fn peer(addr: Ipv4Addr, asn: u16) -> PeerConfig {
         hold_time: 90,
         passive: true,
         md5_password: None,
+        export: Default::default(),
     }
 }
 
@@ -277,7 +278,7 @@ async fn a_peer_that_stops_reading_stalls_no_one_and_its_hold_timer_closes_it() 
         ],
         originate: vec![],
         listen: Some(addr),
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     };
     let status = Status::default();

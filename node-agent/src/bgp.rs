@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, watch};
+use twill_bgp::policy::Import;
 use twill_bgp::rib::{Change, Peer};
-use twill_bgp::speaker::{self, Control, PeerConfig, SpeakerConfig, Status};
+use twill_bgp::speaker::{self, Control, Export, PeerConfig, SpeakerConfig, Status};
 use twill_proto::settings::BgpSettings;
 
 use crate::desired::NodeLease;
@@ -28,8 +29,9 @@ pub struct Plan {
     pub router_id: Ipv4Addr,
     pub cluster_id: Option<Ipv4Addr>,
     pub peers: Vec<PeerConfig>,
-    /// Prefixes taken from peers: the pod network and the explicitly allowed ones.
-    pub accept: Vec<IpNet>,
+    /// What is taken from peers: inside the pod network only each lease's subnet from its
+    /// holder, outside it the explicitly allowed prefixes.
+    pub import: Import,
     pub originate: Vec<IpNet>,
 }
 
@@ -68,6 +70,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             hold_time: b.hold_time,
             passive: me.public_ip > n.public_ip,
             md5_password: None,
+            export: Export::All,
         });
     }
     for p in &b.peers {
@@ -93,6 +96,8 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             hold_time: b.hold_time,
             passive: false,
             md5_password: p.password.clone(),
+            // No transit: an outside router hears of this node's subnet only.
+            export: Export::Own,
         });
     }
     peers.sort_by_key(|p| p.peer.addr);
@@ -100,14 +105,21 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         b.cluster_id
             .unwrap_or_else(|| default_cluster_id(&b.route_reflectors))
     });
-    let mut accept = vec![IpNet::V4(network)];
-    accept.extend(b.allowed_prefixes.iter().copied().map(IpNet::V4));
+    let import = Import {
+        guarded: vec![IpNet::V4(network)],
+        owners: nodes
+            .iter()
+            .chain(std::iter::once(me))
+            .map(|n| (IpNet::V4(n.subnet), IpAddr::V4(n.public_ip)))
+            .collect(),
+        allow: Some(b.allowed_prefixes.iter().copied().map(IpNet::V4).collect()),
+    };
     Plan {
         local_as: asn_of(&me.node),
         router_id: me.public_ip,
         cluster_id,
         peers,
-        accept,
+        import,
         originate: vec![IpNet::V4(me.subnet)],
     }
 }
@@ -157,7 +169,7 @@ impl Runner {
             peers: plan.peers.clone(),
             originate: plan.originate.clone(),
             listen: Some(listen),
-            accept: plan.accept.clone(),
+            import: plan.import.clone(),
             graceful_restart: Some(speaker::RestartConfig {
                 time: RESTART_TIME.as_secs() as u16,
                 restarted,
@@ -251,17 +263,23 @@ impl Runner {
         }
     }
 
-    /// Whether a new plan can be applied to this speaker (same AS, router id, cluster id and
-    /// accepted prefixes); if not, it must be replaced.
+    /// Whether a new plan can be applied to this speaker (same AS, router id and cluster id);
+    /// if not, it must be replaced.
     pub fn compatible(&self, p: &Plan) -> bool {
         self.plan.local_as == p.local_as
             && self.plan.router_id == p.router_id
             && self.plan.cluster_id == p.cluster_id
-            && self.plan.accept == p.accept
     }
 
     /// Tells the speaker what changed; sessions whose peers did not change are left alone.
     pub async fn update(&mut self, p: Plan) {
+        // Before the peers: a new node's subnet is taken from its first UPDATE.
+        if p.import != self.plan.import {
+            let _ = self
+                .control
+                .send(Control::SetImport(p.import.clone()))
+                .await;
+        }
         if p.peers != self.plan.peers {
             tracing::info!(peers = p.peers.len(), "BGP peers changed");
             let _ = self.control.send(Control::SetPeers(p.peers.clone())).await;
@@ -296,6 +314,7 @@ pub fn status_rows(st: &Status) -> Vec<serde_json::Value> {
                 "accepted": p.accepted,
                 "advertised": p.advertised,
                 "last_error": p.last_error,
+                "refused": p.refused.iter().map(|(why, n)| (why.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
             })
         })
         .collect()
@@ -408,6 +427,17 @@ mod tests {
             "no mesh, and n3's own ToR is not ours"
         );
         assert_eq!(p.peers[0].md5_password.as_deref(), Some("k"));
-        assert_eq!(p.accept.len(), 2);
+        assert_eq!(p.peers[0].export, Export::Own, "no transit through a node");
+        // Every lease is owned by its holder's address; the pod network is guarded.
+        assert_eq!(
+            p.import.guarded,
+            ["10.244.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(p.import.owners.len(), 3);
+        assert_eq!(
+            p.import.owners.get(&"10.244.3.0/24".parse().unwrap()),
+            Some(&"192.0.2.3".parse().unwrap())
+        );
+        assert_eq!(p.import.allow, Some(vec!["0.0.0.0/0".parse().unwrap()]));
     }
 }

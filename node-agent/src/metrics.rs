@@ -64,6 +64,7 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
     let received: Family<PeerLabels, Gauge> = Family::default();
     let accepted: Family<PeerLabels, Gauge> = Family::default();
     let advertised: Family<PeerLabels, Gauge> = Family::default();
+    let refused: Family<PeerLabels, Gauge> = Family::default();
     r.register(
         "twill_bgp_session_established",
         "1 while the session to the peer is established",
@@ -71,7 +72,7 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
     );
     r.register(
         "twill_bgp_prefixes_received",
-        "Prefixes in the peer's Adj-RIB-In",
+        "Prefixes the peer announces, taken or refused",
         received.clone(),
     );
     r.register(
@@ -84,6 +85,11 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
         "Prefixes announced to the peer",
         advertised.clone(),
     );
+    r.register(
+        "twill_bgp_prefixes_refused",
+        "Prefixes the peer announces that the import rules refuse, by reason",
+        refused.clone(),
+    );
     let h = health.clone();
     Endpoints::new(r)
         .with_refresh(move || {
@@ -91,7 +97,7 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
             let snapshot = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
             ready.set(i64::from(readiness(&snapshot, now) == Readiness::Ready));
             // Peers that went away must not linger as series.
-            for f in [&established, &received, &accepted, &advertised] {
+            for f in [&established, &received, &accepted, &advertised, &refused] {
                 f.clear();
             }
             let board = bgp.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -105,6 +111,12 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
                     received.get_or_create(&l).set(n(p.received));
                     accepted.get_or_create(&l).set(n(p.accepted));
                     advertised.get_or_create(&l).set(n(p.advertised));
+                    for why in twill_bgp::policy::Refusal::ALL {
+                        let mut l = l.clone();
+                        l.push(("reason", why.name().to_string()));
+                        let count = p.refused.get(&why).copied().unwrap_or(0);
+                        refused.get_or_create(&l).set(n(count));
+                    }
                 }
             }
         })

@@ -309,6 +309,7 @@ pub fn peer(last: u8, asn: u32) -> PeerConfig {
         hold_time: 30,
         passive: false,
         md5_password: None,
+        export: Default::default(),
     }
 }
 
@@ -428,7 +429,7 @@ pub fn speaker_on_host_1(asn: u32, peers: Vec<PeerConfig>, originate: &[&str]) -
         peers,
         originate: originate.iter().filter_map(|p| p.parse().ok()).collect(),
         listen: None,
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     }
 }

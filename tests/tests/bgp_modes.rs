@@ -116,7 +116,7 @@ fn bird_connects_to_a_passive_twill_with_md5() {
         peers: vec![p],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: Some("192.0.2.1:179".parse().expect("addr")),
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     };
     let want: IpNet = "10.244.2.0/24".parse().expect("prefix");

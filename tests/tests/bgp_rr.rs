@@ -49,6 +49,7 @@ protocol bgp to_twill {
         hold_time: 30,
         passive: false,
         md5_password: None,
+        export: Default::default(),
     };
     let cfg = SpeakerConfig {
         local_as: 64512,
@@ -58,7 +59,7 @@ protocol bgp to_twill {
         peers: vec![client(2), client(3)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         listen: None,
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     };
     let (bird_view, frr_view) = in_netns(&lan.ns(1), move || {

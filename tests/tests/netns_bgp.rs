@@ -21,15 +21,20 @@ fn established(t: &Topology, i: usize) -> usize {
         .count()
 }
 
-/// Node `i`'s sessions from `twill bgp status --json`: peer → (state, since).
-fn sessions_of(t: &Topology, i: usize) -> std::collections::BTreeMap<String, (String, u64)> {
+/// Node `i`'s `twill bgp status --json`, one row per peer.
+fn status_json(t: &Topology, i: usize) -> Vec<serde_json::Value> {
     let out = std::process::Command::new(twill_binary().expect("twill"))
         .args(["bgp", "status", "--json", "--state-dir"])
         .arg(t.nodes[i].dir.join("state"))
         .output()
         .expect("twill bgp status");
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    rows.iter()
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Node `i`'s sessions from `twill bgp status --json`: peer → (state, since).
+fn sessions_of(t: &Topology, i: usize) -> std::collections::BTreeMap<String, (String, u64)> {
+    status_json(t, i)
+        .iter()
         .map(|r| {
             (
                 r["peer"].as_str().unwrap_or_default().to_string(),
@@ -277,14 +282,35 @@ impl Drop for BirdGuard {
     }
 }
 
-/// Nodes peer only with a top-of-rack router (BIRD, eBGP with an AS per node, no node mesh;
-/// with one AS for all, each node would rightly refuse the others' paths, its AS being on
-/// them already): each node's subnet reaches the other node through the ToR's announcements,
-/// BIRD's own prefix inside the pod network is installed
-/// by twill, and a prefix outside the pod network is not (no route leaks). Pods ping across.
+/// `birdc` on the ToR's control socket.
+fn birdc(dir: &std::path::Path, args: &[&str]) -> String {
+    twill_tests::bgp::output_of(
+        std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(dir.join("bird.ctl"))
+            .args(args),
+    )
+}
+
+/// The prefixes in `birdc show route` output.
+fn bird_prefixes(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.contains('/') && w.parse::<ipnet::IpNet>().is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A hostile top-of-rack router (BIRD, AS 64600) peers with two nodes (AS 64601 and 64602, the
+/// node mesh on) and announces a default route, a prefix outside the pod network, a pod-network
+/// /24 that no node holds, a /25 inside node 1's subnet and node 2's exact subnet, all with
+/// itself as next hop. The lease-validated import takes none of them: each node reaches the
+/// other's subnet via that node, pods ping across. No transit: BIRD hears from each node
+/// that node's subnet and nothing else. `twill bgp status` and `/metrics` count the refusals by
+/// reason.
 #[test]
-fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
-    if !root_or_skip("agents_peer_with_a_tor_router_and_install_only_pod_routes") {
+fn agents_refuse_what_a_tor_announces_for_others_and_give_it_no_transit() {
+    if !root_or_skip("agents_refuse_what_a_tor_announces_for_others_and_give_it_no_transit") {
         return;
     }
     // Node namespaces 1 and 2 run agents; namespace 3 (192.0.2.3) is the ToR.
@@ -294,8 +320,6 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
         "bgp",
         "--bgp-asn",
         "64512",
-        "--bgp-mesh",
-        "false",
         "--bgp-peer",
         "192.0.2.3=64600",
         "--bgp-node-asn",
@@ -304,38 +328,6 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
         "node2=64602",
     ])
     .expect("controller");
-    let dir = t.dir.join("tor");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut conf = String::from(
-        "router id 192.0.2.3;\nprotocol device {}\nprotocol direct { ipv4; interface \"eth0\"; }\nprotocol kernel { ipv4 { export where source = RTS_BGP; }; }\nprotocol static own { ipv4; route 10.244.200.0/24 blackhole; route 192.168.77.0/24 blackhole; }\n",
-    );
-    for n in [1, 2] {
-        conf.push_str(&format!(
-            "protocol bgp node{n} {{ local 192.0.2.3 as 64600; neighbor 192.0.2.{n} as 6460{n}; ipv4 {{ import all; export all; }}; }}\n"
-        ));
-    }
-    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
-    let tor = t.nodes[2].ns.clone();
-    twill_tests::netns::ip(&[
-        "netns",
-        "exec",
-        &tor,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])
-    .expect("forwarding on the ToR");
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "exec", &tor, "bird", "-c"])
-        .arg(dir.join("bird.conf"))
-        .arg("-s")
-        .arg(dir.join("bird.ctl"))
-        .arg("-P")
-        .arg(dir.join("bird.pid"))
-        .status()
-        .expect("bird");
-    assert!(ok.success(), "bird did not start");
-    let _bird = BirdGuard(dir.join("bird.pid"));
     t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
     let mut subnets = Vec::new();
     for i in 0..2 {
@@ -348,72 +340,161 @@ fn agents_peer_with_a_tor_router_and_install_only_pod_routes() {
         t.add_pod_bridge(i, &s).expect("pod bridge");
         subnets.push(s);
     }
-    let net = |s: &str| {
-        s.parse::<ipnet::Ipv4Net>()
-            .expect("FLANNEL_SUBNET")
-            .trunc()
-            .to_string()
+    let net = |s: &str| s.parse::<ipnet::Ipv4Net>().expect("FLANNEL_SUBNET").trunc();
+    let (a, b) = (net(&subnets[0]), net(&subnets[1]));
+    let a_half = ipnet::Ipv4Net::new(a.addr(), 25).expect("/25");
+    let hostile = [
+        "0.0.0.0/0".to_string(),
+        "192.168.77.0/24".to_string(),
+        "10.244.200.0/24".to_string(),
+        a_half.to_string(),
+        b.to_string(),
+    ];
+    let dir = t.dir.join("tor");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut conf =
+        String::from("router id 192.0.2.3;\nprotocol device {}\nprotocol static hostile { ipv4;\n");
+    for p in &hostile {
+        conf.push_str(&format!("  route {p} blackhole;\n"));
+    }
+    conf.push_str("}\n");
+    for n in [1, 2] {
+        conf.push_str(&format!(
+            "protocol bgp node{n} {{ local 192.0.2.3 as 64600; neighbor 192.0.2.{n} as 6460{n}; ipv4 {{ import all; export all; next hop self; }}; }}\n"
+        ));
+    }
+    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
+    let tor = t.nodes[2].ns.clone();
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", &tor, "bird", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .expect("bird");
+    assert!(ok.success(), "bird did not start");
+    let _bird = BirdGuard(dir.join("bird.pid"));
+
+    // Both sessions to the ToR up and every hostile prefix refused, by reason. Node 2 also
+    // refuses node 1's subnet as BIRD passes it on (next hop BIRD); whether BIRD sends node 1
+    // its own subnet back is BIRD's choice, so node 1 may refuse one or two not from the owner.
+    let want_refused: std::collections::BTreeMap<&str, u64> =
+        [("not_allowed", 2), ("unowned", 1), ("more_specific", 1)].into();
+    let as_wanted = |refused: &std::collections::BTreeMap<&str, u64>, from_others: &[u64]| {
+        let mut rest = refused.clone();
+        let n = rest.remove("not_from_owner").unwrap_or(0);
+        rest == want_refused && from_others.contains(&n)
     };
-    for (i, j) in [(0, 1), (1, 0)] {
-        // BIRD passes the other node's own address on as next hop (it is on the same segment,
-        // RFC 4271 §5.1.3), and its own prefix with itself as next hop.
-        let want = [
-            format!("{} via 192.0.2.{} ", net(&subnets[j]), j + 1),
-            "10.244.200.0/24 via 192.0.2.3 ".to_string(),
-        ];
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for (i, from_others) in [(0, &[1, 2][..]), (1, &[2][..])] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let r = t.routes(i);
-            if want
-                .iter()
-                .all(|w| r.iter().any(|l| l.starts_with(w.as_str())))
-            {
+            let refused = refused_from_tor(&t, i);
+            if as_wanted(&refused, from_others) {
                 break;
             }
-            if std::time::Instant::now() > deadline {
-                let bird = twill_tests::bgp::output_of(
-                    std::process::Command::new("birdc")
-                        .arg("-s")
-                        .arg(dir.join("bird.ctl"))
-                        .args(["show", "route", "all"]),
-                );
-                panic!(
-                    "node{} has {r:?}, wants {want:?}; its sessions {:?}; BIRD's routes:\n{bird}",
-                    i + 1,
-                    sessions_of(&t, i)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node{}: refusals {refused:?}, want {want_refused:?}; sessions {:?}; BIRD's routes:\n{}",
+                i + 1,
+                sessions_of(&t, i),
+                birdc(&dir, &["show", "route"])
+            );
+            std::thread::sleep(Duration::from_millis(300));
         }
+    }
+    // Each node reaches the other's subnet via that node, and nothing the ToR said is in
+    // either kernel.
+    for (i, other, via) in [(0, b, "192.0.2.2"), (1, a, "192.0.2.1")] {
+        wait_until(
+            "the other node's subnet via that node",
+            Duration::from_secs(30),
+            || {
+                t.routes(i)
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{other} via {via} ")))
+            },
+        );
         let all = twill_tests::netns::ip_out(&["-n", &t.nodes[i].ns, "route", "show"]);
+        for p in [
+            "default",
+            "192.168.77.0",
+            "10.244.200.0",
+            &a_half.to_string(),
+        ] {
+            assert!(
+                !all.lines().any(|l| l.starts_with(p)),
+                "node{} installed {p} from the ToR:\n{all}",
+                i + 1
+            );
+        }
         assert!(
-            !all.contains("192.168.77.0"),
-            "a route outside the pod network leaked in:\n{all}"
+            !all.contains("via 192.0.2.3"),
+            "node{} routes something via the ToR:\n{all}",
+            i + 1
         );
     }
-    // BIRD has the nodes' subnets in its kernel table, from twill.
-    let bird_kernel = twill_tests::netns::ip_out(&["-n", &tor, "route", "show", &net(&subnets[0])]);
-    assert!(
-        bird_kernel.contains("via 192.0.2.1") && bird_kernel.contains("proto bird"),
-        "BIRD did not install node1's subnet: {bird_kernel:?}"
-    );
+    // No transit: what BIRD got from each node is that node's own subnet, nothing it learned
+    // from the other node or from BIRD.
+    for (n, own) in [(1, a), (2, b)] {
+        let got = bird_prefixes(&birdc(
+            &dir,
+            &["show", "route", "protocol", &format!("node{n}")],
+        ));
+        assert_eq!(got, [own.to_string()].into(), "BIRD's routes from node{n}");
+    }
     wait_until(
-        "pods reach each other on routes from the ToR",
+        "pods reach each other with the ToR lying",
         Duration::from_secs(20),
-        || t.ping(0, gw_addr(&subnets[0]), gw_addr(&subnets[1])),
+        || {
+            t.ping(0, gw_addr(&subnets[0]), gw_addr(&subnets[1]))
+                && t.ping(1, gw_addr(&subnets[1]), gw_addr(&subnets[0]))
+        },
     );
-    // Per-peer metrics: the session, and what came from the ToR (its outside prefix was
-    // refused on the way in, so two: the other node's subnet and BIRD's pod prefix).
+    // The refusals on the agent's /metrics, per reason.
     let ns1 = t.nodes[0].ns.clone();
-    wait_until("per-peer BGP metrics", Duration::from_secs(10), || {
-        let m = twill_tests::netns::agent_http_get(&ns1, "/metrics");
-        m.contains("twill_bgp_session_established{peer=\"192.0.2.3\",asn=\"64600\"} 1")
-            && m.contains("twill_bgp_prefixes_received{peer=\"192.0.2.3\",asn=\"64600\"} 2")
-            && m.contains("twill_bgp_prefixes_advertised{peer=\"192.0.2.3\",asn=\"64600\"} 1")
-    });
-    wait_until(
-        "twill bgp status shows the ToR session",
-        Duration::from_secs(10),
-        || sessions_of(&t, 0).get("192.0.2.3").map(|s| s.0.as_str()) == Some("established"),
+    let m = twill_tests::netns::agent_http_get(&ns1, "/metrics");
+    let scrape = twill_tests::parse_metrics(&m).expect("the agent's scrape parses");
+    let refused = |reason: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "twill_bgp_prefixes_refused"
+                    && s.labels.get("peer") == Some("192.0.2.3")
+                    && s.labels.get("reason") == Some(reason)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => -1.0,
+            })
+    };
+    for (reason, n) in &want_refused {
+        assert_eq!(refused(reason), Some(*n as f64), "{reason} in:\n{m}");
+    }
+    assert!(refused("not_from_owner").is_some_and(|n| n >= 1.0), "{m}");
+    // The human view says so too.
+    let out = std::process::Command::new(twill_binary().expect("twill"))
+        .args(["bgp", "status", "--state-dir"])
+        .arg(t.nodes[0].dir.join("state"))
+        .output()
+        .expect("twill bgp status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("refused by the import rules:") && text.contains("not_from_owner 1"),
+        "{text}"
     );
+}
+
+/// What node `i` refuses from the ToR, by reason, from `twill bgp status --json`.
+fn refused_from_tor(t: &Topology, i: usize) -> std::collections::BTreeMap<&'static str, u64> {
+    let rows = status_json(t, i);
+    let Some(tor) = rows.iter().find(|r| r["peer"] == "192.0.2.3") else {
+        return Default::default();
+    };
+    ["not_allowed", "unowned", "more_specific", "not_from_owner"]
+        .into_iter()
+        .filter_map(|why| tor["refused"][why].as_u64().map(|n| (why, n)))
+        .collect()
 }

@@ -21,6 +21,7 @@ use crate::attribute::{Attributes, MpReach, Origin};
 use crate::driver::{self, Report};
 use crate::fsm::Config;
 use crate::open::Capability;
+use crate::policy::{Import, Refusal};
 use crate::rib::{Change, Path, Peer, PeerId, Rib};
 use crate::update::Update;
 
@@ -30,6 +31,18 @@ pub struct PeerConfig {
     pub hold_time: u16,
     pub passive: bool,
     pub md5_password: Option<String>,
+    pub export: Export,
+}
+
+/// What a peer is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Export {
+    /// Every best path the export rules of RFC 4271 and 4456 allow.
+    #[default]
+    All,
+    /// Our own prefixes only, never what another peer announced: an outside router must not
+    /// reach one of its neighbours through us (no transit).
+    Own,
 }
 
 #[derive(Clone, Debug)]
@@ -46,9 +59,8 @@ pub struct SpeakerConfig {
     /// Where to accept sessions that peers open (normally port 179); without it the speaker
     /// only connects out, and passive peers never come up.
     pub listen: Option<SocketAddr>,
-    /// Only prefixes inside one of these are taken from peers (and so installed or passed on);
-    /// empty takes everything.
-    pub accept: Vec<IpNet>,
+    /// What is taken from peers (and so installed or passed on).
+    pub import: Import,
     /// Offer graceful restart (RFC 4724) to peers.
     pub graceful_restart: Option<RestartConfig>,
 }
@@ -69,6 +81,9 @@ pub enum Control {
     SetPeers(Vec<PeerConfig>),
     /// The complete set of our own prefixes from now on.
     SetOriginate(Vec<IpNet>),
+    /// New import rules: routes already taken that they refuse are withdrawn, and refused
+    /// ones they now admit are taken.
+    SetImport(Import),
     Stop,
 }
 
@@ -80,7 +95,8 @@ pub struct PeerStatus {
     pub established: bool,
     /// When the session last came up or went down.
     pub since: SystemTime,
-    /// Prefixes in the peer's Adj-RIB-In, and how many of them are best paths.
+    /// Prefixes the peer announces (taken or refused by the import rules), and how many of
+    /// them are best paths.
     pub received: usize,
     pub accepted: usize,
     /// Prefixes we announce to the peer.
@@ -90,6 +106,8 @@ pub struct PeerStatus {
     pub end_of_rib: bool,
     /// The peer's routes are kept, stale, while it restarts.
     pub stale: bool,
+    /// Prefixes the peer announces that the import rules refuse, by reason.
+    pub refused: BTreeMap<Refusal, usize>,
 }
 
 /// What the speaker tells whoever reports on it.
@@ -182,6 +200,15 @@ struct Session {
     refreshed: BTreeSet<IpNet>,
     /// The restart time the peer offered in its OPEN (graceful restart), while up.
     peer_restart_time: Option<u16>,
+    /// What the peer announces that the import rules refuse, kept so that a change of the
+    /// rules (a new lease) can take it without asking the peer again.
+    held: BTreeMap<IpNet, Held>,
+}
+
+struct Held {
+    next_hop: IpAddr,
+    attrs: Arc<Attributes>,
+    why: Refusal,
 }
 
 struct Speaker {
@@ -288,9 +315,14 @@ impl Speaker {
                 last_error: None,
                 end_of_rib: false,
                 stale: false,
+                refused: BTreeMap::new(),
             });
         f(st);
         st.advertised = s.sent.len();
+        st.refused.clear();
+        for h in s.held.values() {
+            *st.refused.entry(h.why).or_default() += 1;
+        }
     }
 
     fn refresh_counts(&self) {
@@ -302,9 +334,10 @@ impl Speaker {
         for (i, n) in self.rib.adj_in_counts() {
             received.insert(i, n);
         }
-        for i in self.sessions.keys() {
+        for (i, s) in &self.sessions {
+            let refused = s.held.len();
             self.set_status(*i, |st| {
-                st.received = received.get(i).copied().unwrap_or(0);
+                st.received = received.get(i).copied().unwrap_or(0) + refused;
                 st.accepted = accepted.get(i).copied().unwrap_or(0);
             });
         }
@@ -363,6 +396,7 @@ impl Speaker {
                     stale_epoch: 0,
                     refreshed: BTreeSet::new(),
                     peer_restart_time: None,
+                    held: BTreeMap::new(),
                 },
             );
             self.set_status(i, |_| {});
@@ -414,11 +448,7 @@ impl Speaker {
                     Change::Best(p, path) => (*p, Some(path)),
                     Change::Gone(p) => (*p, None),
                 };
-                let export = path.and_then(|path| {
-                    self.rib
-                        .export(path, to, self.cfg.local_address)
-                        .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
-                });
+                let export = path.and_then(|path| self.export(&prefix, path, to));
                 let Some(s) = self.sessions.get_mut(&to) else {
                     continue;
                 };
@@ -450,6 +480,8 @@ impl Speaker {
         s.up = true;
         s.sent.clear();
         s.refreshed.clear();
+        // The peer sends its table again; what it refused before is refused (or not) anew.
+        s.held.clear();
         // The router id the peer really uses (ORIGINATOR_ID when its routes are reflected).
         if let Some(p) = self.rib.peers.get_mut(i) {
             p.router_id = peer_id;
@@ -457,11 +489,7 @@ impl Speaker {
         let best: Vec<(IpNet, Path)> = self.rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
         let mut announce = Vec::new();
         for (prefix, path) in best {
-            if let Some((nh, a)) = self
-                .rib
-                .export(&path, i, self.cfg.local_address)
-                .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
-            {
+            if let Some((nh, a)) = self.export(&prefix, &path, i) {
                 announce.push((prefix, Some((nh, a))));
             }
         }
@@ -481,8 +509,64 @@ impl Speaker {
         self.refresh_counts();
     }
 
-    fn accepts(&self, prefix: &IpNet) -> bool {
-        self.cfg.accept.is_empty() || self.cfg.accept.iter().any(|a| a.contains(prefix))
+    /// What peer `to` may be sent for `path`, with the next hop and attributes to send.
+    fn export(&self, prefix: &IpNet, path: &Path, to: PeerId) -> Option<(IpAddr, Attributes)> {
+        let s = self.sessions.get(&to)?;
+        if s.cfg.export == Export::Own && path.peer != OWN {
+            return None;
+        }
+        self.rib
+            .export(path, to, self.cfg.local_address)
+            .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
+    }
+
+    /// Applies new import rules to what every peer has announced.
+    fn set_import(&mut self, import: Import) -> Vec<Change> {
+        self.cfg.import = import;
+        let mut changed = Vec::new();
+        let ids: Vec<PeerId> = self.sessions.keys().copied().collect();
+        for i in ids {
+            for (prefix, path) in self.rib.paths_from(i) {
+                if let Err(why) = self.cfg.import.check(&prefix, path.next_hop) {
+                    changed.extend(self.rib.withdraw(i, prefix));
+                    if let Some(s) = self.sessions.get_mut(&i) {
+                        s.held.insert(
+                            prefix,
+                            Held {
+                                next_hop: path.next_hop,
+                                attrs: path.attrs,
+                                why,
+                            },
+                        );
+                    }
+                }
+            }
+            let Some(s) = self.sessions.get_mut(&i) else {
+                continue;
+            };
+            let mut admitted = Vec::new();
+            for (prefix, h) in s.held.iter_mut() {
+                match self.cfg.import.check(prefix, h.next_hop) {
+                    Ok(()) => admitted.push(*prefix),
+                    Err(why) => h.why = why,
+                }
+            }
+            for prefix in admitted {
+                let Some(h) = self
+                    .sessions
+                    .get_mut(&i)
+                    .and_then(|s| s.held.remove(&prefix))
+                else {
+                    continue;
+                };
+                match self.rib.announce(i, prefix, h.next_hop, h.attrs) {
+                    Ok(c) => changed.extend(c),
+                    Err(why) => tracing::debug!(%prefix, ?why, "announcement refused"),
+                }
+            }
+            self.set_status(i, |_| {});
+        }
+        changed
     }
 
     async fn received(&mut self, i: PeerId, u: Update) {
@@ -496,11 +580,17 @@ impl Speaker {
             return;
         }
         let mut changed = Vec::new();
-        for p in u.withdrawn_v4() {
-            changed.extend(self.rib.withdraw(i, IpNet::V4(p)));
-        }
-        for p in u.withdrawn_v6() {
-            changed.extend(self.rib.withdraw(i, IpNet::V6(p)));
+        let withdrawn: Vec<IpNet> = u
+            .withdrawn_v4()
+            .into_iter()
+            .map(IpNet::V4)
+            .chain(u.withdrawn_v6().into_iter().map(IpNet::V6))
+            .collect();
+        for p in withdrawn {
+            if let Some(s) = self.sessions.get_mut(&i) {
+                s.held.remove(&p);
+            }
+            changed.extend(self.rib.withdraw(i, p));
         }
         if u.withdraw_reason.is_none() {
             let attrs = Arc::new(u.attrs.clone());
@@ -514,13 +604,25 @@ impl Speaker {
                 }
             }
             for (p, nh) in announced {
-                if !self.accepts(&p) {
-                    tracing::debug!(prefix = %p, "outside the accepted prefixes; ignored");
+                let Some(s) = self.sessions.get_mut(&i) else {
+                    break;
+                };
+                if let Err(why) = self.cfg.import.check(&p, nh) {
+                    tracing::debug!(peer = %s.cfg.peer.addr, prefix = %p, next_hop = %nh, %why, "announcement refused by the import rules");
+                    s.held.insert(
+                        p,
+                        Held {
+                            next_hop: nh,
+                            attrs: attrs.clone(),
+                            why,
+                        },
+                    );
+                    // Whatever the peer sent for the prefix before is replaced by this.
+                    changed.extend(self.rib.withdraw(i, p));
                     continue;
                 }
-                if let Some(s) = self.sessions.get_mut(&i) {
-                    s.refreshed.insert(p);
-                }
+                s.held.remove(&p);
+                s.refreshed.insert(p);
                 match self.rib.announce(i, p, nh, attrs.clone()) {
                     Ok(c) => changed.extend(c),
                     Err(why) => tracing::debug!(prefix = %p, ?why, "announcement refused"),
@@ -603,6 +705,7 @@ impl Speaker {
             }
             None => {
                 s.stale = None;
+                s.held.clear();
                 false
             }
         };
@@ -734,6 +837,10 @@ pub async fn run(
             c = control.recv() => match c {
                 Some(Control::SetPeers(p)) => sp.set_peers(p).await,
                 Some(Control::SetOriginate(p)) => sp.set_originate(p).await,
+                Some(Control::SetImport(import)) => {
+                    let changed = sp.set_import(import);
+                    sp.propagate(changed).await;
+                }
                 Some(Control::Stop) | None => {
                     for s in sp.sessions.values() {
                         if let Some(t) = &s.task {

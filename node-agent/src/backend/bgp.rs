@@ -77,7 +77,9 @@ impl Dataplane for Bgp {
             if self.runner.compatible(&p) {
                 self.runner.update(p).await;
             } else {
-                tracing::info!("BGP identity changed (AS, router id, cluster id or accepted prefixes); restarting the speaker");
+                tracing::info!(
+                    "BGP identity changed (AS, router id or cluster id); restarting the speaker"
+                );
                 let (listen, status_file) = (self.runner.listen(), self.runner.status_file());
                 let old = std::mem::replace(
                     &mut self.runner,

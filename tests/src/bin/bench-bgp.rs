@@ -48,7 +48,7 @@ fn twill_round(lan: &Lan, n: u32) -> Result<Duration> {
         peers: vec![peer(1, 64512)],
         originate: vec![],
         listen: None,
-        accept: vec![],
+        import: Default::default(),
         graceful_restart: None,
     };
     in_netns(&lan.ns(2), move || {

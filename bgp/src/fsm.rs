@@ -72,6 +72,11 @@ pub enum Action {
     },
     /// An UPDATE for the RIB.
     Deliver(Box<Update>),
+    /// The peer asks for our routes of this family again (RFC 2918).
+    Refresh {
+        afi: u16,
+        safi: u8,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +134,25 @@ impl Session {
             _ => LARGE_HOLD,
         };
         (2 * u32::from(hold)).max(SEND_HOLD_FLOOR)
+    }
+
+    /// We advertised route refresh and the family: explicitly, or IPv4 unicast by default when
+    /// no family was named (RFC 4760 §7).
+    fn offered_refresh(&self, afi: u16, safi: u8) -> bool {
+        let caps = &self.cfg.capabilities;
+        if !caps.contains(&Capability::RouteRefresh) {
+            return false;
+        }
+        let mut families = caps.iter().filter_map(|c| match c {
+            Capability::Multiprotocol { afi, safi } => Some((*afi, *safi)),
+            _ => None,
+        });
+        let named: Vec<(u16, u8)> = families.by_ref().collect();
+        if named.is_empty() {
+            (afi, safi) == (crate::open::AFI_IPV4, crate::open::SAFI_UNICAST)
+        } else {
+            named.contains(&(afi, safi))
+        }
     }
 
     fn open(&self) -> Message {
@@ -314,12 +338,24 @@ impl Session {
                 }
                 out
             }
-            (Established, Event::Received(Message::Keepalive | Message::RouteRefresh { .. })) => {
+            (Established, Event::Received(Message::Keepalive)) => {
                 if self.hold_time > 0 {
                     vec![Action::Arm(Timer::Hold, self.hold_time)]
                 } else {
                     vec![]
                 }
+            }
+            (Established, Event::Received(Message::RouteRefresh { afi, safi })) => {
+                let mut out = Vec::new();
+                if self.hold_time > 0 {
+                    out.push(Action::Arm(Timer::Hold, self.hold_time));
+                }
+                // A family we did not offer, or a refresh we did not offer at all, is ignored
+                // (RFC 2918 §4).
+                if self.offered_refresh(afi, safi) {
+                    out.push(Action::Refresh { afi, safi });
+                }
+                out
             }
             (Established, Event::Received(Message::Update(u))) => {
                 let mut out = Vec::new();
@@ -513,6 +549,36 @@ mod tests {
         let mut s = Session::new(cfg(true));
         s.handle(Event::Start);
         assert_eq!(s.handle(Event::SendHoldExpired), vec![]);
+    }
+
+    #[test]
+    fn route_refresh_is_answered_for_offered_families_only() {
+        let mut s = Session::new(cfg(false));
+        s.cfg.capabilities = vec![
+            Capability::Multiprotocol {
+                afi: crate::open::AFI_IPV4,
+                safi: crate::open::SAFI_UNICAST,
+            },
+            Capability::RouteRefresh,
+        ];
+        s.handle(Event::Start);
+        established(&mut s);
+        let rr = |afi, safi| Event::Received(Message::RouteRefresh { afi, safi });
+        assert!(s
+            .handle(rr(1, 1))
+            .contains(&Action::Refresh { afi: 1, safi: 1 }));
+        let ignored = s.handle(rr(2, 1));
+        assert!(!ignored.iter().any(|a| matches!(a, Action::Refresh { .. })));
+        assert!(!ignored.iter().any(|a| matches!(a, Action::Close)));
+        // Without the capability offered, no refresh at all.
+        s.cfg
+            .capabilities
+            .retain(|c| *c != Capability::RouteRefresh);
+        assert!(!s
+            .handle(rr(1, 1))
+            .iter()
+            .any(|a| matches!(a, Action::Refresh { .. })));
+        assert_eq!(s.state, State::Established);
     }
 
     #[test]

@@ -443,3 +443,61 @@ async fn import_rules_refuse_hold_and_admit_as_they_change() {
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }
+
+/// The announced IPv4 prefixes of an UPDATE body.
+fn nlri_of(body: &[u8]) -> Vec<IpNet> {
+    let withdrawn = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let at = 2 + withdrawn;
+    let attrs = usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+    let mut rest = &body[at + 2 + attrs..];
+    let mut out = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = usize::from(len).div_ceil(8);
+        let mut o = [0u8; 4];
+        o[..n].copy_from_slice(&tail[..n]);
+        out.push(IpNet::V4(
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(o), len).expect("prefix"),
+        ));
+        rest = &tail[n..];
+    }
+    out
+}
+
+/// Route refresh (RFC 2918): a ROUTE-REFRESH for IPv4 unicast has the speaker send its table
+/// again; one for a family it did not offer is ignored, and neither resets the session.
+#[tokio::test]
+async fn a_route_refresh_request_gets_the_table_again() {
+    let (addr, _changes, control, sp) = start();
+    let ours: Vec<IpNet> = vec![prefix(7), prefix(8)];
+    control
+        .send(Control::SetOriginate(ours.clone()))
+        .await
+        .expect("control");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect(addr).await;
+    let mut table = Vec::new();
+    loop {
+        let body = expect(&mut s, 2).await;
+        if body == [0, 0, 0, 0] {
+            break; // End-of-RIB
+        }
+        table.extend(nlri_of(&body));
+    }
+    table.sort();
+    assert_eq!(table, ours);
+    // A family never offered (AFI 1, SAFI 128): nothing comes back but KEEPALIVEs.
+    s.write_all(&message(5, &[0, 1, 0, 128]))
+        .await
+        .expect("send ROUTE-REFRESH");
+    s.write_all(&message(5, &[0, 1, 0, 1]))
+        .await
+        .expect("send ROUTE-REFRESH");
+    let mut again = Vec::new();
+    while again.len() < ours.len() {
+        again.extend(nlri_of(&expect(&mut s, 2).await));
+    }
+    again.sort();
+    assert_eq!(again, ours);
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}

@@ -109,6 +109,8 @@ fn exchange_inner<T: Send + 'static>(
                         learned.extend(u.nlri.iter().map(|p| p.to_string()))
                     }
                     Ok(Some(Report::Down { why, .. })) => bail!("session went down: {why}"),
+                    // The peer's table is sent once, with the first report; nothing to redo.
+                    Ok(Some(Report::Refresh { .. })) => {}
                     Ok(None) | Err(_) => {
                         bail!("no session or no prefix from {peer} within {within:?}")
                     }

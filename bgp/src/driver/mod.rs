@@ -33,6 +33,11 @@ pub enum Report {
         peer_restart_time: Option<u16>,
     },
     Received(Box<Update>),
+    /// The peer asks for our routes of this family again (RFC 2918).
+    Refresh {
+        afi: u16,
+        safi: u8,
+    },
     /// `stale_for`: keep the peer's routes, stale, this many seconds.
     Down {
         why: String,
@@ -163,6 +168,9 @@ pub(crate) async fn run_with(
                     Action::Deliver(u) => {
                         let _ = reports.send(Report::Received(u)).await;
                     }
+                    Action::Refresh { afi, safi } => {
+                        let _ = reports.send(Report::Refresh { afi, safi }).await;
+                    }
                 }
             }
         }
@@ -226,10 +234,11 @@ pub(crate) async fn run_with(
             },
             u = outgoing.next(), if room => match u {
                 Some(updates) => {
-                    let mut bytes = Vec::new();
-                    for u in updates {
-                        bytes.extend(message::encode(&Message::Update(Box::new(u)), s.four_octet_as));
+                    let fitted = crate::update::fit(updates, s.four_octet_as);
+                    if !fitted.unfit.is_empty() {
+                        tracing::warn!(%peer, prefixes = ?fitted.unfit, "attributes too long for one UPDATE: withdrawn from the peer instead");
                     }
+                    let bytes = fitted.messages.concat();
                     let hold = send_hold(&s);
                     if !writer.as_mut().is_some_and(|w| w.send(bytes, hold)) {
                         pending.push_back(Event::Disconnected);

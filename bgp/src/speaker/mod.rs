@@ -470,6 +470,36 @@ impl Speaker {
         }
     }
 
+    /// The peer asked for our routes again (RFC 2918): its whole Adj-RIB-Out of that family
+    /// goes out again, as the latest word per prefix.
+    fn refresh(&mut self, i: PeerId, afi: u16, safi: u8) {
+        let v6 = match (afi, safi) {
+            (crate::open::AFI_IPV4, crate::open::SAFI_UNICAST) => false,
+            (crate::open::AFI_IPV6, crate::open::SAFI_UNICAST) => true,
+            _ => return,
+        };
+        let Some(s) = self.sessions.get(&i) else {
+            return;
+        };
+        if !s.up {
+            return;
+        }
+        let mut words = Vec::new();
+        for prefix in s.sent.iter().filter(|p| matches!(p, IpNet::V6(_)) == v6) {
+            let export = self
+                .rib
+                .best(prefix)
+                .and_then(|path| self.export(prefix, path, i));
+            if let Some((nh, a)) = export {
+                words.push((*prefix, Some((nh, a))));
+            }
+        }
+        tracing::info!(peer = %s.cfg.peer.addr, afi, safi, prefixes = words.len(), "route refresh requested; sending the table again");
+        if let Some(out) = &s.outbox {
+            out.put(words);
+        }
+    }
+
     /// A session came up: the whole table, then End-of-RIB.
     async fn established(&mut self, i: PeerId, peer_id: Ipv4Addr, restart: Option<u16>) {
         let Some(s) = self.sessions.get_mut(&i) else {
@@ -830,6 +860,7 @@ pub async fn run(
                     Report::Up { peer_id, peer_restart_time } => sp.established(i, peer_id, peer_restart_time).await,
                     Report::Received(u) => sp.received(i, *u).await,
                     Report::Down { why, stale_for } => sp.down(i, why, stale_for).await,
+                    Report::Refresh { afi, safi } => sp.refresh(i, afi, safi),
                 }
             }
             Some((i, epoch)) = stale_expired.recv() => sp.stale_expired(i, epoch).await,

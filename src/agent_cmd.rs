@@ -50,6 +50,11 @@ pub struct AgentArgs {
     /// Sets FLANNEL_IPMASQ in subnet.env (masquerading itself is not done by twill yet)
     #[arg(long)]
     ip_masq: bool,
+    /// With bgp: the most prefixes an outside peer (--bgp-peer) may announce, taken or
+    /// refused; over it the session is closed (Cease/1, RFC 4486) and tried again after a
+    /// back-off of 30 s, doubling up to 15 min; 0 for no limit
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    bgp_max_prefixes: u32,
 }
 
 /// The host's name as kubelet makes a node name of it: lower-cased (Kubernetes node names are
@@ -74,6 +79,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         metrics_addr: a.metrics_addr,
         resync: a.resync.max(Duration::from_millis(100)),
         ip_masq: a.ip_masq,
+        bgp_max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

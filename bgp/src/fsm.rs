@@ -45,6 +45,8 @@ pub enum Event {
     /// The peer took none of our bytes for [`Session::send_hold_time`] (RFC 9687): the driver
     /// keeps this clock, as only it sees whether a write makes progress.
     SendHoldExpired,
+    /// The owner ends the session with this NOTIFICATION (a Cease of RFC 4486), saying why.
+    Cease(Notification, String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -262,6 +264,7 @@ impl Session {
                 Notification::new(CEASE, 2, Vec::new()),
                 "administratively stopped".into(),
             ),
+            (_, Event::Cease(n, why)) => self.fail(n, why),
             (Connect | Active, Event::Connected) => {
                 self.state = OpenSent;
                 vec![

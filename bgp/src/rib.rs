@@ -52,6 +52,8 @@ pub struct Rib {
     pub cluster_id: Option<Ipv4Addr>,
     pub peers: Vec<Peer>,
     adj_in: BTreeMap<IpNet, BTreeMap<PeerId, Path>>,
+    /// Prefixes in each peer's Adj-RIB-In, kept as they change (a limit is checked per UPDATE).
+    counts: BTreeMap<PeerId, usize>,
     loc: BTreeMap<IpNet, Path>,
 }
 
@@ -82,6 +84,7 @@ impl Rib {
             cluster_id,
             peers,
             adj_in: BTreeMap::new(),
+            counts: BTreeMap::new(),
             loc: BTreeMap::new(),
         }
     }
@@ -127,13 +130,12 @@ impl Rib {
 
     /// How many prefixes each peer has in its Adj-RIB-In.
     pub fn adj_in_counts(&self) -> BTreeMap<PeerId, usize> {
-        let mut n: BTreeMap<PeerId, usize> = BTreeMap::new();
-        for paths in self.adj_in.values() {
-            for p in paths.keys() {
-                *n.entry(*p).or_default() += 1;
-            }
-        }
-        n
+        self.counts.clone()
+    }
+
+    /// How many prefixes `peer` has in its Adj-RIB-In.
+    pub fn count_from(&self, peer: PeerId) -> usize {
+        self.counts.get(&peer).copied().unwrap_or(0)
     }
 
     pub fn loc_rib(&self) -> impl Iterator<Item = (&IpNet, &Path)> {
@@ -223,14 +225,22 @@ impl Rib {
             self.withdraw(peer, prefix);
             return Err(Rejected::OwnClusterInList);
         }
-        self.adj_in.entry(prefix).or_default().insert(
-            peer,
-            Path {
+        let new = self
+            .adj_in
+            .entry(prefix)
+            .or_default()
+            .insert(
                 peer,
-                next_hop,
-                attrs,
-            },
-        );
+                Path {
+                    peer,
+                    next_hop,
+                    attrs,
+                },
+            )
+            .is_none();
+        if new {
+            *self.counts.entry(peer).or_default() += 1;
+        }
         Ok(self.reselect(prefix))
     }
 
@@ -244,6 +254,12 @@ impl Rib {
             self.adj_in.remove(&prefix);
         }
         if gone {
+            if let Some(n) = self.counts.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.counts.remove(&peer);
+                }
+            }
             self.reselect(prefix)
         } else {
             None

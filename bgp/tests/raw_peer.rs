@@ -140,14 +140,15 @@ fn start_on(
     mpsc::Sender<Control>,
     tokio::task::JoinHandle<()>,
 ) {
-    start_with(addr, room, Default::default())
+    start_with(addr, room, Default::default(), None)
 }
 
-/// As [`start_on`], keeping `status` current.
+/// As [`start_on`], keeping `status` current, with the peer's prefix limit.
 fn start_with(
     addr: SocketAddr,
     room: usize,
     status: speaker::Status,
+    max_prefixes: Option<u32>,
 ) -> (
     SocketAddr,
     mpsc::Receiver<Change>,
@@ -170,6 +171,7 @@ fn start_with(
             passive: true,
             md5_password: None,
             export: Default::default(),
+            max_prefixes,
         }],
         originate: vec![],
         listen: Some(addr),
@@ -373,7 +375,7 @@ async fn import_rules_refuse_hold_and_admit_as_they_change() {
         allow: Some(vec![]),
     };
     let status: speaker::Status = Default::default();
-    let (_, mut changes, control, sp) = start_with(addr, 64, status.clone());
+    let (_, mut changes, control, sp) = start_with(addr, 64, status.clone(), None);
     // start_on's speaker has no import rules; these replace them before the peer connects.
     control
         .send(Control::SetImport(rules(vec![
@@ -498,6 +500,64 @@ async fn a_route_refresh_request_gets_the_table_again() {
     }
     again.sort();
     assert_eq!(again, ours);
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Max-prefix (RFC 4486): the peer's 11th prefix over a limit of 10 closes the session with
+/// Cease/1 carrying AFI, SAFI and the limit; its routes are withdrawn, and a new connection
+/// from it is refused while the back-off lasts.
+#[tokio::test]
+async fn a_peer_over_its_prefix_limit_is_closed_with_cease_1_and_held_off() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let status: speaker::Status = Default::default();
+    let (_, mut changes, control, sp) = start_with(addr, 64, status.clone(), Some(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect(addr).await;
+    for third in 0..10u8 {
+        s.write_all(&update(&attrs(0), third)).await.expect("send");
+    }
+    for _ in 0..10 {
+        assert!(matches!(next_change(&mut changes).await, Change::Best(..)));
+    }
+    s.write_all(&update(&attrs(0), 10)).await.expect("send");
+    let n = expect(&mut s, 3).await;
+    assert_eq!(
+        n,
+        [6, 1, 0, 1, 1, 0, 0, 0, 10],
+        "Cease/1 with AFI 1, SAFI 1, limit 10"
+    );
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < 11 {
+        match next_change(&mut changes).await {
+            Change::Gone(p) => {
+                gone.insert(p);
+            }
+            Change::Best(p, _) => assert_eq!(p, prefix(10), "only the 11th is new"),
+        }
+    }
+    // Back-off: a new connection is closed before any OPEN.
+    let mut again = TcpStream::connect(addr).await.expect("connect");
+    let _ = again.write_all(&open()).await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), again.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the peer got a session during its back-off");
+    let err = status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .peers
+        .get(&IpAddr::from([127, 0, 0, 1]))
+        .and_then(|p| p.last_error.clone());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("over its limit of 10")),
+        "{err:?}"
+    );
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }

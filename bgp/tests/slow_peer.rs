@@ -233,6 +233,7 @@ fn peer(addr: Ipv4Addr, asn: u16) -> PeerConfig {
         passive: true,
         md5_password: None,
         export: Default::default(),
+        max_prefixes: None,
     }
 }
 

@@ -71,6 +71,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             passive: me.public_ip > n.public_ip,
             md5_password: None,
             export: Export::All,
+            max_prefixes: None,
         });
     }
     for p in &b.peers {
@@ -98,6 +99,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             md5_password: p.password.clone(),
             // No transit: an outside router hears of this node's subnet only.
             export: Export::Own,
+            max_prefixes: None,
         });
     }
     peers.sort_by_key(|p| p.peer.addr);
@@ -121,6 +123,19 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         peers,
         import,
         originate: vec![IpNet::V4(me.subnet)],
+    }
+}
+
+impl Plan {
+    /// Puts `limit` on the outside peers: the nodes' own sessions stay unlimited, a node
+    /// announcing one subnet and a reflector one per node.
+    pub fn with_max_prefixes(mut self, limit: Option<u32>) -> Plan {
+        for p in &mut self.peers {
+            if p.export == Export::Own {
+                p.max_prefixes = limit;
+            }
+        }
+        self
     }
 }
 

@@ -312,6 +312,7 @@ pub fn peer(last: u8, asn: u32) -> PeerConfig {
         passive: false,
         md5_password: None,
         export: Default::default(),
+        max_prefixes: None,
     }
 }
 

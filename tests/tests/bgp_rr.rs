@@ -50,6 +50,7 @@ protocol bgp to_twill {
         passive: false,
         md5_password: None,
         export: Default::default(),
+        max_prefixes: None,
     };
     let cfg = SpeakerConfig {
         local_as: 64512,

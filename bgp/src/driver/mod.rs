@@ -15,12 +15,13 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::fsm::{Action, Config, Event, Session, State, Timer};
 use crate::md5;
 use crate::message::{self, Message};
+use crate::notification::Notification;
 use crate::update::Update;
 use writer::{Outcome, Writer};
 
@@ -88,7 +89,7 @@ pub async fn run(
     to_send: mpsc::Receiver<Update>,
     reports: mpsc::Sender<Report>,
 ) {
-    run_with(cfg, peer, incoming, to_send, reports).await
+    run_with(cfg, peer, incoming, to_send, reports, None).await
 }
 
 /// [`run`], with UPDATEs from any [`Outgoing`] source.
@@ -98,6 +99,8 @@ pub(crate) async fn run_with(
     incoming: Option<TcpStream>,
     mut outgoing: impl Outgoing,
     reports: mpsc::Sender<Report>,
+    // The owner's word to end the session with a NOTIFICATION of its choosing.
+    mut cease: Option<oneshot::Receiver<(Notification, String)>>,
 ) {
     let mut s = Session::new(cfg);
     let mut deadlines: [Option<Instant>; 3] = [None; 3];
@@ -231,6 +234,17 @@ pub(crate) async fn run_with(
                 Outcome::Wrote => {}
                 Outcome::Failed => pending.push_back(Event::Disconnected),
                 Outcome::Stalled => pending.push_back(Event::SendHoldExpired),
+            },
+            c = async {
+                match cease.as_mut() {
+                    Some(c) => c.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                cease = None;
+                if let Ok((n, why)) = c {
+                    pending.push_back(Event::Cease(n, why));
+                }
             },
             u = outgoing.next(), if room => match u {
                 Some(updates) => {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod outbox;
@@ -20,6 +20,7 @@ mod outbox;
 use crate::attribute::{Attributes, MpReach, Origin};
 use crate::driver::{self, Report};
 use crate::fsm::Config;
+use crate::notification::{Notification, CEASE};
 use crate::open::Capability;
 use crate::policy::{Import, Refusal};
 use crate::rib::{Change, Path, Peer, PeerId, Rib};
@@ -32,6 +33,9 @@ pub struct PeerConfig {
     pub passive: bool,
     pub md5_password: Option<String>,
     pub export: Export,
+    /// The most prefixes the peer may announce (taken or refused): over it the session is
+    /// closed with Cease/1 (RFC 4486) and tried again after a back-off; a warning at 75 %.
+    pub max_prefixes: Option<u32>,
 }
 
 /// What a peer is sent.
@@ -203,7 +207,22 @@ struct Session {
     /// What the peer announces that the import rules refuse, kept so that a change of the
     /// rules (a new lease) can take it without asking the peer again.
     held: BTreeMap<IpNet, Held>,
+    /// Ends the current session with a NOTIFICATION of our choosing.
+    cease: Option<oneshot::Sender<(Notification, String)>>,
+    /// The peer passed 75 % of its prefix limit in this session (warned once).
+    warned: bool,
+    /// The session was closed for passing its prefix limit: the next try waits `backoff`.
+    over_limit: bool,
+    backoff: Duration,
+    /// No session with the peer before this, not even one it opens.
+    hold_off_until: Option<tokio::time::Instant>,
 }
+
+/// The first wait after a peer passed its prefix limit; it doubles each time the peer does it
+/// again, up to [`MAX_LIMIT_BACKOFF`], and starts over once a session stays within the limit
+/// until End-of-RIB.
+const LIMIT_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_LIMIT_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
 struct Held {
     next_hop: IpAddr,
@@ -271,9 +290,11 @@ impl Speaker {
         let out = outbox::Outbox::new();
         let taker = outbox::Taker(out.clone());
         let (rtx, mut reports) = mpsc::channel::<Report>(1024);
+        let (cease_tx, cease_rx) = oneshot::channel();
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
         };
+        s.cease = Some(cease_tx);
         s.generation += 1;
         let generation = s.generation;
         if let Some(old) = s.task.take() {
@@ -284,7 +305,7 @@ impl Speaker {
         }
         s.task = Some(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            driver::run_with(config, addr, incoming, taker, rtx).await;
+            driver::run_with(config, addr, incoming, taker, rtx, Some(cease_rx)).await;
         }));
         let out = self.reports_tx.clone();
         tokio::spawn(async move {
@@ -397,6 +418,11 @@ impl Speaker {
                     refreshed: BTreeSet::new(),
                     peer_restart_time: None,
                     held: BTreeMap::new(),
+                    cease: None,
+                    warned: false,
+                    over_limit: false,
+                    backoff: LIMIT_BACKOFF,
+                    hold_off_until: None,
                 },
             );
             self.set_status(i, |_| {});
@@ -506,6 +532,7 @@ impl Speaker {
             return;
         };
         s.peer_restart_time = restart;
+        s.warned = false;
         tracing::info!(peer = %s.cfg.peer.addr, %peer_id, stale = s.stale.is_some(), "BGP session established");
         s.up = true;
         s.sent.clear();
@@ -601,6 +628,9 @@ impl Speaker {
 
     async fn received(&mut self, i: PeerId, u: Update) {
         if u.is_end_of_rib() {
+            if let Some(s) = self.sessions.get_mut(&i) {
+                s.backoff = LIMIT_BACKOFF;
+            }
             self.set_status(i, |st| st.end_of_rib = true);
             let stale = self.sessions.get(&i).is_some_and(|s| s.stale.is_some());
             if stale {
@@ -660,6 +690,35 @@ impl Speaker {
             }
         }
         self.propagate(changed).await;
+        self.check_limit(i);
+    }
+
+    /// Closes the session of a peer over its prefix limit (RFC 4486 Cease/1), warning first at
+    /// 75 %. Refused prefixes count: they are held in memory too.
+    fn check_limit(&mut self, i: PeerId) {
+        let count = self.rib.count_from(i);
+        let Some(s) = self.sessions.get_mut(&i) else {
+            return;
+        };
+        let Some(limit) = s.cfg.max_prefixes else {
+            return;
+        };
+        let n = count + s.held.len();
+        let limit_n = limit as usize;
+        if n > limit_n {
+            if let Some(cease) = s.cease.take() {
+                let why = format!("the peer announced {n} prefixes, over its limit of {limit}");
+                tracing::warn!(peer = %s.cfg.peer.addr, prefixes = n, limit, backoff_s = s.backoff.as_secs(), "{why}; closing the session (Cease/1)");
+                // AFI, SAFI and the limit (RFC 4486 §4).
+                let mut data = vec![0, 1, 1];
+                data.extend_from_slice(&limit.to_be_bytes());
+                let _ = cease.send((Notification::new(CEASE, 1, data), why));
+                s.over_limit = true;
+            }
+        } else if !s.warned && n * 4 >= limit_n * 3 {
+            s.warned = true;
+            tracing::warn!(peer = %s.cfg.peer.addr, prefixes = n, limit, "the peer is near its prefix limit");
+        }
     }
 
     /// Drops what a restarting peer announced before and has not announced again.
@@ -739,11 +798,20 @@ impl Speaker {
                 false
             }
         };
+        s.cease = None;
+        let retry = if std::mem::take(&mut s.over_limit) {
+            let wait = s.backoff;
+            s.backoff = (s.backoff * 2).min(MAX_LIMIT_BACKOFF);
+            s.hold_off_until = Some(tokio::time::Instant::now() + wait);
+            wait
+        } else {
+            Duration::from_secs(2)
+        };
         if passive {
             tracing::warn!(peer = %addr, %why, "BGP session down; waiting for the peer to connect again");
             s.task = None;
         } else {
-            tracing::warn!(peer = %addr, %why, "BGP session down; retrying");
+            tracing::warn!(peer = %addr, %why, retry_s = retry.as_secs(), "BGP session down; retrying");
         }
         self.set_status(i, |st| {
             st.established = false;
@@ -756,7 +824,7 @@ impl Speaker {
             self.propagate(changed).await;
         }
         if !passive {
-            self.start(i, Duration::from_secs(2), None);
+            self.start(i, retry, None);
         }
         self.refresh_counts();
     }
@@ -770,6 +838,12 @@ impl Speaker {
             return;
         };
         let i = *i;
+        if s.hold_off_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            tracing::info!(peer = %from, "BGP connection from the peer closed: it passed its prefix limit and waits out its back-off");
+            return;
+        }
         if s.up && s.peer_restart_time.is_some() {
             let stale_for = s.peer_restart_time;
             self.down(i, "the peer restarted (new connection)".into(), stale_for)

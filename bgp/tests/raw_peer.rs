@@ -331,6 +331,47 @@ async fn a_stopped_speaker_frees_its_port_for_the_next() {
     let _ = sp.await;
 }
 
+/// A speaker that replaces another may find the port still held: it says so on its board,
+/// keeps trying, and accepts sessions once the port is free.
+#[tokio::test]
+async fn a_taken_port_is_tried_again_until_it_is_free() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = holder.local_addr().expect("addr");
+    let status: speaker::Status = Default::default();
+    let (_, mut changes, control, sp) = start_with(addr, 64, status.clone(), None);
+    let listen_error = || {
+        status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .listen_error
+            .clone()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while listen_error().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no listen error on the board"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listen_error().is_some_and(|e| e.contains(&addr.to_string())));
+    drop(holder);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while listen_error().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not listening: {:?}",
+            listen_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = connect(addr).await;
+    s.write_all(&update(&attrs(0), 31)).await.expect("send");
+    assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(31)));
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
 /// Regression (bench-bgp with 100,000 prefixes): changes were offered to a full channel and
 /// dropped, so whoever installs routes missed some. Now the speaker waits for room.
 #[tokio::test]

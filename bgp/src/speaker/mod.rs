@@ -138,30 +138,62 @@ fn own_attrs() -> Arc<Attributes> {
 }
 
 /// Binds the listening socket, with each peer's TCP-MD5 key on it (a signed peer's SYN is
-/// refused without the key), and forwards every accepted connection.
-async fn listen(
-    addr: SocketAddr,
-    peers: &[PeerConfig],
-    accepted: mpsc::Sender<(IpAddr, TcpStream)>,
-) -> std::io::Result<Arc<TcpListener>> {
+/// refused without the key).
+fn bind(addr: SocketAddr, keys: &[(IpAddr, String)]) -> std::io::Result<TcpListener> {
     let sock = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     sock.set_reuseaddr(true)?;
-    for p in peers {
-        if let Some(key) = &p.md5_password {
-            crate::md5::set_key(&sock, p.peer.addr, key.as_bytes())?;
-        }
+    for (peer, key) in keys {
+        crate::md5::set_key(&sock, *peer, key.as_bytes())?;
     }
     sock.bind(addr)?;
-    let listener = Arc::new(sock.listen(64)?);
-    let l = listener.clone();
+    sock.listen(64)
+}
+
+/// How often a listening socket that cannot be bound is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(1);
+
+/// Binds `addr`, trying again every [`BIND_RETRY`] while it fails (the speaker this one
+/// replaces may hold the port a moment longer; another daemon may hold it until stopped), and
+/// reports each new outcome.
+async fn keep_binding(
+    addr: SocketAddr,
+    keys: Vec<(IpAddr, String)>,
+    outcome: mpsc::Sender<Result<Arc<TcpListener>, String>>,
+) {
+    let mut last: Option<String> = None;
+    loop {
+        match bind(addr, &keys) {
+            Ok(l) => {
+                let _ = outcome.send(Ok(Arc::new(l))).await;
+                return;
+            }
+            Err(e) => {
+                let e = format!("cannot listen on {addr}: {e}");
+                if last.as_ref() != Some(&e) {
+                    if outcome.send(Err(e.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BIND_RETRY) => {}
+            _ = outcome.closed() => return,
+        }
+    }
+}
+
+/// Forwards every connection accepted on `listener` until the speaker is gone.
+fn accept_all(listener: Arc<TcpListener>, accepted: mpsc::Sender<(IpAddr, TcpStream)>) {
     tokio::spawn(async move {
         loop {
             // Ends with the speaker (its receiver gone), freeing the port for a new one.
             let accepted_conn = tokio::select! {
-                c = l.accept() => c,
+                c = listener.accept() => c,
                 _ = accepted.closed() => return,
             };
             let (stream, from) = match accepted_conn {
@@ -183,7 +215,6 @@ async fn listen(
             }
         }
     });
-    Ok(listener)
 }
 
 struct Session {
@@ -364,6 +395,37 @@ impl Speaker {
         }
     }
 
+    /// The listening socket is bound, or still cannot be.
+    fn bound(
+        &mut self,
+        b: Result<Arc<TcpListener>, String>,
+        accepted: &mpsc::Sender<(IpAddr, TcpStream)>,
+    ) {
+        let mut board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match b {
+            Ok(l) => {
+                // Peers may have come and gone while the port was taken.
+                for s in self.sessions.values() {
+                    if let Some(key) = &s.cfg.md5_password {
+                        if let Err(e) =
+                            crate::md5::set_key(l.as_ref(), s.cfg.peer.addr, key.as_bytes())
+                        {
+                            tracing::warn!(peer = %s.cfg.peer.addr, error = %e, "cannot set the TCP-MD5 key on the listener");
+                        }
+                    }
+                }
+                tracing::info!(addr = ?l.local_addr().ok(), "accepting BGP sessions");
+                board.listen_error = None;
+                accept_all(l.clone(), accepted.clone());
+                self.listener = Some(l);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot accept BGP sessions yet; connecting out meanwhile and trying again every second");
+                board.listen_error = Some(e);
+            }
+        }
+    }
+
     /// Adds, removes and restarts sessions so they match `peers`; untouched peers keep theirs.
     async fn set_peers(&mut self, peers: Vec<PeerConfig>) {
         let mut changed = Vec::new();
@@ -378,6 +440,13 @@ impl Speaker {
         for i in gone {
             if let Some(s) = self.sessions.remove(&i) {
                 tracing::info!(peer = %s.cfg.peer.addr, "BGP peer removed or changed; its session is closed");
+                // Its key goes with it (an empty key removes it); a changed peer gets its new
+                // key back below.
+                if let (Some(l), Some(_)) = (&self.listener, &s.cfg.md5_password) {
+                    if let Err(e) = crate::md5::set_key(l.as_ref(), s.cfg.peer.addr, b"") {
+                        tracing::warn!(peer = %s.cfg.peer.addr, error = %e, "cannot remove the TCP-MD5 key from the listener");
+                    }
+                }
                 if let Some(t) = s.task {
                     t.abort();
                 }
@@ -886,23 +955,15 @@ pub async fn run(
     let (reports_tx, mut reports) = mpsc::channel::<(PeerId, u64, Report)>(1024);
     let (stale_timer, mut stale_expired) = mpsc::channel::<(PeerId, u64)>(64);
     let (accepted_tx, mut accepted) = mpsc::channel::<(IpAddr, TcpStream)>(16);
-    let listener = match cfg.listen {
-        Some(addr) => match listen(addr, &cfg.peers, accepted_tx).await {
-            Ok(l) => {
-                tracing::info!(%addr, "accepting BGP sessions");
-                Some(l)
-            }
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot listen for BGP sessions; only connecting out");
-                status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .listen_error = Some(format!("cannot listen on {addr}: {e}"));
-                None
-            }
-        },
-        None => None,
-    };
+    let (bound_tx, mut bound) = mpsc::channel::<Result<Arc<TcpListener>, String>>(4);
+    if let Some(addr) = cfg.listen {
+        let keys = cfg
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.peer.addr, p.md5_password.clone()?)))
+            .collect();
+        tokio::spawn(keep_binding(addr, keys, bound_tx));
+    }
     let peers = cfg.peers.clone();
     let originate = cfg.originate.clone();
     let mut sp = Speaker {
@@ -912,7 +973,7 @@ pub async fn run(
         reports_tx,
         changes,
         status,
-        listener,
+        listener: None,
         originated: BTreeSet::new(),
         stale_timer,
     };
@@ -939,6 +1000,7 @@ pub async fn run(
             }
             Some((i, epoch)) = stale_expired.recv() => sp.stale_expired(i, epoch).await,
             Some((from, stream)) = accepted.recv() => sp.incoming(from, stream).await,
+            Some(b) = bound.recv() => sp.bound(b, &accepted_tx),
             c = control.recv() => match c {
                 Some(Control::SetPeers(p)) => sp.set_peers(p).await,
                 Some(Control::SetOriginate(p)) => sp.set_originate(p).await,

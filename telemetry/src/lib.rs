@@ -121,7 +121,7 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for health and metrics: {source}")]
+#[error("cannot serve metrics on {addr}")]
 pub struct BindError {
     pub addr: SocketAddr,
     #[source]

@@ -64,6 +64,9 @@ pub enum Action {
         /// The peer's graceful-restart time for IPv4 unicast, if it offered to restart
         /// gracefully (RFC 4724).
         peer_restart_time: Option<u16>,
+        /// The peer's OPEN says it kept forwarding IPv4 unicast through its restart (the F
+        /// bit); without it, routes kept stale for it must go at once (RFC 4724 §4.2).
+        peer_kept_forwarding: bool,
     },
     /// The session left Established (or never got there). `stale_for`: the connection was
     /// lost with a peer that restarts gracefully, so its routes are kept, stale, this many
@@ -112,6 +115,7 @@ pub struct Session {
     pub four_octet_as: bool,
     pub peer_id: Option<Ipv4Addr>,
     pub peer_restart_time: Option<u16>,
+    pub peer_kept_forwarding: bool,
 }
 
 impl Session {
@@ -123,6 +127,7 @@ impl Session {
             four_octet_as: false,
             peer_id: None,
             peer_restart_time: None,
+            peer_kept_forwarding: false,
         }
     }
 
@@ -231,6 +236,13 @@ impl Session {
         self.hold_time = self.cfg.hold_time.min(o.hold_time);
         self.four_octet_as = o.four_octet_as();
         self.peer_id = Some(o.bgp_id);
+        self.peer_kept_forwarding = o.capabilities.iter().any(|c| match c {
+            Capability::GracefulRestart(g) => g
+                .families
+                .iter()
+                .any(|f| (f.0, f.1) == (crate::open::AFI_IPV4, crate::open::SAFI_UNICAST) && f.2),
+            _ => false,
+        });
         self.peer_restart_time = o.capabilities.iter().find_map(|c| match c {
             Capability::GracefulRestart(g)
                 if g.families
@@ -331,6 +343,7 @@ impl Session {
                     four_octet_as: self.four_octet_as,
                     peer_id: self.peer_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
                     peer_restart_time: self.peer_restart_time,
+                    peer_kept_forwarding: self.peer_kept_forwarding,
                 });
                 out
             }

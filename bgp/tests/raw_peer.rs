@@ -31,14 +31,20 @@ fn open() -> Vec<u8> {
 /// OPEN with the graceful-restart capability for IPv4 unicast (forwarding kept), restart time
 /// `time` seconds, R bit when `restarted`.
 fn open_gr(time: u16, restarted: bool) -> Vec<u8> {
+    open_gr_with(time, restarted, true)
+}
+
+/// [`open_gr`], with the F bit (forwarding kept through the restart) as given.
+fn open_gr_with(time: u16, restarted: bool, forwarding: bool) -> Vec<u8> {
     let head = (if restarted { 0x8000 } else { 0 }) | time;
+    let f = if forwarding { 0x80 } else { 0 };
     let [hi, lo] = head.to_be_bytes();
     message(
         1,
         &[
             4, 0xfc, 0x00, 0, 90, 10, 0, 0, 2, 10, // version … optional parameters length
             2, 8, // a capabilities parameter of 8 bytes
-            64, 6, hi, lo, 0, 1, 1, 0x80, // graceful restart: IPv4 unicast, F bit
+            64, 6, hi, lo, 0, 1, 1, f, // graceful restart: IPv4 unicast, F bit
         ],
     )
 }
@@ -155,6 +161,23 @@ fn start_with(
     mpsc::Sender<Control>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_cfg(addr, room, status, |c| {
+        c.peers[0].max_prefixes = max_prefixes
+    })
+}
+
+/// As [`start_with`], with the configuration changed by `adjust`.
+fn start_cfg(
+    addr: SocketAddr,
+    room: usize,
+    status: speaker::Status,
+    adjust: impl FnOnce(&mut SpeakerConfig),
+) -> (
+    SocketAddr,
+    mpsc::Receiver<Change>,
+    mpsc::Sender<Control>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = SpeakerConfig {
         local_as: 64512,
         router_id: "10.0.0.1".parse().expect("id"),
@@ -171,13 +194,15 @@ fn start_with(
             passive: true,
             md5_password: None,
             export: Default::default(),
-            max_prefixes,
+            max_prefixes: None,
         }],
         originate: vec![],
         listen: Some(addr),
         import: Default::default(),
         graceful_restart: None,
     };
+    let mut cfg = cfg;
+    adjust(&mut cfg);
     let (changes_tx, changes) = mpsc::channel(room);
     let (control, control_rx) = mpsc::channel(4);
     let sp = tokio::spawn(speaker::run(cfg, changes_tx, control_rx, status));
@@ -599,6 +624,89 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_1_and_held_off() {
             .is_some_and(|e| e.contains("over its limit of 10")),
         "{err:?}"
     );
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// A restarting peer whose new OPEN says it did not keep forwarding (no F bit) loses its stale
+/// routes at once, without waiting for its End-of-RIB (RFC 4724 §4.2).
+#[tokio::test]
+async fn a_peer_back_without_forwarding_kept_loses_its_stale_routes_at_once() {
+    let (addr, mut changes, control, sp) = start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut s = connect_with(addr, open_gr(120, false)).await;
+    for third in [40, 41] {
+        s.write_all(&update(&attrs(0), third)).await.expect("send");
+        assert!(matches!(next_change(&mut changes).await, Change::Best(..)));
+    }
+    drop(s);
+    let nothing = tokio::time::timeout(Duration::from_millis(500), changes.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "kept while the peer restarts: {nothing:?}"
+    );
+    let _s = connect_with(addr, open_gr_with(120, true, false)).await;
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < 2 {
+        match next_change(&mut changes).await {
+            Change::Gone(p) => {
+                gone.insert(p);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(gone, [prefix(40), prefix(41)].into());
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}
+
+/// Whether the graceful-restart capability of an OPEN body has the R bit.
+fn restart_bit(open: &[u8]) -> Option<bool> {
+    let params = open.get(10..)?;
+    let mut at = 0;
+    while at + 2 <= params.len() {
+        let (kind, len) = (params[at], usize::from(params[at + 1]));
+        let body = params.get(at + 2..at + 2 + len)?;
+        if kind == 2 {
+            let mut c = 0;
+            while c + 2 <= body.len() {
+                let (code, clen) = (body[c], usize::from(body[c + 1]));
+                if code == 64 {
+                    return Some(body.get(c + 2)? & 0x80 != 0);
+                }
+                c += 2 + clen;
+            }
+        }
+        at += 2 + len;
+    }
+    None
+}
+
+/// A speaker that restarted sets the R bit in its first session with a peer only: when that
+/// session is reset later, the next OPEN does not claim a restart (RFC 4724 §4.1).
+#[tokio::test]
+async fn the_restart_bit_is_set_in_the_first_session_only() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let (_, _changes, control, sp) = start_cfg(addr, 64, Default::default(), |c| {
+        c.graceful_restart = Some(speaker::RestartConfig {
+            time: 120,
+            restarted: true,
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut bits = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&open()).await.expect("send OPEN");
+        bits.push(restart_bit(&expect(&mut s, 1).await));
+        s.write_all(&keepalive()).await.expect("send KEEPALIVE");
+        expect(&mut s, 4).await;
+        // Established; let the speaker see it before the connection goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(bits, [Some(true), Some(false)]);
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }

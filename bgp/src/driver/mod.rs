@@ -32,6 +32,8 @@ pub enum Report {
         peer_id: std::net::Ipv4Addr,
         /// The peer restarts gracefully, keeping forwarding this long (RFC 4724).
         peer_restart_time: Option<u16>,
+        /// Its OPEN says it kept forwarding through the restart that just ended (F bit).
+        peer_kept_forwarding: bool,
     },
     Received(Box<Update>),
     /// The peer asks for our routes of this family again (RFC 2918).
@@ -155,12 +157,14 @@ pub(crate) async fn run_with(
                     Action::Up {
                         peer_id,
                         peer_restart_time,
+                        peer_kept_forwarding,
                         ..
                     } => {
                         let _ = reports
                             .send(Report::Up {
                                 peer_id,
                                 peer_restart_time,
+                                peer_kept_forwarding,
                             })
                             .await;
                     }

@@ -235,6 +235,8 @@ struct Session {
     refreshed: BTreeSet<IpNet>,
     /// The restart time the peer offered in its OPEN (graceful restart), while up.
     peer_restart_time: Option<u16>,
+    /// No session with the peer has come up yet since this speaker started.
+    after_restart: bool,
     /// What the peer announces that the import rules refuse, kept so that a change of the
     /// rules (a new lease) can take it without asking the peer again.
     held: BTreeMap<IpNet, Held>,
@@ -274,7 +276,8 @@ struct Speaker {
 }
 
 impl Speaker {
-    fn session_config(&self, pc: &PeerConfig, incoming: bool) -> Config {
+    /// `after_restart`: no session with the peer has come up since this speaker started.
+    fn session_config(&self, pc: &PeerConfig, incoming: bool, after_restart: bool) -> Config {
         Config {
             local_as: self.cfg.local_as,
             peer_as: pc.peer.asn,
@@ -297,7 +300,8 @@ impl Speaker {
             .into_iter()
             .chain(self.cfg.graceful_restart.map(|g| {
                 Capability::GracefulRestart(crate::open::GracefulRestart {
-                    restarting: g.restarted,
+                    // R only in the first session after our restart (RFC 4724 §4.1).
+                    restarting: g.restarted && after_restart,
                     time: g.time.min(0x0fff),
                     families: vec![(
                         crate::open::AFI_IPV4,
@@ -316,7 +320,7 @@ impl Speaker {
         let Some(s) = self.sessions.get(&i) else {
             return;
         };
-        let config = self.session_config(&s.cfg, incoming.is_some());
+        let config = self.session_config(&s.cfg, incoming.is_some(), s.after_restart);
         let addr = SocketAddr::new(s.cfg.peer.addr, 179);
         let out = outbox::Outbox::new();
         let taker = outbox::Taker(out.clone());
@@ -487,6 +491,7 @@ impl Speaker {
                     refreshed: BTreeSet::new(),
                     peer_restart_time: None,
                     held: BTreeMap::new(),
+                    after_restart: true,
                     cease: None,
                     warned: false,
                     over_limit: false,
@@ -596,10 +601,19 @@ impl Speaker {
     }
 
     /// A session came up: the whole table, then End-of-RIB.
-    async fn established(&mut self, i: PeerId, peer_id: Ipv4Addr, restart: Option<u16>) {
+    async fn established(
+        &mut self,
+        i: PeerId,
+        peer_id: Ipv4Addr,
+        restart: Option<u16>,
+        kept_forwarding: bool,
+    ) {
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
         };
+        // Our first session with the peer since we started is done with our restart: later
+        // OPENs to it say nothing of one (RFC 4724 §4.1).
+        s.after_restart = false;
         s.peer_restart_time = restart;
         s.warned = false;
         tracing::info!(peer = %s.cfg.peer.addr, %peer_id, stale = s.stale.is_some(), "BGP session established");
@@ -632,6 +646,19 @@ impl Speaker {
             st.last_error = None;
             st.end_of_rib = false;
         });
+        // A peer back from a restart that did not keep forwarding has no use for the routes
+        // kept for it: they go now, not at its End-of-RIB (RFC 4724 §4.2).
+        let forgot = self
+            .sessions
+            .get_mut(&i)
+            .filter(|s| s.stale.is_some() && !kept_forwarding);
+        if let Some(s) = forgot {
+            s.stale = None;
+            tracing::info!(peer = %s.cfg.peer.addr, "the peer restarted without keeping forwarding; its stale routes are withdrawn");
+            self.set_status(i, |st| st.stale = false);
+            let changed = self.rib.peer_down(i);
+            self.propagate(changed).await;
+        }
         self.refresh_counts();
     }
 
@@ -992,7 +1019,9 @@ pub async fn run(
                     continue; // from a session since replaced or removed
                 }
                 match report {
-                    Report::Up { peer_id, peer_restart_time } => sp.established(i, peer_id, peer_restart_time).await,
+                    Report::Up { peer_id, peer_restart_time, peer_kept_forwarding } => {
+                        sp.established(i, peer_id, peer_restart_time, peer_kept_forwarding).await
+                    }
                     Report::Received(u) => sp.received(i, *u).await,
                     Report::Down { why, stale_for } => sp.down(i, why, stale_for).await,
                     Report::Refresh { afi, safi } => sp.refresh(i, afi, safi),

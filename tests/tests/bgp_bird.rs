@@ -74,3 +74,64 @@ protocol bgp tw {
         "BIRD did not install twill's prefix in its kernel table: {kernel_route:?}"
     );
 }
+
+/// Route refresh (RFC 2918) with BIRD: `birdc reload in` has BIRD ask twill for its routes
+/// again; twill sends them and BIRD counts them as received, the session staying up.
+#[test]
+fn bird_reload_in_gets_the_routes_again_through_route_refresh() {
+    if !root_or_skip("bird_reload_in_gets_the_routes_again_through_route_refresh") {
+        return;
+    }
+    use twill_tests::bgp::{bird_conf, output_of, peer, speaker_on_host_1};
+    let mut lan = Lan::new("brr", &[1, 2]).expect("namespaces");
+    let sock = lan
+        .start_bird(
+            2,
+            &bird_conf(
+                2,
+                "  local 192.0.2.2 as 64602;\n  neighbor 192.0.2.1 as 64601;\n  ipv4 { import all; export none; };\n",
+            ),
+        )
+        .expect("bird");
+    let cfg = speaker_on_host_1(64601, vec![peer(2, 64602)], &["10.244.1.0/24"]);
+    let (_, (before, after, proto)) = twill_tests::bgp::run_speaker(
+        &lan,
+        cfg,
+        |_| true,
+        move || {
+            let birdc =
+                |args: &[&str]| output_of(Command::new("birdc").arg("-s").arg(&sock).args(args));
+            // BIRD's count of UPDATEs received from twill that carried routes.
+            let received = || {
+                birdc(&["show", "protocols", "all", "to_twill"])
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Import updates:"))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while received() == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let before = received();
+            birdc(&["reload", "in", "to_twill"]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut after = received();
+            while after <= before && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                after = received();
+            }
+            (
+                before,
+                after,
+                birdc(&["show", "protocols", "all", "to_twill"]),
+            )
+        },
+    );
+    assert!(before >= 1, "BIRD never got our route:\n{proto}");
+    assert!(
+        after > before,
+        "no UPDATE answered the refresh ({before} → {after}):\n{proto}"
+    );
+    assert!(proto.contains("Established"), "{proto}");
+}

@@ -282,6 +282,24 @@ impl Drop for BirdGuard {
     }
 }
 
+/// Starts BIRD with `conf` in node namespace `i`, its files in `dir`; killed when the guard
+/// goes.
+fn start_tor(t: &Topology, i: usize, dir: &std::path::Path, conf: &str) -> BirdGuard {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.nodes[i].ns, "bird", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .expect("bird");
+    assert!(ok.success(), "bird did not start");
+    BirdGuard(dir.join("bird.pid"))
+}
+
 /// `birdc` on the ToR's control socket.
 fn birdc(dir: &std::path::Path, args: &[&str]) -> String {
     twill_tests::bgp::output_of(
@@ -363,19 +381,7 @@ fn agents_refuse_what_a_tor_announces_for_others_and_give_it_no_transit() {
             "protocol bgp node{n} {{ local 192.0.2.3 as 64600; neighbor 192.0.2.{n} as 6460{n}; ipv4 {{ import all; export all; next hop self; }}; }}\n"
         ));
     }
-    std::fs::write(dir.join("bird.conf"), conf).expect("conf");
-    let tor = t.nodes[2].ns.clone();
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "exec", &tor, "bird", "-c"])
-        .arg(dir.join("bird.conf"))
-        .arg("-s")
-        .arg(dir.join("bird.ctl"))
-        .arg("-P")
-        .arg(dir.join("bird.pid"))
-        .status()
-        .expect("bird");
-    assert!(ok.success(), "bird did not start");
-    let _bird = BirdGuard(dir.join("bird.pid"));
+    let _bird = start_tor(&t, 2, &dir, &conf);
 
     // Both sessions to the ToR up and every hostile prefix refused, by reason. Node 2 also
     // refuses node 1's subnet as BIRD passes it on (next hop BIRD); whether BIRD sends node 1
@@ -497,4 +503,81 @@ fn refused_from_tor(t: &Topology, i: usize) -> std::collections::BTreeMap<&'stat
         .into_iter()
         .filter_map(|why| tor["refused"][why].as_u64().map(|n| (why, n)))
         .collect()
+}
+
+/// Two ToRs in different ASes, each peering with both nodes (an AS each, mesh on) and each
+/// announcing a prefix that `--bgp-allow` lets the nodes take: both nodes install both, and
+/// neither ToR hears of the other's prefix through the nodes (no transit).
+#[test]
+fn two_tors_never_reach_each_other_through_the_nodes() {
+    if !root_or_skip("two_tors_never_reach_each_other_through_the_nodes") {
+        return;
+    }
+    // Node namespaces 1 and 2 run agents; 3 (AS 64600) and 4 (AS 64700) are ToRs.
+    let mut t =
+        Topology::new("b2tor", 4, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&[
+        "--backend",
+        "bgp",
+        "--bgp-asn",
+        "64512",
+        "--bgp-peer",
+        "192.0.2.3=64600",
+        "--bgp-peer",
+        "192.0.2.4=64700",
+        "--bgp-node-asn",
+        "node1=64601",
+        "--bgp-node-asn",
+        "node2=64602",
+        "--bgp-allow",
+        "192.168.0.0/16",
+    ])
+    .expect("controller");
+    let mut guards = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, asn) in [(2, 64600), (3, 64700)] {
+        let me = i + 1;
+        let mut conf = format!(
+            "router id 192.0.2.{me};\nprotocol device {{}}\nprotocol static outside {{ ipv4; route 192.168.{me}.0/24 blackhole; }}\n"
+        );
+        for n in [1, 2] {
+            conf.push_str(&format!(
+                "protocol bgp node{n} {{ local 192.0.2.{me} as {asn}; neighbor 192.0.2.{n} as 6460{n}; ipv4 {{ import all; export all; }}; }}\n"
+            ));
+        }
+        let dir = t.dir.join(format!("tor{me}"));
+        guards.push(start_tor(&t, i, &dir, &conf));
+        dirs.push(dir);
+    }
+    for i in 0..2 {
+        t.start_agent(i).expect("agent");
+    }
+    // Both nodes take both ToRs' prefixes (allowed outside the pod network).
+    for i in 0..2 {
+        wait_until(
+            "both ToRs' prefixes installed",
+            Duration::from_secs(60),
+            || {
+                let r = t.routes(i);
+                [
+                    "192.168.3.0/24 via 192.0.2.3 ",
+                    "192.168.4.0/24 via 192.0.2.4 ",
+                ]
+                .iter()
+                .all(|w| r.iter().any(|l| l.starts_with(w)))
+            },
+        );
+    }
+    // Give the nodes time to (wrongly) pass them on, then read what each ToR holds.
+    std::thread::sleep(Duration::from_secs(2));
+    for (dir, other) in [(&dirs[0], "192.168.4.0/24"), (&dirs[1], "192.168.3.0/24")] {
+        let routes = birdc(dir, &["show", "route"]);
+        assert!(
+            !bird_prefixes(&routes).contains(other),
+            "a ToR reached the other's {other} through the nodes:\n{routes}"
+        );
+        // The nodes' subnets are there: the sessions are up.
+        assert!(routes.contains("10.244."), "{routes}");
+    }
+    drop(guards);
 }

@@ -55,6 +55,11 @@ pub struct AgentArgs {
     /// back-off of 30 s, doubling up to 15 min; 0 for no limit
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     bgp_max_prefixes: u32,
+    /// With bgp: a range to announce to the outside peers from this node, such as the
+    /// service cluster IP range or load-balancer IPs (Calico's serviceClusterIPs); the routers
+    /// see it from every node that announces it; repeat for each
+    #[arg(long = "bgp-advertise", value_name = "CIDR")]
+    bgp_advertise: Vec<ipnet::Ipv4Net>,
 }
 
 /// The host's name as kubelet makes a node name of it: lower-cased (Kubernetes node names are
@@ -79,7 +84,10 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         metrics_addr: a.metrics_addr,
         resync: a.resync.max(Duration::from_millis(100)),
         ip_masq: a.ip_masq,
-        bgp_max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
+        bgp: twill_agent::bgp::Local {
+            max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
+            advertise: a.bgp_advertise.iter().map(|n| n.trunc()).collect(),
+        },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

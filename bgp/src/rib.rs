@@ -199,6 +199,25 @@ impl Rib {
         }
     }
 
+    /// Whether a path from `peer` has been through us already: our AS on an eBGP path, our
+    /// router id as ORIGINATOR_ID, our cluster in CLUSTER_LIST (RFC 4271 §9.1.2, RFC 4456 §8).
+    pub fn loop_check(&self, peer: PeerId, attrs: &Attributes) -> Result<(), Rejected> {
+        let ours = attrs
+            .as_path
+            .as_deref()
+            .is_some_and(|p| p.iter().any(|s| s.asns.contains(&self.local_as)));
+        if ours && !self.ibgp(peer) {
+            return Err(Rejected::OwnAsInPath);
+        }
+        if attrs.originator_id == Some(self.router_id) {
+            return Err(Rejected::OwnOriginatorId);
+        }
+        if self.is_reflector() && attrs.cluster_list.contains(&self.our_cluster()) {
+            return Err(Rejected::OwnClusterInList);
+        }
+        Ok(())
+    }
+
     /// Takes an announcement into the peer's Adj-RIB-In (or refuses it on a loop check) and
     /// reruns the decision for the prefix.
     pub fn announce(
@@ -208,22 +227,10 @@ impl Rib {
         next_hop: IpAddr,
         attrs: Arc<Attributes>,
     ) -> Result<Option<Change>, Rejected> {
-        let ours = attrs
-            .as_path
-            .as_deref()
-            .is_some_and(|p| p.iter().any(|s| s.asns.contains(&self.local_as)));
-        if ours && !self.ibgp(peer) {
+        if let Err(why) = self.loop_check(peer, &attrs) {
             // Treated as a withdrawal of whatever the peer had sent before.
             self.withdraw(peer, prefix);
-            return Err(Rejected::OwnAsInPath);
-        }
-        if attrs.originator_id == Some(self.router_id) {
-            self.withdraw(peer, prefix);
-            return Err(Rejected::OwnOriginatorId);
-        }
-        if self.is_reflector() && attrs.cluster_list.contains(&self.our_cluster()) {
-            self.withdraw(peer, prefix);
-            return Err(Rejected::OwnClusterInList);
+            return Err(why);
         }
         let new = self
             .adj_in

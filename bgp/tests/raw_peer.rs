@@ -197,6 +197,7 @@ fn start_cfg(
             max_prefixes: None,
         }],
         originate: vec![],
+        advertise: vec![],
         listen: Some(addr),
         import: Default::default(),
         graceful_restart: None,

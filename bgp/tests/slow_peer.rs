@@ -278,6 +278,7 @@ async fn a_peer_that_stops_reading_stalls_no_one_and_its_hold_timer_closes_it() 
             peer(I_ADDR, I_AS),
         ],
         originate: vec![],
+        advertise: vec![],
         listen: Some(addr),
         import: Default::default(),
         graceful_restart: None,

@@ -35,8 +35,8 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     pub resync: Duration,
     pub ip_masq: bool,
-    /// The prefix limit of each outside BGP peer; `None`: none.
-    pub bgp_max_prefixes: Option<u32>,
+    /// This node's own BGP choices (prefix limit, ranges to announce).
+    pub bgp: crate::bgp::Local,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +235,7 @@ impl Agent {
                         kernel: &self.kernel,
                         facts: &self.facts,
                         state_dir: &self.opts.state_dir,
-                        bgp_max_prefixes: self.opts.bgp_max_prefixes,
+                        bgp: &self.opts.bgp,
                     },
                 )
                 .await;

@@ -33,6 +33,17 @@ pub struct Plan {
     /// holder, outside it the explicitly allowed prefixes.
     pub import: Import,
     pub originate: Vec<IpNet>,
+    /// Announced to outside peers only: service and load-balancer ranges.
+    pub advertise: Vec<IpNet>,
+}
+
+/// This node's own BGP choices, from the agent's flags rather than the cluster's settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    /// The prefix limit of each outside peer; `None`: none.
+    pub max_prefixes: Option<u32>,
+    /// Ranges announced to outside peers (service cluster IPs, load-balancer IPs).
+    pub advertise: Vec<Ipv4Net>,
 }
 
 /// The sessions of node `me` among `nodes` (every lease, `me` included or not):
@@ -123,18 +134,21 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         peers,
         import,
         originate: vec![IpNet::V4(me.subnet)],
+        advertise: vec![],
     }
 }
 
 impl Plan {
-    /// Puts `limit` on the outside peers: the nodes' own sessions stay unlimited, a node
-    /// announcing one subnet and a reflector one per node.
-    pub fn with_max_prefixes(mut self, limit: Option<u32>) -> Plan {
+    /// Adds the node's own choices: the prefix limit goes on the outside peers (the nodes'
+    /// own sessions stay unlimited, a node announcing one subnet and a reflector one per
+    /// node), the ranges to announce to them.
+    pub fn with_local(mut self, local: &Local) -> Plan {
         for p in &mut self.peers {
             if p.export == Export::Own {
-                p.max_prefixes = limit;
+                p.max_prefixes = local.max_prefixes;
             }
         }
+        self.advertise = local.advertise.iter().copied().map(IpNet::V4).collect();
         self
     }
 }
@@ -183,6 +197,7 @@ impl Runner {
             local_address: IpAddr::V4(plan.router_id),
             peers: plan.peers.clone(),
             originate: plan.originate.clone(),
+            advertise: plan.advertise.clone(),
             listen: Some(listen),
             import: plan.import.clone(),
             graceful_restart: Some(speaker::RestartConfig {
@@ -195,7 +210,12 @@ impl Runner {
         let status: Status = Default::default();
         tokio::spawn(speaker::run(cfg, changes_tx, control_rx, status.clone()));
         let (learned_tx, learned) = watch::channel(Learned::new());
-        let own: BTreeSet<IpNet> = plan.originate.iter().copied().collect();
+        let own: BTreeSet<IpNet> = plan
+            .originate
+            .iter()
+            .chain(&plan.advertise)
+            .copied()
+            .collect();
         tokio::spawn(async move {
             while let Some(c) = changes.recv().await {
                 learned_tx.send_modify(|l| match c {
@@ -298,6 +318,12 @@ impl Runner {
         if p.peers != self.plan.peers {
             tracing::info!(peers = p.peers.len(), "BGP peers changed");
             let _ = self.control.send(Control::SetPeers(p.peers.clone())).await;
+        }
+        if p.advertise != self.plan.advertise {
+            let _ = self
+                .control
+                .send(Control::SetAdvertise(p.advertise.clone()))
+                .await;
         }
         if p.originate != self.plan.originate {
             let _ = self

@@ -431,6 +431,7 @@ pub fn speaker_on_host_1(asn: u32, peers: Vec<PeerConfig>, originate: &[&str]) -
         local_address: std::net::IpAddr::from([192, 0, 2, 1]),
         peers,
         originate: originate.iter().filter_map(|p| p.parse().ok()).collect(),
+        advertise: vec![],
         listen: None,
         import: Default::default(),
         graceful_restart: None,

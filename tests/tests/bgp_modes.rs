@@ -115,6 +115,7 @@ fn bird_connects_to_a_passive_twill_with_md5() {
         local_address: "192.0.2.1".parse().expect("addr"),
         peers: vec![p],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        advertise: vec![],
         listen: Some("192.0.2.1:179".parse().expect("addr")),
         import: Default::default(),
         graceful_restart: None,

@@ -59,6 +59,7 @@ protocol bgp to_twill {
         local_address: "192.0.2.1".parse().expect("addr"),
         peers: vec![client(2), client(3)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
+        advertise: vec![],
         listen: None,
         import: Default::default(),
         graceful_restart: None,

@@ -507,7 +507,9 @@ fn refused_from_tor(t: &Topology, i: usize) -> std::collections::BTreeMap<&'stat
 
 /// Two ToRs in different ASes, each peering with both nodes (an AS each, mesh on) and each
 /// announcing a prefix that `--bgp-allow` lets the nodes take: both nodes install both, and
-/// neither ToR hears of the other's prefix through the nodes (no transit).
+/// neither ToR hears of the other's prefix through the nodes (no transit). Both nodes announce
+/// the service range (`--bgp-advertise`): each ToR has it from both, the nodes not from each
+/// other.
 #[test]
 fn two_tors_never_reach_each_other_through_the_nodes() {
     if !root_or_skip("two_tors_never_reach_each_other_through_the_nodes") {
@@ -549,6 +551,7 @@ fn two_tors_never_reach_each_other_through_the_nodes() {
         guards.push(start_tor(&t, i, &dir, &conf));
         dirs.push(dir);
     }
+    t.agent_extra = vec!["--bgp-advertise".into(), "10.96.0.0/12".into()];
     for i in 0..2 {
         t.start_agent(i).expect("agent");
     }
@@ -578,6 +581,29 @@ fn two_tors_never_reach_each_other_through_the_nodes() {
         );
         // The nodes' subnets are there: the sessions are up.
         assert!(routes.contains("10.244."), "{routes}");
+        let service = birdc(dir, &["show", "route", "10.96.0.0/12"]);
+        assert!(
+            service.contains("[node1 ") && service.contains("[node2 "),
+            "the service range is not there from both nodes:\n{service}"
+        );
+    }
+    // The nodes did not send it to each other: nothing refused from the other node.
+    for (i, other) in [(0, "192.0.2.2"), (1, "192.0.2.1")] {
+        let from_other = || {
+            status_json(&t, i)
+                .into_iter()
+                .find(|r| r["peer"] == other)
+                .unwrap_or_default()
+        };
+        wait_until(
+            "nothing refused from the other node",
+            Duration::from_secs(10),
+            || {
+                let row = from_other();
+                row["state"] == "established"
+                    && row["refused"].as_object().is_none_or(|m| m.is_empty())
+            },
+        );
     }
     drop(guards);
 }

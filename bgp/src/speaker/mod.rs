@@ -60,6 +60,10 @@ pub struct SpeakerConfig {
     pub peers: Vec<PeerConfig>,
     /// Prefixes this node originates.
     pub originate: Vec<IpNet>,
+    /// Prefixes this node announces to outside peers only ([`Export::Own`]): service and
+    /// load-balancer ranges, which every node announces to the routers and none needs from
+    /// another node.
+    pub advertise: Vec<IpNet>,
     /// Where to accept sessions that peers open (normally port 179); without it the speaker
     /// only connects out, and passive peers never come up.
     pub listen: Option<SocketAddr>,
@@ -85,6 +89,8 @@ pub enum Control {
     SetPeers(Vec<PeerConfig>),
     /// The complete set of our own prefixes from now on.
     SetOriginate(Vec<IpNet>),
+    /// The complete set of our prefixes for outside peers only from now on.
+    SetAdvertise(Vec<IpNet>),
     /// New import rules: routes already taken that they refuse are withdrawn, and refused
     /// ones they now admit are taken.
     SetImport(Import),
@@ -272,6 +278,7 @@ struct Speaker {
     status: Status,
     listener: Option<Arc<TcpListener>>,
     originated: BTreeSet<IpNet>,
+    advertised: BTreeSet<IpNet>,
     stale_timer: mpsc::Sender<(PeerId, u64)>,
 }
 
@@ -507,13 +514,16 @@ impl Speaker {
         self.propagate(changed).await;
     }
 
-    async fn set_originate(&mut self, prefixes: Vec<IpNet>) {
-        let wanted: BTreeSet<IpNet> = prefixes.into_iter().collect();
+    /// Our own prefixes from now on: `originated` for every peer, `advertised` for outside
+    /// peers only.
+    async fn set_own(&mut self, originated: BTreeSet<IpNet>, advertised: BTreeSet<IpNet>) {
+        let before: BTreeSet<IpNet> = self.originated.union(&self.advertised).copied().collect();
+        let after: BTreeSet<IpNet> = originated.union(&advertised).copied().collect();
         let mut changed = Vec::new();
-        for p in self.originated.difference(&wanted) {
+        for p in before.difference(&after) {
             changed.extend(self.rib.withdraw(OWN, *p));
         }
-        for p in wanted.difference(&self.originated) {
+        for p in after.difference(&before) {
             if let Ok(c) = self
                 .rib
                 .announce(OWN, *p, self.cfg.local_address, own_attrs())
@@ -521,8 +531,33 @@ impl Speaker {
                 changed.extend(c);
             }
         }
-        self.originated = wanted;
+        // A prefix that stays ours but changes who may have it: sent again through the export
+        // rules, which announce or withdraw it per peer.
+        let moved: Vec<IpNet> = before
+            .intersection(&after)
+            .filter(|p| self.originated.contains(p) != originated.contains(p))
+            .copied()
+            .collect();
+        self.originated = originated;
+        self.advertised = advertised;
+        for p in moved {
+            if let Some(path) = self.rib.best(&p) {
+                changed.push(Change::Best(p, path.clone()));
+            }
+        }
         self.propagate(changed).await;
+    }
+
+    async fn set_originate(&mut self, prefixes: Vec<IpNet>) {
+        let advertised = self.advertised.clone();
+        self.set_own(prefixes.into_iter().collect(), advertised)
+            .await;
+    }
+
+    async fn set_advertise(&mut self, prefixes: Vec<IpNet>) {
+        let originated = self.originated.clone();
+        self.set_own(originated, prefixes.into_iter().collect())
+            .await;
     }
 
     /// Sends each change to every established peer the export rules allow, packed.
@@ -668,6 +703,9 @@ impl Speaker {
         if s.cfg.export == Export::Own && path.peer != OWN {
             return None;
         }
+        if path.peer == OWN && s.cfg.export != Export::Own && !self.originated.contains(prefix) {
+            return None; // for outside peers only
+        }
         self.rib
             .export(path, to, self.cfg.local_address)
             .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
@@ -748,6 +786,9 @@ impl Speaker {
             }
             changed.extend(self.rib.withdraw(i, p));
         }
+        // A path that has been through us already is a loop, not something to judge by the
+        // import rules: the RIB drops it (and what the peer sent for its prefixes before).
+        let looped = self.rib.loop_check(i, &u.attrs).is_err();
         if u.withdraw_reason.is_none() {
             let attrs = Arc::new(u.attrs.clone());
             let mut announced: Vec<(IpNet, IpAddr)> = Vec::new();
@@ -763,7 +804,12 @@ impl Speaker {
                 let Some(s) = self.sessions.get_mut(&i) else {
                     break;
                 };
-                if let Err(why) = self.cfg.import.check(&p, nh) {
+                let refused = if looped {
+                    Ok(())
+                } else {
+                    self.cfg.import.check(&p, nh)
+                };
+                if let Err(why) = refused {
                     tracing::debug!(peer = %s.cfg.peer.addr, prefix = %p, next_hop = %nh, %why, "announcement refused by the import rules");
                     s.held.insert(
                         p,
@@ -993,6 +1039,7 @@ pub async fn run(
     }
     let peers = cfg.peers.clone();
     let originate = cfg.originate.clone();
+    let advertise = cfg.advertise.clone();
     let mut sp = Speaker {
         cfg,
         rib,
@@ -1002,9 +1049,14 @@ pub async fn run(
         status,
         listener: None,
         originated: BTreeSet::new(),
+        advertised: BTreeSet::new(),
         stale_timer,
     };
-    sp.set_originate(originate).await;
+    sp.set_own(
+        originate.into_iter().collect(),
+        advertise.into_iter().collect(),
+    )
+    .await;
     sp.set_peers(peers).await;
 
     // Prefix counts for the status board take a pass over the RIB: once a second, not per
@@ -1033,6 +1085,7 @@ pub async fn run(
             c = control.recv() => match c {
                 Some(Control::SetPeers(p)) => sp.set_peers(p).await,
                 Some(Control::SetOriginate(p)) => sp.set_originate(p).await,
+                Some(Control::SetAdvertise(p)) => sp.set_advertise(p).await,
                 Some(Control::SetImport(import)) => {
                     let changed = sp.set_import(import);
                     sp.propagate(changed).await;

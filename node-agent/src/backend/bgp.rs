@@ -18,7 +18,7 @@ pub struct Bgp {
     runner: Runner,
     /// Routes found in the kernel at start, kept until the speaker has every peer's table.
     preserved: Learned,
-    max_prefixes: Option<u32>,
+    local: crate::bgp::Local,
 }
 
 impl Bgp {
@@ -28,7 +28,7 @@ impl Bgp {
         view: &View<'_>,
         s: Start<'_>,
     ) -> Bgp {
-        let p = plan(settings, network, view.own, view.peers).with_max_prefixes(s.bgp_max_prefixes);
+        let p = plan(settings, network, view.own, view.peers).with_local(s.bgp);
         let preserved: Learned = match s.kernel.observe().await {
             Ok(o) => o
                 .routes
@@ -57,7 +57,7 @@ impl Bgp {
         Bgp {
             runner,
             preserved,
-            max_prefixes: s.bgp_max_prefixes,
+            local: s.bgp.clone(),
         }
     }
 }
@@ -77,7 +77,7 @@ impl Dataplane for Bgp {
         let Config::Bgp { settings, network } = cfg else {
             return Box::pin(async {});
         };
-        let p = plan(settings, *network, view.own, view.peers).with_max_prefixes(self.max_prefixes);
+        let p = plan(settings, *network, view.own, view.peers).with_local(&self.local);
         Box::pin(async move {
             if self.runner.compatible(&p) {
                 self.runner.update(p).await;

@@ -93,7 +93,7 @@ pub struct Start<'a> {
     pub kernel: &'a Kernel,
     pub facts: &'a LocalFacts,
     pub state_dir: &'a Path,
-    pub bgp_max_prefixes: Option<u32>,
+    pub bgp: &'a crate::bgp::Local,
 }
 
 pub trait Dataplane: Send {

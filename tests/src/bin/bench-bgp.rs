@@ -47,6 +47,7 @@ fn twill_round(lan: &Lan, n: u32) -> Result<Duration> {
         local_address: "192.0.2.2".parse()?,
         peers: vec![peer(1, 64512)],
         originate: vec![],
+        advertise: vec![],
         listen: None,
         import: Default::default(),
         graceful_restart: None,

@@ -60,6 +60,11 @@ pub struct AgentArgs {
     /// see it from every node that announces it; repeat for each
     #[arg(long = "bgp-advertise", value_name = "CIDR")]
     bgp_advertise: Vec<ipnet::Ipv4Net>,
+    /// With bgp: a directly connected peer whose session uses GTSM (RFC 5082, BIRD's "ttl
+    /// security", FRR's "ttl-security hops 1"): sent with TTL 255, and packets from it with
+    /// less than 254 dropped; repeat for each
+    #[arg(long = "bgp-ttl-security", value_name = "ADDR")]
+    bgp_ttl_security: Vec<std::net::IpAddr>,
 }
 
 /// The host's name as kubelet makes a node name of it: lower-cased (Kubernetes node names are
@@ -87,6 +92,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         bgp: twill_agent::bgp::Local {
             max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
             advertise: a.bgp_advertise.iter().map(|n| n.trunc()).collect(),
+            gtsm: a.bgp_ttl_security,
         },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -97,6 +97,8 @@ pub struct Config {
     pub capabilities: Vec<Capability>,
     /// TCP-MD5 key for the session's connections (RFC 2385), applied by the driver.
     pub md5_password: Option<String>,
+    /// GTSM (RFC 5082) on the connection: the peer is one hop away.
+    pub gtsm: bool,
 }
 
 /// Hold times are at least this long once the OPENs are in (RFC 4271 §4.2).
@@ -418,6 +420,7 @@ mod tests {
             passive,
             capabilities: vec![Capability::RouteRefresh],
             md5_password: None,
+            gtsm: false,
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod attribute;
 pub mod driver;
 pub mod fsm;
+pub mod gtsm;
 pub mod md5;
 pub mod message;
 pub mod notification;

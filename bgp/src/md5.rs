@@ -63,12 +63,20 @@ pub fn set_key(fd: &impl AsRawFd, peer: IpAddr, key: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Connects to `peer`, signing the connection when a password is given.
-pub async fn connect(peer: SocketAddr, password: Option<&str>) -> io::Result<TcpStream> {
+/// Connects to `peer`, signing the connection when a password is given, with GTSM (RFC 5082)
+/// when `gtsm`.
+pub async fn connect(
+    peer: SocketAddr,
+    password: Option<&str>,
+    gtsm: bool,
+) -> io::Result<TcpStream> {
     let sock = match peer {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    if gtsm {
+        crate::gtsm::protect(&sock, peer.is_ipv6())?;
+    }
     if let Some(p) = password {
         set_key(&sock, peer.ip(), p.as_bytes())?;
     }

@@ -195,6 +195,7 @@ fn start_cfg(
             md5_password: None,
             export: Default::default(),
             max_prefixes: None,
+            gtsm: false,
         }],
         originate: vec![],
         advertise: vec![],

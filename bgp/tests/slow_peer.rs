@@ -234,6 +234,7 @@ fn peer(addr: Ipv4Addr, asn: u16) -> PeerConfig {
         md5_password: None,
         export: Default::default(),
         max_prefixes: None,
+        gtsm: false,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Local {
     pub max_prefixes: Option<u32>,
     /// Ranges announced to outside peers (service cluster IPs, load-balancer IPs).
     pub advertise: Vec<Ipv4Net>,
+    /// Peers one hop away whose sessions use GTSM (RFC 5082).
+    pub gtsm: Vec<IpAddr>,
 }
 
 /// The sessions of node `me` among `nodes` (every lease, `me` included or not):
@@ -83,6 +85,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             md5_password: None,
             export: Export::All,
             max_prefixes: None,
+            gtsm: false,
         });
     }
     for p in &b.peers {
@@ -111,6 +114,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             // No transit: an outside router hears of this node's subnet only.
             export: Export::Own,
             max_prefixes: None,
+            gtsm: false,
         });
     }
     peers.sort_by_key(|p| p.peer.addr);
@@ -147,6 +151,7 @@ impl Plan {
             if p.export == Export::Own {
                 p.max_prefixes = local.max_prefixes;
             }
+            p.gtsm = local.gtsm.contains(&p.peer.addr);
         }
         self.advertise = local.advertise.iter().copied().map(IpNet::V4).collect();
         self

@@ -84,6 +84,7 @@ fn exchange_inner<T: Send + 'static>(
                     Capability::RouteRefresh,
                 ],
                 md5_password,
+                gtsm: false,
             };
             let addr = format!("{peer}:179").parse()?;
             let session = tokio::spawn(driver::run(cfg, addr, None, rx, rtx));
@@ -313,6 +314,7 @@ pub fn peer(last: u8, asn: u32) -> PeerConfig {
         md5_password: None,
         export: Default::default(),
         max_prefixes: None,
+        gtsm: false,
     }
 }
 

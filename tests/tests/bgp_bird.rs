@@ -135,3 +135,62 @@ fn bird_reload_in_gets_the_routes_again_through_route_refresh() {
     );
     assert!(proto.contains("Established"), "{proto}");
 }
+
+/// GTSM (RFC 5082) with BIRD's `ttl security`: with it on our side too the session comes up;
+/// without it BIRD drops our packets (TTL 64), and with it on our side only we drop BIRD's
+/// (TTL 1 towards an eBGP neighbour).
+#[test]
+fn gtsm_with_bird_only_when_both_sides_have_it() {
+    if !root_or_skip("gtsm_with_bird_only_when_both_sides_have_it") {
+        return;
+    }
+    use twill_tests::bgp::{bird_conf, output_of, peer, speaker_on_host_1};
+    let mut up = Vec::new();
+    for (case, (ours, theirs)) in [(true, true), (false, true), (true, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut lan = Lan::new(&format!("gt{case}"), &[1, 2]).expect("namespaces");
+        let security = if theirs { "  ttl security yes;\n" } else { "" };
+        let sock = lan
+            .start_bird(
+                2,
+                &bird_conf(
+                    2,
+                    &format!("  local 192.0.2.2 as 64602;\n  neighbor 192.0.2.1 as 64601;\n  connect retry time 1;\n{security}  ipv4 {{ import all; export all; }};\n"),
+                ),
+            )
+            .expect("bird");
+        let mut p = peer(2, 64602);
+        p.gtsm = ours;
+        let cfg = speaker_on_host_1(64601, vec![p], &["10.244.1.0/24"]);
+        let (_, established) = twill_tests::bgp::run_speaker(
+            &lan,
+            cfg,
+            |_| true,
+            move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(8);
+                loop {
+                    let out = output_of(Command::new("birdc").arg("-s").arg(&sock).args([
+                        "show",
+                        "protocols",
+                        "to_twill",
+                    ]));
+                    if out.contains("Established") {
+                        return true;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            },
+        );
+        up.push(established);
+    }
+    assert_eq!(
+        up,
+        [true, false, false],
+        "sessions up for (both sides, BIRD only, twill only)"
+    );
+}

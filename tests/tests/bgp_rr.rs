@@ -51,6 +51,7 @@ protocol bgp to_twill {
         md5_password: None,
         export: Default::default(),
         max_prefixes: None,
+        gtsm: false,
     };
     let cfg = SpeakerConfig {
         local_as: 64512,

@@ -123,7 +123,7 @@ pub(crate) async fn run_with(
                     Action::Connect => {
                         match tokio::time::timeout(
                             Duration::from_secs(5),
-                            md5::connect(peer, s.cfg.md5_password.as_deref()),
+                            md5::connect(peer, s.cfg.md5_password.as_deref(), s.cfg.gtsm),
                         )
                         .await
                         {

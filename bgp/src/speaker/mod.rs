@@ -36,6 +36,8 @@ pub struct PeerConfig {
     /// The most prefixes the peer may announce (taken or refused): over it the session is
     /// closed with Cease/1 (RFC 4486) and tried again after a back-off; a warning at 75 %.
     pub max_prefixes: Option<u32>,
+    /// GTSM (RFC 5082): the peer is directly connected and must send with TTL 255.
+    pub gtsm: bool,
 }
 
 /// What a peer is sent.
@@ -319,6 +321,7 @@ impl Speaker {
             }))
             .collect(),
             md5_password: pc.md5_password.clone(),
+            gtsm: pc.gtsm,
         }
     }
 
@@ -1000,6 +1003,12 @@ impl Speaker {
         } else {
             s.cfg.peer.router_id > self.cfg.router_id
         };
+        if take && s.cfg.gtsm {
+            if let Err(e) = crate::gtsm::protect(&stream, from.is_ipv6()) {
+                tracing::warn!(peer = %from, error = %e, "cannot turn GTSM on for the peer's connection; closed");
+                return;
+            }
+        }
         if take {
             tracing::info!(peer = %from, "BGP session opened by the peer");
             self.start(i, Duration::ZERO, Some(stream));

@@ -194,3 +194,47 @@ fn gtsm_with_bird_only_when_both_sides_have_it() {
         "sessions up for (both sides, BIRD only, twill only)"
     );
 }
+
+/// Max-prefix (RFC 4486) against BIRD: BIRD announces 20 prefixes to a speaker that allows it
+/// 10; the session is closed with Cease/1, which BIRD reports by name.
+#[test]
+fn bird_over_the_prefix_limit_is_told_so_with_cease_1() {
+    if !root_or_skip("bird_over_the_prefix_limit_is_told_so_with_cease_1") {
+        return;
+    }
+    use twill_tests::bgp::{output_of, peer, speaker_on_host_1};
+    let mut lan = Lan::new("bmx", &[1, 2]).expect("namespaces");
+    let statics: String = (0..20)
+        .map(|i| format!("route 10.250.{i}.0/24 blackhole; "))
+        .collect();
+    let sock = lan
+        .start_bird(
+            2,
+            &format!(
+                "router id 192.0.2.2;\nprotocol device {{}}\nprotocol static many {{ ipv4; {statics}}}\nprotocol bgp to_twill {{\n  local 192.0.2.2 as 64602;\n  neighbor 192.0.2.1 as 64601;\n  ipv4 {{ import all; export all; }};\n}}\n"
+            ),
+        )
+        .expect("bird");
+    let mut p = peer(2, 64602);
+    p.max_prefixes = Some(10);
+    let cfg = speaker_on_host_1(64601, vec![p], &["10.244.1.0/24"]);
+    let (_, proto) = twill_tests::bgp::run_speaker(
+        &lan,
+        cfg,
+        |_| true,
+        move || {
+            twill_tests::bgp::poll_output("Maximum number of prefixes reached", || {
+                output_of(Command::new("birdc").arg("-s").arg(&sock).args([
+                    "show",
+                    "protocols",
+                    "all",
+                    "to_twill",
+                ]))
+            })
+        },
+    );
+    assert!(
+        proto.contains("Maximum number of prefixes reached"),
+        "BIRD was not told of the limit:\n{proto}"
+    );
+}

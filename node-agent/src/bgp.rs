@@ -158,6 +158,17 @@ impl Plan {
     }
 }
 
+/// The routes to install while a restarted agent's speaker catches up (RFC 4724 §4.1): the
+/// kernel keeps what the earlier run left, unchanged, until every peer has resent its table,
+/// and then takes the speaker's choice in one step; a partial table never reaches it.
+pub fn restart_routes(learned: &Learned, preserved: &Learned, converged: bool) -> Learned {
+    if converged || preserved.is_empty() {
+        learned.clone()
+    } else {
+        preserved.clone()
+    }
+}
+
 /// Every reflector must use the same CLUSTER_ID, and it must not change while leases come and
 /// go (a change restarts the speaker): one derived from the reflectors' names (FNV-1a).
 fn default_cluster_id(reflectors: &[String]) -> Ipv4Addr {
@@ -276,7 +287,8 @@ impl Runner {
         self.status_file.clone()
     }
 
-    /// Every peer has sent its whole table (End-of-RIB) since this speaker started, or the
+    /// Every peer has sent its whole table since this speaker started (End-of-RIB, or, for a
+    /// peer without graceful restart, which need not send one, its session is up), or the
     /// restart time is over: routes from before a restart can go.
     pub fn converged(&self) -> bool {
         if self.started.elapsed() > RESTART_TIME {
@@ -284,10 +296,12 @@ impl Runner {
         }
         // Peers the speaker has not put on the board yet count as not done.
         let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        self.plan
-            .peers
-            .iter()
-            .all(|p| board.peers.get(&p.peer.addr).is_some_and(|s| s.end_of_rib))
+        self.plan.peers.iter().all(|p| {
+            board
+                .peers
+                .get(&p.peer.addr)
+                .is_some_and(|s| s.end_of_rib || (s.established && !s.graceful_restart))
+        })
     }
 
     /// Whether the speaker runs and accepts sessions: a node whose peers cannot reach it is
@@ -405,6 +419,23 @@ mod tests {
 
     fn addrs(p: &Plan) -> Vec<String> {
         p.peers.iter().map(|p| p.peer.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn after_a_restart_the_kernel_keeps_the_old_routes_until_every_peer_is_done() {
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let preserved: Learned = [(net("10.244.2.0/24"), ip("192.0.2.2"))].into();
+        // One peer is back with a new next hop, another subnet is new: neither yet.
+        let learned: Learned = [
+            (net("10.244.2.0/24"), ip("192.0.2.9")),
+            (net("10.244.3.0/24"), ip("192.0.2.3")),
+        ]
+        .into();
+        assert_eq!(restart_routes(&learned, &preserved, false), preserved);
+        assert_eq!(restart_routes(&learned, &preserved, true), learned);
+        // Nothing kept from before (a first start): what is learned goes in at once.
+        assert_eq!(restart_routes(&learned, &Learned::new(), false), learned);
     }
 
     #[test]

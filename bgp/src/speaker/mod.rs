@@ -118,6 +118,8 @@ pub struct PeerStatus {
     pub end_of_rib: bool,
     /// The peer's routes are kept, stale, while it restarts.
     pub stale: bool,
+    /// The peer offered graceful restart in its OPEN, so it sends End-of-RIB.
+    pub graceful_restart: bool,
     /// Prefixes the peer announces that the import rules refuse, by reason.
     pub refused: BTreeMap<Refusal, usize>,
 }
@@ -381,6 +383,7 @@ impl Speaker {
                 last_error: None,
                 end_of_rib: false,
                 stale: false,
+                graceful_restart: false,
                 refused: BTreeMap::new(),
             });
         f(st);
@@ -683,6 +686,7 @@ impl Speaker {
             st.since = SystemTime::now();
             st.last_error = None;
             st.end_of_rib = false;
+            st.graceful_restart = restart.is_some();
         });
         // A peer back from a restart that did not keep forwarding has no use for the routes
         // kept for it: they go now, not at its End-of-RIB (RFC 4724 §4.2).

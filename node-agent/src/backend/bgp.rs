@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use twill_proto::settings::BgpSettings;
 
 use super::{Config, Dataplane, Start, View};
-use crate::bgp::{plan, status_path, Learned, Runner};
+use crate::bgp::{plan, restart_routes, status_path, Learned, Runner};
 use crate::desired;
 
 pub struct Bgp {
@@ -96,18 +96,15 @@ impl Dataplane for Bgp {
     }
 
     fn recipe(&mut self) -> desired::Backend {
-        let mut routes = self.runner.learned.borrow().clone();
-        if !self.preserved.is_empty() {
-            if self.runner.converged() {
-                tracing::info!(
-                    "every BGP peer resent its table; routes from before the restart released"
-                );
-                self.preserved.clear();
-            } else {
-                for (dst, via) in &self.preserved {
-                    routes.entry(*dst).or_insert(*via);
-                }
-            }
+        let learned = self.runner.learned.borrow().clone();
+        let converged = self.preserved.is_empty() || self.runner.converged();
+        let routes = restart_routes(&learned, &self.preserved, converged);
+        if converged && !self.preserved.is_empty() {
+            tracing::info!(
+                routes = learned.len(),
+                "every BGP peer resent its table; the speaker's routes replace those from before the restart"
+            );
+            self.preserved.clear();
         }
         desired::Backend::Bgp { routes }
     }

@@ -35,6 +35,9 @@ pub struct Path {
 pub enum Change {
     Best(IpNet, Path),
     Gone(IpNet),
+    /// For the kernel only: the next hops of the paths as good as the best (ECMP), after the
+    /// `Best` it follows; one next hop once the others are gone.
+    NextHops(IpNet, Vec<IpAddr>),
 }
 
 /// Why an announcement was not taken.
@@ -52,6 +55,10 @@ pub struct Rib {
     pub cluster_id: Option<Ipv4Addr>,
     pub peers: Vec<Peer>,
     adj_in: BTreeMap<IpNet, BTreeMap<PeerId, Path>>,
+    /// Prefixes with two or more equal paths: their next hops.
+    multi: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// [`Change::NextHops`] not yet taken ([`Rib::take_next_hops`]).
+    next_hops: Vec<Change>,
     /// Prefixes in each peer's Adj-RIB-In, kept as they change (a limit is checked per UPDATE).
     counts: BTreeMap<PeerId, usize>,
     loc: BTreeMap<IpNet, Path>,
@@ -84,6 +91,8 @@ impl Rib {
             cluster_id,
             peers,
             adj_in: BTreeMap::new(),
+            multi: BTreeMap::new(),
+            next_hops: Vec::new(),
             counts: BTreeMap::new(),
             loc: BTreeMap::new(),
         }
@@ -142,6 +151,34 @@ impl Rib {
         self.loc.iter()
     }
 
+    /// Equal for multipath: the decision process up to, not including, the tie-breaks
+    /// (LOCAL_PREF, AS_PATH length, ORIGIN, MED, eBGP over iBGP); the AS numbers on the paths
+    /// may differ, so two ToRs in different ASes count (BIRD's merge paths, FRR's
+    /// multipath-relax).
+    fn equal_cost(&self, a: &Path, b: &Path) -> bool {
+        let (x, y) = (&a.attrs, &b.attrs);
+        let lp = |p: &Path| {
+            if self.ibgp(p.peer) {
+                p.attrs.local_pref.unwrap_or(100)
+            } else {
+                100
+            }
+        };
+        let len = |at: &Attributes| at.as_path.as_deref().map(path_len).unwrap_or(0);
+        let med_equal =
+            neighbour_as(x) != neighbour_as(y) || x.med.unwrap_or(0) == y.med.unwrap_or(0);
+        lp(a) == lp(b)
+            && len(x) == len(y)
+            && x.origin == y.origin
+            && med_equal
+            && self.ibgp(a.peer) == self.ibgp(b.peer)
+    }
+
+    /// The [`Change::NextHops`] since the last call, oldest first.
+    pub fn take_next_hops(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.next_hops)
+    }
+
     /// RFC 4271 §9.1.2.2 plus RFC 4456 §9: is `a` preferred over `b`?
     fn compare(&self, a: &Path, b: &Path) -> Ordering {
         let (x, y) = (&a.attrs, &b.attrs);
@@ -185,6 +222,25 @@ impl Rib {
     fn reselect(&mut self, prefix: IpNet) -> Option<Change> {
         let candidates = self.adj_in.get(&prefix);
         let best = candidates.and_then(|c| c.values().min_by(|a, b| self.compare(a, b)).cloned());
+        let mut equal: Vec<IpAddr> = match (&best, candidates) {
+            (Some(b), Some(c)) => c
+                .values()
+                .filter(|p| self.equal_cost(p, b))
+                .map(|p| p.next_hop)
+                .collect(),
+            _ => Vec::new(),
+        };
+        equal.sort();
+        equal.dedup();
+        let best_moved = best.as_ref() != self.loc.get(&prefix);
+        if equal.len() >= 2 {
+            if best_moved || self.multi.get(&prefix) != Some(&equal) {
+                self.next_hops.push(Change::NextHops(prefix, equal.clone()));
+            }
+            self.multi.insert(prefix, equal);
+        } else if self.multi.remove(&prefix).is_some() && best.is_some() {
+            self.next_hops.push(Change::NextHops(prefix, equal));
+        }
         match (best, self.loc.get(&prefix)) {
             (Some(b), Some(cur)) if b == *cur => None,
             (Some(b), _) => {
@@ -385,6 +441,52 @@ mod tests {
 
     fn rib(peers: Vec<Peer>) -> Rib {
         Rib::new(64512, "192.0.2.100".parse().unwrap(), None, peers)
+    }
+
+    #[test]
+    fn equal_paths_from_two_tors_give_two_next_hops_and_one_when_a_tor_goes() {
+        // Two ToRs in different ASes, a third path one AS longer.
+        let mut r = rib(vec![
+            peer(3, 64600, false),
+            peer(4, 64700, false),
+            peer(5, 64800, false),
+        ]);
+        let x = p("192.168.9.0/24");
+        r.announce(0, x, nh(3), attrs(&[64600], |_| {})).unwrap();
+        assert_eq!(
+            r.take_next_hops(),
+            vec![],
+            "one path: nothing more than Best"
+        );
+        r.announce(1, x, nh(4), attrs(&[64700], |_| {})).unwrap();
+        r.announce(2, x, nh(5), attrs(&[64800, 64801], |_| {}))
+            .unwrap();
+        assert_eq!(
+            r.take_next_hops(),
+            vec![Change::NextHops(x, vec![nh(3), nh(4)])],
+            "the longer path is not equal"
+        );
+        // The best's ToR goes: the other is best, alone.
+        assert!(matches!(r.withdraw(0, x), Some(Change::Best(_, b)) if b.next_hop == nh(4)));
+        assert_eq!(r.take_next_hops(), vec![Change::NextHops(x, vec![nh(4)])]);
+        // A MED from the same neighbouring AS breaks the tie; from another AS it does not.
+        let y = p("192.168.10.0/24");
+        r.announce(0, y, nh(3), attrs(&[64600], |a| a.med = Some(5)))
+            .unwrap();
+        r.announce(1, y, nh(4), attrs(&[64700], |a| a.med = Some(50)))
+            .unwrap();
+        assert_eq!(
+            r.take_next_hops(),
+            vec![Change::NextHops(y, vec![nh(3), nh(4)])]
+        );
+        r.announce(1, y, nh(4), attrs(&[64600], |a| a.med = Some(50)))
+            .unwrap();
+        assert_eq!(r.take_next_hops(), vec![Change::NextHops(y, vec![nh(3)])]);
+        assert_eq!(
+            r.withdraw(0, y).map(|c| matches!(c, Change::Best(..))),
+            Some(true)
+        );
+        assert_eq!(r.take_next_hops(), vec![]);
     }
 
     /// Regression: our own prefixes counted as iBGP-learned, so a plain iBGP peer never got

@@ -604,6 +604,7 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_1_and_held_off() {
                 gone.insert(p);
             }
             Change::Best(p, _) => assert_eq!(p, prefix(10), "only the 11th is new"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     // Back-off: a new connection is closed before any OPEN.

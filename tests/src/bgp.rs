@@ -338,7 +338,7 @@ pub fn run_speaker<T: Send + 'static>(
                     tokio::time::timeout(Duration::from_millis(200), changes.recv()).await
                 {
                     let p = match &c {
-                        Change::Best(p, _) | Change::Gone(p) => *p,
+                        Change::Best(p, _) | Change::Gone(p) | Change::NextHops(p, _) => *p,
                     };
                     seen.push((p, c));
                 }

@@ -567,7 +567,9 @@ impl Speaker {
     }
 
     /// Sends each change to every established peer the export rules allow, packed.
-    async fn propagate(&mut self, changed: Vec<Change>) {
+    async fn propagate(&mut self, mut changed: Vec<Change>) {
+        // Equal-cost next hops follow the best paths they go with.
+        changed.extend(self.rib.take_next_hops());
         if changed.is_empty() {
             return;
         }
@@ -588,6 +590,8 @@ impl Speaker {
                 let (prefix, path) = match c {
                     Change::Best(p, path) => (*p, Some(path)),
                     Change::Gone(p) => (*p, None),
+                    // Peers are sent the best path only.
+                    Change::NextHops(..) => continue,
                 };
                 let export = path.and_then(|path| self.export(&prefix, path, to));
                 let Some(s) = self.sessions.get_mut(&to) else {

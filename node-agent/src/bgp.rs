@@ -182,8 +182,8 @@ fn default_cluster_id(reflectors: &[String]) -> Ipv4Addr {
     Ipv4Addr::from(h)
 }
 
-/// IPv4 routes the speaker has chosen, prefix → next hop.
-pub type Learned = BTreeMap<Ipv4Net, Ipv4Addr>;
+/// IPv4 routes the speaker has chosen, prefix → next hops (sorted; more than one is ECMP).
+pub type Learned = BTreeMap<Ipv4Net, Vec<Ipv4Addr>>;
 
 /// A running speaker and what it has learned.
 pub struct Runner {
@@ -238,11 +238,25 @@ impl Runner {
                     Change::Best(IpNet::V4(p), path) if !own.contains(&IpNet::V4(p)) => {
                         match path.next_hop {
                             IpAddr::V4(nh) => {
-                                l.insert(p, nh);
+                                l.insert(p, vec![nh]);
                             }
                             IpAddr::V6(_) => {
                                 l.remove(&p);
                             }
+                        }
+                    }
+                    // Equal paths after the best: the route goes over all of them.
+                    Change::NextHops(IpNet::V4(p), hops) if l.contains_key(&p) => {
+                        let mut v4: Vec<Ipv4Addr> = hops
+                            .iter()
+                            .filter_map(|h| match h {
+                                IpAddr::V4(a) => Some(*a),
+                                IpAddr::V6(_) => None,
+                            })
+                            .collect();
+                        v4.sort();
+                        if !v4.is_empty() {
+                            l.insert(p, v4);
                         }
                     }
                     Change::Gone(IpNet::V4(p)) => {
@@ -425,11 +439,11 @@ mod tests {
     fn after_a_restart_the_kernel_keeps_the_old_routes_until_every_peer_is_done() {
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        let preserved: Learned = [(net("10.244.2.0/24"), ip("192.0.2.2"))].into();
+        let preserved: Learned = [(net("10.244.2.0/24"), vec![ip("192.0.2.2")])].into();
         // One peer is back with a new next hop, another subnet is new: neither yet.
         let learned: Learned = [
-            (net("10.244.2.0/24"), ip("192.0.2.9")),
-            (net("10.244.3.0/24"), ip("192.0.2.3")),
+            (net("10.244.2.0/24"), vec![ip("192.0.2.9")]),
+            (net("10.244.3.0/24"), vec![ip("192.0.2.3"), ip("192.0.2.4")]),
         ]
         .into();
         assert_eq!(restart_routes(&learned, &preserved, false), preserved);

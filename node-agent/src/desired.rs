@@ -23,7 +23,8 @@ pub enum Backend {
     HostGw,
     /// Routes the BGP speaker chose, prefix → next hop; our own subnet is never among them.
     Bgp {
-        routes: std::collections::BTreeMap<Ipv4Net, Ipv4Addr>,
+        /// Each prefix's next hops, sorted: more than one is an ECMP route.
+        routes: std::collections::BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
     },
 }
 
@@ -90,6 +91,8 @@ pub struct Route {
     pub dev: String,
     /// The gateway is not on a connected prefix of `dev` (VXLAN routes via `<subnet>.0`).
     pub onlink: bool,
+    /// Further gateways, in order: the route is multipath over `via` and these (ECMP).
+    pub also: Vec<Ipv4Addr>,
 }
 
 /// Why a peer gets no entries.
@@ -135,6 +138,7 @@ pub fn compute(input: &Input) -> Desired {
                         via: p.public_ip,
                         dev: facts.iface.clone(),
                         onlink: false,
+                        also: vec![],
                     });
                 } else {
                     d.refused.insert(Refusal::NotOnSegment {
@@ -145,22 +149,31 @@ pub fn compute(input: &Input) -> Desired {
             }
         }
         Backend::Bgp { routes } => {
-            for (dst, via) in routes {
+            for (dst, hops) in routes {
                 if dst.contains(&input.own.subnet.network()) || input.own.subnet.contains(dst) {
                     continue;
                 }
-                if on_segment(facts, *via) {
-                    d.routes.insert(Route {
-                        dst: *dst,
-                        via: *via,
-                        dev: facts.iface.clone(),
-                        onlink: false,
-                    });
-                } else {
-                    d.refused.insert(Refusal::NotOnSegment {
-                        node: dst.to_string(),
-                        public_ip: *via,
-                    });
+                // Next hops off the segment are left out; a prefix with none left is refused.
+                let (near, far): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) =
+                    hops.iter().partition(|via| on_segment(facts, **via));
+                match near.split_first() {
+                    Some((via, also)) => {
+                        d.routes.insert(Route {
+                            dst: *dst,
+                            via: *via,
+                            dev: facts.iface.clone(),
+                            onlink: false,
+                            also: also.to_vec(),
+                        });
+                    }
+                    None => {
+                        if let Some(via) = far.first() {
+                            d.refused.insert(Refusal::NotOnSegment {
+                                node: dst.to_string(),
+                                public_ip: *via,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -190,6 +203,7 @@ pub fn compute(input: &Input) -> Desired {
                         via: p.public_ip,
                         dev: facts.iface.clone(),
                         onlink: false,
+                        also: vec![],
                     });
                     continue;
                 }
@@ -215,6 +229,7 @@ pub fn compute(input: &Input) -> Desired {
                     via: gw,
                     dev: name.clone(),
                     onlink: true,
+                    also: vec![],
                 });
             }
         }
@@ -236,7 +251,7 @@ mod tests {
                 ("10.244.7.0/24", "198.51.100.7"),
             ]
             .iter()
-            .map(|(p, v)| (p.parse().unwrap(), v.parse().unwrap()))
+            .map(|(p, v)| (p.parse().unwrap(), vec![v.parse().unwrap()]))
             .collect(),
         };
         let d = compute(&i);
@@ -248,6 +263,30 @@ mod tests {
         assert_eq!(routes, ["10.244.2.0/24 via 192.0.2.2 dev eth0"]);
         assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
         assert!(d.vxlan.is_none() && d.neighbours.is_empty() && d.fdb.is_empty());
+    }
+
+    #[test]
+    fn equal_bgp_next_hops_make_one_multipath_route_over_those_on_the_segment() {
+        let mut i = input(Backend::HostGw);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        i.backend = Backend::Bgp {
+            routes: [(
+                "192.168.9.0/24".parse().unwrap(),
+                vec![ip("192.0.2.3"), ip("192.0.2.4"), ip("198.51.100.7")],
+            )]
+            .into(),
+        };
+        let d = compute(&i);
+        let r: Vec<&Route> = d.routes.iter().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].via, r[0].also.clone()),
+            (ip("192.0.2.3"), vec![ip("192.0.2.4")])
+        );
+        assert!(
+            d.refused.is_empty(),
+            "one next hop off the segment is left out, not the route"
+        );
     }
 
     fn lease(node: &str, subnet: &str, ip: &str, mac: Option<&str>) -> NodeLease {
@@ -288,6 +327,7 @@ mod tests {
             via: via.parse().unwrap(),
             dev: dev.into(),
             onlink,
+            also: vec![],
         }
     }
 

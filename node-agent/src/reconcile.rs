@@ -16,7 +16,8 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteNextHopFlags, RouteProtocol,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -400,21 +401,39 @@ impl Kernel {
             let mut dst = None;
             let mut via = None;
             let mut dev = None;
+            let mut onlink = r.header.flags.contains(RouteFlags::Onlink);
+            // An ECMP route carries its gateways (and their devices) in RTA_MULTIPATH.
+            let mut hops: Vec<Ipv4Addr> = Vec::new();
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
                     RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
                     RouteAttribute::Oif(ix) => dev = names.get(ix).cloned(),
+                    RouteAttribute::MultiPath(nhs) => {
+                        for nh in nhs {
+                            dev = dev.or_else(|| names.get(&nh.interface_index).cloned());
+                            onlink |= nh.flags.contains(RouteNextHopFlags::Onlink);
+                            for na in &nh.attributes {
+                                if let RouteAttribute::Gateway(RouteAddress::Inet(ip)) = na {
+                                    hops.push(*ip);
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
-            if let (Some(dst), Some(via), Some(dev)) = (dst, via, dev) {
+            hops.extend(via);
+            hops.sort();
+            hops.dedup();
+            if let (Some(dst), Some((via, also)), Some(dev)) = (dst, hops.split_first(), dev) {
                 if let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
                     o.routes.insert(Route {
                         dst,
-                        via,
+                        via: *via,
                         dev,
-                        onlink: r.header.flags.contains(RouteFlags::Onlink),
+                        onlink,
+                        also: also.to_vec(),
                     });
                 }
             }
@@ -540,11 +559,27 @@ impl Kernel {
                 let ix = self.index_of(&r.dev).await?;
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(r.dst.network(), r.dst.prefix_len())
-                    .gateway(r.via)
-                    .output_interface(ix)
                     .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                if r.onlink {
-                    b = b.onlink();
+                if r.also.is_empty() {
+                    b = b.gateway(r.via).output_interface(ix);
+                    if r.onlink {
+                        b = b.onlink();
+                    }
+                } else {
+                    let hops = std::iter::once(r.via)
+                        .chain(r.also.iter().copied())
+                        .map(|gw| {
+                            let mut nh = RouteNextHop::default();
+                            nh.interface_index = ix;
+                            if r.onlink {
+                                nh.flags = RouteNextHopFlags::Onlink;
+                            }
+                            nh.attributes
+                                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+                            nh
+                        })
+                        .collect();
+                    b = b.multipath(hops);
                 }
                 h.route().add(b.build()).replace().execute().await?;
             }
@@ -607,6 +642,7 @@ mod tests {
                 via: gw,
                 dev: "twill.1".into(),
                 onlink: true,
+                also: vec![],
             },
         )
     }
@@ -701,6 +737,7 @@ mod tests {
             via: "192.0.2.2".parse().unwrap(),
             dev: "eth0".into(),
             onlink: false,
+            also: vec![],
         };
         d.routes.insert(hostgw.clone());
         let o = as_observed(&desired(&[2]));

@@ -264,3 +264,49 @@ fn host_gw_programs_routes_via_the_peer_and_pings() {
         "ping after switching to vxlan failed"
     );
 }
+
+/// ECMP: a BGP route with two equal next hops becomes one multipath route in the kernel, reads
+/// back as the same route (nothing left to do), shrinks to one next hop when one goes, and
+/// pods still reach the peer over it.
+#[test]
+fn bgp_next_hops_become_one_multipath_route() {
+    if !root_or_skip("bgp_next_hops_become_one_multipath_route") {
+        return;
+    }
+    let p = Pair::new("ec");
+    let ip4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    // 192.0.2.3 is on the segment but answers nothing: the kernel takes it as a gateway.
+    let two = Backend::Bgp {
+        routes: [(
+            "10.244.2.0/24".parse().unwrap(),
+            vec![ip4("192.0.2.2"), ip4("192.0.2.3")],
+        )]
+        .into(),
+    };
+    let d = desired_for("a", &two);
+    assert!(!reconcile(&p.a, &d).is_empty());
+    let shown = ip_out(&["-n", &p.a, "route", "show", "proto", "151"]);
+    assert!(
+        shown.contains("nexthop via 192.0.2.2 dev eth0")
+            && shown.contains("nexthop via 192.0.2.3 dev eth0"),
+        "not a multipath route:\n{shown}"
+    );
+    assert_eq!(
+        reconcile(&p.a, &d),
+        vec![],
+        "a multipath route read back differs"
+    );
+    let one = Backend::Bgp {
+        routes: [("10.244.2.0/24".parse().unwrap(), vec![ip4("192.0.2.2")])].into(),
+    };
+    reconcile(&p.a, &desired_for("a", &one));
+    reconcile(&p.b, &desired_for("b", &Backend::HostGw));
+    assert_eq!(
+        ip_out(&["-n", &p.a, "route", "show", "proto", "151"]).trim(),
+        "10.244.2.0/24 via 192.0.2.2 dev eth0"
+    );
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "ping over the route failed"
+    );
+}

@@ -34,7 +34,10 @@ impl Bgp {
                 .routes
                 .iter()
                 .filter(|r| r.dev == s.facts.iface && !r.onlink)
-                .map(|r| (r.dst, r.via))
+                .map(|r| {
+                    let hops = std::iter::once(r.via).chain(r.also.iter().copied());
+                    (r.dst, hops.collect())
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the kernel's routes; none kept over the restart");

@@ -509,10 +509,12 @@ fn refused_from_tor(t: &Topology, i: usize) -> std::collections::BTreeMap<&'stat
 /// announcing a prefix that `--bgp-allow` lets the nodes take: both nodes install both, and
 /// neither ToR hears of the other's prefix through the nodes (no transit). Both nodes announce
 /// the service range (`--bgp-advertise`): each ToR has it from both, the nodes not from each
-/// other.
+/// other. Both ToRs announce 192.168.9.0/24 too (each holding 192.168.9.1): the nodes install
+/// one ECMP route over both, and when one ToR goes away (BIRD killed, link down) pings to
+/// 192.168.9.1 go on through the other.
 #[test]
-fn two_tors_never_reach_each_other_through_the_nodes() {
-    if !root_or_skip("two_tors_never_reach_each_other_through_the_nodes") {
+fn two_tors_no_transit_ecmp_and_failover() {
+    if !root_or_skip("two_tors_no_transit_ecmp_and_failover") {
         return;
     }
     // Node namespaces 1 and 2 run agents; 3 (AS 64600) and 4 (AS 64700) are ToRs.
@@ -540,7 +542,7 @@ fn two_tors_never_reach_each_other_through_the_nodes() {
     for (i, asn) in [(2, 64600), (3, 64700)] {
         let me = i + 1;
         let mut conf = format!(
-            "router id 192.0.2.{me};\nprotocol device {{}}\nprotocol static outside {{ ipv4; route 192.168.{me}.0/24 blackhole; }}\n"
+            "router id 192.0.2.{me};\nprotocol device {{}}\nprotocol static outside {{ ipv4; route 192.168.{me}.0/24 blackhole; route 192.168.9.0/24 blackhole; }}\n"
         );
         for n in [1, 2] {
             conf.push_str(&format!(
@@ -548,6 +550,16 @@ fn two_tors_never_reach_each_other_through_the_nodes() {
             ));
         }
         let dir = t.dir.join(format!("tor{me}"));
+        twill_tests::netns::ip(&[
+            "-n",
+            &t.nodes[i].ns,
+            "addr",
+            "add",
+            "192.168.9.1/32",
+            "dev",
+            "lo",
+        ])
+        .expect("the anycast address");
         guards.push(start_tor(&t, i, &dir, &conf));
         dirs.push(dir);
     }
@@ -605,5 +617,69 @@ fn two_tors_never_reach_each_other_through_the_nodes() {
             },
         );
     }
+    // ECMP: one route over both ToRs on each node.
+    for i in 0..2 {
+        wait_until(
+            "an ECMP route over both ToRs",
+            Duration::from_secs(30),
+            || {
+                let r = twill_tests::netns::ip_out(&[
+                    "-n",
+                    &t.nodes[i].ns,
+                    "route",
+                    "show",
+                    "192.168.9.0/24",
+                ]);
+                r.contains("nexthop via 192.0.2.3") && r.contains("nexthop via 192.0.2.4")
+            },
+        );
+    }
+    // One ToR goes while node 1 pings the address both hold, 20 a second for 4 s.
+    let ns1 = t.nodes[0].ns.clone();
+    let ping = std::thread::spawn(move || {
+        twill_tests::bgp::output_of(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns1,
+            "ping",
+            "-c",
+            "80",
+            "-i",
+            "0.05",
+            "-W",
+            "1",
+            "-I",
+            "192.0.2.1",
+            "192.168.9.1",
+        ]))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let gone = guards.remove(0);
+    drop(gone);
+    twill_tests::netns::ip(&["-n", &t.nodes[2].ns, "link", "set", "eth0", "down"])
+        .expect("link down");
+    let out = ping.join().expect("ping");
+    let received: u32 = out
+        .split(", ")
+        .find_map(|w| w.strip_suffix(" received"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!("ECMP failover: {received} of 80 pings answered");
+    wait_until(
+        "the route left over the remaining ToR",
+        Duration::from_secs(10),
+        || {
+            twill_tests::netns::ip_out(&["-n", &t.nodes[0].ns, "route", "show", "192.168.9.0/24"])
+                .trim()
+                .starts_with("192.168.9.0/24 via 192.0.2.4 dev eth0")
+        },
+    );
+    // The session to the killed BIRD closes at once, so the withdrawal is quick; a few pings
+    // hashed to the ToR that went may be lost meanwhile, not the stream.
+    assert!(received >= 60, "pings lost over the failover:\n{out}");
+    assert!(
+        t.ping(0, "192.0.2.1", "192.168.9.1"),
+        "no answer through the remaining ToR"
+    );
     drop(guards);
 }

@@ -683,3 +683,96 @@ fn two_tors_no_transit_ecmp_and_failover() {
     );
     drop(guards);
 }
+
+/// Graceful restart with BIRD as the helper: an agent SIGKILLed and started again leaves its
+/// subnet in BIRD's table throughout (stale while the agent is away), and the route it had
+/// learned from BIRD stays in the node's kernel throughout: the restarted agent keeps it until
+/// BIRD has resent its table.
+#[test]
+fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
+    if !root_or_skip("an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel") {
+        return;
+    }
+    let mut t = Topology::new("bgr", 2, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&[
+        "--backend",
+        "bgp",
+        "--bgp-asn",
+        "64512",
+        "--bgp-peer",
+        "192.0.2.2=64600",
+        "--bgp-node-asn",
+        "node1=64601",
+        "--bgp-allow",
+        "192.168.0.0/16",
+    ])
+    .expect("controller");
+    let dir = t.dir.join("tor");
+    let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
+    let _bird = start_tor(&t, 1, &dir, conf);
+    t.start_agent(0).expect("agent");
+    let subnet = t
+        .wait_subnet(0, Duration::from_secs(30))
+        .expect("subnet.env");
+    let subnet = subnet
+        .parse::<ipnet::Ipv4Net>()
+        .expect("FLANNEL_SUBNET")
+        .trunc()
+        .to_string();
+    let ns = t.nodes[0].ns.clone();
+    let in_kernel = || {
+        twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
+            .contains("via 192.0.2.2")
+    };
+    let at_bird =
+        || bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"])).contains(&subnet);
+    wait_until(
+        "both sides have each other's prefix",
+        Duration::from_secs(60),
+        || in_kernel() && at_bird(),
+    );
+    // Watch both every 50 ms while the agent is killed and started again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let (ns, dir, subnet) = (ns.clone(), dir.clone(), subnet.clone());
+        std::thread::spawn(move || {
+            let (mut kernel_gaps, mut bird_gaps, mut looks) = (0, 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                looks += 1;
+                if !twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
+                    .contains("via 192.0.2.2")
+                {
+                    kernel_gaps += 1;
+                }
+                if !bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"]))
+                    .contains(&subnet)
+                {
+                    bird_gaps += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (kernel_gaps, bird_gaps, looks)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    t.stop_agent(0); // SIGKILL: no NOTIFICATION, the helper keeps our routes
+    std::thread::sleep(Duration::from_secs(2));
+    t.start_agent(0).expect("agent back");
+    wait_until("the session is back", Duration::from_secs(60), || {
+        sessions_of(&t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (kernel_gaps, bird_gaps, looks) = watcher.join().expect("watcher");
+    eprintln!("graceful restart with BIRD: {looks} looks, {kernel_gaps} without the kernel route, {bird_gaps} without BIRD's");
+    assert!(looks > 20, "the watcher hardly looked");
+    assert_eq!(
+        bird_gaps, 0,
+        "BIRD dropped the node's subnet during the restart"
+    );
+    assert_eq!(
+        kernel_gaps, 0,
+        "the node's kernel lost the route from BIRD during the restart"
+    );
+}

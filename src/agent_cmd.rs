@@ -65,6 +65,27 @@ pub struct AgentArgs {
     /// less than 254 dropped; repeat for each
     #[arg(long = "bgp-ttl-security", value_name = "ADDR")]
     bgp_ttl_security: Vec<std::net::IpAddr>,
+    /// With bgp: as ADDR=CIDR, routes this node learned from other peers that fall inside CIDR
+    /// are sent to the outside peer ADDR as well (e.g. the whole pod network, as Calico's
+    /// IP-pool export does); without it an outside peer gets this node's own prefixes only;
+    /// repeat for each
+    #[arg(long = "bgp-export", value_name = "ADDR=CIDR", value_parser = parse_export)]
+    bgp_export: Vec<(std::net::IpAddr, ipnet::Ipv4Net)>,
+}
+
+fn parse_export(s: &str) -> Result<(std::net::IpAddr, ipnet::Ipv4Net), String> {
+    let (addr, range) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ADDR=CIDR, e.g. 192.0.2.254=10.244.0.0/16"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let range: ipnet::Ipv4Net = range
+        .trim()
+        .parse()
+        .map_err(|_| format!("{range:?} is not an IPv4 CIDR like 10.244.0.0/16"))?;
+    Ok((addr, range.trunc()))
 }
 
 /// The host's name as kubelet makes a node name of it: lower-cased (Kubernetes node names are
@@ -93,6 +114,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
             max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
             advertise: a.bgp_advertise.iter().map(|n| n.trunc()).collect(),
             gtsm: a.bgp_ttl_security,
+            export: a.bgp_export,
         },
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -46,6 +46,9 @@ pub struct Local {
     pub advertise: Vec<Ipv4Net>,
     /// Peers one hop away whose sessions use GTSM (RFC 5082).
     pub gtsm: Vec<IpAddr>,
+    /// (outside peer, range): routes learned from other peers inside the range may be sent
+    /// to that peer too (transit the operator asked for).
+    pub export: Vec<(IpAddr, Ipv4Net)>,
 }
 
 /// The sessions of node `me` among `nodes` (every lease, `me` included or not):
@@ -112,7 +115,7 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
             passive: false,
             md5_password: p.password.clone(),
             // No transit: an outside router hears of this node's subnet only.
-            export: Export::Own,
+            export: Export::Own(Vec::new()),
             max_prefixes: None,
             gtsm: false,
         });
@@ -148,8 +151,14 @@ impl Plan {
     /// node), the ranges to announce to them.
     pub fn with_local(mut self, local: &Local) -> Plan {
         for p in &mut self.peers {
-            if p.export == Export::Own {
+            if let Export::Own(transit) = &mut p.export {
                 p.max_prefixes = local.max_prefixes;
+                *transit = local
+                    .export
+                    .iter()
+                    .filter(|(peer, _)| *peer == p.peer.addr)
+                    .map(|(_, range)| IpNet::V4(*range))
+                    .collect();
             }
             p.gtsm = local.gtsm.contains(&p.peer.addr);
         }
@@ -518,7 +527,11 @@ mod tests {
             "no mesh, and n3's own ToR is not ours"
         );
         assert_eq!(p.peers[0].md5_password.as_deref(), Some("k"));
-        assert_eq!(p.peers[0].export, Export::Own, "no transit through a node");
+        assert_eq!(
+            p.peers[0].export,
+            Export::Own(vec![]),
+            "no transit through a node"
+        );
         // Every lease is owned by its holder's address; the pod network is guarded.
         assert_eq!(
             p.import.guarded,

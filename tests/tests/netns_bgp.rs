@@ -3,6 +3,7 @@
 //! reflection on 3 and 5 nodes: the pod ping matrix over BGP-installed routes, `twill bgp
 //! status`, a node leaving (its routes withdrawn everywhere) and coming back. Needs root.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use twill_tests::netns::{gw_addr, root_or_skip, wait_until, Topology};
@@ -563,7 +564,13 @@ fn two_tors_no_transit_ecmp_and_failover() {
         guards.push(start_tor(&t, i, &dir, &conf));
         dirs.push(dir);
     }
-    t.agent_extra = vec!["--bgp-advertise".into(), "10.96.0.0/12".into()];
+    // ToR 3 is also given the pod network's routes (transit asked for); ToR 4 is not.
+    t.agent_extra = vec![
+        "--bgp-advertise".into(),
+        "10.96.0.0/12".into(),
+        "--bgp-export".into(),
+        "192.0.2.3=10.244.0.0/16".into(),
+    ];
     for i in 0..2 {
         t.start_agent(i).expect("agent");
     }
@@ -599,6 +606,34 @@ fn two_tors_no_transit_ecmp_and_failover() {
             "the service range is not there from both nodes:\n{service}"
         );
     }
+    // Asked-for transit: ToR 3 has both nodes' subnets from node 1, ToR 4 only node 1's own.
+    let subnets: Vec<String> = (0..2)
+        .map(|i| {
+            let s = t
+                .wait_subnet(i, Duration::from_secs(30))
+                .expect("subnet.env");
+            s.parse::<ipnet::Ipv4Net>()
+                .expect("subnet")
+                .trunc()
+                .to_string()
+        })
+        .collect();
+    let from_node1 = |dir: &std::path::Path| {
+        bird_prefixes(&birdc(dir, &["show", "route", "protocol", "node1"]))
+            .into_iter()
+            .filter(|p| p.starts_with("10.244."))
+            .collect::<BTreeSet<String>>()
+    };
+    wait_until(
+        "ToR 3 has the pod routes it asked for",
+        Duration::from_secs(20),
+        || from_node1(&dirs[0]) == subnets.iter().cloned().collect(),
+    );
+    assert_eq!(
+        from_node1(&dirs[1]),
+        [subnets[0].clone()].into(),
+        "ToR 4 got transit"
+    );
     // The nodes did not send it to each other: nothing refused from the other node.
     for (i, other) in [(0, "192.0.2.2"), (1, "192.0.2.1")] {
         let from_other = || {

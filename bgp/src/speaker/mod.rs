@@ -41,14 +41,21 @@ pub struct PeerConfig {
 }
 
 /// What a peer is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Export {
     /// Every best path the export rules of RFC 4271 and 4456 allow.
     #[default]
     All,
-    /// Our own prefixes only, never what another peer announced: an outside router must not
-    /// reach one of its neighbours through us (no transit).
-    Own,
+    /// Our own prefixes, and of what other peers announced only what falls inside these
+    /// ranges (none by default): an outside router must not reach one of its neighbours
+    /// through us unless the operator says so (no transit).
+    Own(Vec<IpNet>),
+}
+
+impl Export {
+    fn outside(&self) -> bool {
+        matches!(self, Export::Own(_))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -711,10 +718,12 @@ impl Speaker {
     /// What peer `to` may be sent for `path`, with the next hop and attributes to send.
     fn export(&self, prefix: &IpNet, path: &Path, to: PeerId) -> Option<(IpAddr, Attributes)> {
         let s = self.sessions.get(&to)?;
-        if s.cfg.export == Export::Own && path.peer != OWN {
-            return None;
+        if let Export::Own(transit) = &s.cfg.export {
+            if path.peer != OWN && !transit.iter().any(|r| r.contains(prefix)) {
+                return None;
+            }
         }
-        if path.peer == OWN && s.cfg.export != Export::Own && !self.originated.contains(prefix) {
+        if path.peer == OWN && !s.cfg.export.outside() && !self.originated.contains(prefix) {
             return None; // for outside peers only
         }
         self.rib

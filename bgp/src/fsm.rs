@@ -67,6 +67,8 @@ pub enum Action {
         /// The peer's OPEN says it kept forwarding IPv4 unicast through its restart (the F
         /// bit); without it, routes kept stale for it must go at once (RFC 4724 §4.2).
         peer_kept_forwarding: bool,
+        /// The peer says it is restarting itself (R bit): it waits for our End-of-RIB.
+        peer_restarting: bool,
     },
     /// The session left Established (or never got there). `stale_for`: the connection was
     /// lost with a peer that restarts gracefully, so its routes are kept, stale, this many
@@ -118,6 +120,7 @@ pub struct Session {
     pub peer_id: Option<Ipv4Addr>,
     pub peer_restart_time: Option<u16>,
     pub peer_kept_forwarding: bool,
+    pub peer_restarting: bool,
 }
 
 impl Session {
@@ -130,6 +133,7 @@ impl Session {
             peer_id: None,
             peer_restart_time: None,
             peer_kept_forwarding: false,
+            peer_restarting: false,
         }
     }
 
@@ -238,6 +242,10 @@ impl Session {
         self.hold_time = self.cfg.hold_time.min(o.hold_time);
         self.four_octet_as = o.four_octet_as();
         self.peer_id = Some(o.bgp_id);
+        self.peer_restarting = o.capabilities.iter().any(|c| match c {
+            Capability::GracefulRestart(g) => g.restarting,
+            _ => false,
+        });
         self.peer_kept_forwarding = o.capabilities.iter().any(|c| match c {
             Capability::GracefulRestart(g) => g
                 .families
@@ -346,6 +354,7 @@ impl Session {
                     peer_id: self.peer_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
                     peer_restart_time: self.peer_restart_time,
                     peer_kept_forwarding: self.peer_kept_forwarding,
+                    peer_restarting: self.peer_restarting,
                 });
                 out
             }

@@ -713,3 +713,46 @@ async fn the_restart_bit_is_set_in_the_first_session_only() {
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }
+
+/// After our own restart, selection waits for the peers' tables (RFC 4724 §4.1): a peer that
+/// restarts gracefully gets nothing from us until it has sent End-of-RIB, then our whole table
+/// and End-of-RIB; a peer without graceful restart does not hold anything up.
+#[tokio::test]
+async fn a_restarted_speaker_sends_its_table_after_the_peers_end_of_rib() {
+    for peer_offers_gr in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let (_, _changes, control, sp) = start_cfg(addr, 64, Default::default(), |c| {
+            c.originate = vec![prefix(9)];
+            c.graceful_restart = Some(speaker::RestartConfig {
+                time: 120,
+                restarted: true,
+            });
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let open = if peer_offers_gr {
+            open_gr(120, false)
+        } else {
+            open()
+        };
+        let mut s = connect_with(addr, open).await;
+        if peer_offers_gr {
+            // Nothing but KEEPALIVEs while our End-of-RIB is missing.
+            let quiet = tokio::time::timeout(Duration::from_millis(700), expect(&mut s, 2)).await;
+            assert!(
+                quiet.is_err(),
+                "an UPDATE before the peer's End-of-RIB: {quiet:?}"
+            );
+            s.write_all(&update(&attrs(0), 20)).await.expect("send");
+            s.write_all(&message(2, &[0, 0, 0, 0]))
+                .await
+                .expect("send End-of-RIB");
+        }
+        let table = expect(&mut s, 2).await;
+        assert_eq!(nlri_of(&table), [prefix(9)], "our table first");
+        assert_eq!(expect(&mut s, 2).await, [0, 0, 0, 0], "then End-of-RIB");
+        let _ = control.send(Control::Stop).await;
+        let _ = sp.await;
+    }
+}

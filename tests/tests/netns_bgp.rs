@@ -728,7 +728,7 @@ fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
     if !root_or_skip("an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel") {
         return;
     }
-    let mut t = Topology::new("bgr", 2, &twill_binary().expect("twill binary")).expect("topology");
+    let mut t = Topology::new("bgrt", 2, &twill_binary().expect("twill binary")).expect("topology");
     t.start_controller(&[
         "--backend",
         "bgp",

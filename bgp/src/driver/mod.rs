@@ -34,6 +34,8 @@ pub enum Report {
         peer_restart_time: Option<u16>,
         /// Its OPEN says it kept forwarding through the restart that just ended (F bit).
         peer_kept_forwarding: bool,
+        /// Its OPEN says it is restarting (R bit).
+        peer_restarting: bool,
     },
     Received(Box<Update>),
     /// The peer asks for our routes of this family again (RFC 2918).
@@ -158,6 +160,7 @@ pub(crate) async fn run_with(
                         peer_id,
                         peer_restart_time,
                         peer_kept_forwarding,
+                        peer_restarting,
                         ..
                     } => {
                         let _ = reports
@@ -165,6 +168,7 @@ pub(crate) async fn run_with(
                                 peer_id,
                                 peer_restart_time,
                                 peer_kept_forwarding,
+                                peer_restarting,
                             })
                             .await;
                     }

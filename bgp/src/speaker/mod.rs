@@ -254,6 +254,8 @@ struct Session {
     peer_restart_time: Option<u16>,
     /// No session with the peer has come up yet since this speaker started.
     after_restart: bool,
+    /// The peer's OPEN had the R bit: it is restarting and waits for our End-of-RIB.
+    peer_restarting: bool,
     /// What the peer announces that the import rules refuse, kept so that a change of the
     /// rules (a new lease) can take it without asking the peer again.
     held: BTreeMap<IpNet, Held>,
@@ -274,6 +276,11 @@ struct Session {
 const LIMIT_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_LIMIT_BACKOFF: Duration = Duration::from_secs(15 * 60);
 
+/// The longest selection waits after our restart for peers' tables (RFC 4724's
+/// Selection_Deferral_Timer): well inside the restart time, so that helpers still hold our
+/// routes when the tables go out even if some peer never comes back.
+const SELECTION_DEFERRAL: Duration = Duration::from_secs(60);
+
 struct Held {
     next_hop: IpAddr,
     attrs: Arc<Attributes>,
@@ -290,6 +297,8 @@ struct Speaker {
     listener: Option<Arc<TcpListener>>,
     originated: BTreeSet<IpNet>,
     advertised: BTreeSet<IpNet>,
+    /// After our restart: until when what we send peers waits for their tables.
+    deferral: Option<tokio::time::Instant>,
     stale_timer: mpsc::Sender<(PeerId, u64)>,
 }
 
@@ -512,6 +521,7 @@ impl Speaker {
                     peer_restart_time: None,
                     held: BTreeMap::new(),
                     after_restart: true,
+                    peer_restarting: false,
                     cease: None,
                     warned: false,
                     over_limit: false,
@@ -585,6 +595,9 @@ impl Speaker {
         for c in &changed {
             let _ = self.changes.send(c.clone()).await;
         }
+        if self.deferral.is_some() {
+            return; // peers get whole tables once selection is done
+        }
         let up: Vec<PeerId> = self
             .sessions
             .iter()
@@ -633,7 +646,8 @@ impl Speaker {
         let Some(s) = self.sessions.get(&i) else {
             return;
         };
-        if !s.up {
+        // Before selection is done the peer has not had its table yet; it will get it whole.
+        if !s.up || self.deferral.is_some() {
             return;
         }
         let mut words = Vec::new();
@@ -659,10 +673,12 @@ impl Speaker {
         peer_id: Ipv4Addr,
         restart: Option<u16>,
         kept_forwarding: bool,
+        restarting: bool,
     ) {
         let Some(s) = self.sessions.get_mut(&i) else {
             return;
         };
+        s.peer_restarting = restarting;
         // Our first session with the peer since we started is done with our restart: later
         // OPENs to it say nothing of one (RFC 4724 §4.1).
         s.after_restart = false;
@@ -678,19 +694,8 @@ impl Speaker {
         if let Some(p) = self.rib.peers.get_mut(i) {
             p.router_id = peer_id;
         }
-        let best: Vec<(IpNet, Path)> = self.rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
-        let mut announce = Vec::new();
-        for (prefix, path) in best {
-            if let Some((nh, a)) = self.export(&prefix, &path, i) {
-                announce.push((prefix, Some((nh, a))));
-            }
-        }
-        if let Some(s) = self.sessions.get_mut(&i) {
-            s.sent = announce.iter().map(|(p, _)| *p).collect();
-            if let Some(out) = &s.outbox {
-                out.put(announce);
-                out.end_of_rib();
-            }
+        if self.deferral.is_none() {
+            self.send_table(i);
         }
         self.set_status(i, |st| {
             st.established = true;
@@ -713,6 +718,64 @@ impl Speaker {
             self.propagate(changed).await;
         }
         self.refresh_counts();
+        self.end_deferral_if_done();
+    }
+
+    /// The whole table for peer `i`, then End-of-RIB.
+    fn send_table(&mut self, i: PeerId) {
+        let best: Vec<(IpNet, Path)> = self.rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
+        let mut announce = Vec::new();
+        for (prefix, path) in best {
+            if let Some((nh, a)) = self.export(&prefix, &path, i) {
+                announce.push((prefix, Some((nh, a))));
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(&i) {
+            s.sent = announce.iter().map(|(p, _)| *p).collect();
+            if let Some(out) = &s.outbox {
+                out.put(announce);
+                out.end_of_rib();
+            }
+        }
+    }
+
+    /// After our restart, selection waits (RFC 4724 §4.1) until every peer is up and has sent
+    /// End-of-RIB, bar those that do not restart gracefully or are restarting themselves, or
+    /// until the deferral time is over; then every peer gets the whole table at once. A
+    /// reflector that sent End-of-RIB after half a table would have its clients drop the
+    /// other half.
+    fn end_deferral_if_done(&mut self) {
+        let Some(deadline) = self.deferral else {
+            return;
+        };
+        let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let all_in = self.sessions.values().all(|s| {
+            s.up && (s.peer_restart_time.is_none()
+                || s.peer_restarting
+                || board
+                    .peers
+                    .get(&s.cfg.peer.addr)
+                    .is_some_and(|st| st.end_of_rib))
+        });
+        drop(board);
+        let late = tokio::time::Instant::now() >= deadline;
+        if !(all_in || late) {
+            return;
+        }
+        tracing::info!(
+            every_end_of_rib = all_in,
+            "route selection after the restart done; sending the tables"
+        );
+        self.deferral = None;
+        let up: Vec<PeerId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in up {
+            self.send_table(i);
+        }
     }
 
     /// What peer `to` may be sent for `path`, with the next hop and attributes to send.
@@ -786,6 +849,7 @@ impl Speaker {
                 s.backoff = LIMIT_BACKOFF;
             }
             self.set_status(i, |st| st.end_of_rib = true);
+            self.end_deferral_if_done();
             let stale = self.sessions.get(&i).is_some_and(|s| s.stale.is_some());
             if stale {
                 let changed = self.flush_stale(i);
@@ -1066,6 +1130,13 @@ pub async fn run(
     let peers = cfg.peers.clone();
     let originate = cfg.originate.clone();
     let advertise = cfg.advertise.clone();
+    let deferral = cfg
+        .graceful_restart
+        .filter(|g| g.restarted)
+        .map(|g| {
+            let wait = Duration::from_secs(u64::from(g.time)).min(SELECTION_DEFERRAL);
+            tokio::time::Instant::now() + wait
+        });
     let mut sp = Speaker {
         cfg,
         rib,
@@ -1076,6 +1147,7 @@ pub async fn run(
         listener: None,
         originated: BTreeSet::new(),
         advertised: BTreeSet::new(),
+        deferral,
         stale_timer,
     };
     sp.set_own(
@@ -1090,15 +1162,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => sp.refresh_counts(),
+            _ = tick.tick() => {
+                sp.refresh_counts();
+                sp.end_deferral_if_done();
+            }
             r = reports.recv() => {
                 let Some((i, generation, report)) = r else { return };
                 if sp.sessions.get(&i).map(|s| s.generation) != Some(generation) {
                     continue; // from a session since replaced or removed
                 }
                 match report {
-                    Report::Up { peer_id, peer_restart_time, peer_kept_forwarding } => {
-                        sp.established(i, peer_id, peer_restart_time, peer_kept_forwarding).await
+                    Report::Up { peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting } => {
+                        sp.established(i, peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting).await
                     }
                     Report::Received(u) => sp.received(i, *u).await,
                     Report::Down { why, stale_for } => sp.down(i, why, stale_for).await,

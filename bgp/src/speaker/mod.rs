@@ -598,13 +598,7 @@ impl Speaker {
         if self.deferral.is_some() {
             return; // peers get whole tables once selection is done
         }
-        let up: Vec<PeerId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.up)
-            .map(|(i, _)| *i)
-            .collect();
-        for to in up {
+        for to in self.up_peers() {
             let mut words = Vec::new();
             for c in &changed {
                 let (prefix, path) = match c {
@@ -721,6 +715,15 @@ impl Speaker {
         self.end_deferral_if_done();
     }
 
+    /// The peers whose sessions are established.
+    fn up_peers(&self) -> Vec<PeerId> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     /// The whole table for peer `i`, then End-of-RIB.
     fn send_table(&mut self, i: PeerId) {
         let best: Vec<(IpNet, Path)> = self.rib.loc_rib().map(|(p, b)| (*p, b.clone())).collect();
@@ -767,13 +770,7 @@ impl Speaker {
             "route selection after the restart done; sending the tables"
         );
         self.deferral = None;
-        let up: Vec<PeerId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.up)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in up {
+        for i in self.up_peers() {
             self.send_table(i);
         }
     }
@@ -1130,13 +1127,10 @@ pub async fn run(
     let peers = cfg.peers.clone();
     let originate = cfg.originate.clone();
     let advertise = cfg.advertise.clone();
-    let deferral = cfg
-        .graceful_restart
-        .filter(|g| g.restarted)
-        .map(|g| {
-            let wait = Duration::from_secs(u64::from(g.time)).min(SELECTION_DEFERRAL);
-            tokio::time::Instant::now() + wait
-        });
+    let deferral = cfg.graceful_restart.filter(|g| g.restarted).map(|g| {
+        let wait = Duration::from_secs(u64::from(g.time)).min(SELECTION_DEFERRAL);
+        tokio::time::Instant::now() + wait
+    });
     let mut sp = Speaker {
         cfg,
         rib,

@@ -811,3 +811,72 @@ fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
         "the node's kernel lost the route from BIRD during the restart"
     );
 }
+
+/// Graceful restart with twill as the helper: BIRD (graceful restart on) is killed and
+/// started again in recovery mode; while it is away the node keeps the route BIRD had given
+/// it, and has it once BIRD is back.
+#[test]
+fn a_bird_tor_restarting_keeps_its_route_on_the_node() {
+    if !root_or_skip("a_bird_tor_restarting_keeps_its_route_on_the_node") {
+        return;
+    }
+    let mut t = Topology::new("bgh", 2, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&[
+        "--backend",
+        "bgp",
+        "--bgp-asn",
+        "64512",
+        "--bgp-peer",
+        "192.0.2.2=64600",
+        "--bgp-node-asn",
+        "node1=64601",
+        "--bgp-allow",
+        "192.168.0.0/16",
+    ])
+    .expect("controller");
+    let dir = t.dir.join("tor");
+    let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
+    let bird = start_tor(&t, 1, &dir, conf);
+    t.start_agent(0).expect("agent");
+    let ns = t.nodes[0].ns.clone();
+    let in_kernel = || {
+        twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
+            .contains("via 192.0.2.2")
+    };
+    wait_until("the route from BIRD", Duration::from_secs(60), in_kernel);
+    // SIGKILL: the connection goes without a NOTIFICATION (SIGTERM would send a Cease).
+    let pid = std::fs::read_to_string(dir.join("bird.pid")).expect("bird.pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    std::mem::forget(bird); // the pid file is the next BIRD's now: the guard below owns it
+    let mut gaps = 0;
+    for _ in 0..40 {
+        if !in_kernel() {
+            gaps += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gaps, 0, "the route went while BIRD restarted");
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.nodes[1].ns, "bird", "-R", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .expect("bird");
+    assert!(ok.success(), "bird did not start again");
+    let _bird = BirdGuard(dir.join("bird.pid"));
+    wait_until("the session is back", Duration::from_secs(60), || {
+        sessions_of(&t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established")
+    });
+    wait_until(
+        "the route is there after the return",
+        Duration::from_secs(30),
+        in_kernel,
+    );
+}

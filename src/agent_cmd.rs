@@ -55,6 +55,10 @@ pub struct AgentArgs {
     /// back-off of 30 s, doubling up to 15 min; 0 for no limit
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     bgp_max_prefixes: u32,
+    /// With bgp: as ADDR=N, the prefix limit of the outside peer ADDR instead of
+    /// --bgp-max-prefixes (0 for none); repeat for each
+    #[arg(long = "bgp-peer-max-prefixes", value_name = "ADDR=N", value_parser = parse_peer_limit)]
+    bgp_peer_max_prefixes: Vec<(std::net::IpAddr, u32)>,
     /// With bgp: a range to announce to the outside peers from this node, such as the
     /// service cluster IP range or load-balancer IPs (Calico's serviceClusterIPs); the routers
     /// see it from every node that announces it; repeat for each
@@ -71,6 +75,21 @@ pub struct AgentArgs {
     /// repeat for each
     #[arg(long = "bgp-export", value_name = "ADDR=CIDR", value_parser = parse_export)]
     bgp_export: Vec<(std::net::IpAddr, ipnet::Ipv4Net)>,
+}
+
+fn parse_peer_limit(s: &str) -> Result<(std::net::IpAddr, u32), String> {
+    let (addr, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ADDR=N, e.g. 192.0.2.254=50000"))?;
+    let addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number of prefixes"))?;
+    Ok((addr, n))
 }
 
 fn parse_export(s: &str) -> Result<(std::net::IpAddr, ipnet::Ipv4Net), String> {
@@ -112,6 +131,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         ip_masq: a.ip_masq,
         bgp: twill_agent::bgp::Local {
             max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),
+            max_prefixes_for: a.bgp_peer_max_prefixes,
             advertise: a.bgp_advertise.iter().map(|n| n.trunc()).collect(),
             gtsm: a.bgp_ttl_security,
             export: a.bgp_export,

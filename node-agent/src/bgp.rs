@@ -42,6 +42,8 @@ pub struct Plan {
 pub struct Local {
     /// The prefix limit of each outside peer; `None`: none.
     pub max_prefixes: Option<u32>,
+    /// Per-peer limits that replace it (0: none for that peer).
+    pub max_prefixes_for: Vec<(IpAddr, u32)>,
     /// Ranges announced to outside peers (service cluster IPs, load-balancer IPs).
     pub advertise: Vec<Ipv4Net>,
     /// Peers one hop away whose sessions use GTSM (RFC 5082).
@@ -152,7 +154,15 @@ impl Plan {
     pub fn with_local(mut self, local: &Local) -> Plan {
         for p in &mut self.peers {
             if let Export::Own(transit) = &mut p.export {
-                p.max_prefixes = local.max_prefixes;
+                p.max_prefixes = match local
+                    .max_prefixes_for
+                    .iter()
+                    .find(|(a, _)| *a == p.peer.addr)
+                {
+                    Some((_, 0)) => None,
+                    Some((_, n)) => Some(*n),
+                    None => local.max_prefixes,
+                };
                 *transit = local
                     .export
                     .iter()
@@ -459,6 +469,44 @@ mod tests {
         assert_eq!(restart_routes(&learned, &preserved, true), learned);
         // Nothing kept from before (a first start): what is learned goes in at once.
         assert_eq!(restart_routes(&learned, &Learned::new(), false), learned);
+    }
+
+    #[test]
+    fn the_nodes_own_choices_go_on_its_outside_peers_only() {
+        let all = nodes();
+        let mut s = settings();
+        for last in [253, 254] {
+            s.peers.push(BgpPeer {
+                address: format!("192.0.2.{last}").parse().unwrap(),
+                asn: 64500,
+                password: None,
+                node: None,
+            });
+        }
+        let tor = |last: u8| IpAddr::from([192, 0, 2, last]);
+        let local = Local {
+            max_prefixes: Some(10_000),
+            max_prefixes_for: vec![(tor(254), 500), (tor(253), 0)],
+            advertise: vec!["10.96.0.0/12".parse().unwrap()],
+            gtsm: vec![tor(254)],
+            export: vec![(tor(254), "10.244.0.0/16".parse().unwrap())],
+        };
+        let p = plan(&s, "10.244.0.0/16".parse().unwrap(), &all[1], &all).with_local(&local);
+        let peer = |a: IpAddr| p.peers.iter().find(|x| x.peer.addr == a).unwrap();
+        assert_eq!(peer(tor(254)).max_prefixes, Some(500));
+        assert_eq!(peer(tor(253)).max_prefixes, None, "0: no limit");
+        assert_eq!(
+            peer(tor(1)).max_prefixes,
+            None,
+            "node sessions are not limited"
+        );
+        assert_eq!(
+            peer(tor(254)).export,
+            Export::Own(vec!["10.244.0.0/16".parse().unwrap()])
+        );
+        assert_eq!(peer(tor(253)).export, Export::Own(vec![]));
+        assert!(peer(tor(254)).gtsm && !peer(tor(253)).gtsm);
+        assert_eq!(p.advertise, ["10.96.0.0/12".parse::<IpNet>().unwrap()]);
     }
 
     #[test]

@@ -195,46 +195,66 @@ fn gtsm_with_bird_only_when_both_sides_have_it() {
     );
 }
 
-/// Max-prefix (RFC 4486) against BIRD: BIRD announces 20 prefixes to a speaker that allows it
-/// 10; the session is closed with Cease/1, which BIRD reports by name.
+/// Max-prefix (RFC 4486) against BIRD: BIRD on .2 announces 20 prefixes to a speaker that
+/// allows it 10; the session is closed with Cease/1, which BIRD reports by name. BIRD on .3,
+/// within its own limit of 10 with 5, keeps its session throughout, never reset.
 #[test]
 fn bird_over_the_prefix_limit_is_told_so_with_cease_1() {
     if !root_or_skip("bird_over_the_prefix_limit_is_told_so_with_cease_1") {
         return;
     }
     use twill_tests::bgp::{output_of, peer, speaker_on_host_1};
-    let mut lan = Lan::new("bmx", &[1, 2]).expect("namespaces");
-    let statics: String = (0..20)
-        .map(|i| format!("route 10.250.{i}.0/24 blackhole; "))
-        .collect();
-    let sock = lan
-        .start_bird(
-            2,
-            &format!(
-                "router id 192.0.2.2;\nprotocol device {{}}\nprotocol static many {{ ipv4; {statics}}}\nprotocol bgp to_twill {{\n  local 192.0.2.2 as 64602;\n  neighbor 192.0.2.1 as 64601;\n  ipv4 {{ import all; export all; }};\n}}\n"
-            ),
-        )
-        .expect("bird");
-    let mut p = peer(2, 64602);
-    p.max_prefixes = Some(10);
-    let cfg = speaker_on_host_1(64601, vec![p], &["10.244.1.0/24"]);
-    let (_, proto) = twill_tests::bgp::run_speaker(
+    let mut lan = Lan::new("bmx", &[1, 2, 3]).expect("namespaces");
+    let mut socks = Vec::new();
+    for (host, n) in [(2u8, 20), (3, 5)] {
+        let statics: String = (0..n)
+            .map(|i| format!("route 10.{}.{i}.0/24 blackhole; ", 248 + host))
+            .collect();
+        socks.push(
+            lan.start_bird(
+                host,
+                &format!(
+                    "router id 192.0.2.{host};\nprotocol device {{}}\nprotocol static many {{ ipv4; {statics}}}\nprotocol bgp to_twill {{\n  local 192.0.2.{host} as 6460{host};\n  neighbor 192.0.2.1 as 64601;\n  ipv4 {{ import all; export all; }};\n}}\n"
+                ),
+            )
+            .expect("bird"),
+        );
+    }
+    let limited = |host: u8| {
+        let mut p = peer(host, 64600 + u32::from(host));
+        p.max_prefixes = Some(10);
+        p
+    };
+    let cfg = speaker_on_host_1(64601, vec![limited(2), limited(3)], &["10.244.1.0/24"]);
+    let (_, (over, within)) = twill_tests::bgp::run_speaker(
         &lan,
         cfg,
         |_| true,
         move || {
-            twill_tests::bgp::poll_output("Maximum number of prefixes reached", || {
-                output_of(Command::new("birdc").arg("-s").arg(&sock).args([
+            let show = |sock: &std::path::Path| {
+                output_of(Command::new("birdc").arg("-s").arg(sock).args([
                     "show",
                     "protocols",
                     "all",
                     "to_twill",
                 ]))
-            })
+            };
+            let over = twill_tests::bgp::poll_output("Maximum number of prefixes reached", || {
+                show(&socks[0])
+            });
+            // Long enough for a reset of the other session to show.
+            std::thread::sleep(Duration::from_secs(2));
+            (over, show(&socks[1]))
         },
     );
     assert!(
-        proto.contains("Maximum number of prefixes reached"),
-        "BIRD was not told of the limit:\n{proto}"
+        over.contains("Maximum number of prefixes reached"),
+        "BIRD was not told of the limit:\n{over}"
+    );
+    assert!(
+        within.contains("Established")
+            && !within.contains("Received:")
+            && !within.contains("Error"),
+        "the peer within its limit was disturbed:\n{within}"
     );
 }

@@ -30,7 +30,7 @@ enum Cmd {
     Controller(Box<serve::ControllerArgs>),
     /// Run the node agent: hold this node's lease, program VXLAN, host-gw or BGP-learned routes to
     /// every other node, and write subnet.env for CNI
-    Agent(agent_cmd::AgentArgs),
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Run a whole cluster in network namespaces on this machine (root): a controller, N nodes
     /// with agents, pods through twill-cni; prints leases and a pod reachability matrix
     Sandbox(sandbox_cmd::SandboxArgs),
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.cmd {
             Cmd::Controller(a) => serve::run(*a).await,
-            Cmd::Agent(a) => agent_cmd::run(a).await,
+            Cmd::Agent(a) => agent_cmd::run(*a).await,
             Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
             Cmd::Status(t) => operator::status(&t).await,
             Cmd::Leases(t) => operator::leases(&t).await,

@@ -69,6 +69,8 @@ pub enum Action {
         peer_kept_forwarding: bool,
         /// The peer says it is restarting itself (R bit): it waits for our End-of-RIB.
         peer_restarting: bool,
+        /// The peer takes ROUTE-REFRESH requests (RFC 2918).
+        peer_route_refresh: bool,
     },
     /// The session left Established (or never got there). `stale_for`: the connection was
     /// lost with a peer that restarts gracefully, so its routes are kept, stale, this many
@@ -121,6 +123,7 @@ pub struct Session {
     pub peer_restart_time: Option<u16>,
     pub peer_kept_forwarding: bool,
     pub peer_restarting: bool,
+    pub peer_route_refresh: bool,
 }
 
 impl Session {
@@ -134,6 +137,7 @@ impl Session {
             peer_restart_time: None,
             peer_kept_forwarding: false,
             peer_restarting: false,
+            peer_route_refresh: false,
         }
     }
 
@@ -242,6 +246,7 @@ impl Session {
         self.hold_time = self.cfg.hold_time.min(o.hold_time);
         self.four_octet_as = o.four_octet_as();
         self.peer_id = Some(o.bgp_id);
+        self.peer_route_refresh = o.capabilities.contains(&Capability::RouteRefresh);
         self.peer_restarting = o.capabilities.iter().any(|c| match c {
             Capability::GracefulRestart(g) => g.restarting,
             _ => false,
@@ -355,6 +360,7 @@ impl Session {
                     peer_restart_time: self.peer_restart_time,
                     peer_kept_forwarding: self.peer_kept_forwarding,
                     peer_restarting: self.peer_restarting,
+                    peer_route_refresh: self.peer_route_refresh,
                 });
                 out
             }

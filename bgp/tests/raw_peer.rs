@@ -756,3 +756,50 @@ async fn a_restarted_speaker_sends_its_table_after_the_peers_end_of_rib() {
         let _ = sp.await;
     }
 }
+
+/// When the operator's import ranges change, a peer that offered route refresh is asked for
+/// its routes again (ROUTE-REFRESH for IPv4 unicast); a change of owners alone (a lease) asks
+/// nothing, the refused routes being held already.
+#[tokio::test]
+async fn new_import_ranges_ask_the_peer_for_its_routes_again() {
+    use twill_bgp::policy::Import;
+    let (addr, _changes, control, sp) = start();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // OPEN with the route-refresh capability (code 2).
+    let open_rr = message(1, &[4, 0xfc, 0x00, 0, 90, 10, 0, 0, 2, 4, 2, 2, 2, 0]);
+    let mut s = connect_with(addr, open_rr).await;
+    assert_eq!(
+        expect(&mut s, 2).await,
+        [0, 0, 0, 0],
+        "End-of-RIB of an empty table"
+    );
+    let rules = |allow: &str, owner: Option<&str>| Import {
+        guarded: vec!["10.244.0.0/16".parse().expect("net")],
+        owners: owner
+            .map(|o| (prefix(1), o.parse::<IpAddr>().expect("addr")))
+            .into_iter()
+            .collect(),
+        allow: Some(vec![allow.parse().expect("net")]),
+    };
+    control
+        .send(Control::SetImport(rules("192.168.0.0/16", None)))
+        .await
+        .expect("control");
+    assert_eq!(
+        expect(&mut s, 5).await,
+        [0, 1, 0, 1],
+        "ROUTE-REFRESH for IPv4 unicast"
+    );
+    // Only a lease moves: nothing is asked.
+    control
+        .send(Control::SetImport(rules(
+            "192.168.0.0/16",
+            Some("10.0.0.2"),
+        )))
+        .await
+        .expect("control");
+    let quiet = tokio::time::timeout(Duration::from_millis(700), expect(&mut s, 5)).await;
+    assert!(quiet.is_err(), "a refresh for a lease change: {quiet:?}");
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}

@@ -36,6 +36,8 @@ pub enum Report {
         peer_kept_forwarding: bool,
         /// Its OPEN says it is restarting (R bit).
         peer_restarting: bool,
+        /// It takes ROUTE-REFRESH requests.
+        peer_route_refresh: bool,
     },
     Received(Box<Update>),
     /// The peer asks for our routes of this family again (RFC 2918).
@@ -63,24 +65,34 @@ const TIMERS: [Timer; 3] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive];
 /// Where a session's UPDATEs come from. The session asks for more only when everything it was
 /// given before is written, so what waits stays with the source, which may coalesce it.
 pub(crate) trait Outgoing: Send + 'static {
-    /// The next UPDATEs, in order, waiting until there are some; `None` when whoever feeds the
-    /// session is gone, which stops it. Cancel-safe: nothing is taken unless it is returned.
-    fn next(&mut self) -> impl Future<Output = Option<Vec<Update>>> + Send;
+    /// The next batch, waiting until there is one; `None` when whoever feeds the session is
+    /// gone, which stops it. Cancel-safe: nothing is taken unless it is returned.
+    fn next(&mut self) -> impl Future<Output = Option<Batch>> + Send;
+}
+
+/// What a session sends at once: ROUTE-REFRESH requests (RFC 2918), then UPDATEs in order.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub refresh: Vec<(u16, u8)>,
+    pub updates: Vec<Update>,
 }
 
 /// UPDATEs taken from a channel at once, at most.
 const CHANNEL_BATCH: usize = 64;
 
 impl Outgoing for mpsc::Receiver<Update> {
-    async fn next(&mut self) -> Option<Vec<Update>> {
-        let mut batch = vec![self.recv().await?];
-        while batch.len() < CHANNEL_BATCH {
+    async fn next(&mut self) -> Option<Batch> {
+        let mut updates = vec![self.recv().await?];
+        while updates.len() < CHANNEL_BATCH {
             match self.try_recv() {
-                Ok(u) => batch.push(u),
+                Ok(u) => updates.push(u),
                 Err(_) => break,
             }
         }
-        Some(batch)
+        Some(Batch {
+            updates,
+            ..Default::default()
+        })
     }
 }
 
@@ -161,6 +173,7 @@ pub(crate) async fn run_with(
                         peer_restart_time,
                         peer_kept_forwarding,
                         peer_restarting,
+                        peer_route_refresh,
                         ..
                     } => {
                         let _ = reports
@@ -169,6 +182,7 @@ pub(crate) async fn run_with(
                                 peer_restart_time,
                                 peer_kept_forwarding,
                                 peer_restarting,
+                                peer_route_refresh,
                             })
                             .await;
                     }
@@ -255,12 +269,16 @@ pub(crate) async fn run_with(
                 }
             },
             u = outgoing.next(), if room => match u {
-                Some(updates) => {
-                    let fitted = crate::update::fit(updates, s.four_octet_as);
+                Some(batch) => {
+                    let mut bytes = Vec::new();
+                    for (afi, safi) in batch.refresh {
+                        bytes.extend(message::encode(&Message::RouteRefresh { afi, safi }, s.four_octet_as));
+                    }
+                    let fitted = crate::update::fit(batch.updates, s.four_octet_as);
                     if !fitted.unfit.is_empty() {
                         tracing::warn!(%peer, prefixes = ?fitted.unfit, "attributes too long for one UPDATE: withdrawn from the peer instead");
                     }
-                    let bytes = fitted.messages.concat();
+                    bytes.extend(fitted.messages.concat());
                     let hold = send_hold(&s);
                     if !writer.as_mut().is_some_and(|w| w.send(bytes, hold)) {
                         pending.push_back(Event::Disconnected);

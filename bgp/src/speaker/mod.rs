@@ -256,6 +256,8 @@ struct Session {
     after_restart: bool,
     /// The peer's OPEN had the R bit: it is restarting and waits for our End-of-RIB.
     peer_restarting: bool,
+    /// The peer takes ROUTE-REFRESH requests.
+    peer_route_refresh: bool,
     /// What the peer announces that the import rules refuse, kept so that a change of the
     /// rules (a new lease) can take it without asking the peer again.
     held: BTreeMap<IpNet, Held>,
@@ -522,6 +524,7 @@ impl Speaker {
                     held: BTreeMap::new(),
                     after_restart: true,
                     peer_restarting: false,
+                    peer_route_refresh: false,
                     cease: None,
                     warned: false,
                     over_limit: false,
@@ -793,7 +796,23 @@ impl Speaker {
 
     /// Applies new import rules to what every peer has announced.
     fn set_import(&mut self, import: Import) -> Vec<Change> {
+        // The operator's ranges changed (not just the leases): ask the peers that can for
+        // their tables again, so that nothing depends on what was kept of them before.
+        let ranges_changed =
+            import.guarded != self.cfg.import.guarded || import.allow != self.cfg.import.allow;
         self.cfg.import = import;
+        if ranges_changed {
+            for s in self
+                .sessions
+                .values()
+                .filter(|s| s.up && s.peer_route_refresh)
+            {
+                if let Some(out) = &s.outbox {
+                    tracing::info!(peer = %s.cfg.peer.addr, "import rules changed; asking the peer for its routes again");
+                    out.request_refresh(crate::open::AFI_IPV4, crate::open::SAFI_UNICAST);
+                }
+            }
+        }
         let mut changed = Vec::new();
         let ids: Vec<PeerId> = self.sessions.keys().copied().collect();
         for i in ids {
@@ -1166,7 +1185,10 @@ pub async fn run(
                     continue; // from a session since replaced or removed
                 }
                 match report {
-                    Report::Up { peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting } => {
+                    Report::Up { peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting, peer_route_refresh } => {
+                        if let Some(s) = sp.sessions.get_mut(&i) {
+                            s.peer_route_refresh = peer_route_refresh;
+                        }
                         sp.established(i, peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting).await
                     }
                     Report::Received(u) => sp.received(i, *u).await,

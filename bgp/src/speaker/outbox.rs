@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use tokio::sync::Notify;
 
 use crate::attribute::{Attributes, MpReach, MpUnreach};
-use crate::driver::Outgoing;
+use crate::driver::{Batch, Outgoing};
 use crate::update::Update;
 
 /// Prefixes per UPDATE: well inside the 4,096-byte message limit for IPv4 and IPv6 alike.
@@ -29,6 +29,8 @@ struct Waiting {
     routes: BTreeMap<IpNet, Word>,
     /// End-of-RIB follows the initial table, once everything before it is out.
     end_of_rib: bool,
+    /// ROUTE-REFRESH requests to send (AFI, SAFI).
+    refresh: Vec<(u16, u8)>,
     closed: bool,
 }
 
@@ -59,6 +61,16 @@ impl Outbox {
         }
     }
 
+    /// Asks the peer for its routes of this family again (RFC 2918).
+    pub(super) fn request_refresh(&self, afi: u16, safi: u8) {
+        let mut w = self.lock();
+        if !w.refresh.contains(&(afi, safi)) {
+            w.refresh.push((afi, safi));
+        }
+        drop(w);
+        self.ready.notify_one();
+    }
+
     pub(super) fn end_of_rib(&self) {
         self.lock().end_of_rib = true;
         self.ready.notify_one();
@@ -78,8 +90,9 @@ impl Outbox {
 
     /// Up to [`PER_BATCH`] prefixes' worth of UPDATEs, withdrawals first, then End-of-RIB
     /// once nothing else waits.
-    fn take(&self) -> Option<Vec<Update>> {
+    fn take(&self) -> Option<Batch> {
         let mut w = self.lock();
+        let refresh = std::mem::take(&mut w.refresh);
         let mut withdraw = Vec::new();
         let mut announce = Vec::new();
         while withdraw.len() + announce.len() < PER_BATCH {
@@ -101,7 +114,7 @@ impl Outbox {
         if eor {
             updates.push(Update::default());
         }
-        (!updates.is_empty()).then_some(updates)
+        (!updates.is_empty() || !refresh.is_empty()).then_some(Batch { refresh, updates })
     }
 }
 
@@ -109,7 +122,7 @@ impl Outbox {
 pub(super) struct Taker(pub(super) Arc<Outbox>);
 
 impl Outgoing for Taker {
-    async fn next(&mut self) -> Option<Vec<Update>> {
+    async fn next(&mut self) -> Option<Batch> {
         loop {
             // A put between `take` and `notified` leaves a permit, so nothing is missed.
             if let Some(u) = self.0.take() {
@@ -271,7 +284,7 @@ mod tests {
         out.put([(p(2), None)]);
         assert_eq!(out.len(), 2);
         let mut t = Taker(out.clone());
-        let ups = t.next().await.unwrap();
+        let ups = t.next().await.unwrap().updates;
         assert_eq!(ups.len(), 2);
         assert_eq!(ups[0].withdrawn.len(), 1, "withdrawals first");
         assert_eq!(ups[1].attrs.med, Some(999));
@@ -285,13 +298,13 @@ mod tests {
         out.put((0..(PER_BATCH as u32 + 10)).map(|i| (p(i), Some((nh, attrs(1))))));
         out.end_of_rib();
         let mut t = Taker(out.clone());
-        let first = t.next().await.unwrap();
+        let first = t.next().await.unwrap().updates;
         assert_eq!(first.iter().map(|u| u.nlri.len()).sum::<usize>(), PER_BATCH);
         assert!(
             !first.iter().any(Update::is_end_of_rib),
             "not before the table is out"
         );
-        let second = t.next().await.unwrap();
+        let second = t.next().await.unwrap().updates;
         assert_eq!(second.len(), 2);
         assert_eq!(second[0].nlri.len(), 10);
         assert!(second[1].is_end_of_rib());
@@ -306,7 +319,18 @@ mod tests {
         let waiter = tokio::spawn(async move { t.next().await });
         tokio::task::yield_now().await;
         out.put([(p(3), None)]);
-        let ups = waiter.await.unwrap().unwrap();
+        let ups = waiter.await.unwrap().unwrap().updates;
         assert_eq!(ups[0].withdrawn.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_request_goes_before_the_updates_and_once() {
+        let out = Outbox::new();
+        out.request_refresh(1, 1);
+        out.request_refresh(1, 1);
+        out.put([(p(4), None)]);
+        let b = Taker(out.clone()).next().await.unwrap();
+        assert_eq!(b.refresh, [(1, 1)]);
+        assert_eq!(b.updates.len(), 1);
     }
 }

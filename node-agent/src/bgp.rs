@@ -22,6 +22,10 @@ use crate::desired::NodeLease;
 /// agent keeps the routes it found in the kernel while its sessions come back.
 pub const RESTART_TIME: Duration = Duration::from_secs(120);
 
+/// After a restart, a peer whose session is not back within this long no longer holds up the
+/// routes from before: it may be gone for good.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
+
 /// What one node's speaker should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -321,8 +325,9 @@ impl Runner {
     }
 
     /// Every peer has sent its whole table since this speaker started (End-of-RIB, or, for a
-    /// peer without graceful restart, which need not send one, its session is up), or the
-    /// restart time is over: routes from before a restart can go.
+    /// peer without graceful restart, which need not send one, its session is up; a peer not
+    /// back within [`RECONNECT_WINDOW`] counts as gone), or the restart time is over: routes
+    /// from before a restart can go.
     pub fn converged(&self) -> bool {
         if self.started.elapsed() > RESTART_TIME {
             return true;
@@ -330,10 +335,11 @@ impl Runner {
         // Peers the speaker has not put on the board yet count as not done.
         let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
         self.plan.peers.iter().all(|p| {
-            board
-                .peers
-                .get(&p.peer.addr)
-                .is_some_and(|s| s.end_of_rib || (s.established && !s.graceful_restart))
+            board.peers.get(&p.peer.addr).is_some_and(|s| {
+                s.end_of_rib
+                    || (s.established && !s.graceful_restart)
+                    || (!s.established && self.started.elapsed() > RECONNECT_WINDOW)
+            })
         })
     }
 

@@ -283,6 +283,10 @@ const MAX_LIMIT_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// routes when the tables go out even if some peer never comes back.
 const SELECTION_DEFERRAL: Duration = Duration::from_secs(60);
 
+/// After our restart, a peer whose session is not up by then stops holding up selection: a
+/// router that is gone for good must not delay every other peer's table.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
+
 struct Held {
     next_hop: IpAddr,
     attrs: Arc<Attributes>,
@@ -301,6 +305,7 @@ struct Speaker {
     advertised: BTreeSet<IpNet>,
     /// After our restart: until when what we send peers waits for their tables.
     deferral: Option<tokio::time::Instant>,
+    started: tokio::time::Instant,
     stale_timer: mpsc::Sender<(PeerId, u64)>,
 }
 
@@ -746,8 +751,8 @@ impl Speaker {
     }
 
     /// After our restart, selection waits (RFC 4724 §4.1) until every peer is up and has sent
-    /// End-of-RIB, bar those that do not restart gracefully or are restarting themselves, or
-    /// until the deferral time is over; then every peer gets the whole table at once. A
+    /// End-of-RIB, bar those that do not restart gracefully or are restarting themselves and
+    /// those not back within [`RECONNECT_WINDOW`], or until the deferral time is over; then every peer gets the whole table at once. A
     /// reflector that sent End-of-RIB after half a table would have its clients drop the
     /// other half.
     fn end_deferral_if_done(&mut self) {
@@ -755,13 +760,17 @@ impl Speaker {
             return;
         };
         let board = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let gave_up_waiting = self.started.elapsed() > RECONNECT_WINDOW;
         let all_in = self.sessions.values().all(|s| {
-            s.up && (s.peer_restart_time.is_none()
+            if !s.up {
+                return gave_up_waiting;
+            }
+            s.peer_restart_time.is_none()
                 || s.peer_restarting
                 || board
                     .peers
                     .get(&s.cfg.peer.addr)
-                    .is_some_and(|st| st.end_of_rib))
+                    .is_some_and(|st| st.end_of_rib)
         });
         drop(board);
         let late = tokio::time::Instant::now() >= deadline;
@@ -1161,6 +1170,7 @@ pub async fn run(
         originated: BTreeSet::new(),
         advertised: BTreeSet::new(),
         deferral,
+        started: tokio::time::Instant::now(),
         stale_timer,
     };
     sp.set_own(

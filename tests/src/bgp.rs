@@ -188,40 +188,53 @@ impl Lan {
     /// directory of its vty socket, for `vtysh --vty_socket`.
     pub fn start_frr(&mut self, host: u8, conf: &str) -> Result<std::path::PathBuf> {
         let dir = self.dir.path().join(format!("frr{host}"));
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("bgpd.conf"), conf)?;
-        // bgpd drops privileges to the frr user: it must be able to read and write here.
-        let _ = std::process::Command::new("chown")
-            .args(["-R", "frr:frr"])
-            .arg(self.dir.path())
-            .status();
         self.pid_files.push(dir.join("bgpd.pid"));
-        let ok = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(host),
-                "/usr/lib/frr/bgpd",
-                "-d",
-                "-Z",
-                "-S",
-                "-P",
-                "0",
-                "-f",
-            ])
-            .arg(dir.join("bgpd.conf"))
-            .arg("-i")
-            .arg(dir.join("bgpd.pid"))
-            .arg("--vty_socket")
-            .arg(&dir)
-            .arg("--log")
-            .arg(format!("file:{}", dir.join("bgpd.log").display()))
-            .status()?;
-        if !ok.success() {
-            bail!("bgpd did not start (Debian package frr)");
-        }
-        Ok(dir)
+        start_bgpd(&self.ns(host), &dir, conf)
     }
+}
+
+/// Starts FRR's bgpd alone (no zebra) in namespace `ns` with `conf`, its files in `dir` (its
+/// pid file `bgpd.pid`); returns `dir`, where its vty socket is, for `vtysh --vty_socket`.
+pub fn start_bgpd(ns: &str, dir: &std::path::Path, conf: &str) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("bgpd.conf"), conf)?;
+    // bgpd drops privileges to the frr user: it must be able to read and write here, and to
+    // get here (the test's temporary directory is root's, mode 0700).
+    let _ = std::process::Command::new("chown")
+        .args(["-R", "frr:frr"])
+        .arg(dir)
+        .status();
+    if let Some(parent) = dir.parent() {
+        let _ = std::process::Command::new("chown")
+            .args(["frr:frr"])
+            .arg(parent)
+            .status();
+    }
+    let ok = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "/usr/lib/frr/bgpd",
+            "-d",
+            "-Z",
+            "-S",
+            "-P",
+            "0",
+            "-f",
+        ])
+        .arg(dir.join("bgpd.conf"))
+        .arg("-i")
+        .arg(dir.join("bgpd.pid"))
+        .arg("--vty_socket")
+        .arg(dir)
+        .arg("--log")
+        .arg(format!("file:{}", dir.join("bgpd.log").display()))
+        .status()?;
+    if !ok.success() {
+        bail!("bgpd did not start (Debian package frr)");
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// Stops the daemon whose pid file is `f` (BIRD and bgpd write one), if it is still there.

@@ -728,88 +728,17 @@ fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
     if !root_or_skip("an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel") {
         return;
     }
-    let mut t = Topology::new("bgrt", 2, &twill_binary().expect("twill binary")).expect("topology");
-    t.start_controller(&[
-        "--backend",
-        "bgp",
-        "--bgp-asn",
-        "64512",
-        "--bgp-peer",
-        "192.0.2.2=64600",
-        "--bgp-node-asn",
-        "node1=64601",
-        "--bgp-allow",
-        "192.168.0.0/16",
-    ])
-    .expect("controller");
+    let mut t = one_node_and_a_tor("bgrt");
     let dir = t.dir.join("tor");
     let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
     let _bird = start_tor(&t, 1, &dir, conf);
     t.start_agent(0).expect("agent");
-    let subnet = t
-        .wait_subnet(0, Duration::from_secs(30))
-        .expect("subnet.env");
-    let subnet = subnet
-        .parse::<ipnet::Ipv4Net>()
-        .expect("FLANNEL_SUBNET")
-        .trunc()
-        .to_string();
-    let ns = t.nodes[0].ns.clone();
-    let in_kernel = || {
-        twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
-            .contains("via 192.0.2.2")
+    let subnet = own_subnet(&t, 0);
+    let in_kernel = routes_via(&t, 0, "192.168.2.0/24", "192.0.2.2");
+    let at_bird = move || {
+        bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"])).contains(&subnet)
     };
-    let at_bird =
-        || bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"])).contains(&subnet);
-    wait_until(
-        "both sides have each other's prefix",
-        Duration::from_secs(60),
-        || in_kernel() && at_bird(),
-    );
-    // Watch both every 50 ms while the agent is killed and started again.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        let (ns, dir, subnet) = (ns.clone(), dir.clone(), subnet.clone());
-        std::thread::spawn(move || {
-            let (mut kernel_gaps, mut bird_gaps, mut looks) = (0, 0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                looks += 1;
-                if !twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
-                    .contains("via 192.0.2.2")
-                {
-                    kernel_gaps += 1;
-                }
-                if !bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"]))
-                    .contains(&subnet)
-                {
-                    bird_gaps += 1;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (kernel_gaps, bird_gaps, looks)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    t.stop_agent(0); // SIGKILL: no NOTIFICATION, the helper keeps our routes
-    std::thread::sleep(Duration::from_secs(2));
-    t.start_agent(0).expect("agent back");
-    wait_until("the session is back", Duration::from_secs(60), || {
-        sessions_of(&t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established")
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (kernel_gaps, bird_gaps, looks) = watcher.join().expect("watcher");
-    eprintln!("graceful restart with BIRD: {looks} looks, {kernel_gaps} without the kernel route, {bird_gaps} without BIRD's");
-    assert!(looks > 20, "the watcher hardly looked");
-    assert_eq!(
-        bird_gaps, 0,
-        "BIRD dropped the node's subnet during the restart"
-    );
-    assert_eq!(
-        kernel_gaps, 0,
-        "the node's kernel lost the route from BIRD during the restart"
-    );
+    restart_agent_unseen(&mut t, "BIRD", move || in_kernel() && at_bird());
 }
 
 /// Graceful restart with twill as the helper: BIRD (graceful restart on) is killed and
@@ -820,30 +749,13 @@ fn a_bird_tor_restarting_keeps_its_route_on_the_node() {
     if !root_or_skip("a_bird_tor_restarting_keeps_its_route_on_the_node") {
         return;
     }
-    let mut t = Topology::new("bgh", 2, &twill_binary().expect("twill binary")).expect("topology");
-    t.start_controller(&[
-        "--backend",
-        "bgp",
-        "--bgp-asn",
-        "64512",
-        "--bgp-peer",
-        "192.0.2.2=64600",
-        "--bgp-node-asn",
-        "node1=64601",
-        "--bgp-allow",
-        "192.168.0.0/16",
-    ])
-    .expect("controller");
+    let mut t = one_node_and_a_tor("bgh");
     let dir = t.dir.join("tor");
     let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
     let bird = start_tor(&t, 1, &dir, conf);
     t.start_agent(0).expect("agent");
-    let ns = t.nodes[0].ns.clone();
-    let in_kernel = || {
-        twill_tests::netns::ip_out(&["-n", &ns, "route", "show", "192.168.2.0/24"])
-            .contains("via 192.0.2.2")
-    };
-    wait_until("the route from BIRD", Duration::from_secs(60), in_kernel);
+    let in_kernel = routes_via(&t, 0, "192.168.2.0/24", "192.0.2.2");
+    wait_until("the route from BIRD", Duration::from_secs(60), &in_kernel);
     // SIGKILL: the connection goes without a NOTIFICATION (SIGTERM would send a Cease).
     let pid = std::fs::read_to_string(dir.join("bird.pid")).expect("bird.pid");
     let killed = std::process::Command::new("kill")
@@ -852,13 +764,9 @@ fn a_bird_tor_restarting_keeps_its_route_on_the_node() {
         .expect("kill");
     assert!(killed.success(), "kill -9 {pid}");
     std::mem::forget(bird); // the pid file is the next BIRD's now: the guard below owns it
-    let mut gaps = 0;
-    for _ in 0..40 {
-        if !in_kernel() {
-            gaps += 1;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let w = Watch::start(in_kernel.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, gaps) = w.finish();
     assert_eq!(gaps, 0, "the route went while BIRD restarted");
     let ok = std::process::Command::new("ip")
         .args(["netns", "exec", &t.nodes[1].ns, "bird", "-R", "-c"])
@@ -879,4 +787,174 @@ fn a_bird_tor_restarting_keeps_its_route_on_the_node() {
         Duration::from_secs(30),
         in_kernel,
     );
+}
+
+/// Graceful restart both ways with FRR's bgpd as the ToR (`bgp graceful-restart`): an agent
+/// SIGKILLed and started again leaves its subnet in FRR's table and FRR's route in the node's
+/// kernel throughout; then bgpd SIGKILLed and started again, and the node keeps FRR's route
+/// while it is away.
+#[test]
+fn graceful_restart_both_ways_with_frr() {
+    if !root_or_skip("graceful_restart_both_ways_with_frr") {
+        return;
+    }
+    let mut t = one_node_and_a_tor("bgf");
+    let dir = t.dir.join("frr");
+    let conf = "router bgp 64600\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp network import-check\n bgp graceful-restart\n neighbor 192.0.2.1 remote-as 64601\n address-family ipv4 unicast\n  network 192.168.2.0/24\n exit-address-family\n";
+    let ns_frr = t.nodes[1].ns.clone();
+    twill_tests::bgp::start_bgpd(&ns_frr, &dir, conf).expect("bgpd");
+    let _frr = BirdGuard(dir.join("bgpd.pid"));
+    t.start_agent(0).expect("agent");
+    let subnet = own_subnet(&t, 0);
+    let in_kernel = routes_via(&t, 0, "192.168.2.0/24", "192.0.2.2");
+    let at_frr = {
+        let dir = dir.clone();
+        move || {
+            twill_tests::bgp::output_of(
+                std::process::Command::new("vtysh")
+                    .arg("--vty_socket")
+                    .arg(&dir)
+                    .args(["-c", &format!("show bgp ipv4 unicast {subnet} json")]),
+            )
+            .contains("192.0.2.1")
+        }
+    };
+    // The agent restarts; FRR is the helper.
+    let k = in_kernel.clone();
+    restart_agent_unseen(&mut t, "FRR", move || k() && at_frr());
+
+    // bgpd restarts; twill is the helper.
+    let pid = std::fs::read_to_string(dir.join("bgpd.pid")).expect("bgpd.pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let w = Watch::start(in_kernel.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, misses) = w.finish();
+    assert_eq!(
+        misses, 0,
+        "the node dropped FRR's route while bgpd was away"
+    );
+    twill_tests::bgp::start_bgpd(&ns_frr, &dir, conf).expect("bgpd again");
+    wait_until(
+        "the session is back after bgpd's restart",
+        Duration::from_secs(60),
+        || sessions_of(&t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established"),
+    );
+    wait_until(
+        "FRR's route after its return",
+        Duration::from_secs(30),
+        in_kernel,
+    );
+}
+
+/// Node 1 (AS 64601) with an agent to start, and namespace 2 for a ToR (192.0.2.2, AS 64600)
+/// whose prefixes in 192.168.0.0/16 the node may take.
+fn one_node_and_a_tor(tag: &str) -> Topology {
+    let mut t = Topology::new(tag, 2, &twill_binary().expect("twill binary")).expect("topology");
+    t.start_controller(&[
+        "--backend",
+        "bgp",
+        "--bgp-asn",
+        "64512",
+        "--bgp-peer",
+        "192.0.2.2=64600",
+        "--bgp-node-asn",
+        "node1=64601",
+        "--bgp-allow",
+        "192.168.0.0/16",
+    ])
+    .expect("controller");
+    t
+}
+
+/// Node `i`'s subnet, once its agent has written subnet.env.
+fn own_subnet(t: &Topology, i: usize) -> String {
+    let s = t
+        .wait_subnet(i, Duration::from_secs(30))
+        .expect("subnet.env");
+    s.parse::<ipnet::Ipv4Net>()
+        .expect("FLANNEL_SUBNET")
+        .trunc()
+        .to_string()
+}
+
+/// Whether node `i` routes `dst` via `via`, as a check to call again and again.
+fn routes_via(
+    t: &Topology,
+    i: usize,
+    dst: &'static str,
+    via: &'static str,
+) -> impl Fn() -> bool + Clone + Send + 'static {
+    let ns = t.nodes[i].ns.clone();
+    move || {
+        twill_tests::netns::ip_out(&["-n", &ns, "route", "show", dst])
+            .contains(&format!("via {via}"))
+    }
+}
+
+/// A check run every 50 ms on a thread of its own until [`Watch::finish`].
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl Watch {
+    fn start(ok: impl Fn() -> bool + Send + 'static) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut looks, mut misses) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                looks += 1;
+                if !ok() {
+                    misses += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (looks, misses)
+        });
+        Watch { stop, thread }
+    }
+
+    /// (looks, misses).
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("watcher")
+    }
+}
+
+/// Once `both` holds (each side has the other's prefix), node 1's agent is SIGKILLed (no
+/// NOTIFICATION: the helper `tor` keeps its routes), started again after 2 s and left 3 s more
+/// once its session is back, while `both` is checked every 50 ms: it must never fail.
+fn restart_agent_unseen(t: &mut Topology, tor: &str, both: impl Fn() -> bool + Send + 'static) {
+    wait_until(
+        "both sides have each other's prefix",
+        Duration::from_secs(60),
+        &both,
+    );
+    let w = Watch::start(both);
+    restart_agent(t);
+    let (looks, misses) = w.finish();
+    eprintln!("agent restart with {tor}: {looks} looks, {misses} with a route missing");
+    assert!(looks > 20, "the watcher hardly looked");
+    assert_eq!(
+        misses, 0,
+        "{tor} or the node's kernel lost a route while the agent restarted"
+    );
+}
+
+/// Node 1's agent SIGKILLed, started again after 2 s, and left 3 s more once its session to
+/// the ToR is back.
+fn restart_agent(t: &mut Topology) {
+    std::thread::sleep(Duration::from_millis(300));
+    t.stop_agent(0);
+    std::thread::sleep(Duration::from_secs(2));
+    t.start_agent(0).expect("agent back");
+    wait_until("the session is back", Duration::from_secs(60), || {
+        sessions_of(t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established")
+    });
+    std::thread::sleep(Duration::from_secs(3));
 }

@@ -33,12 +33,21 @@ fn set(
 
 /// Turns GTSM on for a socket of family `v6`, before it connects or as soon as it is accepted.
 pub fn protect(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    send_255(fd, v6)?;
     if v6 {
-        set(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 255)?;
         set(fd, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, MIN_TTL)
     } else {
-        set(fd, libc::IPPROTO_IP, libc::IP_TTL, 255)?;
         set(fd, libc::IPPROTO_IP, libc::IP_MINTTL, MIN_TTL)
+    }
+}
+
+/// Sends with TTL 255 only: for a listening socket, whose SYN-ACKs must reach a GTSM peer that
+/// connects in, while peers without GTSM must still be heard (no minimum there).
+pub fn send_255(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    if v6 {
+        set(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 255)
+    } else {
+        set(fd, libc::IPPROTO_IP, libc::IP_TTL, 255)
     }
 }
 

@@ -57,7 +57,9 @@ pub struct Rib {
     adj_in: BTreeMap<IpNet, BTreeMap<PeerId, Path>>,
     /// Prefixes with two or more equal paths: their next hops.
     multi: BTreeMap<IpNet, Vec<IpAddr>>,
-    /// [`Change::NextHops`] not yet taken ([`Rib::take_next_hops`]).
+    /// Changes not returned by the call that made them, in order: [`Change::NextHops`] after
+    /// the best path they go with, and what an announcement refused as a loop withdrew.
+    /// Taken with [`Rib::take_pending`] after each call, they follow its own changes.
     next_hops: Vec<Change>,
     /// Prefixes in each peer's Adj-RIB-In, kept as they change (a limit is checked per UPDATE).
     counts: BTreeMap<PeerId, usize>,
@@ -174,8 +176,8 @@ impl Rib {
             && self.ibgp(a.peer) == self.ibgp(b.peer)
     }
 
-    /// The [`Change::NextHops`] since the last call, oldest first.
-    pub fn take_next_hops(&mut self) -> Vec<Change> {
+    /// The changes a call queued (see `next_hops`), oldest first.
+    pub fn take_pending(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.next_hops)
     }
 
@@ -284,8 +286,12 @@ impl Rib {
         attrs: Arc<Attributes>,
     ) -> Result<Option<Change>, Rejected> {
         if let Err(why) = self.loop_check(peer, &attrs) {
-            // Treated as a withdrawal of whatever the peer had sent before.
-            self.withdraw(peer, prefix);
+            // Treated as a withdrawal of whatever the peer had sent before; its change goes
+            // ahead of the next hops that withdrawal queued.
+            let at = self.next_hops.len();
+            if let Some(c) = self.withdraw(peer, prefix) {
+                self.next_hops.insert(at, c);
+            }
             return Err(why);
         }
         let new = self
@@ -453,22 +459,18 @@ mod tests {
         ]);
         let x = p("192.168.9.0/24");
         r.announce(0, x, nh(3), attrs(&[64600], |_| {})).unwrap();
-        assert_eq!(
-            r.take_next_hops(),
-            vec![],
-            "one path: nothing more than Best"
-        );
+        assert_eq!(r.take_pending(), vec![], "one path: nothing more than Best");
         r.announce(1, x, nh(4), attrs(&[64700], |_| {})).unwrap();
         r.announce(2, x, nh(5), attrs(&[64800, 64801], |_| {}))
             .unwrap();
         assert_eq!(
-            r.take_next_hops(),
+            r.take_pending(),
             vec![Change::NextHops(x, vec![nh(3), nh(4)])],
             "the longer path is not equal"
         );
         // The best's ToR goes: the other is best, alone.
         assert!(matches!(r.withdraw(0, x), Some(Change::Best(_, b)) if b.next_hop == nh(4)));
-        assert_eq!(r.take_next_hops(), vec![Change::NextHops(x, vec![nh(4)])]);
+        assert_eq!(r.take_pending(), vec![Change::NextHops(x, vec![nh(4)])]);
         // A MED from the same neighbouring AS breaks the tie; from another AS it does not.
         let y = p("192.168.10.0/24");
         r.announce(0, y, nh(3), attrs(&[64600], |a| a.med = Some(5)))
@@ -476,17 +478,34 @@ mod tests {
         r.announce(1, y, nh(4), attrs(&[64700], |a| a.med = Some(50)))
             .unwrap();
         assert_eq!(
-            r.take_next_hops(),
+            r.take_pending(),
             vec![Change::NextHops(y, vec![nh(3), nh(4)])]
         );
         r.announce(1, y, nh(4), attrs(&[64600], |a| a.med = Some(50)))
             .unwrap();
-        assert_eq!(r.take_next_hops(), vec![Change::NextHops(y, vec![nh(3)])]);
+        assert_eq!(r.take_pending(), vec![Change::NextHops(y, vec![nh(3)])]);
         assert_eq!(
             r.withdraw(0, y).map(|c| matches!(c, Change::Best(..))),
             Some(true)
         );
-        assert_eq!(r.take_next_hops(), vec![]);
+        assert_eq!(r.take_pending(), vec![]);
+    }
+
+    #[test]
+    fn a_path_replaced_by_a_loop_is_withdrawn_and_says_so() {
+        let mut r = rib(vec![peer(3, 64600, false)]);
+        let x = p("192.168.9.0/24");
+        r.announce(0, x, nh(3), attrs(&[64600], |_| {})).unwrap();
+        assert_eq!(
+            r.announce(0, x, nh(3), attrs(&[64600, 64512], |_| {})),
+            Err(Rejected::OwnAsInPath)
+        );
+        assert_eq!(
+            r.take_pending(),
+            vec![Change::Gone(x)],
+            "the kernel hears of it"
+        );
+        assert!(r.best(&x).is_none());
     }
 
     /// Regression: our own prefixes counted as iBGP-learned, so a plain iBGP peer never got

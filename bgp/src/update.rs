@@ -172,6 +172,23 @@ fn halves<T: Clone>(v: &[T]) -> (Vec<T>, Vec<T>) {
 fn split(u: Update) -> (Update, Update) {
     let withdraws = !u.withdrawn.is_empty() || u.attrs.mp_unreach.is_some();
     let announces = !u.nlri.is_empty() || u.attrs.mp_reach.is_some();
+    // Two lists of one kind: each on its own, so that halving one list always makes progress.
+    if !u.nlri.is_empty() && u.attrs.mp_reach.is_some() && !withdraws {
+        let mut a = u.clone();
+        a.attrs.mp_reach = None;
+        let mut b = u;
+        b.nlri.clear();
+        return (a, b);
+    }
+    if !u.withdrawn.is_empty() && u.attrs.mp_unreach.is_some() && !announces {
+        let a = Update {
+            withdrawn: u.withdrawn.clone(),
+            ..Default::default()
+        };
+        let mut b = u;
+        b.withdrawn.clear();
+        return (a, b);
+    }
     if withdraws && announces {
         let w = Update {
             withdrawn: u.withdrawn.clone(),
@@ -327,6 +344,39 @@ mod fit_tests {
             .flat_map(|m| decoded(m).withdrawn)
             .collect();
         assert_eq!(withdrawn, [v4(1), v4(2)]);
+    }
+
+    #[test]
+    fn an_update_mixing_ipv4_and_ipv6_announcements_splits_and_ends() {
+        let v6: Vec<Ipv6Net> = (0..300u16)
+            .map(|i| {
+                Ipv6Net::new(std::net::Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 0), 48).unwrap()
+            })
+            .collect();
+        let mut a = heavy();
+        a.mp_reach = Some(MpReach::V6 {
+            next_hop: vec!["2001:db8::1".parse().unwrap()],
+            nlri: v6.clone(),
+        });
+        let u = Update {
+            attrs: a,
+            nlri: vec![v4(1)],
+            withdrawn: vec![v4(2)],
+            ..Default::default()
+        };
+        let f = fit(vec![u], true);
+        assert!(f.unfit.is_empty());
+        let (mut n4, mut n6, mut w) = (0, 0, 0);
+        for m in &f.messages {
+            assert!(m.len() <= MAX_LEN);
+            let d = decoded(m);
+            n4 += d.nlri.len();
+            w += d.withdrawn.len();
+            if let Some(MpReach::V6 { nlri, .. }) = &d.attrs.mp_reach {
+                n6 += nlri.len();
+            }
+        }
+        assert_eq!((n4, n6, w), (1, 300, 1));
     }
 
     #[test]

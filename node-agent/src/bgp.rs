@@ -26,6 +26,10 @@ pub const RESTART_TIME: Duration = Duration::from_secs(120);
 /// routes from before: it may be gone for good.
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 
+/// A peer without graceful restart sends no End-of-RIB: its table counts as in this long after
+/// its session came up, so the kernel does not switch to a table still arriving.
+const NO_END_OF_RIB_SETTLE: Duration = Duration::from_secs(2);
+
 /// What one node's speaker should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -337,7 +341,9 @@ impl Runner {
         self.plan.peers.iter().all(|p| {
             board.peers.get(&p.peer.addr).is_some_and(|s| {
                 s.end_of_rib
-                    || (s.established && !s.graceful_restart)
+                    || (s.established
+                        && !s.graceful_restart
+                        && s.since.elapsed().is_ok_and(|d| d > NO_END_OF_RIB_SETTLE))
                     || (!s.established && self.started.elapsed() > RECONNECT_WINDOW)
             })
         })

@@ -162,6 +162,8 @@ fn bind(addr: SocketAddr, keys: &[(IpAddr, String)]) -> std::io::Result<TcpListe
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     sock.set_reuseaddr(true)?;
+    // A GTSM peer that connects in checks our SYN-ACK's TTL too.
+    crate::gtsm::send_255(&sock, addr.is_ipv6())?;
     for (peer, key) in keys {
         crate::md5::set_key(&sock, *peer, key.as_bytes())?;
     }
@@ -444,7 +446,17 @@ impl Speaker {
         let mut board = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match b {
             Ok(l) => {
-                // Peers may have come and gone while the port was taken.
+                // Peers may have come and gone while the port was taken: the keys bound with
+                // it were the first peers'.
+                for p in &self.cfg.peers {
+                    let still = self
+                        .sessions
+                        .values()
+                        .any(|s| s.cfg.peer.addr == p.peer.addr && s.cfg.md5_password.is_some());
+                    if p.md5_password.is_some() && !still {
+                        let _ = crate::md5::set_key(l.as_ref(), p.peer.addr, b"");
+                    }
+                }
                 for s in self.sessions.values() {
                     if let Some(key) = &s.cfg.md5_password {
                         if let Err(e) =
@@ -497,6 +509,7 @@ impl Speaker {
                     .remove(&s.cfg.peer.addr);
             }
             changed.extend(self.rib.peer_down(i));
+            changed.extend(self.rib.take_pending());
         }
         let have: BTreeSet<IpAddr> = self.sessions.values().map(|s| s.cfg.peer.addr).collect();
         for (addr, pc) in wanted {
@@ -527,7 +540,8 @@ impl Speaker {
                     refreshed: BTreeSet::new(),
                     peer_restart_time: None,
                     held: BTreeMap::new(),
-                    after_restart: true,
+                    // A peer added well after our restart is not told of it.
+                    after_restart: self.deferral.is_some(),
                     peer_restarting: false,
                     peer_route_refresh: false,
                     cease: None,
@@ -553,6 +567,7 @@ impl Speaker {
         let mut changed = Vec::new();
         for p in before.difference(&after) {
             changed.extend(self.rib.withdraw(OWN, *p));
+            changed.extend(self.rib.take_pending());
         }
         for p in after.difference(&before) {
             if let Ok(c) = self
@@ -561,6 +576,7 @@ impl Speaker {
             {
                 changed.extend(c);
             }
+            changed.extend(self.rib.take_pending());
         }
         // A prefix that stays ours but changes who may have it: sent again through the export
         // rules, which announce or withdraw it per peer.
@@ -594,7 +610,7 @@ impl Speaker {
     /// Sends each change to every established peer the export rules allow, packed.
     async fn propagate(&mut self, mut changed: Vec<Change>) {
         // Equal-cost next hops follow the best paths they go with.
-        changed.extend(self.rib.take_next_hops());
+        changed.extend(self.rib.take_pending());
         if changed.is_empty() {
             return;
         }
@@ -828,6 +844,7 @@ impl Speaker {
             for (prefix, path) in self.rib.paths_from(i) {
                 if let Err(why) = self.cfg.import.check(&prefix, path.next_hop) {
                     changed.extend(self.rib.withdraw(i, prefix));
+                    changed.extend(self.rib.take_pending());
                     if let Some(s) = self.sessions.get_mut(&i) {
                         s.held.insert(
                             prefix,
@@ -843,6 +860,11 @@ impl Speaker {
             let Some(s) = self.sessions.get_mut(&i) else {
                 continue;
             };
+            // Held routes of a peer that is neither up nor restarting are not its word any more.
+            if !s.up && s.stale.is_none() {
+                s.held.clear();
+                continue;
+            }
             let mut admitted = Vec::new();
             for (prefix, h) in s.held.iter_mut() {
                 match self.cfg.import.check(prefix, h.next_hop) {
@@ -851,17 +873,21 @@ impl Speaker {
                 }
             }
             for prefix in admitted {
-                let Some(h) = self
-                    .sessions
-                    .get_mut(&i)
-                    .and_then(|s| s.held.remove(&prefix))
-                else {
+                let Some(s) = self.sessions.get_mut(&i) else {
                     continue;
                 };
+                let Some(h) = s.held.remove(&prefix) else {
+                    continue;
+                };
+                // Announced in this session: End-of-RIB after a restart keeps it.
+                if s.up {
+                    s.refreshed.insert(prefix);
+                }
                 match self.rib.announce(i, prefix, h.next_hop, h.attrs) {
                     Ok(c) => changed.extend(c),
                     Err(why) => tracing::debug!(%prefix, ?why, "announcement refused"),
                 }
+                changed.extend(self.rib.take_pending());
             }
             self.set_status(i, |_| {});
         }
@@ -894,6 +920,7 @@ impl Speaker {
                 s.held.remove(&p);
             }
             changed.extend(self.rib.withdraw(i, p));
+            changed.extend(self.rib.take_pending());
         }
         // A path that has been through us already is a loop, not something to judge by the
         // import rules: the RIB drops it (and what the peer sent for its prefixes before).
@@ -930,6 +957,7 @@ impl Speaker {
                     );
                     // Whatever the peer sent for the prefix before is replaced by this.
                     changed.extend(self.rib.withdraw(i, p));
+                    changed.extend(self.rib.take_pending());
                     continue;
                 }
                 s.held.remove(&p);
@@ -938,6 +966,7 @@ impl Speaker {
                     Ok(c) => changed.extend(c),
                     Err(why) => tracing::debug!(prefix = %p, ?why, "announcement refused"),
                 }
+                changed.extend(self.rib.take_pending());
             }
         }
         self.propagate(changed).await;
@@ -986,6 +1015,7 @@ impl Speaker {
             if !keep.contains(&p) {
                 gone += 1;
                 changed.extend(self.rib.withdraw(i, p));
+                changed.extend(self.rib.take_pending());
             }
         }
         if let Some(s) = self.sessions.get_mut(&i) {
@@ -1010,6 +1040,7 @@ impl Speaker {
             tracing::warn!(peer = %s.cfg.peer.addr, "peer did not come back within its restart time; its routes are withdrawn");
             if let Some(s) = self.sessions.get_mut(&i) {
                 s.stale = None;
+                s.held.clear();
             }
             self.set_status(i, |st| st.stale = false);
             self.rib.peer_down(i)
@@ -1095,6 +1126,12 @@ impl Speaker {
             tracing::info!(peer = %from, "BGP connection from the peer closed: it passed its prefix limit and waits out its back-off");
             return;
         }
+        if s.cfg.gtsm {
+            if let Err(e) = crate::gtsm::protect(&stream, from.is_ipv6()) {
+                tracing::warn!(peer = %from, error = %e, "cannot turn GTSM on for the peer's connection; closed");
+                return;
+            }
+        }
         if s.up && s.peer_restart_time.is_some() {
             let stale_for = s.peer_restart_time;
             self.down(i, "the peer restarted (new connection)".into(), stale_for)
@@ -1109,12 +1146,6 @@ impl Speaker {
         } else {
             s.cfg.peer.router_id > self.cfg.router_id
         };
-        if take && s.cfg.gtsm {
-            if let Err(e) = crate::gtsm::protect(&stream, from.is_ipv6()) {
-                tracing::warn!(peer = %from, error = %e, "cannot turn GTSM on for the peer's connection; closed");
-                return;
-            }
-        }
         if take {
             tracing::info!(peer = %from, "BGP session opened by the peer");
             self.start(i, Duration::ZERO, Some(stream));

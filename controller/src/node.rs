@@ -227,22 +227,35 @@ impl Member {
     }
 
     /// Waits until this member, as leader, has applied everything committed before the call.
+    /// A round of heartbeats a quorum did not answer in time (a busy host, a slow peer) is
+    /// tried again until the write timeout, as a write would wait for its commit: a read fails
+    /// for want of a quorum only when there has been none for that long.
     pub async fn linearizable(&self) -> Result<(), ProposeError> {
-        match tokio::time::timeout(self.opts.write_timeout, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
+        const AGAIN: Duration = Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + self.opts.write_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(ProposeError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                    })
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
+                    if tokio::time::Instant::now() + AGAIN < deadline =>
+                {
+                    tokio::time::sleep(AGAIN).await;
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
+                    return Err(ProposeError::NoQuorum {
+                        timeout: self.opts.write_timeout,
+                        members: self.voters(),
+                        leader: self.other_leader(),
+                    })
+                }
+                Ok(Err(e)) => return Err(ProposeError::Fatal(e.to_string())),
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) | Err(_) => {
-                Err(ProposeError::NoQuorum {
-                    timeout: self.opts.write_timeout,
-                    members: self.voters(),
-                    leader: self.other_leader(),
-                })
-            }
-            Ok(Err(e)) => Err(ProposeError::Fatal(e.to_string())),
         }
     }
 

@@ -692,7 +692,8 @@ async fn the_restart_bit_is_set_in_the_first_session_only() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let (_, _changes, control, sp) = start_cfg(addr, 64, Default::default(), |c| {
+    let status: speaker::Status = Default::default();
+    let (_, _changes, control, sp) = start_cfg(addr, 64, status.clone(), |c| {
         c.graceful_restart = Some(speaker::RestartConfig {
             time: 120,
             restarted: true,
@@ -706,8 +707,26 @@ async fn the_restart_bit_is_set_in_the_first_session_only() {
         bits.push(restart_bit(&expect(&mut s, 1).await));
         s.write_all(&keepalive()).await.expect("send KEEPALIVE");
         expect(&mut s, 4).await;
-        // Established; let the speaker see it before the connection goes.
+        // Established; let the speaker see it before the connection goes, and see it go
+        // before the next one comes (a second connection while one is up is refused).
         tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+        let up = || {
+            status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peers
+                .get(&IpAddr::from([127, 0, 0, 1]))
+                .is_some_and(|p| p.established)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while up() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the session never went down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert_eq!(bits, [Some(true), Some(false)]);
     let _ = control.send(Control::Stop).await;

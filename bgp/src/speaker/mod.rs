@@ -1120,8 +1120,10 @@ impl Speaker {
             return;
         };
         let i = *i;
-        if s.hold_off_until
-            .is_some_and(|t| tokio::time::Instant::now() < t)
+        // Ceased for its prefix limit (its Down may still be on the way) or waiting it out.
+        if s.over_limit
+            || s.hold_off_until
+                .is_some_and(|t| tokio::time::Instant::now() < t)
         {
             tracing::info!(peer = %from, "BGP connection from the peer closed: it passed its prefix limit and waits out its back-off");
             return;

@@ -184,18 +184,16 @@ fn start_cfg(
         cluster_id: None,
         local_address: "127.0.0.1".parse().expect("addr"),
         peers: vec![PeerConfig {
-            peer: Peer {
-                addr: IpAddr::from([127, 0, 0, 1]),
-                router_id: "10.0.0.2".parse().expect("id"),
-                asn: 64512,
-                rr_client: false,
-            },
-            hold_time: 90,
             passive: true,
-            md5_password: None,
-            export: Default::default(),
-            max_prefixes: None,
-            gtsm: false,
+            ..PeerConfig::new(
+                Peer {
+                    addr: IpAddr::from([127, 0, 0, 1]),
+                    router_id: "10.0.0.2".parse().expect("id"),
+                    asn: 64512,
+                    rr_client: false,
+                },
+                90,
+            )
         }],
         originate: vec![],
         advertise: vec![],
@@ -287,19 +285,7 @@ async fn a_restarting_peers_routes_stay_until_end_of_rib_or_its_restart_time() {
     let (addr, mut changes, control, sp) = start();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let mut s = connect_with(addr, open_gr(120, false)).await;
-    for third in [20, 21] {
-        s.write_all(&update(&attrs(0), third)).await.expect("send");
-        assert!(
-            matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(third))
-        );
-    }
-    drop(s); // the connection is lost, no NOTIFICATION
-    let nothing = tokio::time::timeout(Duration::from_millis(700), changes.recv()).await;
-    assert!(
-        nothing.is_err(),
-        "routes of a restarting peer withdrawn: {nothing:?}"
-    );
+    graceful_peer_gone(addr, &mut changes, &[20, 21]).await;
 
     // Back, with only 10.244.20.0/24, then End-of-RIB: 10.244.21.0/24 was stale and goes.
     let mut s = connect_with(addr, open_gr(120, true)).await;
@@ -373,25 +359,15 @@ async fn a_taken_port_is_tried_again_until_it_is_free() {
             .listen_error
             .clone()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while listen_error().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no listen error on the board"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(listen_error().is_some_and(|e| e.contains(&addr.to_string())));
+    eventually("a listen error on the board", || {
+        listen_error().is_some_and(|e| e.contains(&addr.to_string()))
+    })
+    .await;
     drop(holder);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while listen_error().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still not listening: {:?}",
-            listen_error()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("listening once the port is free", || {
+        listen_error().is_none()
+    })
+    .await;
     let mut s = connect(addr).await;
     s.write_all(&update(&attrs(0), 31)).await.expect("send");
     assert!(matches!(next_change(&mut changes).await, Change::Best(p, _) if p == prefix(31)));
@@ -493,23 +469,10 @@ async fn import_rules_refuse_hold_and_admit_as_they_change() {
     assert_eq!(next_change(&mut changes).await, Change::Gone(prefix(3)));
     // Held now: 2 (someone else's), 1 (moved away), the /25.
     let want = [(Refusal::MoreSpecific, 1), (Refusal::NotFromOwner, 2)].into();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let refused = status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .peers
-            .get(&IpAddr::from([127, 0, 0, 1]))
-            .map(|p| p.refused.clone());
-        if refused.as_ref() == Some(&want) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "refusals on the board: {refused:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the refusals on the board", || {
+        board(&status).is_some_and(|p| p.refused == want)
+    })
+    .await;
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
 }
@@ -616,12 +579,7 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_1_and_held_off() {
         .expect("closed within 5 s")
         .unwrap_or(0);
     assert_eq!(n, 0, "the peer got a session during its back-off");
-    let err = status
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .peers
-        .get(&IpAddr::from([127, 0, 0, 1]))
-        .and_then(|p| p.last_error.clone());
+    let err = board(&status).and_then(|p| p.last_error);
     assert!(
         err.as_deref()
             .is_some_and(|e| e.contains("over its limit of 10")),
@@ -637,17 +595,7 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_1_and_held_off() {
 async fn a_peer_back_without_forwarding_kept_loses_its_stale_routes_at_once() {
     let (addr, mut changes, control, sp) = start();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut s = connect_with(addr, open_gr(120, false)).await;
-    for third in [40, 41] {
-        s.write_all(&update(&attrs(0), third)).await.expect("send");
-        assert!(matches!(next_change(&mut changes).await, Change::Best(..)));
-    }
-    drop(s);
-    let nothing = tokio::time::timeout(Duration::from_millis(500), changes.recv()).await;
-    assert!(
-        nothing.is_err(),
-        "kept while the peer restarts: {nothing:?}"
-    );
+    graceful_peer_gone(addr, &mut changes, &[40, 41]).await;
     let _s = connect_with(addr, open_gr_with(120, true, false)).await;
     let mut gone = std::collections::BTreeSet::new();
     while gone.len() < 2 {
@@ -711,22 +659,10 @@ async fn the_restart_bit_is_set_in_the_first_session_only() {
         // before the next one comes (a second connection while one is up is refused).
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(s);
-        let up = || {
-            status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .peers
-                .get(&IpAddr::from([127, 0, 0, 1]))
-                .is_some_and(|p| p.established)
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while up() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the session never went down"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the first session down", || {
+            !board(&status).is_some_and(|p| p.established)
+        })
+        .await;
     }
     assert_eq!(bits, [Some(true), Some(false)]);
     let _ = control.send(Control::Stop).await;
@@ -821,4 +757,42 @@ async fn new_import_ranges_ask_the_peer_for_its_routes_again() {
     assert!(quiet.is_err(), "a refresh for a lease change: {quiet:?}");
     let _ = control.send(Control::Stop).await;
     let _ = sp.await;
+}
+
+/// A peer offering graceful restart announces 10.244.<third>.0/24 for each of `thirds`, then
+/// loses its connection (no NOTIFICATION): its routes must stay while it restarts.
+async fn graceful_peer_gone(addr: SocketAddr, changes: &mut mpsc::Receiver<Change>, thirds: &[u8]) {
+    let mut s = connect_with(addr, open_gr(120, false)).await;
+    for third in thirds {
+        s.write_all(&update(&attrs(0), *third)).await.expect("send");
+        assert!(matches!(next_change(changes).await, Change::Best(p, _) if p == prefix(*third)));
+    }
+    drop(s);
+    let nothing = tokio::time::timeout(Duration::from_millis(700), changes.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "routes of a restarting peer withdrawn: {nothing:?}"
+    );
+}
+
+/// The peer's row on the speaker's board.
+fn board(status: &speaker::Status) -> Option<speaker::PeerStatus> {
+    status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .peers
+        .get(&IpAddr::from([127, 0, 0, 1]))
+        .cloned()
+}
+
+/// Polls `done` every 20 ms, failing with `what` after 5 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

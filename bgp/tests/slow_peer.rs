@@ -222,19 +222,15 @@ fn wmem_max() -> u64 {
 }
 
 fn peer(addr: Ipv4Addr, asn: u16) -> PeerConfig {
+    let peer = Peer {
+        addr: IpAddr::V4(addr),
+        router_id: addr,
+        asn: u32::from(asn),
+        rr_client: false,
+    };
     PeerConfig {
-        peer: Peer {
-            addr: IpAddr::V4(addr),
-            router_id: addr,
-            asn: u32::from(asn),
-            rr_client: false,
-        },
-        hold_time: 90,
         passive: true,
-        md5_password: None,
-        export: Default::default(),
-        max_prefixes: None,
-        gtsm: false,
+        ..PeerConfig::new(peer, 90)
     }
 }
 

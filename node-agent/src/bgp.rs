@@ -86,19 +86,15 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         if !include || !node_addrs.insert(n.public_ip) {
             continue;
         }
+        let peer = Peer {
+            addr: IpAddr::V4(n.public_ip),
+            router_id: n.public_ip,
+            asn: asn_of(&n.node),
+            rr_client,
+        };
         peers.push(PeerConfig {
-            peer: Peer {
-                addr: IpAddr::V4(n.public_ip),
-                router_id: n.public_ip,
-                asn: asn_of(&n.node),
-                rr_client,
-            },
-            hold_time: b.hold_time,
             passive: me.public_ip > n.public_ip,
-            md5_password: None,
-            export: Export::All,
-            max_prefixes: None,
-            gtsm: false,
+            ..PeerConfig::new(peer, b.hold_time)
         });
     }
     for p in &b.peers {
@@ -110,24 +106,21 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         if matches!(addr, IpAddr::V4(a) if node_addrs.contains(&a)) {
             continue;
         }
-        peers.push(PeerConfig {
-            peer: Peer {
-                addr,
-                // Learned from its OPEN once the session is up.
-                router_id: match addr {
-                    IpAddr::V4(a) => a,
-                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-                },
-                asn: p.asn,
-                rr_client: false,
+        let peer = Peer {
+            addr,
+            // Learned from its OPEN once the session is up.
+            router_id: match addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
             },
-            hold_time: b.hold_time,
-            passive: false,
+            asn: p.asn,
+            rr_client: false,
+        };
+        peers.push(PeerConfig {
             md5_password: p.password.clone(),
             // No transit: an outside router hears of this node's subnet only.
             export: Export::Own(Vec::new()),
-            max_prefixes: None,
-            gtsm: false,
+            ..PeerConfig::new(peer, b.hold_time)
         });
     }
     peers.sort_by_key(|p| p.peer.addr);
@@ -152,6 +145,29 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         import,
         originate: vec![IpNet::V4(me.subnet)],
         advertise: vec![],
+    }
+}
+
+impl Local {
+    /// Addresses the per-peer choices name that are not among `plan`'s peers (outside peers,
+    /// but for GTSM): a typo an operator should hear of.
+    pub fn unknown_peers(&self, plan: &Plan) -> BTreeSet<IpAddr> {
+        let outside: BTreeSet<IpAddr> = plan
+            .peers
+            .iter()
+            .filter(|p| p.export != Export::All)
+            .map(|p| p.peer.addr)
+            .collect();
+        // GTSM may be asked of any peer, node or not.
+        let any: BTreeSet<IpAddr> = plan.peers.iter().map(|p| p.peer.addr).collect();
+        let limits_and_exports = self
+            .max_prefixes_for
+            .iter()
+            .map(|(a, _)| *a)
+            .chain(self.export.iter().map(|(a, _)| *a))
+            .filter(|a| !outside.contains(a));
+        let gtsm = self.gtsm.iter().copied().filter(|a| !any.contains(a));
+        limits_and_exports.chain(gtsm).collect()
     }
 }
 
@@ -518,6 +534,13 @@ mod tests {
         );
         assert_eq!(peer(tor(253)).export, Export::Own(vec![]));
         assert!(peer(tor(254)).gtsm && !peer(tor(253)).gtsm);
+        let mut typo = local.clone();
+        typo.gtsm.push(tor(99));
+        assert_eq!(
+            typo.unknown_peers(&p),
+            [tor(99)].into(),
+            "only the typo is named"
+        );
         assert_eq!(p.advertise, ["10.96.0.0/12".parse::<IpNet>().unwrap()]);
     }
 

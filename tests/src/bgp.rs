@@ -315,20 +315,13 @@ pub fn vtysh_route(vty: &std::path::Path, prefix: &str, want: &str) -> String {
 
 /// A peer on host `.last` of a [`Lan`], connected to actively.
 pub fn peer(last: u8, asn: u32) -> PeerConfig {
-    PeerConfig {
-        peer: Peer {
-            addr: std::net::IpAddr::from([192, 0, 2, last]),
-            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
-            asn,
-            rr_client: false,
-        },
-        hold_time: 30,
-        passive: false,
-        md5_password: None,
-        export: Default::default(),
-        max_prefixes: None,
-        gtsm: false,
-    }
+    let peer = Peer {
+        addr: std::net::IpAddr::from([192, 0, 2, last]),
+        router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
+        asn,
+        rr_client: false,
+    };
+    PeerConfig::new(peer, 30)
 }
 
 /// Runs a speaker on host .1 until `done` (polled with the best paths seen so far) says so,

@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use twill_bgp::rib::Peer;
 use twill_bgp::speaker::{self, PeerConfig, SpeakerConfig};
 use twill_tests::bgp::Lan;
 use twill_tests::netns::{in_netns, root_or_skip};
@@ -39,20 +38,7 @@ protocol bgp to_twill {
         )
         .expect("bgpd");
 
-    let client = |last: u8| PeerConfig {
-        peer: Peer {
-            addr: std::net::IpAddr::from([192, 0, 2, last]),
-            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
-            asn: 64512,
-            rr_client: true,
-        },
-        hold_time: 30,
-        passive: false,
-        md5_password: None,
-        export: Default::default(),
-        max_prefixes: None,
-        gtsm: false,
-    };
+    let client = |last: u8| rr_client(last, false);
     let cfg = SpeakerConfig {
         local_as: 64512,
         router_id: "192.0.2.1".parse().expect("id"),
@@ -161,20 +147,7 @@ fn long_attributes_reach_a_bird_client_in_messages_that_fit() {
             "router id 192.0.2.3;\nprotocol device {}\nprotocol bgp to_twill {\n  local 192.0.2.3 as 64512;\n  neighbor 192.0.2.1 as 64512;\n  ipv4 { import all; export none; };\n}\n",
         )
         .expect("bird");
-    let client = |last: u8, passive: bool| PeerConfig {
-        peer: Peer {
-            addr: std::net::IpAddr::from([192, 0, 2, last]),
-            router_id: std::net::Ipv4Addr::new(192, 0, 2, last),
-            asn: 64512,
-            rr_client: true,
-        },
-        hold_time: 90,
-        passive,
-        md5_password: None,
-        export: Default::default(),
-        max_prefixes: None,
-        gtsm: false,
-    };
+    let client = rr_client;
     let mut cfg =
         twill_tests::bgp::speaker_on_host_1(64512, vec![client(2, true), client(3, false)], &[]);
     cfg.cluster_id = Some("192.0.2.1".parse().expect("id"));
@@ -308,4 +281,12 @@ fn long_attributes_reach_a_bird_client_in_messages_that_fit() {
         !proto.contains("Error") && !proto.contains("Received:"),
         "BIRD reported a problem with twill's messages:\n{proto}"
     );
+}
+
+/// A route-reflector client of ours on host `.last` of the LAN, in our AS 64512.
+fn rr_client(last: u8, passive: bool) -> PeerConfig {
+    let mut c = twill_tests::bgp::peer(last, 64512);
+    c.peer.rr_client = true;
+    c.passive = passive;
+    c
 }

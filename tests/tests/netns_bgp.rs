@@ -288,8 +288,15 @@ impl Drop for BirdGuard {
 fn start_tor(t: &Topology, i: usize, dir: &std::path::Path, conf: &str) -> BirdGuard {
     std::fs::create_dir_all(dir).expect("dir");
     std::fs::write(dir.join("bird.conf"), conf).expect("conf");
+    run_bird(&t.nodes[i].ns, dir, &[])
+}
+
+/// Runs BIRD in namespace `ns` on `dir/bird.conf`, with `extra` flags.
+fn run_bird(ns: &str, dir: &std::path::Path, extra: &[&str]) -> BirdGuard {
     let ok = std::process::Command::new("ip")
-        .args(["netns", "exec", &t.nodes[i].ns, "bird", "-c"])
+        .args(["netns", "exec", ns, "bird"])
+        .args(extra)
+        .arg("-c")
         .arg(dir.join("bird.conf"))
         .arg("-s")
         .arg(dir.join("bird.ctl"))
@@ -299,6 +306,21 @@ fn start_tor(t: &Topology, i: usize, dir: &std::path::Path, conf: &str) -> BirdG
         .expect("bird");
     assert!(ok.success(), "bird did not start");
     BirdGuard(dir.join("bird.pid"))
+}
+
+/// SIGKILLs the daemon of `pid_file`, so that its sessions end without a NOTIFICATION (SIGTERM
+/// would send a Cease, which ends graceful restart), and counts how often `ok` failed while
+/// checked every 50 ms over the next 2 s.
+fn kill_and_watch(pid_file: &std::path::Path, ok: impl Fn() -> bool + Send + 'static) -> u32 {
+    let pid = std::fs::read_to_string(pid_file).expect("pid file");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let w = Watch::start(ok);
+    std::thread::sleep(Duration::from_secs(2));
+    w.finish().1
 }
 
 /// `birdc` on the ToR's control socket.
@@ -730,8 +752,7 @@ fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
     }
     let mut t = one_node_and_a_tor("bgrt");
     let dir = t.dir.join("tor");
-    let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
-    let _bird = start_tor(&t, 1, &dir, conf);
+    let _bird = start_tor(&t, 1, &dir, GRACEFUL_TOR);
     t.start_agent(0).expect("agent");
     let subnet = own_subnet(&t, 0);
     let in_kernel = routes_via(&t, 0, "192.168.2.0/24", "192.0.2.2");
@@ -751,34 +772,14 @@ fn a_bird_tor_restarting_keeps_its_route_on_the_node() {
     }
     let mut t = one_node_and_a_tor("bgh");
     let dir = t.dir.join("tor");
-    let conf = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
-    let bird = start_tor(&t, 1, &dir, conf);
+    let bird = start_tor(&t, 1, &dir, GRACEFUL_TOR);
     t.start_agent(0).expect("agent");
     let in_kernel = routes_via(&t, 0, "192.168.2.0/24", "192.0.2.2");
     wait_until("the route from BIRD", Duration::from_secs(60), &in_kernel);
-    // SIGKILL: the connection goes without a NOTIFICATION (SIGTERM would send a Cease).
-    let pid = std::fs::read_to_string(dir.join("bird.pid")).expect("bird.pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -9 {pid}");
+    let gaps = kill_and_watch(&dir.join("bird.pid"), in_kernel.clone());
     std::mem::forget(bird); // the pid file is the next BIRD's now: the guard below owns it
-    let w = Watch::start(in_kernel.clone());
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, gaps) = w.finish();
     assert_eq!(gaps, 0, "the route went while BIRD restarted");
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "exec", &t.nodes[1].ns, "bird", "-R", "-c"])
-        .arg(dir.join("bird.conf"))
-        .arg("-s")
-        .arg(dir.join("bird.ctl"))
-        .arg("-P")
-        .arg(dir.join("bird.pid"))
-        .status()
-        .expect("bird");
-    assert!(ok.success(), "bird did not start again");
-    let _bird = BirdGuard(dir.join("bird.pid"));
+    let _bird = run_bird(&t.nodes[1].ns, &dir, &["-R"]); // recovery: a graceful restart
     wait_until("the session is back", Duration::from_secs(60), || {
         sessions_of(&t, 0).get("192.0.2.2").map(|s| s.0.as_str()) == Some("established")
     });
@@ -824,15 +825,7 @@ fn graceful_restart_both_ways_with_frr() {
     restart_agent_unseen(&mut t, "FRR", move || k() && at_frr());
 
     // bgpd restarts; twill is the helper.
-    let pid = std::fs::read_to_string(dir.join("bgpd.pid")).expect("bgpd.pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -9 {pid}");
-    let w = Watch::start(in_kernel.clone());
-    std::thread::sleep(Duration::from_secs(2));
-    let (_, misses) = w.finish();
+    let misses = kill_and_watch(&dir.join("bgpd.pid"), in_kernel.clone());
     assert_eq!(
         misses, 0,
         "the node dropped FRR's route while bgpd was away"
@@ -849,6 +842,10 @@ fn graceful_restart_both_ways_with_frr() {
         in_kernel,
     );
 }
+
+/// BIRD as the ToR of [`one_node_and_a_tor`], restarting gracefully, announcing
+/// 192.168.2.0/24.
+const GRACEFUL_TOR: &str = "router id 192.0.2.2;\nprotocol device {}\nprotocol static outside { ipv4; route 192.168.2.0/24 blackhole; }\nprotocol bgp node1 { local 192.0.2.2 as 64600; neighbor 192.0.2.1 as 64601; graceful restart on; ipv4 { import all; export all; }; }\n";
 
 /// Node 1 (AS 64601) with an agent to start, and namespace 2 for a ToR (192.0.2.2, AS 64600)
 /// whose prefixes in 192.168.0.0/16 the node may take.

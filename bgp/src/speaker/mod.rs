@@ -40,6 +40,22 @@ pub struct PeerConfig {
     pub gtsm: bool,
 }
 
+impl PeerConfig {
+    /// A peer we connect to, unsigned, sent every best path, without a prefix limit or GTSM;
+    /// change what differs with struct update syntax.
+    pub fn new(peer: Peer, hold_time: u16) -> PeerConfig {
+        PeerConfig {
+            peer,
+            hold_time,
+            passive: false,
+            md5_password: None,
+            export: Export::All,
+            max_prefixes: None,
+            gtsm: false,
+        }
+    }
+}
+
 /// What a peer is sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Export {

@@ -29,6 +29,9 @@ impl Bgp {
         s: Start<'_>,
     ) -> Bgp {
         let p = plan(settings, network, view.own, view.peers).with_local(s.bgp);
+        for addr in s.bgp.unknown_peers(&p) {
+            tracing::warn!(peer = %addr, "a --bgp-* flag names an address that is not one of this node's outside BGP peers (--bgp-peer); it has no effect");
+        }
         let preserved: Learned = match s.kernel.observe().await {
             Ok(o) => o
                 .routes

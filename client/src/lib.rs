@@ -255,7 +255,7 @@ impl Client {
         let req = pb::RenewRequest {
             request_id: new_request_id(),
             node: node.to_string(),
-            revision: create_revision,
+            create_revision,
         };
         self.call(|mut c| {
             let r = req.clone();
@@ -296,9 +296,31 @@ impl Client {
         .await
     }
 
+    /// Every lease and reservation, page by page; `revision` is the last page's. Each page is
+    /// consistent on its own, the whole only when nothing changed in between.
     pub async fn list_leases(&self) -> Result<pb::ListLeasesResponse, ClientError> {
-        self.call(|mut c| async move { c.list_leases(pb::ListLeasesRequest {}).await })
-            .await
+        let mut all = pb::ListLeasesResponse::default();
+        loop {
+            let req = pb::ListLeasesRequest {
+                limit: 0,
+                after: all.next_after.clone(),
+            };
+            let page = self
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.list_leases(r).await }
+                })
+                .await?;
+            all.leases.extend(page.leases);
+            all.reservations.extend(page.reservations);
+            all.revision = page.revision;
+            // A cursor that does not move would loop forever; a correct server never sends one.
+            if page.next_after.is_empty() || page.next_after <= all.next_after {
+                all.next_after = String::new();
+                return Ok(all);
+            }
+            all.next_after = page.next_after;
+        }
     }
 
     pub async fn reserve(
@@ -373,11 +395,59 @@ impl Client {
 
     /// Opens a watch on the current member; the caller resumes from its last revision when the
     /// stream ends or goes quiet past the progress interval.
-    pub async fn watch(
-        &self,
-        start_revision: u64,
-    ) -> Result<Streaming<pb::WatchResponse>, ClientError> {
-        self.call(|mut c| async move { c.watch(pb::WatchRequest { start_revision }).await })
-            .await
+    pub async fn watch(&self, start_revision: u64) -> Result<Watch, ClientError> {
+        let inner = self
+            .call(|mut c| async move { c.watch(pb::WatchRequest { start_revision }).await })
+            .await?;
+        Ok(Watch { inner })
+    }
+}
+
+/// A watch stream whose snapshots arrive whole: the chunks a member sends for a large table
+/// (`WatchSnapshot.more`) are put back together before they are handed on.
+pub struct Watch {
+    inner: Streaming<pb::WatchResponse>,
+}
+
+impl Watch {
+    /// The next message; `None` when the member ended the stream.
+    pub async fn message(&mut self) -> Result<Option<pb::WatchResponse>, Status> {
+        use pb::watch_response::Msg;
+        let mut partial: Option<pb::WatchSnapshot> = None;
+        loop {
+            let Some(m) = self.inner.message().await? else {
+                return match partial {
+                    None => Ok(None),
+                    Some(_) => Err(Status::unavailable(
+                        "the watch ended in the middle of a snapshot",
+                    )),
+                };
+            };
+            let chunk = match (m.msg, partial.take()) {
+                (Some(Msg::Snapshot(s)), None) => s,
+                (Some(Msg::Snapshot(s)), Some(mut acc)) if s.revision == acc.revision => {
+                    acc.leases.extend(s.leases);
+                    acc.more = s.more;
+                    acc
+                }
+                (Some(Msg::Snapshot(_)), Some(_)) => {
+                    return Err(Status::internal(
+                        "snapshot chunks of different revisions on one watch",
+                    ))
+                }
+                (other, None) => return Ok(Some(pb::WatchResponse { msg: other })),
+                (_, Some(_)) => {
+                    return Err(Status::internal(
+                        "a watch event arrived in the middle of a snapshot",
+                    ))
+                }
+            };
+            if !chunk.more {
+                return Ok(Some(pb::WatchResponse {
+                    msg: Some(Msg::Snapshot(chunk)),
+                }));
+            }
+            partial = Some(chunk);
+        }
     }
 }

@@ -567,6 +567,15 @@ pub struct AllocatorSnapshot {
     pub last_now: Millis,
 }
 
+/// One page of [`Allocator::page`].
+#[derive(Debug, Default)]
+pub struct Page<'a> {
+    pub leases: Vec<&'a Lease>,
+    pub reservations: Vec<(&'a String, &'a Ipv4Net)>,
+    pub next_after: Option<String>,
+    last: Option<&'a str>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Allocator {
     config: Option<NetworkConfig>,
@@ -623,6 +632,44 @@ impl Allocator {
 
     pub fn reservations(&self) -> impl Iterator<Item = (&String, &Ipv4Net)> {
         self.reservations.iter()
+    }
+
+    /// The leases and reservations of at most `limit` node names after `after`, in name order,
+    /// and the name to continue after when more follow.
+    pub fn page(&self, after: &str, limit: usize) -> Page<'_> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = if after.is_empty() {
+            Unbounded
+        } else {
+            Excluded(after)
+        };
+        let mut leases = self.leases.range::<str, _>((from, Unbounded)).peekable();
+        let mut reservations = self
+            .reservations
+            .range::<str, _>((from, Unbounded))
+            .peekable();
+        let mut page = Page::default();
+        let mut names = 0;
+        loop {
+            let next = match (leases.peek(), reservations.peek()) {
+                (None, None) => return page,
+                (Some((a, _)), Some((b, _))) => a.as_str().min(b.as_str()),
+                (Some((a, _)), None) => a.as_str(),
+                (None, Some((b, _))) => b.as_str(),
+            };
+            if names == limit.max(1) {
+                page.next_after = page.last.map(str::to_string);
+                return page;
+            }
+            names += 1;
+            if leases.peek().is_some_and(|(n, _)| n.as_str() == next) {
+                page.leases.extend(leases.next().map(|(_, l)| l));
+            }
+            if reservations.peek().is_some_and(|(n, _)| n.as_str() == next) {
+                page.reservations.extend(reservations.next());
+            }
+            page.last = Some(next);
+        }
     }
 
     /// Applies one log entry. Returns the answer for the proposer and the lease events it made.
@@ -1178,6 +1225,52 @@ mod tests {
         })
         .0
         .result
+    }
+
+    #[test]
+    fn pages_cover_leases_and_reservations_once_in_name_order() {
+        let mut a = with_config(Backend::HostGw);
+        for n in ["b", "d", "f"] {
+            assert!(acquire(&mut a, n.into()).is_ok());
+        }
+        for (n, net) in [
+            ("a", "10.244.200.0/24"),
+            ("d", "10.244.201.0/24"),
+            ("g", "10.244.202.0/24"),
+        ] {
+            let (resp, _) = a.apply(&Request {
+                request_id: None,
+                command: Command::Reserve {
+                    node: n.into(),
+                    subnet: net.parse().expect("literal"),
+                },
+            });
+            assert!(resp.result.is_ok(), "{resp:?}");
+        }
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let p = a.page(&after, 2);
+            let mut names: Vec<String> = p.leases.iter().map(|l| format!("L{}", l.node)).collect();
+            names.extend(p.reservations.iter().map(|(n, _)| format!("R{n}")));
+            assert!(!names.is_empty());
+            seen.push(names);
+            match p.next_after {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        // Two node names a page: "d" has a lease and a reservation, counted once.
+        assert_eq!(
+            seen,
+            vec![
+                vec!["Lb".to_string(), "Ra".into()],
+                vec!["Ld".into(), "Lf".into(), "Rd".into()],
+                vec!["Rg".into()],
+            ]
+        );
+        assert!(a.page("g", 2).next_after.is_none());
+        assert!(a.page("zzz", 2).leases.is_empty());
     }
 
     #[test]

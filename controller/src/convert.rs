@@ -7,9 +7,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use tonic::{Code, Status};
 use twill_proto::defaults::{VXLAN_PORT, VXLAN_VNI};
-use twill_proto::names::validate_node_name;
+use twill_proto::names::{quote, validate_node_name};
 use twill_proto::settings::{bgp_from_proto, bgp_to_proto};
 use twill_proto::v1;
+use twill_proto::{MAX_BACKEND_ENTRIES, MAX_BACKEND_KEY, MAX_BACKEND_VALUE, MAX_REQUEST_ID};
 
 use crate::allocator::{
     AcquireArgs, AllocError, Backend, Event, Ipv6Config, Lease, NetworkConfig, RevEvent,
@@ -40,7 +41,7 @@ fn cidr4(field: &'static str, s: &str) -> Result<Ipv4Net, InputError> {
     s.trim().parse::<Ipv4Net>().map_err(|_| {
         bad(
             field,
-            format!("{s:?} is not an IPv4 CIDR like 10.244.0.0/16"),
+            format!("{} is not an IPv4 CIDR like 10.244.0.0/16", quote(s)),
         )
     })
 }
@@ -49,7 +50,7 @@ fn cidr6(field: &'static str, s: &str) -> Result<Ipv6Net, InputError> {
     s.trim().parse::<Ipv6Net>().map_err(|_| {
         bad(
             field,
-            format!("{s:?} is not an IPv6 CIDR like fd00:10:244::/56"),
+            format!("{} is not an IPv6 CIDR like fd00:10:244::/56", quote(s)),
         )
     })
 }
@@ -73,7 +74,7 @@ pub fn config_from_proto(p: &v1::NetworkConfig) -> Result<NetworkConfig, InputEr
         move |s: &str| {
             s.trim()
                 .parse::<Ipv4Addr>()
-                .map_err(|_| bad(field, format!("{s:?} is not an IPv4 address")))
+                .map_err(|_| bad(field, format!("{} is not an IPv4 address", quote(s))))
         }
     };
     let subnet_len = match p.subnet_len {
@@ -229,22 +230,81 @@ pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
     let public_ip = r.public_ip.trim().parse::<Ipv4Addr>().map_err(|_| {
         bad(
             "public_ip",
-            format!("{:?} is not an IPv4 address", r.public_ip),
+            format!("{} is not an IPv4 address", quote(&r.public_ip)),
         )
     })?;
     let public_ipv6 = opt(&r.public_ipv6, |s| {
-        s.trim()
-            .parse::<Ipv6Addr>()
-            .map_err(|_| bad("public_ipv6", format!("{s:?} is not an IPv6 address")))
+        s.trim().parse::<Ipv6Addr>().map_err(|_| {
+            bad(
+                "public_ipv6",
+                format!("{} is not an IPv6 address", quote(s)),
+            )
+        })
     })?;
     Ok(AcquireArgs {
         node: r.node.clone(),
         public_ip,
         public_ipv6,
-        backend_data: r.backend_data.clone().into_iter().collect(),
+        backend_data: backend_data(&r.backend_data)?,
         wanted_subnet: opt(&r.wanted_subnet, |s| cidr4("wanted_subnet", s))?,
         wanted_ipv6_subnet: opt(&r.wanted_ipv6_subnet, |s| cidr6("wanted_ipv6_subnet", s))?,
     })
+}
+
+/// Backend data is opaque to the controller but copied into every lease and event: bounded in
+/// entries and bytes, keys shaped like Kubernetes label names so they print cleanly.
+fn backend_data(
+    m: &std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, InputError> {
+    if m.len() > MAX_BACKEND_ENTRIES {
+        return Err(bad(
+            "backend_data",
+            format!("{} entries; at most {MAX_BACKEND_ENTRIES}", m.len()),
+        ));
+    }
+    for (k, v) in m {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_BACKEND_KEY
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !key_ok {
+            return Err(bad(
+                "backend_data",
+                format!(
+                    "key {} is not 1 to {MAX_BACKEND_KEY} bytes of letters, digits, '-', '_' and '.'",
+                    quote(k)
+                ),
+            ));
+        }
+        if v.len() > MAX_BACKEND_VALUE {
+            return Err(bad(
+                "backend_data",
+                format!(
+                    "the value of {} is {} bytes; at most {MAX_BACKEND_VALUE}",
+                    quote(k),
+                    v.len()
+                ),
+            ));
+        }
+    }
+    Ok(m.clone().into_iter().collect())
+}
+
+/// A retry's request id; kept in the replicated dedupe table, so bounded. Empty: none.
+pub fn request_id(s: &str) -> Result<Option<String>, InputError> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_REQUEST_ID || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "request_id",
+            format!(
+                "{} is not 1 to {MAX_REQUEST_ID} bytes of printable ASCII",
+                quote(s)
+            ),
+        ));
+    }
+    Ok(Some(s.to_string()))
 }
 
 pub fn reserve_subnet(s: &str) -> Result<Ipv4Net, InputError> {

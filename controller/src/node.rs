@@ -32,6 +32,11 @@ pub use twill_proto::LEADER_HINT;
 /// Set on a request one member forwards to another, so it is never forwarded twice.
 pub const FORWARDED: &str = "x-twill-forwarded";
 
+/// Enough for every agent of a large cluster on one member (each agent keeps one watch).
+pub const DEFAULT_MAX_WATCHES: usize = 20_000;
+/// Calls in flight on one client connection; a watch holds one for its whole life.
+pub const MAX_CALLS_PER_CONNECTION: usize = 1024;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub id: NodeId,
@@ -64,6 +69,8 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
     /// Faults for this member's outgoing Raft messages (chaos tests only).
     pub faults: Option<Arc<crate::network::Faults>>,
+    /// Watch streams this member serves at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_watches: usize,
 }
 
 impl Options {
@@ -88,6 +95,7 @@ impl Options {
             expiry_interval: Duration::from_secs(1),
             metrics_listen: None,
             faults: None,
+            max_watches: DEFAULT_MAX_WATCHES,
         }
     }
 }
@@ -272,6 +280,28 @@ impl Member {
             .max_encoding_message_size(MAX_MESSAGE);
         cache.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// Checks that a controller member answers at `addr` within two seconds.
+    pub async fn probe_member(&self, addr: &str) -> Result<(), Status> {
+        // Not the forwarding cache: an address that never becomes a member is not kept.
+        let ch = crate::network::channel(addr, Duration::from_secs(2)).map_err(|e| {
+            Status::invalid_argument(format!("addr: {}: {e}", twill_proto::names::quote(addr)))
+        })?;
+        let mut c = ControllerClient::new(ch);
+        let mut req = tonic::Request::new(twill_proto::v1::StatusRequest {});
+        req.set_timeout(Duration::from_secs(2));
+        match tokio::time::timeout(Duration::from_secs(2), c.status(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(Status::failed_precondition(format!(
+                "no controller member answers at {addr}: {}: {}; start it with --join first",
+                s.code(),
+                twill_proto::names::quote(s.message())
+            ))),
+            Err(_) => Err(Status::failed_precondition(format!(
+                "no controller member answers at {addr} within 2s; start it with --join first"
+            ))),
+        }
     }
 
     pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), ProposeError> {
@@ -463,6 +493,8 @@ pub async fn start_on(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(MAX_CALLS_PER_CONNECTION as u32)
             .add_service(RaftService::new(raft.clone()).into_server())
             .add_service(ControllerService::new(member.clone()).into_server())
             .serve_with_incoming_shutdown(incoming, async {

@@ -22,15 +22,22 @@ use crate::allocator::{self as alloc, Command, Outcome};
 use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
 use crate::network::MAX_MESSAGE;
 use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
+use twill_proto::{MAX_REQUEST, PAGE_LEASES};
 
 pub struct ControllerService {
     m: Arc<Member>,
+    /// One permit per open watch stream: each holds a task and a buffer on this member.
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 type Fwd<'a, Resp> = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send + 'a>>;
 
-fn request_id(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+fn request_id(s: &str) -> Result<Option<String>, Status> {
+    Ok(convert::request_id(s)?)
+}
+
+fn node(s: &str) -> Result<String, Status> {
+    Ok(convert::node_name(s)?.to_string())
 }
 
 fn forwarded<T>(r: &Request<T>) -> bool {
@@ -46,12 +53,13 @@ fn mark<T>(msg: T) -> Request<T> {
 
 impl ControllerService {
     pub fn new(m: Arc<Member>) -> Self {
-        ControllerService { m }
+        let watches = Arc::new(tokio::sync::Semaphore::new(m.opts.max_watches));
+        ControllerService { m, watches }
     }
 
     pub fn into_server(self) -> ControllerServer<Self> {
         ControllerServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
@@ -192,7 +200,7 @@ impl controller_server::Controller for ControllerService {
             req,
             |r| {
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::Acquire {
                         args: convert::acquire_args(r)?,
                         now: self.m.clock.now_ms(),
@@ -212,14 +220,11 @@ impl controller_server::Controller for ControllerService {
         self.write(
             req,
             |r| {
-                if r.node.is_empty() {
-                    return Err(Status::invalid_argument("node: required"));
-                }
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::Renew {
-                        node: r.node.clone(),
-                        create_revision: r.revision,
+                        node: node(&r.node)?,
+                        create_revision: r.create_revision,
                         now: self.m.clock.now_ms(),
                     },
                 })
@@ -238,9 +243,9 @@ impl controller_server::Controller for ControllerService {
             req,
             |r| {
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::Release {
-                        node: r.node.clone(),
+                        node: node(&r.node)?,
                     },
                 })
             },
@@ -284,7 +289,7 @@ impl controller_server::Controller for ControllerService {
                     .as_ref()
                     .ok_or_else(|| Status::invalid_argument("config: required"))?;
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::SetConfig {
                         config: convert::config_from_proto(cfg)?,
                         only_if_absent: false,
@@ -308,21 +313,38 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let (limit, after) = {
+            let r = req.get_ref();
+            let limit = match r.limit as usize {
+                0 => PAGE_LEASES,
+                n => n.min(PAGE_LEASES),
+            };
+            // Node names are at most 253 bytes; a longer cursor cannot come from a page.
+            if r.after.len() > twill_proto::names::MAX_NODE_NAME_LEN {
+                return Err(Status::invalid_argument(format!(
+                    "after: {} is not a node name",
+                    twill_proto::names::quote(&r.after)
+                )));
+            }
+            (limit, r.after.clone())
+        };
         self.read(
             req,
-            |m| {
+            move |m| {
                 let d = m.sm.read();
+                let page = d.alloc.page(&after, limit);
                 Ok(pb::ListLeasesResponse {
-                    leases: d.alloc.leases().map(lease_to_proto).collect(),
-                    reservations: d
-                        .alloc
-                        .reservations()
+                    leases: page.leases.into_iter().map(lease_to_proto).collect(),
+                    reservations: page
+                        .reservations
+                        .into_iter()
                         .map(|(n, s)| pb::Reservation {
                             node: n.clone(),
                             subnet: s.to_string(),
                         })
                         .collect(),
                     revision: d.alloc.revision(),
+                    next_after: page.next_after.unwrap_or_default(),
                 })
             },
             |mut c, r| Box::pin(async move { c.list_leases(r).await }),
@@ -338,9 +360,9 @@ impl controller_server::Controller for ControllerService {
             req,
             |r| {
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::Reserve {
-                        node: r.node.clone(),
+                        node: node(&r.node)?,
                         subnet: convert::reserve_subnet(&r.subnet)?,
                     },
                 })
@@ -359,9 +381,9 @@ impl controller_server::Controller for ControllerService {
             req,
             |r| {
                 Ok(alloc::Request {
-                    request_id: request_id(&r.request_id),
+                    request_id: request_id(&r.request_id)?,
                     command: Command::Unreserve {
-                        node: r.node.clone(),
+                        node: node(&r.node)?,
                     },
                 })
             },
@@ -378,8 +400,18 @@ impl controller_server::Controller for ControllerService {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let start = req.into_inner().start_revision;
+        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this member already serves {} watches (--max-watches); watch another member",
+                self.m.opts.max_watches
+            )));
+        };
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(serve_watch(self.m.clone(), start, tx));
+        let m = self.m.clone();
+        tokio::spawn(async move {
+            serve_watch(m, start, tx).await;
+            drop(permit);
+        });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -427,9 +459,14 @@ impl controller_server::Controller for ControllerService {
         }
         if !(r.addr.starts_with("http://") || r.addr.starts_with("https://")) {
             return Err(Status::invalid_argument(format!(
-                "addr: {:?} is not a URL like http://10.0.0.2:7420",
-                r.addr
+                "addr: {} is not a URL like http://10.0.0.2:7420",
+                twill_proto::names::quote(&r.addr)
             )));
+        }
+        // A learner that never answers would be replicated to forever, and the call would hang:
+        // check that something serves the Raft API there first.
+        if !was_forwarded {
+            self.m.probe_member(&r.addr).await?;
         }
         tracing::info!(member = r.id, addr = %r.addr, "adding member (learner, then voter)");
         match self.m.add_member(r.id, r.addr.clone()).await {
@@ -533,14 +570,7 @@ async fn serve_watch(
                 }
                 None => {
                     sent = rev;
-                    vec![pb::WatchResponse {
-                        msg: Some(watch_response::Msg::Snapshot(pb::WatchSnapshot {
-                            revision: rev,
-                            leases: d.alloc.leases().map(lease_to_proto).collect(),
-                            config: d.alloc.config().map(config_to_proto),
-                            config_present: d.alloc.config().is_some(),
-                        })),
-                    }]
+                    snapshot_chunks(&d.alloc)
                 }
             }
         };
@@ -564,6 +594,35 @@ async fn serve_watch(
             }
         }
     }
+}
+
+/// The whole table at one revision, cut into chunks of [`PAGE_LEASES`] so that no message
+/// grows with the table; an empty table is one chunk.
+fn snapshot_chunks(a: &alloc::Allocator) -> Vec<pb::WatchResponse> {
+    let leases: Vec<pb::Lease> = a.leases().map(lease_to_proto).collect();
+    let config = a.config().map(config_to_proto);
+    let mut chunks: Vec<Vec<pb::Lease>> = Vec::new();
+    let mut it = leases.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(PAGE_LEASES).collect());
+    }
+    if chunks.is_empty() {
+        chunks.push(Vec::new());
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, leases)| pb::WatchResponse {
+            msg: Some(watch_response::Msg::Snapshot(pb::WatchSnapshot {
+                revision: a.revision(),
+                leases,
+                config: config.clone(),
+                config_present: config.is_some(),
+                more: i + 1 < n,
+            })),
+        })
+        .collect()
 }
 
 /// Counts an open watch stream for as long as it is served.

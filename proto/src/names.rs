@@ -46,16 +46,23 @@ pub struct NodeNameError {
 
 impl NodeNameError {
     fn new(name: &str, fault: NodeNameFault) -> Self {
-        let mut prefix = name.char_indices().skip(QUOTED_CHARS);
-        let quoted = match prefix.next() {
-            None => format!("{name:?}"),
-            Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
-        };
-        NodeNameError { quoted, fault }
+        NodeNameError {
+            quoted: quote(name),
+            fault,
+        }
     }
 
     pub fn fault(&self) -> NodeNameFault {
         self.fault
+    }
+}
+
+/// Quotes untrusted text for an error message or a log line: its first 64 characters, and its
+/// length when it is longer, so a megabyte of input never becomes a megabyte of error.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
     }
 }
 

@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::defaults::BGP_HOLD_TIME;
-use crate::names::validate_node_name;
+use crate::names::{quote, validate_node_name};
 use crate::v1;
 
 /// Linux's TCP_MD5SIG_MAXKEYLEN: a longer RFC 2385 key cannot be installed on the socket.
@@ -137,7 +137,7 @@ pub fn bgp_from_proto(b: &v1::BgpBackend) -> Result<BgpSettings, BgpSettingsErro
             Err(_) => {
                 return refuse(
                     BgpField::ClusterId,
-                    format!("{:?} is not an IPv4 address", b.cluster_id),
+                    format!("{} is not an IPv4 address", quote(&b.cluster_id)),
                 )
             }
         },
@@ -154,7 +154,7 @@ pub fn bgp_from_proto(b: &v1::BgpBackend) -> Result<BgpSettings, BgpSettingsErro
         let Ok(address) = p.address.trim().parse::<IpAddr>() else {
             return refuse(
                 BgpField::PeerAddress,
-                format!("{:?} is not an IP address", p.address),
+                format!("{} is not an IP address", quote(&p.address)),
             );
         };
         let node = p.node.trim();
@@ -172,7 +172,7 @@ pub fn bgp_from_proto(b: &v1::BgpBackend) -> Result<BgpSettings, BgpSettingsErro
             Err(_) => {
                 return refuse(
                     BgpField::AllowedPrefixes,
-                    format!("{a:?} is not an IPv4 CIDR like 192.0.2.0/24"),
+                    format!("{} is not an IPv4 CIDR like 192.0.2.0/24", quote(a)),
                 )
             }
         }

@@ -48,7 +48,7 @@ fn status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> t
 }
 
 async fn revision(c: &mut ControllerClient<Channel>) -> u64 {
-    c.list_leases(pb::ListLeasesRequest {})
+    c.list_leases(pb::ListLeasesRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -62,7 +62,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     c.acquire(acq("holder", "")).await.expect("first acquire");
     let before = revision(&mut c).await;
     let leases_before = c
-        .list_leases(pb::ListLeasesRequest {})
+        .list_leases(pb::ListLeasesRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -167,7 +167,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         c.renew(pb::RenewRequest {
             request_id: String::new(),
             node: "ghost".into(),
-            revision: 0,
+            create_revision: 0,
         })
         .await,
     );
@@ -194,7 +194,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     assert_eq!(s.code(), Code::AlreadyExists, "{}", s.message());
 
     let after = c
-        .list_leases(pb::ListLeasesRequest {})
+        .list_leases(pb::ListLeasesRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -252,7 +252,7 @@ async fn member_without_quorum_is_unavailable_and_names_the_leader() {
         s.message()
     );
     // A linearizable read needs a quorum too.
-    let s = status(c.list_leases(pb::ListLeasesRequest {}).await);
+    let s = status(c.list_leases(pb::ListLeasesRequest::default()).await);
     assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
     cl.shutdown().await;
 }
@@ -277,7 +277,7 @@ async fn follower_forwards_writes_and_reads_to_the_leader() {
         .expect("forwarded acquire")
         .into_inner();
     let l = f
-        .list_leases(pb::ListLeasesRequest {})
+        .list_leases(pb::ListLeasesRequest::default())
         .await
         .expect("forwarded read")
         .into_inner();
@@ -286,5 +286,347 @@ async fn follower_forwards_writes_and_reads_to_the_leader() {
         "a linearizable read saw an older revision than a write it followed"
     );
     assert!(l.leases.iter().any(|x| x.node == "via-follower"));
+    cl.shutdown().await;
+}
+
+/// The Raft log's last index on every member, to show that a refused request wrote nothing.
+async fn log_indexes(cl: &Cluster) -> Vec<u64> {
+    let mut out = Vec::new();
+    for id in cl.addrs.keys() {
+        let s = raw(cl, *id)
+            .await
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        out.push(s.last_log_index);
+    }
+    out
+}
+
+/// Every member, leader or follower, refuses bad input itself, at once, with the same short
+/// INVALID_ARGUMENT, and nothing reaches the Raft log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_replication_by_every_member() {
+    let cl = Cluster::start(3).await.expect("cluster");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    // Let the cluster settle: the leader's first entries are applied everywhere.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = log_indexes(&cl).await;
+    let long = |n: usize| "x".repeat(n);
+    let bad_names = [
+        long(100 * 1024),
+        long(17 * 1024),
+        "Node_1".to_string(),
+        String::new(),
+    ];
+    for id in cl.addrs.keys().copied() {
+        let mut c = raw(&cl, id).await;
+        let who = if id == leader { "leader" } else { "follower" };
+        for name in &bad_names {
+            let shown = &name[..name.len().min(12)];
+            let mut calls: Vec<(&str, tonic::Status)> = Vec::new();
+            let mut a = acq(name, "");
+            a.request_id = "r0".into();
+            calls.push(("acquire", status(c.acquire(a).await)));
+            calls.push((
+                "renew",
+                status(
+                    c.renew(pb::RenewRequest {
+                        request_id: "r1".into(),
+                        node: name.clone(),
+                        create_revision: 0,
+                    })
+                    .await,
+                ),
+            ));
+            calls.push((
+                "release",
+                status(
+                    c.release(pb::ReleaseRequest {
+                        request_id: "r2".into(),
+                        node: name.clone(),
+                    })
+                    .await,
+                ),
+            ));
+            calls.push((
+                "reserve",
+                status(
+                    c.reserve(pb::ReserveRequest {
+                        request_id: "r3".into(),
+                        node: name.clone(),
+                        subnet: "10.0.9.0/24".into(),
+                    })
+                    .await,
+                ),
+            ));
+            calls.push((
+                "unreserve",
+                status(
+                    c.unreserve(pb::UnreserveRequest {
+                        request_id: "r4".into(),
+                        node: name.clone(),
+                    })
+                    .await,
+                ),
+            ));
+            for (call, s) in calls {
+                assert_eq!(
+                    s.code(),
+                    Code::InvalidArgument,
+                    "{call} with {shown:?}… on the {who}: {}",
+                    &s.message()[..s.message().len().min(200)]
+                );
+                assert!(
+                    s.message().len() < 600,
+                    "{call} on the {who}: a {} byte message",
+                    s.message().len()
+                );
+                assert!(s.message().starts_with("node: "), "{}", s.message());
+            }
+        }
+        // Larger than any request the API takes: refused by size, not parsed.
+        let s = status(c.acquire(acq(&long(5 << 20), "")).await);
+        assert_eq!(s.code(), Code::OutOfRange, "{}", s.message());
+        assert!(s.message().contains("too large"), "{}", s.message());
+        assert!(s.message().len() < 600, "{}", s.message().len());
+        // Bounded fields other than the name.
+        let mut big_id = acq("fine", "");
+        big_id.request_id = long(65);
+        let s = status(c.acquire(big_id).await);
+        assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+        assert!(s.message().starts_with("request_id: "), "{}", s.message());
+        let mut bad_ip = acq("fine", "");
+        bad_ip.public_ip = long(50_000);
+        let s = status(c.acquire(bad_ip).await);
+        assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+        assert!(s.message().len() < 600, "{}", s.message().len());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log_indexes(&cl).await,
+        before,
+        "a refused request reached the Raft log"
+    );
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_data_is_bounded_in_entries_keys_and_values() {
+    let cl = Cluster::start(1).await.expect("cluster");
+    let mut c = raw(&cl, 1).await;
+    let with = |f: &dyn Fn(&mut std::collections::HashMap<String, String>)| {
+        let mut r = acq("bd", "");
+        f(&mut r.backend_data);
+        r
+    };
+    let too_many = with(&|m| {
+        for i in 0..17 {
+            m.insert(format!("k{i}"), "v".into());
+        }
+    });
+    let s = status(c.acquire(too_many).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("17 entries"), "{}", s.message());
+    let big_value = with(&|m| {
+        m.insert("vtep_mac".into(), "v".repeat(257));
+    });
+    let s = status(c.acquire(big_value).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("257 bytes"), "{}", s.message());
+    let bad_key = with(&|m| {
+        m.insert("a key".into(), "v".into());
+    });
+    assert_eq!(
+        status(c.acquire(bad_key).await).code(),
+        Code::InvalidArgument
+    );
+    let at_limits = with(&|m| {
+        for i in 0..16 {
+            m.insert(format!("{i:0>63}"), "v".repeat(256));
+        }
+    });
+    c.acquire(at_limits)
+        .await
+        .expect("16 entries at the size limits");
+    cl.shutdown().await;
+}
+
+/// A client with gRPC's default 4 MiB receive limit reads a table far larger than that: leases
+/// come in pages and the watch snapshot in chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_reach_a_client_with_the_default_receive_limit() {
+    let cl = Cluster::start(1).await.expect("cluster");
+    // Each lease carries about 4.5 KB of backend data: 1,200 of them are over 5 MB.
+    let data: std::collections::HashMap<String, String> = (0..16)
+        .map(|i| (format!("{i:0>63}"), "v".repeat(256)))
+        .collect();
+    let client = cl.client();
+    let reqs = (0..1200).map(|i| {
+        let mut r = acq(&format!("n{i:04}"), "");
+        r.request_id = String::new();
+        r.backend_data = data.clone();
+        client.acquire(r)
+    });
+    for r in futures::future::join_all(reqs).await {
+        r.expect("acquire");
+    }
+    // The generated client keeps tonic's default limits: 4 MiB to receive.
+    let mut c = raw(&cl, 1).await;
+    let mut names = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let p = c
+            .list_leases(pb::ListLeasesRequest { limit: 0, after })
+            .await
+            .expect("a page under 4 MiB")
+            .into_inner();
+        pages += 1;
+        assert!(p.leases.len() <= twill_proto::PAGE_LEASES);
+        names.extend(p.leases.into_iter().map(|l| l.node));
+        if p.next_after.is_empty() {
+            break;
+        }
+        after = p.next_after;
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..1200).map(|i| format!("n{i:04}")).collect();
+    assert_eq!(names, want, "every lease once, in name order");
+    let small = c
+        .list_leases(pb::ListLeasesRequest {
+            limit: 7,
+            after: "n0100".into(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(small.leases.len(), 7);
+    assert_eq!(small.leases[0].node, "n0101");
+    assert_eq!(small.next_after, "n0107");
+
+    let mut w = c
+        .watch(pb::WatchRequest { start_revision: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = 0;
+    loop {
+        let m = w
+            .message()
+            .await
+            .expect("a chunk under 4 MiB")
+            .expect("open");
+        let Some(pb::watch_response::Msg::Snapshot(s)) = m.msg else {
+            panic!("a snapshot first, got {m:?}");
+        };
+        assert!(s.config_present);
+        seen += s.leases.len();
+        if !s.more {
+            break;
+        }
+    }
+    assert_eq!(seen, 1200);
+    // twill's own client puts the chunks back together.
+    let mut whole = cl.client_of(1).watch(0).await.expect("watch");
+    match whole.message().await.expect("snapshot").and_then(|m| m.msg) {
+        Some(pb::watch_response::Msg::Snapshot(s)) => assert_eq!(s.leases.len(), 1200),
+        other => panic!("a snapshot first, got {other:?}"),
+    }
+    cl.shutdown().await;
+}
+
+/// RenewRequest.create_revision means what the proto says: the lease's create_revision, which
+/// renewals keep, so every renewal after the first still passes the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_checks_the_create_revision_the_proto_documents() {
+    let cl = Cluster::start(1).await.expect("cluster");
+    let mut c = raw(&cl, 1).await;
+    let lease = c
+        .acquire(acq("renewer", ""))
+        .await
+        .expect("acquire")
+        .into_inner()
+        .lease
+        .expect("lease");
+    let renew = |create_revision| pb::RenewRequest {
+        request_id: String::new(),
+        node: "renewer".into(),
+        create_revision,
+    };
+    let mut last = lease.clone();
+    for _ in 0..3 {
+        last = c
+            .renew(renew(lease.create_revision))
+            .await
+            .expect("renew with the create_revision")
+            .into_inner()
+            .lease
+            .expect("lease");
+        assert_eq!(last.create_revision, lease.create_revision);
+    }
+    assert!(last.mod_revision > lease.create_revision);
+    let s = status(c.renew(renew(last.mod_revision)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_beyond_the_limit_are_refused_and_a_closed_one_frees_its_place() {
+    let cl = Cluster::start_with(1, |o| o.max_watches = 2)
+        .await
+        .expect("cluster");
+    let mut c = raw(&cl, 1).await;
+    let open = |mut c: ControllerClient<Channel>| async move {
+        c.watch(pb::WatchRequest { start_revision: 0 }).await
+    };
+    let a = open(c.clone()).await.expect("first");
+    let _b = open(c.clone()).await.expect("second");
+    let s = status(open(c.clone()).await);
+    assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+    assert!(s.message().contains("--max-watches"), "{}", s.message());
+    drop(a);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(w) = open(c.clone()).await {
+            again = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the closed watch's place was not freed");
+    let _ = c
+        .status(pb::StatusRequest {})
+        .await
+        .expect("other calls still served");
+    cl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_unreachable_member_fails_fast_and_changes_nothing() {
+    let cl = Cluster::start(1).await.expect("cluster");
+    let mut c = raw(&cl, 1).await;
+    let port = twill_tests::free_port().expect("port");
+    let started = std::time::Instant::now();
+    let s = status(
+        c.add_member(pb::AddMemberRequest {
+            id: 2,
+            addr: format!("http://127.0.0.1:{port}"),
+        })
+        .await,
+    );
+    assert_eq!(s.code(), Code::FailedPrecondition, "{}", s.message());
+    assert!(s.message().contains("--join"), "{}", s.message());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let st = c
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(st.members.len(), 1, "{:?}", st.members);
     cl.shutdown().await;
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tonic::Streaming;
 use twill_client::Client;
+use twill_client::Watch;
 use twill_proto::v1 as pb;
 use twill_proto::v1::watch_response::Msg;
 use twill_tests::Cluster;
@@ -33,7 +33,7 @@ async fn acquire(c: &Client, node: &str) -> u64 {
 }
 
 /// The next message that is not a progress note.
-async fn next(s: &mut Streaming<pb::WatchResponse>) -> Msg {
+async fn next(s: &mut Watch) -> Msg {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), s.message())
             .await
@@ -47,10 +47,7 @@ async fn next(s: &mut Streaming<pb::WatchResponse>) -> Msg {
     }
 }
 
-async fn expect_events(
-    s: &mut Streaming<pb::WatchResponse>,
-    revs: std::ops::RangeInclusive<u64>,
-) -> Vec<pb::LeaseEvent> {
+async fn expect_events(s: &mut Watch, revs: std::ops::RangeInclusive<u64>) -> Vec<pb::LeaseEvent> {
     let mut got = Vec::new();
     for want in revs {
         match next(s).await {

@@ -63,9 +63,10 @@ pub struct NetworkFlags {
     /// With bgp: hold time proposed to peers, in seconds (at least 3) [default: 90]
     #[arg(long, value_name = "SECONDS")]
     pub bgp_hold_time: Option<u32>,
-    /// With bgp: an outside peer such as a ToR router, as ADDR=ASN[,password=KEY][,node=NODE]
-    /// (only NODE peers with it when given); it is sent the node's own subnet only (no
-    /// transit); repeat for each; replaces the list
+    /// With bgp: an outside peer such as a ToR router, as ADDR=ASN[,OPTION]... (options:
+    /// node=NODE: only NODE peers with it; an RFC 2385 TCP-MD5 key as password-file=PATH (the
+    /// file's first line), password-env=VAR, or password=KEY, which `ps` shows to every user);
+    /// it is sent the node's own subnet only (no transit); repeat for each; replaces the list
     #[arg(long = "bgp-peer", value_name = "PEER", value_parser = parse_bgp_peer)]
     pub bgp_peers: Vec<pb::BgpPeer>,
     /// With bgp: a node's own AS number, as NODE=ASN; repeat for each; replaces the list
@@ -85,7 +86,7 @@ fn parse_bgp_peer(s: &str) -> Result<pb::BgpPeer, String> {
     let mut parts = s.split(',');
     let head = parts.next().unwrap_or_default();
     let (addr, asn) = head.split_once('=').ok_or_else(|| {
-        format!("{s:?}: expected ADDR=ASN[,password=KEY][,node=NODE], e.g. 192.0.2.254=64500")
+        format!("{s:?}: expected ADDR=ASN[,password-file=PATH][,node=NODE], e.g. 192.0.2.254=64500")
     })?;
     let address: std::net::IpAddr = addr
         .trim()
@@ -103,11 +104,30 @@ fn parse_bgp_peer(s: &str) -> Result<pb::BgpPeer, String> {
     for kv in parts {
         match kv.split_once('=') {
             Some(("password", v)) => p.password = v.to_string(),
+            Some(("password-file", path)) => p.password = password_from_file(path)?,
+            Some(("password-env", var)) => {
+                p.password = std::env::var(var)
+                    .map_err(|_| format!("password-env={var}: no such environment variable"))?
+            }
             Some(("node", v)) => p.node = v.trim().to_string(),
-            _ => return Err(format!("{kv:?}: expected password=KEY or node=NODE")),
+            _ => return Err(format!(
+                "{kv:?}: expected node=NODE, password-file=PATH, password-env=VAR or password=KEY"
+            )),
         }
     }
     Ok(p)
+}
+
+/// A key file's first line, without its line ending; an empty key is refused rather than
+/// silently meaning "no key".
+fn password_from_file(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("password-file={path}: cannot read it: {e}"))?;
+    let key = text.lines().next().unwrap_or_default().to_string();
+    if key.is_empty() {
+        return Err(format!("password-file={path}: the first line is empty"));
+    }
+    Ok(key)
 }
 
 fn parse_node_asn(s: &str) -> Result<(String, u32), String> {
@@ -320,6 +340,33 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_keys_come_from_a_file_or_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("tor.key");
+        std::fs::write(&key, "s3cret\nignored\n").expect("write");
+        let p = parse_bgp_peer(&format!("192.0.2.1=64500,password-file={}", key.display()))
+            .expect("valid");
+        assert_eq!(p.password, "s3cret");
+        std::env::set_var("TWILL_TEST_BGP_KEY", "from-env");
+        let p = parse_bgp_peer("192.0.2.1=64500,password-env=TWILL_TEST_BGP_KEY,node=n1")
+            .expect("valid");
+        assert_eq!((p.password.as_str(), p.node.as_str()), ("from-env", "n1"));
+        let e = parse_bgp_peer("192.0.2.1=64500,password-env=TWILL_TEST_NO_SUCH_VAR").unwrap_err();
+        assert!(e.contains("no such environment variable"), "{e}");
+        let missing = dir.path().join("none");
+        let e = parse_bgp_peer(&format!(
+            "192.0.2.1=64500,password-file={}",
+            missing.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("cannot read it"), "{e}");
+        std::fs::write(&key, "\n").expect("write");
+        let e = parse_bgp_peer(&format!("192.0.2.1=64500,password-file={}", key.display()))
+            .unwrap_err();
+        assert!(e.contains("first line is empty"), "{e}");
+    }
 
     #[test]
     fn durations_parse_and_print() {

@@ -418,7 +418,7 @@ pub async fn start_on(
         };
         opts.advertise = format!("http://{host}:{}", addr.port());
     }
-    std::fs::create_dir_all(&opts.data_dir).map_err(|e| StartError::DataDir {
+    secure_data_dir(&opts.data_dir).map_err(|e| StartError::DataDir {
         path: opts.data_dir.clone(),
         source: e,
     })?;
@@ -539,6 +539,29 @@ pub async fn start_on(
         duties,
         log_closed,
     })
+}
+
+/// The data directory holds BGP keys and the cluster's keys: 0700, and every file in it 0600,
+/// including files an older version left readable. The log file is made before redb opens it,
+/// so it is never readable by others, not even for a moment.
+fn secure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("raft.redb"))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// A restarted member has no memory of when it last heard a leader, so openraft would let it

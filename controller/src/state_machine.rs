@@ -5,6 +5,7 @@
 //! On start the snapshot is loaded and openraft replays the committed log after it.
 
 use std::io::{Cursor, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -180,7 +181,13 @@ fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<(
     let body = bincode::serialize(stored).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // The snapshot holds BGP keys (and the cluster's CA key): readable by this user only.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(MAGIC)?;
         f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
         f.write_all(&(body.len() as u64).to_le_bytes())?;

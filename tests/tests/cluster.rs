@@ -270,3 +270,52 @@ async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot() {
     assert_eq!(local_table(&cl, lagging), want);
     cl.shutdown().await;
 }
+
+/// BGP keys (and the cluster's keys) live in the log and the snapshot: nobody but the
+/// controller's user may read them, whatever the umask, and files an older version left
+/// readable are closed at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_directory_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cl = Cluster::start_with(1, |o| o.snapshot_every = 5)
+        .await
+        .expect("cluster");
+    let c = cl.client();
+    for i in 0..12 {
+        c.acquire(pb::AcquireRequest {
+            node: format!("m{i}"),
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire");
+    }
+    let dir = cl.data_dir(1);
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    let snapshot = dir.join("snapshot.bin");
+    for _ in 0..50 {
+        if snapshot.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mode(&dir), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(files.contains(&snapshot), "{files:?}");
+    assert!(files.contains(&dir.join("raft.redb")), "{files:?}");
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    // An older version's readable files, and a loosened directory, are closed on restart.
+    cl.stop(1).await;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    cl.restart(1).await.expect("restart");
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&snapshot), 0o600);
+    cl.shutdown().await;
+}

@@ -35,9 +35,26 @@ pub struct AgentArgs {
     /// The node's public address; must be on the chosen interface [default: its first address]
     #[arg(long, value_name = "ADDR")]
     public_ip: Option<Ipv4Addr>,
-    /// Where the agent remembers its subnet across restarts
+    /// Where the agent remembers its subnet (and keeps its certificate) across restarts
     #[arg(long, value_name = "DIR", default_value = "/var/lib/twill/agent")]
     state_dir: PathBuf,
+    /// A join token from `twill token create`: used once, when the node has no certificate
+    /// yet, to get one for its name (kept in the state directory as node.pem and renewed
+    /// before it expires)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TWILL_JOIN_TOKEN",
+        requires = "ca_hash"
+    )]
+    join_token: Option<String>,
+    /// With --join-token: the cluster CA's hash that `twill token create` printed
+    /// (sha256:…); the controller must prove it belongs to that CA before the token is sent
+    #[arg(long, value_name = "HASH")]
+    ca_hash: Option<String>,
+    /// Talk plaintext gRPC to a controller run with --insecure (no certificate, no checks)
+    #[arg(long, conflicts_with = "join_token")]
+    insecure: bool,
     /// flannel-compatible subnet file for CNI
     #[arg(long, value_name = "FILE", default_value = "/run/flannel/subnet.env")]
     subnet_file: PathBuf,
@@ -116,7 +133,16 @@ fn hostname() -> String {
 }
 
 pub async fn run(a: AgentArgs) -> Result<()> {
+    let tls = if a.insecure {
+        agent::Tls::Off
+    } else {
+        agent::Tls::On {
+            file: a.state_dir.join("node.pem"),
+            join: a.join_token.zip(a.ca_hash),
+        }
+    };
     let opts = Options {
+        tls,
         controllers: a.controllers,
         node_name: a.node_name.unwrap_or_else(hostname),
         choice: Choice {

@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod bgp_cmd;
+mod credentials;
 mod network_flags;
 mod operator;
 mod sandbox_cmd;
@@ -73,6 +74,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bgp_cmd::BgpCmd,
     },
+    /// Create, list and revoke join tokens (nodes and new members trade one for a certificate)
+    Token {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        cmd: operator::TokenCmd,
+    },
+    /// The cluster CA: create one for a cluster formed with --peer, or print a CA's hash
+    Ca {
+        #[command(subcommand)]
+        cmd: operator::CaCmd,
+    },
     /// Release a node's lease now, e.g. for a node that is gone for good
     Release {
         #[command(flatten)]
@@ -128,6 +141,8 @@ fn main() -> ExitCode {
             Cmd::Unreserve { target, node } => operator::unreserve(&target, &node).await,
             Cmd::Release { target, node } => operator::release(&target, &node).await,
             Cmd::Bgp { cmd } => bgp_cmd::run(cmd),
+            Cmd::Token { target, cmd } => operator::token(&target, cmd).await,
+            Cmd::Ca { cmd } => operator::ca(cmd),
         }
     });
     match result {

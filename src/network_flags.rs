@@ -110,9 +110,11 @@ fn parse_bgp_peer(s: &str) -> Result<pb::BgpPeer, String> {
                     .map_err(|_| format!("password-env={var}: no such environment variable"))?
             }
             Some(("node", v)) => p.node = v.trim().to_string(),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{kv:?}: expected node=NODE, password-file=PATH, password-env=VAR or password=KEY"
-            )),
+            ))
+            }
         }
     }
     Ok(p)

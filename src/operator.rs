@@ -27,17 +27,192 @@ pub struct Target {
     /// Print JSON instead of a table
     #[arg(long, global = true)]
     pub json: bool,
+    /// Certificate, key and CA to call the controller with [default: the admin credential a
+    /// controller on this machine wrote, DATA_DIR/admin.pem]
+    #[arg(long, global = true, value_name = "FILE", env = "TWILL_CREDENTIALS")]
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 impl Target {
+    /// TLS settings from the credentials, or none (a cluster run with --insecure).
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+        Ok(crate::credentials::cli(self.credentials.as_deref())?.map(|c| c.client_tls()))
+    }
+
     pub fn client(&self) -> Result<Client> {
         let opts = ClientOptions {
             retry_for: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(5),
+            tls: self.tls()?,
             ..Default::default()
         };
         Ok(Client::with_options(&self.endpoints, opts)?)
     }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a join token and print it with the command a node joins with
+    Create {
+        /// How long it is good for, e.g. 1h, 30m, 7d
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::network_flags::parse_duration)]
+        ttl: Duration,
+        /// Only this node (or, with --member, this member id) may join with it
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// How many joins it allows [default: any number until it expires]
+        #[arg(long, value_name = "N")]
+        uses: Option<u32>,
+        /// A token for a new controller member instead of a node
+        #[arg(long)]
+        member: bool,
+    },
+    /// List the tokens (never their secrets)
+    List,
+    /// Revoke a token by its id (the part before the dot)
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Create a CA (certificate and key, 0600) for a cluster formed with --peer; pass it to
+    /// every founding member with --ca
+    Create {
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Print the hash of a CA (or of the CA in a credentials file) for --ca-hash
+    Hash { file: std::path::PathBuf },
+}
+
+pub fn ca(cmd: CaCmd) -> Result<()> {
+    match cmd {
+        CaCmd::Create { out } => {
+            if out.exists() {
+                bail!("{} exists; refusing to replace a CA", out.display());
+            }
+            let ca = twill_pki::Ca::generate("cluster")?;
+            ca.save(&out)?;
+            println!("CA written to {} (keep it secret)", out.display());
+            println!("hash: {}", ca.hash()?);
+        }
+        CaCmd::Hash { file } => {
+            let hash = match twill_pki::Ca::load(&file) {
+                Ok(ca) => ca.hash()?,
+                Err(_) => twill_pki::Credentials::load(&file)?.ca_hash()?,
+            };
+            println!("{hash}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(t: &Target, cmd: TokenCmd) -> Result<()> {
+    let client = t.client()?;
+    match cmd {
+        TokenCmd::Create {
+            ttl,
+            node,
+            uses,
+            member,
+        } => {
+            let r = client
+                .create_token(pb::CreateTokenRequest {
+                    request_id: String::new(),
+                    ttl_ms: ttl.as_millis() as u64,
+                    bound_to: node.clone().unwrap_or_default(),
+                    uses: uses.unwrap_or(0),
+                    member,
+                })
+                .await
+                .context("create token")?;
+            if t.json {
+                println!(
+                    "{}",
+                    json!({"token": r.token, "ca_hash": r.ca_hash, "expires_at_ms": r.expires_at_ms})
+                );
+                return Ok(());
+            }
+            // The URLs as a node dials them: TLS, so https.
+            let endpoints = t
+                .endpoints
+                .iter()
+                .map(|e| e.replacen("http://", "https://", 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            println!("token:   {}", r.token);
+            println!("ca hash: {}", r.ca_hash);
+            println!("expires: in {}", format_duration(ttl));
+            if member {
+                println!("\nstart the new member with:\n  twill controller --id ID --join --join-token {} --ca-hash {} --controller {endpoints} --advertise https://HOST:7420", r.token, r.ca_hash);
+                println!("then add it:\n  twill members add ID https://HOST:7420");
+            } else {
+                println!(
+                    "\njoin a node with:\n  twill agent --node-name {} --controller {endpoints} --join-token {} --ca-hash {}",
+                    node.as_deref().unwrap_or("NODE"),
+                    r.token,
+                    r.ca_hash
+                );
+            }
+        }
+        TokenCmd::List => {
+            let r = client.list_tokens().await.context("list tokens")?;
+            let now = now_ms();
+            if t.json {
+                let v: Vec<Value> = r
+                    .tokens
+                    .iter()
+                    .map(|x| {
+                        json!({"id": x.id, "kind": x.kind, "bound_to": x.bound_to,
+                        "uses_left": x.limited.then_some(x.uses_left), "used": x.used,
+                        "created_at_ms": x.created_at_ms, "expires_at_ms": x.expires_at_ms,
+                        "revoked": x.revoked})
+                    })
+                    .collect();
+                println!("{}", Value::Array(v));
+                return Ok(());
+            }
+            let rows = r
+                .tokens
+                .iter()
+                .map(|x| {
+                    let state = if x.revoked {
+                        "revoked".to_string()
+                    } else if x.expires_at_ms <= now {
+                        "expired".to_string()
+                    } else if x.limited && x.uses_left == 0 {
+                        "used up".to_string()
+                    } else {
+                        format!(
+                            "expires in {}",
+                            format_duration(Duration::from_secs((x.expires_at_ms - now) / 1000))
+                        )
+                    };
+                    vec![
+                        x.id.clone(),
+                        x.kind.clone(),
+                        text(&x.bound_to),
+                        if x.limited {
+                            x.uses_left.to_string()
+                        } else {
+                            "any".into()
+                        },
+                        x.used.to_string(),
+                        state,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ID", "KIND", "FOR", "USES LEFT", "USED", "STATE"], rows)
+            );
+        }
+        TokenCmd::Revoke { id } => {
+            client.revoke_token(&id).await.context("revoke token")?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,7 +412,7 @@ pub async fn status(t: &Target) -> Result<()> {
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for m in &first.members {
-        match Client::status_of(&m.addr).await {
+        match Client::status_of(&m.addr, t.tls()?).await {
             Ok(s) => {
                 out.push(json!({
                     "id": s.id, "addr": m.addr, "voter": m.voter, "state": s.state,

@@ -33,7 +33,8 @@ pub struct ControllerArgs {
         env = "TWILL_LISTEN"
     )]
     listen: SocketAddr,
-    /// URL other members and agents use to reach this one [default: http://<listen>]
+    /// URL other members and agents use to reach this one [default: https://<listen>, or
+    /// http://<listen> with --insecure]
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
     /// An initial member as ID=URL, this one included; repeat for each (e.g. --peer
@@ -44,6 +45,37 @@ pub struct ControllerArgs {
     /// Start empty and wait to be added to a running cluster with `twill members add`
     #[arg(long)]
     join: bool,
+
+    /// Serve plaintext gRPC and check no caller: anyone who reaches the port can change the
+    /// network, take or release any node's lease, read BGP passwords and join the cluster.
+    /// Without it, every connection is TLS and every call is checked against the caller's
+    /// certificate (a new cluster makes its own CA)
+    #[arg(long)]
+    insecure: bool,
+    /// The cluster CA (certificate and key, from `twill ca create`) for a cluster formed with
+    /// --peer: every founding member needs the same one. A single-member cluster makes its own
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With --join: a member join token from `twill token create --member`; this member gets
+    /// its certificate with it before it is added with `twill members add`
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TWILL_JOIN_TOKEN",
+        requires = "ca_hash"
+    )]
+    join_token: Option<String>,
+    /// With --join-token: the hash of the cluster's CA that `twill token create` printed
+    /// (sha256:…); the member joined through must prove it belongs to that CA
+    #[arg(long, value_name = "HASH", requires = "join_token")]
+    ca_hash: Option<String>,
+    /// With --join-token: a running member to join through (repeat or separate with commas)
+    #[arg(long = "controller", value_name = "URL", value_delimiter = ',')]
+    join_via: Vec<String>,
+    /// How long the node certificates this cluster issues last; agents renew theirs two
+    /// thirds into that time
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    node_cert_ttl: Duration,
 
     /// Raft heartbeat interval
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
@@ -97,11 +129,27 @@ fn default_data_dir() -> PathBuf {
     if std::fs::create_dir_all(&sys).is_ok() {
         return sys;
     }
+    user_data_dir()
+}
+
+fn user_data_dir() -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("twill/controller")
+}
+
+/// Where a local controller may keep its data, in the order the CLI looks for its admin
+/// credential: `$TWILL_DATA_DIR`, the system directory, the user's.
+pub fn data_dir_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("TWILL_DATA_DIR") {
+        v.push(PathBuf::from(d));
+    }
+    v.push(PathBuf::from(SYSTEM_DATA_DIR));
+    v.push(user_data_dir());
+    v
 }
 
 impl ControllerArgs {
@@ -160,6 +208,25 @@ impl ControllerArgs {
         o.watch_history = self.watch_history.max(1);
         o.write_timeout = self.write_timeout;
         o.metrics_listen = self.metrics_addr;
+        if self.join_token.is_some() && !self.join {
+            bail!("--join-token is for a member started with --join");
+        }
+        if self.insecure && (self.ca.is_some() || self.join_token.is_some()) {
+            bail!("--insecure turns TLS off: --ca and --join-token make no sense with it");
+        }
+        if self.node_cert_ttl < Duration::from_secs(3) {
+            bail!("--node-cert-ttl must be at least 3s");
+        }
+        o.node_cert_ttl = self.node_cert_ttl;
+        if o.advertise.is_empty() {
+            let host = if self.listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                self.listen.ip().to_string()
+            };
+            let scheme = if self.insecure { "http" } else { "https" };
+            o.advertise = format!("{scheme}://{host}:{}", self.listen.port());
+        }
 
         let base = config_to_proto(&o.initial_config);
         let wanted = self.network.overlay(&base)?;
@@ -169,7 +236,35 @@ impl ControllerArgs {
 }
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    if args.insecure {
+        tracing::warn!("--insecure: plaintext gRPC, and no caller is checked");
+    } else {
+        let (creds, ca) = crate::credentials::member(crate::credentials::MemberSetup {
+            id: opts.id,
+            data_dir: &opts.data_dir,
+            advertise: &opts.advertise,
+            listen: opts.listen,
+            ca_file: args.ca.as_deref(),
+            founding_with_peers: !opts.peers.is_empty(),
+            join: args
+                .join_token
+                .as_deref()
+                .zip(args.ca_hash.as_deref())
+                .map(|(t, h)| (t, h, args.join_via.as_slice())),
+        })
+        .await?;
+        if let Some(ca) = &ca {
+            let admin = crate::credentials::write_admin(&opts.data_dir, ca)?;
+            tracing::info!(
+                credentials = %admin.display(),
+                ca_hash = %ca.hash()?,
+                "admin credential for the local CLI (twill status finds it)"
+            );
+        }
+        opts.tls = Some(creds);
+        opts.ca = ca;
+    }
     tracing::info!(
         id = opts.id,
         data_dir = %opts.data_dir.display(),

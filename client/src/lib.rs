@@ -11,19 +11,28 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status, Streaming};
 use twill_proto::v1::controller_client::ControllerClient;
 use twill_proto::v1::{self as pb};
 
 use twill_proto::{LEADER_HINT, MAX_MESSAGE};
 
+pub mod certs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no controller endpoints given")]
     NoEndpoints,
-    #[error("invalid controller endpoint {0:?}: expected a URL like http://127.0.0.1:7420")]
+    #[error("invalid controller endpoint {0:?}: expected a URL like https://127.0.0.1:7420")]
     BadEndpoint(String),
+    /// The TLS handshake failed for a reason that retrying will not change.
+    #[error("TLS refused: {0}")]
+    Refused(String),
+    #[error("{0} does not speak plaintext gRPC; it probably serves TLS: pass --credentials FILE (a controller writes an admin's as admin.pem in its data directory)")]
+    TlsExpected(String),
+    #[error("{0} needs the cluster's credentials: pass --credentials FILE (a controller writes an admin's as admin.pem in its data directory), or use http:// for a cluster run with --insecure")]
+    NoCredentials(String),
     /// The controller answered with an error that retrying will not fix.
     #[error("{}", .0.message())]
     Status(Status),
@@ -52,6 +61,9 @@ pub struct ClientOptions {
     pub retry_for: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// TLS settings with this client's certificate (or only the CA, for a join); none for a
+    /// cluster run with `--insecure`.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +73,7 @@ impl Default for ClientOptions {
             retry_for: Duration::from_secs(20),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -69,24 +82,55 @@ pub struct Client {
     endpoints: Mutex<Vec<(String, ControllerClient<Channel>)>>,
     current: AtomicUsize,
     opts: ClientOptions,
+    /// The TLS settings new connections use; replaced when a certificate is renewed.
+    tls: Mutex<Option<ClientTlsConfig>>,
 }
 
-fn connect(addr: &str) -> Result<ControllerClient<Channel>, ClientError> {
-    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
-        return Err(ClientError::BadEndpoint(addr.to_string()));
+/// An endpoint as this client dials it: with TLS, `http://` means the same member over
+/// `https://` (the CLI's default endpoint is written either way); without, `https://` cannot
+/// work and says why.
+fn normalise(addr: &str, tls: bool) -> Result<String, ClientError> {
+    let addr = addr.trim().trim_end_matches('/');
+    match (
+        addr.strip_prefix("http://"),
+        addr.starts_with("https://"),
+        tls,
+    ) {
+        (Some(rest), _, true) => Ok(format!("https://{rest}")),
+        (Some(_), _, false) | (None, true, true) => Ok(addr.to_string()),
+        (None, true, false) => Err(ClientError::NoCredentials(addr.to_string())),
+        (None, false, _) => Err(ClientError::BadEndpoint(addr.to_string())),
     }
-    let ch = channel(addr, Duration::from_secs(2))
+}
+
+fn connect(
+    addr: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<ControllerClient<Channel>, ClientError> {
+    let ch = channel(addr, Duration::from_secs(2), tls)
         .map_err(|_| ClientError::BadEndpoint(addr.to_string()))?;
     Ok(ControllerClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
-/// Builds a lazily connecting channel to a member's address (`http://host:port`); the Raft
-/// transport between members uses it too.
-pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(addr.to_string())?
-        .connect_timeout(connect_timeout)
+/// Builds a lazily connecting channel to a member's address (`https://host:port` with TLS,
+/// `http://host:port` without); the Raft transport between members uses it too.
+pub fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    // With TLS, a member's http:// URL (from flags written before TLS) is dialled as https://.
+    let addr = match (&tls, addr.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => addr.to_string(),
+    };
+    let mut e = Endpoint::from_shared(addr)?;
+    if let Some(t) = tls {
+        e = e.tls_config(t)?;
+    }
+    Ok(e.connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -97,6 +141,44 @@ pub fn channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::
 pub fn new_request_id() -> String {
     let mut r = rand::rng();
     format!("{:016x}{:016x}", r.random::<u64>(), r.random::<u64>())
+}
+
+/// A status with the errors beneath it: a TLS refusal (an expired certificate, an unknown CA)
+/// is named only in the transport error's sources.
+fn describe(s: &Status) -> String {
+    let mut out = format!("{}: {}", s.code(), s.message());
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = e.source();
+    }
+    if let Some(hint) = tls_refusal(&out) {
+        out.push_str(" (");
+        out.push_str(hint);
+        out.push(')');
+    }
+    out
+}
+
+/// What a TLS refusal means for this client, when the transport error is one; retrying does
+/// not help any of these.
+fn tls_refusal(text: &str) -> Option<&'static str> {
+    const KNOWN: [(&str, &str); 6] = [
+        ("UnknownCA", "the controller does not know the CA that signed this client's certificate: it belongs to another cluster"),
+        ("CertificateExpired", "this client's certificate has expired: renew it, or join again"),
+        ("BadCertificate", "the controller refused this client's certificate"),
+        ("CertificateRequired", "the controller requires a client certificate"),
+        ("UnknownIssuer", "the controller's certificate is not signed by the CA this client trusts: it belongs to another cluster"),
+        ("invalid peer certificate", "the controller's certificate was refused"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(k, _)| text.contains(k))
+        .map(|(_, hint)| *hint)
 }
 
 fn retryable(s: &Status) -> bool {
@@ -127,9 +209,9 @@ impl Client {
     {
         let mut eps = Vec::new();
         for e in endpoints {
-            let e = e.as_ref().trim().trim_end_matches('/').to_string();
+            let e = normalise(e.as_ref(), opts.tls.is_some())?;
             if !eps.iter().any(|(a, _): &(String, _)| *a == e) {
-                let c = connect(&e)?;
+                let c = connect(&e, opts.tls.clone())?;
                 eps.push((e, c));
             }
         }
@@ -139,14 +221,40 @@ impl Client {
         Ok(Client {
             endpoints: Mutex::new(eps),
             current: AtomicUsize::new(0),
+            tls: Mutex::new(opts.tls.clone()),
             opts,
         })
+    }
+
+    fn tls(&self) -> Option<ClientTlsConfig> {
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Switches to new TLS settings (a renewed certificate): calls from now on use new
+    /// connections, while streams already open (a watch) carry on over theirs.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(tls.clone());
+        let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, c) in eps.iter_mut() {
+            if let Ok(fresh) = connect(addr, Some(tls.clone())) {
+                *c = fresh;
+            }
+        }
     }
 
     fn pick(&self) -> (usize, ControllerClient<Channel>) {
         let eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let i = self.current.load(Ordering::Relaxed) % eps.len();
         (i, eps[i].1.clone())
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        let eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        eps.get(i).map(|e| e.0.clone()).unwrap_or_default()
+    }
+
+    fn plaintext(&self, i: usize) -> bool {
+        self.endpoint(i).starts_with("http://")
     }
 
     /// Moves to the hinted leader (adding it if unknown) or else to the next endpoint.
@@ -158,7 +266,7 @@ impl Client {
                 self.current.store(i, Ordering::Relaxed);
                 return;
             }
-            if let Ok(c) = connect(&h) {
+            if let Ok(c) = connect(&h, self.tls()) {
                 eps.push((h, c));
                 self.current.store(eps.len() - 1, Ordering::Relaxed);
                 return;
@@ -198,7 +306,15 @@ impl Client {
                     }
                     return Ok(r.into_inner());
                 }
+                // A TLS port answers a plaintext HTTP/2 preface with garbage, which h2 reports
+                // as a protocol error: say what is probably wrong instead.
+                Ok(Err(s)) if s.message().contains("h2 protocol error") && self.plaintext(i) => {
+                    return Err(ClientError::TlsExpected(self.endpoint(i)))
+                }
                 Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Status(s)),
+                Ok(Err(s)) if tls_refusal(&describe(&s)).is_some() => {
+                    return Err(ClientError::Refused(describe(&s)))
+                }
                 Ok(Err(s)) => {
                     let hint = s
                         .metadata()
@@ -213,7 +329,7 @@ impl Client {
                             continue;
                         }
                     }
-                    format!("{}: {}", s.code(), s.message())
+                    describe(&s)
                 }
                 Err(_) => {
                     self.switch(i, None);
@@ -221,6 +337,13 @@ impl Client {
                 }
             };
             if started.elapsed() >= self.opts.retry_for {
+                // A TLS port closes a plaintext connection, or answers it with bytes h2
+                // cannot read; after all the retries, that is the likely story.
+                if self.plaintext(i)
+                    && (err.contains("h2 protocol error") || err.contains("connection closed"))
+                {
+                    return Err(ClientError::TlsExpected(self.endpoint(i)));
+                }
                 return Err(ClientError::Unavailable {
                     elapsed: started.elapsed(),
                     attempts,
@@ -359,8 +482,12 @@ impl Client {
     }
 
     /// The status of the member at one endpoint, without retrying elsewhere.
-    pub async fn status_of(endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
-        let mut c = connect(endpoint)?;
+    pub async fn status_of(
+        endpoint: &str,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<pb::StatusResponse, ClientError> {
+        let endpoint = normalise(endpoint, tls.is_some())?;
+        let mut c = connect(&endpoint, tls)?;
         match tokio::time::timeout(Duration::from_secs(3), c.status(pb::StatusRequest {})).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(ClientError::Status(s)),
@@ -384,6 +511,64 @@ impl Client {
         self.call(|mut c| {
             let r = req.clone();
             async move { c.add_member(r).await }
+        })
+        .await
+    }
+
+    /// Trades a join token and a CSR for a certificate.
+    pub async fn join_node(
+        &self,
+        req: pb::JoinRequest,
+    ) -> Result<pb::CertificateResponse, ClientError> {
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.join_node(r).await }
+        })
+        .await
+    }
+
+    /// A new certificate for this node's identity and a new key.
+    pub async fn renew_certificate(
+        &self,
+        csr_pem: &str,
+    ) -> Result<pb::CertificateResponse, ClientError> {
+        let req = pb::RenewCertificateRequest {
+            csr_pem: csr_pem.to_string(),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.renew_certificate(r).await }
+        })
+        .await
+    }
+
+    pub async fn create_token(
+        &self,
+        mut req: pb::CreateTokenRequest,
+    ) -> Result<pb::CreateTokenResponse, ClientError> {
+        if req.request_id.is_empty() {
+            req.request_id = new_request_id();
+        }
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.create_token(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<pb::ListTokensResponse, ClientError> {
+        self.call(|mut c| async move { c.list_tokens(pb::ListTokensRequest {}).await })
+            .await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<pb::RevokeTokenResponse, ClientError> {
+        let req = pb::RevokeTokenRequest {
+            request_id: new_request_id(),
+            id: id.to_string(),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.revoke_token(r).await }
         })
         .await
     }

@@ -417,6 +417,8 @@ pub enum Command {
     Unreserve {
         node: String,
     },
+    /// The CA and join tokens ([`crate::trust`]); appended last, so older log entries decode.
+    Trust(crate::trust::TrustCommand),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +439,7 @@ pub enum Outcome {
     Unreserved,
     /// Answer to log entries that carry no command (Raft's blank and membership entries).
     Noop,
+    Trust(crate::trust::TrustOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -525,6 +528,8 @@ pub enum AllocError {
     SubnetReserved { subnet: String, holder: String },
     #[error("node {0} has no reservation")]
     NoReservation(String),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -578,6 +583,7 @@ pub struct Page<'a> {
 
 #[derive(Clone, Debug, Default)]
 pub struct Allocator {
+    trust: crate::trust::Trust,
     config: Option<NetworkConfig>,
     pools: Option<(Pool, Option<Pool>)>,
     leases: BTreeMap<String, Lease>,
@@ -789,7 +795,19 @@ impl Allocator {
                     .remove(&(u32::from(s.network()) as u128));
                 Ok(Outcome::Unreserved)
             }
+            Command::Trust(c) => Ok(Outcome::Trust(self.trust.apply(c)?)),
         }
+    }
+
+    /// The cluster's CA and join tokens.
+    pub fn trust(&self) -> &crate::trust::Trust {
+        &self.trust
+    }
+
+    /// Restores the trust half of a snapshot (kept apart from [`AllocatorSnapshot`], whose
+    /// encoding older snapshots fix).
+    pub fn set_trust(&mut self, trust: crate::trust::Trust) {
+        self.trust = trust;
     }
 
     fn set_config(

@@ -16,6 +16,7 @@ use crate::allocator::{
     AcquireArgs, AllocError, Backend, Event, Ipv6Config, Lease, NetworkConfig, RevEvent,
     DEFAULT_LEASE_TTL_MS,
 };
+use crate::trust::TrustError;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {why}")]
@@ -325,6 +326,11 @@ pub fn alloc_status(e: &AllocError) -> Status {
         AllocError::Exhausted { .. } | AllocError::Exhausted6(_) => Code::ResourceExhausted,
         AllocError::NoLease(_) | AllocError::NoReservation(_) => Code::NotFound,
         AllocError::SubnetHeld { .. } | AllocError::SubnetReserved { .. } => Code::AlreadyExists,
+        AllocError::Trust(t) => match t {
+            TrustError::Exists(_) => Code::AlreadyExists,
+            TrustError::TooMany => Code::ResourceExhausted,
+            _ => Code::Unauthenticated,
+        },
     };
     Status::new(code, e.to_string())
 }

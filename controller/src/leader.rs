@@ -63,6 +63,7 @@ pub async fn run(m: Arc<Member>) {
                         },
                         Err(e) => tracing::warn!(error = %e, "initial configuration not proposed"),
                     }
+                    propose_ca(&m).await;
                 }
                 Err(e) => {
                     // Losing leadership again right after winning it is routine during elections.
@@ -78,6 +79,9 @@ pub async fn run(m: Arc<Member>) {
         }
         if leading && promoted_term == Some(term) && last_scan.elapsed() >= m.opts.expiry_interval {
             last_scan = std::time::Instant::now();
+            if m.opts.ca.is_some() && m.sm.read().alloc.trust().ca().is_none() {
+                propose_ca(&m).await;
+            }
             let now = m.clock.now_ms();
             let due = m.sm.read().alloc.leases().any(|l| l.expires_at < now);
             if due {
@@ -101,5 +105,28 @@ pub async fn run(m: Arc<Member>) {
             r = metrics.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(m.opts.expiry_interval) => {}
         }
+    }
+}
+
+/// The founding member's CA enters the replicated state once; a CA already there wins, so
+/// every member of a cluster signs with the same one.
+async fn propose_ca(m: &Member) {
+    let Some(ca) = m.opts.ca.clone() else { return };
+    if m.sm.read().alloc.trust().ca().is_some() {
+        return;
+    }
+    let req = Request {
+        request_id: None,
+        command: Command::Trust(crate::trust::TrustCommand::SetCa { ca }),
+    };
+    match m.propose(req).await {
+        Ok(r) => match r.result {
+            Ok(Outcome::Trust(crate::trust::TrustOutcome::CaSet { changed: true })) => {
+                tracing::info!("cluster CA replicated: any member can now sign certificates")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cluster CA rejected"),
+        },
+        Err(e) => tracing::warn!(error = %e, "cluster CA not proposed yet"),
     }
 }

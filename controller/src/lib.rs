@@ -5,10 +5,13 @@
 //! - [`batch`]: group commit, many client writes per Raft entry;
 //! - [`log_store`]: the Raft log and vote, persisted in redb;
 //! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
+//! - [`trust`]: the cluster's CA and join tokens, replicated with the leases;
 //! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
 //! - [`metrics`]: Prometheus metrics over HTTP;
 //! - [`network`]: the Raft transport over gRPC, client and server halves;
 //! - [`convert`]: the public API's messages to and from the allocator's types;
+//! - [`authz`]: who may call what, from the caller's certificate;
+//! - [`certs`]: joins, certificate renewal and join tokens over the API;
 //! - [`service`]: the public `twill.v1.Controller` gRPC service;
 //! - [`leader`]: what only the leader does (promotion grace, lease expiry);
 //! - [`node`]: wires all of the above into one running member;
@@ -16,7 +19,9 @@
 //! The client library lives in its own crate, `twill-client`.
 
 pub mod allocator;
+pub mod authz;
 pub mod batch;
+pub mod certs;
 pub mod clock;
 pub mod convert;
 pub mod leader;
@@ -26,6 +31,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod state_machine;
+pub mod trust;
 pub mod watch;
 
 use std::io::Cursor;

@@ -41,6 +41,7 @@ pub struct Metrics {
     batched_writes: Counter,
     watchers: Gauge,
     write_seconds: Histogram,
+    denied: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +53,7 @@ impl Default for Metrics {
             batched_writes: Counter::default(),
             watchers: Gauge::default(),
             write_seconds: Histogram::new(BUCKETS),
+            denied: Family::default(),
         }
     }
 }
@@ -80,6 +82,13 @@ impl Metrics {
     pub fn batch(&self, writes: usize) {
         self.batches.inc();
         self.batched_writes.inc_by(writes as u64);
+    }
+
+    /// A call refused for its caller: `role` is the certificate's role, or "none".
+    pub fn denied(&self, method: &'static str, role: &'static str) {
+        self.denied
+            .get_or_create(&vec![("method", method), ("role", role)])
+            .inc();
     }
 
     pub fn watch_opened(&self) {
@@ -220,6 +229,11 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
         "twill_controller_write_seconds",
         "Time from proposal to applied answer",
         k.write_seconds.clone(),
+    );
+    r.register(
+        "twill_controller_denied_calls",
+        "API calls refused for their caller's identity, by method and role",
+        k.denied.clone(),
     );
     Endpoints::new(r).with_refresh(move || g.read(&m))
 }

@@ -111,17 +111,21 @@ impl Faults {
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
     pub faults: Option<std::sync::Arc<Faults>>,
+    /// This member's client side of TLS; none when TLS is off.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = channel(&node.addr, Duration::from_secs(2)).ok().map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE)
-        });
+        let client = channel(&node.addr, Duration::from_secs(2), self.tls.clone())
+            .ok()
+            .map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            });
         PeerConn {
             target,
             addr: node.addr.clone(),
@@ -261,17 +265,55 @@ impl RaftNetwork<TypeConfig> for PeerConn {
 /// The server half: hands incoming RPCs to the local Raft member.
 pub struct RaftService {
     raft: Raft,
+    /// With TLS on, only a member's certificate may speak Raft.
+    members_only: bool,
+}
+
+type Interceptor = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// Refuses a Raft RPC from anything but a member certificate: a node or an admin that could
+/// send Vote or AppendEntries could depose the leader or rewrite the log.
+fn member_only(req: Request<()>) -> Result<Request<()>, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        tracing::warn!(peer = ?req.remote_addr(), "Raft RPC without a client certificate refused");
+        Status::unauthenticated("Raft RPCs need a controller member's certificate")
+    })?;
+    let who = certs
+        .first()
+        .map(|c| twill_pki::Identity::from_der(c))
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+    if who.role != twill_pki::Role::Member {
+        tracing::warn!(caller = %who, "Raft RPC from a non-member refused");
+        return Err(Status::permission_denied(format!(
+            "{who} may not speak Raft: a controller member's certificate is required"
+        )));
+    }
+    Ok(req)
+}
+
+fn anyone(req: Request<()>) -> Result<Request<()>, Status> {
+    Ok(req)
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, members_only: bool) -> Self {
+        RaftService { raft, members_only }
     }
 
-    pub fn into_server(self) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(self)
+    pub fn into_server(
+        self,
+    ) -> tonic::service::interceptor::InterceptedService<raft_server::RaftServer<Self>, Interceptor>
+    {
+        let check: Interceptor = if self.members_only {
+            member_only
+        } else {
+            anyone
+        };
+        let server = raft_server::RaftServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        tonic::service::interceptor::InterceptedService::new(server, check)
     }
 }
 

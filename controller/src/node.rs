@@ -32,6 +32,9 @@ pub use twill_proto::LEADER_HINT;
 /// Set on a request one member forwards to another, so it is never forwarded twice.
 pub const FORWARDED: &str = "x-twill-forwarded";
 
+/// Node certificates last a month; agents renew them when two thirds have passed.
+pub const DEFAULT_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Enough for every agent of a large cluster on one member (each agent keeps one watch).
 pub const DEFAULT_MAX_WATCHES: usize = 20_000;
 /// Calls in flight on one client connection; a watch holds one for its whole life.
@@ -71,6 +74,13 @@ pub struct Options {
     pub faults: Option<Arc<crate::network::Faults>>,
     /// Watch streams this member serves at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_watches: usize,
+    /// This member's certificate, key and the cluster CA: TLS on every connection, identities
+    /// checked on every call. None: plaintext and no checks (`--insecure`).
+    pub tls: Option<twill_pki::Credentials>,
+    /// The CA this member brings to a new cluster (its first leader replicates it).
+    pub ca: Option<twill_pki::Ca>,
+    /// How long a node certificate issued by this cluster is valid.
+    pub node_cert_ttl: Duration,
 }
 
 impl Options {
@@ -96,6 +106,9 @@ impl Options {
             metrics_listen: None,
             faults: None,
             max_watches: DEFAULT_MAX_WATCHES,
+            tls: None,
+            ca: None,
+            node_cert_ttl: DEFAULT_NODE_CERT_TTL,
         }
     }
 }
@@ -122,6 +135,8 @@ pub enum StartError {
     SelfNotInPeers(Vec<NodeId>, NodeId),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Why a write or a linearizable read could not be done on this member.
@@ -267,13 +282,18 @@ impl Member {
         }
     }
 
+    /// How this member presents itself to other members, when TLS is on.
+    pub fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.opts.tls.as_ref().map(|c| c.client_tls())
+    }
+
     /// A client for forwarding a request to the member at `addr`.
     pub fn forward_client(&self, addr: &str) -> Result<ControllerClient<Channel>, Status> {
         let mut cache = self.forward.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
         }
-        let ch = crate::network::channel(addr, Duration::from_secs(2))
+        let ch = crate::network::channel(addr, Duration::from_secs(2), self.client_tls())
             .map_err(|e| Status::unavailable(format!("leader address {addr:?} unusable: {e}")))?;
         let c = ControllerClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE)
@@ -285,9 +305,9 @@ impl Member {
     /// Checks that a controller member answers at `addr` within two seconds.
     pub async fn probe_member(&self, addr: &str) -> Result<(), Status> {
         // Not the forwarding cache: an address that never becomes a member is not kept.
-        let ch = crate::network::channel(addr, Duration::from_secs(2)).map_err(|e| {
-            Status::invalid_argument(format!("addr: {}: {e}", twill_proto::names::quote(addr)))
-        })?;
+        let ch = crate::network::channel(addr, Duration::from_secs(2), self.client_tls()).map_err(
+            |e| Status::invalid_argument(format!("addr: {}: {e}", twill_proto::names::quote(addr))),
+        )?;
         let mut c = ControllerClient::new(ch);
         let mut req = tonic::Request::new(twill_proto::v1::StatusRequest {});
         req.set_timeout(Duration::from_secs(2));
@@ -453,6 +473,7 @@ pub async fn start_on(
 
     let network = NetworkFactory {
         faults: opts.faults.clone(),
+        tls: opts.tls.as_ref().map(|c| c.client_tls()),
     };
     let raft = Raft::new(opts.id, Arc::new(config), network, log, sm)
         .await
@@ -490,12 +511,21 @@ pub async fn start_on(
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(c) = &opts.tls {
+        builder = builder
+            .tls_config(c.server_tls())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    } else {
+        tracing::warn!("TLS is off (--insecure): anyone who reaches this port can change the network, take any node's lease and join the cluster");
+    }
+    let raft_service = RaftService::new(raft.clone(), opts.tls.is_some());
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .tcp_nodelay(true)
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .max_concurrent_streams(MAX_CALLS_PER_CONNECTION as u32)
-            .add_service(RaftService::new(raft.clone()).into_server())
+            .add_service(raft_service.into_server())
             .add_service(ControllerService::new(member.clone()).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

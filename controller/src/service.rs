@@ -19,13 +19,14 @@ use twill_proto::v1::controller_server::{self, ControllerServer};
 use twill_proto::v1::{self as pb, watch_response};
 
 use crate::allocator::{self as alloc, Command, Outcome};
+use crate::authz::{self, Access, Caller, Denied};
 use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
 use crate::network::MAX_MESSAGE;
 use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
 use twill_proto::{MAX_REQUEST, PAGE_LEASES};
 
 pub struct ControllerService {
-    m: Arc<Member>,
+    pub(crate) m: Arc<Member>,
     /// One permit per open watch stream: each holds a task and a buffer on this member.
     watches: Arc<tokio::sync::Semaphore>,
 }
@@ -63,6 +64,47 @@ impl ControllerService {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
+    /// Who is calling, and whether they may: a refusal is logged with the caller and counted.
+    pub(crate) fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+        access: Access<'_>,
+    ) -> Result<Caller, Status> {
+        let caller = self.caller(req)?;
+        if let Err(d) = authz::check(&caller, method, access) {
+            self.m.metrics.denied(method, caller.role_label());
+            tracing::warn!(caller = %caller, method, peer = ?req.remote_addr(), "call denied: {d}");
+            return Err(match d {
+                Denied::NoCertificate => Status::unauthenticated(d.to_string()),
+                Denied::Forbidden { .. } => Status::permission_denied(d.to_string()),
+            });
+        }
+        Ok(caller)
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        if self.m.opts.tls.is_none() {
+            return Ok(Caller::Insecure);
+        }
+        let Some(certs) = req.peer_certs() else {
+            return Ok(Caller::Anonymous);
+        };
+        let Some(leaf) = certs.first() else {
+            return Ok(Caller::Anonymous);
+        };
+        // The TLS layer has checked the chain and the dates; the identity is ours to read.
+        match twill_pki::Identity::from_der(leaf) {
+            Ok(id) => Ok(Caller::Known(id)),
+            Err(e) => {
+                self.m.metrics.denied("any", "unreadable");
+                Err(Status::unauthenticated(format!(
+                    "the client certificate carries no usable identity: {e}"
+                )))
+            }
+        }
+    }
+
     /// Sends a request that this member cannot serve to the leader, once.
     async fn forward_or<Resp>(
         &self,
@@ -87,7 +129,7 @@ impl ControllerService {
     }
 
     /// Proposes a command; `answer` turns the allocator's outcome into the reply.
-    async fn write<Req, Resp>(
+    pub(crate) async fn write<Req, Resp>(
         &self,
         req: Request<Req>,
         cmd: impl FnOnce(&Req) -> Result<alloc::Request, Status>,
@@ -119,7 +161,7 @@ impl ControllerService {
     }
 
     /// Waits for a linearizable read point, forwarding to the leader when this is a follower.
-    async fn read<Req, Resp>(
+    pub(crate) async fn read<Req, Resp>(
         &self,
         req: Request<Req>,
         answer: impl FnOnce(&Member) -> Result<Resp, Status>,
@@ -157,7 +199,7 @@ fn log_outcome(rev: u64, o: &Outcome) {
         }
         Outcome::Reserved => tracing::info!(revision = rev, "reservation added"),
         Outcome::Unreserved => tracing::info!(revision = rev, "reservation removed"),
-        Outcome::Expired(_) | Outcome::Promoted(_) | Outcome::Noop => {}
+        Outcome::Expired(_) | Outcome::Promoted(_) | Outcome::Noop | Outcome::Trust(_) => {}
     }
 }
 
@@ -196,6 +238,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.authorize(&req, "Acquire", Access::Node(&req.get_ref().node))?;
         self.write(
             req,
             |r| {
@@ -217,6 +260,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
+        self.authorize(&req, "Renew", Access::Node(&req.get_ref().node))?;
         self.write(
             req,
             |r| {
@@ -239,6 +283,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.authorize(&req, "Release", Access::Node(&req.get_ref().node))?;
         self.write(
             req,
             |r| {
@@ -262,25 +307,33 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::GetConfigRequest>,
     ) -> Result<Response<pb::ConfigResponse>, Status> {
-        self.read(
-            req,
-            |m| {
-                let d = m.sm.read();
-                Ok(pb::ConfigResponse {
-                    config: d.alloc.config().map(config_to_proto),
-                    revision: d.alloc.revision(),
-                    present: d.alloc.config().is_some(),
-                })
-            },
-            |mut c, r| Box::pin(async move { c.get_config(r).await }),
-        )
-        .await
+        let caller = self.authorize(&req, "GetConfig", Access::Identified)?;
+        let mut resp = self
+            .read(
+                req,
+                |m| {
+                    let d = m.sm.read();
+                    Ok(pb::ConfigResponse {
+                        config: d.alloc.config().map(config_to_proto),
+                        revision: d.alloc.revision(),
+                        present: d.alloc.config().is_some(),
+                    })
+                },
+                |mut c, r| Box::pin(async move { c.get_config(r).await }),
+            )
+            .await?;
+        // A forwarded answer comes from the leader in full: redact it here, for this caller.
+        if let Some(cfg) = resp.get_mut().config.as_mut() {
+            authz::redact_config(cfg, &caller);
+        }
+        Ok(resp)
     }
 
     async fn set_config(
         &self,
         req: Request<pb::SetConfigRequest>,
     ) -> Result<Response<pb::ConfigResponse>, Status> {
+        self.authorize(&req, "SetConfig", Access::Admin)?;
         self.write(
             req,
             |r| {
@@ -313,6 +366,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        self.authorize(&req, "ListLeases", Access::Identified)?;
         let (limit, after) = {
             let r = req.get_ref();
             let limit = match r.limit as usize {
@@ -356,6 +410,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
+        self.authorize(&req, "Reserve", Access::Admin)?;
         self.write(
             req,
             |r| {
@@ -377,6 +432,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::UnreserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
+        self.authorize(&req, "Unreserve", Access::Admin)?;
         self.write(
             req,
             |r| {
@@ -393,12 +449,48 @@ impl controller_server::Controller for ControllerService {
         .await
     }
 
+    async fn join_node(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        self.join(req).await
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        self.renew_cert(req).await
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.new_token(req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.tokens(req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.revoke(req).await
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.authorize(&req, "Watch", Access::Identified)?;
         let start = req.into_inner().start_revision;
         let Ok(permit) = self.watches.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
@@ -409,7 +501,7 @@ impl controller_server::Controller for ControllerService {
         let (tx, rx) = mpsc::channel(256);
         let m = self.m.clone();
         tokio::spawn(async move {
-            serve_watch(m, start, tx).await;
+            serve_watch(m, start, tx, caller).await;
             drop(permit);
         });
         Ok(Response::new(Box::pin(
@@ -419,8 +511,9 @@ impl controller_server::Controller for ControllerService {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&req, "Status", Access::Identified)?;
         let x = self.m.raft.metrics().borrow().clone();
         let leader_addr = self.m.leader().map(|l| l.1).unwrap_or_default();
         let (revision, leases) = {
@@ -452,6 +545,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        self.authorize(&req, "AddMember", Access::Admin)?;
         let was_forwarded = forwarded(&req);
         let r = req.into_inner();
         if r.id == 0 {
@@ -486,6 +580,7 @@ impl controller_server::Controller for ControllerService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembersResponse>, Status> {
+        self.authorize(&req, "RemoveMember", Access::Admin)?;
         let was_forwarded = forwarded(&req);
         let r = req.into_inner();
         if !members(&self.m).iter().any(|x| x.id == r.id) {
@@ -515,6 +610,7 @@ async fn serve_watch(
     m: Arc<Member>,
     start: u64,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    caller: Caller,
 ) {
     let mut rx = m.sm.subscribe();
     let mut stopping = m.stopping();
@@ -563,14 +659,20 @@ async fn serve_watch(
                         sent = last.revision;
                     }
                     evs.iter()
-                        .map(|e| pb::WatchResponse {
-                            msg: Some(watch_response::Msg::Event(convert::event_to_proto(e))),
+                        .map(|e| {
+                            let mut ev = convert::event_to_proto(e);
+                            if let Some(cfg) = ev.config.as_mut() {
+                                authz::redact_config(cfg, &caller);
+                            }
+                            pb::WatchResponse {
+                                msg: Some(watch_response::Msg::Event(ev)),
+                            }
                         })
                         .collect()
                 }
                 None => {
                     sent = rev;
-                    snapshot_chunks(&d.alloc)
+                    snapshot_chunks(&d.alloc, &caller)
                 }
             }
         };
@@ -598,9 +700,12 @@ async fn serve_watch(
 
 /// The whole table at one revision, cut into chunks of [`PAGE_LEASES`] so that no message
 /// grows with the table; an empty table is one chunk.
-fn snapshot_chunks(a: &alloc::Allocator) -> Vec<pb::WatchResponse> {
+fn snapshot_chunks(a: &alloc::Allocator, caller: &Caller) -> Vec<pb::WatchResponse> {
     let leases: Vec<pb::Lease> = a.leases().map(lease_to_proto).collect();
-    let config = a.config().map(config_to_proto);
+    let mut config = a.config().map(config_to_proto);
+    if let Some(cfg) = config.as_mut() {
+        authz::redact_config(cfg, caller);
+    }
     let mut chunks: Vec<Vec<pb::Lease>> = Vec::new();
     let mut it = leases.into_iter().peekable();
     while it.peek().is_some() {

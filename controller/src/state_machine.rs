@@ -36,10 +36,34 @@ pub enum SnapshotFileError {
     Corrupt { path: PathBuf, what: String },
 }
 
-/// What a snapshot's bytes decode to.
+/// What a snapshot's bytes decode to: the allocator, then the trust state (the CA and join
+/// tokens). Snapshots from before the trust state have the allocator only; bincode fields go by
+/// position, so those decode as [`OldPayload`].
 #[derive(Serialize, Deserialize)]
 struct Payload {
     alloc: AllocatorSnapshot,
+    trust: crate::trust::Trust,
+}
+
+#[derive(Deserialize)]
+struct OldPayload {
+    alloc: AllocatorSnapshot,
+}
+
+/// Decodes either shape into a restored allocator. The newer shape is tried first: an older
+/// snapshot ends where the trust state would start, which fails to decode, while the newer
+/// one would decode as the older with bytes left over.
+fn restore(data: &[u8]) -> Result<Allocator, String> {
+    let (alloc, trust) = match bincode::deserialize::<Payload>(data) {
+        Ok(p) => (p.alloc, p.trust),
+        Err(new) => match bincode::deserialize::<OldPayload>(data) {
+            Ok(p) => (p.alloc, crate::trust::Trust::default()),
+            Err(_) => return Err(new.to_string()),
+        },
+    };
+    let mut a = Allocator::restore(alloc).map_err(|e| e.to_string())?;
+    a.set_trust(trust);
+    Ok(a)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -108,16 +132,10 @@ impl StateMachine {
             history: History::new(history, 0),
         };
         if let Some(stored) = read_snapshot_file(&path)? {
-            let payload: Payload =
-                bincode::deserialize(&stored.data).map_err(|e| SnapshotFileError::Corrupt {
-                    path: path.clone(),
-                    what: e.to_string(),
-                })?;
-            data.alloc =
-                Allocator::restore(payload.alloc).map_err(|e| SnapshotFileError::Corrupt {
-                    path: path.clone(),
-                    what: e.to_string(),
-                })?;
+            data.alloc = restore(&stored.data).map_err(|what| SnapshotFileError::Corrupt {
+                path: path.clone(),
+                what,
+            })?;
             data.last_applied = stored.meta.last_log_id;
             data.membership = stored.meta.last_membership.clone();
             data.history.reset(data.alloc.revision());
@@ -211,6 +229,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let d = self.shared.read();
             let data = bincode::serialize(&Payload {
                 alloc: d.alloc.snapshot(),
+                trust: d.alloc.trust().clone(),
             })
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let id = match d.last_applied {
@@ -309,9 +328,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let payload: Payload =
-            bincode::deserialize(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let alloc = Allocator::restore(payload.alloc).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let alloc =
+            restore(&data).map_err(|e| snap_err(ErrorVerb::Read, std::io::Error::other(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

@@ -25,8 +25,21 @@ use crate::subnet_env::SubnetEnv;
 use crate::vtep::{self, Mac};
 use crate::watch::{follow, View};
 
+/// How the agent proves who it is to the controller.
+#[derive(Clone, Debug)]
+pub enum Tls {
+    /// Plaintext, for a controller run with `--insecure`.
+    Off,
+    /// The node certificate in `file`; made with the join token and CA hash when missing.
+    On {
+        file: PathBuf,
+        join: Option<(String, String)>,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
+    pub tls: Tls,
     pub controllers: Vec<String>,
     pub node_name: String,
     pub choice: Choice,
@@ -51,6 +64,8 @@ pub enum AgentError {
     NodeName(#[from] twill_proto::names::NodeNameError),
     #[error(transparent)]
     Metrics(#[from] twill_telemetry::BindError),
+    #[error("node certificate: {0}")]
+    Certificate(String),
 }
 
 /// What wakes the loop.
@@ -352,13 +367,22 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let facts = facts::discover(&kernel, &opts.choice).await?;
     tracing::info!(iface = %facts.iface, public_ip = %facts.public_ip, mtu = facts.mtu, "public interface chosen");
     let mac = vtep::derive(&opts.node_name);
+    let creds = crate::certs::obtain(&opts).await?;
     let client = Arc::new(Client::with_options(
         &opts.controllers,
         ClientOptions {
             retry_for: Duration::from_secs(15),
+            tls: creds.as_ref().map(|(c, _)| c.client_tls()),
             ..Default::default()
         },
     )?);
+    if let Some((c, file)) = creds {
+        tokio::spawn(twill_client::certs::keep_renewed(
+            client.clone(),
+            c,
+            Some(file),
+        ));
+    }
 
     let health = Arc::new(Mutex::new(Health::default()));
     let metrics = Metrics::default();

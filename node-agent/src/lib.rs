@@ -9,6 +9,7 @@
 //!   desired state, and its ordered application;
 //! - [`facts`]: choosing the public interface and address;
 //! - [`lease`]: holding the node's lease; [`watch`]: following the lease stream;
+//! - [`certs`]: the node certificate, from the state directory or a join token;
 //! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
@@ -19,6 +20,7 @@
 pub mod agent;
 pub mod backend;
 pub mod bgp;
+pub mod certs;
 pub mod cni;
 pub mod desired;
 pub mod facts;

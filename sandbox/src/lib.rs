@@ -125,6 +125,8 @@ pub struct Topology {
     /// Extra flags for every agent.
     pub agent_extra: Vec<String>,
     bin: PathBuf,
+    /// The join token and CA hash agents join with, made at the first agent's start.
+    join: Option<(String, String)>,
 }
 
 pub const CONTROLLER_ADDR: &str = "192.0.2.100";
@@ -145,6 +147,7 @@ impl Topology {
             agent_resync: "500ms".into(),
             agent_extra: Vec::new(),
             bin: bin.to_path_buf(),
+            join: None,
         };
         let mut t = t;
         ip(&["netns", "add", &t.underlay])?;
@@ -174,7 +177,36 @@ impl Topology {
     }
 
     pub fn controller_url(&self) -> String {
-        format!("http://{CONTROLLER_ADDR}:7420")
+        format!("https://{CONTROLLER_ADDR}:7420")
+    }
+
+    /// The admin credential the controller writes at its first start.
+    pub fn admin_credentials(&self) -> PathBuf {
+        self.dir.join("controller").join("admin.pem")
+    }
+
+    /// A join token for the agents (any number of uses, a day long) and the CA's hash, made
+    /// once with the admin credential, as an operator would with `twill token create`.
+    pub fn join_token(&mut self) -> Result<(String, String)> {
+        if let Some(j) = &self.join {
+            return Ok(j.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let out = loop {
+            match self.twill(&["token", "create", "--json"]) {
+                Ok(out) => break out,
+                Err(e) if Instant::now() > deadline => return Err(e.context("create a join token")),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("token create printed {out:?}"))?;
+        let (Some(token), Some(hash)) = (v["token"].as_str(), v["ca_hash"].as_str()) else {
+            bail!("token create printed {out:?}");
+        };
+        let j = (token.to_string(), hash.to_string());
+        self.join = Some(j.clone());
+        Ok(j)
     }
 
     /// Starts the controller with extra flags (e.g. the backend).
@@ -200,6 +232,7 @@ impl Topology {
     }
 
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let (token, hash) = self.join_token()?;
         let url = self.controller_url();
         let bin = self.bin.clone();
         let resync = self.agent_resync.clone();
@@ -222,6 +255,7 @@ impl Topology {
             .arg(n.dir.join("state"))
             .arg("--subnet-file")
             .arg(n.dir.join("subnet.env"))
+            .args(["--join-token", &token, "--ca-hash", &hash])
             .args(&self.agent_extra)
             .env("TWILL_LOG", "warn")
             .stdout(Stdio::null())
@@ -239,7 +273,8 @@ impl Topology {
     }
 
     /// Runs an agent in node `i` to completion (for inputs it must refuse), with a time limit.
-    pub fn agent_once(&self, i: usize, args: &[&str]) -> Result<std::process::Output> {
+    pub fn agent_once(&mut self, i: usize, args: &[&str]) -> Result<std::process::Output> {
+        let (token, hash) = self.join_token()?;
         let n = &self.nodes[i];
         let mut child = Command::new("ip")
             .args(["netns", "exec", &n.ns])
@@ -256,6 +291,7 @@ impl Topology {
             .arg(n.dir.join("state"))
             .arg("--subnet-file")
             .arg(n.dir.join("subnet.env"))
+            .args(["--join-token", &token, "--ca-hash", &hash])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -284,6 +320,8 @@ impl Topology {
             .arg(&self.bin)
             .args(args)
             .args(["--controller", &self.controller_url()])
+            .arg("--credentials")
+            .arg(self.admin_credentials())
             .output()?;
         if !out.status.success() {
             bail!(

@@ -16,9 +16,49 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
+use tonic::transport::ClientTlsConfig;
 use twill_client::{Client, ClientOptions};
 use twill_controller::node::{self, Options, Running};
 use twill_controller::NodeId;
+use twill_pki::{Ca, Credentials, Identity};
+
+/// One CA for every cluster this test process starts, with an admin credential: clients and
+/// helpers anywhere in the harness can then speak TLS to any of them without plumbing.
+pub struct TestPki {
+    pub ca: Ca,
+    pub admin: Credentials,
+}
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = Ca::generate("tests").expect("a CA can be generated");
+        let admin = ca
+            .credentials(&Identity::admin("admin"), Duration::from_secs(86_400), &[])
+            .expect("an admin certificate can be issued");
+        TestPki { ca, admin }
+    })
+}
+
+/// The admin's TLS settings, for any client the tests make.
+pub fn admin_tls() -> ClientTlsConfig {
+    pki().admin.client_tls()
+}
+
+/// Credentials for anyone, signed by the tests' CA.
+pub fn credentials(who: &Identity, ttl: Duration) -> Credentials {
+    pki()
+        .ca
+        .credentials(who, ttl, &["127.0.0.1".to_string()])
+        .expect("a certificate can be issued")
+}
+
+/// The tests' CA as a file, for `twill controller --ca`.
+pub fn write_ca(dir: &Path) -> Result<PathBuf> {
+    let p = dir.join("ca.pem");
+    pki().ca.save(&p)?;
+    Ok(p)
+}
 
 /// Raft timings short enough for tests, long enough for a loaded 2-core CI machine.
 pub fn test_options(id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Options {
@@ -31,6 +71,11 @@ pub fn test_options(id: NodeId, data_dir: PathBuf, listen: SocketAddr) -> Option
     o.expiry_interval = Duration::from_millis(200);
     // Room for a few thousand nodes: 10.0.0.0/12 in /24s.
     o.initial_config.network = "10.0.0.0/12".parse().expect("valid literal");
+    o.tls = Some(credentials(
+        &Identity::member(id),
+        Duration::from_secs(86_400),
+    ));
+    o.ca = Some(pki().ca.clone());
     o
 }
 
@@ -85,7 +130,13 @@ impl Cluster {
     }
 
     pub fn url(&self, id: NodeId) -> String {
-        format!("http://{}", self.addrs[&id])
+        format!("https://{}", self.addrs[&id])
+    }
+
+    /// A raw gRPC channel to one member, as the admin.
+    pub fn channel(&self, id: NodeId) -> tonic::transport::Channel {
+        twill_client::channel(&self.url(id), Duration::from_secs(2), Some(admin_tls()))
+            .expect("loopback URL is valid")
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -104,6 +155,7 @@ impl Cluster {
         let opts = ClientOptions {
             retry_for: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(5),
+            tls: Some(admin_tls()),
             ..Default::default()
         };
         Client::with_options(self.urls(), opts).expect("loopback URLs are valid")
@@ -111,7 +163,11 @@ impl Cluster {
 
     /// A client bound to one member only (its writes are forwarded if it is a follower).
     pub fn client_of(&self, id: NodeId) -> Client {
-        Client::new([self.url(id)]).expect("loopback URL is valid")
+        let opts = ClientOptions {
+            tls: Some(admin_tls()),
+            ..Default::default()
+        };
+        Client::with_options([self.url(id)], opts).expect("loopback URL is valid")
     }
 
     /// The leader every running member agrees on.

@@ -49,8 +49,12 @@ impl TwillProcs {
         if self.ports.len() > 1 {
             for (j, port) in self.ports.iter().enumerate() {
                 cmd.arg("--peer")
-                    .arg(format!("{}=http://127.0.0.1:{port}", j + 1));
+                    .arg(format!("{}=https://127.0.0.1:{port}", j + 1));
             }
+        }
+        // Every member starts with the tests' CA, so the harness's admin credential works.
+        if !self.extra.iter().any(|a| a == "--insecure") {
+            cmd.arg("--ca").arg(crate::write_ca(&self.dir)?);
         }
         cmd.args(&self.extra)
             .env(
@@ -69,7 +73,7 @@ impl TwillProcs {
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("https://127.0.0.1:{p}"))
             .collect()
     }
 
@@ -86,7 +90,7 @@ impl TwillProcs {
             for (i, u) in urls.iter().enumerate() {
                 if self.children[i].is_some() {
                     seen.push(
-                        Client::status_of(u)
+                        Client::status_of(u, Some(crate::admin_tls()))
                             .await
                             .ok()
                             .map(|s| (s.leader, s.applied_index)),
@@ -116,13 +120,15 @@ impl TwillProcs {
         let deadline = Instant::now() + within;
         let leader = self.wait_leader(within).await?;
         let urls = self.urls();
-        let target = Client::status_of(&urls[leader]).await?.applied_index;
+        let target = Client::status_of(&urls[leader], Some(crate::admin_tls()))
+            .await?
+            .applied_index;
         for (i, u) in urls.iter().enumerate() {
             if self.children[i].is_none() {
                 continue;
             }
             loop {
-                if let Ok(s) = Client::status_of(u).await {
+                if let Ok(s) = Client::status_of(u, Some(crate::admin_tls())).await {
                     if s.applied_index >= target {
                         break;
                     }

@@ -9,9 +9,7 @@ use twill_proto::v1::controller_client::ControllerClient;
 use twill_tests::Cluster;
 
 async fn raw(cl: &Cluster, id: u64) -> ControllerClient<Channel> {
-    ControllerClient::connect(cl.url(id))
-        .await
-        .expect("connect")
+    ControllerClient::new(cl.channel(id))
 }
 
 fn acq(node: &str, wanted: &str) -> pb::AcquireRequest {

@@ -140,7 +140,7 @@ async fn status_reports_members_leader_and_indexes() {
     let c = cl.client();
     c.acquire(acquire("a")).await.expect("acquire");
     for id in cl.addrs.keys() {
-        let s = twill_client::Client::status_of(&cl.url(*id))
+        let s = twill_client::Client::status_of(&cl.url(*id), Some(twill_tests::admin_tls()))
             .await
             .expect("status");
         assert_eq!(s.id, *id);

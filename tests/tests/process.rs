@@ -14,6 +14,7 @@ use twill_tests::{free_port, twill_binary};
 struct Controller {
     child: Child,
     url: String,
+    data: PathBuf,
 }
 
 fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Controller {
@@ -33,14 +34,28 @@ fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Controller {
         .expect("spawn twill controller");
     Controller {
         child,
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("https://127.0.0.1:{port}"),
+        data: dir.to_path_buf(),
     }
 }
 
-async fn wait_ready(url: &str) {
+/// The admin credential the controller wrote beside its data, as the CLI finds it.
+fn admin_tls(data: &Path) -> Option<tonic::transport::ClientTlsConfig> {
+    twill_pki::Credentials::load(&data.join("admin.pem"))
+        .ok()
+        .map(|c| c.client_tls())
+}
+
+async fn wait_ready(ctl: &Controller) {
+    let url = &ctl.url;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(s) = Client::status_of(url).await {
+        let Some(tls) = admin_tls(&ctl.data) else {
+            assert!(Instant::now() < deadline, "no admin.pem within 30s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if let Ok(s) = Client::status_of(url, Some(tls)).await {
             if s.state == "leader" && s.applied_index > 0 {
                 return;
             }
@@ -77,12 +92,13 @@ fn run_to_exit(dir: &Path, port: u16) -> Output {
     child.wait_with_output().expect("output")
 }
 
-fn client(url: &str) -> Client {
+fn client(ctl: &Controller) -> Client {
     Client::with_options(
-        [url],
+        [ctl.url.as_str()],
         ClientOptions {
             retry_for: Duration::from_secs(60),
             attempt_timeout: Duration::from_secs(5),
+            tls: admin_tls(&ctl.data),
             ..Default::default()
         },
     )
@@ -95,13 +111,13 @@ async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
     let data = dir.path().join("data");
     let port = free_port().expect("port");
     let mut ctl = spawn(&data, port, &[]);
-    wait_ready(&ctl.url).await;
+    wait_ready(&ctl).await;
 
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (acked, stop, c) = (acked.clone(), stop.clone(), client(&ctl.url));
+        let (acked, stop, c) = (acked.clone(), stop.clone(), client(&ctl));
         workers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -130,7 +146,7 @@ async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
         ctl.child.wait().expect("reap");
         eprintln!("round {round}: killed with {n} acknowledged leases");
         ctl = spawn(&data, port, &[]);
-        wait_ready(&ctl.url).await;
+        wait_ready(&ctl).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -144,7 +160,7 @@ async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
         "too few acquisitions to prove anything: {}",
         acked.len()
     );
-    let listed: BTreeMap<String, String> = client(&ctl.url)
+    let listed: BTreeMap<String, String> = client(&ctl)
         .list_leases()
         .await
         .expect("list")
@@ -189,8 +205,8 @@ async fn populated(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let port = free_port().expect("port");
     let mut ctl = spawn(&data, port, &["--snapshot-every", "5"]);
-    wait_ready(&ctl.url).await;
-    let c = client(&ctl.url);
+    wait_ready(&ctl).await;
+    let c = client(&ctl);
     for i in 0..30 {
         c.acquire(pb::AcquireRequest {
             node: format!("n{i}"),

@@ -171,7 +171,14 @@ async fn resume_on_a_lagging_member_never_goes_back_in_time() {
     faults[3].cut_off([1, 2]);
     faults[1].cut_off([3]);
     faults[2].cut_off([3]);
-    let c = Client::new(cl.urls().into_iter().take(2)).expect("client");
+    let c = Client::with_options(
+        cl.urls().into_iter().take(2),
+        twill_client::ClientOptions {
+            tls: Some(twill_tests::admin_tls()),
+            ..Default::default()
+        },
+    )
+    .expect("client");
     let mut rev = 0;
     for i in 0..5 {
         rev = acquire(&c, &format!("lag-{i}")).await;

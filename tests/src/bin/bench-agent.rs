@@ -108,10 +108,17 @@ fn join_latency(nodes: usize, joins: usize) -> Result<Vec<Duration>> {
         t.wait_subnet(i, Duration::from_secs(60))?;
     }
     let url = t.controller_url();
+    let admin = twill_pki::Credentials::load(&t.admin_credentials())?;
     let node_ns: Vec<String> = t.nodes.iter().map(|n| n.ns.clone()).collect();
     let out = in_netns(&t.ctl_ns.clone(), move || {
         Box::pin(async move {
-            let c = Client::new([url])?;
+            let c = Client::with_options(
+                [url],
+                twill_client::ClientOptions {
+                    tls: Some(admin.client_tls()),
+                    ..Default::default()
+                },
+            )?;
             let mut lat = Vec::new();
             for j in 0..joins {
                 let name = format!("joiner-{j}");

@@ -38,6 +38,7 @@ fn client(urls: &[String]) -> Result<Client> {
             attempt_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
+            tls: Some(twill_tests::admin_tls()),
         },
     )?)
 }
@@ -112,7 +113,7 @@ async fn bench_twill() -> Result<Figures> {
         let elected = tokio::spawn(async move {
             loop {
                 for u in &survivors {
-                    if let Ok(s) = Client::status_of(u).await {
+                    if let Ok(s) = Client::status_of(u, Some(twill_tests::admin_tls())).await {
                         if s.state == "leader" && s.id != old_id {
                             return killed.elapsed();
                         }

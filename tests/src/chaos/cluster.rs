@@ -118,7 +118,10 @@ impl Controllers {
     /// The leader's index (0-based) as the first member that answers names it.
     pub async fn leader(&self) -> Option<usize> {
         for u in self.urls() {
-            let asked = tokio::time::timeout(Duration::from_millis(500), Client::status_of(&u));
+            let asked = tokio::time::timeout(
+                Duration::from_millis(500),
+                Client::status_of(&u, Some(crate::admin_tls())),
+            );
             if let Ok(Ok(s)) = asked.await {
                 if s.leader != 0 {
                     return Some(s.leader as usize - 1);

@@ -167,6 +167,7 @@ pub(crate) fn short_client(urls: Vec<String>) -> Result<Client> {
             retry_for: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(300),
+            tls: Some(crate::admin_tls()),
         },
     )?)
 }

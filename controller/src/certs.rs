@@ -251,13 +251,16 @@ impl ControllerService {
                 },
                 move |_, o| match o {
                     Outcome::Trust(TrustOutcome::TokenCreated) => {
-                        let ca_hash =
-                            m.sm.read()
-                                .alloc
-                                .trust()
-                                .ca()
-                                .and_then(|c| c.hash().ok())
-                                .unwrap_or_default();
+                        // The CA this member's own TLS trusts, which is the cluster's: known
+                        // here even before the first leader has replicated the CA's key.
+                        let ca_hash = m
+                            .opts
+                            .tls
+                            .as_ref()
+                            .map(|c| c.ca_hash())
+                            .transpose()
+                            .map_err(|e| Status::internal(e.to_string()))?
+                            .unwrap_or_default();
                         Ok(pb::CreateTokenResponse {
                             token: shown,
                             ca_hash,

@@ -143,26 +143,8 @@ impl Ca {
 
     /// Writes the certificate and key to `path`, 0600, atomically.
     pub fn save(&self, path: &std::path::Path) -> Result<(), CaError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let err = |e: std::io::Error| CaError::Load(format!("{}: {e}", path.display()));
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(err)?;
-        }
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(err)?;
-            f.write_all(format!("{}{}", self.cert_pem, self.key_pem).as_bytes())
-                .map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        std::fs::rename(&tmp, path).map_err(err)
+        crate::credentials::write_private(path, &format!("{}{}", self.cert_pem, self.key_pem))
+            .map_err(|e| CaError::Load(format!("{}: {e}", path.display())))
     }
 
     /// Credentials for `who`, made and signed here.

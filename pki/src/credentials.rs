@@ -82,27 +82,10 @@ impl Credentials {
 
     /// Writes the file atomically with mode 0600: a crash leaves the old file or the new one.
     pub fn save(&self, path: &Path) -> Result<(), CredentialsError> {
-        let io = |e| CredentialsError::Io {
+        write_private(path, &self.to_pem()).map_err(|e| CredentialsError::Io {
             path: path.display().to_string(),
             source: e,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(self.to_pem().as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        })
     }
 
     pub fn identity(&self) -> Result<Identity, CredentialsError> {
@@ -138,6 +121,25 @@ impl Credentials {
     pub fn client_tls(&self) -> ClientTlsConfig {
         ca_only_tls(&self.ca_pem).identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
     }
+}
+
+/// Writes a file only its owner may read, atomically: a temporary file, synced, renamed.
+pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 /// A client with no certificate of its own (a node joining with a token): it still checks

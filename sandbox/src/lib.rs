@@ -127,6 +127,8 @@ pub struct Topology {
     bin: PathBuf,
     /// The join token and CA hash agents join with, made at the first agent's start.
     join: Option<(String, String)>,
+    /// A CA the controller starts with (`--ca`) instead of making its own.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const CONTROLLER_ADDR: &str = "192.0.2.100";
@@ -148,6 +150,7 @@ impl Topology {
             agent_extra: Vec::new(),
             bin: bin.to_path_buf(),
             join: None,
+            ca_file: None,
         };
         let mut t = t;
         ip(&["netns", "add", &t.underlay])?;
@@ -223,6 +226,11 @@ impl Topology {
             ])
             .arg(&data)
             .args(extra)
+            .args(
+                self.ca_file
+                    .iter()
+                    .flat_map(|f| [std::ffi::OsStr::new("--ca"), f.as_os_str()]),
+            )
             .env("TWILL_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

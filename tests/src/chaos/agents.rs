@@ -66,6 +66,8 @@ pub fn run(seed: u64, nodes: usize, faults_for: Duration, bin: &std::path::Path)
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = Topology::new("ch", nodes + 1, bin)?;
     t.agent_resync = "1s".into();
+    // The tests' CA, so the observer's admin credential is good for this controller.
+    t.ca_file = Some(crate::write_ca(&t.dir)?);
     t.start_controller(CONTROLLER_FLAGS)?;
     for i in 0..nodes {
         t.start_agent(i)?;

@@ -28,6 +28,17 @@ pub enum CertError {
     NoneReached(String),
 }
 
+impl CertError {
+    /// No controller answered, or none could yet (no leader, the CA not replicated): a join
+    /// may work later. A refused token or an untrusted CA will not.
+    pub fn worth_retrying(&self) -> bool {
+        matches!(
+            self,
+            CertError::NoneReached(_) | CertError::Join(ClientError::Unavailable { .. })
+        )
+    }
+}
+
 /// What a joining node or member asks for.
 pub struct JoinAs {
     pub name: String,

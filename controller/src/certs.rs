@@ -14,7 +14,7 @@ use crate::allocator::{self as alloc, Command, Outcome};
 use crate::authz::{Access, Caller};
 use crate::node::Member;
 use crate::service::ControllerService;
-use crate::trust::{TokenKind, TokenRecord, TrustCommand, TrustOutcome};
+use crate::trust::{TokenKind, TokenRecord, TrustCommand, TrustError, TrustOutcome};
 
 /// Members are few and replaced by hand: their certificates last a year.
 pub const MEMBER_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -133,6 +133,28 @@ impl ControllerService {
         let hosts = hosts(&r.hosts, kind)?;
         // Checked before the token is spent on it.
         csr(&r.csr_pem)?;
+        // And the token against this member's copy of the table, so that guessing writes
+        // nothing to the log. Expiry is left to the leader's clock; an id unknown here may be
+        // news a follower has not applied yet, so only the leader refuses it.
+        let leader_here = self.m.leader().is_some_and(|l| l.0 == self.m.id);
+        let local = self.m.sm.read().alloc.trust().check(
+            &token.id,
+            &token.secret_hash(),
+            kind,
+            &who.name,
+            0,
+        );
+        match local {
+            Ok(()) => {}
+            Err(TrustError::Unknown(_)) if !leader_here => {}
+            Err(e) => {
+                self.m.metrics.denied("JoinNode", "none");
+                tracing::warn!(who = %who, token = %token.id, "join refused: {e}");
+                return Err(crate::convert::alloc_status(
+                    &crate::allocator::AllocError::Trust(e),
+                ));
+            }
+        }
         let ttl = match kind {
             TokenKind::Node => self.m.opts.node_cert_ttl,
             TokenKind::Member => MEMBER_CERT_TTL,

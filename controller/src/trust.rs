@@ -127,6 +127,58 @@ impl Trust {
         self.tokens.values()
     }
 
+    /// Whether a token may certify `name` now, without using it: the state machine checks
+    /// this when it applies a use, and a member before it proposes one, so that guessing at
+    /// tokens writes nothing to the log.
+    pub fn check(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        kind: TokenKind,
+        name: &str,
+        now: Millis,
+    ) -> Result<(), TrustError> {
+        let t = self
+            .tokens
+            .get(id)
+            .ok_or_else(|| TrustError::Unknown(id.to_string()))?;
+        if t.secret_hash != secret_hash {
+            return Err(TrustError::Secret(id.to_string()));
+        }
+        if t.revoked {
+            return Err(TrustError::Revoked(id.to_string()));
+        }
+        if t.expires_at <= now {
+            return Err(TrustError::Expired {
+                id: id.to_string(),
+                ago_s: (now - t.expires_at) / 1000,
+            });
+        }
+        if t.uses_left == Some(0) {
+            return Err(TrustError::UsedUp {
+                id: id.to_string(),
+                used: t.used,
+            });
+        }
+        if t.kind != kind {
+            return Err(TrustError::Kind {
+                id: id.to_string(),
+                is: t.kind,
+                asked: kind,
+            });
+        }
+        if let Some(b) = &t.bound_to {
+            if b != name {
+                return Err(TrustError::Bound {
+                    id: id.to_string(),
+                    bound: b.clone(),
+                    asked: name.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn apply(&mut self, cmd: &TrustCommand) -> Result<TrustOutcome, TrustError> {
         match cmd {
             TrustCommand::SetCa { ca } => {
@@ -165,44 +217,11 @@ impl Trust {
                 name,
                 now,
             } => {
+                self.check(id, secret_hash, *kind, name, *now)?;
                 let t = self
                     .tokens
                     .get_mut(id)
                     .ok_or_else(|| TrustError::Unknown(id.clone()))?;
-                if t.secret_hash != *secret_hash {
-                    return Err(TrustError::Secret(id.clone()));
-                }
-                if t.revoked {
-                    return Err(TrustError::Revoked(id.clone()));
-                }
-                if t.expires_at <= *now {
-                    return Err(TrustError::Expired {
-                        id: id.clone(),
-                        ago_s: (now - t.expires_at) / 1000,
-                    });
-                }
-                if t.uses_left == Some(0) {
-                    return Err(TrustError::UsedUp {
-                        id: id.clone(),
-                        used: t.used,
-                    });
-                }
-                if t.kind != *kind {
-                    return Err(TrustError::Kind {
-                        id: id.clone(),
-                        is: t.kind,
-                        asked: *kind,
-                    });
-                }
-                if let Some(b) = &t.bound_to {
-                    if b != name {
-                        return Err(TrustError::Bound {
-                            id: id.clone(),
-                            bound: b.clone(),
-                            asked: name.clone(),
-                        });
-                    }
-                }
                 t.used += 1;
                 if let Some(n) = &mut t.uses_left {
                     *n -= 1;

@@ -367,6 +367,16 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let facts = facts::discover(&kernel, &opts.choice).await?;
     tracing::info!(iface = %facts.iface, public_ip = %facts.public_ip, mtu = facts.mtu, "public interface chosen");
     let mac = vtep::derive(&opts.node_name);
+    // Health first: an agent still waiting to join is alive, and not ready.
+    let health = Arc::new(Mutex::new(Health::default()));
+    let metrics = Metrics::default();
+    let bgp_board = BgpBoard::default();
+    if let Some(addr) = opts.metrics_addr {
+        let l = twill_telemetry::bind(addr).await?;
+        let e = crate::metrics::endpoints(&metrics, health.clone(), bgp_board.clone());
+        tokio::spawn(twill_telemetry::serve(l, e, std::future::pending()));
+    }
+
     let creds = crate::certs::obtain(&opts).await?;
     let client = Arc::new(Client::with_options(
         &opts.controllers,
@@ -382,15 +392,6 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             c,
             Some(file),
         ));
-    }
-
-    let health = Arc::new(Mutex::new(Health::default()));
-    let metrics = Metrics::default();
-    let bgp_board = BgpBoard::default();
-    if let Some(addr) = opts.metrics_addr {
-        let l = twill_telemetry::bind(addr).await?;
-        let e = crate::metrics::endpoints(&metrics, health.clone(), bgp_board.clone());
-        tokio::spawn(twill_telemetry::serve(l, e, std::future::pending()));
     }
 
     let (lease_tx, lease_rx) = watch::channel(None);

@@ -40,18 +40,24 @@ pub async fn obtain(opts: &Options) -> Result<Option<(Credentials, PathBuf)>, Ag
             file.display()
         )));
     };
-    let c = certs::join(
-        &opts.controllers,
-        token,
-        hash,
-        &JoinAs {
-            name: opts.node_name.clone(),
-            member: false,
-            hosts: Vec::new(),
-        },
-    )
-    .await
-    .map_err(|e| fail(e.to_string()))?;
+    let who = JoinAs {
+        name: opts.node_name.clone(),
+        member: false,
+        hosts: Vec::new(),
+    };
+    // Like the lease, the join waits for a controller to answer; only a refusal ends it.
+    let mut backoff = std::time::Duration::from_secs(1);
+    let c = loop {
+        match certs::join(&opts.controllers, token, hash, &who).await {
+            Ok(c) => break c,
+            Err(e) if e.worth_retrying() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot join yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
     c.save(file).map_err(|e| fail(e.to_string()))?;
     tracing::info!(file = %file.display(), "joined: node certificate issued and saved");
     Ok(Some((c, file.clone())))

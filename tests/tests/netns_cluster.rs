@@ -316,6 +316,12 @@ fn health_endpoints_follow_readiness() {
     }
     let mut t = Topology::new("hz", 1, &twill_binary().expect("twill binary")).expect("topology");
     t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
+    // The operator's token comes from a controller that is then stopped: the agent starts
+    // with no controller to join, waits for one, and is alive meanwhile.
+    let controller_flags = ["--backend", "vxlan", "--lease-ttl", "4s"];
+    t.start_controller(&controller_flags).expect("controller");
+    t.join_token().expect("join token");
+    t.stop_controller();
     t.start_agent(0).expect("agent");
     let ns = t.nodes[0].ns.clone();
     let get = |path: &'static str| twill_tests::netns::agent_http_get(&ns, path);
@@ -329,8 +335,7 @@ fn health_endpoints_follow_readiness() {
         "{r}"
     );
     // Short leases, so that losing the controller shows within the test.
-    t.start_controller(&["--backend", "vxlan", "--lease-ttl", "4s"])
-        .expect("controller");
+    t.start_controller(&controller_flags).expect("controller");
     let ready = || get("/readyz").starts_with("HTTP/1.1 200");
     wait_until(
         "ready once the lease is held and programmed",

@@ -313,3 +313,97 @@ async fn bad_flags_exit_nonzero_with_a_clear_message() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
 }
+
+/// The member join flow end to end with real processes: a member token from the running
+/// cluster, `twill controller --join --join-token … --ca-hash …`, then `members add`; the new
+/// member serves reads with a certificate it never saw the CA key for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_running_controller_with_a_member_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p1, p2) = (free_port().expect("port"), free_port().expect("port"));
+    let mut a = spawn(&dir.path().join("a"), p1, &[]);
+    wait_ready(&a).await;
+    let admin = client(&a);
+    admin
+        .acquire(pb::AcquireRequest {
+            node: "n1".into(),
+            public_ip: "192.0.2.1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire");
+    let t = admin
+        .create_token(pb::CreateTokenRequest {
+            member: true,
+            bound_to: "2".into(),
+            uses: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("member token");
+    let b_dir = dir.path().join("b");
+    let mut b = spawn(
+        &b_dir,
+        p2,
+        &[
+            "--id",
+            "2",
+            "--join",
+            "--join-token",
+            &t.token,
+            "--ca-hash",
+            &t.ca_hash,
+            "--controller",
+            &a.url,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b_dir.join("tls").join("member.pem").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new member got no certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !b_dir.join("tls").join("ca.pem").exists(),
+        "a joined member has the CA key from the replicated state only"
+    );
+    let r = admin.add_member(2, &b.url).await.expect("members add");
+    assert!(
+        r.members.iter().any(|m| m.id == 2 && m.voter),
+        "{:?}",
+        r.members
+    );
+    let via_b = Client::with_options(
+        [b.url.as_str()],
+        ClientOptions {
+            retry_for: Duration::from_secs(20),
+            tls: admin_tls(&a.data),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    let leases = via_b
+        .list_leases()
+        .await
+        .expect("a read through the new member");
+    assert!(leases.leases.iter().any(|l| l.node == "n1"));
+    let e = twill_client::certs::join(
+        &[b.url.clone()],
+        &t.token,
+        &t.ca_hash,
+        &twill_client::certs::JoinAs {
+            name: "2".into(),
+            member: true,
+            hosts: Vec::new(),
+        },
+    )
+    .await
+    .expect_err("the token was for one use");
+    assert!(e.to_string().contains("used up"), "{e}");
+    let _ = b.child.kill();
+    let _ = a.child.kill();
+    let _ = b.child.wait();
+    let _ = a.child.wait();
+}

@@ -358,6 +358,29 @@ async fn join_tokens_issue_node_certificates_and_refuse_each_misuse() {
         "{e}"
     );
 
+    // Guessing writes nothing: wrong secrets and unknown ids are refused before any proposal.
+    let log = || async {
+        let mut v = Vec::new();
+        for id in cl.addrs.keys() {
+            let s = ControllerClient::new(cl.channel(*id))
+                .status(pb::StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            v.push(s.last_log_index);
+        }
+        v
+    };
+    let before = log().await;
+    for guess in [wrong_secret.as_str(), "zzzzzz.0123456789abcdef"] {
+        for _ in 0..5 {
+            assert!(certs::join(&urls, guess, &good.ca_hash, &node("n9"))
+                .await
+                .is_err());
+        }
+    }
+    assert_eq!(log().await, before, "a guessed token reached the Raft log");
+
     let list = admin.list_tokens().await.expect("list").tokens;
     let used = list
         .iter()

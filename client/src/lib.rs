@@ -164,6 +164,20 @@ fn describe(s: &Status) -> String {
     out
 }
 
+/// A connection that was made and then broke, as opposed to one refused or a call answered.
+fn broken_connection(text: &str) -> bool {
+    !text.contains("tcp connect error")
+        && [
+            "h2 protocol error",
+            "connection closed",
+            "broken pipe",
+            "connection reset",
+            "transport error",
+        ]
+        .iter()
+        .any(|k| text.contains(k))
+}
+
 /// What a TLS refusal means for this client, when the transport error is one; retrying does
 /// not help any of these.
 fn tls_refusal(text: &str) -> Option<&'static str> {
@@ -306,9 +320,16 @@ impl Client {
                     }
                     return Ok(r.into_inner());
                 }
-                // A TLS port answers a plaintext HTTP/2 preface with garbage, which h2 reports
-                // as a protocol error: say what is probably wrong instead.
-                Ok(Err(s)) if s.message().contains("h2 protocol error") && self.plaintext(i) => {
+                // A TLS port breaks a plaintext connection (h2 reads garbage, or the
+                // connection closes or resets): if TLS answers there, no retry will help.
+                Ok(Err(s))
+                    if self.plaintext(i)
+                        && broken_connection(&describe(&s))
+                        && twill_pki::bootstrap::speaks_tls(
+                            self.endpoint(i).trim_start_matches("http://"),
+                        )
+                        .await =>
+                {
                     return Err(ClientError::TlsExpected(self.endpoint(i)))
                 }
                 Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Status(s)),
@@ -337,13 +358,6 @@ impl Client {
                 }
             };
             if started.elapsed() >= self.opts.retry_for {
-                // A TLS port closes a plaintext connection, or answers it with bytes h2
-                // cannot read; after all the retries, that is the likely story.
-                if self.plaintext(i)
-                    && (err.contains("h2 protocol error") || err.contains("connection closed"))
-                {
-                    return Err(ClientError::TlsExpected(self.endpoint(i)));
-                }
                 return Err(ClientError::Unavailable {
                     elapsed: started.elapsed(),
                     attempts,

@@ -120,6 +120,84 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// Accepts any certificate: only for [`speaks_tls`], which sends nothing over the connection.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether `host:port` completes a TLS handshake: how a client that dialled it in plaintext
+/// learns why its calls fail. Nothing is sent after the handshake.
+pub async fn speaks_tls(authority: &str) -> bool {
+    let provider = Arc::new(ring::default_provider());
+    let Ok(builder) =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let Ok(name) = ServerName::try_from(MEMBER_SERVER_NAME) else {
+        return false;
+    };
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(_))
+    )
+}
+
 /// The CA certificate (PEM) of the cluster `url` belongs to, if its hash is `ca_hash`.
 pub async fn fetch_ca(url: &str, ca_hash: &str) -> Result<String, BootstrapError> {
     let hash = parse_ca_hash(ca_hash)?;

@@ -71,6 +71,9 @@ pub enum TokenCmd {
     List,
     /// Revoke a token by its id (the part before the dot)
     Revoke { id: String },
+    /// Revoke every certificate a node holds now (its renewals stop too); the node can join
+    /// again only with a new token
+    RevokeNode { node: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -206,6 +209,10 @@ pub async fn token(t: &Target, cmd: TokenCmd) -> Result<()> {
                 "{}",
                 table(&["ID", "KIND", "FOR", "USES LEFT", "USED", "STATE"], rows)
             );
+        }
+        TokenCmd::RevokeNode { node } => {
+            client.revoke_node(&node).await.context("revoke node")?;
+            println!("certificates of node {node} revoked");
         }
         TokenCmd::Revoke { id } => {
             client.revoke_token(&id).await.context("revoke token")?;

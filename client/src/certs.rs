@@ -46,6 +46,17 @@ pub struct JoinAs {
     pub hosts: Vec<String>,
 }
 
+/// A certificate issued just after its node's revocation starts up to a second ahead (its
+/// start is what tells it from the revoked ones): wait for it rather than be refused.
+async fn until_valid(c: &Credentials) {
+    if let Ok(start) = c.not_before() {
+        let ahead = start - time::OffsetDateTime::now_utc();
+        if let Ok(d) = Duration::try_from(ahead) {
+            tokio::time::sleep(d.min(Duration::from_secs(5))).await;
+        }
+    }
+}
+
 fn credentials(key_pem: String, r: pb::CertificateResponse) -> Result<Credentials, CertError> {
     let c = Credentials {
         cert_pem: r.cert_pem,
@@ -102,7 +113,9 @@ pub async fn join(
             })
             .await
             .map_err(CertError::Join)?;
-        return credentials(key_pem, resp);
+        let c = credentials(key_pem, resp)?;
+        until_valid(&c).await;
+        return Ok(c);
     }
     Err(CertError::NoneReached(last))
 }
@@ -115,7 +128,9 @@ pub async fn renew(client: &Client, current: &Credentials) -> Result<Credentials
         .renew_certificate(&csr_pem)
         .await
         .map_err(CertError::Join)?;
-    credentials(key_pem, resp)
+    let c = credentials(key_pem, resp)?;
+    until_valid(&c).await;
+    Ok(c)
 }
 
 /// When a certificate is due for renewal: two thirds into its life, as kubelet does it.

@@ -587,6 +587,19 @@ impl Client {
         .await
     }
 
+    /// Refuses every certificate `node` holds now.
+    pub async fn revoke_node(&self, node: &str) -> Result<pb::RevokeNodeResponse, ClientError> {
+        let req = pb::RevokeNodeRequest {
+            request_id: new_request_id(),
+            node: node.to_string(),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.revoke_node(r).await }
+        })
+        .await
+    }
+
     pub async fn remove_member(&self, id: u64) -> Result<pb::MembersResponse, ClientError> {
         self.call(|mut c| async move { c.remove_member(pb::RemoveMemberRequest { id }).await })
             .await

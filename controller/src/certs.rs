@@ -92,8 +92,21 @@ fn sign(
     let ca = m.sm.read().alloc.trust().ca().cloned().ok_or_else(|| {
         Status::unavailable("the cluster CA is not replicated yet; retry shortly")
     })?;
+    // After a node's revocation, its new certificates start later than the revocation.
+    let valid_after = match who.role {
+        Role::Node => {
+            m.sm.read()
+                .alloc
+                .trust()
+                .node_revoked_at(&who.name)
+                .and_then(|ms| {
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+                })
+        }
+        _ => None,
+    };
     let issued = ca
-        .sign_csr(csr_pem, who, ttl, hosts)
+        .sign_csr(csr_pem, who, ttl, hosts, valid_after)
         .map_err(|e| bad("csr_pem", e))?;
     Ok(pb::CertificateResponse {
         cert_pem: issued.cert_pem,
@@ -329,6 +342,33 @@ impl ControllerService {
             |mut c, r| Box::pin(async move { c.list_tokens(r).await }),
         )
         .await
+    }
+
+    pub(crate) async fn revoke_node_certs(
+        &self,
+        req: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
+        self.authorize(&req, "RevokeNode", Access::Admin)?;
+        self.require_tls()?;
+        let node = req.get_ref().node.clone();
+        validate_node_name(&node).map_err(|e| bad("node", e))?;
+        let now = self.m.clock.now_ms();
+        let shown = node.clone();
+        let r = self
+            .write(
+                req,
+                |r| {
+                    Ok(alloc::Request {
+                        request_id: crate::convert::request_id(&r.request_id)?,
+                        command: Command::Trust(TrustCommand::RevokeNode { node, now }),
+                    })
+                },
+                |_, _| Ok(pb::RevokeNodeResponse {}),
+                |mut c, r| Box::pin(async move { c.revoke_node(r).await }),
+            )
+            .await?;
+        tracing::info!(node = %shown, "node certificates revoked");
+        Ok(r)
     }
 
     pub(crate) async fn revoke(

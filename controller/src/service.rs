@@ -93,8 +93,28 @@ impl ControllerService {
         let Some(leaf) = certs.first() else {
             return Ok(Caller::Anonymous);
         };
-        // The TLS layer has checked the chain and the dates; the identity is ours to read.
+        // The TLS layer has checked the chain and the dates; the identity is ours to read,
+        // and a node's certificate from before its revocation is refused.
         match twill_pki::Identity::from_der(leaf) {
+            Ok(id) if id.role == twill_pki::Role::Node => {
+                let start = twill_pki::identity::not_before_ms(leaf).unwrap_or(0);
+                if self
+                    .m
+                    .sm
+                    .read()
+                    .alloc
+                    .trust()
+                    .node_certificate_ok(&id.name, start)
+                {
+                    Ok(Caller::Known(id))
+                } else {
+                    self.m.metrics.denied("any", "node");
+                    tracing::warn!(caller = %id, "call with a revoked certificate refused");
+                    Err(Status::unauthenticated(format!(
+                        "the certificate of {id} was revoked; join again with a new token"
+                    )))
+                }
+            }
             Ok(id) => Ok(Caller::Known(id)),
             Err(e) => {
                 self.m.metrics.denied("any", "unreadable");
@@ -482,6 +502,13 @@ impl controller_server::Controller for ControllerService {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.revoke(req).await
+    }
+
+    async fn revoke_node(
+        &self,
+        req: Request<pb::RevokeNodeRequest>,
+    ) -> Result<Response<pb::RevokeNodeResponse>, Status> {
+        self.revoke_node_certs(req).await
     }
 
     type WatchStream = WatchStream;

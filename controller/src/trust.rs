@@ -72,6 +72,12 @@ pub enum TrustCommand {
         name: String,
         now: Millis,
     },
+    /// Refuses every certificate of `node` that starts at or before `now`; a later join with
+    /// a new token gets one that starts after it.
+    RevokeNode {
+        node: String,
+        now: Millis,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +86,7 @@ pub enum TrustOutcome {
     TokenCreated,
     TokenRevoked,
     TokenUsed,
+    NodeRevoked,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -116,6 +123,8 @@ pub enum TrustError {
 pub struct Trust {
     ca: Option<Ca>,
     tokens: BTreeMap<String, TokenRecord>,
+    /// Node → when its certificates were revoked.
+    revoked_nodes: BTreeMap<String, Millis>,
 }
 
 impl Trust {
@@ -125,6 +134,16 @@ impl Trust {
 
     pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
         self.tokens.values()
+    }
+
+    /// When `node`'s certificates were last revoked, if ever.
+    pub fn node_revoked_at(&self, node: &str) -> Option<Millis> {
+        self.revoked_nodes.get(node).copied()
+    }
+
+    /// Whether a node certificate starting at `not_before` is still good.
+    pub fn node_certificate_ok(&self, node: &str, not_before: Millis) -> bool {
+        self.node_revoked_at(node).is_none_or(|t| not_before > t)
     }
 
     /// Whether a token may certify `name` now, without using it: the state machine checks
@@ -201,6 +220,11 @@ impl Trust {
                 }
                 self.tokens.insert(token.id.clone(), token.clone());
                 Ok(TrustOutcome::TokenCreated)
+            }
+            TrustCommand::RevokeNode { node, now } => {
+                let at = self.revoked_nodes.entry(node.clone()).or_insert(0);
+                *at = (*at).max(*now);
+                Ok(TrustOutcome::NodeRevoked)
             }
             TrustCommand::RevokeToken { id } => {
                 let t = self
@@ -324,6 +348,21 @@ mod tests {
             now: 1,
         });
         assert!(member.is_err());
+    }
+
+    #[test]
+    fn a_revoked_node_keeps_only_certificates_that_start_later() {
+        let mut t = Trust::default();
+        assert!(t.node_certificate_ok("n1", 5));
+        t.apply(&TrustCommand::RevokeNode {
+            node: "n1".into(),
+            now: 100,
+        })
+        .expect("revoke");
+        assert!(!t.node_certificate_ok("n1", 100));
+        assert!(!t.node_certificate_ok("n1", 5));
+        assert!(t.node_certificate_ok("n1", 101));
+        assert!(t.node_certificate_ok("n2", 5));
     }
 
     #[test]

@@ -250,16 +250,26 @@ impl Ca {
 
     /// Signs the public key of a CSR for `who`. Only the key is taken from the request (its
     /// signature proves the caller holds it); names and lifetime are the CA's decision.
+    ///
+    /// `valid_after`: the certificate starts no earlier than this (a node's certificates
+    /// from before a revocation are told apart from later ones by their start).
     pub fn sign_csr(
         &self,
         csr_pem: &str,
         who: &Identity,
         lifetime: Duration,
         hosts: &[String],
+        valid_after: Option<OffsetDateTime>,
     ) -> Result<Issued, CaError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Csr(e.to_string()))?;
         csr.params = Self::params(who, lifetime, hosts)?;
+        if let Some(t) = valid_after {
+            let floor = t + Duration::from_secs(1);
+            if csr.params.not_before < floor {
+                csr.params.not_before = floor;
+            }
+        }
         let not_after = csr.params.not_after;
         self.with_issuer(|issuer| {
             let cert = csr.signed_by(issuer).map_err(gen_err)?;
@@ -329,7 +339,13 @@ mod tests {
         // The requester asks for a member's identity; the CA decides it is node n1.
         let (_key, csr) = key_and_csr(&Identity::member(1)).expect("csr");
         let issued = ca
-            .sign_csr(&csr, &Identity::node("n1"), Duration::from_secs(60), &[])
+            .sign_csr(
+                &csr,
+                &Identity::node("n1"),
+                Duration::from_secs(60),
+                &[],
+                None,
+            )
             .expect("sign");
         let der = pem_der(&issued.cert_pem).expect("pem");
         assert_eq!(Identity::from_der(&der), Ok(Identity::node("n1")));
@@ -338,7 +354,8 @@ mod tests {
                 "not a csr",
                 &Identity::node("n1"),
                 Duration::from_secs(60),
-                &[]
+                &[],
+                None
             )
             .is_err());
     }

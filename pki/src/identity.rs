@@ -129,6 +129,14 @@ impl Identity {
     }
 }
 
+/// When a DER certificate starts being valid, in milliseconds since the Unix epoch.
+pub fn not_before_ms(der: &[u8]) -> Result<u64, IdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let t = cert.validity().not_before.timestamp();
+    Ok(u64::try_from(t).unwrap_or(0).saturating_mul(1000))
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.role, self.name)

@@ -627,3 +627,66 @@ async fn a_member_joins_with_a_member_token_and_serves() {
     joiner.shutdown().await;
     cl.shutdown().await;
 }
+
+/// A revoked node's certificates stop working at once, renewals included; a join with a new
+/// token gives it one that works, and the old one stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_until_it_joins_again() {
+    let cl = Cluster::start(3).await.expect("cluster");
+    let admin = cl.client();
+    let urls = cl.urls();
+    let t = token(&admin, 0, "", 0).await;
+    let old = certs::join(&urls, &t.token, &t.ca_hash, &node("stolen"))
+        .await
+        .expect("join");
+    let c = client_as(&cl, Some(&old), true);
+    c.acquire(acq("stolen", "192.0.2.31"))
+        .await
+        .expect("acquire");
+    admin.revoke_node("stolen").await.expect("revoke node");
+    // Every member refuses it once the revocation is applied there.
+    for id in cl.addrs.keys() {
+        let ch =
+            twill_client::channel(&cl.url(*id), Duration::from_secs(2), Some(old.client_tls()))
+                .expect("channel");
+        let mut raw = ControllerClient::new(ch);
+        let mut refused = None;
+        for _ in 0..50 {
+            match raw.list_leases(pb::ListLeasesRequest::default()).await {
+                Err(s) => {
+                    refused = Some(s);
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let s = refused.expect("the revoked certificate is refused");
+        assert_eq!(
+            s.code(),
+            Code::Unauthenticated,
+            "member {id}: {}",
+            s.message()
+        );
+        assert!(s.message().contains("was revoked"), "{}", s.message());
+    }
+    assert_eq!(code(c.renew("stolen", 0).await).0, Code::Unauthenticated);
+    let e = certs::renew(&c, &old).await.expect_err("no renewal either");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // The rightful node joins again and carries on; the old certificate stays refused.
+    let t2 = token(&admin, 1, "stolen", 0).await;
+    let fresh = certs::join(&urls, &t2.token, &t2.ca_hash, &node("stolen"))
+        .await
+        .expect("join again");
+    let c2 = client_as(&cl, Some(&fresh), true);
+    c2.renew("stolen", 0)
+        .await
+        .expect("the new certificate works");
+    certs::renew(&c2, &fresh).await.expect("and renews");
+    assert_eq!(code(c.renew("stolen", 0).await).0, Code::Unauthenticated);
+    // Only an admin revokes.
+    assert_eq!(
+        code(c2.revoke_node("other").await).0,
+        Code::PermissionDenied
+    );
+    cl.shutdown().await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use twill_client::certs::{self, JoinAs};
+use twill_controller::certs::MEMBER_CERT_TTL;
 use twill_pki::{Ca, Credentials, Identity};
 
 /// A member's TLS files live here, under its data directory.
@@ -20,7 +21,6 @@ pub fn admin_file(data_dir: &Path) -> PathBuf {
 }
 
 const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-const MEMBER_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The hosts a member's certificate names: its advertised host and its listen address.
 fn hosts(advertise: &str, listen: &std::net::SocketAddr) -> Vec<String> {

@@ -91,6 +91,10 @@ pub struct ControllerArgs {
     /// Lease events kept for watchers to resume from
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     watch_history: usize,
+    /// Watch streams this member serves at once (each agent keeps one); more are refused with
+    /// RESOURCE_EXHAUSTED, so the agent resumes on another member
+    #[arg(long, value_name = "N", default_value_t = node::DEFAULT_MAX_WATCHES)]
+    max_watches: usize,
     /// How long a write may wait for a quorum before the client is told Unavailable
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
@@ -208,6 +212,10 @@ impl ControllerArgs {
         o.watch_history = self.watch_history.max(1);
         o.write_timeout = self.write_timeout;
         o.metrics_listen = self.metrics_addr;
+        if self.max_watches == 0 {
+            bail!("--max-watches must be at least 1");
+        }
+        o.max_watches = self.max_watches;
         if self.join_token.is_some() && !self.join {
             bail!("--join-token is for a member started with --join");
         }

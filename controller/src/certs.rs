@@ -352,7 +352,9 @@ impl ControllerService {
         self.require_tls()?;
         let node = req.get_ref().node.clone();
         validate_node_name(&node).map_err(|e| bad("node", e))?;
-        let now = self.m.clock.now_ms();
+        // The wall clock, as certificates are dated by it when they are signed (leader time,
+        // which lease deadlines use, may run apart from it).
+        let now = crate::now_ms();
         let shown = node.clone();
         let r = self
             .write(

@@ -62,7 +62,10 @@ pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: D
         let mut stream = match client.watch(view.revision).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot open the lease watch; retrying");
+                // A member that refuses (it serves its most watches, or is behind) is not
+                // asked again first: the next member is.
+                tracing::warn!(error = %e, "cannot open the lease watch; retrying on another member");
+                client.rotate();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;

@@ -48,9 +48,11 @@ pub fn parse_ca_hash(s: &str) -> Result<String, BootstrapError> {
     Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
 }
 
+/// Checks a member's chain against a pinned CA hash; with none (only for [`speaks_tls`],
+/// which sends nothing over the connection) it accepts any certificate.
 #[derive(Debug)]
 struct PinnedCa {
-    hash: String,
+    hash: Option<String>,
     provider: Arc<CryptoProvider>,
     found: Mutex<Option<CertificateDer<'static>>>,
 }
@@ -64,9 +66,12 @@ impl ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(hash) = &self.hash else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let ca = intermediates
             .iter()
-            .find(|c| spki_hash(c).is_ok_and(|h| h == self.hash))
+            .find(|c| spki_hash(c).is_ok_and(|h| h == *hash))
             .ok_or_else(|| {
                 rustls::Error::General("no certificate the member sent has that hash".into())
             })?;
@@ -120,55 +125,6 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
-/// Accepts any certificate: only for [`speaks_tls`], which sends nothing over the connection.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Whether `host:port` completes a TLS handshake: how a client that dialled it in plaintext
 /// learns why its calls fail. Nothing is sent after the handshake.
 pub async fn speaks_tls(authority: &str) -> bool {
@@ -180,7 +136,11 @@ pub async fn speaks_tls(authority: &str) -> bool {
     };
     let config = builder
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            hash: None,
+            provider,
+            found: Mutex::new(None),
+        }))
         .with_no_client_auth();
     let Ok(name) = ServerName::try_from(MEMBER_SERVER_NAME) else {
         return false;
@@ -212,7 +172,7 @@ pub async fn fetch_ca(url: &str, ca_hash: &str) -> Result<String, BootstrapError
     };
     let provider = Arc::new(ring::default_provider());
     let pinned = Arc::new(PinnedCa {
-        hash: hash.clone(),
+        hash: Some(hash.clone()),
         provider: provider.clone(),
         found: Mutex::new(None),
     });

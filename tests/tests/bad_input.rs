@@ -628,3 +628,48 @@ async fn adding_an_unreachable_member_fails_fast_and_changes_nothing() {
     assert_eq!(st.members.len(), 1, "{:?}", st.members);
     cl.shutdown().await;
 }
+
+/// The agent's watch follower, refused by a member that serves its most watches, resumes on
+/// the next member instead of asking the full one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_watch_resumes_on_another_member() {
+    let cl = Cluster::start_with(2, |o| {
+        if o.id == 1 {
+            o.max_watches = 1;
+        }
+    })
+    .await
+    .expect("cluster");
+    let mut c = raw(&cl, 1).await;
+    let _held = c
+        .watch(pb::WatchRequest { start_revision: 0 })
+        .await
+        .expect("the one watch member 1 serves");
+    cl.client().acquire(acq("seen", "")).await.expect("acquire");
+    let client = std::sync::Arc::new(
+        twill_client::Client::with_options(
+            [cl.url(1), cl.url(2)],
+            twill_client::ClientOptions {
+                retry_for: Duration::from_secs(2),
+                tls: Some(twill_tests::admin_tls()),
+                ..Default::default()
+            },
+        )
+        .expect("client"),
+    );
+    let (tx, mut rx) = tokio::sync::watch::channel(twill_agent::watch::View::default());
+    let follower = tokio::spawn(twill_agent::watch::follow(
+        client,
+        tx,
+        Duration::from_secs(10),
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|v| v.leases.contains_key("seen")),
+    )
+    .await
+    .expect("the view arrived through member 2")
+    .expect("follower alive");
+    follower.abort();
+    cl.shutdown().await;
+}

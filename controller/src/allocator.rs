@@ -335,8 +335,12 @@ fn v6net(base: u128, len: u8) -> Ipv6Net {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GrantReason {
     Reserved,
+    /// The node asked for the subnet it had before (its state file), and it was free.
     HeldBefore,
     LowestFree,
+    /// The node asked again while its lease was still alive (an agent restart) and kept it.
+    /// Appended last: the replicated format numbers variants by position.
+    Held,
 }
 
 impl fmt::Display for GrantReason {
@@ -345,6 +349,7 @@ impl fmt::Display for GrantReason {
             GrantReason::Reserved => "reserved",
             GrantReason::HeldBefore => "held before",
             GrantReason::LowestFree => "lowest free",
+            GrantReason::Held => "held",
         })
     }
 }
@@ -882,6 +887,11 @@ impl Allocator {
             l.public_ip = a.public_ip;
             l.public_ipv6 = a.public_ipv6;
             l.backend_data = a.backend_data.clone();
+            // The provenance answers "why this subnet now": it was still the node's. A
+            // reservation stays the stronger reason.
+            if l.reason != GrantReason::Reserved {
+                l.reason = GrantReason::Held;
+            }
             // Like Renew: a leader whose clock lags never pulls a deadline in.
             l.expires_at = l.expires_at.max(expires_at);
             // Dual stack switched on after the lease was made: give it its IPv6 half now.
@@ -1289,6 +1299,21 @@ mod tests {
         );
         assert!(a.page("g", 2).next_after.is_none());
         assert!(a.page("zzz", 2).leases.is_empty());
+    }
+
+    #[test]
+    fn a_lease_asked_for_again_while_alive_says_it_was_held() {
+        let mut a = with_config(Backend::HostGw);
+        let Ok(Outcome::Lease(first)) = acquire(&mut a, "n1".into()) else {
+            panic!("first acquire");
+        };
+        assert_eq!(first.reason, GrantReason::LowestFree);
+        let Ok(Outcome::Lease(again)) = acquire(&mut a, "n1".into()) else {
+            panic!("second acquire");
+        };
+        assert_eq!(again.subnet, first.subnet);
+        assert_eq!(again.reason.to_string(), "held");
+        assert_eq!(again.acquired_at, first.acquired_at, "held since then");
     }
 
     #[test]

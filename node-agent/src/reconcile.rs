@@ -187,14 +187,19 @@ pub fn monitor() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, KernelError
     Ok(rx)
 }
 
-/// Permanent entries on twill's devices as (device, IPv4 address, MAC). In the bridge family
+/// NUD_NOARP and NUD_PERMANENT: the state bits of entries someone wrote, as opposed to ones
+/// the kernel learned. `bridge fdb append … permanent` and `ip neigh … nud noarp` leave both or
+/// only NOARP set, which no single state value matches.
+const STATIC_STATES: u16 = 0x40 | 0x80;
+
+/// Static entries on twill's devices as (device, IPv4 address, MAC). In the bridge family
 /// (FDB) the kernel's NDA_DST is not typed as an IP address, so it arrives as raw bytes.
 fn permanent_entries(
     msgs: &[NeighbourMessage],
     ours: &std::collections::BTreeMap<u32, String>,
 ) -> Vec<(String, Ipv4Addr, Mac)> {
     msgs.iter()
-        .filter(|n| n.header.state == NeighbourState::Permanent)
+        .filter(|n| u16::from(n.header.state) & STATIC_STATES != 0)
         .filter_map(|n| {
             let dev = ours.get(&n.header.ifindex)?;
             let ip = n.attributes.iter().find_map(|a| match a {
@@ -371,8 +376,12 @@ impl Kernel {
                 .execute()
                 .try_collect()
                 .await?;
+            // The kernel makes NOARP entries of its own for multicast and broadcast addresses;
+            // those are not anyone's configuration.
             for (dev, ip, mac) in permanent_entries(&neigh, &ours) {
-                o.neighbours.insert(Neighbour { dev, ip, mac });
+                if !(ip.is_multicast() || ip.is_broadcast()) {
+                    o.neighbours.insert(Neighbour { dev, ip, mac });
+                }
             }
             let req = self
                 .handle

@@ -231,6 +231,90 @@ fn vxlan_programs_pings_and_repairs_drift() {
     );
 }
 
+fn bridge_out(args: &[&str]) -> String {
+    let out = Command::new("bridge")
+        .args(args)
+        .output()
+        .expect("run bridge");
+    assert!(out.status.success(), "bridge {}", args.join(" "));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Static entries written by someone else carry NOARP (alone or with PERMANENT); an all-zeros
+/// FDB entry would flood every broadcast to a foreign host for as long as it stays.
+#[test]
+fn foreign_static_entries_on_our_device_are_removed() {
+    if !root_or_skip("foreign_static_entries_on_our_device_are_removed") {
+        return;
+    }
+    let p = Pair::new("fdbnoarp");
+    let backend = Backend::Vxlan {
+        vni: 1,
+        port: 8472,
+        direct_routing: false,
+    };
+    let da = desired_for("a", &backend);
+    reconcile(&p.a, &da);
+    reconcile(&p.b, &desired_for("b", &backend));
+    let mac_b = vtep::derive("b").to_string();
+    // Two remotes on the all-zeros entry (flooding to both) and a foreign unicast MAC.
+    for (mac, dst) in [
+        ("00:00:00:00:00:00", "198.51.100.9"),
+        ("00:00:00:00:00:00", "198.51.100.10"),
+        ("0a:00:00:00:00:42", "198.51.100.11"),
+    ] {
+        bridge_out(&[
+            "-n",
+            &p.a,
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            "twill.1",
+            "dst",
+            dst,
+            "self",
+            "permanent",
+        ]);
+    }
+    for (addr, mac, nud) in [
+        ("10.244.9.0", "0a:00:00:00:00:09", "permanent"),
+        ("10.244.8.0", "0a:00:00:00:00:08", "noarp"),
+    ] {
+        ip(&[
+            "-n", &p.a, "neigh", "add", addr, "lladdr", mac, "dev", "twill.1", "nud", nud,
+        ]);
+    }
+    let fdb = bridge_out(&["-n", &p.a, "fdb", "show", "dev", "twill.1"]);
+    assert_eq!(fdb.lines().count(), 4, "setup: {fdb}");
+
+    let ops = reconcile(&p.a, &da);
+    assert_eq!(
+        ops.len(),
+        5,
+        "three FDB entries and two neighbours: {ops:?}"
+    );
+    let fdb = bridge_out(&["-n", &p.a, "fdb", "show", "dev", "twill.1"]);
+    assert_eq!(
+        fdb.trim(),
+        format!("{mac_b} dst 192.0.2.2 self permanent"),
+        "only the peer's entry may remain"
+    );
+    let neigh = ip_out(&[
+        "-n", &p.a, "-4", "neigh", "show", "nud", "all", "dev", "twill.1",
+    ]);
+    assert_eq!(
+        neigh.trim(),
+        format!("10.244.2.0 lladdr {mac_b} PERMANENT"),
+        "only the peer's neighbour may remain"
+    );
+    assert!(
+        pings(&p.a, "10.244.1.1", "10.244.2.1"),
+        "the peer still answers"
+    );
+    assert_eq!(reconcile(&p.a, &da), vec![], "settled");
+}
+
 #[test]
 fn host_gw_programs_routes_via_the_peer_and_pings() {
     if !root_or_skip("host_gw_programs_routes_via_the_peer_and_pings") {

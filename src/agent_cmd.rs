@@ -64,8 +64,17 @@ pub struct AgentArgs {
     /// How often the kernel state is re-read and repaired
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     resync: Duration,
-    /// Sets FLANNEL_IPMASQ in subnet.env (masquerading itself is not done by twill yet)
-    #[arg(long)]
+    /// Masquerade pods' traffic to destinations outside the cluster network with the node's
+    /// address (nftables table `inet twill`, needs the nft tool); pod-to-pod traffic is never
+    /// NAT'd. Also sets FLANNEL_IPMASQ in subnet.env. --ip-masq=false turns it off
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     ip_masq: bool,
     /// With bgp: the most prefixes an outside peer (--bgp-peer) may announce, taken or
     /// refused; over it the session is closed (Cease/1, RFC 4486) and tried again after a

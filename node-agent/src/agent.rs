@@ -19,6 +19,7 @@ use crate::desired::{self, Input, LocalFacts, NodeLease, Refusal};
 use crate::facts::{self, Choice, FactsError};
 use crate::health::Health;
 use crate::lease::{Identity, Keeper};
+use crate::masquerade::{self, Masquerade, NftError};
 use crate::metrics::{BgpBoard, Metrics};
 use crate::reconcile::{Kernel, KernelError};
 use crate::subnet_env::SubnetEnv;
@@ -66,6 +67,8 @@ pub enum AgentError {
     Metrics(#[from] twill_telemetry::BindError),
     #[error("node certificate: {0}")]
     Certificate(String),
+    #[error(transparent)]
+    Masquerade(#[from] NftError),
 }
 
 /// What wakes the loop.
@@ -120,6 +123,10 @@ struct Agent {
     health: Arc<Mutex<Health>>,
     metrics: Metrics,
     bgp_board: BgpBoard,
+    masq: Masquerade,
+    /// With --ip-masq=false: whether a table left by an earlier run was looked for.
+    masq_cleared: bool,
+    forwarding_checked: bool,
 }
 
 impl Agent {
@@ -293,6 +300,12 @@ impl Agent {
                 return;
             }
         }
+        if let Err(e) = self.sync_masquerade(&config).await {
+            self.metrics.errors.inc();
+            tracing::warn!(error = %e, "masquerade not in place; retrying at the next resync");
+            self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+        }
+        self.ensure_forwarding();
         self.metrics
             .routes
             .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
@@ -300,6 +313,61 @@ impl Agent {
             .refused
             .set(i64::try_from(want.refused.len()).unwrap_or(i64::MAX));
         self.write_subnet_env(&config, &own, own_lease.subnet, pod_mtu);
+    }
+
+    /// Pod egress masquerade for the cluster's networks, or no table of ours when it is off.
+    async fn sync_masquerade(&mut self, config: &pb::NetworkConfig) -> Result<(), NftError> {
+        if !self.opts.ip_masq {
+            if !self.masq_cleared {
+                // Only when nft exists: an agent run without masquerade does not need the tool.
+                if masquerade::check_tool().await.is_ok()
+                    && self.masq.sync(None).await? == masquerade::Sync::Removed
+                {
+                    tracing::info!("masquerade table of an earlier run removed (--ip-masq=false)");
+                }
+                self.masq_cleared = true;
+            }
+            return Ok(());
+        }
+        let want = masquerade::Networks {
+            v4: config.network.parse().ok(),
+            v6: config.ipv6_network.parse().ok(),
+        };
+        match self.masq.sync(Some(&want)).await? {
+            masquerade::Sync::Unchanged | masquerade::Sync::Removed => {}
+            masquerade::Sync::Written => {
+                tracing::info!(network = %config.network, ipv6_network = %config.ipv6_network, "pod egress masquerade in place (nft table inet twill)")
+            }
+            masquerade::Sync::Repaired => {
+                self.metrics.masquerade_repairs.inc();
+                tracing::warn!(
+                    "masquerade table was changed or removed by someone else; written again"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Pods' traffic is forwarded by the node: IPv4 forwarding must be on. The bridge CNI
+    /// plugin turns it on at the first pod; a node without pods yet still forwards for peers.
+    fn ensure_forwarding(&mut self) {
+        if self.forwarding_checked {
+            return;
+        }
+        self.forwarding_checked = true;
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        match std::fs::read_to_string(path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => match std::fs::write(path, "1") {
+                Ok(()) => {
+                    tracing::info!("IPv4 forwarding was off; turned on (net.ipv4.ip_forward=1)")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "IPv4 forwarding is off and cannot be turned on; pods on other nodes will not be reached")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read net.ipv4.ip_forward"),
+        }
     }
 
     fn write_subnet_env(
@@ -366,6 +434,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let kernel = Kernel::connect()?;
     let facts = facts::discover(&kernel, &opts.choice).await?;
     tracing::info!(iface = %facts.iface, public_ip = %facts.public_ip, mtu = facts.mtu, "public interface chosen");
+    if opts.ip_masq {
+        masquerade::check_tool().await?;
+    }
     let mac = vtep::derive(&opts.node_name);
     // Health first: an agent still waiting to join is alive, and not ready.
     let health = Arc::new(Mutex::new(Health::default()));
@@ -433,6 +504,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         health,
         metrics,
         bgp_board,
+        masq: Masquerade::default(),
+        masq_cleared: false,
+        forwarding_checked: false,
     };
     agent.run().await;
     Ok(())

@@ -10,6 +10,7 @@
 //! - [`facts`]: choosing the public interface and address;
 //! - [`lease`]: holding the node's lease; [`watch`]: following the lease stream;
 //! - [`certs`]: the node certificate, from the state directory or a join token;
+//! - [`masquerade`]: pod egress masquerade in an nftables table of twill's own;
 //! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
@@ -26,6 +27,7 @@ pub mod desired;
 pub mod facts;
 pub mod health;
 pub mod lease;
+pub mod masquerade;
 pub mod metrics;
 pub mod reconcile;
 pub mod subnet_env;

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub changes: Counter,
     pub errors: Counter,
+    pub masquerade_repairs: Counter,
 }
 
 type PeerLabels = Vec<(&'static str, String)>;
@@ -59,6 +60,11 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
         "twill_agent_reconcile_errors",
         "Reconcile passes that failed",
         m.errors.clone(),
+    );
+    r.register(
+        "twill_agent_masquerade_repairs",
+        "Times the masquerade table was found changed or removed by someone else and written again",
+        m.masquerade_repairs.clone(),
     );
     let established: Family<PeerLabels, Gauge> = Family::default();
     let received: Family<PeerLabels, Gauge> = Family::default();

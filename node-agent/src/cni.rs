@@ -115,6 +115,11 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
             "routes": [{"dst": s.network.to_string(), "gw": s.subnet.addr().to_string()}],
         },
     });
+    // Where host-local keeps its allocations, without replacing the whole `ipam` object through
+    // `delegate` (which would drop the node's ranges): tests and sandboxes keep them private.
+    if let Some(dir) = netconf.get("ipamDataDir").and_then(Value::as_str) {
+        d["ipam"]["dataDir"] = json!(dir);
+    }
     if let (Some(over), Some(obj)) = (
         netconf.get("delegate").and_then(Value::as_object),
         d.as_object_mut(),
@@ -126,18 +131,178 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
     d
 }
 
-pub fn saved_path(data_dir: &Path, container_id: &str) -> Result<PathBuf, CniError> {
-    if container_id.is_empty()
-        || container_id.contains(['/', '\0'])
-        || container_id.starts_with('.')
+/// The longest container id accepted: the record's file name (`<id>:<ifname>`, and the
+/// `.<name>.tmp` it is written as) must fit the file-system's 255-byte name limit.
+pub const MAX_CONTAINER_ID: usize = 224;
+/// Linux's IFNAMSIZ less the terminating NUL.
+pub const MAX_IFNAME: usize = 15;
+
+fn invalid_env(var: &str, value: &str, why: &str) -> CniError {
+    CniError::new(
+        ERR_INVALID_ENV,
+        format!("invalid {var} {value:?}: {why}"),
+        "",
+    )
+}
+
+/// A container id usable as part of a file name in the data dir. The spec asks for
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`; only what would break the record's name is refused, so
+/// runtimes that are lax about it keep working.
+pub fn validate_container_id(id: &str) -> Result<(), CniError> {
+    let why = if id.is_empty() {
+        "empty"
+    } else if id.contains(['/', '\0', ':']) {
+        "contains '/', ':' or NUL"
+    } else if id.starts_with('.') {
+        "starts with '.'"
+    } else if id.len() > MAX_CONTAINER_ID {
+        "too long"
+    } else {
+        return Ok(());
+    };
+    Err(invalid_env("CNI_CONTAINERID", id, why))
+}
+
+/// The kernel's rules for an interface name (the spec defers to them): non-empty, at most 15
+/// bytes, not `.` or `..`, no `/`, `:`, whitespace or NUL.
+pub fn validate_ifname(name: &str) -> Result<(), CniError> {
+    let why = if name.is_empty() {
+        "empty"
+    } else if name.len() > MAX_IFNAME {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "is . or .."
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        return Err(CniError::new(
-            ERR_INVALID_ENV,
-            format!("invalid CNI_CONTAINERID {container_id:?}"),
-            "",
-        ));
+        "contains '/', ':', whitespace or NUL"
+    } else {
+        return Ok(());
+    };
+    Err(invalid_env("CNI_IFNAME", name, why))
+}
+
+/// One attachment: the spec's key for state, `(CNI_CONTAINERID, CNI_IFNAME)` (the network is
+/// the data dir).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Attachment {
+    pub fn new(container_id: &str, ifname: &str) -> Result<Self, CniError> {
+        validate_container_id(container_id)?;
+        validate_ifname(ifname)?;
+        Ok(Attachment {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        })
     }
-    Ok(data_dir.join(container_id))
+
+    /// `<container id>:<ifname>`: unambiguous, as neither may contain `:`.
+    pub fn record_path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(format!("{}:{}", self.container_id, self.ifname))
+    }
+
+    /// Where versions before per-interface records saved this container's configuration.
+    pub fn legacy_record_path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(&self.container_id)
+    }
+}
+
+/// A file in the data dir, by its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordKey {
+    Attachment(Attachment),
+    /// The old layout, one record per container, written without the interface name.
+    Legacy(String),
+}
+
+impl RecordKey {
+    /// None for temporary files and names this plugin never writes.
+    pub fn parse(file_name: &str) -> Option<RecordKey> {
+        if file_name.starts_with('.') {
+            return None;
+        }
+        match file_name.rsplit_once(':') {
+            Some((id, ifname)) => Attachment::new(id, ifname).ok().map(RecordKey::Attachment),
+            None => validate_container_id(file_name)
+                .ok()
+                .map(|_| RecordKey::Legacy(file_name.into())),
+        }
+    }
+}
+
+/// A saved delegate configuration, as found on disk.
+#[derive(Debug)]
+pub enum Record {
+    Missing,
+    /// Unreadable, empty, cut short or not a delegate configuration; says why.
+    Damaged(String),
+    Saved(Value),
+}
+
+pub fn read_record(path: &Path) -> Record {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Record::Missing,
+        Err(e) => Record::Damaged(format!("cannot read {}: {e}", path.display())),
+        Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v.get("type").and_then(Value::as_str).is_some() => Record::Saved(v),
+            Ok(_) => Record::Damaged(format!("{} has no delegate type", path.display())),
+            Err(e) => Record::Damaged(format!("{} is damaged: {e}", path.display())),
+        },
+    }
+}
+
+/// Saves `conf` so a crash leaves the old record or the new one, never a partial file: a
+/// temporary file in the same directory, synced, renamed over. Records may hold credentials
+/// from the network configuration, so the directory is 0700 and the files 0600.
+pub fn write_record(data_dir: &Path, path: &Path, conf: &Value) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("record");
+    let tmp = data_dir.join(format!(".{name}.tmp"));
+    let written = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, conf.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(data_dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Every record in the data dir with its path; none if the directory does not exist.
+pub fn list_records(data_dir: &Path) -> std::io::Result<Vec<(RecordKey, PathBuf)>> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Some(key) = entry.file_name().to_str().and_then(RecordKey::parse) {
+            out.push((key, entry.path()));
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -150,7 +315,7 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
-        let conf = json!({"cniVersion": "1.0.0", "name": "podnet", "type": "twill-cni", "delegate": {"hairpinMode": false}});
+        let conf = json!({"cniVersion": "1.0.0", "name": "podnet", "type": "twill-cni", "ipamDataDir": "/x", "delegate": {"hairpinMode": false}});
         let d = delegate_config(&conf, &s);
         assert_eq!(d["type"], "bridge");
         assert_eq!(d["name"], "podnet");
@@ -165,6 +330,7 @@ mod tests {
         assert_eq!(d["ipam"]["ranges"][0][0]["gateway"], "10.244.7.1");
         assert_eq!(d["ipam"]["routes"][0]["dst"], "10.244.0.0/16");
         assert_eq!(d["ipam"]["routes"][0]["gw"], "10.244.7.1");
+        assert_eq!(d["ipam"]["dataDir"], "/x");
     }
 
     #[test]
@@ -179,11 +345,93 @@ mod tests {
             "FLANNEL_NETWORK=x\nFLANNEL_SUBNET=10.1.1.1/24\nFLANNEL_MTU=1450"
         )
         .is_err());
-        assert!(saved_path(Path::new("/d"), "../etc").is_err());
-        assert!(saved_path(Path::new("/d"), "").is_err());
+        for id in ["../etc", "", ".hidden", "a/b", "a:b", "a\0b"] {
+            assert_eq!(
+                validate_container_id(id).unwrap_err().code,
+                ERR_INVALID_ENV,
+                "{id:?}"
+            );
+        }
+        assert!(validate_container_id(&"a".repeat(MAX_CONTAINER_ID + 1)).is_err());
+        assert!(validate_container_id(&"a".repeat(64)).is_ok());
+    }
+
+    /// The kernel's interface-name rules, which the spec defers to.
+    #[test]
+    fn interface_names_are_validated() {
+        for name in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\0b",
+            "sixteen-bytes-xx",
+        ] {
+            let e = validate_ifname(name).unwrap_err();
+            assert_eq!(e.code, ERR_INVALID_ENV, "{name:?}");
+            assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
+        }
+        for name in ["eth0", "net1", "fifteen-bytes-x", ".x"] {
+            assert!(validate_ifname(name).is_ok(), "{name:?}");
+        }
+    }
+
+    /// Two interfaces of one container are two records, and each name maps back to its
+    /// attachment; a file of the old per-container layout is recognised as such.
+    #[test]
+    fn records_are_keyed_by_container_and_interface() {
+        let dir = Path::new("/d");
+        let eth0 = Attachment::new("c1", "eth0").unwrap();
+        let net1 = Attachment::new("c1", "net1").unwrap();
+        assert_ne!(eth0.record_path(dir), net1.record_path(dir));
+        assert_eq!(eth0.record_path(dir), Path::new("/d/c1:eth0"));
+        assert_eq!(eth0.legacy_record_path(dir), Path::new("/d/c1"));
         assert_eq!(
-            saved_path(Path::new("/d"), "abc").unwrap(),
-            Path::new("/d/abc")
+            RecordKey::parse("c1:net1"),
+            Some(RecordKey::Attachment(net1))
         );
+        assert_eq!(RecordKey::parse("c1"), Some(RecordKey::Legacy("c1".into())));
+        assert_eq!(RecordKey::parse(".c1:eth0.tmp"), None);
+        assert_eq!(RecordKey::parse("c1:bad name"), None);
+        assert!(Attachment::new("c1", "").is_err());
+        assert!(Attachment::new("", "eth0").is_err());
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("twill-cni-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Records are written whole (no temporary left), private, and read back; a cut-short or
+    /// empty record is reported as damaged rather than as an error to fail on.
+    #[test]
+    fn records_are_atomic_private_and_damage_is_recognised() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("records").join("data");
+        let att = Attachment::new("c1", "eth0").unwrap();
+        let path = att.record_path(&dir);
+        assert!(matches!(read_record(&path), Record::Missing));
+        let conf = json!({"cniVersion": "1.0.0", "type": "bridge", "name": "n"});
+        write_record(&dir, &path, &conf).unwrap();
+        write_record(&dir, &path, &conf).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert!(matches!(read_record(&path), Record::Saved(v) if v == conf));
+        let listed = list_records(&dir).unwrap();
+        assert_eq!(listed, vec![(RecordKey::Attachment(att), path.clone())]);
+        for damaged in ["", "{\"cniVersion\": \"1.0", "{}"] {
+            std::fs::write(&path, damaged).unwrap();
+            assert!(
+                matches!(read_record(&path), Record::Damaged(_)),
+                "{damaged:?}"
+            );
+        }
+        assert!(list_records(&dir.join("absent")).unwrap().is_empty());
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 }

@@ -3,7 +3,7 @@
 //! passes, DEL removes and is idempotent. Needs root; in CI a missing root fails.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
@@ -20,21 +20,55 @@ impl Drop for Namespaces {
     }
 }
 
-fn cni(node_ns: &str, cmd: &str, id: &str, pod_ns: &str, conf: &Value) -> (bool, Value) {
-    let plugin = cni_binary().expect("twill-cni");
+/// The plugin binary: `TWILL_CNI_BIN` when set (a `cargo build -p twill-agent --bin
+/// twill-cni` made beforehand, so running only these tests does not build the whole
+/// workspace), else the suite's own build.
+fn plugin() -> PathBuf {
+    match std::env::var_os("TWILL_CNI_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => cni_binary().expect("twill-cni"),
+    }
+}
+
+/// Runs twill-cni as a runtime would: in `node_ns` when given, for attachment `(id, ifname)`
+/// of the pod namespace `pod_ns` (each left out of the environment when empty). Returns
+/// success and the JSON on stdout.
+fn cni_env(
+    node_ns: Option<&str>,
+    cmd: &str,
+    (id, ifname): (&str, &str),
+    pod_ns: &str,
+    cni_path: Option<&str>,
+    conf: &Value,
+) -> (bool, Value) {
+    let plugin = plugin();
     let dir = plugin.parent().expect("dir").display().to_string();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", node_ns])
-        .arg(&plugin)
+    let mut command = match node_ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&plugin);
+            c
+        }
+        None => Command::new(&plugin),
+    };
+    command
         .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", format!("/usr/lib/cni:{dir}"))
+        .env(
+            "CNI_PATH",
+            cni_path.map_or_else(|| format!("/usr/lib/cni:{dir}"), str::to_string),
+        )
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run twill-cni");
+        .stdout(Stdio::piped());
+    for (k, v) in [
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_IFNAME", ifname.to_string()),
+        ("CNI_NETNS", format!("/var/run/netns/{pod_ns}")),
+    ] {
+        if !v.is_empty() && !v.ends_with('/') {
+            command.env(k, v);
+        }
+    }
+    let mut child = command.spawn().expect("run twill-cni");
     child
         .stdin
         .take()
@@ -44,6 +78,123 @@ fn cni(node_ns: &str, cmd: &str, id: &str, pod_ns: &str, conf: &Value) -> (bool,
     let out = child.wait_with_output().expect("wait");
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), v)
+}
+
+fn cni(node_ns: &str, cmd: &str, id: &str, pod_ns: &str, conf: &Value) -> (bool, Value) {
+    cni_env(Some(node_ns), cmd, (id, "eth0"), pod_ns, None, conf)
+}
+
+const SUBNET_ENV: &str =
+    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+
+/// A node namespace and `pods` pod namespaces named after the test and the process, a
+/// `subnet.env`, and a configuration whose data dirs (twill-cni's and host-local's) are all in
+/// a temporary directory.
+struct Net {
+    node: String,
+    pods: Vec<String>,
+    tmp: tempfile::TempDir,
+    conf: Value,
+    _ns: Namespaces,
+}
+
+impl Net {
+    fn new(tag: &str, pods: usize, subnet_env: &str, version: &str) -> Net {
+        assert!(
+            Path::new("/usr/lib/cni/bridge").exists(),
+            "Debian's containernetworking-plugins are not installed (scripts/test installs them)"
+        );
+        let id = std::process::id();
+        let node = format!("tw-cni-{tag}-n{id}");
+        let pods: Vec<String> = (0..pods)
+            .map(|i| format!("tw-cni-{tag}-p{i}-{id}"))
+            .collect();
+        let ns = Namespaces(std::iter::once(node.clone()).chain(pods.clone()).collect());
+        for n in &ns.0 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+            ip(&["netns", "add", n]).expect("netns");
+            ip(&["-n", n, "link", "set", "lo", "up"]).expect("lo");
+        }
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::write(tmp.path().join("subnet.env"), subnet_env).expect("subnet.env");
+        let conf = json!({
+            "cniVersion": version,
+            "name": format!("twill-{tag}-{id}"),
+            "type": "twill-cni",
+            "subnetFile": tmp.path().join("subnet.env"),
+            "dataDir": tmp.path().join("data"),
+            "ipamDataDir": tmp.path().join("ipam"),
+        });
+        Net {
+            node,
+            pods,
+            tmp,
+            conf,
+            _ns: ns,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    fn cni(&self, cmd: &str, (id, ifname): (&str, &str), pod: usize) -> (bool, Value) {
+        cni_env(
+            Some(&self.node),
+            cmd,
+            (id, ifname),
+            &self.pods[pod],
+            None,
+            &self.conf,
+        )
+    }
+
+    /// The veth ends on the node (on cni0, one per attachment).
+    fn veths(&self) -> usize {
+        ip_out(&["-n", &self.node, "-o", "link", "show", "type", "veth"])
+            .lines()
+            .count()
+    }
+
+    /// The addresses host-local holds (one file per address in its store).
+    fn allocations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for net in std::fs::read_dir(self.tmp.path().join("ipam"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in std::fs::read_dir(net.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.parse::<std::net::IpAddr>().is_ok() {
+                    out.push(name);
+                }
+            }
+        }
+        out
+    }
+
+    fn records(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.data())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pod_links(&self, pod: usize) -> String {
+        ip_out(&["-n", &self.pods[pod], "-o", "link"])
+    }
 }
 
 #[test]
@@ -80,6 +231,7 @@ fn add_check_del_with_the_reference_plugins() {
         "type": "twill-cni",
         "subnetFile": subnet_file,
         "dataDir": tmp.path().join("data"),
+        "ipamDataDir": tmp.path().join("ipam"),
     });
 
     let (ok, v) = cni(&node, "VERSION", "", &p1, &json!({}));
@@ -144,5 +296,92 @@ fn add_check_del_with_the_reference_plugins() {
         v["msg"].as_str().unwrap_or("").contains("twill agent"),
         "{v}"
     );
-    let _ = std::fs::remove_dir_all(format!("/var/lib/cni/networks/{name}"));
+}
+
+/// The spec keys state by `(CNI_CONTAINERID, CNI_IFNAME)`: a pod with eth0 and net1 on this
+/// network, net1 deleted first, then eth0, must end with both veths gone from the node and no
+/// address left in host-local's store. With records keyed by container only, deleting net1
+/// removed the one record and eth0 leaked for good.
+#[test]
+fn two_interfaces_of_one_pod_are_two_attachments() {
+    if !root_or_skip("two_interfaces_of_one_pod_are_two_attachments") {
+        return;
+    }
+    let net = Net::new("ifn", 1, SUBNET_ENV, "1.0.0");
+    for ifname in ["eth0", "net1"] {
+        let (ok, v) = net.cni("ADD", ("c1", ifname), 0);
+        assert!(ok, "ADD {ifname} failed: {v}");
+    }
+    assert_eq!((net.veths(), net.allocations().len()), (2, 2));
+
+    let (ok, v) = net.cni("DEL", ("c1", "net1"), 0);
+    assert!(ok, "DEL net1 failed: {v}");
+    let links = net.pod_links(0);
+    assert!(links.contains("eth0") && !links.contains("net1"), "{links}");
+    assert_eq!((net.veths(), net.allocations().len()), (1, 1));
+
+    let (ok, v) = net.cni("DEL", ("c1", "eth0"), 0);
+    assert!(ok, "DEL eth0 failed: {v}");
+    assert!(!net.pod_links(0).contains("eth0"), "eth0 left in the pod");
+    assert_eq!(net.veths(), 0, "veth left on the node");
+    assert_eq!(
+        net.allocations(),
+        Vec::<String>::new(),
+        "address left allocated"
+    );
+    assert!(net.records().is_empty(), "{:?}", net.records());
+
+    // An interface name the kernel would refuse is the runtime's error, code 4.
+    let (ok, v) = net.cni("ADD", ("c1", "much-too-long-name"), 0);
+    assert!(!ok);
+    assert_eq!(v["code"], 4, "{v}");
+}
+
+/// DEL must not fail forever on a record it cannot read (a crash right after ADD wrote it, a
+/// bad disk): it deletes with the current subnet.env's configuration and succeeds. A record of
+/// the old per-container layout is still used, so an upgrade leaks nothing.
+#[test]
+fn damaged_and_old_layout_records_are_deleted() {
+    if !root_or_skip("damaged_and_old_layout_records_are_deleted") {
+        return;
+    }
+    let net = Net::new("dmg", 1, SUBNET_ENV, "1.0.0");
+    let (ok, v) = net.cni("ADD", ("c1", "eth0"), 0);
+    assert!(ok, "ADD failed: {v}");
+    let record = net.data().join(&net.records()[0]);
+    let text = std::fs::read(&record).expect("record");
+    std::fs::write(&record, &text[..text.len() / 2]).expect("truncate");
+    let (ok, v) = net.cni("DEL", ("c1", "eth0"), 0);
+    assert!(ok, "DEL with a cut-short record failed: {v}");
+    assert_eq!(net.veths(), 0, "veth left on the node");
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+    assert!(net.records().is_empty(), "{:?}", net.records());
+
+    // The old layout: the record named by the container id alone.
+    let (ok, added) = net.cni("ADD", ("c2", "eth0"), 0);
+    assert!(ok, "ADD failed: {added}");
+    std::fs::rename(net.data().join("c2:eth0"), net.data().join("c2")).expect("rename");
+    let mut check = net.conf.clone();
+    check["prevResult"] = added;
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "CHECK",
+        ("c2", "eth0"),
+        &net.pods[0],
+        None,
+        &check,
+    );
+    assert!(ok, "CHECK of an old-layout record failed: {v}");
+    let (ok, v) = net.cni("DEL", ("c2", "eth0"), 0);
+    assert!(ok, "DEL of an old-layout record failed: {v}");
+    assert_eq!(net.veths(), 0, "veth left on the node");
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+    assert!(net.records().is_empty(), "{:?}", net.records());
+
+    // Empty record and no subnet.env: nothing to delete with, still a success, record gone.
+    std::fs::write(net.data().join("c3:eth0"), "").expect("empty record");
+    std::fs::remove_file(net.tmp.path().join("subnet.env")).expect("rm");
+    let (ok, v) = net.cni("DEL", ("c3", "eth0"), 0);
+    assert!(ok, "DEL with an empty record and no subnet.env failed: {v}");
+    assert!(net.records().is_empty(), "{:?}", net.records());
 }

@@ -70,6 +70,83 @@ fn delegate(conf: &Value) -> Result<Vec<u8>, CniError> {
     Ok(out.stdout)
 }
 
+/// The current `subnet.env` as a delegate configuration: what ADD would save now.
+fn current_conf(netconf: &Value, subnet_file: &Path) -> Result<Value, CniError> {
+    let text = std::fs::read_to_string(subnet_file).map_err(|e| {
+        CniError::new(
+            ERR_TRY_LATER,
+            format!(
+                "cannot read {} (is twill agent running?)",
+                subnet_file.display()
+            ),
+            e.to_string(),
+        )
+    })?;
+    Ok(delegate_config(netconf, &parse_subnet_env(&text)?))
+}
+
+/// The attachment's record: the per-interface one, else one the old per-container layout
+/// wrote, so attachments made before an upgrade are still deleted and checked.
+fn find_record(data_dir: &Path, att: &Attachment) -> (PathBuf, Record) {
+    let path = att.record_path(data_dir);
+    match read_record(&path) {
+        Record::Missing => {
+            let legacy = att.legacy_record_path(data_dir);
+            let record = read_record(&legacy);
+            (legacy, record)
+        }
+        r => (path, r),
+    }
+}
+
+/// Undoes an attachment through its record. DEL is best-effort by the spec and a runtime
+/// retries a failed one forever, so a damaged record (a crash after ADD, a bad disk) is
+/// deleted with a configuration rebuilt from the current `subnet.env` and never fails; what
+/// could not be cleaned goes to stderr. A delegate failure with a good record is returned and
+/// the record kept, so the retry can finish.
+fn release(
+    netconf: &Value,
+    subnet_file: &Path,
+    path: &Path,
+    record: Record,
+) -> Result<(), CniError> {
+    match record {
+        Record::Missing => return Ok(()),
+        Record::Saved(conf) => {
+            delegate(&conf)?;
+        }
+        Record::Damaged(why) => {
+            eprintln!(
+                "twill-cni: {why}; deleting with the configuration from the current subnet.env"
+            );
+            match current_conf(netconf, subnet_file) {
+                Ok(conf) => {
+                    if let Err(e) = delegate(&conf) {
+                        eprintln!(
+                            "twill-cni: {}: {} {}; the interface or its address may be left behind",
+                            path.display(),
+                            e.msg,
+                            e.details
+                        );
+                    }
+                }
+                Err(e) => eprintln!(
+                    "twill-cni: {}: nothing to delete with ({}); the interface or its address may be left behind",
+                    path.display(),
+                    e.msg
+                ),
+            }
+        }
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            eprintln!("twill-cni: cannot remove {}: {e}", path.display())
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
     let cmd = env("CNI_COMMAND");
     let data_dir = PathBuf::from(
@@ -84,6 +161,7 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
             .and_then(Value::as_str)
             .unwrap_or(DEFAULT_SUBNET_FILE),
     );
+    let attachment = || Attachment::new(&env("CNI_CONTAINERID"), &env("CNI_IFNAME"));
     match cmd.as_str() {
         "VERSION" => Ok(Some(
             json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})
@@ -91,62 +169,40 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
                 .into_bytes(),
         )),
         "ADD" => {
-            let text = std::fs::read_to_string(&subnet_file).map_err(|e| {
+            let att = attachment()?;
+            let conf = current_conf(netconf, &subnet_file)?;
+            let saved = att.record_path(&data_dir);
+            write_record(&data_dir, &saved, &conf).map_err(|e| {
                 CniError::new(
-                    ERR_TRY_LATER,
-                    format!(
-                        "cannot read {} (is twill agent running?)",
-                        subnet_file.display()
-                    ),
+                    ERR_IO,
+                    format!("cannot save {}", saved.display()),
                     e.to_string(),
                 )
             })?;
-            let conf = delegate_config(netconf, &parse_subnet_env(&text)?);
-            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
-            std::fs::create_dir_all(&data_dir)
-                .and_then(|_| std::fs::write(&saved, conf.to_string()))
-                .map_err(|e| {
-                    CniError::new(
-                        ERR_IO,
-                        format!("cannot save {}", saved.display()),
-                        e.to_string(),
-                    )
-                })?;
             delegate(&conf).map(Some)
         }
         "DEL" => {
-            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
-            let conf = match std::fs::read_to_string(&saved) {
-                Ok(s) => serde_json::from_str(&s).map_err(|e| {
-                    CniError::new(
-                        ERR_DECODE,
-                        format!("{} is damaged", saved.display()),
-                        e.to_string(),
-                    )
-                })?,
-                // Never added, or already deleted: DEL must succeed.
-                Err(_) => return Ok(None),
-            };
-            delegate(&conf)?;
-            let _ = std::fs::remove_file(&saved);
+            let att = attachment()?;
+            let (path, record) = find_record(&data_dir, &att);
+            release(netconf, &subnet_file, &path, record)?;
             Ok(None)
         }
         "CHECK" => {
-            let saved = saved_path(&data_dir, &env("CNI_CONTAINERID"))?;
-            let s = std::fs::read_to_string(&saved).map_err(|e| {
-                CniError::new(
-                    ERR_INVALID_ENV,
-                    format!("no record of container {}", env("CNI_CONTAINERID")),
-                    e.to_string(),
-                )
-            })?;
-            let mut conf: Value = serde_json::from_str(&s).map_err(|e| {
-                CniError::new(
-                    ERR_DECODE,
-                    format!("{} is damaged", saved.display()),
-                    e.to_string(),
-                )
-            })?;
+            let att = attachment()?;
+            let mut conf = match find_record(&data_dir, &att) {
+                (_, Record::Saved(conf)) => conf,
+                (_, Record::Missing) => {
+                    return Err(CniError::new(
+                        ERR_INVALID_ENV,
+                        format!(
+                            "no record of container {} interface {}",
+                            att.container_id, att.ifname
+                        ),
+                        "",
+                    ))
+                }
+                (_, Record::Damaged(why)) => return Err(CniError::new(ERR_DECODE, why, "")),
+            };
             if let (Some(prev), Some(obj)) = (netconf.get("prevResult"), conf.as_object_mut()) {
                 obj.insert("prevResult".into(), prev.clone());
             }

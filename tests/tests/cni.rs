@@ -385,3 +385,86 @@ fn damaged_and_old_layout_records_are_deleted() {
     assert!(ok, "DEL with an empty record and no subnet.env failed: {v}");
     assert!(net.records().is_empty(), "{:?}", net.records());
 }
+
+/// An ADD the delegate fails after creating the veth (the bridge plugin leaves it on cni0)
+/// is undone with the delegate's DEL: no veth on the node, no address held, no record, and
+/// the delegate's own error is the answer.
+#[test]
+fn a_failed_add_leaves_nothing_behind() {
+    if !root_or_skip("a_failed_add_leaves_nothing_behind") {
+        return;
+    }
+    let net = Net::new("rbk", 2, SUBNET_ENV, "1.0.0");
+    let ipam_dir = net.tmp.path().join("ipam");
+    // A range of one address: the second pod's ADD fails in host-local.
+    let mut one = net.conf.clone();
+    one["delegate"] = json!({"ipam": {
+        "type": "host-local",
+        "dataDir": ipam_dir,
+        "ranges": [[{"subnet": "10.244.5.0/24", "rangeStart": "10.244.5.10",
+                     "rangeEnd": "10.244.5.10", "gateway": "10.244.5.1"}]],
+    }});
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "ADD",
+        ("c1", "eth0"),
+        &net.pods[0],
+        None,
+        &one,
+    );
+    assert!(ok, "ADD failed: {v}");
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "ADD",
+        ("c2", "eth0"),
+        &net.pods[1],
+        None,
+        &one,
+    );
+    assert!(!ok, "ADD with an exhausted range succeeded: {v}");
+    assert!(
+        v["msg"].as_str().unwrap_or("").contains("no IP addresses"),
+        "the delegate's error is the answer: {v}"
+    );
+    assert_eq!(net.veths(), 1, "the failed ADD's veth is left on cni0");
+    assert!(!net.pod_links(1).contains("eth0"), "{}", net.pod_links(1));
+    assert_eq!(net.records(), ["c1:eth0"]);
+
+    // A route the pod cannot install: host-local allocated, the bridge plugin fails after.
+    let mut unreachable = net.conf.clone();
+    unreachable["delegate"] = json!({"ipam": {
+        "type": "host-local",
+        "dataDir": ipam_dir,
+        "ranges": [[{"subnet": "10.244.5.0/24", "rangeStart": "10.244.5.20",
+                     "rangeEnd": "10.244.5.30", "gateway": "10.244.5.1"}]],
+        "routes": [{"dst": "10.99.0.0/16", "gw": "10.200.0.1"}],
+    }});
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "ADD",
+        ("c3", "eth0"),
+        &net.pods[1],
+        None,
+        &unreachable,
+    );
+    assert!(!ok, "ADD with an unreachable route succeeded: {v}");
+    assert_eq!(net.veths(), 1, "the failed ADD's veth is left on cni0");
+    assert!(!net.pod_links(1).contains("eth0"), "{}", net.pod_links(1));
+    assert_eq!(
+        net.allocations(),
+        ["10.244.5.10"],
+        "only c1's address is held"
+    );
+    assert_eq!(net.records(), ["c1:eth0"]);
+
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "DEL",
+        ("c1", "eth0"),
+        &net.pods[0],
+        None,
+        &one,
+    );
+    assert!(ok, "DEL failed: {v}");
+    assert_eq!((net.veths(), net.allocations().len()), (0, 0));
+}

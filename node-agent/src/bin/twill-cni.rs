@@ -26,11 +26,20 @@ fn find_plugin(name: &str) -> Result<PathBuf, CniError> {
     ))
 }
 
-/// Runs the delegate with the same environment and `conf` on stdin; returns its stdout.
-fn delegate(conf: &Value) -> Result<Vec<u8>, CniError> {
+/// Runs the delegate for `command` with the same environment and `conf` on stdin; returns its
+/// stdout. With `gone`, for that attachment instead of the one in the environment, and with no
+/// network namespace: GC's cleanup of attachments whose namespaces the runtime has removed.
+fn delegate(conf: &Value, command: &str, gone: Option<&Attachment>) -> Result<Vec<u8>, CniError> {
     let kind = conf.get("type").and_then(Value::as_str).unwrap_or("bridge");
     let plugin = find_plugin(kind)?;
-    let mut child = Command::new(&plugin)
+    let mut cmd = Command::new(&plugin);
+    cmd.env("CNI_COMMAND", command);
+    if let Some(att) = gone {
+        cmd.env("CNI_CONTAINERID", &att.container_id)
+            .env("CNI_IFNAME", &att.ifname)
+            .env_remove("CNI_NETNS");
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -113,7 +122,7 @@ fn release(
     match record {
         Record::Missing => return Ok(()),
         Record::Saved(conf) => {
-            delegate(&conf)?;
+            delegate(&conf, "DEL", None)?;
         }
         Record::Damaged(why) => {
             eprintln!(
@@ -121,7 +130,7 @@ fn release(
             );
             match current_conf(netconf, subnet_file) {
                 Ok(conf) => {
-                    if let Err(e) = delegate(&conf) {
+                    if let Err(e) = delegate(&conf, "DEL", None) {
                         eprintln!(
                             "twill-cni: {}: {} {}; the interface or its address may be left behind",
                             path.display(),
@@ -145,6 +154,25 @@ fn release(
         _ => {}
     }
     Ok(())
+}
+
+/// A failed ADD is undone the spec's way, with the delegate's DEL: the bridge plugin leaves
+/// the veth it created on cni0 when a later step fails. The record goes too, unless that DEL
+/// failed: then the runtime's own DEL, which follows a failed ADD, retries with it.
+fn rollback(conf: &Value, saved: &Path) {
+    match delegate(conf, "DEL", None) {
+        Ok(_) => {
+            if let Err(e) = std::fs::remove_file(saved) {
+                eprintln!("twill-cni: cannot remove {}: {e}", saved.display());
+            }
+        }
+        Err(e) => eprintln!(
+            "twill-cni: undoing the failed ADD: {} {}; {} kept for the next DEL",
+            e.msg,
+            e.details,
+            saved.display()
+        ),
+    }
 }
 
 fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
@@ -179,7 +207,13 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
                     e.to_string(),
                 )
             })?;
-            delegate(&conf).map(Some)
+            match delegate(&conf, "ADD", None) {
+                Ok(result) => Ok(Some(result)),
+                Err(e) => {
+                    rollback(&conf, &saved);
+                    Err(e)
+                }
+            }
         }
         "DEL" => {
             let att = attachment()?;
@@ -206,7 +240,7 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
             if let (Some(prev), Some(obj)) = (netconf.get("prevResult"), conf.as_object_mut()) {
                 obj.insert("prevResult".into(), prev.clone());
             }
-            delegate(&conf)?;
+            delegate(&conf, "CHECK", None)?;
             Ok(None)
         }
         "" => Err(CniError::new(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -49,8 +49,35 @@ pub struct NodeSubnet {
     pub network: Ipv4Net,
     /// The gateway form flannel writes: first host address with the subnet's length.
     pub subnet: Ipv4Net,
+    /// FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (same gateway form), both or neither.
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet: Option<Ipv6Net>,
     pub mtu: u32,
     pub ipmasq: bool,
+}
+
+/// Reads `subnet.env`. A missing or unreadable file means the agent has not written it yet:
+/// try again later. Bytes that are not text are a broken file like any other garbage.
+pub fn read_subnet_env(path: &Path) -> Result<NodeSubnet, CniError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CniError::new(
+            ERR_TRY_LATER,
+            format!("cannot read {} (is twill agent running?)", path.display()),
+            e.to_string(),
+        )
+    })?;
+    parse_subnet_env_bytes(&bytes)
+}
+
+pub fn parse_subnet_env_bytes(bytes: &[u8]) -> Result<NodeSubnet, CniError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        CniError::new(
+            ERR_INVALID_CONFIG,
+            "subnet.env is not UTF-8 text",
+            e.to_string(),
+        )
+    })?;
+    parse_subnet_env(text)
 }
 
 pub fn parse_subnet_env(text: &str) -> Result<NodeSubnet, CniError> {
@@ -74,7 +101,22 @@ pub fn parse_subnet_env(text: &str) -> Result<NodeSubnet, CniError> {
     let network = get("FLANNEL_NETWORK")?;
     let subnet = get("FLANNEL_SUBNET")?;
     let mtu = get("FLANNEL_MTU")?;
+    let v6 = |k: &str| -> Result<Option<Ipv6Net>, CniError> {
+        kv.get(k)
+            .map(|v| v.parse().map_err(|_| bad(k, v)))
+            .transpose()
+    };
+    let (ipv6_network, ipv6_subnet) = (v6("FLANNEL_IPV6_NETWORK")?, v6("FLANNEL_IPV6_SUBNET")?);
+    if ipv6_network.is_some() != ipv6_subnet.is_some() {
+        return Err(CniError::new(
+            ERR_INVALID_CONFIG,
+            "subnet.env has only one of FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET",
+            "",
+        ));
+    }
     Ok(NodeSubnet {
+        ipv6_network,
+        ipv6_subnet,
         network: network
             .parse()
             .map_err(|_| bad("FLANNEL_NETWORK", network))?,
@@ -117,6 +159,17 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
     });
     // Where host-local keeps its allocations, without replacing the whole `ipam` object through
     // `delegate` (which would drop the node's ranges): tests and sandboxes keep them private.
+    // Dual stack: a second range set, so host-local gives every pod one address of each family,
+    // and the IPv6 cluster network through the IPv6 gateway.
+    if let (Some(net6), Some(sub6)) = (s.ipv6_network, s.ipv6_subnet) {
+        let gw6 = sub6.addr().to_string();
+        if let Some(ranges) = d["ipam"]["ranges"].as_array_mut() {
+            ranges.push(json!([{"subnet": sub6.trunc().to_string(), "gateway": gw6}]));
+        }
+        if let Some(routes) = d["ipam"]["routes"].as_array_mut() {
+            routes.push(json!({"dst": net6.to_string(), "gw": gw6}));
+        }
+    }
     if let Some(dir) = netconf.get("ipamDataDir").and_then(Value::as_str) {
         d["ipam"]["dataDir"] = json!(dir);
     }
@@ -331,6 +384,58 @@ mod tests {
         assert_eq!(d["ipam"]["routes"][0]["dst"], "10.244.0.0/16");
         assert_eq!(d["ipam"]["routes"][0]["gw"], "10.244.7.1");
         assert_eq!(d["ipam"]["dataDir"], "/x");
+    }
+
+    /// Both families: a second host-local range set for the IPv6 subnet (gateway as written,
+    /// like IPv4) and a route to the IPv6 cluster network; without the IPv6 keys, one family.
+    #[test]
+    fn dual_stack_subnet_env_gives_a_range_set_per_family() {
+        let v4 = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n";
+        let dual = format!(
+            "{v4}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+        );
+        let conf = json!({"cniVersion": "1.0.0", "name": "podnet", "type": "twill-cni"});
+        let d = delegate_config(&conf, &parse_subnet_env(&dual).unwrap());
+        let ranges = d["ipam"]["ranges"].as_array().unwrap();
+        assert_eq!(ranges.len(), 2, "{d}");
+        assert_eq!(ranges[0][0]["subnet"], "10.244.7.0/24");
+        assert_eq!(ranges[1][0]["subnet"], "fd00:10:244:7::/64");
+        assert_eq!(ranges[1][0]["gateway"], "fd00:10:244:7::1");
+        let routes = d["ipam"]["routes"].as_array().unwrap();
+        assert_eq!(routes.len(), 2, "{d}");
+        assert_eq!(routes[1]["dst"], "fd00:10:244::/56");
+        assert_eq!(routes[1]["gw"], "fd00:10:244:7::1");
+
+        let d = delegate_config(&conf, &parse_subnet_env(v4).unwrap());
+        assert_eq!(d["ipam"]["ranges"].as_array().unwrap().len(), 1);
+        assert_eq!(d["ipam"]["routes"].as_array().unwrap().len(), 1);
+
+        let half = format!("{v4}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n");
+        assert_eq!(
+            parse_subnet_env(&half).unwrap_err().code,
+            ERR_INVALID_CONFIG
+        );
+        let bad = format!("{v4}FLANNEL_IPV6_NETWORK=x\nFLANNEL_IPV6_SUBNET=fd00::1/64\n");
+        assert_eq!(parse_subnet_env(&bad).unwrap_err().code, ERR_INVALID_CONFIG);
+    }
+
+    /// Bytes that are not UTF-8 are an invalid configuration (7), like other garbage; a missing
+    /// file is "try again later" (11).
+    #[test]
+    fn a_subnet_env_of_non_text_is_invalid_configuration() {
+        let mut bytes = b"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n".to_vec();
+        bytes.extend_from_slice(b"FLANNEL_MTU=14\xff\xfe50\n");
+        assert_eq!(
+            parse_subnet_env_bytes(&bytes).unwrap_err().code,
+            ERR_INVALID_CONFIG
+        );
+        let dir = scratch("subnet-env");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("subnet.env");
+        assert_eq!(read_subnet_env(&path).unwrap_err().code, ERR_TRY_LATER);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_subnet_env(&path).unwrap_err().code, ERR_INVALID_CONFIG);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -468,3 +468,94 @@ fn a_failed_add_leaves_nothing_behind() {
     assert!(ok, "DEL failed: {v}");
     assert_eq!((net.veths(), net.allocations().len()), (0, 0));
 }
+
+const DUAL_SUBNET_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n\
+    FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:5::1/64\n\
+    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+
+/// A dual-stack subnet.env gives each pod an IPv4 and an IPv6 address with a route to each
+/// cluster network, and pods on one cni0 reach each other over IPv6.
+#[test]
+fn dual_stack_pods_get_both_families() {
+    if !root_or_skip("dual_stack_pods_get_both_families") {
+        return;
+    }
+    let net = Net::new("v6", 2, DUAL_SUBNET_ENV, "1.0.0");
+    // No duplicate address detection: addresses are usable at once, not seconds later.
+    for ns in std::iter::once(&net.node).chain(&net.pods) {
+        for key in ["all", "default"] {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .arg(format!("net.ipv6.conf.{key}.accept_dad=0"))
+                .status()
+                .expect("sysctl");
+            assert!(ok.success(), "sysctl in {ns}");
+        }
+    }
+    let mut v6 = Vec::new();
+    for (pod, id) in [(0, "c1"), (1, "c2")] {
+        let (ok, r) = net.cni("ADD", (id, "eth0"), pod);
+        assert!(ok, "ADD failed: {r}");
+        let addrs = ip_out(&["-n", &net.pods[pod], "addr", "show", "eth0"]);
+        assert!(addrs.contains("inet 10.244.5."), "{addrs}");
+        assert!(addrs.contains("inet6 fd00:10:244:5::"), "{addrs}");
+        let ips = r["ips"].as_array().cloned().unwrap_or_default();
+        let six = ips
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .unwrap_or_else(|| panic!("no IPv6 address in {r}"));
+        v6.push(six.split('/').next().unwrap_or("").to_string());
+    }
+    let routes = ip_out(&["-n", &net.pods[0], "-6", "route"]);
+    assert!(
+        routes.contains("fd00:10:244::/56 via fd00:10:244:5::1"),
+        "{routes}"
+    );
+    let bridge = ip_out(&["-n", &net.node, "addr", "show", "cni0"]);
+    assert!(bridge.contains("fd00:10:244:5::1/64"), "{bridge}");
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.pods[0],
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+        ])
+        .arg(&v6[1])
+        .status()
+        .expect("ping");
+    assert!(ping.success(), "pod-to-pod ping over IPv6 failed");
+    for (pod, id) in [(0, "c1"), (1, "c2")] {
+        let (ok, v) = net.cni("DEL", (id, "eth0"), pod);
+        assert!(ok, "DEL failed: {v}");
+    }
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+}
+
+/// subnet.env of bytes that are not text is an invalid configuration (7), the same answer as
+/// any other garbage in it, and ADD saves nothing. Needs no root: it fails before any delegate.
+#[test]
+fn a_subnet_env_of_non_text_is_code_7() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let subnet_file = tmp.path().join("subnet.env");
+    let mut bytes = SUBNET_ENV.as_bytes().to_vec();
+    bytes.extend_from_slice(b"FLANNEL_\xff\xfe=1\n");
+    std::fs::write(&subnet_file, bytes).expect("subnet.env");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "twill-non-text",
+        "type": "twill-cni",
+        "subnetFile": subnet_file,
+        "dataDir": tmp.path().join("data"),
+        "ipamDataDir": tmp.path().join("ipam"),
+    });
+    let (ok, v) = cni_env(None, "ADD", ("c1", "eth0"), "", None, &conf);
+    assert!(!ok);
+    assert_eq!(v["code"], 7, "{v}");
+    assert!(!tmp.path().join("data").join("c1:eth0").exists());
+}

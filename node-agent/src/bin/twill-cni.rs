@@ -81,17 +81,7 @@ fn delegate(conf: &Value, command: &str, gone: Option<&Attachment>) -> Result<Ve
 
 /// The current `subnet.env` as a delegate configuration: what ADD would save now.
 fn current_conf(netconf: &Value, subnet_file: &Path) -> Result<Value, CniError> {
-    let text = std::fs::read_to_string(subnet_file).map_err(|e| {
-        CniError::new(
-            ERR_TRY_LATER,
-            format!(
-                "cannot read {} (is twill agent running?)",
-                subnet_file.display()
-            ),
-            e.to_string(),
-        )
-    })?;
-    Ok(delegate_config(netconf, &parse_subnet_env(&text)?))
+    Ok(delegate_config(netconf, &read_subnet_env(subnet_file)?))
 }
 
 /// The attachment's record: the per-interface one, else one the old per-container layout

@@ -3,13 +3,22 @@
 //! as flannel's CNI plugin does. The delegate configuration is saved per container so DEL
 //! works even after `subnet.env` changed or vanished.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
-pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// The newest spec version, which VERSION answers with when asked without one.
+pub const LATEST: &str = "1.1.0";
+/// The newest version the delegates are handed: Debian's reference plugins (v1.1) speak up
+/// to 1.0.0, and a 1.0.0 result has the same format as a 1.1.0 one.
+pub const DELEGATE_MAX: &str = "1.0.0";
+/// The key of GC's list of attachments to keep, and the name libcni also sets (an early
+/// spec text's).
+pub const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
+const VALID_ATTACHMENTS_OLD: &str = "cni.dev/attachments";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/twill";
 
@@ -42,6 +51,35 @@ pub const ERR_IO: u32 = 5;
 pub const ERR_DECODE: u32 = 6;
 pub const ERR_INVALID_CONFIG: u32 = 7;
 pub const ERR_TRY_LATER: u32 = 11;
+/// STATUS: the plugin cannot service ADD requests.
+pub const ERR_NOT_AVAILABLE: u32 = 50;
+
+/// The version to hand the delegates for the runtime's `version`.
+pub fn delegate_version(version: &str) -> &str {
+    if version == "1.1.0" {
+        DELEGATE_MAX
+    } else {
+        version
+    }
+}
+
+/// VERSION's answer: the version asked in, if it is one of ours, else the newest.
+pub fn version_answer(input: &Value) -> Value {
+    let asked = input.get("cniVersion").and_then(Value::as_str);
+    let version = asked.filter(|v| SUPPORTED.contains(v)).unwrap_or(LATEST);
+    json!({"cniVersion": version, "supportedVersions": SUPPORTED})
+}
+
+/// A delegate's result (or a runtime's `prevResult`) restated in `version`: between 1.0.0
+/// and 1.1.0 only the `cniVersion` field differs, and a 1.0.0 plugin refuses a `prevResult`
+/// that says 1.1.0.
+pub fn in_version(result: &Value, version: &str) -> Value {
+    let mut r = result.clone();
+    if let Some(obj) = r.as_object_mut() {
+        obj.insert("cniVersion".into(), json!(version));
+    }
+    r
+}
 
 /// The keys of `subnet.env` the plugin uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,10 +168,12 @@ pub fn parse_subnet_env(text: &str) -> Result<NodeSubnet, CniError> {
 /// over the node's subnet, a route to the whole cluster network through the gateway. Settings
 /// under `delegate` in the plugin's own configuration override these.
 pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
-    let version = netconf
-        .get("cniVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("1.0.0");
+    let version = delegate_version(
+        netconf
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("1.0.0"),
+    );
     let name = netconf
         .get("name")
         .and_then(Value::as_str)
@@ -286,6 +326,59 @@ impl RecordKey {
                 .map(|_| RecordKey::Legacy(file_name.into())),
         }
     }
+
+    /// Whether GC keeps this record. An old-layout record does not say its interface, so any
+    /// valid attachment of its container keeps it.
+    pub fn is_valid(&self, valid: &BTreeSet<Attachment>) -> bool {
+        match self {
+            RecordKey::Attachment(a) => valid.contains(a),
+            RecordKey::Legacy(id) => valid.iter().any(|a| &a.container_id == id),
+        }
+    }
+
+    /// The attachment to delete; an old-layout record's is guessed as `eth0`, the name
+    /// runtimes give a pod's first interface (host-local releases by container and name).
+    pub fn attachment(&self) -> Attachment {
+        match self {
+            RecordKey::Attachment(a) => a.clone(),
+            RecordKey::Legacy(id) => Attachment {
+                container_id: id.clone(),
+                ifname: "eth0".into(),
+            },
+        }
+    }
+}
+
+/// GC's list of attachments to keep. A missing or malformed list is an error, never read as
+/// "keep nothing": that would delete every pod's network.
+pub fn valid_attachments(netconf: &Value) -> Result<BTreeSet<Attachment>, CniError> {
+    let bad = |why: &str| {
+        CniError::new(
+            ERR_INVALID_CONFIG,
+            format!("GC needs {VALID_ATTACHMENTS}: {why}"),
+            "",
+        )
+    };
+    let list = netconf
+        .get(VALID_ATTACHMENTS)
+        .or_else(|| netconf.get(VALID_ATTACHMENTS_OLD))
+        .ok_or_else(|| bad("missing"))?
+        .as_array()
+        .ok_or_else(|| bad("not a list"))?;
+    let mut out = BTreeSet::new();
+    for item in list {
+        let field = |k: &str| item.get(k).and_then(Value::as_str);
+        match (field("containerID"), field("ifname")) {
+            (Some(id), Some(ifname)) => {
+                out.insert(Attachment {
+                    container_id: id.into(),
+                    ifname: ifname.into(),
+                });
+            }
+            _ => return Err(bad(&format!("{item} is not {{containerID, ifname}}"))),
+        }
+    }
+    Ok(out)
 }
 
 /// A saved delegate configuration, as found on disk.
@@ -436,6 +529,67 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_subnet_env(&path).unwrap_err().code, ERR_INVALID_CONFIG);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// CNI 1.1: advertised and answered; the delegates get 1.0.0, and results and
+    /// `prevResult` are restated in the version each side speaks.
+    #[test]
+    fn version_1_1_0_is_spoken_and_delegates_get_1_0_0() {
+        assert!(SUPPORTED.contains(&"1.1.0"));
+        assert_eq!(version_answer(&json!({}))["cniVersion"], "1.1.0");
+        assert_eq!(
+            version_answer(&json!({"cniVersion": "0.4.0"}))["cniVersion"],
+            "0.4.0"
+        );
+        assert_eq!(
+            version_answer(&json!({"cniVersion": "9.9.9"}))["cniVersion"],
+            "1.1.0"
+        );
+        let s = parse_subnet_env(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        let conf = |v: &str| json!({"cniVersion": v, "name": "n", "type": "twill-cni"});
+        assert_eq!(delegate_config(&conf("1.1.0"), &s)["cniVersion"], "1.0.0");
+        assert_eq!(delegate_config(&conf("0.4.0"), &s)["cniVersion"], "0.4.0");
+        let r = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.244.7.2/24"}]});
+        let back = in_version(&r, "1.1.0");
+        assert_eq!(back["cniVersion"], "1.1.0");
+        assert_eq!(back["ips"], r["ips"]);
+    }
+
+    /// GC keeps exactly the listed attachments (an old-layout record by its container), and a
+    /// missing or malformed list is refused rather than read as "keep nothing".
+    #[test]
+    fn gc_keeps_only_valid_attachments() {
+        let conf = json!({VALID_ATTACHMENTS: [{"containerID": "c1", "ifname": "eth0"}]});
+        let valid = valid_attachments(&conf).unwrap();
+        let keep = |name: &str| RecordKey::parse(name).unwrap().is_valid(&valid);
+        assert!(keep("c1:eth0"));
+        assert!(!keep("c1:net1"));
+        assert!(!keep("c2:eth0"));
+        assert!(keep("c1"), "old-layout record of a valid container");
+        assert!(!keep("c2"));
+        assert_eq!(
+            RecordKey::parse("c2").unwrap().attachment(),
+            Attachment::new("c2", "eth0").unwrap()
+        );
+        let old_key = json!({"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]});
+        assert_eq!(valid_attachments(&old_key).unwrap(), valid);
+        assert!(valid_attachments(&json!({VALID_ATTACHMENTS: []}))
+            .unwrap()
+            .is_empty());
+        for bad in [
+            json!({}),
+            json!({VALID_ATTACHMENTS: "c1"}),
+            json!({VALID_ATTACHMENTS: [{"containerID": "c1"}]}),
+        ] {
+            assert_eq!(
+                valid_attachments(&bad).unwrap_err().code,
+                ERR_INVALID_CONFIG,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,14 +8,17 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use twill_tests::cni_binary;
-use twill_tests::netns::{ip, ip_out, root_or_skip};
+use twill_tests::netns::{ip, ip_out, root_or_skip, wait_until};
 
 struct Namespaces(Vec<String>);
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -558,4 +561,267 @@ fn a_subnet_env_of_non_text_is_code_7() {
     assert!(!ok);
     assert_eq!(v["code"], 7, "{v}");
     assert!(!tmp.path().join("data").join("c1:eth0").exists());
+}
+
+/// CNI 1.1 end to end with the 1.0.0 reference plugins: ADD answers in 1.1.0, CHECK with a
+/// 1.1.0 prevResult passes (the delegate gets it as 1.0.0), and GC deletes every saved
+/// attachment not listed (its address released, its record gone, damaged and old-layout
+/// records included) and keeps the listed one working. GC without a list deletes nothing.
+#[test]
+fn gc_keeps_valid_attachments_and_deletes_the_rest() {
+    if !root_or_skip("gc_keeps_valid_attachments_and_deletes_the_rest") {
+        return;
+    }
+    let net = Net::new("gc", 2, SUBNET_ENV, "1.1.0");
+    let (ok, r1) = net.cni("ADD", ("c1", "eth0"), 0);
+    assert!(ok, "ADD failed: {r1}");
+    assert_eq!(r1["cniVersion"], "1.1.0", "{r1}");
+    let (ok, r2) = net.cni("ADD", ("c2", "eth0"), 1);
+    assert!(ok, "ADD failed: {r2}");
+    let mut check = net.conf.clone();
+    check["prevResult"] = r1.clone();
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "CHECK",
+        ("c1", "eth0"),
+        &net.pods[0],
+        None,
+        &check,
+    );
+    assert!(ok, "CHECK with a 1.1.0 prevResult failed: {v}");
+    // An old-layout record and a damaged one, both of containers the runtime no longer has.
+    std::fs::copy(net.data().join("c1:eth0"), net.data().join("c9")).expect("copy");
+    std::fs::write(net.data().join("c8:eth0"), "{").expect("damaged");
+    // The runtime removed pod 2's namespace, and with it the pod's end of the veth.
+    ip(&["netns", "del", &net.pods[1]]).expect("netns del");
+    assert_eq!(net.allocations().len(), 2);
+
+    let gc = |conf: &Value| cni_env(Some(&net.node), "GC", ("", ""), "", None, conf);
+    let (ok, v) = gc(&net.conf);
+    assert!(
+        !ok,
+        "GC without the list of valid attachments must refuse: {v}"
+    );
+    assert_eq!(v["code"], 7, "{v}");
+    assert_eq!(net.records().len(), 4, "{:?}", net.records());
+
+    let mut conf = net.conf.clone();
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    let (ok, v) = gc(&conf);
+    assert!(ok, "GC failed: {v}");
+    assert_eq!(net.records(), ["c1:eth0"]);
+    let kept = r1["ips"][0]["address"].as_str().unwrap_or("");
+    assert_eq!(
+        net.allocations(),
+        [kept.split('/').next().unwrap_or("")],
+        "c2's address must be released, c1's kept"
+    );
+    // The kernel removes a deleted namespace's veth pairs in the background.
+    wait_until(
+        "pod 2's veth gone",
+        std::time::Duration::from_secs(10),
+        || net.veths() == 1,
+    );
+    let (ok, v) = cni_env(
+        Some(&net.node),
+        "CHECK",
+        ("c1", "eth0"),
+        &net.pods[0],
+        None,
+        &check,
+    );
+    assert!(ok, "CHECK after GC failed: {v}");
+
+    let (ok, v) = net.cni("DEL", ("c1", "eth0"), 0);
+    assert!(ok, "DEL failed: {v}");
+    assert!(net.allocations().is_empty() && net.records().is_empty());
+}
+
+/// VERSION lists 1.1.0 and answers in the version asked; STATUS succeeds when ADD could work
+/// (subnet.env valid, delegates installed) and otherwise answers the spec's 50 saying why.
+/// Needs no root: nothing touches a namespace.
+#[test]
+fn version_and_status() {
+    let (ok, v) = cni_env(None, "VERSION", ("", ""), "", None, &json!({}));
+    assert!(ok, "{v}");
+    assert_eq!(v["cniVersion"], "1.1.0", "{v}");
+    assert!(
+        v["supportedVersions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("1.1.0")) && a.contains(&json!("1.0.0"))),
+        "{v}"
+    );
+    let (ok, v) = cni_env(
+        None,
+        "VERSION",
+        ("", ""),
+        "",
+        None,
+        &json!({"cniVersion": "1.0.0"}),
+    );
+    assert!(ok && v["cniVersion"] == "1.0.0", "{v}");
+
+    assert!(
+        Path::new("/usr/lib/cni/bridge").exists(),
+        "Debian's containernetworking-plugins are not installed (scripts/test installs them)"
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let subnet_file = tmp.path().join("subnet.env");
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "twill-status",
+        "type": "twill-cni",
+        "subnetFile": subnet_file,
+        "dataDir": tmp.path().join("data"),
+    });
+    let status = |cni_path: Option<&str>| cni_env(None, "STATUS", ("", ""), "", cni_path, &conf);
+
+    let (ok, v) = status(None);
+    assert!(!ok, "STATUS without subnet.env succeeded: {v}");
+    assert_eq!(v["code"], 50, "{v}");
+    assert!(
+        v["msg"].as_str().unwrap_or("").contains("subnet.env"),
+        "{v}"
+    );
+
+    std::fs::write(&subnet_file, "FLANNEL_NETWORK=10.244.0.0/16\n").expect("subnet.env");
+    let (ok, v) = status(None);
+    assert!(
+        !ok && v["code"] == 50,
+        "STATUS with a broken subnet.env: {v}"
+    );
+    assert!(v["msg"].as_str().unwrap_or("").contains("FLANNEL_"), "{v}");
+
+    std::fs::write(&subnet_file, SUBNET_ENV).expect("subnet.env");
+    let (ok, v) = status(None);
+    assert!(ok, "STATUS with a valid subnet.env failed: {v}");
+    assert_eq!(v, Value::Null, "STATUS prints nothing on success");
+
+    let empty = tmp.path().join("no-plugins");
+    std::fs::create_dir(&empty).expect("dir");
+    let (ok, v) = status(empty.to_str());
+    assert!(
+        !ok && v["code"] == 50,
+        "STATUS without the bridge plugin: {v}"
+    );
+    assert!(v["msg"].as_str().unwrap_or("").contains("bridge"), "{v}");
+}
+
+/// A stand-in delegate that speaks 1.1.0 and logs every call (command, attachment, namespace,
+/// input), for what Debian's 1.0.0 plugins cannot show: GC and STATUS forwarded to the
+/// delegate, the order of calls, a GC that carries on past a failed cleanup.
+const FAKE_DELEGATE: &str = r#"#!/bin/sh
+input=$(cat)
+echo "$CNI_COMMAND ${CNI_CONTAINERID:--} ${CNI_IFNAME:--} ${CNI_NETNS:-nonetns} $input" >> "$0.log"
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}' ;;
+ADD)
+    if [ "$CNI_CONTAINERID" = bad ]; then
+        echo '{"cniVersion":"1.0.0","code":999,"msg":"fake refuses"}'; exit 1
+    fi
+    echo '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[]}' ;;
+DEL)
+    if [ "$CNI_CONTAINERID" = stuck ]; then
+        echo '{"cniVersion":"1.0.0","code":999,"msg":"fake cannot delete"}'; exit 1
+    fi ;;
+esac
+"#;
+
+/// The spec's delegation rules, seen from the delegate: a failed ADD is followed by its DEL
+/// and leaves no record; GC deletes each unlisted attachment without a namespace, carries on
+/// past one that fails (kept, and reported), then forwards GC with the list to a delegate that
+/// speaks 1.1.0; STATUS is forwarded too. Needs no root.
+#[test]
+fn delegation_follows_the_spec() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("dir");
+    let fake = plugins.join("fakebr");
+    std::fs::write(&fake, FAKE_DELEGATE).expect("fake");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(tmp.path().join("subnet.env"), SUBNET_ENV).expect("subnet.env");
+    let mut conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "twill-fake",
+        "type": "twill-cni",
+        "subnetFile": tmp.path().join("subnet.env"),
+        "dataDir": tmp.path().join("data"),
+        "delegate": {"type": "fakebr", "ipam": {"type": "fakebr"}},
+    });
+    let path = plugins.display().to_string();
+    let run = |cmd: &str, id: &str, conf: &Value| {
+        cni_env(None, cmd, (id, "eth0"), "fake", Some(&path), conf)
+    };
+    let log = || -> Vec<String> {
+        std::fs::read_to_string(plugins.join("fakebr.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("VERSION"))
+            .map(str::to_string)
+            .collect()
+    };
+    let records = || {
+        let mut r: Vec<String> = std::fs::read_dir(tmp.path().join("data"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        r.sort();
+        r
+    };
+
+    let (ok, v) = run("ADD", "c1", &conf);
+    assert!(ok, "{v}");
+    assert_eq!(v["cniVersion"], "1.1.0", "the runtime's version: {v}");
+    assert!(log()[0].contains(r#""cniVersion":"1.0.0""#), "{:?}", log());
+
+    let (ok, v) = run("ADD", "bad", &conf);
+    assert!(
+        !ok && v["msg"].as_str().unwrap_or("").contains("fake refuses"),
+        "{v}"
+    );
+    let calls = log();
+    assert!(
+        calls[1].starts_with("ADD bad eth0") && calls[2].starts_with("DEL bad eth0"),
+        "a failed ADD is followed by the delegate's DEL: {calls:?}"
+    );
+    assert_eq!(records(), ["c1:eth0"]);
+
+    for id in ["stuck", "c2"] {
+        let (ok, v) = run("ADD", id, &conf);
+        assert!(ok, "{v}");
+    }
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    let (ok, v) = run("GC", "", &conf);
+    assert!(!ok, "a failed cleanup is reported: {v}");
+    assert!(v["details"].as_str().unwrap_or("").contains("stuck"), "{v}");
+    assert_eq!(records(), ["c1:eth0", "stuck:eth0"], "kept for the next GC");
+    let calls = log();
+    let gc_calls = &calls[5..];
+    assert!(
+        gc_calls
+            .iter()
+            .any(|l| l.starts_with("DEL c2 eth0 nonetns")),
+        "{gc_calls:?}"
+    );
+    let forwarded = gc_calls
+        .iter()
+        .find(|l| l.starts_with("GC "))
+        .unwrap_or_else(|| panic!("GC not forwarded: {gc_calls:?}"));
+    assert!(
+        forwarded.contains(r#""cniVersion":"1.1.0""#)
+            && forwarded
+                .contains(r#""cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]"#),
+        "{forwarded}"
+    );
+
+    let (ok, v) = run("STATUS", "", &conf);
+    assert!(ok, "{v}");
+    assert!(
+        log().last().is_some_and(|l| l.starts_with("STATUS ")),
+        "{:?}",
+        log()
+    );
 }

@@ -1,4 +1,4 @@
-//! `twill-cni`: a CNI 1.0 plugin that gives pods addresses from the node's twill subnet by
+//! `twill-cni`: a CNI 1.1 plugin that gives pods addresses from the node's twill subnet by
 //! delegating to the standard `bridge` and `host-local` plugins.
 
 use std::io::{Read, Write};
@@ -165,6 +165,144 @@ fn rollback(conf: &Value, saved: &Path) {
     }
 }
 
+/// Whether the delegate `kind` speaks spec 1.1.0 (GC and STATUS), by its VERSION answer.
+fn speaks_1_1(kind: &str) -> bool {
+    let Ok(plugin) = find_plugin(kind) else {
+        return false;
+    };
+    let out = Command::new(plugin)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    out.ok()
+        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+        .and_then(|v| v.get("supportedVersions").cloned())
+        .and_then(|v| v.as_array().cloned())
+        .is_some_and(|a| a.contains(&json!("1.1.0")))
+}
+
+/// `conf` as a 1.1.0 request, for a delegate that speaks it.
+fn as_1_1(conf: &Value) -> Value {
+    in_version(conf, "1.1.0")
+}
+
+/// GC: every saved attachment the runtime does not list is deleted through its delegate (with
+/// no network namespace: the runtime has removed it) and its record removed. The spec asks GC
+/// to carry on past failures and report them: a record whose delete failed is kept for the
+/// next GC, and the error lists them. Then GC goes on to the delegate, if it speaks 1.1.0.
+fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniError> {
+    let valid = valid_attachments(netconf)?;
+    let records = list_records(data_dir).map_err(|e| {
+        CniError::new(
+            ERR_IO,
+            format!("cannot list {}", data_dir.display()),
+            e.to_string(),
+        )
+    })?;
+    let mut failed: Vec<CniError> = Vec::new();
+    for (key, path) in records {
+        if key.is_valid(&valid) {
+            continue;
+        }
+        let att = key.attachment();
+        let (conf, damaged) = match read_record(&path) {
+            Record::Missing => continue,
+            Record::Saved(conf) => (conf, false),
+            Record::Damaged(why) => match current_conf(netconf, subnet_file) {
+                Ok(conf) => {
+                    eprintln!("twill-cni: GC: {why}; deleting with the current subnet.env");
+                    (conf, true)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "twill-cni: GC: {why}, and nothing to delete with ({}); removed",
+                        e.msg
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            },
+        };
+        match delegate(&conf, "DEL", Some(&att)) {
+            // As DEL: a damaged record is not retried forever.
+            Err(e) if damaged => eprintln!(
+                "twill-cni: GC: {}: {} {}; removed, the address may be left behind",
+                path.display(),
+                e.msg,
+                e.details
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                failed.push(CniError::new(
+                    e.code,
+                    format!("{} {}: {}", att.container_id, att.ifname, e.msg),
+                    e.details,
+                ));
+                continue;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            eprintln!("twill-cni: GC: cannot remove {}: {e}", path.display());
+        }
+    }
+    if let Ok(conf) = current_conf(netconf, subnet_file) {
+        let kind = conf.get("type").and_then(Value::as_str).unwrap_or("bridge");
+        if speaks_1_1(kind) {
+            let mut req = as_1_1(&conf);
+            let list: Value = valid
+                .iter()
+                .map(|a| json!({"containerID": a.container_id, "ifname": a.ifname}))
+                .collect();
+            if let Some(obj) = req.as_object_mut() {
+                obj.insert(VALID_ATTACHMENTS.into(), list);
+            }
+            if let Err(e) = delegate(&req, "GC", None) {
+                failed.push(e);
+            }
+        }
+    }
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(CniError::new(
+            first.code,
+            format!("GC: {} cleanup(s) failed", failed.len()),
+            failed
+                .iter()
+                .map(|e| format!("{} {}", e.msg, e.details))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+/// STATUS: ready when ADD could work now, that is subnet.env is there and valid and the
+/// delegates are installed; else the spec's 50, saying why. A delegate that speaks 1.1.0 is
+/// asked too, as the spec requires.
+fn status(netconf: &Value, subnet_file: &Path) -> Result<(), CniError> {
+    let unavailable = |e: CniError| {
+        CniError::new(
+            ERR_NOT_AVAILABLE,
+            format!("not ready: {}", e.msg),
+            e.details,
+        )
+    };
+    let conf = current_conf(netconf, subnet_file).map_err(unavailable)?;
+    let kind = conf.get("type").and_then(Value::as_str).unwrap_or("bridge");
+    find_plugin(kind).map_err(unavailable)?;
+    if let Some(ipam) = conf
+        .get("ipam")
+        .and_then(|i| i.get("type"))
+        .and_then(Value::as_str)
+    {
+        find_plugin(ipam).map_err(unavailable)?;
+    }
+    if speaks_1_1(kind) {
+        delegate(&as_1_1(&conf), "STATUS", None)?;
+    }
+    Ok(())
+}
+
 fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
     let cmd = env("CNI_COMMAND");
     let data_dir = PathBuf::from(
@@ -179,16 +317,19 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
             .and_then(Value::as_str)
             .unwrap_or(DEFAULT_SUBNET_FILE),
     );
+    let version = netconf
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("1.0.0");
     let attachment = || Attachment::new(&env("CNI_CONTAINERID"), &env("CNI_IFNAME"));
     match cmd.as_str() {
-        "VERSION" => Ok(Some(
-            json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})
-                .to_string()
-                .into_bytes(),
-        )),
+        "VERSION" => Ok(Some(version_answer(netconf).to_string().into_bytes())),
         "ADD" => {
             let att = attachment()?;
             let conf = current_conf(netconf, &subnet_file)?;
+            // Found before anything is saved: a record the delegate could never act on would
+            // make every later DEL fail.
+            find_plugin(conf.get("type").and_then(Value::as_str).unwrap_or("bridge"))?;
             let saved = att.record_path(&data_dir);
             write_record(&data_dir, &saved, &conf).map_err(|e| {
                 CniError::new(
@@ -197,7 +338,17 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
                     e.to_string(),
                 )
             })?;
-            match delegate(&conf, "ADD", None) {
+            match delegate(&conf, "ADD", None).and_then(|out| {
+                // The delegate spoke its own version; the runtime gets the one it asked for.
+                let result: Value = serde_json::from_slice(&out).map_err(|e| {
+                    CniError::new(
+                        ERR_DECODE,
+                        "the delegate's result is not JSON",
+                        e.to_string(),
+                    )
+                })?;
+                Ok(in_version(&result, version).to_string().into_bytes())
+            }) {
                 Ok(result) => Ok(Some(result)),
                 Err(e) => {
                     rollback(&conf, &saved);
@@ -227,12 +378,21 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
                 }
                 (_, Record::Damaged(why)) => return Err(CniError::new(ERR_DECODE, why, "")),
             };
+            // The runtime's prevResult says its version; the delegate parses it in its own
+            // (the saved configuration's, which predates any upgrade of the runtime).
+            let dv = conf
+                .get("cniVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(DELEGATE_MAX)
+                .to_string();
             if let (Some(prev), Some(obj)) = (netconf.get("prevResult"), conf.as_object_mut()) {
-                obj.insert("prevResult".into(), prev.clone());
+                obj.insert("prevResult".into(), in_version(prev, &dv));
             }
             delegate(&conf, "CHECK", None)?;
             Ok(None)
         }
+        "GC" => gc(netconf, &data_dir, &subnet_file).map(|_| None),
+        "STATUS" => status(netconf, &subnet_file).map(|_| None),
         "" => Err(CniError::new(
             ERR_INVALID_ENV,
             "CNI_COMMAND is not set: twill-cni is run by a container runtime",
@@ -247,30 +407,31 @@ fn run(netconf: &Value) -> Result<Option<Vec<u8>>, CniError> {
 }
 
 fn main() -> ExitCode {
-    let mut input = String::new();
-    let netconf: Value = if env("CNI_COMMAND") == "VERSION" {
-        json!({})
-    } else {
-        if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+    let command = env("CNI_COMMAND");
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        // VERSION's input only says which version to answer in.
+        if command != "VERSION" {
             let err = CniError::new(
                 ERR_IO,
                 "cannot read the network configuration",
                 e.to_string(),
             );
-            println!("{}", err.to_json("1.0.0"));
+            println!("{}", err.to_json(LATEST));
             return ExitCode::FAILURE;
         }
-        match serde_json::from_str(&input) {
-            Ok(v) => v,
-            Err(e) => {
-                let err = CniError::new(
-                    ERR_DECODE,
-                    "network configuration is not JSON",
-                    e.to_string(),
-                );
-                println!("{}", err.to_json("1.0.0"));
-                return ExitCode::FAILURE;
-            }
+    }
+    let netconf: Value = match serde_json::from_slice(&input) {
+        Ok(v) => v,
+        Err(_) if command == "VERSION" => json!({}),
+        Err(e) => {
+            let err = CniError::new(
+                ERR_DECODE,
+                "network configuration is not JSON",
+                e.to_string(),
+            );
+            println!("{}", err.to_json(LATEST));
+            return ExitCode::FAILURE;
         }
     };
     let version = netconf
@@ -278,7 +439,7 @@ fn main() -> ExitCode {
         .and_then(Value::as_str)
         .unwrap_or("1.0.0")
         .to_string();
-    if env("CNI_COMMAND") != "VERSION" && !SUPPORTED.contains(&version.as_str()) {
+    if command != "VERSION" && !SUPPORTED.contains(&version.as_str()) {
         let err = CniError::new(
             ERR_INCOMPATIBLE_VERSION,
             format!("cniVersion {version} not supported"),

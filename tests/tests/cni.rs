@@ -825,3 +825,89 @@ fn delegation_follows_the_spec() {
         log()
     );
 }
+
+/// Bad input of every kind is the spec's error object on stdout with exit status 1, never a
+/// panic (status 101) or an empty answer. Needs no root.
+#[test]
+fn bad_input_is_an_error_object_not_a_panic() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("subnet.env"), SUBNET_ENV).expect("subnet.env");
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": "twill-bad-input",
+        "type": "twill-cni",
+        "subnetFile": tmp.path().join("subnet.env"),
+        "dataDir": tmp.path().join("data"),
+    })
+    .to_string();
+    let cases: &[(&str, &[(&str, &str)], &[u8], u64)] = &[
+        ("not JSON", &[("CNI_COMMAND", "ADD")], b"{", 6),
+        (
+            "not UTF-8",
+            &[("CNI_COMMAND", "ADD")],
+            b"{\"a\": \"\xff\"}",
+            6,
+        ),
+        (
+            "version",
+            &[("CNI_COMMAND", "ADD")],
+            br#"{"cniVersion": "2.0.0"}"#,
+            1,
+        ),
+        ("no command", &[], conf.as_bytes(), 4),
+        (
+            "unknown command",
+            &[("CNI_COMMAND", "FROB")],
+            conf.as_bytes(),
+            4,
+        ),
+        (
+            "no ifname",
+            &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1")],
+            conf.as_bytes(),
+            4,
+        ),
+        (
+            "bad container id",
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "../x"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            conf.as_bytes(),
+            4,
+        ),
+        (
+            "GC without a list",
+            &[("CNI_COMMAND", "GC")],
+            conf.as_bytes(),
+            7,
+        ),
+    ];
+    for (what, env, stdin, code) in cases {
+        let mut child = Command::new(plugin())
+            .env_remove("CNI_COMMAND")
+            .envs(env.iter().copied())
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run twill-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {:?}", out.stdout));
+        assert_eq!(v["code"], *code, "{what}: {v}");
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
+    }
+}

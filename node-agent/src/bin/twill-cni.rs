@@ -8,6 +8,19 @@ use std::process::{Command, ExitCode, Stdio};
 use serde_json::{json, Value};
 use twill_agent::cni::*;
 
+/// A line on stderr, the spec's place for logs. A closed or broken stderr is ignored:
+/// `eprintln!` would panic, and the answer on stdout matters more.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), "twill-cni: {}", format_args!($($arg)*));
+    }};
+}
+
+/// The answer on stdout, ignoring a runtime that stopped reading (`println!` would panic).
+fn emit(v: &Value) {
+    let _ = writeln!(std::io::stdout(), "{v}");
+}
+
 fn env(k: &str) -> String {
     std::env::var(k).unwrap_or_default()
 }
@@ -115,22 +128,20 @@ fn release(
             delegate(&conf, "DEL", None)?;
         }
         Record::Damaged(why) => {
-            eprintln!(
-                "twill-cni: {why}; deleting with the configuration from the current subnet.env"
-            );
+            log!("{why}; deleting with the configuration from the current subnet.env");
             match current_conf(netconf, subnet_file) {
                 Ok(conf) => {
                     if let Err(e) = delegate(&conf, "DEL", None) {
-                        eprintln!(
-                            "twill-cni: {}: {} {}; the interface or its address may be left behind",
+                        log!(
+                            "{}: {} {}; the interface or its address may be left behind",
                             path.display(),
                             e.msg,
                             e.details
                         );
                     }
                 }
-                Err(e) => eprintln!(
-                    "twill-cni: {}: nothing to delete with ({}); the interface or its address may be left behind",
+                Err(e) => log!(
+                    "{}: nothing to delete with ({}); the interface or its address may be left behind",
                     path.display(),
                     e.msg
                 ),
@@ -139,7 +150,7 @@ fn release(
     };
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            eprintln!("twill-cni: cannot remove {}: {e}", path.display())
+            log!("cannot remove {}: {e}", path.display())
         }
         _ => {}
     }
@@ -153,11 +164,11 @@ fn rollback(conf: &Value, saved: &Path) {
     match delegate(conf, "DEL", None) {
         Ok(_) => {
             if let Err(e) = std::fs::remove_file(saved) {
-                eprintln!("twill-cni: cannot remove {}: {e}", saved.display());
+                log!("cannot remove {}: {e}", saved.display());
             }
         }
-        Err(e) => eprintln!(
-            "twill-cni: undoing the failed ADD: {} {}; {} kept for the next DEL",
+        Err(e) => log!(
+            "undoing the failed ADD: {} {}; {} kept for the next DEL",
             e.msg,
             e.details,
             saved.display()
@@ -211,14 +222,11 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
             Record::Saved(conf) => (conf, false),
             Record::Damaged(why) => match current_conf(netconf, subnet_file) {
                 Ok(conf) => {
-                    eprintln!("twill-cni: GC: {why}; deleting with the current subnet.env");
+                    log!("GC: {why}; deleting with the current subnet.env");
                     (conf, true)
                 }
                 Err(e) => {
-                    eprintln!(
-                        "twill-cni: GC: {why}, and nothing to delete with ({}); removed",
-                        e.msg
-                    );
+                    log!("GC: {why}, and nothing to delete with ({}); removed", e.msg);
                     let _ = std::fs::remove_file(&path);
                     continue;
                 }
@@ -226,8 +234,8 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
         };
         match delegate(&conf, "DEL", Some(&att)) {
             // As DEL: a damaged record is not retried forever.
-            Err(e) if damaged => eprintln!(
-                "twill-cni: GC: {}: {} {}; removed, the address may be left behind",
+            Err(e) if damaged => log!(
+                "GC: {}: {} {}; removed, the address may be left behind",
                 path.display(),
                 e.msg,
                 e.details
@@ -243,7 +251,7 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
             }
         }
         if let Err(e) = std::fs::remove_file(&path) {
-            eprintln!("twill-cni: GC: cannot remove {}: {e}", path.display());
+            log!("GC: cannot remove {}: {e}", path.display());
         }
     }
     if let Ok(conf) = current_conf(netconf, subnet_file) {
@@ -417,7 +425,7 @@ fn main() -> ExitCode {
                 "cannot read the network configuration",
                 e.to_string(),
             );
-            println!("{}", err.to_json(LATEST));
+            emit(&err.to_json(LATEST));
             return ExitCode::FAILURE;
         }
     }
@@ -430,7 +438,7 @@ fn main() -> ExitCode {
                 "network configuration is not JSON",
                 e.to_string(),
             );
-            println!("{}", err.to_json(LATEST));
+            emit(&err.to_json(LATEST));
             return ExitCode::FAILURE;
         }
     };
@@ -445,7 +453,7 @@ fn main() -> ExitCode {
             format!("cniVersion {version} not supported"),
             SUPPORTED.join(", "),
         );
-        println!("{}", err.to_json(&version));
+        emit(&err.to_json(&version));
         return ExitCode::FAILURE;
     }
     match run(&netconf) {
@@ -455,7 +463,7 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            println!("{}", e.to_json(&version));
+            emit(&e.to_json(&version));
             ExitCode::FAILURE
         }
     }

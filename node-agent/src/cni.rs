@@ -164,6 +164,18 @@ pub fn parse_subnet_env(text: &str) -> Result<NodeSubnet, CniError> {
     })
 }
 
+/// The network a delegate configuration made from `netconf` belongs to: the runtime's name,
+/// unless `delegate` overrides it. GC compares it with saved records', so networks sharing a
+/// data dir never collect each other's attachments.
+pub fn network_name(netconf: &Value) -> &str {
+    netconf
+        .get("delegate")
+        .and_then(|d| d.get("name"))
+        .or_else(|| netconf.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("twill")
+}
+
 /// The delegate's configuration: a `bridge` on `cni0` as the pods' gateway, `host-local` IPAM
 /// over the node's subnet, a route to the whole cluster network through the gateway. Settings
 /// under `delegate` in the plugin's own configuration override these.
@@ -174,10 +186,7 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
             .and_then(Value::as_str)
             .unwrap_or("1.0.0"),
     );
-    let name = netconf
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("twill");
+    let name = network_name(netconf);
     let mut d = json!({
         "cniVersion": version,
         "name": name,
@@ -573,6 +582,12 @@ mod tests {
         assert_eq!(
             RecordKey::parse("c2").unwrap().attachment(),
             Attachment::new("c2", "eth0").unwrap()
+        );
+        // Records of another network sharing the data dir are told apart by name.
+        assert_eq!(network_name(&json!({"name": "a"})), "a");
+        assert_eq!(
+            network_name(&json!({"name": "a", "delegate": {"name": "b"}})),
+            "b"
         );
         let old_key = json!({"cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]});
         assert_eq!(valid_attachments(&old_key).unwrap(), valid);

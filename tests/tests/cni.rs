@@ -793,13 +793,23 @@ fn delegation_follows_the_spec() {
         let (ok, v) = run("ADD", id, &conf);
         assert!(ok, "{v}");
     }
+    // Another network sharing the data dir: not this GC's to collect.
+    let mut other = conf.clone();
+    other["name"] = json!("twill-other");
+    let (ok, v) = run("ADD", "o1", &other);
+    assert!(ok, "{v}");
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
     let (ok, v) = run("GC", "", &conf);
     assert!(!ok, "a failed cleanup is reported: {v}");
     assert!(v["details"].as_str().unwrap_or("").contains("stuck"), "{v}");
-    assert_eq!(records(), ["c1:eth0", "stuck:eth0"], "kept for the next GC");
+    assert_eq!(
+        records(),
+        ["c1:eth0", "o1:eth0", "stuck:eth0"],
+        "kept for the next GC, and the other network's"
+    );
     let calls = log();
-    let gc_calls = &calls[5..];
+    let gc_calls = &calls[6..];
+    assert!(!gc_calls.iter().any(|l| l.contains(" o1 ")), "{gc_calls:?}");
     assert!(
         gc_calls
             .iter()
@@ -840,7 +850,9 @@ fn bad_input_is_an_error_object_not_a_panic() {
         "dataDir": tmp.path().join("data"),
     })
     .to_string();
-    let cases: &[(&str, &[(&str, &str)], &[u8], u64)] = &[
+    /// What is wrong, the environment, stdin, the expected code.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8], u64);
+    let cases: &[Case] = &[
         ("not JSON", &[("CNI_COMMAND", "ADD")], b"{", 6),
         (
             "not UTF-8",

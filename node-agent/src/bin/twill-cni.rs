@@ -198,7 +198,7 @@ fn as_1_1(conf: &Value) -> Value {
     in_version(conf, "1.1.0")
 }
 
-/// GC: every saved attachment the runtime does not list is deleted through its delegate (with
+/// GC: every saved attachment of this network the runtime does not list is deleted through its delegate (with
 /// no network namespace: the runtime has removed it) and its record removed. The spec asks GC
 /// to carry on past failures and report them: a record whose delete failed is kept for the
 /// next GC, and the error lists them. Then GC goes on to the delegate, if it speaks 1.1.0.
@@ -211,6 +211,7 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
             e.to_string(),
         )
     })?;
+    let network = network_name(netconf);
     let mut failed: Vec<CniError> = Vec::new();
     for (key, path) in records {
         if key.is_valid(&valid) {
@@ -219,6 +220,9 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
         let att = key.attachment();
         let (conf, damaged) = match read_record(&path) {
             Record::Missing => continue,
+            Record::Saved(conf) if conf.get("name").and_then(Value::as_str) != Some(network) => {
+                continue
+            }
             Record::Saved(conf) => (conf, false),
             Record::Damaged(why) => match current_conf(netconf, subnet_file) {
                 Ok(conf) => {

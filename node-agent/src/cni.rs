@@ -1,7 +1,8 @@
 //! The `twill-cni` plugin's logic: read `subnet.env`, turn the node's subnet into a
 //! configuration for the standard `bridge` plugin with `host-local` IPAM, and delegate to it,
-//! as flannel's CNI plugin does. The delegate configuration is saved per container so DEL
-//! works even after `subnet.env` changed or vanished.
+//! as flannel's CNI plugin does. The delegate configuration is saved per attachment
+//! (container id and interface name) so DEL, CHECK and GC work even after `subnet.env`
+//! changed or vanished.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -177,9 +177,11 @@ pub fn network_name(netconf: &Value) -> &str {
         .unwrap_or("twill")
 }
 
-/// The delegate's configuration: a `bridge` on `cni0` as the pods' gateway, `host-local` IPAM
-/// over the node's subnet, a route to the whole cluster network through the gateway. Settings
-/// under `delegate` in the plugin's own configuration override these.
+/// The delegate's configuration: a `bridge` on `cni0` as the pods' gateway and their default
+/// route (as flannel's stock configuration has it: services and the outside are reached through
+/// the node, which masquerades), `host-local` IPAM over the node's subnet, a route to the whole
+/// cluster network through the gateway. Settings under `delegate` in the plugin's own
+/// configuration override these.
 pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
     let version = delegate_version(
         netconf
@@ -194,7 +196,7 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
         "type": "bridge",
         "bridge": "cni0",
         "isGateway": true,
-        "isDefaultGateway": false,
+        "isDefaultGateway": true,
         "hairpinMode": true,
         // Never the bridge plugin's masquerade: it would NAT pod-to-pod traffic between nodes,
         // which must keep its pod source address. Outbound masquerade is the node's job.
@@ -207,8 +209,6 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
             "routes": [{"dst": s.network.to_string(), "gw": s.subnet.addr().to_string()}],
         },
     });
-    // Where host-local keeps its allocations, without replacing the whole `ipam` object through
-    // `delegate` (which would drop the node's ranges): tests and sandboxes keep them private.
     // Dual stack: a second range set, so host-local gives every pod one address of each family,
     // and the IPv6 cluster network through the IPv6 gateway.
     if let (Some(net6), Some(sub6)) = (s.ipv6_network, s.ipv6_subnet) {
@@ -220,6 +220,8 @@ pub fn delegate_config(netconf: &Value, s: &NodeSubnet) -> Value {
             routes.push(json!({"dst": net6.to_string(), "gw": gw6}));
         }
     }
+    // Where host-local keeps its allocations, without replacing the whole `ipam` object through
+    // `delegate` (which would drop the node's ranges): tests and sandboxes keep them private.
     if let Some(dir) = netconf.get("ipamDataDir").and_then(Value::as_str) {
         d["ipam"]["dataDir"] = json!(dir);
     }
@@ -482,6 +484,10 @@ mod tests {
             "pod-to-pod traffic must not be masqueraded"
         );
         assert_eq!(d["hairpinMode"], false, "delegate overrides apply");
+        assert_eq!(
+            d["isDefaultGateway"], true,
+            "pods reach services and the outside through the node"
+        );
         assert_eq!(d["ipam"]["ranges"][0][0]["subnet"], "10.244.7.0/24");
         assert_eq!(d["ipam"]["ranges"][0][0]["gateway"], "10.244.7.1");
         assert_eq!(d["ipam"]["routes"][0]["dst"], "10.244.0.0/16");

@@ -264,7 +264,8 @@ fn add_check_del_with_the_reference_plugins() {
     );
     let pod_routes = ip_out(&["-n", &p1, "route"]);
     assert!(
-        pod_routes.contains("10.244.0.0/16 via 10.244.5.1"),
+        pod_routes.contains("10.244.0.0/16 via 10.244.5.1")
+            && pod_routes.contains("default via 10.244.5.1"),
         "{pod_routes}"
     );
     let target = addr(&r2).split('/').next().unwrap_or("").to_string();

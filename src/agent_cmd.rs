@@ -76,6 +76,14 @@ pub struct AgentArgs {
         default_missing_value = "true"
     )]
     ip_masq: bool,
+    /// As IFACE=TABLE or ADDRESS=TABLE: keep a per-source routing table for that address of a
+    /// multi-homed node: the rule `from ADDRESS lookup TABLE` (priority 32000), the address's
+    /// connected route, a default route via the interface's gateway (from the main table's
+    /// default route through it) and the pod routes; repeat for each. Tables that rules made by
+    /// others point to (`ip rule add from ADDRESS lookup TABLE`) get the pod routes without it.
+    /// Only twill's routes (proto 151) and rules are ever changed in any table
+    #[arg(long = "source-table", value_name = "IFACE=TABLE")]
+    source_tables: Vec<twill_agent::source_tables::TableSpec>,
     /// With bgp: the most prefixes an outside peer (--bgp-peer) may announce, taken or
     /// refused; over it the session is closed (Cease/1, RFC 4486) and tried again after a
     /// back-off of 30 s, doubling up to 15 min; 0 for no limit
@@ -171,6 +179,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
             gtsm: a.bgp_ttl_security,
             export: a.bgp_export,
         },
+        source_tables: a.source_tables,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -15,13 +15,14 @@ use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 
 use crate::backend::{self, Config, ConfigError, Dataplane};
-use crate::desired::{self, Input, LocalFacts, NodeLease, Refusal};
+use crate::desired::{self, Input, LocalFacts, NodeLease, Refusal, SourceTables};
 use crate::facts::{self, Choice, FactsError};
 use crate::health::Health;
 use crate::lease::{Identity, Keeper};
 use crate::masquerade::{self, Masquerade, NftError};
 use crate::metrics::{BgpBoard, Metrics};
-use crate::reconcile::{Kernel, KernelError};
+use crate::reconcile::{Kernel, KernelError, Op};
+use crate::source_tables::{self, IfaceView, TableSpec};
 use crate::subnet_env::SubnetEnv;
 use crate::vtep::{self, Mac};
 use crate::watch::{follow, View};
@@ -51,7 +52,12 @@ pub struct Options {
     pub ip_masq: bool,
     /// This node's own BGP choices (prefix limit, ranges to announce).
     pub bgp: crate::bgp::Local,
+    /// Per-source tables twill keeps whole (`--source-table`).
+    pub source_tables: Vec<TableSpec>,
 }
+
+/// The pod bridge the CNI plugin's delegate makes (flannel's name, twill-cni's default).
+pub const POD_BRIDGE: &str = "cni0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -127,6 +133,10 @@ struct Agent {
     /// With --ip-masq=false: whether a table left by an earlier run was looked for.
     masq_cleared: bool,
     forwarding_checked: bool,
+    /// The per-source tables as last found, and what was last said about them.
+    sources: SourceTables,
+    source_problems: Vec<String>,
+    conflicts: Vec<Op>,
 }
 
 impl Agent {
@@ -271,19 +281,31 @@ impl Agent {
         let backend_health = backend.health();
         self.health(|h| h.backend = backend_health);
 
+        let sources = self.find_source_tables().await;
         let want = desired::compute(&Input {
             own: own_lease.clone(),
             peers,
             backend: recipe,
             facts: self.facts.clone(),
+            sources,
         });
         for r in want.refused.difference(&self.refused) {
             tracing::warn!(refusal = ?r, "peer not programmed");
         }
         self.refused = want.refused.clone();
         self.metrics.reconciles.inc();
-        match self.kernel.reconcile(&want).await {
-            Ok(ops) => {
+        match self.kernel.reconcile_reporting(&want).await {
+            Ok(applied) => {
+                if applied.conflicts != self.conflicts {
+                    for op in &applied.conflicts {
+                        tracing::warn!(
+                            ?op,
+                            "a route of someone else's is where twill's should go; left alone"
+                        );
+                    }
+                    self.conflicts = applied.conflicts;
+                }
+                let ops = applied.ops;
                 if !ops.is_empty() {
                     self.metrics.changes.inc_by(ops.len() as u64);
                     tracing::info!(subnet = %own_lease.subnet, changes = ops.len(), "dataplane updated");
@@ -313,6 +335,75 @@ impl Agent {
             .refused
             .set(i64::try_from(want.refused.len()).unwrap_or(i64::MAX));
         self.write_subnet_env(&config, &own, own_lease.subnet, pod_mtu);
+    }
+
+    /// The host's per-source tables now: found from its rules and addresses, and the managed
+    /// ones resolved from `--source-table`. What cannot be read keeps its last known value.
+    async fn find_source_tables(&mut self) -> SourceTables {
+        let ifaces = match self.kernel.interfaces().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read interfaces; per-source tables as before");
+                return self.sources.clone();
+            }
+        };
+        let local: Vec<std::net::Ipv4Addr> = ifaces
+            .iter()
+            .flat_map(|(_, _, nets)| nets.iter().map(|n| n.addr()))
+            .filter(|a| !a.is_loopback())
+            .collect();
+        let found = match self.kernel.rule_views().await {
+            Ok(rules) => source_tables::found_tables(&rules, &local),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read policy rules; per-source tables as before");
+                self.sources.found.clone()
+            }
+        };
+        let mut problems = Vec::new();
+        let managed = if self.opts.source_tables.is_empty() {
+            Vec::new()
+        } else {
+            let gateways = self.kernel.default_gateways().await.unwrap_or_else(|e| {
+                problems.push(format!("cannot read the default routes: {e}"));
+                Default::default()
+            });
+            let views: Vec<IfaceView> = ifaces
+                .iter()
+                .map(|(name, _, addrs)| IfaceView {
+                    name: name.clone(),
+                    addrs: addrs.clone(),
+                })
+                .collect();
+            let (managed, errors) = source_tables::resolve(&self.opts.source_tables, &views, |i| {
+                gateways.get(i).copied()
+            });
+            problems.extend(errors.iter().map(|e| format!("--source-table: {e}")));
+            managed
+        };
+        if problems != self.source_problems {
+            for p in &problems {
+                tracing::warn!("{p}; retrying as interfaces and addresses change");
+            }
+            self.source_problems = problems;
+        }
+        let now = SourceTables {
+            found,
+            pod_bridge: ifaces
+                .iter()
+                .any(|(n, _, _)| n == POD_BRIDGE)
+                .then(|| POD_BRIDGE.to_string()),
+            managed,
+        };
+        if now.found != self.sources.found || now.managed != self.sources.managed {
+            let managed: Vec<String> = now
+                .managed
+                .iter()
+                .map(|m| format!("{}={} via {:?}", m.addr, m.table, m.gateway))
+                .collect();
+            tracing::info!(found = ?now.found, managed = ?managed, "per-source routing tables get the pod routes");
+        }
+        self.sources = now.clone();
+        now
     }
 
     /// Pod egress masquerade for the cluster's networks, or no table of ours when it is off.
@@ -507,6 +598,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         masq: Masquerade::default(),
         masq_cleared: false,
         forwarding_checked: false,
+        sources: SourceTables::default(),
+        source_problems: Vec::new(),
+        conflicts: Vec::new(),
     };
     agent.run().await;
     Ok(())

@@ -55,6 +55,39 @@ pub struct Input {
     pub peers: Vec<NodeLease>,
     pub backend: Backend,
     pub facts: LocalFacts,
+    pub sources: SourceTables,
+}
+
+/// The kernel's main routing table, where pod routes go first.
+pub const MAIN_TABLE: u32 = 254;
+/// Tables no per-source copy may go to: unspecified, default, main and local.
+pub const RESERVED_TABLES: [u32; 4] = [0, 253, MAIN_TABLE, 255];
+/// The priority of the `from <address> lookup <table>` rules twill makes (`--source-table`):
+/// before the main table's rule (32766), after anything an operator puts at lower numbers.
+pub const MANAGED_RULE_PRIORITY: u32 = 32000;
+
+/// A multi-homed node's per-source routing tables. Replies from a secondary address are routed
+/// by its own table (`ip rule from <address> lookup <table>`), which knows nothing of pods; each
+/// such table gets the pod routes the main table has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceTables {
+    /// Tables that a rule selecting a local source address points to, as found on the host.
+    pub found: BTreeSet<u32>,
+    /// The pod bridge, once it exists (the CNI plugin makes it with the first pod).
+    pub pod_bridge: Option<String>,
+    /// Tables twill keeps whole (`--source-table`): rule, connected route and default route.
+    pub managed: Vec<ManagedTable>,
+}
+
+/// A per-source table twill makes and keeps for one of the node's addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedTable {
+    pub table: u32,
+    pub iface: String,
+    /// The address with its prefix length, as it is on `iface`.
+    pub addr: Ipv4Net,
+    /// The interface's gateway, from the main table's default route through it, if any.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +119,8 @@ pub struct Fdb {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
+    /// The routing table: [`MAIN_TABLE`], or a per-source table that mirrors it.
+    pub table: u32,
     pub dst: Ipv4Net,
     pub via: Ipv4Addr,
     pub dev: String,
@@ -93,6 +128,23 @@ pub struct Route {
     pub onlink: bool,
     /// Further gateways, in order: the route is multipath over `via` and these (ECMP).
     pub also: Vec<Ipv4Addr>,
+}
+
+/// A route without a gateway: the node's own pod subnet on its bridge, or a managed table's
+/// connected prefix. (The main table has those as the kernel's own routes.)
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceRoute {
+    pub table: u32,
+    pub dst: Ipv4Net,
+    pub dev: String,
+}
+
+/// A policy rule twill makes: traffic from `src` is routed by `table`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    pub priority: u32,
+    pub src: Ipv4Net,
+    pub table: u32,
 }
 
 /// Why a peer gets no entries.
@@ -112,6 +164,8 @@ pub struct Desired {
     pub neighbours: BTreeSet<Neighbour>,
     pub fdb: BTreeSet<Fdb>,
     pub routes: BTreeSet<Route>,
+    pub device_routes: BTreeSet<DeviceRoute>,
+    pub rules: BTreeSet<Rule>,
     pub refused: BTreeSet<Refusal>,
 }
 
@@ -134,6 +188,7 @@ pub fn compute(input: &Input) -> Desired {
             for p in peers {
                 if on_segment(facts, p.public_ip) {
                     d.routes.insert(Route {
+                        table: MAIN_TABLE,
                         dst: p.subnet,
                         via: p.public_ip,
                         dev: facts.iface.clone(),
@@ -159,6 +214,7 @@ pub fn compute(input: &Input) -> Desired {
                 match near.split_first() {
                     Some((via, also)) => {
                         d.routes.insert(Route {
+                            table: MAIN_TABLE,
                             dst: *dst,
                             via: *via,
                             dev: facts.iface.clone(),
@@ -199,6 +255,7 @@ pub fn compute(input: &Input) -> Desired {
             for p in peers {
                 if *direct_routing && on_segment(facts, p.public_ip) {
                     d.routes.insert(Route {
+                        table: MAIN_TABLE,
                         dst: p.subnet,
                         via: p.public_ip,
                         dev: facts.iface.clone(),
@@ -225,6 +282,7 @@ pub fn compute(input: &Input) -> Desired {
                     dst: p.public_ip,
                 });
                 d.routes.insert(Route {
+                    table: MAIN_TABLE,
                     dst: p.subnet,
                     via: gw,
                     dev: name.clone(),
@@ -234,7 +292,59 @@ pub fn compute(input: &Input) -> Desired {
             }
         }
     }
+    add_source_tables(&mut d, &input.sources, input.own.subnet);
     d
+}
+
+/// Every per-source table gets a copy of the main table's pod routes and the node's own pod
+/// subnet on the bridge; a managed table also gets its rule, connected and default routes.
+fn add_source_tables(d: &mut Desired, sources: &SourceTables, own: Ipv4Net) {
+    let tables: BTreeSet<u32> = sources
+        .found
+        .iter()
+        .copied()
+        .chain(sources.managed.iter().map(|m| m.table))
+        .filter(|t| !RESERVED_TABLES.contains(t))
+        .collect();
+    let main: Vec<Route> = d.routes.iter().cloned().collect();
+    for table in tables {
+        for r in &main {
+            d.routes.insert(Route { table, ..r.clone() });
+        }
+        if let Some(bridge) = &sources.pod_bridge {
+            d.device_routes.insert(DeviceRoute {
+                table,
+                dst: own,
+                dev: bridge.clone(),
+            });
+        }
+    }
+    for m in sources
+        .managed
+        .iter()
+        .filter(|m| !RESERVED_TABLES.contains(&m.table))
+    {
+        d.rules.insert(Rule {
+            priority: MANAGED_RULE_PRIORITY,
+            src: Ipv4Net::new(m.addr.addr(), 32).expect("/32 is valid"),
+            table: m.table,
+        });
+        d.device_routes.insert(DeviceRoute {
+            table: m.table,
+            dst: m.addr.trunc(),
+            dev: m.iface.clone(),
+        });
+        if let Some(gw) = m.gateway {
+            d.routes.insert(Route {
+                table: m.table,
+                dst: Ipv4Net::default(),
+                via: gw,
+                dev: m.iface.clone(),
+                onlink: false,
+                also: vec![],
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -318,11 +428,13 @@ mod tests {
                 public_ip: "192.0.2.1".parse().unwrap(),
                 connected: vec!["192.0.2.0/24".parse().unwrap()],
             },
+            sources: SourceTables::default(),
         }
     }
 
     fn route(dst: &str, via: &str, dev: &str, onlink: bool) -> Route {
         Route {
+            table: MAIN_TABLE,
             dst: dst.parse().unwrap(),
             via: via.parse().unwrap(),
             dev: dev.into(),
@@ -441,6 +553,83 @@ mod tests {
         assert_eq!(
             d.fdb.iter().map(|f| f.dst.to_string()).collect::<Vec<_>>(),
             ["198.51.100.3"]
+        );
+    }
+
+    #[test]
+    fn every_source_table_mirrors_the_pod_routes_and_the_local_pod_subnet() {
+        let mut i = input(Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        });
+        i.sources.found = [100, MAIN_TABLE, 255].into();
+        i.sources.pod_bridge = Some("cni0".into());
+        let d = compute(&i);
+        let in_table = |t: u32| {
+            d.routes
+                .iter()
+                .filter(|r| r.table == t)
+                .map(|r| Route {
+                    table: MAIN_TABLE,
+                    ..r.clone()
+                })
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(in_table(100), in_table(MAIN_TABLE), "{:?}", d.routes);
+        assert_eq!(in_table(100).len(), 2);
+        assert!(in_table(255).is_empty(), "never the local table");
+        assert_eq!(
+            d.device_routes,
+            [DeviceRoute {
+                table: 100,
+                dst: "10.244.1.0/24".parse().unwrap(),
+                dev: "cni0".into()
+            }]
+            .into()
+        );
+        assert!(d.rules.is_empty(), "found tables have the operator's rules");
+    }
+
+    #[test]
+    fn a_managed_table_gets_its_rule_connected_and_default_routes() {
+        let mut i = input(Backend::HostGw);
+        i.sources.managed = vec![ManagedTable {
+            table: 200,
+            iface: "eth1".into(),
+            addr: "198.51.100.1/24".parse().unwrap(),
+            gateway: Some("198.51.100.254".parse().unwrap()),
+        }];
+        let d = compute(&i);
+        assert_eq!(
+            d.rules,
+            [Rule {
+                priority: MANAGED_RULE_PRIORITY,
+                src: "198.51.100.1/32".parse().unwrap(),
+                table: 200
+            }]
+            .into()
+        );
+        let t200: Vec<String> = d
+            .routes
+            .iter()
+            .filter(|r| r.table == 200)
+            .map(|r| format!("{} via {} dev {}", r.dst, r.via, r.dev))
+            .collect();
+        assert_eq!(
+            t200,
+            [
+                "0.0.0.0/0 via 198.51.100.254 dev eth1",
+                "10.244.2.0/24 via 192.0.2.2 dev eth0"
+            ]
+        );
+        assert_eq!(
+            d.device_routes
+                .iter()
+                .map(|r| (r.table, r.dst.to_string(), r.dev.as_str()))
+                .collect::<Vec<_>>(),
+            [(200, "198.51.100.0/24".to_string(), "eth1")],
+            "no bridge yet: only the connected prefix"
         );
     }
 

@@ -30,6 +30,7 @@ pub mod lease;
 pub mod masquerade;
 pub mod metrics;
 pub mod reconcile;
+pub mod source_tables;
 pub mod subnet_env;
 pub mod vtep;
 pub mod watch;

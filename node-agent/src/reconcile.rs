@@ -1,10 +1,13 @@
 //! Bringing the kernel to the desired state: read what twill owns through netlink, plan the
 //! difference (a pure function), apply it.
 //!
-//! Ownership: routes carry [`ROUTE_PROTOCOL`]; neighbour, FDB and address entries count only on
-//! twill's own VXLAN devices (`twill.<vni>`). Nothing else is read as ours or ever changed.
+//! Ownership: routes (in any table) and policy rules carry [`ROUTE_PROTOCOL`]; neighbour, FDB
+//! and address entries count only on twill's own VXLAN devices (`twill.<vni>`). Nothing else is
+//! read as ours or ever changed: a route of someone else's where one of ours should go is left
+//! in place and reported, never replaced.
 //! Order per peer: neighbour, FDB, route when adding; route, FDB, neighbour when removing, so a
-//! route never points at a gateway the kernel cannot resolve.
+//! route never points at a gateway the kernel cannot resolve. A rule comes after its table's
+//! routes and goes before them, so traffic is never steered into a half-filled table.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,12 +20,14 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
-    RouteNextHopFlags, RouteProtocol,
+    RouteNextHopFlags, RouteProtocol, RouteScope,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::desired::{Desired, Fdb, Neighbour, Route, VxlanLink};
+use crate::desired::{Desired, DeviceRoute, Fdb, Neighbour, Route, Rule, VxlanLink};
+use crate::source_tables::RuleView;
 use crate::vtep::Mac;
 
 /// twill's route protocol number (`ip route show proto 151`): marks the routes it owns.
@@ -39,6 +44,8 @@ pub struct Observed {
     pub neighbours: BTreeSet<Neighbour>,
     pub fdb: BTreeSet<Fdb>,
     pub routes: BTreeSet<Route>,
+    pub device_routes: BTreeSet<DeviceRoute>,
+    pub rules: BTreeSet<Rule>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +60,10 @@ pub enum Op {
     DeleteFdb(Fdb),
     AddRoute(Route),
     DeleteRoute(Route),
+    AddDeviceRoute(DeviceRoute),
+    DeleteDeviceRoute(DeviceRoute),
+    AddRule(Rule),
+    DeleteRule(Rule),
 }
 
 /// The operations that turn `observed` into `desired`, in a safe order.
@@ -75,7 +86,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     }
     let alive = |dev: &String| !fresh.contains(dev);
 
-    // Removals, routes before the entries they rely on.
+    // Removals: rules before their tables' routes, routes before the entries they rely on.
+    for r in observed.rules.difference(&desired.rules) {
+        ops.push(Op::DeleteRule(r.clone()));
+    }
+    for r in observed.device_routes.difference(&desired.device_routes) {
+        ops.push(Op::DeleteDeviceRoute(r.clone()));
+    }
     for r in observed.routes.difference(&desired.routes) {
         if r.onlink && !alive(&r.dev) {
             continue; // gone with its device
@@ -121,13 +138,51 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
             ops.push(Op::AddFdb(f.clone()));
         }
     }
+    for r in desired.device_routes.difference(&observed.device_routes) {
+        ops.push(Op::AddDeviceRoute(r.clone()));
+    }
     for r in &desired.routes {
         let gone_with_device = r.onlink && !present(&r.dev);
         if gone_with_device || !observed.routes.contains(r) {
             ops.push(Op::AddRoute(r.clone()));
         }
     }
+    for r in desired.rules.difference(&observed.rules) {
+        ops.push(Op::AddRule(r.clone()));
+    }
     ops
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// The kernel refused to add because an entry with the same key exists: one of someone else's.
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(17) // EEXIST
+}
+
+/// The entry to remove is not there (ENOENT, ESRCH).
+fn is_gone(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(2 | 3))
+}
+
+impl Op {
+    fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Op::DeleteLink(_)
+                | Op::DeleteAddress(..)
+                | Op::DeleteNeighbour(_)
+                | Op::DeleteFdb(_)
+                | Op::DeleteRoute(_)
+                | Op::DeleteDeviceRoute(_)
+                | Op::DeleteRule(_)
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +200,15 @@ pub enum KernelError {
     },
 }
 
+/// What a reconcile pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub ops: Vec<Op>,
+    /// Routes not added because a route of someone else's has their place (same table,
+    /// destination and metric); left alone, reported.
+    pub conflicts: Vec<Op>,
+}
+
 /// A netlink connection to the kernel of the calling thread's network namespace.
 pub struct Kernel {
     handle: Handle,
@@ -154,6 +218,37 @@ fn link_name(m: &LinkMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.as_str()),
         _ => None,
+    })
+}
+
+fn rule_src(r: &RuleMessage) -> Option<Ipv4Net> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(IpAddr::V4(ip)) => Ipv4Net::new(*ip, r.header.src_len).ok(),
+        _ => None,
+    })
+}
+
+/// The table a rule looks up: the attribute when present (tables above 255), else the header.
+fn rule_table(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// A rule in the shape twill makes them, if it has that shape.
+fn rule_of(r: &RuleMessage) -> Option<Rule> {
+    let priority = r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Priority(p) => Some(*p),
+        _ => None,
+    })?;
+    Some(Rule {
+        priority,
+        src: rule_src(r)?,
+        table: rule_table(r),
     })
 }
 
@@ -169,7 +264,9 @@ pub fn monitor() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, KernelError
     use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
     use rtnetlink::sys::{AsyncSocket, SocketAddr};
     let (mut conn, handle, mut messages) = rtnetlink::new_connection()?;
-    let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+    use rtnetlink::constants::RTMGRP_IPV4_RULE;
+    let groups =
+        RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
     conn.socket_mut()
         .socket_mut()
         .bind(&SocketAddr::new(0, groups))?;
@@ -230,6 +327,26 @@ impl Kernel {
         Ok(self.handle.link().get().execute().try_collect().await?)
     }
 
+    /// Every IPv4 route, of every table.
+    async fn routes4(&self) -> Result<Vec<RouteMessage>, KernelError> {
+        Ok(self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?)
+    }
+
+    async fn link_names(&self) -> Result<std::collections::BTreeMap<u32, String>, KernelError> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
+            .collect())
+    }
+
     pub async fn index_of(&self, name: &str) -> Result<u32, KernelError> {
         for l in self.links().await? {
             if link_name(&l) == Some(name) {
@@ -241,13 +358,7 @@ impl Kernel {
 
     /// The interface of the IPv4 default route, if there is one.
     pub async fn default_route_iface(&self) -> Result<Option<String>, KernelError> {
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let routes = self.routes4().await?;
         let oif = routes
             .iter()
             .filter(|r| {
@@ -394,19 +505,20 @@ impl Kernel {
             }
         }
 
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let routes = self.routes4().await?;
         for r in routes {
-            if r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL)
-                || r.header.table != RouteHeader::RT_TABLE_MAIN
-            {
+            if r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
                 continue;
             }
+            // Tables above 255 only fit the attribute; the header then says RT_TABLE_COMPAT.
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
             let mut dst = None;
             let mut via = None;
             let mut dev = None;
@@ -435,9 +547,16 @@ impl Kernel {
             hops.extend(via);
             hops.sort();
             hops.dedup();
-            if let (Some(dst), Some((via, also)), Some(dev)) = (dst, hops.split_first(), dev) {
-                if let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+            // The default route has no RTA_DST.
+            let dst = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            let (Ok(dst), Some(dev)) = (Ipv4Net::new(dst, r.header.destination_prefix_length), dev)
+            else {
+                continue;
+            };
+            match hops.split_first() {
+                Some((via, also)) => {
                     o.routes.insert(Route {
+                        table,
                         dst,
                         via: *via,
                         dev,
@@ -445,23 +564,97 @@ impl Kernel {
                         also: also.to_vec(),
                     });
                 }
+                None => {
+                    o.device_routes.insert(DeviceRoute { table, dst, dev });
+                }
+            }
+        }
+        for r in self.rules().await? {
+            if r.attributes
+                .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
+                    ROUTE_PROTOCOL,
+                )))
+            {
+                if let Some(rule) = rule_of(&r) {
+                    o.rules.insert(rule);
+                }
             }
         }
         Ok(o)
     }
 
-    /// Applies the plan in order; stops at the first failure (the next resync retries).
-    pub async fn apply(&self, ops: &[Op]) -> Result<(), KernelError> {
-        for op in ops {
-            self.apply_one(op).await.map_err(|e| match e {
-                KernelError::Netlink(source) => KernelError::Apply {
-                    op: Box::new(op.clone()),
-                    source,
-                },
-                other => other,
-            })?;
+    async fn rules(&self) -> Result<Vec<RuleMessage>, KernelError> {
+        Ok(self
+            .handle
+            .rule()
+            .get(rtnetlink::IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await?)
+    }
+
+    /// Every IPv4 rule, as the per-source table discovery reads them.
+    pub async fn rule_views(&self) -> Result<Vec<RuleView>, KernelError> {
+        Ok(self
+            .rules()
+            .await?
+            .iter()
+            .map(|r| RuleView {
+                src: rule_src(r),
+                table: (r.header.action == RuleAction::ToTable).then(|| rule_table(r)),
+            })
+            .collect())
+    }
+
+    /// The main table's default gateways, by the interface they go through.
+    pub async fn default_gateways(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Ipv4Addr>, KernelError> {
+        let names = self.link_names().await?;
+        let routes = self.routes4().await?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in routes.iter().filter(|r| {
+            r.header.destination_prefix_length == 0 && r.header.table == RouteHeader::RT_TABLE_MAIN
+        }) {
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => names.get(i),
+                _ => None,
+            });
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            if let (Some(oif), Some(gw)) = (oif, gw) {
+                out.entry(oif.clone()).or_insert(gw);
+            }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Applies the plan in order; stops at the first failure (the next resync retries). A route
+    /// whose place is taken by someone else's is skipped and reported, not a failure.
+    pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Op>, KernelError> {
+        let mut conflicts = Vec::new();
+        for op in ops {
+            match self.apply_one(op).await {
+                Ok(()) => {}
+                Err(KernelError::Netlink(e))
+                    if is_exists(&e) && matches!(op, Op::AddRoute(_) | Op::AddDeviceRoute(_)) =>
+                {
+                    conflicts.push(op.clone());
+                }
+                // Gone already (with its device, or removed by someone meanwhile): done.
+                Err(KernelError::Netlink(e)) if is_gone(&e) && op.is_removal() => {}
+                Err(KernelError::Netlink(source)) => {
+                    return Err(KernelError::Apply {
+                        op: Box::new(op.clone()),
+                        source,
+                    })
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(conflicts)
     }
 
     async fn apply_one(&self, op: &Op) -> Result<(), KernelError> {
@@ -568,6 +761,7 @@ impl Kernel {
                 let ix = self.index_of(&r.dev).await?;
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(r.dst.network(), r.dst.prefix_len())
+                    .table_id(r.table)
                     .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
                 if r.also.is_empty() {
                     b = b.gateway(r.via).output_interface(ix);
@@ -590,14 +784,61 @@ impl Kernel {
                         .collect();
                     b = b.multipath(hops);
                 }
-                h.route().add(b.build()).replace().execute().await?;
+                // Never NLM_F_REPLACE: a route in our place is someone else's (ours would have
+                // been deleted first by the plan), and it stays.
+                h.route().add(b.build()).execute().await?;
             }
-            Op::DeleteRoute(r) => {
+            Op::DeleteRoute(Route { table, dst, .. })
+            | Op::DeleteDeviceRoute(DeviceRoute { table, dst, .. }) => {
+                // The protocol in the request makes the kernel delete only a route of ours;
+                // scope "nowhere" matches a route of any scope (as `ip route del` asks).
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .table_id(*table)
+                    .scope(RouteScope::NoWhere)
                     .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                     .build();
                 h.route().del(msg).execute().await?;
+            }
+            Op::AddDeviceRoute(r) => {
+                let ix = self.index_of(&r.dev).await?;
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
+                    .table_id(r.table)
+                    .output_interface(ix)
+                    .scope(RouteScope::Link)
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                    .build();
+                h.route().add(msg).execute().await?;
+            }
+            Op::AddRule(r) => {
+                let mut req = h
+                    .rule()
+                    .add()
+                    .v4()
+                    .source_prefix(r.src.addr(), r.src.prefix_len())
+                    .table_id(r.table)
+                    .priority(r.priority)
+                    .action(RuleAction::ToTable);
+                req.message_mut()
+                    .attributes
+                    .push(RuleAttribute::Protocol(RouteProtocol::Other(
+                        ROUTE_PROTOCOL,
+                    )));
+                req.execute().await?;
+            }
+            Op::DeleteRule(r) => {
+                // The kernel's own message for the rule, so every selector matches exactly.
+                for m in self.rules().await? {
+                    if rule_of(&m).as_ref() == Some(r)
+                        && m.attributes
+                            .contains(&RuleAttribute::Protocol(RouteProtocol::Other(
+                                ROUTE_PROTOCOL,
+                            )))
+                    {
+                        h.rule().del(m).execute().await?;
+                    }
+                }
             }
         }
         Ok(())
@@ -605,10 +846,15 @@ impl Kernel {
 
     /// Reads, plans and applies; returns the operations that were needed.
     pub async fn reconcile(&self, desired: &Desired) -> Result<Vec<Op>, KernelError> {
+        Ok(self.reconcile_reporting(desired).await?.ops)
+    }
+
+    /// Like [`Kernel::reconcile`], also saying which routes were left to someone else.
+    pub async fn reconcile_reporting(&self, desired: &Desired) -> Result<Applied, KernelError> {
         let observed = self.observe().await?;
         let ops = plan(desired, &observed);
-        self.apply(&ops).await?;
-        Ok(ops)
+        let conflicts = self.apply(&ops).await?;
+        Ok(Applied { ops, conflicts })
     }
 }
 
@@ -647,6 +893,7 @@ mod tests {
                 dst: Ipv4Addr::new(192, 0, 2, i),
             },
             Route {
+                table: crate::desired::MAIN_TABLE,
                 dst: Ipv4Net::new(gw, 24).unwrap(),
                 via: gw,
                 dev: "twill.1".into(),
@@ -679,6 +926,8 @@ mod tests {
             neighbours: d.neighbours.clone(),
             fdb: d.fdb.clone(),
             routes: d.routes.clone(),
+            device_routes: d.device_routes.clone(),
+            rules: d.rules.clone(),
         }
     }
 
@@ -739,9 +988,53 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_comes_after_its_tables_routes_and_goes_before_them() {
+        use crate::desired::{DeviceRoute, Rule};
+        let mut d = desired(&[2]);
+        let (_, _, r) = peer(2);
+        d.routes.insert(Route {
+            table: 100,
+            ..r.clone()
+        });
+        let connected = DeviceRoute {
+            table: 100,
+            dst: "198.51.100.0/24".parse().unwrap(),
+            dev: "eth1".into(),
+        };
+        d.device_routes.insert(connected.clone());
+        let rule = Rule {
+            priority: 32000,
+            src: "198.51.100.1/32".parse().unwrap(),
+            table: 100,
+        };
+        d.rules.insert(rule.clone());
+        let before = as_observed(&desired(&[2]));
+        assert_eq!(
+            plan(&d, &before),
+            vec![
+                Op::AddDeviceRoute(connected.clone()),
+                Op::AddRoute(Route {
+                    table: 100,
+                    ..r.clone()
+                }),
+                Op::AddRule(rule.clone()),
+            ]
+        );
+        assert_eq!(
+            plan(&desired(&[2]), &as_observed(&d)),
+            vec![
+                Op::DeleteRule(rule),
+                Op::DeleteDeviceRoute(connected),
+                Op::DeleteRoute(Route { table: 100, ..r }),
+            ]
+        );
+    }
+
+    #[test]
     fn switching_to_host_gw_removes_the_device_and_its_routes_go_with_it() {
         let mut d = Desired::default();
         let hostgw = Route {
+            table: crate::desired::MAIN_TABLE,
             dst: "10.244.2.0/24".parse().unwrap(),
             via: "192.0.2.2".parse().unwrap(),
             dev: "eth0".into(),

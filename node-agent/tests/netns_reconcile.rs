@@ -101,6 +101,7 @@ fn desired_for(me: &str, backend: &Backend) -> Desired {
             public_ip: own.public_ip,
             connected: vec!["192.0.2.0/24".parse().unwrap()],
         },
+        sources: Default::default(),
     })
 }
 

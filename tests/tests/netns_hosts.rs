@@ -60,19 +60,7 @@ fn count_sources(ns: &str, sources: &[&str]) {
         script.push_str(&format!("  ip saddr {s} icmp type echo-request counter\n"));
     }
     script.push_str(" }\n}\n");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    assert!(child.wait().expect("nft").success(), "probe table");
+    nft_script(ns, &script);
 }
 
 /// Echo requests counted from `source` in `ns`.
@@ -202,4 +190,228 @@ fn pods_reach_the_outside_masqueraded_and_each_other_unchanged() {
     );
     assert!(ping_from(&pod1, &a2), "pod-to-pod still works");
     let _ = ip_out(&["-n", &ns1, "route"]);
+}
+
+/// `ip -n NS <words>`, which must succeed.
+fn ipn(ns: &str, words: &str) {
+    let mut args = vec!["-n", ns];
+    args.extend(words.split_whitespace());
+    ip(&args).unwrap_or_else(|e| panic!("ip -n {ns} {words}: {e}"));
+}
+
+/// Runs `script` through `nft -f -` in `ns`.
+fn nft_script(ns: &str, script: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    assert!(
+        child.wait().expect("nft").success(),
+        "nft script:\n{script}"
+    );
+}
+
+fn table_routes(ns: &str, table: &str) -> Vec<String> {
+    ip_out(&["-n", ns, "route", "show", "table", table, "proto", "151"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// The flows a multi-homed node must carry, each one ping from `from` to `to`.
+fn flows_ok(flows: &[(&str, &str)]) -> Vec<bool> {
+    flows.iter().map(|(from, to)| ping_from(from, to)).collect()
+}
+
+/// Node 1 has a second underlay (eth1, 198.51.100.1/24) whose traffic an operator routes by
+/// its own table: `from 198.51.100.0/24 lookup 100`, with the connected route and a default
+/// via 198.51.100.254 (nothing answers there). A client on that network talks to a pod on
+/// node 2 through node 1 (over the overlay) and to a pod on node 1 through node 1's second
+/// address (DNAT); the pod on node 1 talks to that address. Every one of those is routed by
+/// table 100 on node 1, so each fails until the agent copies the pod routes there.
+#[test]
+fn per_source_tables_get_the_pod_routes() {
+    if !root_or_skip("per_source_tables_get_the_pod_routes") {
+        return;
+    }
+    let mut t =
+        Topology::new("mhome", 2, &twill_binary().expect("twill binary")).expect("topology");
+    let subnets = t.start_nodes_with_pod_bridges(&[]).expect("cluster");
+    let id = std::process::id();
+    let (net2, client, pod1, pod2) = (
+        format!("tw-ul2-mh{id}"),
+        format!("tw-cl-mh{id}"),
+        format!("tw-pa-mh{id}"),
+        format!("tw-pb-mh{id}"),
+    );
+    let _gone = Gone(vec![
+        net2.clone(),
+        client.clone(),
+        pod1.clone(),
+        pod2.clone(),
+    ]);
+    let (n1, n2) = (t.nodes[0].ns.clone(), t.nodes[1].ns.clone());
+    // The second network: a bridge namespace, node 1's eth1 and the client on it.
+    ip(&["netns", "add", &net2]).expect("net2");
+    ip(&["-n", &net2, "link", "add", "br0", "type", "bridge"]).expect("br0");
+    ip(&["-n", &net2, "link", "set", "br0", "up"]).expect("br0 up");
+    ip(&["netns", "add", &client]).expect("client");
+    for (ns, port, addr) in [
+        (&n1, "pn1", "198.51.100.1/24"),
+        (&client, "pcl", "198.51.100.50/24"),
+    ] {
+        let dev = if ns == &n1 { "eth1" } else { "eth0" };
+        ip(&[
+            "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port, "netns", &net2,
+        ])
+        .expect("veth");
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]).expect("addr");
+        ip(&["-n", ns, "link", "set", dev, "up"]).expect("up");
+        ip(&["-n", &net2, "link", "set", port, "master", "br0", "up"]).expect("port");
+    }
+    ip(&[
+        "-n",
+        &client,
+        "route",
+        "add",
+        "10.244.0.0/16",
+        "via",
+        "198.51.100.1",
+    ])
+    .expect("client route");
+    // Node 2 knows the second network through node 1, as a real underlay's router would.
+    ipn(&n2, "route add 198.51.100.0/24 via 192.0.2.1");
+    // The operator's own per-source table and rule on node 1.
+    ipn(&n1, "route add 198.51.100.0/24 dev eth1 table 100");
+    ipn(
+        &n1,
+        "route add default via 198.51.100.254 dev eth1 onlink table 100",
+    );
+    ipn(&n1, "rule add from 198.51.100.0/24 lookup 100");
+    let a1 = hand_pod(&n1, &pod1, &subnets[0]);
+    let a2 = hand_pod(&n2, &pod2, &subnets[1]);
+    nft_script(
+        &n1,
+        &format!(
+            "table ip operator {{\n chain pre {{\n  type nat hook prerouting priority dstnat;\n  iifname \"eth1\" ip daddr 198.51.100.1 icmp type echo-request dnat to {a1}\n }}\n}}\n"
+        ),
+    );
+    let flows = [
+        (client.as_str(), a2.as_str()),
+        (client.as_str(), "198.51.100.1"),
+        (pod1.as_str(), "198.51.100.1"),
+    ];
+    let sub1 = format!(
+        "{}.0/24",
+        gw_addr(&subnets[0]).rsplit_once('.').expect("v4").0
+    );
+    let sub2 = format!(
+        "{}.0/24",
+        gw_addr(&subnets[1]).rsplit_once('.').expect("v4").0
+    );
+
+    wait_until("pod routes in table 100", Duration::from_secs(15), || {
+        table_routes(&n1, "100").len() == 2
+    });
+    let routes = table_routes(&n1, "100");
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.starts_with(&format!("{sub2} via ")) && r.contains("dev twill.1")),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.starts_with(&format!("{sub1} dev cni0"))),
+        "{routes:?}"
+    );
+    wait_until(
+        "every flow through table 100",
+        Duration::from_secs(15),
+        || flows_ok(&flows) == [true, true, true],
+    );
+
+    // Without twill's copies in table 100 (agent stopped, its routes there removed), every flow
+    // that table routes is lost.
+    t.stop_agent(0);
+    ip(&["-n", &n1, "route", "flush", "table", "100", "proto", "151"]).expect("flush ours");
+    assert_eq!(
+        flows_ok(&flows),
+        [false, false, false],
+        "the scenario does not need the table"
+    );
+    t.start_agent(0).expect("agent back");
+    wait_until("flows back with the agent", Duration::from_secs(20), || {
+        flows_ok(&flows) == [true, true, true]
+    });
+    // The operator's own routes in the table were never touched.
+    let all = ip_out(&["-n", &n1, "route", "show", "table", "100"]);
+    assert!(
+        all.contains("198.51.100.0/24 dev eth1") && all.contains("default via 198.51.100.254"),
+        "{all}"
+    );
+
+    // Leases come and go: node 2's subnet leaves table 100 with its lease and comes back.
+    t.stop_agent(1);
+    t.twill(&["release", "node2"]).expect("release");
+    wait_until(
+        "released peer leaves table 100",
+        Duration::from_secs(10),
+        || table_routes(&n1, "100") == [format!("{sub1} dev cni0 scope link")],
+    );
+    t.start_agent(1).expect("node2 back");
+    wait_until("peer back in table 100", Duration::from_secs(20), || {
+        table_routes(&n1, "100").len() == 2
+    });
+
+    // Drift in the table is repaired.
+    ip(&["-n", &n1, "route", "flush", "table", "100", "proto", "151"]).expect("flush");
+    wait_until("table 100 repaired", Duration::from_secs(10), || {
+        table_routes(&n1, "100").len() == 2
+    });
+
+    // The rule goes: twill's routes leave the table; the operator's stay.
+    ipn(&n1, "rule del from 198.51.100.0/24 lookup 100");
+    wait_until("table 100 cleaned", Duration::from_secs(10), || {
+        table_routes(&n1, "100").is_empty()
+    });
+    assert!(ip_out(&["-n", &n1, "route", "show", "table", "100"])
+        .contains("default via 198.51.100.254"));
+
+    // A table twill keeps whole: --source-table eth1=200 makes the rule from the address, the
+    // connected and default routes (the gateway from the main table) and the pod routes.
+    ipn(&n1, "route add default via 198.51.100.254 dev eth1");
+    t.stop_agent(0);
+    t.agent_extra = vec!["--source-table".into(), "eth1=200".into()];
+    t.start_agent(0).expect("agent with --source-table");
+    wait_until("managed table 200", Duration::from_secs(20), || {
+        let r = table_routes(&n1, "200");
+        r.len() == 4
+            && r.contains(&"default via 198.51.100.254 dev eth1".to_string())
+            && r.contains(&"198.51.100.0/24 dev eth1 scope link".to_string())
+    });
+    let rules = ip_out(&["-n", &n1, "rule", "show"]);
+    assert!(
+        rules.contains("32000:\tfrom 198.51.100.1 lookup 200 proto 151"),
+        "{rules}"
+    );
+    wait_until(
+        "pod reaches the second address through table 200",
+        Duration::from_secs(10),
+        || ping_from(&pod1, "198.51.100.1"),
+    );
+    // Someone deletes the rule: it comes back.
+    ip(&["-n", &n1, "rule", "del", "pref", "32000"]).expect("rule del");
+    wait_until("managed rule restored", Duration::from_secs(10), || {
+        ip_out(&["-n", &n1, "rule", "show"]).contains("lookup 200 proto 151")
+    });
 }

@@ -36,7 +36,9 @@ impl Bgp {
             Ok(o) => o
                 .routes
                 .iter()
-                .filter(|r| r.dev == s.facts.iface && !r.onlink)
+                .filter(|r| {
+                    r.table == crate::desired::MAIN_TABLE && r.dev == s.facts.iface && !r.onlink
+                })
                 .map(|r| {
                     let hops = std::iter::once(r.via).chain(r.also.iter().copied());
                     (r.dst, hops.collect())

@@ -72,6 +72,7 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
                         public_ip: own.public_ip,
                         connected: vec!["192.0.2.0/24".parse().expect("valid")],
                     },
+                    sources: Default::default(),
                 };
                 let k = Kernel::connect()?;
                 let t = Instant::now();

@@ -316,6 +316,54 @@ fn foreign_static_entries_on_our_device_are_removed() {
     assert_eq!(reconcile(&p.a, &da), vec![], "settled");
 }
 
+/// A route of someone else's (another protocol) where a peer's route would go is never
+/// replaced: it stays, the pass reports it, and the rest of the plan is applied.
+#[test]
+fn a_foreign_route_in_our_place_is_left_and_reported() {
+    if !root_or_skip("a_foreign_route_in_our_place_is_left_and_reported") {
+        return;
+    }
+    let p = Pair::new("foreignrt");
+    ip(&[
+        "-n",
+        &p.a,
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        "192.0.2.2",
+        "dev",
+        "eth0",
+        "proto",
+        "static",
+    ]);
+    let backend = Backend::Vxlan {
+        vni: 1,
+        port: 8472,
+        direct_routing: false,
+    };
+    let d = desired_for("a", &backend);
+    let applied = in_netns(&p.a, move || {
+        Box::pin(async move {
+            let k = Kernel::connect().expect("netlink");
+            k.reconcile_reporting(&d).await.expect("reconcile")
+        })
+    });
+    assert_eq!(applied.conflicts.len(), 1, "{applied:?}");
+    assert!(matches!(applied.conflicts[0], Op::AddRoute(_)));
+    let routes = ip_out(&["-n", &p.a, "route", "show", "10.244.2.0/24"]);
+    assert_eq!(
+        routes.trim(),
+        "10.244.2.0/24 via 192.0.2.2 dev eth0 proto static",
+        "{routes}"
+    );
+    let fdb = ip_out(&["-n", &p.a, "neigh", "show", "dev", "twill.1"]);
+    assert!(
+        fdb.contains("10.244.2.0"),
+        "the rest of the plan applied: {fdb}"
+    );
+}
+
 #[test]
 fn host_gw_programs_routes_via_the_peer_and_pings() {
     if !root_or_skip("host_gw_programs_routes_via_the_peer_and_pings") {

@@ -105,6 +105,18 @@ fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
             .backend_data
             .get("vtep_mac")
             .and_then(|m| m.parse::<Mac>().ok()),
+        // Both halves or none: an IPv6 subnet without an address to reach it is of no use.
+        v6: match (l.ipv6_subnet.parse(), l.public_ipv6.parse()) {
+            (Ok(subnet), Ok(public_ip)) => Some(desired::LeaseV6 {
+                subnet,
+                public_ip,
+                vtep_mac: l
+                    .backend_data
+                    .get("vtep_mac_v6")
+                    .and_then(|m| m.parse::<Mac>().ok()),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -113,6 +125,8 @@ struct Agent {
     kernel: Kernel,
     facts: LocalFacts,
     mac: Mac,
+    /// The IPv6 VXLAN device's MAC: another device, another MAC.
+    mac_v6: Mac,
     lease_rx: watch::Receiver<Option<pb::Lease>>,
     valid_rx: watch::Receiver<Option<Instant>>,
     view_rx: watch::Receiver<View>,
@@ -133,6 +147,7 @@ struct Agent {
     /// With --ip-masq=false: whether a table left by an earlier run was looked for.
     masq_cleared: bool,
     forwarding_checked: bool,
+    forwarding6_checked: bool,
     /// The per-source tables as last found, and what was last said about them.
     sources: SourceTables,
     source_problems: Vec<String>,
@@ -246,6 +261,10 @@ impl Agent {
         };
         let own_lease = NodeLease {
             vtep_mac: Some(self.mac),
+            v6: own_lease.v6.map(|v6| desired::LeaseV6 {
+                vtep_mac: Some(self.mac_v6),
+                ..v6
+            }),
             ..own_lease
         };
         let peers: Vec<NodeLease> = self.view.leases.values().filter_map(node_lease).collect();
@@ -327,7 +346,7 @@ impl Agent {
             tracing::warn!(error = %e, "masquerade not in place; retrying at the next resync");
             self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
         }
-        self.ensure_forwarding();
+        self.ensure_forwarding(own_lease.v6.is_some());
         self.metrics
             .routes
             .set(i64::try_from(want.routes.len()).unwrap_or(i64::MAX));
@@ -439,25 +458,25 @@ impl Agent {
         Ok(())
     }
 
-    /// Pods' traffic is forwarded by the node: IPv4 forwarding must be on. The bridge CNI
-    /// plugin turns it on at the first pod; a node without pods yet still forwards for peers.
-    fn ensure_forwarding(&mut self) {
-        if self.forwarding_checked {
-            return;
+    /// Pods' traffic is forwarded by the node: forwarding must be on, for IPv6 too once the
+    /// node has an IPv6 subnet. The bridge CNI plugin turns IPv4 on at the first pod; a node
+    /// without pods yet still forwards for peers. Turning IPv6 forwarding on makes the kernel
+    /// ignore router advertisements on interfaces with accept_ra=1, so the underlay interface
+    /// is moved to accept_ra=2 first (accept them while forwarding) and keeps its SLAAC routes.
+    fn ensure_forwarding(&mut self, v6: bool) {
+        if !self.forwarding_checked {
+            self.forwarding_checked = true;
+            turn_on("/proc/sys/net/ipv4/ip_forward", "IPv4 forwarding");
         }
-        self.forwarding_checked = true;
-        let path = "/proc/sys/net/ipv4/ip_forward";
-        match std::fs::read_to_string(path) {
-            Ok(v) if v.trim() == "1" => {}
-            Ok(_) => match std::fs::write(path, "1") {
-                Ok(()) => {
-                    tracing::info!("IPv4 forwarding was off; turned on (net.ipv4.ip_forward=1)")
+        if v6 && !self.forwarding6_checked {
+            self.forwarding6_checked = true;
+            let ra = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", self.facts.iface);
+            if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+                if let Err(e) = std::fs::write(&ra, "2") {
+                    tracing::warn!(error = %e, file = %ra, "cannot keep accepting router advertisements with forwarding on");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "IPv4 forwarding is off and cannot be turned on; pods on other nodes will not be reached")
-                }
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot read net.ipv4.ip_forward"),
+            }
+            turn_on("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding");
         }
     }
 
@@ -520,6 +539,20 @@ impl Agent {
     }
 }
 
+/// Writes 1 to a sysctl file that says 0, saying so.
+fn turn_on(path: &str, what: &str) {
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!(sysctl = path, "{what} was off; turned on"),
+            Err(e) => {
+                tracing::warn!(error = %e, sysctl = path, "{what} is off and cannot be turned on; pods on other nodes will not be reached")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, sysctl = path, "cannot read {what}"),
+    }
+}
+
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     twill_proto::names::validate_node_name(&opts.node_name)?;
     let kernel = Kernel::connect()?;
@@ -529,6 +562,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         masquerade::check_tool().await?;
     }
     let mac = vtep::derive(&opts.node_name);
+    let mac_v6 = vtep::derive_v6(&opts.node_name);
     // Health first: an agent still waiting to join is alive, and not ready.
     let health = Arc::new(Mutex::new(Health::default()));
     let metrics = Metrics::default();
@@ -564,6 +598,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             node: opts.node_name.clone(),
             public_ip: facts.public_ip,
             vtep_mac: mac,
+            public_ipv6: facts.v6.as_ref().map(|v| v.public_ip),
+            vtep_mac_v6: mac_v6,
         },
         state_dir: opts.state_dir.clone(),
         // Until the cluster's configuration is read, after the first lease.
@@ -580,6 +616,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         tick: tokio::time::interval(opts.resync),
         opts,
         kernel,
+        mac_v6,
         facts,
         mac,
         lease_rx,
@@ -598,6 +635,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         masq: Masquerade::default(),
         masq_cleared: false,
         forwarding_checked: false,
+        forwarding6_checked: false,
         sources: SourceTables::default(),
         source_problems: Vec::new(),
         conflicts: Vec::new(),

@@ -464,6 +464,7 @@ mod tests {
             subnet: format!("10.244.{last}.0/24").parse().unwrap(),
             public_ip: Ipv4Addr::new(192, 0, 2, last),
             vtep_mac: None,
+            v6: None,
         }
     }
 

@@ -3,15 +3,17 @@
 //! netlink reports and applies the difference.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::vtep::Mac;
 
 /// VXLAN headers (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14) take this much of the
 /// underlay MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (outer header 40 instead of 20), as flannel's `flannel-v6.1`.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -23,8 +25,9 @@ pub enum Backend {
     HostGw,
     /// Routes the BGP speaker chose, prefix → next hop; our own subnet is never among them.
     Bgp {
-        /// Each prefix's next hops, sorted: more than one is an ECMP route.
-        routes: std::collections::BTreeMap<Ipv4Net, Vec<Ipv4Addr>>,
+        /// Each prefix's next hops, sorted: more than one is an ECMP route. Both families; a
+        /// prefix's next hops are of its own family.
+        routes: std::collections::BTreeMap<IpNet, Vec<IpAddr>>,
     },
 }
 
@@ -37,6 +40,14 @@ pub struct LocalFacts {
     pub public_ip: Ipv4Addr,
     /// Prefixes directly connected on `iface`: a peer inside one is on the same L2 segment.
     pub connected: Vec<Ipv4Net>,
+    /// The interface's IPv6 side, when it has a global IPv6 address (dual stack).
+    pub v6: Option<FactsV6>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactsV6 {
+    pub public_ip: Ipv6Addr,
+    pub connected: Vec<Ipv6Net>,
 }
 
 /// A lease as the agent uses it (its own or a peer's).
@@ -46,6 +57,16 @@ pub struct NodeLease {
     pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     /// The VTEP MAC the node published with its lease (vxlan only).
+    pub vtep_mac: Option<Mac>,
+    /// The lease's IPv6 half, when the cluster is dual stack and the node has an IPv6 address.
+    pub v6: Option<LeaseV6>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseV6 {
+    pub subnet: Ipv6Net,
+    pub public_ip: Ipv6Addr,
+    /// The MAC of the node's IPv6 VXLAN device (vxlan only).
     pub vtep_mac: Option<Mac>,
 }
 
@@ -95,7 +116,7 @@ pub struct VxlanLink {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub dev: String,
     pub mac: Mac,
     pub mtu: u32,
@@ -105,7 +126,7 @@ pub struct VxlanLink {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Neighbour {
     pub dev: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Mac,
 }
 
@@ -114,20 +135,20 @@ pub struct Neighbour {
 pub struct Fdb {
     pub dev: String,
     pub mac: Mac,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     /// The routing table: [`MAIN_TABLE`], or a per-source table that mirrors it.
     pub table: u32,
-    pub dst: Ipv4Net,
-    pub via: Ipv4Addr,
+    pub dst: IpNet,
+    pub via: IpAddr,
     pub dev: String,
     /// The gateway is not on a connected prefix of `dev` (VXLAN routes via `<subnet>.0`).
     pub onlink: bool,
     /// Further gateways, in order: the route is multipath over `via` and these (ECMP).
-    pub also: Vec<Ipv4Addr>,
+    pub also: Vec<IpAddr>,
 }
 
 /// A route without a gateway: the node's own pod subnet on its bridge, or a managed table's
@@ -135,7 +156,7 @@ pub struct Route {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeviceRoute {
     pub table: u32,
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     pub dev: String,
 }
 
@@ -151,16 +172,17 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Refusal {
     /// host-gw needs the peer's public IP on a connected prefix of our interface.
-    NotOnSegment { node: String, public_ip: Ipv4Addr },
+    NotOnSegment { node: String, public_ip: IpAddr },
     /// A vxlan peer that did not publish its VTEP MAC cannot be given neighbour/FDB entries.
     NoVtepMac { node: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub vxlan: Option<VxlanLink>,
-    /// Addresses on the VXLAN device: `<own subnet network>/32`.
-    pub addresses: BTreeSet<(String, Ipv4Net)>,
+    /// The VXLAN devices: one per family in use.
+    pub vxlan: BTreeSet<VxlanLink>,
+    /// Addresses on the VXLAN devices: `<own subnet network>/32` (`/128` for IPv6).
+    pub addresses: BTreeSet<(String, IpNet)>,
     pub neighbours: BTreeSet<Neighbour>,
     pub fdb: BTreeSet<Fdb>,
     pub routes: BTreeSet<Route>,
@@ -174,121 +196,203 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("twill.{vni}")
 }
 
-fn on_segment(facts: &LocalFacts, ip: Ipv4Addr) -> bool {
-    facts.connected.iter().any(|n| n.contains(&ip))
+/// The IPv6 VXLAN device's name (flannel's `flannel-v6.1`).
+pub fn vxlan_name_v6(vni: u32) -> String {
+    format!("twill-v6.{vni}")
+}
+
+/// One address family's view of the node and its peers: the dataplane is the same recipe in
+/// both, over that family's subnets, addresses and MACs.
+struct Family<'a> {
+    own_subnet: IpNet,
+    own_mac: Option<Mac>,
+    public_ip: IpAddr,
+    connected: Vec<IpNet>,
+    /// (node, subnet, public address, VTEP MAC) of each peer that has this family.
+    peers: Vec<(&'a str, IpNet, IpAddr, Option<Mac>)>,
+    device: String,
+    overhead: u32,
+    host_len: u8,
+}
+
+impl Family<'_> {
+    fn on_segment(&self, ip: IpAddr) -> bool {
+        self.connected.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn families(input: &Input, vni: u32) -> Vec<Family<'_>> {
+    let others = || input.peers.iter().filter(|p| p.node != input.own.node);
+    let facts = &input.facts;
+    let mut out = vec![Family {
+        own_subnet: IpNet::V4(input.own.subnet),
+        own_mac: input.own.vtep_mac,
+        public_ip: IpAddr::V4(facts.public_ip),
+        connected: facts.connected.iter().map(|n| IpNet::V4(*n)).collect(),
+        peers: others()
+            .map(|p| {
+                (
+                    p.node.as_str(),
+                    IpNet::V4(p.subnet),
+                    IpAddr::V4(p.public_ip),
+                    p.vtep_mac,
+                )
+            })
+            .collect(),
+        device: vxlan_name(vni),
+        overhead: VXLAN_OVERHEAD,
+        host_len: 32,
+    }];
+    if let (Some(own6), Some(f6)) = (&input.own.v6, &facts.v6) {
+        out.push(Family {
+            own_subnet: IpNet::V6(own6.subnet),
+            own_mac: own6.vtep_mac,
+            public_ip: IpAddr::V6(f6.public_ip),
+            connected: f6.connected.iter().map(|n| IpNet::V6(*n)).collect(),
+            peers: others()
+                .filter_map(|p| {
+                    let v6 = p.v6.as_ref()?;
+                    Some((
+                        p.node.as_str(),
+                        IpNet::V6(v6.subnet),
+                        IpAddr::V6(v6.public_ip),
+                        v6.vtep_mac,
+                    ))
+                })
+                .collect(),
+            device: vxlan_name_v6(vni),
+            overhead: VXLAN_OVERHEAD_V6,
+            host_len: 128,
+        });
+    }
+    out
+}
+
+fn main_route(dst: IpNet, via: IpAddr, dev: &str, onlink: bool, also: Vec<IpAddr>) -> Route {
+    Route {
+        table: MAIN_TABLE,
+        dst,
+        via,
+        dev: dev.to_string(),
+        onlink,
+        also,
+    }
 }
 
 /// Everything the node should have, for its lease and every peer's.
 pub fn compute(input: &Input) -> Desired {
     let mut d = Desired::default();
     let facts = &input.facts;
-    let peers = input.peers.iter().filter(|p| p.node != input.own.node);
-    match &input.backend {
-        Backend::HostGw => {
-            for p in peers {
-                if on_segment(facts, p.public_ip) {
-                    d.routes.insert(Route {
-                        table: MAIN_TABLE,
-                        dst: p.subnet,
-                        via: p.public_ip,
-                        dev: facts.iface.clone(),
-                        onlink: false,
-                        also: vec![],
-                    });
-                } else {
-                    d.refused.insert(Refusal::NotOnSegment {
-                        node: p.node.clone(),
-                        public_ip: p.public_ip,
-                    });
-                }
-            }
-        }
-        Backend::Bgp { routes } => {
-            for (dst, hops) in routes {
-                if dst.contains(&input.own.subnet.network()) || input.own.subnet.contains(dst) {
-                    continue;
-                }
-                // Next hops off the segment are left out; a prefix with none left is refused.
-                let (near, far): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) =
-                    hops.iter().partition(|via| on_segment(facts, **via));
-                match near.split_first() {
-                    Some((via, also)) => {
-                        d.routes.insert(Route {
-                            table: MAIN_TABLE,
-                            dst: *dst,
-                            via: *via,
-                            dev: facts.iface.clone(),
-                            onlink: false,
-                            also: also.to_vec(),
+    let vni = match &input.backend {
+        Backend::Vxlan { vni, .. } => *vni,
+        _ => 0,
+    };
+    for f in families(input, vni) {
+        match &input.backend {
+            Backend::HostGw => {
+                for (node, subnet, public_ip, _) in &f.peers {
+                    if f.on_segment(*public_ip) {
+                        d.routes.insert(main_route(
+                            *subnet,
+                            *public_ip,
+                            &facts.iface,
+                            false,
+                            vec![],
+                        ));
+                    } else {
+                        d.refused.insert(Refusal::NotOnSegment {
+                            node: node.to_string(),
+                            public_ip: *public_ip,
                         });
                     }
-                    None => {
-                        if let Some(via) = far.first() {
-                            d.refused.insert(Refusal::NotOnSegment {
-                                node: dst.to_string(),
-                                public_ip: *via,
-                            });
+                }
+            }
+            Backend::Bgp { routes } => {
+                let own = f.own_subnet;
+                let same_family = |n: &IpNet| {
+                    matches!(
+                        (n, own),
+                        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+                    )
+                };
+                for (dst, hops) in routes.iter().filter(|(n, _)| same_family(n)) {
+                    if dst.contains(&own.network()) || own.contains(dst) {
+                        continue;
+                    }
+                    // Next hops off the segment are left out; a prefix with none left is refused.
+                    let (near, far): (Vec<IpAddr>, Vec<IpAddr>) =
+                        hops.iter().partition(|via| f.on_segment(**via));
+                    match near.split_first() {
+                        Some((via, also)) => {
+                            d.routes.insert(main_route(
+                                *dst,
+                                *via,
+                                &facts.iface,
+                                false,
+                                also.to_vec(),
+                            ));
+                        }
+                        None => {
+                            if let Some(via) = far.first() {
+                                d.refused.insert(Refusal::NotOnSegment {
+                                    node: dst.to_string(),
+                                    public_ip: *via,
+                                });
+                            }
                         }
                     }
                 }
             }
-        }
-        Backend::Vxlan {
-            vni,
-            port,
-            direct_routing,
-        } => {
-            let name = vxlan_name(*vni);
-            if let Some(mac) = input.own.vtep_mac {
-                d.vxlan = Some(VxlanLink {
-                    name: name.clone(),
-                    vni: *vni,
-                    port: *port,
-                    local: facts.public_ip,
-                    dev: facts.iface.clone(),
-                    mac,
-                    mtu: facts.mtu.saturating_sub(VXLAN_OVERHEAD),
-                });
-                let own = Ipv4Net::new(input.own.subnet.network(), 32).expect("/32 is valid");
-                d.addresses.insert((name.clone(), own));
-            }
-            for p in peers {
-                if *direct_routing && on_segment(facts, p.public_ip) {
-                    d.routes.insert(Route {
-                        table: MAIN_TABLE,
-                        dst: p.subnet,
-                        via: p.public_ip,
+            Backend::Vxlan {
+                vni,
+                port,
+                direct_routing,
+            } => {
+                if let Some(mac) = f.own_mac {
+                    d.vxlan.insert(VxlanLink {
+                        name: f.device.clone(),
+                        vni: *vni,
+                        port: *port,
+                        local: f.public_ip,
                         dev: facts.iface.clone(),
-                        onlink: false,
-                        also: vec![],
+                        mac,
+                        mtu: facts.mtu.saturating_sub(f.overhead),
                     });
-                    continue;
+                    let own = IpNet::new(f.own_subnet.network(), f.host_len)
+                        .expect("host length is valid");
+                    d.addresses.insert((f.device.clone(), own));
                 }
-                let Some(mac) = p.vtep_mac else {
-                    d.refused.insert(Refusal::NoVtepMac {
-                        node: p.node.clone(),
+                for (node, subnet, public_ip, mac) in &f.peers {
+                    if *direct_routing && f.on_segment(*public_ip) {
+                        d.routes.insert(main_route(
+                            *subnet,
+                            *public_ip,
+                            &facts.iface,
+                            false,
+                            vec![],
+                        ));
+                        continue;
+                    }
+                    let Some(mac) = mac else {
+                        d.refused.insert(Refusal::NoVtepMac {
+                            node: node.to_string(),
+                        });
+                        continue;
+                    };
+                    let gw = subnet.network();
+                    d.neighbours.insert(Neighbour {
+                        dev: f.device.clone(),
+                        ip: gw,
+                        mac: *mac,
                     });
-                    continue;
-                };
-                let gw = p.subnet.network();
-                d.neighbours.insert(Neighbour {
-                    dev: name.clone(),
-                    ip: gw,
-                    mac,
-                });
-                d.fdb.insert(Fdb {
-                    dev: name.clone(),
-                    mac,
-                    dst: p.public_ip,
-                });
-                d.routes.insert(Route {
-                    table: MAIN_TABLE,
-                    dst: p.subnet,
-                    via: gw,
-                    dev: name.clone(),
-                    onlink: true,
-                    also: vec![],
-                });
+                    d.fdb.insert(Fdb {
+                        dev: f.device.clone(),
+                        mac: *mac,
+                        dst: *public_ip,
+                    });
+                    d.routes
+                        .insert(main_route(*subnet, gw, &f.device, true, vec![]));
+                }
             }
         }
     }
@@ -306,7 +410,13 @@ fn add_source_tables(d: &mut Desired, sources: &SourceTables, own: Ipv4Net) {
         .chain(sources.managed.iter().map(|m| m.table))
         .filter(|t| !RESERVED_TABLES.contains(t))
         .collect();
-    let main: Vec<Route> = d.routes.iter().cloned().collect();
+    // The rules are IPv4 (`from <IPv4 address>`): their tables get the IPv4 routes.
+    let main: Vec<Route> = d
+        .routes
+        .iter()
+        .filter(|r| matches!(r.dst, IpNet::V4(_)))
+        .cloned()
+        .collect();
     for table in tables {
         for r in &main {
             d.routes.insert(Route { table, ..r.clone() });
@@ -314,7 +424,7 @@ fn add_source_tables(d: &mut Desired, sources: &SourceTables, own: Ipv4Net) {
         if let Some(bridge) = &sources.pod_bridge {
             d.device_routes.insert(DeviceRoute {
                 table,
-                dst: own,
+                dst: IpNet::V4(own),
                 dev: bridge.clone(),
             });
         }
@@ -331,14 +441,14 @@ fn add_source_tables(d: &mut Desired, sources: &SourceTables, own: Ipv4Net) {
         });
         d.device_routes.insert(DeviceRoute {
             table: m.table,
-            dst: m.addr.trunc(),
+            dst: IpNet::V4(m.addr.trunc()),
             dev: m.iface.clone(),
         });
         if let Some(gw) = m.gateway {
             d.routes.insert(Route {
                 table: m.table,
-                dst: Ipv4Net::default(),
-                via: gw,
+                dst: IpNet::V4(Ipv4Net::default()),
+                via: IpAddr::V4(gw),
                 dev: m.iface.clone(),
                 onlink: false,
                 also: vec![],
@@ -372,13 +482,13 @@ mod tests {
             .collect();
         assert_eq!(routes, ["10.244.2.0/24 via 192.0.2.2 dev eth0"]);
         assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
-        assert!(d.vxlan.is_none() && d.neighbours.is_empty() && d.fdb.is_empty());
+        assert!(d.vxlan.is_empty() && d.neighbours.is_empty() && d.fdb.is_empty());
     }
 
     #[test]
     fn equal_bgp_next_hops_make_one_multipath_route_over_those_on_the_segment() {
         let mut i = input(Backend::HostGw);
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         i.backend = Backend::Bgp {
             routes: [(
                 "192.168.9.0/24".parse().unwrap(),
@@ -405,6 +515,7 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             public_ip: ip.parse().unwrap(),
             vtep_mac: mac.map(|m| m.parse().unwrap()),
+            v6: None,
         }
     }
 
@@ -427,6 +538,7 @@ mod tests {
                 mtu: 1500,
                 public_ip: "192.0.2.1".parse().unwrap(),
                 connected: vec!["192.0.2.0/24".parse().unwrap()],
+                v6: None,
             },
             sources: SourceTables::default(),
         }
@@ -452,7 +564,7 @@ mod tests {
         }));
         assert_eq!(
             d.vxlan,
-            Some(VxlanLink {
+            [VxlanLink {
                 name: "twill.1".into(),
                 vni: 1,
                 port: 8472,
@@ -460,7 +572,8 @@ mod tests {
                 dev: "eth0".into(),
                 mac: "0a:00:00:00:00:01".parse().unwrap(),
                 mtu: 1450,
-            })
+            }]
+            .into()
         );
         assert_eq!(
             d.addresses,
@@ -513,7 +626,7 @@ mod tests {
     #[test]
     fn host_gw_golden_refuses_peers_off_the_segment() {
         let d = compute(&input(Backend::HostGw));
-        assert_eq!(d.vxlan, None);
+        assert!(d.vxlan.is_empty());
         assert!(d.addresses.is_empty() && d.neighbours.is_empty() && d.fdb.is_empty());
         assert_eq!(
             d.routes,
@@ -537,7 +650,7 @@ mod tests {
             direct_routing: true,
         }));
         assert_eq!(
-            d.vxlan.as_ref().map(|l| (l.name.as_str(), l.port)),
+            d.vxlan.first().map(|l| (l.name.as_str(), l.port)),
             Some(("twill.7", 4789))
         );
         assert_eq!(

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::desired::LocalFacts;
+use crate::desired::{FactsV6, LocalFacts};
 use crate::reconcile::{Kernel, KernelError};
 
 #[derive(Clone, Debug, Default)]
@@ -82,10 +82,22 @@ pub async fn discover(k: &Kernel, c: &Choice) -> Result<LocalFacts, FactsError> 
             .map(|n| n.addr())
             .ok_or_else(|| FactsError::NoAddress(name.clone()))?,
     };
+    let v6 = ipv6_side(k, &name).await?;
     Ok(LocalFacts {
         iface: name,
         mtu,
         public_ip,
         connected: nets.iter().map(|n| n.trunc()).collect(),
+        v6,
     })
+}
+
+/// The chosen interface's IPv6 side: its first global IPv6 address and connected prefixes, or
+/// `None` when it has none (the node then takes part in IPv4 only).
+pub async fn ipv6_side(k: &Kernel, iface: &str) -> Result<Option<FactsV6>, FactsError> {
+    let nets = k.ipv6_addresses(iface).await?;
+    Ok(nets.first().map(|first| FactsV6 {
+        public_ip: first.addr(),
+        connected: nets.iter().map(|n| n.trunc()).collect(),
+    }))
 }

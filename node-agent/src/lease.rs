@@ -19,6 +19,9 @@ pub struct Identity {
     pub node: String,
     pub public_ip: std::net::Ipv4Addr,
     pub vtep_mac: Mac,
+    /// The node's IPv6 address and IPv6 VTEP MAC, when it has an IPv6 address (dual stack).
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    pub vtep_mac_v6: Mac,
 }
 
 /// The subnet held before, kept across restarts so a node gets its subnet back.
@@ -67,11 +70,20 @@ impl Keeper {
         let mut req = pb::AcquireRequest {
             node: self.id.node.clone(),
             public_ip: self.id.public_ip.to_string(),
+            public_ipv6: self
+                .id
+                .public_ipv6
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             wanted_subnet: wanted.clone(),
             ..Default::default()
         };
         req.backend_data
             .insert("vtep_mac".into(), self.id.vtep_mac.to_string());
+        if self.id.public_ipv6.is_some() {
+            req.backend_data
+                .insert("vtep_mac_v6".into(), self.id.vtep_mac_v6.to_string());
+        }
         let r = match self.client.acquire(req.clone()).await {
             // A subnet from an older network configuration: ask for any.
             Err(ClientError::Status(s))

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -32,15 +32,19 @@ use crate::vtep::Mac;
 
 /// twill's route protocol number (`ip route show proto 151`): marks the routes it owns.
 pub const ROUTE_PROTOCOL: u8 = 151;
-/// Every VXLAN device twill creates is named with this prefix.
-pub const DEVICE_PREFIX: &str = "twill.";
+/// Every VXLAN device twill creates is named with one of these prefixes (IPv4, IPv6 underlay).
+pub const DEVICE_PREFIXES: [&str; 2] = ["twill.", "twill-v6."];
+
+pub fn is_twill_device(name: &str) -> bool {
+    DEVICE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// The part of the kernel's state that twill owns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     /// twill's VXLAN devices by name (normally one).
     pub links: Vec<VxlanLink>,
-    pub addresses: BTreeSet<(String, Ipv4Net)>,
+    pub addresses: BTreeSet<(String, IpNet)>,
     pub neighbours: BTreeSet<Neighbour>,
     pub fdb: BTreeSet<Fdb>,
     pub routes: BTreeSet<Route>,
@@ -52,8 +56,8 @@ pub struct Observed {
 pub enum Op {
     DeleteLink(String),
     CreateLink(VxlanLink),
-    AddAddress(String, Ipv4Net),
-    DeleteAddress(String, Ipv4Net),
+    AddAddress(String, IpNet),
+    DeleteAddress(String, IpNet),
     AddNeighbour(Neighbour),
     DeleteNeighbour(Neighbour),
     AddFdb(Fdb),
@@ -73,12 +77,12 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     // present afterwards.
     let mut fresh: BTreeSet<String> = BTreeSet::new();
     for l in &observed.links {
-        if desired.vxlan.as_ref() != Some(l) {
+        if !desired.vxlan.contains(l) {
             ops.push(Op::DeleteLink(l.name.clone()));
             fresh.insert(l.name.clone());
         }
     }
-    if let Some(want) = &desired.vxlan {
+    for want in &desired.vxlan {
         if !observed.links.contains(want) {
             ops.push(Op::CreateLink(want.clone()));
             fresh.insert(want.name.clone());
@@ -221,6 +225,50 @@ fn link_name(m: &LinkMessage) -> Option<&str> {
     })
 }
 
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+/// A route request for `dst` in `table` with twill's protocol, in `dst`'s family.
+fn route_for(dst: IpNet, table: u32) -> RouteMessageBuilder<IpAddr> {
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .table_id(table)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    let m = b.get_mut();
+    m.header.address_family = family_of(dst.addr());
+    m.header.destination_prefix_length = dst.prefix_len();
+    if dst.prefix_len() > 0 {
+        m.attributes
+            .push(RouteAttribute::Destination(route_address(dst.network())));
+    }
+    b
+}
+
 fn rule_src(r: &RuleMessage) -> Option<Ipv4Net> {
     r.attributes.iter().find_map(|a| match a {
         RuleAttribute::Source(IpAddr::V4(ip)) => Ipv4Net::new(*ip, r.header.src_len).ok(),
@@ -294,16 +342,23 @@ const STATIC_STATES: u16 = 0x40 | 0x80;
 fn permanent_entries(
     msgs: &[NeighbourMessage],
     ours: &std::collections::BTreeMap<u32, String>,
-) -> Vec<(String, Ipv4Addr, Mac)> {
+) -> Vec<(String, IpAddr, Mac)> {
     msgs.iter()
         .filter(|n| u16::from(n.header.state) & STATIC_STATES != 0)
         .filter_map(|n| {
             let dev = ours.get(&n.header.ifindex)?;
             let ip = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                    <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                    Some(IpAddr::V4(*ip))
                 }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                    Some(IpAddr::V6(*ip))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                },
                 _ => None,
             })?;
             let mac = n.attributes.iter().find_map(|a| match a {
@@ -333,6 +388,17 @@ impl Kernel {
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?)
+    }
+
+    /// Every IPv6 route, of every table.
+    async fn routes6(&self) -> Result<Vec<RouteMessage>, KernelError> {
+        Ok(self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build())
             .execute()
             .try_collect()
             .await?)
@@ -381,6 +447,33 @@ impl Kernel {
             .map(str::to_string))
     }
 
+    /// The global IPv6 prefixes (address/prefix length) on `iface`: link-local ones are not
+    /// reachable from other nodes.
+    pub async fn ipv6_addresses(&self, iface: &str) -> Result<Vec<ipnet::Ipv6Net>, KernelError> {
+        let ix = self.index_of(iface).await?;
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(ix)
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(addrs
+            .iter()
+            .flat_map(|a| {
+                a.attributes.iter().filter_map(move |x| match x {
+                    netlink_packet_route::address::AddressAttribute::Address(IpAddr::V6(ip))
+                        if !ip.is_unicast_link_local() && !ip.is_loopback() =>
+                    {
+                        ipnet::Ipv6Net::new(*ip, a.header.prefix_len).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// Every interface with its MTU and IPv4 prefixes (address/prefix length).
     pub async fn interfaces(&self) -> Result<Vec<(String, u32, Vec<Ipv4Net>)>, KernelError> {
         let links = self.links().await?;
@@ -423,7 +516,7 @@ impl Kernel {
         let mut o = Observed::default();
         let mut ours: std::collections::BTreeMap<u32, String> = Default::default();
         for l in &links {
-            let Some(name) = link_name(l).filter(|n| n.starts_with(DEVICE_PREFIX)) else {
+            let Some(name) = link_name(l).filter(|n| is_twill_device(n)) else {
                 continue;
             };
             ours.insert(l.header.index, name.to_string());
@@ -431,7 +524,7 @@ impl Kernel {
                 name: name.to_string(),
                 vni: 0,
                 port: 0,
-                local: Ipv4Addr::UNSPECIFIED,
+                local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 dev: String::new(),
                 mac: Mac([0; 6]),
                 mtu: 0,
@@ -447,7 +540,8 @@ impl Kernel {
                                     match x {
                                         InfoVxlan::Id(id) => v.vni = *id,
                                         InfoVxlan::Port(p) => v.port = *p,
-                                        InfoVxlan::Local(ip) => v.local = *ip,
+                                        InfoVxlan::Local(ip) => v.local = IpAddr::V4(*ip),
+                                        InfoVxlan::Local6(ip) => v.local = IpAddr::V6(*ip),
                                         InfoVxlan::Link(ix) => {
                                             v.dev = names.get(ix).cloned().unwrap_or_default()
                                         }
@@ -470,11 +564,12 @@ impl Kernel {
                     continue;
                 };
                 for attr in &a.attributes {
-                    if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(
-                        ip,
-                    )) = attr
-                    {
-                        if let Ok(n) = Ipv4Net::new(*ip, a.header.prefix_len) {
+                    if let netlink_packet_route::address::AddressAttribute::Address(ip) = attr {
+                        // The kernel gives every device an IPv6 link-local address of its own.
+                        if matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+                            continue;
+                        }
+                        if let Ok(n) = IpNet::new(*ip, a.header.prefix_len) {
                             o.addresses.insert((dev.clone(), n));
                         }
                     }
@@ -490,7 +585,8 @@ impl Kernel {
             // The kernel makes NOARP entries of its own for multicast and broadcast addresses;
             // those are not anyone's configuration.
             for (dev, ip, mac) in permanent_entries(&neigh, &ours) {
-                if !(ip.is_multicast() || ip.is_broadcast()) {
+                let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+                if !(ip.is_multicast() || broadcast) {
                     o.neighbours.insert(Neighbour { dev, ip, mac });
                 }
             }
@@ -505,7 +601,8 @@ impl Kernel {
             }
         }
 
-        let routes = self.routes4().await?;
+        let mut routes = self.routes4().await?;
+        routes.extend(self.routes6().await?);
         for r in routes {
             if r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
                 continue;
@@ -524,19 +621,19 @@ impl Kernel {
             let mut dev = None;
             let mut onlink = r.header.flags.contains(RouteFlags::Onlink);
             // An ECMP route carries its gateways (and their devices) in RTA_MULTIPATH.
-            let mut hops: Vec<Ipv4Addr> = Vec::new();
+            let mut hops: Vec<IpAddr> = Vec::new();
             for a in &r.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+                    RouteAttribute::Destination(d) => dst = ip_of(d),
+                    RouteAttribute::Gateway(g) => via = ip_of(g),
                     RouteAttribute::Oif(ix) => dev = names.get(ix).cloned(),
                     RouteAttribute::MultiPath(nhs) => {
                         for nh in nhs {
                             dev = dev.or_else(|| names.get(&nh.interface_index).cloned());
                             onlink |= nh.flags.contains(RouteNextHopFlags::Onlink);
                             for na in &nh.attributes {
-                                if let RouteAttribute::Gateway(RouteAddress::Inet(ip)) = na {
-                                    hops.push(*ip);
+                                if let RouteAttribute::Gateway(g) = na {
+                                    hops.extend(ip_of(g));
                                 }
                             }
                         }
@@ -548,8 +645,11 @@ impl Kernel {
             hops.sort();
             hops.dedup();
             // The default route has no RTA_DST.
-            let dst = dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let (Ok(dst), Some(dev)) = (Ipv4Net::new(dst, r.header.destination_prefix_length), dev)
+            let dst = dst.unwrap_or(match r.header.address_family {
+                AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            });
+            let (Ok(dst), Some(dev)) = (IpNet::new(dst, r.header.destination_prefix_length), dev)
             else {
                 continue;
             };
@@ -666,10 +766,12 @@ impl Kernel {
             }
             Op::CreateLink(l) => {
                 let dev = self.index_of(&l.dev).await?;
-                let msg = LinkVxlan::new(&l.name, l.vni)
-                    .dev(dev)
-                    .port(l.port)
-                    .local(l.local)
+                let b = LinkVxlan::new(&l.name, l.vni).dev(dev).port(l.port);
+                let b = match l.local {
+                    IpAddr::V4(v4) => b.local(v4),
+                    IpAddr::V6(v6) => b.local6(v6),
+                };
+                let msg = b
                     .learning(false)
                     .mtu(l.mtu)
                     .address(l.mac.0.to_vec())
@@ -687,7 +789,7 @@ impl Kernel {
             Op::AddAddress(dev, a) => {
                 let ix = self.index_of(dev).await?;
                 h.address()
-                    .add(ix, IpAddr::V4(a.addr()), a.prefix_len())
+                    .add(ix, a.addr(), a.prefix_len())
                     .replace()
                     .execute()
                     .await?;
@@ -698,7 +800,7 @@ impl Kernel {
                     .address()
                     .get()
                     .set_link_index_filter(ix)
-                    .set_address_filter(IpAddr::V4(a.addr()))
+                    .set_address_filter(a.addr())
                     .set_prefix_length_filter(a.prefix_len())
                     .execute()
                     .try_collect()
@@ -710,7 +812,7 @@ impl Kernel {
             Op::AddNeighbour(n) => {
                 let ix = self.index_of(&n.dev).await?;
                 h.neighbours()
-                    .add(ix, IpAddr::V4(n.ip))
+                    .add(ix, n.ip)
                     .link_layer_address(&n.mac.0)
                     .state(NeighbourState::Permanent)
                     .replace()
@@ -720,12 +822,10 @@ impl Kernel {
             Op::DeleteNeighbour(n) => {
                 let ix = self.index_of(&n.dev).await?;
                 let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Inet;
+                m.header.family = family_of(n.ip);
                 m.header.ifindex = ix;
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        n.ip,
-                    )));
+                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
                 h.neighbours().del(m).execute().await?;
             }
             Op::AddFdb(f) => {
@@ -738,9 +838,7 @@ impl Kernel {
                     .replace();
                 req.message_mut()
                     .attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        f.dst,
-                    )));
+                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
                 req.execute().await?;
             }
             Op::DeleteFdb(f) => {
@@ -752,19 +850,17 @@ impl Kernel {
                 m.attributes
                     .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
                 m.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        f.dst,
-                    )));
+                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
                 h.neighbours().del(m).execute().await?;
             }
             Op::AddRoute(r) => {
                 let ix = self.index_of(&r.dev).await?;
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
-                    .table_id(r.table)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+                let mut b = route_for(r.dst, r.table);
                 if r.also.is_empty() {
-                    b = b.gateway(r.via).output_interface(ix);
+                    b.get_mut()
+                        .attributes
+                        .push(RouteAttribute::Gateway(route_address(r.via)));
+                    b = b.output_interface(ix);
                     if r.onlink {
                         b = b.onlink();
                     }
@@ -778,7 +874,7 @@ impl Kernel {
                                 nh.flags = RouteNextHopFlags::Onlink;
                             }
                             nh.attributes
-                                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+                                .push(RouteAttribute::Gateway(route_address(gw)));
                             nh
                         })
                         .collect();
@@ -792,22 +888,14 @@ impl Kernel {
             | Op::DeleteDeviceRoute(DeviceRoute { table, dst, .. }) => {
                 // The protocol in the request makes the kernel delete only a route of ours;
                 // scope "nowhere" matches a route of any scope (as `ip route del` asks).
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.network(), dst.prefix_len())
-                    .table_id(*table)
-                    .scope(RouteScope::NoWhere)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                    .build();
+                let msg = route_for(*dst, *table).scope(RouteScope::NoWhere).build();
                 h.route().del(msg).execute().await?;
             }
             Op::AddDeviceRoute(r) => {
                 let ix = self.index_of(&r.dev).await?;
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(r.dst.network(), r.dst.prefix_len())
-                    .table_id(r.table)
+                let msg = route_for(r.dst, r.table)
                     .output_interface(ix)
                     .scope(RouteScope::Link)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
                     .build();
                 h.route().add(msg).execute().await?;
             }
@@ -884,18 +972,18 @@ mod tests {
         (
             Neighbour {
                 dev: "twill.1".into(),
-                ip: gw,
+                ip: IpAddr::V4(gw),
                 mac: m,
             },
             Fdb {
                 dev: "twill.1".into(),
                 mac: m,
-                dst: Ipv4Addr::new(192, 0, 2, i),
+                dst: IpAddr::V4(Ipv4Addr::new(192, 0, 2, i)),
             },
             Route {
                 table: crate::desired::MAIN_TABLE,
-                dst: Ipv4Net::new(gw, 24).unwrap(),
-                via: gw,
+                dst: IpNet::V4(Ipv4Net::new(gw, 24).unwrap()),
+                via: IpAddr::V4(gw),
                 dev: "twill.1".into(),
                 onlink: true,
                 also: vec![],
@@ -905,7 +993,7 @@ mod tests {
 
     fn desired(peers: &[u8]) -> Desired {
         let mut d = Desired {
-            vxlan: Some(link()),
+            vxlan: [link()].into(),
             ..Default::default()
         };
         d.addresses

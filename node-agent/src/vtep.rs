@@ -60,6 +60,12 @@ pub fn derive(node_name: &str) -> Mac {
     Mac(m)
 }
 
+/// The MAC of the node's IPv6 VXLAN device: derived the same way from a name no node can
+/// have (node names never contain '/'), so it differs from every IPv4 VTEP MAC too.
+pub fn derive_v6(node_name: &str) -> Mac {
+    derive(&format!("{node_name}/v6"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +80,9 @@ mod tests {
         let all: std::collections::BTreeSet<Mac> =
             (0..5000).map(|i| derive(&format!("node-{i}"))).collect();
         assert_eq!(all.len(), 5000, "two of 5000 node names share a MAC");
+        let v6: std::collections::BTreeSet<Mac> =
+            (0..5000).map(|i| derive_v6(&format!("node-{i}"))).collect();
+        assert!(v6.is_disjoint(&all) && v6.len() == 5000);
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn lease(node: &str, third: u8, public: u8) -> NodeLease {
         subnet: format!("10.244.{third}.0/24").parse().unwrap(),
         public_ip: Ipv4Addr::new(192, 0, 2, public),
         vtep_mac: Some(vtep::derive(node)),
+        v6: None,
     }
 }
 
@@ -100,6 +101,7 @@ fn desired_for(me: &str, backend: &Backend) -> Desired {
             mtu: 1500,
             public_ip: own.public_ip,
             connected: vec!["192.0.2.0/24".parse().unwrap()],
+            v6: None,
         },
         sources: Default::default(),
     })
@@ -407,7 +409,7 @@ fn bgp_next_hops_become_one_multipath_route() {
         return;
     }
     let p = Pair::new("ec");
-    let ip4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let ip4 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
     // 192.0.2.3 is on the segment but answers nothing: the kernel takes it as a gateway.
     let two = Backend::Bgp {
         routes: [(

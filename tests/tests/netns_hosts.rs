@@ -415,3 +415,121 @@ fn per_source_tables_get_the_pod_routes() {
         ip_out(&["-n", &n1, "rule", "show"]).contains("lookup 200 proto 151")
     });
 }
+
+/// Node `i`'s IPv6 pod gateway (FLANNEL_IPV6_SUBNET's address) once subnet.env has it.
+fn ipv6_gateway(t: &Topology, i: usize) -> String {
+    let path = t.nodes[i].dir.join("subnet.env");
+    let mut found = String::new();
+    wait_until(
+        "FLANNEL_IPV6_SUBNET in subnet.env",
+        Duration::from_secs(20),
+        || {
+            found = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET=").map(str::to_string))
+                })
+                .unwrap_or_default();
+            !found.is_empty()
+        },
+    );
+    found
+}
+
+fn ping6(ns: &str, from: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-6", "-c", "1", "-W", "1", "-I", from, to,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Three dual-stack nodes (an IPv6 address on each underlay interface, an IPv6 pod network in
+/// the configuration): the IPv4 and the IPv6 ping matrices between the pod bridges both pass.
+fn dual_stack(tag: &str, backend: &[&str], device_v6: Option<&str>) {
+    let n = 3;
+    let mut t = Topology::new(tag, n, &twill_binary().expect("twill binary")).expect("topology");
+    for (i, node) in t.nodes.iter().enumerate() {
+        ipn(
+            &node.ns,
+            &format!("addr add 2001:db8::{}/64 dev eth0 nodad", i + 1),
+        );
+    }
+    let mut flags = vec!["--ipv6-network", "fd00:10:244::/56"];
+    flags.extend(backend);
+    let subnets = t.start_nodes_with_pod_bridges(&flags).expect("cluster");
+    let gw6: Vec<String> = (0..n).map(|i| ipv6_gateway(&t, i)).collect();
+    for (i, g) in gw6.iter().enumerate() {
+        ipn(&t.nodes[i].ns, &format!("addr add {g} dev cni0 nodad"));
+    }
+    let addr6 = |g: &String| gw_addr(g).to_string();
+    let matrix = |t: &Topology| {
+        let mut failed = Vec::new();
+        for i in 0..n {
+            for j in (0..n).filter(|j| *j != i) {
+                if !t.ping(i, gw_addr(&subnets[i]), gw_addr(&subnets[j])) {
+                    failed.push(format!("v4 {i}->{j}"));
+                }
+                if !ping6(&t.nodes[i].ns, &addr6(&gw6[i]), &addr6(&gw6[j])) {
+                    failed.push(format!("v6 {i}->{j}"));
+                }
+            }
+        }
+        failed
+    };
+    let mut last = Vec::new();
+    wait_until("both ping matrices", Duration::from_secs(30), || {
+        last = matrix(&t);
+        last.is_empty()
+    });
+    // One IPv6 route per peer, in twill's protocol.
+    let routes6 = ip_out(&["-n", &t.nodes[0].ns, "-6", "route", "show", "proto", "151"]);
+    assert_eq!(routes6.lines().count(), n - 1, "{routes6}");
+    if let Some(dev) = device_v6 {
+        let link = ip_out(&["-n", &t.nodes[0].ns, "-d", "link", "show", dev]);
+        assert!(
+            link.contains("local 2001:db8::1") && link.contains("mtu 1430"),
+            "underlay MTU 1500 less 70: {link}"
+        );
+        // Drift on the IPv6 side is repaired like the IPv4 side.
+        ipn(&t.nodes[0].ns, &format!("link del {dev}"));
+        wait_until("IPv6 device replayed", Duration::from_secs(10), || {
+            ip_out(&["-n", &t.nodes[0].ns, "-6", "route", "show", "proto", "151"])
+                .lines()
+                .count()
+                == n - 1
+        });
+    }
+    wait_until(
+        "both ping matrices after drift",
+        Duration::from_secs(20),
+        || {
+            last = matrix(&t);
+            last.is_empty()
+        },
+    );
+    let env = std::fs::read_to_string(t.nodes[0].dir.join("subnet.env")).expect("subnet.env");
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56"),
+        "{env}"
+    );
+}
+
+#[test]
+fn dual_stack_vxlan() {
+    if !root_or_skip("dual_stack_vxlan") {
+        return;
+    }
+    dual_stack("ds-vx", &[], Some("twill-v6.1"));
+}
+
+#[test]
+fn dual_stack_host_gw() {
+    if !root_or_skip("dual_stack_host_gw") {
+        return;
+    }
+    dual_stack("ds-gw", &["--backend", "host-gw"], None);
+}

@@ -39,9 +39,17 @@ impl Bgp {
                 .filter(|r| {
                     r.table == crate::desired::MAIN_TABLE && r.dev == s.facts.iface && !r.onlink
                 })
-                .map(|r| {
-                    let hops = std::iter::once(r.via).chain(r.also.iter().copied());
-                    (r.dst, hops.collect())
+                .filter_map(|r| {
+                    let ipnet::IpNet::V4(dst) = r.dst else {
+                        return None;
+                    };
+                    let hops = std::iter::once(r.via)
+                        .chain(r.also.iter().copied())
+                        .filter_map(|h| match h {
+                            std::net::IpAddr::V4(v4) => Some(v4),
+                            std::net::IpAddr::V6(_) => None,
+                        });
+                    Some((dst, hops.collect()))
                 })
                 .collect(),
             Err(e) => {
@@ -114,6 +122,13 @@ impl Dataplane for Bgp {
             );
             self.preserved.clear();
         }
+        let routes = routes
+            .into_iter()
+            .map(|(dst, hops)| {
+                let hops = hops.into_iter().map(std::net::IpAddr::V4).collect();
+                (ipnet::IpNet::V4(dst), hops)
+            })
+            .collect();
         desired::Backend::Bgp { routes }
     }
 

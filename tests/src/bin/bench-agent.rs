@@ -35,6 +35,7 @@ fn peer(i: u32) -> NodeLease {
         subnet: ipnet::Ipv4Net::new(subnet, 24).expect("valid"),
         public_ip: Ipv4Addr::from(0xc000_0200 + (i % 250) + 2),
         vtep_mac: Some(vtep::derive(&format!("peer-{i}"))),
+        v6: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
                     subnet: "10.0.1.0/24".parse().expect("valid"),
                     public_ip: "192.0.2.1".parse().expect("valid"),
                     vtep_mac: Some(vtep::derive("me")),
+                    v6: None,
                 };
                 let mut input = Input {
                     own: own.clone(),
@@ -71,6 +73,7 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
                         mtu: 1500,
                         public_ip: own.public_ip,
                         connected: vec!["192.0.2.0/24".parse().expect("valid")],
+                        v6: None,
                     },
                     sources: Default::default(),
                 };

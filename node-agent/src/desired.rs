@@ -34,7 +34,11 @@ pub struct LocalFacts {
     /// The interface carrying node-to-node traffic, and its MTU.
     pub iface: String,
     pub mtu: u32,
+    /// The address other nodes reach this one at (published in the lease); with NAT it need
+    /// not be local.
     pub public_ip: Ipv4Addr,
+    /// This node's address on `iface`: the VXLAN device's local address.
+    pub local_ip: Ipv4Addr,
     /// Prefixes directly connected on `iface`: a peer inside one is on the same L2 segment.
     pub connected: Vec<Ipv4Net>,
 }
@@ -188,7 +192,7 @@ pub fn compute(input: &Input) -> Desired {
                     name: name.clone(),
                     vni: *vni,
                     port: *port,
-                    local: facts.public_ip,
+                    local: facts.local_ip,
                     dev: facts.iface.clone(),
                     mac,
                     mtu: facts.mtu.saturating_sub(VXLAN_OVERHEAD),
@@ -316,6 +320,7 @@ mod tests {
                 iface: "eth0".into(),
                 mtu: 1500,
                 public_ip: "192.0.2.1".parse().unwrap(),
+                local_ip: "192.0.2.1".parse().unwrap(),
                 connected: vec!["192.0.2.0/24".parse().unwrap()],
             },
         }

@@ -535,56 +535,75 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn pick(c: &Choice) -> Result<(String, Ipv4Addr, Ipv4Addr, String), FactsError> {
+    /// The choice as "iface local public (reason)", or the error's message.
+    fn pick(c: &Choice) -> Result<String, String> {
+        let hit = |iface: &str, src: &str| {
+            Ok(RouteHit {
+                iface: iface.into(),
+                src: Some(ip(src)),
+            })
+        };
         let routes = Routes {
-            can_reach: c.can_reach.map(|t| {
-                if t == ip("203.0.113.1") {
-                    Err("Network is unreachable".to_string())
-                } else if t == ip("192.0.2.1") {
-                    Ok(RouteHit {
-                        iface: "lo".into(),
-                        src: Some(t),
-                    })
-                } else {
-                    Ok(RouteHit {
-                        iface: "eth1".into(),
-                        src: Some(ip("198.51.100.7")),
-                    })
-                }
+            can_reach: c.can_reach.map(|t| match t.to_string().as_str() {
+                "203.0.113.1" => Err("Network is unreachable".to_string()),
+                "192.0.2.1" => hit("lo", "192.0.2.1"),
+                _ => hit("eth1", "198.51.100.7"),
             }),
             default_iface: Some("eth0".into()),
         };
-        choose(&ifaces(), c, &routes).map(|s| {
-            (
-                s.facts.iface,
-                s.facts.local_ip,
-                s.facts.public_ip,
-                s.reason.to_string(),
-            )
-        })
+        choose(&ifaces(), c, &routes)
+            .map(|s| {
+                let f = &s.facts;
+                format!("{} {} {} ({})", f.iface, f.local_ip, f.public_ip, s.reason)
+            })
+            .map_err(|e| e.to_string())
     }
 
-    fn ok(c: Choice) -> (String, Ipv4Addr, Ipv4Addr, String) {
+    fn ok(c: Choice) -> String {
         pick(&c).unwrap_or_else(|e| panic!("{c:?}: {e}"))
     }
 
     fn err(c: Choice) -> String {
-        match pick(&c) {
-            Ok(s) => panic!("{c:?} chose {s:?}"),
-            Err(e) => e.to_string(),
-        }
+        pick(&c).expect_err("no choice")
     }
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
     }
 
+    fn ifc(vals: &[&str]) -> Choice {
+        Choice {
+            iface: v(vals),
+            ..Default::default()
+        }
+    }
+
+    fn regex(vals: &[&str]) -> Choice {
+        Choice {
+            iface_regex: v(vals),
+            ..Default::default()
+        }
+    }
+
+    fn reach(t: &str) -> Choice {
+        Choice {
+            can_reach: Some(ip(t)),
+            ..Default::default()
+        }
+    }
+
+    fn public(p: &str, c: Choice) -> Choice {
+        Choice {
+            public_ip: Some(ip(p)),
+            ..c
+        }
+    }
+
     #[test]
     fn nothing_given_is_the_default_route() {
-        let (iface, local, public, why) = ok(Choice::default());
         assert_eq!(
-            (iface.as_str(), local, public, why.as_str()),
-            ("eth0", ip("192.0.2.1"), ip("192.0.2.1"), "default route")
+            ok(Choice::default()),
+            "eth0 192.0.2.1 192.0.2.1 (default route)"
         );
         let none = Routes::default();
         assert!(matches!(
@@ -595,22 +614,17 @@ mod tests {
 
     #[test]
     fn iface_values_are_names_or_addresses_tried_in_order() {
-        let c = |vals: &[&str]| Choice {
-            iface: v(vals),
-            ..Default::default()
-        };
-        assert_eq!(ok(c(&["eth1"])).1, ip("198.51.100.1"), "first address");
         assert_eq!(
-            ok(c(&["nope0", "ens5", "198.51.100.7", "eth0"])),
-            (
-                "eth1".into(),
-                ip("198.51.100.7"),
-                ip("198.51.100.7"),
-                "--iface 198.51.100.7".into()
-            ),
-            "a missing name and one without IPv4 are skipped; the address picks its interface and itself"
+            ok(ifc(&["eth1"])),
+            "eth1 198.51.100.1 198.51.100.1 (--iface eth1)",
+            "a name: its first address"
         );
-        let e = err(c(&["nope0", "ens5", "203.0.113.5"]));
+        assert_eq!(
+            ok(ifc(&["nope0", "ens5", "198.51.100.7", "eth0"])),
+            "eth1 198.51.100.7 198.51.100.7 (--iface 198.51.100.7)",
+            "a missing name and one without IPv4 are skipped; an address picks its interface and itself"
+        );
+        let e = err(ifc(&["nope0", "ens5", "203.0.113.5"]));
         assert!(
             e.contains("interface \"nope0\" does not exist")
                 && e.contains("interface \"ens5\" has no IPv4 address")
@@ -621,68 +635,52 @@ mod tests {
 
     #[test]
     fn regex_matches_addresses_then_names_never_lo_or_twill_devices() {
-        let c = |vals: &[&str]| Choice {
-            iface_regex: v(vals),
-            ..Default::default()
-        };
-        assert_eq!(ok(c(&["^eth"])).0, "eth0", "first name in kernel order");
-        let (iface, local, ..) = ok(c(&[r"^198\.51\.100\.7$"]));
-        assert_eq!((iface.as_str(), local), ("eth1", ip("198.51.100.7")));
-        assert_eq!(ok(c(&["^zz", "1$"])).3, "--iface-regex 1$", "in order");
+        assert_eq!(
+            ok(regex(&["^eth"])),
+            "eth0 192.0.2.1 192.0.2.1 (--iface-regex ^eth)",
+            "the first name in kernel order"
+        );
+        assert_eq!(
+            ok(regex(&[r"^198\.51\.100\.7$"])),
+            r"eth1 198.51.100.7 198.51.100.7 (--iface-regex ^198\.51\.100\.7$)"
+        );
+        assert!(ok(regex(&["^zz", "1$"])).ends_with("(--iface-regex 1$)"));
         // "lo", 127.0.0.1, "twill.1" and 10.244.1.0 are never candidates; ens5 has no address.
         for re in ["^lo$", "^127", r"^twill\.", r"^10\.244\.1\.0$", "^ens"] {
-            let e = err(c(&[re]));
+            let e = err(regex(&[re]));
             assert!(
                 e.contains("no interface matches --iface-regex"),
                 "{re}: {e}"
             );
         }
-        assert!(err(c(&["("])).contains("is not a valid pattern"));
+        assert!(err(regex(&["("])).contains("is not a valid pattern"));
     }
 
     #[test]
     fn can_reach_takes_the_routes_interface_and_source() {
-        let c = |t: &str| Choice {
-            can_reach: Some(ip(t)),
-            ..Default::default()
-        };
         assert_eq!(
-            ok(c("198.51.100.9")),
-            (
-                "eth1".into(),
-                ip("198.51.100.7"),
-                ip("198.51.100.7"),
-                "--iface-can-reach 198.51.100.9".into()
-            )
+            ok(reach("198.51.100.9")),
+            "eth1 198.51.100.7 198.51.100.7 (--iface-can-reach 198.51.100.9)"
         );
-        assert!(err(c("203.0.113.1")).contains("no route (Network is unreachable)"));
-        assert!(err(c("192.0.2.1")).contains("is an address of this node"));
+        assert!(err(reach("203.0.113.1")).contains("no route (Network is unreachable)"));
+        assert!(err(reach("192.0.2.1")).contains("is an address of this node"));
     }
 
     #[test]
     fn precedence_is_iface_then_regex_then_can_reach_and_given_flags_never_fall_to_default() {
-        let all = Choice {
-            iface: v(&["eth0"]),
-            iface_regex: v(&["^eth1"]),
-            can_reach: Some(ip("198.51.100.9")),
-            public_ip: None,
+        let all = |i: &[&str], r: &[&str], t: &str| Choice {
+            iface: v(i),
+            iface_regex: v(r),
+            ..reach(t)
         };
-        assert_eq!(ok(all.clone()).3, "--iface eth0");
-        let no_iface = Choice {
-            iface: v(&["nope0"]),
-            ..all.clone()
-        };
-        assert_eq!(ok(no_iface.clone()).3, "--iface-regex ^eth1");
-        let no_regex = Choice {
-            iface_regex: v(&["^zz"]),
-            ..no_iface
-        };
-        assert_eq!(ok(no_regex.clone()).3, "--iface-can-reach 198.51.100.9");
-        let nothing = Choice {
-            can_reach: Some(ip("203.0.113.1")),
-            ..no_regex
-        };
-        let e = err(nothing);
+        let reason = |c: Choice| ok(c).split_once(" (").map(|x| x.1.to_string());
+        let r = reason(all(&["eth0"], &["^eth1"], "198.51.100.9"));
+        assert_eq!(r.as_deref(), Some("--iface eth0)"));
+        let r = reason(all(&["nope0"], &["^eth1"], "198.51.100.9"));
+        assert_eq!(r.as_deref(), Some("--iface-regex ^eth1)"));
+        let r = reason(all(&["nope0"], &["^zz"], "198.51.100.9"));
+        assert_eq!(r.as_deref(), Some("--iface-can-reach 198.51.100.9)"));
+        let e = err(all(&["nope0"], &["^zz"], "203.0.113.1"));
         assert!(
             e.starts_with("no interface for node-to-node traffic: interface \"nope0\"")
                 && e.contains("^zz")
@@ -690,70 +688,36 @@ mod tests {
             "every miss is named, and the default route is not used: {e}"
         );
         // A bad pattern is an error even when --iface would have matched first.
-        let bad = Choice {
-            iface_regex: v(&["[a-"]),
-            ..all
-        };
-        assert!(matches!(pick(&bad), Err(FactsError::BadRegex(..))));
+        let e = err(all(&["eth0"], &["[a-"], "198.51.100.9"));
+        assert!(e.contains("is not a valid pattern"), "{e}");
     }
 
     #[test]
     fn public_ip_is_published_and_may_be_on_no_interface() {
         // On the chosen interface: it is also the local address.
-        let c = Choice {
-            iface: v(&["eth1"]),
-            public_ip: Some(ip("198.51.100.7")),
-            ..Default::default()
-        };
-        assert_eq!(ok(c).1, ip("198.51.100.7"));
-        // NAT'd: local stays the interface's, the lease gets the public one.
-        let c = Choice {
-            iface: v(&["eth1"]),
-            public_ip: Some(ip("203.0.113.9")),
-            ..Default::default()
-        };
         assert_eq!(
-            ok(c),
-            (
-                "eth1".into(),
-                ip("198.51.100.1"),
-                ip("203.0.113.9"),
-                "--iface eth1".into()
-            )
+            ok(public("198.51.100.7", ifc(&["eth1"]))),
+            "eth1 198.51.100.7 198.51.100.7 (--iface eth1)"
+        );
+        // NAT'd: local stays the interface's, the lease gets the public one.
+        assert_eq!(
+            ok(public("203.0.113.9", ifc(&["eth1"]))),
+            "eth1 198.51.100.1 203.0.113.9 (--iface eth1)"
         );
         // Alone: the interface holding it, else the default route's.
-        let alone = |p: &str| Choice {
-            public_ip: Some(ip(p)),
-            ..Default::default()
-        };
         assert_eq!(
-            ok(alone("198.51.100.7")),
-            (
-                "eth1".into(),
-                ip("198.51.100.7"),
-                ip("198.51.100.7"),
-                "--public-ip".into()
-            )
+            ok(public("198.51.100.7", Choice::default())),
+            "eth1 198.51.100.7 198.51.100.7 (--public-ip)"
         );
         assert_eq!(
-            ok(alone("203.0.113.9")),
-            (
-                "eth0".into(),
-                ip("192.0.2.1"),
-                ip("203.0.113.9"),
-                "default route".into()
-            )
+            ok(public("203.0.113.9", Choice::default())),
+            "eth0 192.0.2.1 203.0.113.9 (default route)"
         );
     }
 
     #[test]
     fn a_public_ip_on_another_local_interface_contradicts_the_choice() {
-        let c = Choice {
-            iface_regex: v(&["^eth0$"]),
-            public_ip: Some(ip("198.51.100.7")),
-            ..Default::default()
-        };
-        let e = err(c);
+        let e = err(public("198.51.100.7", regex(&["^eth0$"])));
         assert!(
             e.contains("public IP 198.51.100.7 is on interface eth1, not on the chosen interface eth0 (--iface-regex ^eth0$)"),
             "{e}"
@@ -763,15 +727,7 @@ mod tests {
     #[test]
     fn backend_data_stays_within_the_controllers_limits() {
         let long = format!("^({})$", "eth0|".repeat(200));
-        let s = choose(
-            &ifaces(),
-            &Choice {
-                iface_regex: vec![long],
-                ..Default::default()
-            },
-            &Routes::default(),
-        )
-        .unwrap();
+        let s = choose(&ifaces(), &regex(&[&long]), &Routes::default()).unwrap();
         let d = s.backend_data();
         assert_eq!(d[KEY_IFACE], "eth0");
         assert_eq!(d[KEY_ADDR], "192.0.2.1");

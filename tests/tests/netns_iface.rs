@@ -147,50 +147,35 @@ fn two_homed_node_selects_and_follows_its_address() {
     let across = |t: &Topology| t.ping(0, &gws[0], &gws[1]) && t.ping(1, &gws[1], &gws[0]);
 
     // --iface-regex: the sandbox's --iface eth0 is missing, the pattern picks eth1.
-    let subnet = lease_shows(
-        &t,
-        "198.51.100.1",
-        "eth1",
-        "198.51.100.1",
-        "--iface-regex ^eth1$",
-    );
-    metrics_show(
-        &t,
-        "eth1",
-        "198.51.100.1",
-        "198.51.100.1",
-        "--iface-regex ^eth1$",
-    );
+    let r = "--iface-regex ^eth1$";
+    let subnet = lease_shows(&t, "198.51.100.1", "eth1", "198.51.100.1", r);
+    metrics_show(&t, "eth1", "198.51.100.1", "198.51.100.1", r);
     wait_until("pods across eth1", Duration::from_secs(20), || across(&t));
     assert!(fdb_on_node2(&t).contains("dst 198.51.100.1 "));
 
-    // --iface-can-reach: the route to node2's eth1 address leaves through eth1.
-    restart_node1(&mut t, &["--iface-can-reach", "198.51.100.2"]);
-    let r = "--iface-can-reach 198.51.100.2";
-    assert_eq!(
-        lease_shows(&t, "198.51.100.1", "eth1", "198.51.100.1", r),
-        subnet
-    );
-    metrics_show(&t, "eth1", "198.51.100.1", "198.51.100.1", r);
-
-    // --iface <address>: the interface holding it.
-    restart_node1(&mut t, &["--iface", "198.51.100.1"]);
-    let r = "--iface 198.51.100.1";
-    assert_eq!(
-        lease_shows(&t, "198.51.100.1", "eth1", "198.51.100.1", r),
-        subnet
-    );
-    metrics_show(&t, "eth1", "198.51.100.1", "198.51.100.1", r);
-    wait_until(
-        "pods across after restarts",
-        Duration::from_secs(20),
-        || across(&t),
-    );
+    // Each way of choosing, after a restart: --iface-can-reach (the route to node2's eth1
+    // address leaves through eth1), --iface <address> (the interface holding it), and the
+    // pattern again, whose agent then sees its address change.
+    for (flags, r) in [
+        (
+            &["--iface-can-reach", "198.51.100.2"][..],
+            "--iface-can-reach 198.51.100.2",
+        ),
+        (&["--iface", "198.51.100.1"], "--iface 198.51.100.1"),
+        (&["--iface-regex", "^eth1$"], "--iface-regex ^eth1$"),
+    ] {
+        restart_node1(&mut t, flags);
+        let s = lease_shows(&t, "198.51.100.1", "eth1", "198.51.100.1", r);
+        assert_eq!(s, subnet, "{r}: the node keeps its subnet");
+        metrics_show(&t, "eth1", "198.51.100.1", "198.51.100.1", r);
+        wait_until(
+            &format!("pods across, {r}"),
+            Duration::from_secs(20),
+            || across(&t),
+        );
+    }
 
     // The chosen address changes at run time: everything follows, the subnet stays.
-    restart_node1(&mut t, &["--iface-regex", "^eth1$"]);
-    let r = "--iface-regex ^eth1$";
-    lease_shows(&t, "198.51.100.1", "eth1", "198.51.100.1", r);
     let ns1 = t.nodes[0].ns.clone();
     ip(&["-n", &ns1, "addr", "del", "198.51.100.1/24", "dev", "eth1"]).expect("del");
     ip(&["-n", &ns1, "addr", "add", "198.51.100.11/24", "dev", "eth1"]).expect("add");

@@ -213,7 +213,8 @@ impl Agent {
         b.stop().await;
     }
 
-    /// Drains a burst of kernel events (a flush, a device deletion) so it is repaired once.
+    /// Drains a burst of kernel events (a flush, a device deletion) so it is repaired once;
+    /// an address may have changed, so the interface selection runs again.
     async fn on_kernel(&mut self) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         while self.kernel_events.try_recv().is_ok() {}

@@ -178,6 +178,13 @@ fn two_homed_node_selects_and_follows_its_address() {
     // The chosen address changes at run time: everything follows, the subnet stays.
     let ns1 = t.nodes[0].ns.clone();
     ip(&["-n", &ns1, "addr", "del", "198.51.100.1/24", "dev", "eth1"]).expect("del");
+    // For a few resyncs no interface matches: the old choice is kept, nothing is removed.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        lease(&t, "node1").map(|l| l["public_ip"].clone()),
+        Some("198.51.100.1".into())
+    );
+    assert_eq!((t.routes(0).len(), t.routes(1).len()), (1, 1));
     ip(&["-n", &ns1, "addr", "add", "198.51.100.11/24", "dev", "eth1"]).expect("add");
     assert_eq!(
         lease_shows(&t, "198.51.100.11", "eth1", "198.51.100.11", r),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use twill_agent::agent::{self, Options};
-use twill_agent::facts::Choice;
+use twill_agent::facts::{self, Choice};
 
 use crate::network_flags::parse_duration;
 
@@ -26,14 +26,28 @@ pub struct AgentArgs {
     /// subdomain, at most 253 bytes) [default: the hostname, lower-cased]
     #[arg(long, env = "TWILL_NODE_NAME")]
     node_name: Option<String>,
-    /// Interface for node-to-node traffic [default: the one of the default route]
-    #[arg(long, value_name = "NAME")]
-    iface: Option<String>,
-    /// Use the first interface whose name matches this regular expression
-    #[arg(long, value_name = "REGEX", conflicts_with = "iface")]
-    iface_regex: Option<String>,
-    /// The node's public address; must be on the chosen interface [default: its first address]
-    #[arg(long, value_name = "ADDR")]
+    /// Interface for node-to-node traffic, by name or by one of its IPv4 addresses (then that
+    /// address is used); repeat to give fallbacks: the first one that exists with an IPv4
+    /// address wins, in the order given. Tried before --iface-regex and --iface-can-reach;
+    /// with none of the three, the interface holding --public-ip, else the one of the default
+    /// route. Re-checked when addresses change: the node follows a changed address
+    #[arg(long, value_name = "NAME|ADDR", value_parser = facts::parse_iface)]
+    iface: Vec<String>,
+    /// A regular expression (unanchored) for the interface: matched against every interface's
+    /// IPv4 addresses first (that address is used), then against interface names (lo and
+    /// twill's own devices never); repeat to give fallbacks, tried in order after --iface
+    #[arg(long, value_name = "REGEX", value_parser = facts::parse_regex)]
+    iface_regex: Vec<String>,
+    /// The interface and source address the kernel would use to reach ADDR (as `ip route get
+    /// ADDR` shows them), e.g. another node's or the controller's address; tried after --iface
+    /// and --iface-regex
+    #[arg(long, value_name = "ADDR", value_parser = facts::parse_host)]
+    iface_can_reach: Option<Ipv4Addr>,
+    /// The address other nodes reach this node at, published in its lease; on a NAT'd host it
+    /// may be on no local interface (the chosen interface's own address stays the local one),
+    /// but an address of another local interface than the chosen one is refused
+    /// [default: the chosen interface's address]
+    #[arg(long, value_name = "ADDR", value_parser = facts::parse_host)]
     public_ip: Option<Ipv4Addr>,
     /// Where the agent remembers its subnet (and keeps its certificate) across restarts
     #[arg(long, value_name = "DIR", default_value = "/var/lib/twill/agent")]
@@ -165,6 +179,7 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         choice: Choice {
             iface: a.iface,
             iface_regex: a.iface_regex,
+            can_reach: a.iface_can_reach,
             public_ip: a.public_ip,
         },
         state_dir: a.state_dir,

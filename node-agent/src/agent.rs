@@ -16,7 +16,7 @@ use twill_proto::v1 as pb;
 
 use crate::backend::{self, Config, ConfigError, Dataplane};
 use crate::desired::{self, Input, LocalFacts, NodeLease, Refusal, SourceTables};
-use crate::facts::{self, Choice, FactsError};
+use crate::facts::{self, Choice, FactsError, Reason};
 use crate::health::Health;
 use crate::lease::{Identity, Keeper};
 use crate::masquerade::{self, Masquerade, NftError};
@@ -152,6 +152,11 @@ struct Agent {
     sources: SourceTables,
     source_problems: Vec<String>,
     conflicts: Vec<Op>,
+    /// Why `facts.iface` was chosen; the identity the lease keeper acquires with; the
+    /// interface selection's last error (warned about once), while the old choice is kept.
+    reason: Reason,
+    identity: watch::Sender<Identity>,
+    select_error: Option<String>,
 }
 
 impl Agent {
@@ -233,10 +238,53 @@ impl Agent {
         b.stop().await;
     }
 
-    /// Drains a burst of kernel events (a flush, a device deletion) so it is repaired once.
+    /// Drains a burst of kernel events (a flush, a device deletion) so it is repaired once;
+    /// an address may have changed, so the interface selection runs again.
     async fn on_kernel(&mut self) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         while self.kernel_events.try_recv().is_ok() {}
+        self.reselect().await;
+    }
+
+    /// Runs the interface selection again with the same flags (after a kernel change and at
+    /// each resync): a different outcome becomes the facts the dataplane is computed from, and
+    /// the lease keeper acquires again with the new public IP, keeping the subnet. While the
+    /// selection fails (an address being changed) the old choice is kept.
+    async fn reselect(&mut self) {
+        let sel = match facts::discover(&self.kernel, &self.opts.choice).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = e.to_string();
+                if self.select_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, iface = %self.facts.iface, address = %self.facts.local_ip, "interface selection fails; keeping the current choice, retrying at the next change or resync");
+                }
+                self.select_error = Some(e);
+                return;
+            }
+        };
+        let recovered = self.select_error.take().is_some();
+        if sel.facts == self.facts && sel.reason == self.reason {
+            if recovered {
+                tracing::info!(iface = %sel.facts.iface, address = %sel.facts.local_ip, "interface selection works again; the choice is unchanged");
+            }
+            return;
+        }
+        sel.log("public interface changed");
+        self.metrics.set_public_interface(sel.labels());
+        self.identity.send_if_modified(|id| {
+            let (ip, data) = (sel.facts.public_ip, sel.backend_data());
+            let ip6 = sel.facts.v6.as_ref().map(|v| v.public_ip);
+            let changed = id.public_ip != ip || id.backend_data != data || id.public_ipv6 != ip6;
+            (id.public_ip, id.backend_data, id.public_ipv6) = (ip, data, ip6);
+            changed
+        });
+        // The BGP speaker listens on the local address: a new one needs a new speaker.
+        if sel.facts.local_ip != self.facts.local_ip {
+            if let Some(b) = self.backend.take_if(|b| b.name() == "bgp") {
+                self.stop_backend(b).await;
+            }
+        }
+        (self.facts, self.reason) = (sel.facts, sel.reason);
     }
 
     /// Brings the backend and the kernel in line with the state; records the outcome.
@@ -525,7 +573,8 @@ impl Agent {
                 }
                 Event::StreamMoved => self.on_stream_moved().await,
                 Event::Kernel => self.on_kernel().await,
-                Event::Resync | Event::Backend => {}
+                Event::Resync => self.reselect().await,
+                Event::Backend => {}
                 Event::Closed(what) => {
                     tracing::info!(source = what, "event source closed; agent stopping");
                     break;
@@ -556,8 +605,8 @@ fn turn_on(path: &str, what: &str) {
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     twill_proto::names::validate_node_name(&opts.node_name)?;
     let kernel = Kernel::connect()?;
-    let facts = facts::discover(&kernel, &opts.choice).await?;
-    tracing::info!(iface = %facts.iface, public_ip = %facts.public_ip, mtu = facts.mtu, "public interface chosen");
+    let selected = facts::discover(&kernel, &opts.choice).await?;
+    selected.log("public interface chosen");
     if opts.ip_masq {
         masquerade::check_tool().await?;
     }
@@ -566,6 +615,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     // Health first: an agent still waiting to join is alive, and not ready.
     let health = Arc::new(Mutex::new(Health::default()));
     let metrics = Metrics::default();
+    metrics.set_public_interface(selected.labels());
     let bgp_board = BgpBoard::default();
     if let Some(addr) = opts.metrics_addr {
         let l = twill_telemetry::bind(addr).await?;
@@ -592,15 +642,17 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 
     let (lease_tx, lease_rx) = watch::channel(None);
     let (valid_tx, valid_rx) = watch::channel(None);
+    let (identity, identity_rx) = watch::channel(Identity {
+        node: opts.node_name.clone(),
+        public_ip: selected.facts.public_ip,
+        vtep_mac: mac,
+        public_ipv6: selected.facts.v6.as_ref().map(|v| v.public_ip),
+        vtep_mac_v6: mac_v6,
+        backend_data: selected.backend_data(),
+    });
     let keeper = Keeper {
         client: client.clone(),
-        id: Identity {
-            node: opts.node_name.clone(),
-            public_ip: facts.public_ip,
-            vtep_mac: mac,
-            public_ipv6: facts.v6.as_ref().map(|v| v.public_ip),
-            vtep_mac_v6: mac_v6,
-        },
+        id: identity_rx,
         state_dir: opts.state_dir.clone(),
         // Until the cluster's configuration is read, after the first lease.
         lease_ttl: Duration::from_secs(60),
@@ -617,7 +669,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         opts,
         kernel,
         mac_v6,
-        facts,
+        facts: selected.facts,
         mac,
         lease_rx,
         valid_rx,
@@ -639,6 +691,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         sources: SourceTables::default(),
         source_problems: Vec::new(),
         conflicts: Vec::new(),
+        reason: selected.reason,
+        identity,
+        select_error: None,
     };
     agent.run().await;
     Ok(())

@@ -37,7 +37,11 @@ pub struct LocalFacts {
     /// The interface carrying node-to-node traffic, and its MTU.
     pub iface: String,
     pub mtu: u32,
+    /// The address other nodes reach this one at (published in the lease); with NAT it need
+    /// not be local.
     pub public_ip: Ipv4Addr,
+    /// This node's address on `iface`: the VXLAN device's local address.
+    pub local_ip: Ipv4Addr,
     /// Prefixes directly connected on `iface`: a peer inside one is on the same L2 segment.
     pub connected: Vec<Ipv4Net>,
     /// The interface's IPv6 side, when it has a global IPv6 address (dual stack).
@@ -206,7 +210,8 @@ pub fn vxlan_name_v6(vni: u32) -> String {
 struct Family<'a> {
     own_subnet: IpNet,
     own_mac: Option<Mac>,
-    public_ip: IpAddr,
+    /// This node's address on the underlay: the VXLAN device's local end.
+    local_ip: IpAddr,
     connected: Vec<IpNet>,
     /// (node, subnet, public address, VTEP MAC) of each peer that has this family.
     peers: Vec<(&'a str, IpNet, IpAddr, Option<Mac>)>,
@@ -227,7 +232,7 @@ fn families(input: &Input, vni: u32) -> Vec<Family<'_>> {
     let mut out = vec![Family {
         own_subnet: IpNet::V4(input.own.subnet),
         own_mac: input.own.vtep_mac,
-        public_ip: IpAddr::V4(facts.public_ip),
+        local_ip: IpAddr::V4(facts.local_ip),
         connected: facts.connected.iter().map(|n| IpNet::V4(*n)).collect(),
         peers: others()
             .map(|p| {
@@ -247,7 +252,7 @@ fn families(input: &Input, vni: u32) -> Vec<Family<'_>> {
         out.push(Family {
             own_subnet: IpNet::V6(own6.subnet),
             own_mac: own6.vtep_mac,
-            public_ip: IpAddr::V6(f6.public_ip),
+            local_ip: IpAddr::V6(f6.public_ip),
             connected: f6.connected.iter().map(|n| IpNet::V6(*n)).collect(),
             peers: others()
                 .filter_map(|p| {
@@ -353,7 +358,7 @@ pub fn compute(input: &Input) -> Desired {
                         name: f.device.clone(),
                         vni: *vni,
                         port: *port,
-                        local: f.public_ip,
+                        local: f.local_ip,
                         dev: facts.iface.clone(),
                         mac,
                         mtu: facts.mtu.saturating_sub(f.overhead),
@@ -537,6 +542,7 @@ mod tests {
                 iface: "eth0".into(),
                 mtu: 1500,
                 public_ip: "192.0.2.1".parse().unwrap(),
+                local_ip: "192.0.2.1".parse().unwrap(),
                 connected: vec!["192.0.2.0/24".parse().unwrap()],
                 v6: None,
             },

@@ -1,6 +1,9 @@
 //! Holding the node's lease: acquire (asking for the subnet held before, from the state file),
 //! renew well before expiry, and acquire again when the lease is lost. The current lease is
 //! published on a watch channel; it never gives up because the controller is unreachable.
+//! When the node's identity changes (its public IP followed an address change), the lease it
+//! holds is acquired again with the new one: the controller keeps the subnet, and the lease
+//! stays published to the agent meanwhile, so no route is removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use twill_proto::v1 as pb;
 use crate::vtep::Mac;
 
 /// What the agent asks the controller for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub node: String,
     pub public_ip: std::net::Ipv4Addr,
@@ -22,6 +25,8 @@ pub struct Identity {
     /// The node's IPv6 address and IPv6 VTEP MAC, when it has an IPv6 address (dual stack).
     pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub vtep_mac_v6: Mac,
+    /// Further backend_data entries (the public interface and why it was chosen).
+    pub backend_data: std::collections::BTreeMap<String, String>,
 }
 
 /// The subnet held before, kept across restarts so a node gets its subnet back.
@@ -50,7 +55,8 @@ fn renew_after(lease: &pb::Lease, ttl: Duration) -> Duration {
 
 pub struct Keeper {
     pub client: Arc<Client>,
-    pub id: Identity,
+    /// The identity to acquire with; a change while a lease is held acquires it again.
+    pub id: watch::Receiver<Identity>,
     pub state_dir: PathBuf,
     pub lease_ttl: Duration,
     pub tx: watch::Sender<Option<pb::Lease>>,
@@ -65,24 +71,22 @@ fn valid_for(lease: &pb::Lease, ttl: Duration) -> Duration {
 }
 
 impl Keeper {
-    async fn acquire(&self) -> Result<pb::Lease, ClientError> {
+    async fn acquire(&mut self) -> Result<pb::Lease, ClientError> {
+        let id = self.id.borrow_and_update().clone();
         let wanted = load_state(&self.state_dir).unwrap_or_default();
         let mut req = pb::AcquireRequest {
-            node: self.id.node.clone(),
-            public_ip: self.id.public_ip.to_string(),
-            public_ipv6: self
-                .id
-                .public_ipv6
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            node: id.node.clone(),
+            public_ip: id.public_ip.to_string(),
+            public_ipv6: id.public_ipv6.map(|a| a.to_string()).unwrap_or_default(),
             wanted_subnet: wanted.clone(),
+            backend_data: id.backend_data.into_iter().collect(),
             ..Default::default()
         };
         req.backend_data
-            .insert("vtep_mac".into(), self.id.vtep_mac.to_string());
-        if self.id.public_ipv6.is_some() {
+            .insert("vtep_mac".into(), id.vtep_mac.to_string());
+        if id.public_ipv6.is_some() {
             req.backend_data
-                .insert("vtep_mac_v6".into(), self.id.vtep_mac_v6.to_string());
+                .insert("vtep_mac_v6".into(), id.vtep_mac_v6.to_string());
         }
         let r = match self.client.acquire(req.clone()).await {
             // A subnet from an older network configuration: ask for any.
@@ -104,8 +108,23 @@ impl Keeper {
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(200);
         let mut held: Option<pb::Lease> = None;
+        // The identity changed while a lease was held; `id_open` until the agent stops.
+        let (mut moved, mut id_open) = (false, true);
         loop {
             let next = match &held {
+                Some(l) if moved => match self.acquire().await {
+                    Ok(n) => {
+                        moved = false;
+                        tracing::info!(node = %n.node, subnet = %n.subnet, public_ip = %n.public_ip, "lease acquired again with the node's new public IP");
+                        Some(n)
+                    }
+                    Err(e) => {
+                        tracing::warn!(subnet = %l.subnet, error = %e, retry_in = ?backoff, "cannot update the lease with the new public IP; keeping it and retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
                 None => match self.acquire().await {
                     Ok(l) => {
                         tracing::info!(node = %l.node, subnet = %l.subnet, reason = %l.reason, "lease acquired");
@@ -150,8 +169,16 @@ impl Keeper {
             );
             if lost || held.is_some() {
                 self.tx.send_if_modified(|cur| {
-                    let changed = cur.as_ref().map(|c| (&c.subnet, c.create_revision))
-                        != held.as_ref().map(|c| (&c.subnet, c.create_revision));
+                    // Renewals alone are not news; another lease or a new public IP is.
+                    let key = |c: &pb::Lease| {
+                        (
+                            c.subnet.clone(),
+                            c.create_revision,
+                            c.public_ip.clone(),
+                            c.backend_data.clone(),
+                        )
+                    };
+                    let changed = cur.as_ref().map(key) != held.as_ref().map(key);
                     if changed {
                         *cur = held.clone();
                     }
@@ -161,7 +188,13 @@ impl Keeper {
             match &held {
                 Some(l) => {
                     backoff = Duration::from_millis(200);
-                    tokio::time::sleep(renew_after(l, self.lease_ttl)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(renew_after(l, self.lease_ttl)) => {}
+                        r = self.id.changed(), if id_open => match r {
+                            Ok(()) => moved = true,
+                            Err(_) => id_open = false,
+                        },
+                    }
                 }
                 None => {
                     tokio::time::sleep(backoff).await;

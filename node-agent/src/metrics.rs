@@ -20,6 +20,16 @@ pub struct Metrics {
     pub changes: Counter,
     pub errors: Counter,
     pub masquerade_repairs: Counter,
+    /// One series, value 1, labelled with the public interface chosen and why.
+    pub public_interface: Family<PeerLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Replaces the public interface series with one for `labels`.
+    pub fn set_public_interface(&self, labels: PeerLabels) {
+        self.public_interface.clear();
+        self.public_interface.get_or_create(&labels).set(1);
+    }
 }
 
 type PeerLabels = Vec<(&'static str, String)>;
@@ -65,6 +75,11 @@ pub fn endpoints(m: &Metrics, health: Arc<Mutex<Health>>, bgp: BgpBoard) -> Endp
         "twill_agent_masquerade_repairs",
         "Times the masquerade table was found changed or removed by someone else and written again",
         m.masquerade_repairs.clone(),
+    );
+    r.register(
+        "twill_agent_public_interface",
+        "1 for the interface carrying node-to-node traffic: its name, the local address used, the public IP published and the reason it was chosen",
+        m.public_interface.clone(),
     );
     let established: Family<PeerLabels, Gauge> = Family::default();
     let received: Family<PeerLabels, Gauge> = Family::default();

@@ -100,6 +100,7 @@ fn desired_for(me: &str, backend: &Backend) -> Desired {
             iface: "eth0".into(),
             mtu: 1500,
             public_ip: own.public_ip,
+            local_ip: own.public_ip,
             connected: vec!["192.0.2.0/24".parse().unwrap()],
             v6: None,
         },

@@ -174,8 +174,12 @@ fn bad_agent_input_fails_clearly_and_programs_nothing() {
     let cases: &[(&[&str], &str)] = &[
         (&["--iface", "nope0"], "interface \"nope0\" does not exist"),
         (
-            &["--iface", "eth0", "--public-ip", "203.0.113.9"],
-            "public IP 203.0.113.9 is on no interface",
+            &["--iface", "203.0.113.9"],
+            "no interface has the address 203.0.113.9",
+        ),
+        (
+            &["--iface", "lo", "--public-ip", "192.0.2.1"],
+            "public IP 192.0.2.1 is on interface eth0, not on the chosen interface lo",
         ),
         (&["--iface-regex", "^zz"], "no interface matches"),
         (

@@ -63,7 +63,7 @@ impl Bgp {
                 "restarting: routes in the kernel kept until every BGP peer has resent its table"
             );
         }
-        let listen = SocketAddr::new(s.facts.public_ip.into(), 179);
+        let listen = SocketAddr::new(s.facts.local_ip.into(), 179);
         let runner = Runner::start(
             p,
             listen,

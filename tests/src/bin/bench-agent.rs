@@ -72,6 +72,7 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
                         iface: "eth0".into(),
                         mtu: 1500,
                         public_ip: own.public_ip,
+                        local_ip: own.public_ip,
                         connected: vec!["192.0.2.0/24".parse().expect("valid")],
                         v6: None,
                     },

@@ -183,6 +183,7 @@ fn start_cfg(
         router_id: "10.0.0.1".parse().expect("id"),
         cluster_id: None,
         local_address: "127.0.0.1".parse().expect("addr"),
+        local_address_v6: None,
         peers: vec![PeerConfig {
             passive: true,
             ..PeerConfig::new(

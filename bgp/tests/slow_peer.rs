@@ -269,6 +269,7 @@ async fn a_peer_that_stops_reading_stalls_no_one_and_its_hold_timer_closes_it() 
         router_id: "10.0.0.1".parse().expect("id"),
         cluster_id: None,
         local_address: "127.0.0.1".parse().expect("addr"),
+        local_address_v6: None,
         peers: vec![
             peer(S_ADDR, OUR_AS),
             peer(R_ADDR, OUR_AS),

@@ -43,6 +43,8 @@ pub struct Plan {
     pub originate: Vec<IpNet>,
     /// Announced to outside peers only: service and load-balancer ranges.
     pub advertise: Vec<IpNet>,
+    /// This node's IPv6 address: the next hop of its IPv6 subnet (dual stack).
+    pub local_v6: Option<std::net::Ipv6Addr>,
 }
 
 /// This node's own BGP choices, from the agent's flags rather than the cluster's settings.
@@ -128,12 +130,17 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         b.cluster_id
             .unwrap_or_else(|| default_cluster_id(&b.route_reflectors))
     });
+    let everyone = || nodes.iter().chain(std::iter::once(me));
     let import = Import {
         guarded: vec![IpNet::V4(network)],
-        owners: nodes
-            .iter()
-            .chain(std::iter::once(me))
+        // Each node owns its IPv4 subnet at its IPv4 address and its IPv6 subnet at its IPv6
+        // address: those are the next hops their speakers announce them with.
+        owners: everyone()
             .map(|n| (IpNet::V4(n.subnet), IpAddr::V4(n.public_ip)))
+            .chain(everyone().filter_map(|n| {
+                let v6 = n.v6.as_ref()?;
+                Some((IpNet::V6(v6.subnet), IpAddr::V6(v6.public_ip)))
+            }))
             .collect(),
         allow: Some(b.allowed_prefixes.iter().copied().map(IpNet::V4).collect()),
     };
@@ -143,8 +150,19 @@ pub fn plan(b: &BgpSettings, network: Ipv4Net, me: &NodeLease, nodes: &[NodeLeas
         cluster_id,
         peers,
         import,
-        originate: vec![IpNet::V4(me.subnet)],
+        originate: std::iter::once(IpNet::V4(me.subnet))
+            .chain(me.v6.as_ref().map(|v6| IpNet::V6(v6.subnet)))
+            .collect(),
         advertise: vec![],
+        local_v6: me.v6.as_ref().map(|v6| v6.public_ip),
+    }
+}
+
+impl Plan {
+    /// Guards the IPv6 pod network too (dual stack): inside it only owners' subnets are taken.
+    pub fn with_network6(mut self, network6: Option<ipnet::Ipv6Net>) -> Plan {
+        self.import.guarded.extend(network6.map(IpNet::V6));
+        self
     }
 }
 
@@ -225,8 +243,9 @@ fn default_cluster_id(reflectors: &[String]) -> Ipv4Addr {
     Ipv4Addr::from(h)
 }
 
-/// IPv4 routes the speaker has chosen, prefix → next hops (sorted; more than one is ECMP).
-pub type Learned = BTreeMap<Ipv4Net, Vec<Ipv4Addr>>;
+/// Routes the speaker has chosen, prefix → next hops of the prefix's family (sorted; more
+/// than one is ECMP).
+pub type Learned = BTreeMap<IpNet, Vec<IpAddr>>;
 
 /// A running speaker and what it has learned.
 pub struct Runner {
@@ -254,6 +273,7 @@ impl Runner {
             router_id: plan.router_id,
             cluster_id: plan.cluster_id,
             local_address: IpAddr::V4(plan.router_id),
+            local_address_v6: plan.local_v6,
             peers: plan.peers.clone(),
             originate: plan.originate.clone(),
             advertise: plan.advertise.clone(),
@@ -277,32 +297,27 @@ impl Runner {
             .collect();
         tokio::spawn(async move {
             while let Some(c) = changes.recv().await {
+                // A next hop of the other family cannot be installed (RFC 5549 is not
+                // supported): such a route is dropped.
+                let same_family = |p: &IpNet, h: &IpAddr| p.addr().is_ipv4() == h.is_ipv4();
                 learned_tx.send_modify(|l| match c {
-                    Change::Best(IpNet::V4(p), path) if !own.contains(&IpNet::V4(p)) => {
-                        match path.next_hop {
-                            IpAddr::V4(nh) => {
-                                l.insert(p, vec![nh]);
-                            }
-                            IpAddr::V6(_) => {
-                                l.remove(&p);
-                            }
+                    Change::Best(p, path) if !own.contains(&p) => {
+                        if same_family(&p, &path.next_hop) {
+                            l.insert(p, vec![path.next_hop]);
+                        } else {
+                            l.remove(&p);
                         }
                     }
                     // Equal paths after the best: the route goes over all of them.
-                    Change::NextHops(IpNet::V4(p), hops) if l.contains_key(&p) => {
-                        let mut v4: Vec<Ipv4Addr> = hops
-                            .iter()
-                            .filter_map(|h| match h {
-                                IpAddr::V4(a) => Some(*a),
-                                IpAddr::V6(_) => None,
-                            })
-                            .collect();
-                        v4.sort();
-                        if !v4.is_empty() {
-                            l.insert(p, v4);
+                    Change::NextHops(p, hops) if l.contains_key(&p) => {
+                        let mut usable: Vec<IpAddr> =
+                            hops.into_iter().filter(|h| same_family(&p, h)).collect();
+                        usable.sort();
+                        if !usable.is_empty() {
+                            l.insert(p, usable);
                         }
                     }
-                    Change::Gone(IpNet::V4(p)) => {
+                    Change::Gone(p) => {
                         l.remove(&p);
                     }
                     _ => {}
@@ -378,12 +393,13 @@ impl Runner {
         }
     }
 
-    /// Whether a new plan can be applied to this speaker (same AS, router id and cluster id);
-    /// if not, it must be replaced.
+    /// Whether a new plan can be applied to this speaker (same AS, router id, cluster id and
+    /// IPv6 next hop); if not, it must be replaced.
     pub fn compatible(&self, p: &Plan) -> bool {
         self.plan.local_as == p.local_as
             && self.plan.router_id == p.router_id
             && self.plan.cluster_id == p.cluster_id
+            && self.plan.local_v6 == p.local_v6
     }
 
     /// Tells the speaker what changed; sessions whose peers did not change are left alone.
@@ -484,9 +500,41 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_node_originates_and_owns_its_ipv6_subnet_at_its_ipv6_address() {
+        let mut all = nodes();
+        for (i, n) in all.iter_mut().enumerate() {
+            n.v6 = Some(crate::desired::LeaseV6 {
+                subnet: format!("fd00:10:244:{}::/64", i + 1).parse().unwrap(),
+                public_ip: format!("2001:db8::{}", i + 1).parse().unwrap(),
+                vtep_mac: None,
+            });
+        }
+        let p = plan(&settings(), "10.244.0.0/16".parse().unwrap(), &all[0], &all)
+            .with_network6(Some("fd00:10:244::/56".parse().unwrap()));
+        assert_eq!(
+            p.originate,
+            vec![
+                "10.244.1.0/24".parse::<IpNet>().unwrap(),
+                "fd00:10:244:1::/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(p.local_v6, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            p.import.owners.get(&"fd00:10:244:2::/64".parse().unwrap()),
+            Some(&"2001:db8::2".parse().unwrap())
+        );
+        assert!(p
+            .import
+            .guarded
+            .contains(&"fd00:10:244::/56".parse().unwrap()));
+        // Sessions stay between the IPv4 addresses.
+        assert!(p.peers.iter().all(|c| c.peer.addr.is_ipv4()));
+    }
+
+    #[test]
     fn after_a_restart_the_kernel_keeps_the_old_routes_until_every_peer_is_done() {
-        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let preserved: Learned = [(net("10.244.2.0/24"), vec![ip("192.0.2.2")])].into();
         // One peer is back with a new next hop, another subnet is new: neither yet.
         let learned: Learned = [

@@ -437,6 +437,7 @@ pub fn speaker_on_host_1(asn: u32, peers: Vec<PeerConfig>, originate: &[&str]) -
         router_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
         cluster_id: None,
         local_address: std::net::IpAddr::from([192, 0, 2, 1]),
+        local_address_v6: None,
         peers,
         originate: originate.iter().filter_map(|p| p.parse().ok()).collect(),
         advertise: vec![],

@@ -113,6 +113,7 @@ fn bird_connects_to_a_passive_twill_with_md5() {
         router_id: "192.0.2.1".parse().expect("id"),
         cluster_id: None,
         local_address: "192.0.2.1".parse().expect("addr"),
+        local_address_v6: None,
         peers: vec![p],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         advertise: vec![],

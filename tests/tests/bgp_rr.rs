@@ -44,6 +44,7 @@ protocol bgp to_twill {
         router_id: "192.0.2.1".parse().expect("id"),
         cluster_id: None,
         local_address: "192.0.2.1".parse().expect("addr"),
+        local_address_v6: None,
         peers: vec![client(2), client(3)],
         originate: vec!["10.244.1.0/24".parse().expect("prefix")],
         advertise: vec![],

@@ -533,3 +533,13 @@ fn dual_stack_host_gw() {
     }
     dual_stack("ds-gw", &["--backend", "host-gw"], None);
 }
+
+#[test]
+fn dual_stack_bgp() {
+    if !root_or_skip("dual_stack_bgp") {
+        return;
+    }
+    // IPv6 subnets travel as IPv6 NLRI (MP_REACH, RFC 4760) with the nodes' IPv6 next hops over
+    // the IPv4 sessions.
+    dual_stack("ds-bgp", &["--backend", "bgp", "--bgp-asn", "64512"], None);
+}

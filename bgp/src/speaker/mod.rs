@@ -82,6 +82,10 @@ pub struct SpeakerConfig {
     /// Our address on the peers' segment: the next hop towards eBGP peers and for our own
     /// prefixes.
     pub local_address: IpAddr,
+    /// Our IPv6 address on the segment, the next hop of our own IPv6 prefixes (and towards
+    /// eBGP peers for IPv6) when `local_address` is IPv4; without it, IPv6 prefixes of ours are
+    /// not announced (a next hop of the other family would be unusable).
+    pub local_address_v6: Option<std::net::Ipv6Addr>,
     pub peers: Vec<PeerConfig>,
     /// Prefixes this node originates.
     pub originate: Vec<IpNet>,
@@ -586,10 +590,11 @@ impl Speaker {
             changed.extend(self.rib.take_pending());
         }
         for p in after.difference(&before) {
-            if let Ok(c) = self
-                .rib
-                .announce(OWN, *p, self.cfg.local_address, own_attrs())
-            {
+            let Some(nh) = self.own_next_hop(p) else {
+                tracing::warn!(prefix = %p, "no local address of this family to announce it with; not announced");
+                continue;
+            };
+            if let Ok(c) = self.rib.announce(OWN, *p, nh, own_attrs()) {
                 changed.extend(c);
             }
             changed.extend(self.rib.take_pending());
@@ -830,9 +835,19 @@ impl Speaker {
         if path.peer == OWN && !s.cfg.export.outside() && !self.originated.contains(prefix) {
             return None; // for outside peers only
         }
+        let local = self.own_next_hop(prefix)?;
         self.rib
-            .export(path, to, self.cfg.local_address)
+            .export(path, to, local)
             .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
+    }
+
+    /// Our address as the next hop for `prefix`: one of the prefix's own family.
+    fn own_next_hop(&self, prefix: &IpNet) -> Option<IpAddr> {
+        match (prefix, self.cfg.local_address) {
+            (IpNet::V4(_), a @ IpAddr::V4(_)) | (IpNet::V6(_), a @ IpAddr::V6(_)) => Some(a),
+            (IpNet::V6(_), IpAddr::V4(_)) => self.cfg.local_address_v6.map(IpAddr::V6),
+            (IpNet::V4(_), IpAddr::V6(_)) => None,
+        }
     }
 
     /// Applies new import rules to what every peer has announced.

@@ -25,10 +25,13 @@ impl Bgp {
     pub async fn start(
         settings: &BgpSettings,
         network: Ipv4Net,
+        network6: Option<ipnet::Ipv6Net>,
         view: &View<'_>,
         s: Start<'_>,
     ) -> Bgp {
-        let p = plan(settings, network, view.own, view.peers).with_local(s.bgp);
+        let p = plan(settings, network, view.own, view.peers)
+            .with_network6(network6)
+            .with_local(s.bgp);
         for addr in s.bgp.unknown_peers(&p) {
             tracing::warn!(peer = %addr, "a --bgp-* flag names an address that is not one of this node's outside BGP peers (--bgp-peer); it has no effect");
         }
@@ -39,17 +42,9 @@ impl Bgp {
                 .filter(|r| {
                     r.table == crate::desired::MAIN_TABLE && r.dev == s.facts.iface && !r.onlink
                 })
-                .filter_map(|r| {
-                    let ipnet::IpNet::V4(dst) = r.dst else {
-                        return None;
-                    };
-                    let hops = std::iter::once(r.via)
-                        .chain(r.also.iter().copied())
-                        .filter_map(|h| match h {
-                            std::net::IpAddr::V4(v4) => Some(v4),
-                            std::net::IpAddr::V6(_) => None,
-                        });
-                    Some((dst, hops.collect()))
+                .map(|r| {
+                    let hops = std::iter::once(r.via).chain(r.also.iter().copied());
+                    (r.dst, hops.collect())
                 })
                 .collect(),
             Err(e) => {
@@ -90,10 +85,17 @@ impl Dataplane for Bgp {
     }
 
     fn update(&mut self, cfg: &Config, view: &View<'_>) -> BoxFuture<'_, ()> {
-        let Config::Bgp { settings, network } = cfg else {
+        let Config::Bgp {
+            settings,
+            network,
+            network6,
+        } = cfg
+        else {
             return Box::pin(async {});
         };
-        let p = plan(settings, *network, view.own, view.peers).with_local(&self.local);
+        let p = plan(settings, *network, view.own, view.peers)
+            .with_network6(*network6)
+            .with_local(&self.local);
         Box::pin(async move {
             if self.runner.compatible(&p) {
                 self.runner.update(p).await;
@@ -122,13 +124,6 @@ impl Dataplane for Bgp {
             );
             self.preserved.clear();
         }
-        let routes = routes
-            .into_iter()
-            .map(|(dst, hops)| {
-                let hops = hops.into_iter().map(std::net::IpAddr::V4).collect();
-                (ipnet::IpNet::V4(dst), hops)
-            })
-            .collect();
         desired::Backend::Bgp { routes }
     }
 

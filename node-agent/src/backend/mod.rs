@@ -31,6 +31,8 @@ pub enum Config {
         settings: Box<BgpSettings>,
         /// The pod network: what the speaker takes from peers besides allowed prefixes.
         network: Ipv4Net,
+        /// The IPv6 pod network, when the cluster is dual stack.
+        network6: Option<ipnet::Ipv6Net>,
     },
 }
 
@@ -67,6 +69,7 @@ impl Config {
                     .network
                     .parse()
                     .map_err(|_| ConfigError::Network(c.network.clone()))?,
+                network6: c.ipv6_network.parse().ok(),
             }),
             None => Err(ConfigError::None),
         }
@@ -136,8 +139,10 @@ pub async fn start(cfg: &Config, view: &View<'_>, s: Start<'_>) -> Box<dyn Datap
             direct_routing: *direct_routing,
         }),
         Config::HostGw => Box::new(host_gw::HostGw),
-        Config::Bgp { settings, network } => {
-            Box::new(bgp::Bgp::start(settings, *network, view, s).await)
-        }
+        Config::Bgp {
+            settings,
+            network,
+            network6,
+        } => Box::new(bgp::Bgp::start(settings, *network, *network6, view, s).await),
     }
 }

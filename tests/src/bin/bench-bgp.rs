@@ -45,6 +45,7 @@ fn twill_round(lan: &Lan, n: u32) -> Result<Duration> {
         router_id: "192.0.2.2".parse()?,
         cluster_id: None,
         local_address: "192.0.2.2".parse()?,
+        local_address_v6: None,
         peers: vec![peer(1, 64512)],
         originate: vec![],
         advertise: vec![],

@@ -69,6 +69,12 @@ pub struct AgentArgs {
     /// Talk plaintext gRPC to a controller run with --insecure (no certificate, no checks)
     #[arg(long, conflicts_with = "join_token")]
     insecure: bool,
+    /// Remove what twill programmed on this node and exit: its VXLAN devices (with their
+    /// neighbours and FDB entries), its routes (protocol 151) and rules in every table, and the
+    /// masquerade table. Nothing else is touched; the lease is left to expire (or `twill
+    /// release NODE`), subnet.env stays
+    #[arg(long)]
+    cleanup: bool,
     /// flannel-compatible subnet file for CNI
     #[arg(long, value_name = "FILE", default_value = "/run/flannel/subnet.env")]
     subnet_file: PathBuf,
@@ -164,6 +170,11 @@ fn hostname() -> String {
 }
 
 pub async fn run(a: AgentArgs) -> Result<()> {
+    if a.cleanup {
+        let removed = agent::cleanup().await?;
+        println!("removed {removed} kernel objects of twill's and its masquerade table, if any");
+        return Ok(());
+    }
     let tls = if a.insecure {
         agent::Tls::Off
     } else {

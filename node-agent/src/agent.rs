@@ -602,6 +602,23 @@ fn turn_on(path: &str, what: &str) {
     }
 }
 
+/// Removes everything twill programmed in this network namespace: reconciling to an empty
+/// desired state takes away exactly what twill owns (its devices, its routes and rules in every
+/// table), and the masquerade table goes. Returns how many kernel objects were removed.
+pub async fn cleanup() -> Result<usize, AgentError> {
+    let kernel = Kernel::connect()?;
+    let ops = kernel.reconcile(&desired::Desired::default()).await?;
+    for op in &ops {
+        tracing::info!(?op, "removed");
+    }
+    if masquerade::check_tool().await.is_ok() {
+        if Masquerade::default().sync(None).await? == masquerade::Sync::Removed {
+            tracing::info!("masquerade table removed");
+        }
+    }
+    Ok(ops.len())
+}
+
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     twill_proto::names::validate_node_name(&opts.node_name)?;
     let kernel = Kernel::connect()?;

@@ -414,6 +414,39 @@ fn per_source_tables_get_the_pod_routes() {
     wait_until("managed rule restored", Duration::from_secs(10), || {
         ip_out(&["-n", &n1, "rule", "show"]).contains("lookup 200 proto 151")
     });
+
+    // `twill agent --cleanup` takes away everything of twill's on the node, and only that.
+    t.stop_agent(0);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &n1])
+        .arg(twill_binary().expect("twill binary"))
+        .args(["agent", "--cleanup"])
+        .output()
+        .expect("run cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for family in ["-4", "-6"] {
+        let left = ip_out(&[
+            "-n", &n1, family, "route", "show", "table", "all", "proto", "151",
+        ]);
+        assert_eq!(left.trim(), "", "twill's routes left ({family})");
+    }
+    assert!(!ip_out(&["-n", &n1, "rule", "show"]).contains("proto 151"));
+    assert!(!ip_out(&["-n", &n1, "link", "show"]).contains("twill."));
+    assert!(
+        !nft(&n1, &["list", "table", "inet", "twill"]).0,
+        "masquerade table left"
+    );
+    assert!(
+        nft(&n1, &["list", "table", "ip", "operator"]).0,
+        "the operator's table went"
+    );
+    assert!(ip_out(&["-n", &n1, "route", "show", "table", "100"])
+        .contains("default via 198.51.100.254"));
+    assert!(ip_out(&["-n", &n1, "route"]).contains("default via 198.51.100.254 dev eth1"));
 }
 
 /// Node `i`'s IPv6 pod gateway (FLANNEL_IPV6_SUBNET's address) once subnet.env has it.

@@ -611,10 +611,10 @@ pub async fn cleanup() -> Result<usize, AgentError> {
     for op in &ops {
         tracing::info!(?op, "removed");
     }
-    if masquerade::check_tool().await.is_ok() {
-        if Masquerade::default().sync(None).await? == masquerade::Sync::Removed {
-            tracing::info!("masquerade table removed");
-        }
+    if masquerade::check_tool().await.is_ok()
+        && Masquerade::default().sync(None).await? == masquerade::Sync::Removed
+    {
+        tracing::info!("masquerade table removed");
     }
     Ok(ops.len())
 }

@@ -1,6 +1,8 @@
 //! `twill sandbox`: a whole cluster on one machine, in network namespaces: an underlay bridge
 //! (192.0.2.0/24), a controller, N nodes each running `twill agent`, and pods made through
-//! `twill-cni`. Prints the lease table and a pod-to-pod reachability matrix.
+//! `twill-cni`. Prints the lease table and a pod-to-pod reachability matrix. With `--dual-stack`
+//! the underlay also has IPv6 (2001:db8::N/64), the pod network has an IPv6 half
+//! ([`IPV6_NETWORK`]), and there is a matrix per family.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,12 +11,45 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use twill_sandbox::{is_root, Topology};
 
+/// The IPv6 pod network of a `--dual-stack` sandbox (a /64 per node).
+pub const IPV6_NETWORK: &str = "fd00:10:244::/56";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SandboxBackend {
     Vxlan,
     HostGw,
     /// Each agent runs a BGP speaker (iBGP full mesh, AS 64512)
     Bgp,
+}
+
+impl SandboxBackend {
+    /// Whether the sandbox can run this backend with `--dual-stack`. The only place the bgp
+    /// backend is refused: its speaker does not announce IPv6 routes yet; once it does, drop
+    /// this (and the test that expects the refusal).
+    fn check_dual_stack(self) -> Result<()> {
+        if self == SandboxBackend::Bgp {
+            bail!(
+                "--dual-stack: the bgp backend carries IPv4 only in the sandbox for now \
+                 (use --backend vxlan or --backend host-gw)"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -28,9 +63,15 @@ pub struct SandboxArgs {
     /// Pods per node
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=20))]
     pods_per_node: u8,
-    /// Exit 0 if every pod reaches every other pod, 1 otherwise (cleans up either way)
+    /// Exit 0 if every pod reaches every other pod (over both families with --dual-stack), 1
+    /// otherwise (cleans up either way)
     #[arg(long)]
     check: bool,
+    /// IPv6 as well as IPv4: each node's underlay gets 2001:db8::N/64, the controller leases a
+    /// /64 per node from fd00:10:244::/56, every pod gets an address of each family, and an IPv6
+    /// reachability matrix follows the IPv4 one. vxlan and host-gw only for now
+    #[arg(long)]
+    dual_stack: bool,
     /// Leave the namespaces and processes running at exit
     #[arg(long)]
     keep: bool,
@@ -52,14 +93,17 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn matrix(t: &Topology) -> (Vec<Vec<bool>>, bool) {
+fn matrix(t: &Topology, family: Family) -> (Vec<Vec<bool>>, bool) {
     let n = t.pods.len();
     let mut m = vec![vec![true; n]; n];
     let mut all = true;
     for (a, row) in m.iter_mut().enumerate() {
         for (b, cell) in row.iter_mut().enumerate() {
             if a != b {
-                *cell = t.pod_ping(a, b);
+                *cell = match family {
+                    Family::V4 => t.pod_ping(a, b),
+                    Family::V6 => t.pod_ping6(a, b),
+                };
                 all &= *cell;
             }
         }
@@ -67,8 +111,15 @@ fn matrix(t: &Topology) -> (Vec<Vec<bool>>, bool) {
     (m, all)
 }
 
-fn print_matrix(t: &Topology, m: &[Vec<bool>]) {
-    let label = |i: usize| format!("{}/{}", t.nodes[t.pods[i].node].name, t.pods[i].addr);
+fn print_matrix(t: &Topology, m: &[Vec<bool>], family: Family) {
+    let label = |i: usize| {
+        let p = &t.pods[i];
+        let addr = match family {
+            Family::V4 => p.addr.as_str(),
+            Family::V6 => p.addr6.as_deref().unwrap_or("-"),
+        };
+        format!("{}/{addr}", t.nodes[p.node].name)
+    };
     let w = (0..t.pods.len()).map(|i| label(i).len()).max().unwrap_or(4);
     print!("{:w$}", "FROM \\ TO");
     for b in 0..t.pods.len() {
@@ -94,6 +145,9 @@ fn print_matrix(t: &Topology, m: &[Vec<bool>]) {
 }
 
 pub async fn run(a: SandboxArgs) -> Result<()> {
+    if a.dual_stack {
+        a.backend.check_dual_stack()?;
+    }
     if !is_root() {
         bail!("twill sandbox creates network namespaces: run it as root");
     }
@@ -107,16 +161,25 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     let cni = sibling("twill-cni")?;
     let n = a.nodes as usize;
     let mut t = Topology::new("sb", n, &twill)?;
-    let backend: &[&str] = match a.backend {
-        SandboxBackend::Vxlan => &["--backend", "vxlan"],
-        SandboxBackend::HostGw => &["--backend", "host-gw"],
-        SandboxBackend::Bgp => &["--backend", "bgp", "--bgp-asn", "64512"],
+    let mut flags: Vec<&str> = match a.backend {
+        SandboxBackend::Vxlan => vec!["--backend", "vxlan"],
+        SandboxBackend::HostGw => vec!["--backend", "host-gw"],
+        SandboxBackend::Bgp => vec!["--backend", "bgp", "--bgp-asn", "64512"],
+    };
+    let families: &[Family] = if a.dual_stack {
+        // Before the agents start: each takes its interface's IPv6 address at start.
+        t.enable_ipv6()?;
+        flags.extend(["--ipv6-network", IPV6_NETWORK]);
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
     };
     println!(
-        "starting a controller and {n} agents ({:?}) in namespaces...",
-        a.backend
+        "starting a controller and {n} agents ({:?}{}) in namespaces...",
+        a.backend,
+        if a.dual_stack { ", dual-stack" } else { "" }
     );
-    t.start_controller(backend)?;
+    t.start_controller(&flags)?;
     for i in 0..n {
         t.start_agent(i)?;
     }
@@ -132,23 +195,40 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     print!("{}", t.twill(&["leases"])?);
     // Routes reach every node within a resync or two; give the matrix a few seconds to settle.
     let deadline = Instant::now() + Duration::from_secs(15);
-    let (m, all) = loop {
-        let (m, all) = matrix(&t);
-        if all || Instant::now() > deadline {
-            break (m, all);
+    let matrices = loop {
+        let ms: Vec<_> = families.iter().map(|f| matrix(&t, *f)).collect();
+        if ms.iter().all(|(_, ok)| *ok) || Instant::now() > deadline {
+            break ms;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    println!();
-    print_matrix(&t, &m);
-    println!(
-        "\n{}",
-        if all {
-            "every pod reaches every other pod"
-        } else {
-            "SOME PODS CANNOT REACH EACH OTHER"
+    for ((m, _), family) in matrices.iter().zip(families) {
+        println!();
+        if a.dual_stack {
+            println!("{}:", family.name());
         }
-    );
+        print_matrix(&t, m, *family);
+    }
+    let failed: Vec<&str> = (matrices.iter().zip(families))
+        .filter(|((_, ok), _)| !ok)
+        .map(|(_, f)| f.name())
+        .collect();
+    let all = failed.is_empty();
+    let over = if a.dual_stack {
+        " over IPv4 and IPv6"
+    } else {
+        ""
+    };
+    if all {
+        println!("\nevery pod reaches every other pod{over}");
+    } else if a.dual_stack {
+        println!(
+            "\nSOME PODS CANNOT REACH EACH OTHER (over {})",
+            failed.join(" and ")
+        );
+    } else {
+        println!("\nSOME PODS CANNOT REACH EACH OTHER");
+    }
     if a.keep {
         let names = t.keep();
         println!(

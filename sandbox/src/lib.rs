@@ -1,7 +1,9 @@
 //! A sandbox cluster: node namespaces on an underlay bridge (192.0.2.0/24), a controller and one
 //! agent per node running inside them as real processes, and pods made through `twill-cni`.
 //! Used by `twill sandbox` and by the namespace tests. Everything lives in namespaces created
-//! here and removed on drop; nothing is connected to the root namespace.
+//! here and removed on drop; nothing is connected to the root namespace. With
+//! [`Topology::enable_ipv6`] the underlay is dual-stack (2001:db8::N/64) and pods get an address
+//! of each family.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,7 +100,10 @@ pub fn ip_out(args: &[&str]) -> String {
 pub struct Pod {
     pub ns: String,
     pub node: usize,
+    /// Its IPv4 address.
     pub addr: String,
+    /// Its IPv6 address, when the node's subnet.env has an IPv6 subnet.
+    pub addr6: Option<String>,
 }
 
 pub struct Node {
@@ -129,9 +134,37 @@ pub struct Topology {
     join: Option<(String, String)>,
     /// A CA the controller starts with (`--ca`) instead of making its own.
     pub ca_file: Option<PathBuf>,
+    /// Set by [`Topology::enable_ipv6`]: nodes have underlay IPv6 addresses, and nodes and pods
+    /// skip duplicate address detection.
+    pub dual_stack: bool,
 }
 
 pub const CONTROLLER_ADDR: &str = "192.0.2.100";
+
+/// Node `i`'s (0-based) underlay IPv6 address and prefix length, once [`Topology::enable_ipv6`]
+/// has run.
+pub fn node_ipv6(i: usize) -> String {
+    format!("2001:db8::{}/64", i + 1)
+}
+
+/// Turns duplicate address detection off in namespace `ns`, for its existing interfaces and the
+/// ones made later, so IPv6 addresses are usable as soon as they are added.
+fn no_dad(ns: &str) -> Result<()> {
+    for scope in ["all", "default"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-q", "-w"])
+            .arg(format!("net.ipv6.conf.{scope}.accept_dad=0"))
+            .output()
+            .context("run sysctl")?;
+        if !out.status.success() {
+            bail!(
+                "{ns}: accept_dad=0: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
 
 impl Topology {
     pub fn new(tag: &str, n: usize, bin: &Path) -> Result<Topology> {
@@ -151,6 +184,7 @@ impl Topology {
             bin: bin.to_path_buf(),
             join: None,
             ca_file: None,
+            dual_stack: false,
         };
         let mut t = t;
         ip(&["netns", "add", &t.underlay])?;
@@ -172,6 +206,29 @@ impl Topology {
             });
         }
         Ok(t)
+    }
+
+    /// Makes the topology dual-stack; call it before the agents start (they pick their IPv6
+    /// address at start). Each node's `eth0` gets [`node_ipv6`] without duplicate address
+    /// detection, DAD is off in the nodes (for `cni0`) and in pods made later, and
+    /// [`Topology::wait_subnet`] also waits for the node's IPv6 subnet. The controller still
+    /// needs `--ipv6-network` among its flags.
+    pub fn enable_ipv6(&mut self) -> Result<()> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            no_dad(&n.ns)?;
+            ip(&[
+                "-n",
+                &n.ns,
+                "addr",
+                "add",
+                &node_ipv6(i),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
+        self.dual_stack = true;
+        Ok(())
     }
 
     /// A namespace with `eth0` = 192.0.2.<host>/24 on the underlay bridge.
@@ -358,14 +415,22 @@ impl Topology {
         Ok(subnets)
     }
 
-    /// The node's FLANNEL_SUBNET (pod gateway address/len) once subnet.env exists.
+    /// The node's FLANNEL_SUBNET (pod gateway address/len) once subnet.env exists (and, when
+    /// dual-stack, has FLANNEL_IPV6_SUBNET too).
     pub fn wait_subnet(&self, i: usize, within: Duration) -> Result<String> {
         let path = self.nodes[i].dir.join("subnet.env");
         let deadline = Instant::now() + within;
         loop {
             if let Ok(s) = std::fs::read_to_string(&path) {
-                if let Some(v) = s.lines().find_map(|l| l.strip_prefix("FLANNEL_SUBNET=")) {
-                    return Ok(v.to_string());
+                let key = |k: &str| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .map(str::to_string)
+                };
+                if let Some(v) = key("FLANNEL_SUBNET=") {
+                    if !self.dual_stack || key("FLANNEL_IPV6_SUBNET=").is_some() {
+                        return Ok(v);
+                    }
                 }
             }
             if Instant::now() > deadline {
@@ -410,6 +475,12 @@ impl Topology {
         let ns = format!("tw-p{}-{k}-{}", i + 1, self.tag);
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        if self.dual_stack {
+            // The bridge plugin adds the pod's IPv6 address; without DAD it works at once. (The
+            // plugin turns DAD off on the pod's interface itself, but only with hairpinMode,
+            // which a delegate override may drop.)
+            no_dad(&ns)?;
+        }
         // The IPAM twill-cni would use, with its state kept in the sandbox instead of
         // /var/lib/cni, so nothing is left behind.
         let env = std::fs::read_to_string(node.dir.join("subnet.env"))?;
@@ -454,28 +525,62 @@ impl Topology {
         if !out.status.success() {
             bail!("twill-cni ADD for {ns}: {result}");
         }
-        let addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .context("twill-cni returned no address")?
+        // One address per range set, IPv4 first; pick each family by its form.
+        let addrs: Vec<&str> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next())
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|a| !a.contains(':'))
+            .context("twill-cni returned no IPv4 address")?
             .to_string();
-        self.pods.push(Pod { ns, node: i, addr });
+        let addr6 = addrs
+            .iter()
+            .find(|a| a.contains(':'))
+            .map(|a| a.to_string());
+        if self.dual_stack && addr6.is_none() {
+            bail!("twill-cni returned no IPv6 address for {ns}: {result}");
+        }
+        self.pods.push(Pod {
+            ns,
+            node: i,
+            addr,
+            addr6,
+        });
         Ok(())
     }
 
-    /// Whether pod `a` reaches pod `b` (one ping, one second).
+    /// Whether pod `a` reaches pod `b` over IPv4 (one ping, one second).
     pub fn pod_ping(&self, a: usize, b: usize) -> bool {
+        self.ping_from_pod(a, "-4", &self.pods[b].addr)
+    }
+
+    /// Whether pod `a` reaches pod `b` over IPv6 (one ping, one second); false when either has
+    /// no IPv6 address.
+    pub fn pod_ping6(&self, a: usize, b: usize) -> bool {
+        self.pods[a].addr6.is_some()
+            && self.pods[b]
+                .addr6
+                .as_deref()
+                .is_some_and(|to| self.ping_from_pod(a, "-6", to))
+    }
+
+    fn ping_from_pod(&self, a: usize, family: &str, to: &str) -> bool {
         Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &self.pods[a].ns,
                 "ping",
+                family,
                 "-c",
                 "1",
                 "-W",
                 "1",
-                &self.pods[b].addr,
+                to,
             ])
             .output()
             .map(|o| o.status.success())

@@ -1008,7 +1008,8 @@ fn check_acquire(
         )
     };
 
-    // Rule 1: a live lease comes back, same subnet and instance, refreshed.
+    // Rule 1: a live lease comes back, same subnet and instance, refreshed, and says it was
+    // held (a reservation stays the reason).
     if let Some(held) = before.lease(&args.node) {
         let v6 = match (held.ipv6_subnet, free6) {
             (Some(s), _) | (None, Some(Some(s))) => Some(s),
@@ -1023,6 +1024,10 @@ fn check_acquire(
             expires_at: held.expires_at.max(now + cfg.lease_ttl_ms),
             mod_revision: before.revision() + 1,
             ipv6_subnet: v6,
+            reason: match held.reason {
+                GrantReason::Reserved => GrantReason::Reserved,
+                _ => GrantReason::Held,
+            },
             ..held.clone()
         };
         prop_assert_eq!(

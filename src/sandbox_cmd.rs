@@ -22,21 +22,6 @@ pub enum SandboxBackend {
     Bgp,
 }
 
-impl SandboxBackend {
-    /// Whether the sandbox can run this backend with `--dual-stack`. The only place the bgp
-    /// backend is refused: its speaker does not announce IPv6 routes yet; once it does, drop
-    /// this (and the test that expects the refusal).
-    fn check_dual_stack(self) -> Result<()> {
-        if self == SandboxBackend::Bgp {
-            bail!(
-                "--dual-stack: the bgp backend carries IPv4 only in the sandbox for now \
-                 (use --backend vxlan or --backend host-gw)"
-            );
-        }
-        Ok(())
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     V4,
@@ -69,7 +54,7 @@ pub struct SandboxArgs {
     check: bool,
     /// IPv6 as well as IPv4: each node's underlay gets 2001:db8::N/64, the controller leases a
     /// /64 per node from fd00:10:244::/56, every pod gets an address of each family, and an IPv6
-    /// reachability matrix follows the IPv4 one. vxlan and host-gw only for now
+    /// reachability matrix follows the IPv4 one (every backend); with --check both must pass
     #[arg(long)]
     dual_stack: bool,
     /// Leave the namespaces and processes running at exit
@@ -145,9 +130,6 @@ fn print_matrix(t: &Topology, m: &[Vec<bool>], family: Family) {
 }
 
 pub async fn run(a: SandboxArgs) -> Result<()> {
-    if a.dual_stack {
-        a.backend.check_dual_stack()?;
-    }
     if !is_root() {
         bail!("twill sandbox creates network namespaces: run it as root");
     }

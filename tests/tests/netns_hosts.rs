@@ -549,6 +549,23 @@ fn dual_stack(tag: &str, backend: &[&str], device_v6: Option<&str>) {
         env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56"),
         "{env}"
     );
+
+    // IPv6 egress is masqueraded too: the outside has no route to the pod network, so only a
+    // request that left with the node's IPv6 address is answered.
+    let outside = format!("tw-out6-{tag}{}", std::process::id());
+    let _gone = Gone(vec![outside.clone()]);
+    attach_to_bridge(&outside, 200, &t.underlay).expect("outside namespace");
+    ipn(&outside, "addr add 2001:db8::200/64 dev eth0 nodad");
+    wait_until(
+        "pod network reaches the outside over IPv6",
+        Duration::from_secs(10),
+        || ping6(&t.nodes[0].ns, &addr6(&gw6[0]), "2001:db8::200"),
+    );
+    let nat = nft(&t.nodes[0].ns, &["list", "table", "inet", "twill"]).1;
+    assert!(
+        nat.contains("ip6 saddr fd00:10:244::/56 masquerade fully-random"),
+        "{nat}"
+    );
 }
 
 #[test]

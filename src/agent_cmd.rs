@@ -30,7 +30,8 @@ pub struct AgentArgs {
     /// address is used); repeat to give fallbacks: the first one that exists with an IPv4
     /// address wins, in the order given. Tried before --iface-regex and --iface-can-reach;
     /// with none of the three, the interface holding --public-ip, else the one of the default
-    /// route. Re-checked when addresses change: the node follows a changed address
+    /// route. Re-checked when addresses change: the node follows a changed address. The chosen
+    /// interface's first global IPv6 address, if any, is the node's IPv6 address (dual stack)
     #[arg(long, value_name = "NAME|ADDR", value_parser = facts::parse_iface)]
     iface: Vec<String>,
     /// A regular expression (unanchored) for the interface: matched against every interface's

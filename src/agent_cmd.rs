@@ -72,8 +72,8 @@ pub struct AgentArgs {
     insecure: bool,
     /// Remove what twill programmed on this node and exit: its VXLAN devices (with their
     /// neighbours and FDB entries), its routes (protocol 151) and rules in every table, and the
-    /// masquerade table. Nothing else is touched; the lease is left to expire (or `twill
-    /// release NODE`), subnet.env stays
+    /// masquerade table. Nothing else is touched (forwarding and accept_ra stay as they are);
+    /// the lease is left to expire (or `twill release NODE`), subnet.env stays
     #[arg(long)]
     cleanup: bool,
     /// flannel-compatible subnet file for CNI

@@ -152,6 +152,7 @@ struct Agent {
     sources: SourceTables,
     source_problems: Vec<String>,
     conflicts: Vec<Op>,
+    table_errors: Vec<String>,
     /// Why `facts.iface` was chosen; the identity the lease keeper acquires with; the
     /// interface selection's last error (warned about once), while the old choice is kept.
     reason: Reason,
@@ -357,7 +358,7 @@ impl Agent {
             sources,
         });
         for r in want.refused.difference(&self.refused) {
-            tracing::warn!(refusal = ?r, "peer not programmed");
+            tracing::warn!(refusal = ?r, "not programmed");
         }
         self.refused = want.refused.clone();
         self.metrics.reconciles.inc();
@@ -371,6 +372,17 @@ impl Agent {
                         );
                     }
                     self.conflicts = applied.conflicts;
+                }
+                let table_errors: Vec<String> = applied
+                    .table_errors
+                    .iter()
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                if table_errors != self.table_errors {
+                    for (op, e) in &applied.table_errors {
+                        tracing::warn!(?op, error = %e, "per-source table entry refused by the kernel; retrying at the next pass");
+                    }
+                    self.table_errors = table_errors;
                 }
                 let ops = applied.ops;
                 if !ops.is_empty() {
@@ -509,8 +521,8 @@ impl Agent {
     /// Pods' traffic is forwarded by the node: forwarding must be on, for IPv6 too once the
     /// node has an IPv6 subnet. The bridge CNI plugin turns IPv4 on at the first pod; a node
     /// without pods yet still forwards for peers. Turning IPv6 forwarding on makes the kernel
-    /// ignore router advertisements on interfaces with accept_ra=1, so the underlay interface
-    /// is moved to accept_ra=2 first (accept them while forwarding) and keeps its SLAAC routes.
+    /// ignore router advertisements on interfaces with accept_ra=1, so those are moved to
+    /// accept_ra=2 first (accept them while forwarding) and keep their SLAAC routes.
     fn ensure_forwarding(&mut self, v6: bool) {
         if !self.forwarding_checked {
             self.forwarding_checked = true;
@@ -518,10 +530,26 @@ impl Agent {
         }
         if v6 && !self.forwarding6_checked {
             self.forwarding6_checked = true;
-            let ra = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", self.facts.iface);
-            if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
-                if let Err(e) = std::fs::write(&ra, "2") {
-                    tracing::warn!(error = %e, file = %ra, "cannot keep accepting router advertisements with forwarding on");
+            // Every interface that takes router advertisements (accept_ra=1) would stop taking
+            // them once forwarding is on; 2 keeps them coming.
+            let dirs = std::fs::read_dir("/proc/sys/net/ipv6/conf")
+                .into_iter()
+                .flatten();
+            for dir in dirs.flatten() {
+                let name = dir.file_name().to_string_lossy().into_owned();
+                if name == "all" || name == "lo" {
+                    continue;
+                }
+                let ra = dir.path().join("accept_ra");
+                if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+                    match std::fs::write(&ra, "2") {
+                        Ok(()) => {
+                            tracing::info!(iface = %name, "accept_ra=2, so router advertisements still count with IPv6 forwarding on")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, file = %ra.display(), "cannot keep accepting router advertisements with forwarding on")
+                        }
+                    }
                 }
             }
             turn_on("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6 forwarding");
@@ -708,6 +736,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         sources: SourceTables::default(),
         source_problems: Vec::new(),
         conflicts: Vec::new(),
+        table_errors: Vec::new(),
         reason: selected.reason,
         identity,
         select_error: None,

@@ -179,7 +179,13 @@ pub enum Refusal {
     NotOnSegment { node: String, public_ip: IpAddr },
     /// A vxlan peer that did not publish its VTEP MAC cannot be given neighbour/FDB entries.
     NoVtepMac { node: String },
+    /// A device name longer than the kernel allows (15 bytes): `twill-v6.<vni>` for a VNI of
+    /// a million or more. That family is not programmed; the other is.
+    DeviceName { name: String },
 }
+
+/// The longest interface name Linux takes (IFNAMSIZ less the NUL).
+pub const MAX_IFNAME: usize = 15;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -353,6 +359,12 @@ pub fn compute(input: &Input) -> Desired {
                 port,
                 direct_routing,
             } => {
+                if f.device.len() > MAX_IFNAME {
+                    d.refused.insert(Refusal::DeviceName {
+                        name: f.device.clone(),
+                    });
+                    continue;
+                }
                 if let Some(mac) = f.own_mac {
                     d.vxlan.insert(VxlanLink {
                         name: f.device.clone(),
@@ -750,6 +762,59 @@ mod tests {
             [(200, "198.51.100.0/24".to_string(), "eth1")],
             "no bridge yet: only the connected prefix"
         );
+    }
+
+    #[test]
+    fn a_vni_too_long_for_the_ipv6_device_name_leaves_ipv4_programmed() {
+        let mut i = input(Backend::Vxlan {
+            vni: 16_000_000,
+            port: 8472,
+            direct_routing: false,
+        });
+        let v6 = |n: u8| LeaseV6 {
+            subnet: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            public_ip: format!("2001:db8::{n}").parse().unwrap(),
+            vtep_mac: Some(crate::vtep::derive_v6(&n.to_string())),
+        };
+        i.own.v6 = Some(v6(1));
+        i.peers[1].v6 = Some(v6(2));
+        i.facts.v6 = Some(FactsV6 {
+            public_ip: "2001:db8::1".parse().unwrap(),
+            connected: vec!["2001:db8::/64".parse().unwrap()],
+        });
+        let d = compute(&i);
+        assert_eq!(
+            d.vxlan.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["twill.16000000"]
+        );
+        assert!(d.refused.contains(&Refusal::DeviceName {
+            name: "twill-v6.16000000".into()
+        }));
+        assert!(d.routes.iter().all(|r| r.dst.addr().is_ipv4()));
+        assert_eq!(d.routes.len(), 2);
+
+        // With a VNI that fits, the IPv6 side is there: device, one peer's three entries.
+        i.backend = Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        };
+        let d = compute(&i);
+        assert_eq!(d.vxlan.len(), 2);
+        let v6_routes: Vec<String> = d
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv6())
+            .map(|r| format!("{} via {} dev {} onlink={}", r.dst, r.via, r.dev, r.onlink))
+            .collect();
+        assert_eq!(
+            v6_routes,
+            ["fd00:10:244:2::/64 via fd00:10:244:2:: dev twill-v6.1 onlink=true"]
+        );
+        assert!(d
+            .fdb
+            .iter()
+            .any(|f| f.dev == "twill-v6.1" && f.dst.to_string() == "2001:db8::2"));
     }
 
     #[test]

@@ -104,6 +104,26 @@ impl Keeper {
         })
     }
 
+    /// One renewal of `l`: `Some(Some(lease))` renewed, `Some(None)` lost (acquire again),
+    /// `None` failed for now (after a back-off wait; the lease is kept).
+    async fn renew(&self, l: &pb::Lease, backoff: &mut Duration) -> Option<Option<pb::Lease>> {
+        match self.client.renew(&l.node, l.create_revision).await {
+            Ok(r) => Some(r.lease.or(Some(l.clone()))),
+            Err(ClientError::Status(s))
+                if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) =>
+            {
+                tracing::warn!(subnet = %l.subnet, error = %s.message(), "lease lost; acquiring again");
+                Some(None)
+            }
+            Err(e) => {
+                tracing::warn!(subnet = %l.subnet, error = %e, "renew failed; keeping the lease and retrying");
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(10));
+                None
+            }
+        }
+    }
+
     /// Runs forever: holds the lease and publishes every change.
     pub async fn run(mut self) {
         let mut backoff = Duration::from_millis(200);
@@ -118,11 +138,15 @@ impl Keeper {
                         tracing::info!(node = %n.node, subnet = %n.subnet, public_ip = %n.public_ip, "lease acquired again with the node's new public IP");
                         Some(n)
                     }
+                    // The update is refused or fails: the lease as it is must still be renewed,
+                    // or it would expire while the node routes its subnet; the update is tried
+                    // again at the next pass.
                     Err(e) => {
-                        tracing::warn!(subnet = %l.subnet, error = %e, retry_in = ?backoff, "cannot update the lease with the new public IP; keeping it and retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
+                        tracing::warn!(subnet = %l.subnet, error = %e, "cannot update the lease with the new public IP; renewing it as it is and retrying the update");
+                        match self.renew(l, &mut backoff).await {
+                            Some(next) => next,
+                            None => continue,
+                        }
                     }
                 },
                 None => match self.acquire().await {
@@ -145,20 +169,9 @@ impl Keeper {
                         None
                     }
                 },
-                Some(l) => match self.client.renew(&l.node, l.create_revision).await {
-                    Ok(r) => r.lease.or(Some(l.clone())),
-                    Err(ClientError::Status(s))
-                        if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) =>
-                    {
-                        tracing::warn!(subnet = %l.subnet, error = %s.message(), "lease lost; acquiring again");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!(subnet = %l.subnet, error = %e, "renew failed; keeping the lease and retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
+                Some(l) => match self.renew(l, &mut backoff).await {
+                    Some(next) => next,
+                    None => continue,
                 },
             };
             let lost = held.is_some() && next.is_none();
@@ -176,6 +189,8 @@ impl Keeper {
                             c.create_revision,
                             c.public_ip.clone(),
                             c.backend_data.clone(),
+                            c.ipv6_subnet.clone(),
+                            c.public_ipv6.clone(),
                         )
                     };
                     let changed = cur.as_ref().map(key) != held.as_ref().map(key);

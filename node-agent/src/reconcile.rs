@@ -175,6 +175,17 @@ fn is_gone(e: &rtnetlink::Error) -> bool {
 }
 
 impl Op {
+    /// The per-source table an addition is for (not the main table).
+    fn source_table(&self) -> Option<u32> {
+        let t = match self {
+            Op::AddRoute(r) => r.table,
+            Op::AddDeviceRoute(r) => r.table,
+            Op::AddRule(r) => r.table,
+            _ => return None,
+        };
+        (t != crate::desired::MAIN_TABLE).then_some(t)
+    }
+
     fn is_removal(&self) -> bool {
         matches!(
             self,
@@ -211,6 +222,9 @@ pub struct Applied {
     /// Routes not added because a route of someone else's has their place (same table,
     /// destination and metric); left alone, reported.
     pub conflicts: Vec<Op>,
+    /// Per-source table entries the kernel refused (an interface down, a gateway unreachable):
+    /// skipped so the main table, masquerade and subnet.env still get done; retried next pass.
+    pub table_errors: Vec<(Op, String)>,
 }
 
 /// A netlink connection to the kernel of the calling thread's network namespace.
@@ -304,17 +318,23 @@ fn mac_of(bytes: &[u8]) -> Option<Mac> {
     <[u8; 6]>::try_from(bytes).ok().map(Mac)
 }
 
-/// Kernel notifications about links, addresses, neighbours and IPv4 routes. Any of them may be
-/// someone removing twill's entries, so each burst triggers a reconcile (a no-op when nothing of
-/// ours changed, and a no-op makes no notifications, so this settles).
+/// Kernel notifications about links, addresses, neighbours, routes (both families) and IPv4
+/// rules. Any of them may be someone removing twill's entries, so each burst triggers a
+/// reconcile (a no-op when nothing of ours changed, and a no-op makes no notifications, so this
+/// settles).
 pub fn monitor() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, KernelError> {
     use futures::StreamExt;
     use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
     use rtnetlink::sys::{AsyncSocket, SocketAddr};
     let (mut conn, handle, mut messages) = rtnetlink::new_connection()?;
-    use rtnetlink::constants::RTMGRP_IPV4_RULE;
-    let groups =
-        RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
+    use rtnetlink::constants::{RTMGRP_IPV4_RULE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE};
+    let groups = RTMGRP_LINK
+        | RTMGRP_NEIGH
+        | RTMGRP_IPV4_IFADDR
+        | RTMGRP_IPV4_ROUTE
+        | RTMGRP_IPV4_RULE
+        | RTMGRP_IPV6_IFADDR
+        | RTMGRP_IPV6_ROUTE;
     conn.socket_mut()
         .socket_mut()
         .bind(&SocketAddr::new(0, groups))?;
@@ -447,8 +467,9 @@ impl Kernel {
             .map(str::to_string))
     }
 
-    /// The global IPv6 prefixes (address/prefix length) on `iface`: link-local ones are not
-    /// reachable from other nodes.
+    /// The global IPv6 prefixes (address/prefix length) on `iface` that can stand for the node:
+    /// not link-local (other nodes cannot reach it), and neither tentative, failed, deprecated
+    /// nor temporary (a privacy address that rotates would move the node every few hours).
     pub async fn ipv6_addresses(&self, iface: &str) -> Result<Vec<ipnet::Ipv6Net>, KernelError> {
         let ix = self.index_of(iface).await?;
         let addrs: Vec<_> = self
@@ -459,8 +480,27 @@ impl Kernel {
             .execute()
             .try_collect()
             .await?;
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+        let unusable = AddressFlags::Tentative
+            | AddressFlags::Dadfailed
+            | AddressFlags::Deprecated
+            // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+            | AddressFlags::Secondary;
         Ok(addrs
             .iter()
+            .filter(|a| {
+                let flags = a
+                    .attributes
+                    .iter()
+                    .find_map(|x| match x {
+                        AddressAttribute::Flags(f) => Some(*f),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| {
+                        AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+                    });
+                !flags.intersects(unusable)
+            })
             .flat_map(|a| {
                 a.attributes.iter().filter_map(move |x| match x {
                     netlink_packet_route::address::AddressAttribute::Address(IpAddr::V6(ip))
@@ -733,18 +773,21 @@ impl Kernel {
 
     /// Applies the plan in order; stops at the first failure (the next resync retries). A route
     /// whose place is taken by someone else's is skipped and reported, not a failure.
-    pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Op>, KernelError> {
-        let mut conflicts = Vec::new();
+    pub async fn apply(&self, ops: &[Op]) -> Result<Applied, KernelError> {
+        let mut out = Applied::default();
         for op in ops {
             match self.apply_one(op).await {
                 Ok(()) => {}
                 Err(KernelError::Netlink(e))
                     if is_exists(&e) && matches!(op, Op::AddRoute(_) | Op::AddDeviceRoute(_)) =>
                 {
-                    conflicts.push(op.clone());
+                    out.conflicts.push(op.clone());
                 }
                 // Gone already (with its device, or removed by someone meanwhile): done.
                 Err(KernelError::Netlink(e)) if is_gone(&e) && op.is_removal() => {}
+                Err(e) if op.source_table().is_some() => {
+                    out.table_errors.push((op.clone(), e.to_string()));
+                }
                 Err(KernelError::Netlink(source)) => {
                     return Err(KernelError::Apply {
                         op: Box::new(op.clone()),
@@ -754,7 +797,8 @@ impl Kernel {
                 Err(other) => return Err(other),
             }
         }
-        Ok(conflicts)
+        out.ops = ops.to_vec();
+        Ok(out)
     }
 
     async fn apply_one(&self, op: &Op) -> Result<(), KernelError> {
@@ -941,8 +985,7 @@ impl Kernel {
     pub async fn reconcile_reporting(&self, desired: &Desired) -> Result<Applied, KernelError> {
         let observed = self.observe().await?;
         let ops = plan(desired, &observed);
-        let conflicts = self.apply(&ops).await?;
-        Ok(Applied { ops, conflicts })
+        self.apply(&ops).await
     }
 }
 

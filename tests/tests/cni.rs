@@ -610,6 +610,11 @@ fn gc_keeps_valid_attachments_and_deletes_the_rest() {
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
     let (ok, v) = gc(&conf);
     assert!(ok, "GC failed: {v}");
+    // The damaged record cannot say which network it is of: GC leaves it to its DEL.
+    assert_eq!(net.records(), ["c1:eth0", "c8:eth0"]);
+    // Its pod is gone, so no namespace (the delegate must not touch another pod's eth0).
+    let (ok, v) = cni_env(Some(&net.node), "DEL", ("c8", "eth0"), "", None, &net.conf);
+    assert!(ok, "DEL of the damaged record failed: {v}");
     assert_eq!(net.records(), ["c1:eth0"]);
     let kept = r1["ips"][0]["address"].as_str().unwrap_or("");
     assert_eq!(

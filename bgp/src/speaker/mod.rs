@@ -835,10 +835,13 @@ impl Speaker {
         if path.peer == OWN && !s.cfg.export.outside() && !self.originated.contains(prefix) {
             return None; // for outside peers only
         }
-        let local = self.own_next_hop(prefix)?;
+        // Without a local address of the prefix's family, the v4 one stands in: a path whose
+        // next hop is kept (reflected iBGP) goes out, one that would get ours as its next hop
+        // (our own, towards eBGP) is left out by the family check below.
+        let local = self.own_next_hop(prefix).unwrap_or(self.cfg.local_address);
         self.rib
             .export(path, to, local)
-            .filter(|(nh, _)| matches!(prefix, IpNet::V6(_)) || nh.is_ipv4())
+            .filter(|(nh, _)| nh.is_ipv4() == prefix.addr().is_ipv4())
     }
 
     /// Our address as the next hop for `prefix`: one of the prefix's own family.

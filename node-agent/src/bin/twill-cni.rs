@@ -218,32 +218,21 @@ fn gc(netconf: &Value, data_dir: &Path, subnet_file: &Path) -> Result<(), CniErr
             continue;
         }
         let att = key.attachment();
-        let (conf, damaged) = match read_record(&path) {
+        let conf = match read_record(&path) {
             Record::Missing => continue,
             Record::Saved(conf) if conf.get("name").and_then(Value::as_str) != Some(network) => {
                 continue
             }
-            Record::Saved(conf) => (conf, false),
-            Record::Damaged(why) => match current_conf(netconf, subnet_file) {
-                Ok(conf) => {
-                    log!("GC: {why}; deleting with the current subnet.env");
-                    (conf, true)
-                }
-                Err(e) => {
-                    log!("GC: {why}, and nothing to delete with ({}); removed", e.msg);
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-            },
+            Record::Saved(conf) => conf,
+            // A damaged record cannot say which network it belongs to: another network sharing
+            // the data dir may own it. It is left for the runtime's own DEL of the attachment,
+            // which cleans it up (see DEL).
+            Record::Damaged(why) => {
+                log!("GC: {why}; left for the attachment's DEL (its network is unknown)");
+                continue;
+            }
         };
         match delegate(&conf, "DEL", Some(&att)) {
-            // As DEL: a damaged record is not retried forever.
-            Err(e) if damaged => log!(
-                "GC: {}: {} {}; removed, the address may be left behind",
-                path.display(),
-                e.msg,
-                e.details
-            ),
             Ok(_) => {}
             Err(e) => {
                 failed.push(CniError::new(

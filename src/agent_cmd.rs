@@ -71,9 +71,10 @@ pub struct AgentArgs {
     #[arg(long, conflicts_with = "join_token")]
     insecure: bool,
     /// Remove what twill programmed on this node and exit: its VXLAN devices (with their
-    /// neighbours and FDB entries), its routes (protocol 151) and rules in every table, and the
-    /// masquerade table. Nothing else is touched (forwarding and accept_ra stay as they are);
-    /// the lease is left to expire (or `twill release NODE`), subnet.env stays
+    /// neighbours and FDB entries), its routes (protocol 151) and rules in every table, the
+    /// masquerade table and its rules in FORWARD chains. Nothing else is touched (forwarding
+    /// and accept_ra stay as they are); the lease is left to expire (or `twill release NODE`),
+    /// subnet.env stays
     #[arg(long)]
     cleanup: bool,
     /// flannel-compatible subnet file for CNI

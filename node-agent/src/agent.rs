@@ -153,6 +153,8 @@ struct Agent {
     source_problems: Vec<String>,
     conflicts: Vec<Op>,
     table_errors: Vec<String>,
+    /// Whether the nft tool is absent, once looked for.
+    nft_missing: Option<bool>,
     /// Why `facts.iface` was chosen; the identity the lease keeper acquires with; the
     /// interface selection's last error (warned about once), while the old choice is kept.
     reason: Reason,
@@ -406,6 +408,11 @@ impl Agent {
             tracing::warn!(error = %e, "masquerade not in place; retrying at the next resync");
             self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
         }
+        if let Err(e) = self.sync_forward(&config).await {
+            self.metrics.errors.inc();
+            tracing::warn!(error = %e, "pod traffic not accepted in the FORWARD chain; retrying at the next resync");
+            self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+        }
         self.ensure_forwarding(own_lease.v6.is_some());
         self.metrics
             .routes
@@ -483,6 +490,25 @@ impl Agent {
         }
         self.sources = now.clone();
         now
+    }
+
+    /// Pod traffic accepted in the `filter` tables' FORWARD chains where they exist (Docker's
+    /// drop them by default). Needs nft; without it (and without masquerade) nothing is done.
+    async fn sync_forward(&mut self, config: &pb::NetworkConfig) -> Result<(), NftError> {
+        if self.nft_missing.is_none() {
+            self.nft_missing = Some(masquerade::check_tool().await.is_err());
+        }
+        if self.nft_missing == Some(true) {
+            return Ok(());
+        }
+        let want = masquerade::Networks {
+            v4: config.network.parse().ok(),
+            v6: config.ipv6_network.parse().ok(),
+        };
+        for chain in crate::forward::sync(Some(&want)).await? {
+            tracing::info!(%chain, "pod traffic accepted at the head of a FORWARD chain (comment \"twill: pod network\")");
+        }
+        Ok(())
     }
 
     /// Pod egress masquerade for the cluster's networks, or no table of ours when it is off.
@@ -639,10 +665,13 @@ pub async fn cleanup() -> Result<usize, AgentError> {
     for op in &ops {
         tracing::info!(?op, "removed");
     }
-    if masquerade::check_tool().await.is_ok()
-        && Masquerade::default().sync(None).await? == masquerade::Sync::Removed
-    {
-        tracing::info!("masquerade table removed");
+    if masquerade::check_tool().await.is_ok() {
+        if Masquerade::default().sync(None).await? == masquerade::Sync::Removed {
+            tracing::info!("masquerade table removed");
+        }
+        for chain in crate::forward::sync(None).await? {
+            tracing::info!(%chain, "twill's rules removed from the chain");
+        }
     }
     Ok(ops.len())
 }
@@ -737,6 +766,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         source_problems: Vec::new(),
         conflicts: Vec::new(),
         table_errors: Vec::new(),
+        nft_missing: None,
         reason: selected.reason,
         identity,
         select_error: None,

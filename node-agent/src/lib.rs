@@ -11,6 +11,7 @@
 //! - [`lease`]: holding the node's lease; [`watch`]: following the lease stream;
 //! - [`certs`]: the node certificate, from the state directory or a join token;
 //! - [`masquerade`]: pod egress masquerade in an nftables table of twill's own;
+//! - [`forward`]: pod traffic accepted in a FORWARD chain that drops (Docker's);
 //! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
@@ -25,6 +26,7 @@ pub mod certs;
 pub mod cni;
 pub mod desired;
 pub mod facts;
+pub mod forward;
 pub mod health;
 pub mod lease;
 pub mod masquerade;

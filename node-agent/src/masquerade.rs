@@ -68,7 +68,11 @@ pub enum NftError {
 }
 
 /// Runs `nft` with `args`, feeding `script` on stdin when given.
-async fn nft(args: &[&str], script: Option<&str>, what: &'static str) -> Result<String, NftError> {
+pub(crate) async fn nft(
+    args: &[&str],
+    script: Option<&str>,
+    what: &'static str,
+) -> Result<String, NftError> {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new("nft")
         .args(args)

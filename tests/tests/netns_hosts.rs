@@ -112,6 +112,11 @@ fn pods_reach_the_outside_masqueraded_and_each_other_unchanged() {
     let node1 = t.nodes[0].addr.clone();
     count_sources(&outside, &[&node1, &a1]);
     count_sources(&pod2, &[&node1, &a1]);
+    // Both nodes run Docker, whose FORWARD chain drops what it is not told to accept.
+    let docker = "table ip filter {\n chain FORWARD {\n  type filter hook forward priority filter; policy drop;\n }\n}\n";
+    for n in &t.nodes {
+        nft_script(&n.ns, docker);
+    }
 
     // The outside has no route to the pods: only a masqueraded request gets an answer.
     eprintln!("{:?}", std::time::Instant::now());
@@ -189,7 +194,46 @@ fn pods_reach_the_outside_masqueraded_and_each_other_unchanged() {
         "unmasqueraded request arrived"
     );
     assert!(ping_from(&pod1, &a2), "pod-to-pod still works");
-    let _ = ip_out(&["-n", &ns1, "route"]);
+
+    // Without twill's rules in Docker's FORWARD chain, pod traffic is dropped there; the agent
+    // puts them back.
+    let forward = || nft(&ns1, &["-a", "list", "chain", "ip", "filter", "FORWARD"]).1;
+    // `nft flush ruleset` above took Docker's table too: Docker makes it again.
+    nft_script(&ns1, docker);
+    wait_until(
+        "twill's rules in the new FORWARD chain",
+        Duration::from_secs(10),
+        || forward().matches("comment \"twill: pod network\"").count() == 2,
+    );
+    assert!(ping_from(&pod1, &a2), "pod-to-pod through Docker's chain");
+    t.stop_agent(0);
+    for handle in forward()
+        .lines()
+        .filter(|l| l.contains("twill: pod network"))
+        .filter_map(|l| {
+            l.rsplit_once("# handle ")
+                .map(|(_, h)| h.trim().to_string())
+        })
+    {
+        assert!(
+            nft(
+                &ns1,
+                &["delete", "rule", "ip", "filter", "FORWARD", "handle", &handle]
+            )
+            .0
+        );
+    }
+    assert!(
+        !ping_from(&pod1, &a2),
+        "Docker's FORWARD chain let pod traffic through by itself"
+    );
+    t.start_agent(0).expect("agent back");
+    wait_until(
+        "pod traffic through Docker's FORWARD chain again",
+        Duration::from_secs(20),
+        || ping_from(&pod1, &a2),
+    );
+    assert!(forward().contains("policy drop"), "Docker's policy changed");
 }
 
 /// `ip -n NS <words>`, which must succeed.
@@ -415,7 +459,18 @@ fn per_source_tables_get_the_pod_routes() {
         ip_out(&["-n", &n1, "rule", "show"]).contains("lookup 200 proto 151")
     });
 
-    // `twill agent --cleanup` takes away everything of twill's on the node, and only that.
+    // `twill agent --cleanup` takes away everything of twill's on the node, and only that,
+    // its rules in Docker's FORWARD chain included.
+    nft_script(
+        &n1,
+        "table ip filter {\n chain FORWARD {\n  type filter hook forward priority filter; policy drop;\n }\n}\n",
+    );
+    let forward = || nft(&n1, &["list", "chain", "ip", "filter", "FORWARD"]).1;
+    wait_until(
+        "twill's rules in Docker's chain",
+        Duration::from_secs(10),
+        || forward().contains("twill: pod network"),
+    );
     t.stop_agent(0);
     let out = Command::new("ip")
         .args(["netns", "exec", &n1])
@@ -443,6 +498,11 @@ fn per_source_tables_get_the_pod_routes() {
     assert!(
         nft(&n1, &["list", "table", "ip", "operator"]).0,
         "the operator's table went"
+    );
+    assert!(
+        forward().contains("policy drop") && !forward().contains("twill"),
+        "{}",
+        forward()
     );
     assert!(ip_out(&["-n", &n1, "route", "show", "table", "100"])
         .contains("default via 198.51.100.254"));

@@ -44,6 +44,7 @@ impl Target {
             retry_for: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(5),
             tls: self.tls()?,
+            fail_when_none_listens: true,
             ..Default::default()
         };
         Ok(Client::with_options(&self.endpoints, opts)?)

@@ -36,6 +36,10 @@ pub enum ClientError {
     /// The controller answered with an error that retrying will not fix.
     #[error("{}", .0.message())]
     Status(Status),
+    /// Every endpoint refused the connection: nothing listens there, and waiting will not
+    /// start a controller.
+    #[error("no controller answers at {} (connection refused); start one with `twill controller` or pass --controller URL", .0.join(", "))]
+    NotListening(Vec<String>),
     #[error("controller unavailable after {elapsed:?} ({attempts} attempts); last error: {last}")]
     Unavailable {
         elapsed: Duration,
@@ -64,6 +68,9 @@ pub struct ClientOptions {
     /// TLS settings with this client's certificate (or only the CA, for a join); none for a
     /// cluster run with `--insecure`.
     pub tls: Option<ClientTlsConfig>,
+    /// Give up at once when every endpoint refuses the connection (an operator's command:
+    /// nothing listens, so say so now); agents keep retrying instead.
+    pub fail_when_none_listens: bool,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +81,7 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             tls: None,
+            fail_when_none_listens: false,
         }
     }
 }
@@ -195,6 +203,11 @@ fn tls_refusal(text: &str) -> Option<&'static str> {
         .map(|(_, hint)| *hint)
 }
 
+/// A transport error saying the peer's port is closed (ECONNREFUSED).
+fn connection_refused(text: &str) -> bool {
+    text.contains("Connection refused") || text.contains("os error 111")
+}
+
 fn retryable(s: &Status) -> bool {
     // Unknown and Cancelled come from connections dropped mid-call (a member killed).
     matches!(
@@ -267,6 +280,13 @@ impl Client {
         eps.get(i).map(|e| e.0.clone()).unwrap_or_default()
     }
 
+    fn endpoint_count(&self) -> usize {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     fn plaintext(&self, i: usize) -> bool {
         self.endpoint(i).starts_with("http://")
     }
@@ -309,6 +329,8 @@ impl Client {
         let started = Instant::now();
         let mut backoff = self.opts.backoff_min;
         let mut attempts = 0u32;
+        // Endpoints that refused the connection in this call.
+        let mut refused: Vec<String> = Vec::new();
         loop {
             attempts += 1;
             let (i, c) = self.pick();
@@ -343,6 +365,15 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
                     let had_hint = hint.is_some();
+                    if self.opts.fail_when_none_listens && connection_refused(&describe(&s)) {
+                        let ep = self.endpoint(i);
+                        if !refused.contains(&ep) {
+                            refused.push(ep);
+                        }
+                        if refused.len() >= self.endpoint_count() {
+                            return Err(ClientError::NotListening(refused));
+                        }
+                    }
                     self.switch(i, hint);
                     if had_hint {
                         // A hint is fresh news: try the leader at once, once.

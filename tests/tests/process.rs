@@ -407,3 +407,37 @@ async fn a_member_joins_a_running_controller_with_a_member_token() {
     let _ = b.child.wait();
     let _ = a.child.wait();
 }
+
+/// An operator command whose every endpoint refuses the connection says so after one round, with
+/// the endpoints and what to do, instead of retrying for seconds against closed ports.
+#[test]
+fn a_cli_with_no_controller_listening_says_so_at_once() {
+    let bin = twill_binary().expect("twill binary");
+    // Two ports that were free a moment ago: nothing listens there.
+    let closed: Vec<String> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            format!("http://{}", l.local_addr().expect("addr"))
+        })
+        .collect();
+    for cmd in [&["status"][..], &["leases"][..]] {
+        let out = std::process::Command::new(&bin)
+            .args(cmd)
+            .args(["--controller", &closed.join(",")])
+            .output()
+            .expect("run twill");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "no controller answers at {} (connection refused)",
+                closed.join(", ")
+            )) && stderr.contains("start one with `twill controller` or pass --controller"),
+            "{cmd:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("unavailable after"),
+            "it retried: {stderr}"
+        );
+    }
+}

@@ -39,6 +39,7 @@ fn client(urls: &[String]) -> Result<Client> {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             tls: Some(twill_tests::admin_tls()),
+            fail_when_none_listens: false,
         },
     )?)
 }

@@ -168,6 +168,7 @@ pub(crate) fn short_client(urls: Vec<String>) -> Result<Client> {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(300),
             tls: Some(crate::admin_tls()),
+            fail_when_none_listens: false,
         },
     )?)
 }

@@ -292,11 +292,24 @@ fn until(at_ms: u64) -> String {
     if at_ms <= now {
         return "expired".into();
     }
-    let secs = (at_ms - now) / 1000;
+    span((at_ms - now) / 1000)
+}
+
+/// How long ago `at_ms` was, as `span` writes it ("-" for no time or one ahead of this clock).
+fn ago(at_ms: u64) -> String {
+    let now = now_ms();
+    if at_ms == 0 || at_ms > now {
+        return "-".into();
+    }
+    format!("{} ago", span((now - at_ms) / 1000))
+}
+
+fn span(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        3600..=86_399 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600),
     }
 }
 
@@ -507,6 +520,8 @@ pub async fn leases(t: &Target) -> Result<()> {
                 text(&l.ipv6_subnet),
                 l.public_ip.clone(),
                 until(l.expires_at_ms),
+                text(&l.reason),
+                ago(l.acquired_at_ms),
                 l.create_revision.to_string(),
             ]
         })
@@ -520,6 +535,8 @@ pub async fn leases(t: &Target) -> Result<()> {
                 "IPV6 SUBNET",
                 "PUBLIC IP",
                 "EXPIRES IN",
+                "REASON",
+                "SINCE",
                 "CREATED AT REV"
             ],
             rows
@@ -669,6 +686,17 @@ pub async fn unreserve(t: &Target, node: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_read_as_operators_expect() {
+        assert_eq!(span(59), "59s");
+        assert_eq!(span(61), "1m1s");
+        assert_eq!(span(7_260), "2h1m");
+        assert_eq!(span(90_000), "1d1h");
+        assert_eq!(ago(0), "-", "a lease from before provenance was kept");
+        assert_eq!(ago(now_ms() + 60_000), "-", "a leader clock ahead of ours");
+        assert!(ago(now_ms() - 61_000).ends_with(" ago"));
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -84,6 +84,11 @@ fn dual_stack(backend: &[&str]) {
     let (ok, out, _) = sandbox(&args);
     assert!(ok, "{out}");
     assert!(out.contains("IPV6 SUBNET"), "{out}");
+    // Provenance: why each node has its subnet, and since when.
+    assert!(
+        out.contains("REASON") && out.contains("SINCE") && out.matches("lowest free").count() == 2,
+        "{out}"
+    );
     // One /64 of fd00:10:244::/56 per node in the lease table, and the pods' addresses in them.
     assert!(out.matches("fd00:10:244:").count() >= 4, "{out}");
     assert!(

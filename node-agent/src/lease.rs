@@ -53,6 +53,13 @@ fn renew_after(lease: &pb::Lease, ttl: Duration) -> Duration {
     (valid_for(lease, ttl).saturating_sub(ttl / 3)).max(Duration::from_millis(200))
 }
 
+/// The controller has no network configuration yet (FailedPrecondition, with its message).
+fn waiting_for_config(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status(s)
+        if s.code() == Code::FailedPrecondition
+            && s.message().contains("no network configuration is set"))
+}
+
 pub struct Keeper {
     pub client: Arc<Client>,
     /// The identity to acquire with; a change while a lease is held acquires it again.
@@ -130,6 +137,7 @@ impl Keeper {
         let mut held: Option<pb::Lease> = None;
         // The identity changed while a lease was held; `id_open` until the agent stops.
         let (mut moved, mut id_open) = (false, true);
+        let mut said_waiting = false;
         loop {
             let next = match &held {
                 Some(l) if moved => match self.acquire().await {
@@ -163,6 +171,15 @@ impl Keeper {
                             tracing::warn!(error = %e, dir = %self.state_dir.display(), "cannot save the subnet for the next start");
                         }
                         Some(l)
+                    }
+                    // A cluster not configured yet is a normal start (the agents may come up
+                    // first): said once, at INFO, not a warning every retry.
+                    Err(e) if waiting_for_config(&e) => {
+                        if !said_waiting {
+                            tracing::info!("waiting for the cluster's network configuration (`twill config set`); the lease is acquired once it is set");
+                            said_waiting = true;
+                        }
+                        None
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot acquire a lease");
@@ -217,5 +234,27 @@ impl Keeper {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfigured_cluster_is_waited_for_and_other_refusals_are_not() {
+        let status = |code, msg: &str| ClientError::Status(tonic::Status::new(code, msg));
+        assert!(waiting_for_config(&status(
+            Code::FailedPrecondition,
+            "no network configuration is set (use `twill config set`)"
+        )));
+        assert!(!waiting_for_config(&status(
+            Code::FailedPrecondition,
+            "lease of n1 is held by another instance"
+        )));
+        assert!(!waiting_for_config(&status(
+            Code::InvalidArgument,
+            "no network configuration is set"
+        )));
     }
 }

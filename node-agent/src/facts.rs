@@ -480,18 +480,22 @@ pub async fn route_to(dst: Ipv4Addr) -> Result<RouteHit, String> {
     }
 }
 
+/// The kernel's rule for interface names: 1 to 15 bytes, no '/', ':' or whitespace, not "." or
+/// "..".
+pub fn is_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
 /// clap's check of an `--iface` value: an IPv4 address or a possible interface name.
 pub fn parse_iface(s: &str) -> Result<String, String> {
     if s.parse::<Ipv4Addr>().is_ok() {
         return Ok(s.to_string());
     }
-    // The kernel's rule for names: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
+    if is_ifname(s) {
         Ok(s.to_string())
     } else {
         Err(format!(

@@ -86,14 +86,7 @@ impl std::str::FromStr for TableSpec {
         }
         let selector = match sel.parse::<Ipv4Addr>() {
             Ok(a) => Selector::Addr(a),
-            // Linux interface names: 1 to 15 bytes, no '/', ':', whitespace or NUL.
-            Err(_)
-                if !sel.is_empty()
-                    && sel.len() <= 15
-                    && !sel.contains(|c: char| {
-                        c == '/' || c == ':' || c.is_whitespace() || c == '\0'
-                    }) =>
-            {
+            Err(_) if crate::facts::is_ifname(sel) && !sel.contains('\0') => {
                 Selector::Iface(sel.to_string())
             }
             Err(_) => return Err(SpecError::Name(sel.to_string())),

@@ -144,15 +144,13 @@ impl Net {
         self.tmp.path().join("data")
     }
 
-    fn cni(&self, cmd: &str, (id, ifname): (&str, &str), pod: usize) -> (bool, Value) {
-        cni_env(
-            Some(&self.node),
-            cmd,
-            (id, ifname),
-            &self.pods[pod],
-            None,
-            &self.conf,
-        )
+    fn cni(&self, cmd: &str, att: (&str, &str), pod: usize) -> (bool, Value) {
+        self.cni_with(cmd, att, &self.pods[pod], &self.conf)
+    }
+
+    /// `cmd` run in the node namespace with another configuration or pod namespace ("" none).
+    fn cni_with(&self, cmd: &str, att: (&str, &str), pod_ns: &str, conf: &Value) -> (bool, Value) {
+        cni_env(Some(&self.node), cmd, att, pod_ns, None, conf)
     }
 
     /// The veth ends on the node (on cni0, one per attachment).
@@ -367,14 +365,7 @@ fn damaged_and_old_layout_records_are_deleted() {
     std::fs::rename(net.data().join("c2:eth0"), net.data().join("c2")).expect("rename");
     let mut check = net.conf.clone();
     check["prevResult"] = added;
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "CHECK",
-        ("c2", "eth0"),
-        &net.pods[0],
-        None,
-        &check,
-    );
+    let (ok, v) = net.cni_with("CHECK", ("c2", "eth0"), &net.pods[0], &check);
     assert!(ok, "CHECK of an old-layout record failed: {v}");
     let (ok, v) = net.cni("DEL", ("c2", "eth0"), 0);
     assert!(ok, "DEL of an old-layout record failed: {v}");
@@ -408,23 +399,9 @@ fn a_failed_add_leaves_nothing_behind() {
         "ranges": [[{"subnet": "10.244.5.0/24", "rangeStart": "10.244.5.10",
                      "rangeEnd": "10.244.5.10", "gateway": "10.244.5.1"}]],
     }});
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "ADD",
-        ("c1", "eth0"),
-        &net.pods[0],
-        None,
-        &one,
-    );
+    let (ok, v) = net.cni_with("ADD", ("c1", "eth0"), &net.pods[0], &one);
     assert!(ok, "ADD failed: {v}");
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "ADD",
-        ("c2", "eth0"),
-        &net.pods[1],
-        None,
-        &one,
-    );
+    let (ok, v) = net.cni_with("ADD", ("c2", "eth0"), &net.pods[1], &one);
     assert!(!ok, "ADD with an exhausted range succeeded: {v}");
     assert!(
         v["msg"].as_str().unwrap_or("").contains("no IP addresses"),
@@ -443,14 +420,7 @@ fn a_failed_add_leaves_nothing_behind() {
                      "rangeEnd": "10.244.5.30", "gateway": "10.244.5.1"}]],
         "routes": [{"dst": "10.99.0.0/16", "gw": "10.200.0.1"}],
     }});
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "ADD",
-        ("c3", "eth0"),
-        &net.pods[1],
-        None,
-        &unreachable,
-    );
+    let (ok, v) = net.cni_with("ADD", ("c3", "eth0"), &net.pods[1], &unreachable);
     assert!(!ok, "ADD with an unreachable route succeeded: {v}");
     assert_eq!(net.veths(), 1, "the failed ADD's veth is left on cni0");
     assert!(!net.pod_links(1).contains("eth0"), "{}", net.pod_links(1));
@@ -461,14 +431,7 @@ fn a_failed_add_leaves_nothing_behind() {
     );
     assert_eq!(net.records(), ["c1:eth0"]);
 
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "DEL",
-        ("c1", "eth0"),
-        &net.pods[0],
-        None,
-        &one,
-    );
+    let (ok, v) = net.cni_with("DEL", ("c1", "eth0"), &net.pods[0], &one);
     assert!(ok, "DEL failed: {v}");
     assert_eq!((net.veths(), net.allocations().len()), (0, 0));
 }
@@ -581,14 +544,7 @@ fn gc_keeps_valid_attachments_and_deletes_the_rest() {
     assert!(ok, "ADD failed: {r2}");
     let mut check = net.conf.clone();
     check["prevResult"] = r1.clone();
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "CHECK",
-        ("c1", "eth0"),
-        &net.pods[0],
-        None,
-        &check,
-    );
+    let (ok, v) = net.cni_with("CHECK", ("c1", "eth0"), &net.pods[0], &check);
     assert!(ok, "CHECK with a 1.1.0 prevResult failed: {v}");
     // An old-layout record and a damaged one, both of containers the runtime no longer has.
     std::fs::copy(net.data().join("c1:eth0"), net.data().join("c9")).expect("copy");
@@ -597,7 +553,7 @@ fn gc_keeps_valid_attachments_and_deletes_the_rest() {
     ip(&["netns", "del", &net.pods[1]]).expect("netns del");
     assert_eq!(net.allocations().len(), 2);
 
-    let gc = |conf: &Value| cni_env(Some(&net.node), "GC", ("", ""), "", None, conf);
+    let gc = |conf: &Value| net.cni_with("GC", ("", ""), "", conf);
     let (ok, v) = gc(&net.conf);
     assert!(
         !ok,
@@ -613,7 +569,7 @@ fn gc_keeps_valid_attachments_and_deletes_the_rest() {
     // The damaged record cannot say which network it is of: GC leaves it to its DEL.
     assert_eq!(net.records(), ["c1:eth0", "c8:eth0"]);
     // Its pod is gone, so no namespace (the delegate must not touch another pod's eth0).
-    let (ok, v) = cni_env(Some(&net.node), "DEL", ("c8", "eth0"), "", None, &net.conf);
+    let (ok, v) = net.cni_with("DEL", ("c8", "eth0"), "", &net.conf);
     assert!(ok, "DEL of the damaged record failed: {v}");
     assert_eq!(net.records(), ["c1:eth0"]);
     let kept = r1["ips"][0]["address"].as_str().unwrap_or("");
@@ -628,14 +584,7 @@ fn gc_keeps_valid_attachments_and_deletes_the_rest() {
         std::time::Duration::from_secs(10),
         || net.veths() == 1,
     );
-    let (ok, v) = cni_env(
-        Some(&net.node),
-        "CHECK",
-        ("c1", "eth0"),
-        &net.pods[0],
-        None,
-        &check,
-    );
+    let (ok, v) = net.cni_with("CHECK", ("c1", "eth0"), &net.pods[0], &check);
     assert!(ok, "CHECK after GC failed: {v}");
 
     let (ok, v) = net.cni("DEL", ("c1", "eth0"), 0);

@@ -86,6 +86,11 @@ pub struct AgentArgs {
     /// How often the kernel state is re-read and repaired
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     resync: Duration,
+    /// How often this node's health summary (readiness, last reconcile, BGP sessions) is sent
+    /// to the controller for `twill status`; a change is sent within a second. The controller
+    /// calls a node stale after three missed reports (0.1s to 1h)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    health_interval: Duration,
     /// Masquerade pods' traffic to destinations outside the cluster network with the node's
     /// address (nftables table `inet twill`, needs the nft tool); pod-to-pod traffic is never
     /// NAT'd. Also sets FLANNEL_IPMASQ in subnet.env. --ip-masq=false turns it off
@@ -199,6 +204,9 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         subnet_file: a.subnet_file,
         metrics_addr: a.metrics_addr,
         resync: a.resync.max(Duration::from_millis(100)),
+        health_interval: a
+            .health_interval
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600)),
         ip_masq: a.ip_masq,
         bgp: twill_agent::bgp::Local {
             max_prefixes: (a.bgp_max_prefixes > 0).then_some(a.bgp_max_prefixes),

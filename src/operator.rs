@@ -469,12 +469,17 @@ pub async fn status(t: &Target) -> Result<()> {
             }
         }
     }
+    let leases = client.list_leases().await.context("list leases")?;
+    let health = client.list_health().await.context("node health")?;
+    let nodes = node_rows(&leases.leases, &health.nodes);
     if t.json {
+        let nodes: Vec<Value> = nodes.iter().map(NodeRow::json).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"leader": first.leader, "leader_addr": first.leader_addr, "members": out})
-            )?
+            serde_json::to_string_pretty(&json!({
+                "leader": first.leader, "leader_addr": first.leader_addr, "members": out,
+                "nodes": nodes,
+            }))?
         );
     } else {
         if first.leader == 0 {
@@ -489,8 +494,139 @@ pub async fn status(t: &Target) -> Result<()> {
                 rows
             )
         );
+        println!();
+        print_nodes(&nodes);
     }
     Ok(())
+}
+
+/// A node as `twill status` shows it: its lease (if any) and its last health report (if any).
+struct NodeRow<'a> {
+    name: &'a str,
+    lease: Option<&'a pb::Lease>,
+    report: Option<&'a pb::NodeHealthEntry>,
+}
+
+impl NodeRow<'_> {
+    /// Why the node needs attention, or `None` when it is healthy.
+    fn problem(&self) -> Option<String> {
+        match (self.lease, self.report) {
+            (_, Some(r)) => twill_controller::health::verdict(r)
+                .or_else(|| self.lease.is_none().then(|| "no lease".to_string())),
+            (Some(_), None) => Some("no health report (agent down, or too old to report)".into()),
+            (None, None) => None,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let h = self.report.and_then(|r| r.health.as_ref());
+        json!({
+            "node": self.name,
+            "subnet": self.lease.map(|l| l.subnet.as_str()),
+            "healthy": self.problem().is_none(),
+            "problem": self.problem(),
+            "report_age_ms": self.report.map(|r| r.age_ms),
+            "stale": self.report.map(|r| r.stale),
+            "ready": h.map(|h| h.ready),
+            "problems": h.map(|h| h.problems.clone()),
+            "reconcile_ok": h.map(|h| h.reconcile_ok),
+            "reconcile_at_ms": h.map(|h| h.reconcile_at_ms),
+            "backend": h.map(|h| h.backend.as_str()),
+            "bgp_sessions": h.map(|h| h.bgp_sessions.iter()
+                .map(|s| json!({"peer": s.peer, "state": s.state, "last_error": s.last_error}))
+                .collect::<Vec<_>>()),
+            "version": h.map(|h| h.version.as_str()),
+        })
+    }
+}
+
+/// Every node that holds a lease or has reported, by name.
+fn node_rows<'a>(leases: &'a [pb::Lease], reports: &'a [pb::NodeHealthEntry]) -> Vec<NodeRow<'a>> {
+    let mut names: Vec<&str> = leases
+        .iter()
+        .map(|l| l.node.as_str())
+        .chain(reports.iter().map(|r| r.node.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| NodeRow {
+            name,
+            lease: leases.iter().find(|l| l.node == name),
+            report: reports.iter().find(|r| r.node == name),
+        })
+        .collect()
+}
+
+fn print_nodes(nodes: &[NodeRow<'_>]) {
+    if nodes.is_empty() {
+        println!("nodes: none has a lease or has reported yet");
+        return;
+    }
+    let now = now_ms();
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let h = n.report.and_then(|r| r.health.as_ref());
+            let dash = || "-".to_string();
+            let bgp = h
+                .filter(|h| !h.bgp_sessions.is_empty())
+                .map(|h| {
+                    let up = h
+                        .bgp_sessions
+                        .iter()
+                        .filter(|s| s.state == "Established")
+                        .count();
+                    format!("{up}/{}", h.bgp_sessions.len())
+                })
+                .unwrap_or_else(dash);
+            vec![
+                n.name.to_string(),
+                n.lease.map(|l| l.subnet.clone()).unwrap_or_else(dash),
+                h.map(|h| h.backend.clone()).unwrap_or_else(dash),
+                h.filter(|h| h.reconcile_at_ms > 0)
+                    .map(|h| {
+                        let ago = span(now.saturating_sub(h.reconcile_at_ms) / 1000);
+                        if h.reconcile_ok {
+                            format!("ok {ago} ago")
+                        } else {
+                            format!("failed {ago} ago")
+                        }
+                    })
+                    .unwrap_or_else(dash),
+                bgp,
+                h.map(|h| h.version.clone()).unwrap_or_else(dash),
+                n.report
+                    .map(|r| format!("{} ago", span(r.age_ms / 1000)))
+                    .unwrap_or_else(dash),
+                match n.problem() {
+                    None => "healthy".into(),
+                    Some(p) => format!("UNHEALTHY: {p}"),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "NODE",
+                "SUBNET",
+                "BACKEND",
+                "RECONCILE",
+                "BGP",
+                "VERSION",
+                "REPORTED",
+                "HEALTH"
+            ],
+            rows
+        )
+    );
+    let bad = nodes.iter().filter(|n| n.problem().is_some()).count();
+    if bad > 0 {
+        println!("{bad} of {} nodes need attention", nodes.len());
+    }
 }
 
 pub async fn leases(t: &Target) -> Result<()> {

@@ -526,6 +526,29 @@ impl Client {
             .await
     }
 
+    /// Sends this node's health summary (to the leader, which keeps it in memory).
+    pub async fn report_health(
+        &self,
+        node: &str,
+        health: pb::NodeHealth,
+    ) -> Result<pb::ReportHealthResponse, ClientError> {
+        let req = pb::ReportHealthRequest {
+            node: node.to_string(),
+            health: Some(health),
+        };
+        self.call(|mut c| {
+            let r = req.clone();
+            async move { c.report_health(r).await }
+        })
+        .await
+    }
+
+    /// Every node's last health summary, as the leader has it.
+    pub async fn list_health(&self) -> Result<pb::ListHealthResponse, ClientError> {
+        self.call(|mut c| async move { c.list_health(pb::ListHealthRequest {}).await })
+            .await
+    }
+
     /// The status of the member at one endpoint, without retrying elsewhere.
     pub async fn status_of(
         endpoint: &str,

@@ -13,6 +13,7 @@
 //! - [`authz`]: who may call what, from the caller's certificate;
 //! - [`certs`]: joins, certificate renewal and join tokens over the API;
 //! - [`service`]: the public `twill.v1.Controller` gRPC service;
+//! - [`health`]: the agents' health reports, kept by the leader in memory;
 //! - [`leader`]: what only the leader does (promotion grace, lease expiry);
 //! - [`node`]: wires all of the above into one running member;
 //!
@@ -24,6 +25,7 @@ pub mod batch;
 pub mod certs;
 pub mod clock;
 pub mod convert;
+pub mod health;
 pub mod leader;
 pub mod log_store;
 pub mod metrics;

@@ -190,6 +190,8 @@ pub struct Member {
     batches: mpsc::Sender<(Request, batch::Reply)>,
     pub metrics: Arc<Metrics>,
     pub clock: crate::clock::Clock,
+    /// The agents' last health reports; meaningful on the leader only.
+    pub health: Mutex<crate::health::Board>,
 }
 
 impl Member {
@@ -507,6 +509,7 @@ pub async fn start_on(
         batches: batch_tx,
         metrics,
         clock: crate::clock::Clock::new(),
+        health: Mutex::new(crate::health::Board::default()),
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

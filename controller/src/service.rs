@@ -202,6 +202,34 @@ impl ControllerService {
     }
 }
 
+impl ControllerService {
+    /// Answers from what only the leader keeps in memory (no Raft round): here when this
+    /// member leads, else forwarded to the leader once.
+    async fn on_leader<Req, Resp>(
+        &self,
+        req: Request<Req>,
+        answer: impl FnOnce(&Member) -> Resp,
+        fwd: impl FnOnce(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Send + 'static,
+    {
+        match self.m.leader() {
+            Some((id, _)) if id == self.m.id => Ok(Response::new(answer(&self.m))),
+            leader => {
+                let was_forwarded = forwarded(&req);
+                let msg = req.into_inner();
+                self.forward_or(
+                    ProposeError::NotLeader { leader },
+                    was_forwarded,
+                    move |c| fwd(c, mark(msg)),
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// One line per change an operator would want to find in the log; renewals only at debug.
 fn log_outcome(rev: u64, o: &Outcome) {
     match o {
@@ -566,6 +594,52 @@ impl controller_server::Controller for ControllerService {
             .into(),
             leases,
         }))
+    }
+
+    async fn report_health(
+        &self,
+        req: Request<pb::ReportHealthRequest>,
+    ) -> Result<Response<pb::ReportHealthResponse>, Status> {
+        self.authorize(&req, "ReportHealth", Access::Node(&req.get_ref().node))?;
+        let msg = req.get_ref();
+        let name = node(&msg.node)?;
+        let Some(health) = msg.health.clone() else {
+            return Err(Status::invalid_argument("health: missing"));
+        };
+        crate::health::validate(&health)?;
+        self.on_leader(
+            req,
+            |m| {
+                let now = std::time::Instant::now();
+                let mut board = m.health.lock().unwrap_or_else(|p| p.into_inner());
+                board.record(name, health, now);
+                let d = m.sm.read();
+                board.prune(|n| d.alloc.lease(n).is_some(), now);
+                pb::ReportHealthResponse {}
+            },
+            |mut c, r| Box::pin(async move { c.report_health(r).await }),
+        )
+        .await
+    }
+
+    async fn list_health(
+        &self,
+        req: Request<pb::ListHealthRequest>,
+    ) -> Result<Response<pb::ListHealthResponse>, Status> {
+        self.authorize(&req, "ListHealth", Access::Identified)?;
+        self.on_leader(
+            req,
+            |m| pb::ListHealthResponse {
+                nodes: m
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .list(std::time::Instant::now()),
+                member: m.id,
+            },
+            |mut c, r| Box::pin(async move { c.list_health(r).await }),
+        )
+        .await
     }
 
     async fn add_member(

@@ -49,6 +49,8 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub resync: Duration,
+    /// How often the health summary goes to the controller.
+    pub health_interval: Duration,
     pub ip_masq: bool,
     /// This node's own BGP choices (prefix limit, ranges to announce).
     pub bgp: crate::bgp::Local,
@@ -300,14 +302,14 @@ impl Agent {
             Err(e) => {
                 let msg = e.to_string();
                 self.refuse_config(e).await;
-                self.health(|h| h.last_reconcile = Some(Err(msg)));
+                self.health(|h| h.reconciled(Err(msg)));
                 return;
             }
         };
         let Some(own_lease) = node_lease(&own) else {
             let msg = format!("own lease does not parse (subnet {:?})", own.subnet);
             tracing::error!("{msg}");
-            self.health(|h| h.last_reconcile = Some(Err(msg)));
+            self.health(|h| h.reconciled(Err(msg)));
             return;
         };
         let own_lease = NodeLease {
@@ -349,7 +351,11 @@ impl Agent {
         let recipe = backend.recipe();
         let pod_mtu = backend.pod_mtu(self.facts.mtu);
         let backend_health = backend.health();
-        self.health(|h| h.backend = backend_health);
+        let backend_name = backend.name();
+        self.health(|h| {
+            h.backend = backend_health;
+            h.backend_name = Some(backend_name);
+        });
 
         let sources = self.find_source_tables().await;
         let want = desired::compute(&Input {
@@ -394,24 +400,24 @@ impl Agent {
                         tracing::debug!(?op, "applied");
                     }
                 }
-                self.health(|h| h.last_reconcile = Some(Ok(())));
+                self.health(|h| h.reconciled(Ok(())));
             }
             Err(e) => {
                 self.metrics.errors.inc();
                 tracing::warn!(error = %e, "reconcile failed; retrying at the next resync");
-                self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+                self.health(|h| h.reconciled(Err(e.to_string())));
                 return;
             }
         }
         if let Err(e) = self.sync_masquerade(&config).await {
             self.metrics.errors.inc();
             tracing::warn!(error = %e, "masquerade not in place; retrying at the next resync");
-            self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+            self.health(|h| h.reconciled(Err(e.to_string())));
         }
         if let Err(e) = self.sync_forward(&config).await {
             self.metrics.errors.inc();
             tracing::warn!(error = %e, "pod traffic not accepted in the FORWARD chain; retrying at the next resync");
-            self.health(|h| h.last_reconcile = Some(Err(e.to_string())));
+            self.health(|h| h.reconciled(Err(e.to_string())));
         }
         self.ensure_forwarding(own_lease.v6.is_some());
         self.metrics
@@ -713,6 +719,14 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             Some(file),
         ));
     }
+
+    tokio::spawn(crate::health::report(
+        client.clone(),
+        opts.node_name.clone(),
+        health.clone(),
+        bgp_board.clone(),
+        opts.health_interval,
+    ));
 
     let (lease_tx, lease_rx) = watch::channel(None);
     let (valid_tx, valid_rx) = watch::channel(None);

@@ -2,9 +2,14 @@
 //! would keep saying "ready" after the lease expired or every reconcile failed, and an
 //! orchestrator would go on scheduling pods onto a node whose network is not there.
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use twill_client::Client;
+use twill_proto::v1 as pb;
 use twill_telemetry::Readiness;
+
+use crate::metrics::BgpBoard;
 
 /// The facts readiness is made of, as the agent's loop last saw them.
 #[derive(Clone, Debug, Default)]
@@ -18,6 +23,124 @@ pub struct Health {
     pub backend: Option<Result<(), String>>,
     /// `subnet.env` was written for the current lease.
     pub subnet_env_written: bool,
+    /// When the last reconcile pass ended (Unix ms).
+    pub reconciled_at_ms: u64,
+    /// The running backend's name.
+    pub backend_name: Option<&'static str>,
+}
+
+impl Health {
+    pub fn reconciled(&mut self, r: Result<(), String>) {
+        self.last_reconcile = Some(r);
+        self.reconciled_at_ms = twill_proto::now_ms();
+    }
+}
+
+/// The summary the controller keeps for this node: readiness with its reasons, the last
+/// reconcile, the backend and its BGP sessions.
+pub fn summary(
+    h: &Health,
+    sessions: Vec<pb::BgpSessionHealth>,
+    interval: Duration,
+    now: Instant,
+) -> pb::NodeHealth {
+    let (ready, problems) = match readiness(h, now) {
+        Readiness::Ready => (true, Vec::new()),
+        Readiness::NotReady(why) => (false, why),
+    };
+    pb::NodeHealth {
+        ready,
+        // Within the controller's limits whatever the kernel's error text says.
+        problems: problems
+            .into_iter()
+            .take(16)
+            .map(|p| truncate(p, 512))
+            .collect(),
+        reconcile_ok: matches!(h.last_reconcile, Some(Ok(()))),
+        reconcile_at_ms: h.reconciled_at_ms,
+        backend: h.backend_name.unwrap_or_default().to_string(),
+        bgp_sessions: sessions.into_iter().take(256).collect(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        interval_ms: interval.as_millis().try_into().unwrap_or(u64::MAX),
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// The BGP sessions as the speaker last reported them.
+pub fn sessions(board: &BgpBoard) -> Vec<pb::BgpSessionHealth> {
+    let Some(st) = board.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        return Vec::new();
+    };
+    let peers = st.lock().unwrap_or_else(|p| p.into_inner());
+    peers
+        .peers
+        .values()
+        .map(|p| pb::BgpSessionHealth {
+            peer: p.addr.to_string(),
+            state: if p.established { "Established" } else { "Down" }.into(),
+            last_error: truncate(p.last_error.clone().unwrap_or_default(), 256),
+        })
+        .collect()
+}
+
+/// Sends this node's summary to the controller every `interval`, and within a second of a
+/// change, so `twill status` shows a node going bad without waiting for the next period.
+pub async fn report(
+    client: Arc<Client>,
+    node: String,
+    health: Arc<Mutex<Health>>,
+    bgp: BgpBoard,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent: Option<(pb::NodeHealth, Instant)> = None;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let h = health.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = summary(&h, sessions(&bgp), interval, now);
+        let due = match &sent {
+            None => true,
+            Some((last, at)) => {
+                now.duration_since(*at) >= interval
+                    || last.ready != s.ready
+                    || last.problems != s.problems
+                    || last.bgp_sessions != s.bgp_sessions
+                    || last.backend != s.backend
+            }
+        };
+        if !due {
+            continue;
+        }
+        match client.report_health(&node, s.clone()).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!("health reports reach the controller again");
+                }
+                failing = false;
+                sent = Some((s, now));
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot report health to the controller; retrying");
+                }
+                failing = true;
+            }
+        }
+    }
 }
 
 /// Ready when the lease is held and not past its deadline, the last reconcile succeeded,
@@ -52,7 +175,6 @@ pub fn readiness(h: &Health, now: Instant) -> Readiness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn healthy(now: Instant) -> Health {
         Health {
@@ -60,7 +182,26 @@ mod tests {
             last_reconcile: Some(Ok(())),
             backend: None,
             subnet_env_written: true,
+            reconciled_at_ms: 1,
+            backend_name: Some("vxlan"),
         }
+    }
+
+    #[test]
+    fn the_summary_says_why_and_stays_within_the_controllers_limits() {
+        let now = Instant::now();
+        let s = summary(&healthy(now), vec![], Duration::from_secs(10), now);
+        assert!(s.ready && s.reconcile_ok && s.problems.is_empty());
+        assert_eq!((s.backend.as_str(), s.interval_ms), ("vxlan", 10_000));
+
+        let mut h = healthy(now);
+        // A kernel error text of any length, in a language with multi-byte characters.
+        h.reconciled(Err("é".repeat(1000)));
+        let s = summary(&h, vec![], Duration::from_secs(10), now);
+        assert!(!s.ready && !s.reconcile_ok);
+        assert_eq!(s.problems.len(), 1);
+        assert!(s.problems[0].len() <= 512 && s.problems[0].ends_with("..."));
+        assert!(s.reconcile_at_ms > 1);
     }
 
     #[test]

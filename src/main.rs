@@ -35,8 +35,17 @@ enum Cmd {
     /// Run a whole cluster in network namespaces on this machine (root): a controller, N nodes
     /// with agents, pods through twill-cni; prints leases and a pod reachability matrix
     Sandbox(sandbox_cmd::SandboxArgs),
-    /// Show every member's role, Raft term and progress
-    Status(#[command(flatten)] Target),
+    /// Show every member's role, Raft term and progress, and every node's health as its agent
+    /// last reported it (unhealthy ones flagged)
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the cluster as an SVG picture instead (members with the leader marked, nodes
+        /// with subnets and health, BGP sessions green when up, red when down), e.g.
+        /// `twill status --graph > cluster.svg`
+        #[arg(long)]
+        graph: bool,
+    },
     /// List the subnet leases (and reservations)
     Leases(#[command(flatten)] Target),
     /// Show or change the cluster's network configuration
@@ -129,7 +138,7 @@ fn main() -> ExitCode {
             Cmd::Controller(a) => serve::run(*a).await,
             Cmd::Agent(a) => agent_cmd::run(*a).await,
             Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
-            Cmd::Status(t) => operator::status(&t).await,
+            Cmd::Status { target, graph } => operator::status(&target, graph).await,
             Cmd::Leases(t) => operator::leases(&t).await,
             Cmd::Config { target, cmd } => operator::config(&target, cmd).await,
             Cmd::Members { target, cmd } => operator::members(&target, cmd).await,

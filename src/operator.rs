@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use twill_client::{Client, ClientOptions};
 use twill_controller::now_ms;
+use twill_controller::picture::{MemberBox, Picture};
 use twill_proto::v1 as pb;
 
 use crate::network_flags::{format_duration, NetworkFlags};
@@ -426,14 +427,26 @@ fn lease_json(l: &pb::Lease) -> Value {
     })
 }
 
-pub async fn status(t: &Target) -> Result<()> {
+pub async fn status(t: &Target, graph: bool) -> Result<()> {
     let client = t.client()?;
     let first = client.status().await.context("controller status")?;
     // Ask every member for its own view, so a lagging or unreachable one shows.
     let mut rows = Vec::new();
     let mut out = Vec::new();
+    let mut boxes = Vec::new();
     for m in &first.members {
-        match Client::status_of(&m.addr, t.tls()?).await {
+        let answer = Client::status_of(&m.addr, t.tls()?).await;
+        boxes.push(MemberBox {
+            id: m.id,
+            addr: m.addr.clone(),
+            state: match &answer {
+                Ok(s) if m.voter => s.state.clone(),
+                Ok(s) => format!("{} (learner)", s.state),
+                Err(_) => "unreachable".into(),
+            },
+            leader: m.id == first.leader,
+        });
+        match answer {
             Ok(s) => {
                 out.push(json!({
                     "id": s.id, "addr": m.addr, "voter": m.voter, "state": s.state,
@@ -471,6 +484,12 @@ pub async fn status(t: &Target) -> Result<()> {
     }
     let leases = client.list_leases().await.context("list leases")?;
     let health = client.list_health().await.context("node health")?;
+    if graph {
+        let mut pic = Picture::new(boxes, &leases.leases, &health.nodes);
+        pic.caption = twill_controller::picture::caption(first.leader, leases.revision);
+        print!("{}", twill_controller::picture::svg(&pic));
+        return Ok(());
+    }
     let nodes = node_rows(&leases.leases, &health.nodes);
     if t.json {
         let nodes: Vec<Value> = nodes.iter().map(NodeRow::json).collect();
@@ -500,31 +519,23 @@ pub async fn status(t: &Target) -> Result<()> {
     Ok(())
 }
 
-/// A node as `twill status` shows it: its lease (if any) and its last health report (if any).
+/// A node as `twill status` shows it: its lease (if any), its last health report (if any), and
+/// why it needs attention (`None`: healthy).
 struct NodeRow<'a> {
-    name: &'a str,
+    name: String,
     lease: Option<&'a pb::Lease>,
     report: Option<&'a pb::NodeHealthEntry>,
+    problem: Option<String>,
 }
 
 impl NodeRow<'_> {
-    /// Why the node needs attention, or `None` when it is healthy.
-    fn problem(&self) -> Option<String> {
-        match (self.lease, self.report) {
-            (_, Some(r)) => twill_controller::health::verdict(r)
-                .or_else(|| self.lease.is_none().then(|| "no lease".to_string())),
-            (Some(_), None) => Some("no health report (agent down, or too old to report)".into()),
-            (None, None) => None,
-        }
-    }
-
     fn json(&self) -> Value {
         let h = self.report.and_then(|r| r.health.as_ref());
         json!({
             "node": self.name,
             "subnet": self.lease.map(|l| l.subnet.as_str()),
-            "healthy": self.problem().is_none(),
-            "problem": self.problem(),
+            "healthy": self.problem.clone().is_none(),
+            "problem": self.problem.clone(),
             "report_age_ms": self.report.map(|r| r.age_ms),
             "stale": self.report.map(|r| r.stale),
             "ready": h.map(|h| h.ready),
@@ -542,19 +553,13 @@ impl NodeRow<'_> {
 
 /// Every node that holds a lease or has reported, by name.
 fn node_rows<'a>(leases: &'a [pb::Lease], reports: &'a [pb::NodeHealthEntry]) -> Vec<NodeRow<'a>> {
-    let mut names: Vec<&str> = leases
-        .iter()
-        .map(|l| l.node.as_str())
-        .chain(reports.iter().map(|r| r.node.as_str()))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    twill_controller::picture::node_problems(leases, reports)
         .into_iter()
-        .map(|name| NodeRow {
-            name,
+        .map(|(name, problem)| NodeRow {
             lease: leases.iter().find(|l| l.node == name),
             report: reports.iter().find(|r| r.node == name),
+            name,
+            problem,
         })
         .collect()
 }
@@ -582,7 +587,7 @@ fn print_nodes(nodes: &[NodeRow<'_>]) {
                 })
                 .unwrap_or_else(dash);
             vec![
-                n.name.to_string(),
+                n.name.clone(),
                 n.lease.map(|l| l.subnet.clone()).unwrap_or_else(dash),
                 h.map(|h| h.backend.clone()).unwrap_or_else(dash),
                 h.filter(|h| h.reconcile_at_ms > 0)
@@ -600,7 +605,7 @@ fn print_nodes(nodes: &[NodeRow<'_>]) {
                 n.report
                     .map(|r| format!("{} ago", span(r.age_ms / 1000)))
                     .unwrap_or_else(dash),
-                match n.problem() {
+                match &n.problem {
                     None => "healthy".into(),
                     Some(p) => format!("UNHEALTHY: {p}"),
                 },
@@ -623,7 +628,7 @@ fn print_nodes(nodes: &[NodeRow<'_>]) {
             rows
         )
     );
-    let bad = nodes.iter().filter(|n| n.problem().is_some()).count();
+    let bad = nodes.iter().filter(|n| n.problem.is_some()).count();
     if bad > 0 {
         println!("{bad} of {} nodes need attention", nodes.len());
     }

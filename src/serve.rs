@@ -103,6 +103,13 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "ADDR", env = "TWILL_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
 
+    /// Serve a read-only status page on http://ADDR/ (the cluster picture and every node's
+    /// health, reloading itself every 3 s); off when not given. Unless --insecure, it asks for
+    /// the token that this member keeps in DATA_DIR/status-token: open
+    /// http://ADDR/?token=<its contents> once and the browser keeps it as a cookie
+    #[arg(long, value_name = "ADDR", env = "TWILL_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+
     /// Initial network configuration, used once when a new cluster first elects a leader
     /// (change it later with `twill config set`)
     #[command(flatten)]
@@ -212,6 +219,7 @@ impl ControllerArgs {
         o.watch_history = self.watch_history.max(1);
         o.write_timeout = self.write_timeout;
         o.metrics_listen = self.metrics_addr;
+        o.status_listen = self.http_addr;
         if self.max_watches == 0 {
             bail!("--max-watches must be at least 1");
         }

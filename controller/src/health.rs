@@ -133,8 +133,9 @@ impl Board {
 }
 
 /// Whether an entry needs an operator's eye, and why, in a few words: stale, not ready, or a
-/// BGP session down. `None` when healthy.
-pub fn verdict(e: &pb::NodeHealthEntry) -> Option<String> {
+/// BGP session down, except one to a peer `excused` says is itself at fault (a dead node takes
+/// its sessions down with it; the nodes at the other end are not to blame). `None`: healthy.
+pub fn verdict(e: &pb::NodeHealthEntry, excused: impl Fn(&str) -> bool) -> Option<String> {
     if e.stale {
         return Some(format!("no report for {} s", e.age_ms / 1000));
     }
@@ -148,7 +149,7 @@ pub fn verdict(e: &pb::NodeHealthEntry) -> Option<String> {
     let down: Vec<&str> = h
         .bgp_sessions
         .iter()
-        .filter(|s| s.state != "Established")
+        .filter(|s| s.state != "Established" && !excused(&s.peer))
         .map(|s| s.peer.as_str())
         .collect();
     if !down.is_empty() {
@@ -185,14 +186,14 @@ mod tests {
         b.record("b".into(), report(false), t0);
         let l = b.list(t0 + Duration::from_millis(2_900));
         assert!(l.iter().all(|e| !e.stale));
-        assert_eq!(verdict(&l[0]), None);
+        assert_eq!(verdict(&l[0], |_| false), None);
         assert_eq!(
-            verdict(&l[1]).as_deref(),
+            verdict(&l[1], |_| false).as_deref(),
             Some("not ready: last reconcile failed: File exists")
         );
         let l = b.list(t0 + Duration::from_millis(3_100));
         assert!(l.iter().all(|e| e.stale));
-        assert!(verdict(&l[0]).is_some_and(|v| v.starts_with("no report for")));
+        assert!(verdict(&l[0], |_| false).is_some_and(|v| v.starts_with("no report for")));
     }
 
     #[test]
@@ -214,9 +215,10 @@ mod tests {
         let t0 = Instant::now();
         b.record("a".into(), h, t0);
         assert_eq!(
-            verdict(&b.list(t0)[0]).as_deref(),
+            verdict(&b.list(t0)[0], |_| false).as_deref(),
             Some("BGP down with 192.0.2.254")
         );
+        assert_eq!(verdict(&b.list(t0)[0], |p| p == "192.0.2.254"), None);
     }
 
     #[test]

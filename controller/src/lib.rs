@@ -14,6 +14,8 @@
 //! - [`certs`]: joins, certificate renewal and join tokens over the API;
 //! - [`service`]: the public `twill.v1.Controller` gRPC service;
 //! - [`health`]: the agents' health reports, kept by the leader in memory;
+//! - [`picture`]: the cluster drawn as SVG, for `twill status --graph` and the status page;
+//! - [`status_page`]: the read-only status page over HTTP;
 //! - [`leader`]: what only the leader does (promotion grace, lease expiry);
 //! - [`node`]: wires all of the above into one running member;
 //!
@@ -31,8 +33,10 @@ pub mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod picture;
 pub mod service;
 pub mod state_machine;
+pub mod status_page;
 pub mod trust;
 pub mod watch;
 

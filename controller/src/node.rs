@@ -70,6 +70,8 @@ pub struct Options {
     pub expiry_interval: Duration,
     /// Where to serve Prometheus metrics over HTTP; none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the read-only status page; none by default.
+    pub status_listen: Option<SocketAddr>,
     /// Faults for this member's outgoing Raft messages (chaos tests only).
     pub faults: Option<Arc<crate::network::Faults>>,
     /// Watch streams this member serves at once; more are refused with RESOURCE_EXHAUSTED.
@@ -104,6 +106,7 @@ impl Options {
             promote_grace_ms: 10_000,
             expiry_interval: Duration::from_secs(1),
             metrics_listen: None,
+            status_listen: None,
             faults: None,
             max_watches: DEFAULT_MAX_WATCHES,
             tls: None,
@@ -124,6 +127,8 @@ pub enum StartError {
     Log(#[from] OpenError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotFileError),
+    #[error(transparent)]
+    StatusToken(#[from] crate::status_page::TokenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -558,6 +563,36 @@ pub async fn start_on(
         tokio::spawn(twill_telemetry::serve(
             l,
             crate::metrics::endpoints(member.clone()),
+            async move {
+                let _ = stopping.changed().await;
+            },
+        ));
+    }
+    if let Some(addr) = opts.status_listen {
+        let file = crate::status_page::token_path(&opts.data_dir);
+        let access = match opts.tls {
+            Some(_) => {
+                crate::status_page::Access::Token(crate::status_page::load_or_create_token(&file)?)
+            }
+            None => crate::status_page::Access::Open,
+        };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind { addr, source: e })?;
+        match access {
+            crate::status_page::Access::Open => {
+                tracing::warn!(%addr, "serving the status page on http://{addr}/ to anyone (--insecure)")
+            }
+            crate::status_page::Access::Token(_) => tracing::info!(
+                %addr,
+                token_file = %file.display(),
+                "serving the status page on http://{addr}/?token=<the token file's contents>"
+            ),
+        }
+        let mut stopping = member.stopping();
+        tokio::spawn(twill_telemetry::serve_router(
+            l,
+            crate::status_page::router(member.clone(), access, file),
             async move {
                 let _ = stopping.changed().await;
             },

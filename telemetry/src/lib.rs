@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use axum;
 pub use prometheus_client;
 
 /// Time a client has to send its request head.
@@ -137,7 +138,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// Serves the endpoints on `listener` until `stop` resolves.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints, stop: impl Future<Output = ()>) {
-    let service = TowerToHyperService::new(endpoints.router());
+    serve_router(listener, endpoints.router(), stop).await
+}
+
+/// Serves any router (the controller's status page) with the same limits as the endpoints.
+pub async fn serve_router(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+    let service = TowerToHyperService::new(router);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(stop);
     loop {

@@ -14,6 +14,23 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -
     }
 }
 
+/// Runs `ip -n NS -batch -` with `batch` (one command per line), so several changes land
+/// between two of the agent's looks at the kernel.
+pub fn ip_batch(ns: &str, batch: &str) {
+    use std::io::Write;
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    ip.stdin
+        .take()
+        .expect("stdin")
+        .write_all(batch.as_bytes())
+        .expect("write batch");
+    assert!(ip.wait().expect("ip").success(), "ip -batch {batch}");
+}
+
 /// The address part of a CIDR such as FLANNEL_SUBNET (the pod gateway).
 pub fn gw_addr(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)

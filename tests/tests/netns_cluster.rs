@@ -360,21 +360,10 @@ fn health_endpoints_follow_readiness() {
 
     // Every reconcile fails while a foreign device holds VNI 1 on port 8472 (the kernel
     // refuses a second one): not ready, saying why; ready again once it is gone.
-    let batch = "link del twill.1\nlink add foreign.1 type vxlan id 1 dstport 8472 dev eth0\n";
-    let mut ip = std::process::Command::new("ip")
-        .args(["-n", &ns, "-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip -batch");
-    {
-        use std::io::Write;
-        ip.stdin
-            .take()
-            .expect("stdin")
-            .write_all(batch.as_bytes())
-            .expect("write batch");
-    }
-    assert!(ip.wait().expect("ip").success(), "ip -batch");
+    twill_tests::netns::ip_batch(
+        &ns,
+        "link del twill.1\nlink add foreign.1 type vxlan id 1 dstport 8472 dev eth0\n",
+    );
     wait_until(
         "not ready while reconciles fail",
         Duration::from_secs(15),

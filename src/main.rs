@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod bgp_cmd;
 mod credentials;
+mod explain;
 mod network_flags;
 mod operator;
 mod sandbox_cmd;
@@ -47,7 +48,15 @@ enum Cmd {
         graph: bool,
     },
     /// List the subnet leases (and reservations)
-    Leases(#[command(flatten)] Target),
+    Leases {
+        #[command(flatten)]
+        target: Target,
+        /// Explain one node's lease instead: why this subnet (reserved, held before, held,
+        /// lowest free), since when, under which configuration revision, its renewals, the
+        /// reservation if any, and what its agent last reported
+        #[arg(long, value_name = "NODE")]
+        explain: Option<String>,
+    },
     /// Show or change the cluster's network configuration
     Config {
         #[command(flatten)]
@@ -139,7 +148,10 @@ fn main() -> ExitCode {
             Cmd::Agent(a) => agent_cmd::run(*a).await,
             Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
             Cmd::Status { target, graph } => operator::status(&target, graph).await,
-            Cmd::Leases(t) => operator::leases(&t).await,
+            Cmd::Leases { target, explain } => match explain {
+                Some(node) => operator::explain(&target, &node).await,
+                None => operator::leases(&target).await,
+            },
             Cmd::Config { target, cmd } => operator::config(&target, cmd).await,
             Cmd::Members { target, cmd } => operator::members(&target, cmd).await,
             Cmd::Reserve {

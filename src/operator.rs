@@ -305,7 +305,7 @@ fn ago(at_ms: u64) -> String {
     format!("{} ago", span((now - at_ms) / 1000))
 }
 
-fn span(secs: u64) -> String {
+pub(crate) fn span(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
@@ -632,6 +632,30 @@ fn print_nodes(nodes: &[NodeRow<'_>]) {
     if bad > 0 {
         println!("{bad} of {} nodes need attention", nodes.len());
     }
+}
+
+pub async fn explain(t: &Target, node: &str) -> Result<()> {
+    twill_proto::names::validate_node_name(node).with_context(|| format!("node {node:?}"))?;
+    let client = t.client()?;
+    let leases = client.list_leases().await.context("list leases")?;
+    let config = client
+        .get_config()
+        .await
+        .context("read the configuration")?;
+    let health = client.list_health().await.context("node health")?;
+    let Some(e) = crate::explain::explain(node, &leases, &config, &health.nodes, now_ms()) else {
+        bail!("node {node} holds no lease, has no reservation and has not reported (see `twill leases`)");
+    };
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&e.json)?);
+    } else {
+        println!("node {node}");
+        let w = e.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &e.lines {
+            println!("  {k:w$}  {v}");
+        }
+    }
+    Ok(())
 }
 
 pub async fn leases(t: &Target) -> Result<()> {

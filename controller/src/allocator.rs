@@ -602,6 +602,9 @@ pub struct Allocator {
     /// The latest leader time stamped on an applied command: the timeline lease deadlines are
     /// written in, until the next leader rebases them onto its own.
     last_now: Millis,
+    /// The revision at which the configuration was last set; 0 when unknown (restored from a
+    /// snapshot older than this field).
+    config_revision: u64,
 }
 
 fn check_node_name(n: &str) -> Result<(), AllocError> {
@@ -623,6 +626,15 @@ impl Allocator {
 
     pub fn revision(&self) -> u64 {
         self.revision
+    }
+
+    /// See the field; kept beside the snapshot, not in it (see `state_machine::Payload`).
+    pub fn config_revision(&self) -> u64 {
+        self.config_revision
+    }
+
+    pub fn set_config_revision(&mut self, r: u64) {
+        self.config_revision = r;
     }
 
     pub fn last_now(&self) -> Millis {
@@ -861,7 +873,7 @@ impl Allocator {
         }
         self.config = Some(config.clone());
         self.pools = Some((v4, v6));
-        self.emit(events, Event::Config(config.clone()));
+        self.config_revision = self.emit(events, Event::Config(config.clone()));
         Ok(Outcome::Config(config.clone()))
     }
 

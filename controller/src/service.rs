@@ -365,6 +365,7 @@ impl controller_server::Controller for ControllerService {
                         config: d.alloc.config().map(config_to_proto),
                         revision: d.alloc.revision(),
                         present: d.alloc.config().is_some(),
+                        config_revision: d.alloc.config_revision(),
                     })
                 },
                 |mut c, r| Box::pin(async move { c.get_config(r).await }),
@@ -402,6 +403,8 @@ impl controller_server::Controller for ControllerService {
                     config: Some(config_to_proto(&c)),
                     revision: rev,
                     present: true,
+                    // Every accepted set is a new revision, this one.
+                    config_revision: rev,
                 }),
                 o => Err(unexpected(o)),
             },

@@ -43,6 +43,15 @@ pub enum SnapshotFileError {
 struct Payload {
     alloc: AllocatorSnapshot,
     trust: crate::trust::Trust,
+    /// Appended after the trust state; older snapshots end before it and decode as
+    /// [`TrustPayload`].
+    config_revision: u64,
+}
+
+#[derive(Deserialize)]
+struct TrustPayload {
+    alloc: AllocatorSnapshot,
+    trust: crate::trust::Trust,
 }
 
 #[derive(Deserialize)]
@@ -54,15 +63,19 @@ struct OldPayload {
 /// snapshot ends where the trust state would start, which fails to decode, while the newer
 /// one would decode as the older with bytes left over.
 fn restore(data: &[u8]) -> Result<Allocator, String> {
-    let (alloc, trust) = match bincode::deserialize::<Payload>(data) {
-        Ok(p) => (p.alloc, p.trust),
-        Err(new) => match bincode::deserialize::<OldPayload>(data) {
-            Ok(p) => (p.alloc, crate::trust::Trust::default()),
-            Err(_) => return Err(new.to_string()),
+    let (alloc, trust, config_revision) = match bincode::deserialize::<Payload>(data) {
+        Ok(p) => (p.alloc, p.trust, p.config_revision),
+        Err(new) => match bincode::deserialize::<TrustPayload>(data) {
+            Ok(p) => (p.alloc, p.trust, 0),
+            Err(_) => match bincode::deserialize::<OldPayload>(data) {
+                Ok(p) => (p.alloc, crate::trust::Trust::default(), 0),
+                Err(_) => return Err(new.to_string()),
+            },
         },
     };
     let mut a = Allocator::restore(alloc).map_err(|e| e.to_string())?;
     a.set_trust(trust);
+    a.set_config_revision(config_revision);
     Ok(a)
 }
 
@@ -230,6 +243,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data = bincode::serialize(&Payload {
                 alloc: d.alloc.snapshot(),
                 trust: d.alloc.trust().clone(),
+                config_revision: d.alloc.config_revision(),
             })
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let id = match d.last_applied {
@@ -364,5 +378,61 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{Command, NetworkConfig, Request};
+
+    fn configured() -> Allocator {
+        let mut a = Allocator::new();
+        let (r, _) = a.apply(&Request {
+            request_id: None,
+            command: Command::SetConfig {
+                config: NetworkConfig::embedded_default(),
+                only_if_absent: false,
+            },
+        });
+        assert!(r.result.is_ok());
+        a
+    }
+
+    #[test]
+    fn the_configuration_revision_survives_a_snapshot_and_older_shapes_still_restore() {
+        let a = configured();
+        assert_eq!(a.config_revision(), 1);
+        let now = bincode::serialize(&Payload {
+            alloc: a.snapshot(),
+            trust: a.trust().clone(),
+            config_revision: a.config_revision(),
+        })
+        .expect("serialize");
+        assert_eq!(restore(&now).expect("restores").config_revision(), 1);
+
+        #[derive(Serialize)]
+        struct Before {
+            alloc: AllocatorSnapshot,
+            trust: crate::trust::Trust,
+        }
+        let before = bincode::serialize(&Before {
+            alloc: a.snapshot(),
+            trust: a.trust().clone(),
+        })
+        .expect("serialize");
+        let b = restore(&before).expect("a snapshot from before the field restores");
+        assert_eq!(b.config_revision(), 0, "unknown, not invented");
+        assert_eq!(b.revision(), a.revision());
+
+        #[derive(Serialize)]
+        struct Oldest {
+            alloc: AllocatorSnapshot,
+        }
+        let oldest = bincode::serialize(&Oldest {
+            alloc: a.snapshot(),
+        })
+        .expect("serialize");
+        assert_eq!(restore(&oldest).expect("restores").revision(), a.revision());
     }
 }

@@ -441,3 +441,79 @@ fn a_cli_with_no_controller_listening_says_so_at_once() {
         );
     }
 }
+
+/// `twill leases --explain NODE` against a running controller: a lease taken as the lowest
+/// free and renewed, one given by a reservation; an unknown node and a malformed name (refused
+/// before any call: the endpoint given is closed) exit 1 with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_explain_says_why_each_node_has_its_subnet() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut ctl = spawn(dir.path(), free_port().expect("port"), &[]);
+    wait_ready(&ctl).await;
+    let c = client(&ctl);
+    let acq = |node: &str, ip: &str| pb::AcquireRequest {
+        node: node.into(),
+        public_ip: ip.into(),
+        ..Default::default()
+    };
+    let n1 = c
+        .acquire(acq("n1", "192.0.2.1"))
+        .await
+        .expect("n1")
+        .lease
+        .expect("lease");
+    c.renew("n1", n1.create_revision).await.expect("renew n1");
+    c.reserve("n2", "10.0.200.0/24").await.expect("reserve");
+    c.acquire(acq("n2", "192.0.2.2")).await.expect("n2");
+
+    let bin = twill_binary().expect("twill binary");
+    let run = |args: &[&str], controller: &str| {
+        std::process::Command::new(&bin)
+            .args(["leases", "--explain"])
+            .args(args)
+            .args(["--controller", controller])
+            .arg("--credentials")
+            .arg(dir.path().join("admin.pem"))
+            .output()
+            .expect("run twill")
+    };
+    let out = run(&["n1"], &ctl.url);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for says in [
+        "lease          10.0.1.0/24 at public IP 192.0.2.1",
+        "the lowest free subnet of the pool",
+        "granted under the current one, set at revision 1",
+        "last renewed",
+        "reservation    none",
+    ] {
+        assert!(text.contains(says), "{says:?} missing:\n{text}");
+    }
+    let out = run(&["n2", "--json"], &ctl.url);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["lease"]["subnet"], "10.0.200.0/24");
+    assert_eq!(v["lease"]["reason"], "reserved");
+    assert_eq!(v["reservation"], "10.0.200.0/24");
+    assert_eq!(v["config_revision"], 1);
+
+    let out = run(&["ghost"], &ctl.url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("node ghost holds no lease"), "{err}");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let out = run(&["Not_A_Node"], &closed);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("\"Not_A_Node\"") && !err.contains("no controller answers"),
+        "{err}"
+    );
+    let _ = sigterm(&mut ctl);
+}

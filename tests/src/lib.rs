@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bgp;
 pub mod chaos;
+pub mod dashboards;
 pub mod etcd;
 pub mod netns;
 pub mod procs;

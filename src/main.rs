@@ -5,6 +5,7 @@ mod bgp_cmd;
 mod credentials;
 mod network_flags;
 mod operator;
+mod progress;
 mod sandbox_cmd;
 mod serve;
 

@@ -6,6 +6,7 @@ mod credentials;
 mod explain;
 mod network_flags;
 mod operator;
+mod progress;
 mod sandbox_cmd;
 mod serve;
 

@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use twill_sandbox::{is_root, Topology};
 
+use crate::progress::Progress;
+
 /// The IPv6 pod network of a `--dual-stack` sandbox (a /64 per node).
 pub const IPV6_NETWORK: &str = "fd00:10:244::/56";
 
@@ -63,6 +65,9 @@ pub struct SandboxArgs {
     /// Where the reference CNI plugins (bridge, host-local) are
     #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
     cni_path: String,
+    /// Say nothing on stderr while building and checking (the results still go to stdout)
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn sibling(name: &str) -> Result<PathBuf> {
@@ -78,8 +83,17 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn matrix(t: &Topology, family: Family) -> (Vec<Vec<bool>>, bool) {
+/// Pings every ordered pair of pods over `family`, counting the pairs on `progress`; the
+/// matrix, and whether every pair answered.
+fn matrix(
+    t: &Topology,
+    family: Family,
+    progress: &mut Progress,
+    label: &str,
+) -> (Vec<Vec<bool>>, bool) {
     let n = t.pods.len();
+    let pairs = n * n.saturating_sub(1);
+    let mut done = 0;
     let mut m = vec![vec![true; n]; n];
     let mut all = true;
     for (a, row) in m.iter_mut().enumerate() {
@@ -90,6 +104,8 @@ fn matrix(t: &Topology, family: Family) -> (Vec<Vec<bool>>, bool) {
                     Family::V6 => t.pod_ping6(a, b),
                 };
                 all &= *cell;
+                done += 1;
+                progress.count(label, done, pairs, "pairs");
             }
         }
     }
@@ -142,7 +158,16 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     let twill = std::env::current_exe()?;
     let cni = sibling("twill-cni")?;
     let n = a.nodes as usize;
-    let mut t = Topology::new("sb", n, &twill)?;
+    println!(
+        "starting a controller and {n} agents ({:?}{}) in namespaces...",
+        a.backend,
+        if a.dual_stack { ", dual-stack" } else { "" }
+    );
+    let mut progress = Progress::new(a.quiet);
+    progress.step(&format!("building the underlay and {n} node namespaces..."));
+    let mut t = Topology::new_reporting("sb", n, &twill, |made| {
+        progress.count("node namespaces", made, n, "")
+    })?;
     let mut flags: Vec<&str> = match a.backend {
         SandboxBackend::Vxlan => vec!["--backend", "vxlan"],
         SandboxBackend::HostGw => vec!["--backend", "host-gw"],
@@ -150,27 +175,30 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     };
     let families: &[Family] = if a.dual_stack {
         // Before the agents start: each takes its interface's IPv6 address at start.
+        progress.step("adding IPv6 to the underlay...");
         t.enable_ipv6()?;
         flags.extend(["--ipv6-network", IPV6_NETWORK]);
         &[Family::V4, Family::V6]
     } else {
         &[Family::V4]
     };
-    println!(
-        "starting a controller and {n} agents ({:?}{}) in namespaces...",
-        a.backend,
-        if a.dual_stack { ", dual-stack" } else { "" }
-    );
     t.start_controller(&flags)?;
+    progress.step("controller started, waiting for it to answer...");
+    // The agents' join token is the first thing asked of it.
+    t.join_token()?;
+    progress.step(&format!("starting {n} agents..."));
     for i in 0..n {
         t.start_agent(i)?;
     }
     for i in 0..n {
         t.wait_subnet(i, Duration::from_secs(60))?;
+        progress.count("agents", i + 1, n, "have a subnet");
     }
+    let pods = n * a.pods_per_node as usize;
     for i in 0..n {
         for k in 0..a.pods_per_node as usize {
             t.add_pod(i, k, &cni, &a.cni_path)?;
+            progress.count("pods", t.pods.len(), pods, "");
         }
     }
     println!();
@@ -178,10 +206,21 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
     // Routes reach every node within a resync or two; give the matrix a few seconds to settle.
     let deadline = Instant::now() + Duration::from_secs(15);
     let matrices = loop {
-        let ms: Vec<_> = families.iter().map(|f| matrix(&t, *f)).collect();
+        let ms: Vec<_> = families
+            .iter()
+            .map(|f| {
+                let label = if a.dual_stack {
+                    format!("checking {} reachability", f.name())
+                } else {
+                    "checking reachability".to_string()
+                };
+                matrix(&t, *f, &mut progress, &label)
+            })
+            .collect();
         if ms.iter().all(|(_, ok)| *ok) || Instant::now() > deadline {
             break ms;
         }
+        progress.step("some pods do not answer yet; checking again...");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     for ((m, _), family) in matrices.iter().zip(families) {
@@ -224,6 +263,7 @@ pub async fn run(a: SandboxArgs) -> Result<()> {
         };
     }
     if a.check {
+        progress.step("removing the namespaces...");
         drop(t);
         return if all {
             Ok(())

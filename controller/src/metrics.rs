@@ -33,6 +33,23 @@ pub enum WriteError {
 
 type ReasonLabel = Vec<(&'static str, &'static str)>;
 
+impl WriteError {
+    const ALL: [WriteError; 3] = [
+        WriteError::NotLeader,
+        WriteError::NoQuorum,
+        WriteError::Fatal,
+    ];
+
+    fn label(self) -> ReasonLabel {
+        let reason = match self {
+            WriteError::NotLeader => "not_leader",
+            WriteError::NoQuorum => "no_quorum",
+            WriteError::Fatal => "fatal",
+        };
+        vec![("reason", reason)]
+    }
+}
+
 /// What the member counts as it works (each handle shares its value with the registry).
 pub struct Metrics {
     writes: Counter,
@@ -46,7 +63,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let m = Metrics {
             writes: Counter::default(),
             write_errors: Family::default(),
             batches: Counter::default(),
@@ -54,7 +71,13 @@ impl Default for Metrics {
             watchers: Gauge::default(),
             write_seconds: Histogram::new(BUCKETS),
             denied: Family::default(),
+        };
+        // Every reason is served from the start, at 0: a graph of errors shows none instead of
+        // no data, and `rate()` sees the first one (a series born at 1 has no increase).
+        for why in WriteError::ALL {
+            let _ = m.write_errors.get_or_create(&why.label());
         }
+        m
     }
 }
 
@@ -68,14 +91,7 @@ impl Metrics {
     }
 
     pub fn failed(&self, why: WriteError) {
-        let reason = match why {
-            WriteError::NotLeader => "not_leader",
-            WriteError::NoQuorum => "no_quorum",
-            WriteError::Fatal => "fatal",
-        };
-        self.write_errors
-            .get_or_create(&vec![("reason", reason)])
-            .inc();
+        self.write_errors.get_or_create(&why.label()).inc();
     }
 
     /// One Raft entry carrying `writes` client writes.

@@ -168,6 +168,16 @@ fn no_dad(ns: &str) -> Result<()> {
 
 impl Topology {
     pub fn new(tag: &str, n: usize, bin: &Path) -> Result<Topology> {
+        Topology::new_reporting(tag, n, bin, |_| {})
+    }
+
+    /// [`Topology::new`], calling `made(k)` once the k-th node namespace is on the underlay.
+    pub fn new_reporting(
+        tag: &str,
+        n: usize,
+        bin: &Path,
+        mut made: impl FnMut(usize),
+    ) -> Result<Topology> {
         let id = std::process::id();
         let tmp = tempfile::tempdir()?;
         let t = Topology {
@@ -204,6 +214,7 @@ impl Topology {
                 agent: None,
                 dir,
             });
+            made(i);
         }
         Ok(t)
     }

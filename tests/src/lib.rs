@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bgp;
 pub mod chaos;
+pub mod dashboards;
 pub mod etcd;
 pub mod netns;
 pub mod procs;
@@ -295,7 +296,28 @@ pub fn cni_binary() -> Result<PathBuf> {
 fn build_bin(bin: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let mut build = std::process::Command::new(cargo);
+    // Cargo runs a test with its package's variables set (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
+    // …). A build script that reads one (ring's does) counts a different value as a change, so
+    // the build below would recompile ring and everything above it, and the next build outside
+    // a test would do it again. Build with the environment a build outside has.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&&*k)
+        {
+            build.env_remove(&key);
+        }
+    }
+    let status = build
         // The same selection as the suite's own build (scripts/test), so features unify the same
         // way and nothing is compiled twice: a `-p` build would rebuild shared dependencies with
         // other features and double the target directory.

@@ -38,11 +38,18 @@ pub fn gw_addr(cidr: &str) -> &str {
 
 /// GET `path` from the agent's `--metrics-addr 127.0.0.1:9421` inside namespace `ns`; the whole
 /// HTTP answer, or "" if nothing listens.
-pub fn agent_http_get(ns: &str, path: &'static str) -> String {
+pub fn agent_http_get(ns: &str, path: &str) -> String {
+    http_get(ns, "127.0.0.1:9421", path)
+}
+
+/// GET `path` from `addr` (host:port) inside namespace `ns`; the whole HTTP answer, or "" if
+/// nothing listens.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> String {
+    let (addr, path) = (addr.to_string(), path.to_string());
     in_netns(ns, move || {
         Box::pin(async move {
             use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9421") else {
+            let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
                 return String::new();
             };
             let _ = write!(

@@ -55,6 +55,18 @@ async fn metrics_follow_leases_and_writes() {
     assert!(value(&text, "twill_controller_writes_total") >= 4.0);
     assert!(value(&text, "twill_controller_write_seconds_count") >= 4.0);
     assert!(value(&text, "twill_controller_batched_writes_total") >= 4.0);
+    // Every reason a write can fail for is served before the first failure.
+    let parsed = parse_metrics(&text).expect("the scrape parses");
+    for reason in ["not_leader", "no_quorum", "fatal"] {
+        assert!(
+            parsed
+                .samples
+                .iter()
+                .any(|s| s.metric == "twill_controller_write_errors_total"
+                    && s.labels.get("reason") == Some(reason)),
+            "no write_errors series for {reason}:\n{text}"
+        );
+    }
     let missing = tokio::task::spawn_blocking(move || scrape(port, "/nope"))
         .await
         .expect("scrape");

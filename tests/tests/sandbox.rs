@@ -59,13 +59,80 @@ fn sandbox_check_passes_for_five_vxlan_nodes_and_cleans_up() {
     );
 }
 
+/// Runs `twill sandbox ARGS --check`, which must pass; its stdout and stderr apart.
+fn passing_sandbox(args: &[&str]) -> (String, String) {
+    let (out, _) = run_sandbox(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("every pod reaches every other pod"),
+        "{stdout}"
+    );
+    (stdout, stderr)
+}
+
+/// The lines the sandbox writes on stderr for a two-node run, in this order (stderr is not a
+/// terminal here, so each count has a line per quarter and no carriage returns).
+const TWO_NODE_PROGRESS: &[&str] = &[
+    "building the underlay and 2 node namespaces...",
+    "node namespaces: 2/2",
+    "controller started, waiting for it to answer...",
+    "starting 2 agents...",
+    "agents: 2/2 have a subnet",
+    "pods: 2/2",
+    "checking reachability: 2/2 pairs",
+    "removing the namespaces...",
+];
+
 #[test]
-fn sandbox_check_passes_for_host_gw() {
-    if !root_or_skip("sandbox_check_passes_for_host_gw") {
+fn sandbox_says_what_it_is_doing_on_stderr_in_order() {
+    if !root_or_skip("sandbox_says_what_it_is_doing_on_stderr_in_order") {
         return;
     }
-    let (ok, out, _) = sandbox(&["--nodes", "3", "--backend", "host-gw"]);
-    assert!(ok, "{out}");
+    let (stdout, stderr) = passing_sandbox(&["--nodes", "2"]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let mut from = 0;
+    for want in TWO_NODE_PROGRESS {
+        match lines[from..].iter().position(|l| l == want) {
+            Some(at) => from += at + 1,
+            None => panic!("{want:?} missing from stderr, or out of order:\n{stderr}"),
+        }
+    }
+    assert!(!stderr.contains('\r'), "stderr is no terminal: {stderr:?}");
+    // A count of two prints at half and at the end: no more than a line per quarter.
+    for label in ["agents:", "pods:", "checking reachability:"] {
+        let n = lines.iter().filter(|l| l.starts_with(label)).count();
+        assert!((1..=4).contains(&n), "{n} lines of {label}\n{stderr}");
+    }
+    // The results stay on stdout, and only they.
+    assert_eq!(stdout.matches(" ok").count(), 2, "{stdout}");
+    for progress in TWO_NODE_PROGRESS {
+        assert!(
+            !stdout.contains(progress),
+            "{progress:?} on stdout:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn sandbox_check_passes_for_host_gw_and_quiet_prints_no_progress() {
+    if !root_or_skip("sandbox_check_passes_for_host_gw_and_quiet_prints_no_progress") {
+        return;
+    }
+    let (_, stderr) = passing_sandbox(&["--nodes", "3", "--backend", "host-gw", "--quiet"]);
+    let counts = [
+        "node namespaces:",
+        "agents:",
+        "pods:",
+        "checking reachability:",
+    ];
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.ends_with("...") || counts.iter().any(|c| l.starts_with(c))),
+        "--quiet printed progress:\n{stderr}"
+    );
 }
 
 #[test]

@@ -130,6 +130,8 @@ struct Gauges {
     leases: Gauge,
     reservations: Gauge,
     subnets: Gauge,
+    nodes_reporting: Gauge,
+    nodes_unhealthy: Gauge,
 }
 
 fn int(v: impl TryInto<i64>) -> i64 {
@@ -156,6 +158,28 @@ impl Gauges {
         self.reservations.set(int(d.alloc.reservations().count()));
         self.subnets
             .set(int(d.alloc.config().map(|c| c.v4_capacity()).unwrap_or(0)));
+        // Health reports live on the leader only; elsewhere both read 0.
+        let (reporting, unhealthy) = if x.state == ServerState::Leader {
+            let reports = m
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .list(std::time::Instant::now());
+            let leases: Vec<_> = d
+                .alloc
+                .leases()
+                .map(crate::convert::lease_to_proto)
+                .collect();
+            let bad = crate::picture::node_problems(&leases, &reports)
+                .values()
+                .filter(|p| p.is_some())
+                .count();
+            (reports.iter().filter(|r| !r.stale).count(), bad)
+        } else {
+            (0, 0)
+        };
+        self.nodes_reporting.set(int(reporting));
+        self.nodes_unhealthy.set(int(unhealthy));
     }
 }
 
@@ -210,6 +234,16 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
             "twill_controller_subnets",
             "IPv4 subnets the configuration can hand out",
             &g.subnets,
+        ),
+        (
+            "twill_controller_nodes_reporting",
+            "Nodes whose agent reported its health recently (on the leader; 0 elsewhere)",
+            &g.nodes_reporting,
+        ),
+        (
+            "twill_controller_nodes_unhealthy",
+            "Nodes that need attention as twill status flags them (on the leader; 0 elsewhere)",
+            &g.nodes_unhealthy,
         ),
     ] {
         r.register(name, help, gauge.clone());

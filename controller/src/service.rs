@@ -614,9 +614,10 @@ impl controller_server::Controller for ControllerService {
             req,
             |m| {
                 let now = std::time::Instant::now();
+                // The state first, then the board: the order /metrics takes them in.
+                let d = m.sm.read();
                 let mut board = m.health.lock().unwrap_or_else(|p| p.into_inner());
                 board.record(name, health, now);
-                let d = m.sm.read();
                 board.prune(|n| d.alloc.lease(n).is_some(), now);
                 pb::ReportHealthResponse {}
             },

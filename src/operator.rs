@@ -483,14 +483,14 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
         }
     }
     let leases = client.list_leases().await.context("list leases")?;
-    let health = client.list_health().await.context("node health")?;
+    let health = health_or_none(&client).await?;
     if graph {
-        let mut pic = Picture::new(boxes, &leases.leases, &health.nodes);
+        let mut pic = Picture::new(boxes, &leases.leases, &health);
         pic.caption = twill_controller::picture::caption(first.leader, leases.revision);
         print!("{}", twill_controller::picture::svg(&pic));
         return Ok(());
     }
-    let nodes = node_rows(&leases.leases, &health.nodes);
+    let nodes = node_rows(&leases.leases, &health);
     if t.json {
         let nodes: Vec<Value> = nodes.iter().map(NodeRow::json).collect();
         println!(
@@ -634,6 +634,19 @@ fn print_nodes(nodes: &[NodeRow<'_>]) {
     }
 }
 
+/// Every node's health report; none from a controller too old to keep them (said once on
+/// stderr), so the rest of a command still works against it.
+async fn health_or_none(client: &Client) -> Result<Vec<pb::NodeHealthEntry>> {
+    match client.list_health().await {
+        Ok(r) => Ok(r.nodes),
+        Err(twill_client::ClientError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+            eprintln!("twill: the controller keeps no node health reports (an older version)");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e).context("node health"),
+    }
+}
+
 pub async fn explain(t: &Target, node: &str) -> Result<()> {
     twill_proto::names::validate_node_name(node).with_context(|| format!("node {node:?}"))?;
     let client = t.client()?;
@@ -642,8 +655,8 @@ pub async fn explain(t: &Target, node: &str) -> Result<()> {
         .get_config()
         .await
         .context("read the configuration")?;
-    let health = client.list_health().await.context("node health")?;
-    let Some(e) = crate::explain::explain(node, &leases, &config, &health.nodes, now_ms()) else {
+    let health = health_or_none(&client).await?;
+    let Some(e) = crate::explain::explain(node, &leases, &config, &health, now_ms()) else {
         bail!("node {node} holds no lease, has no reservation and has not reported (see `twill leases`)");
     };
     if t.json {

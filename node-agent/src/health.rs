@@ -107,9 +107,15 @@ pub async fn report(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: Option<(pb::NodeHealth, Instant)> = None;
     let mut failing = false;
+    // After a failure, no new attempt before this (an older controller that does not take
+    // reports would otherwise be asked every second).
+    let mut quiet_until = Instant::now();
     loop {
         tick.tick().await;
         let now = Instant::now();
+        if now < quiet_until {
+            continue;
+        }
         let h = health.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let s = summary(&h, sessions(&bgp), interval, now);
         let due = match &sent {
@@ -134,10 +140,21 @@ pub async fn report(
                 sent = Some((s, now));
             }
             Err(e) => {
+                let older = matches!(&e, twill_client::ClientError::Status(s) if s.code() == tonic::Code::Unimplemented);
                 if !failing {
-                    tracing::warn!(error = %e, "cannot report health to the controller; retrying");
+                    if older {
+                        tracing::info!("the controller takes no health reports (an older version); trying again every interval");
+                    } else {
+                        tracing::warn!(error = %e, "cannot report health to the controller; retrying");
+                    }
                 }
                 failing = true;
+                quiet_until = now
+                    + if older {
+                        interval
+                    } else {
+                        interval.min(Duration::from_secs(5))
+                    };
             }
         }
     }

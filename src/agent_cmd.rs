@@ -50,6 +50,12 @@ pub struct AgentArgs {
     /// [default: the chosen interface's address]
     #[arg(long, value_name = "ADDR", value_parser = facts::parse_host)]
     public_ip: Option<Ipv4Addr>,
+    /// Before starting, install the CNI plugin and its configuration as `twill install-cni`
+    /// does (with this agent's --subnet-file and the --cni-… places)
+    #[arg(long)]
+    install_cni: bool,
+    #[command(flatten)]
+    cni: crate::install_cni_cmd::CniPlaces,
     /// Where the agent remembers its subnet (and keeps its certificate) across restarts
     #[arg(long, value_name = "DIR", default_value = "/var/lib/twill/agent")]
     state_dir: PathBuf,
@@ -181,6 +187,9 @@ pub async fn run(a: AgentArgs) -> Result<()> {
         let removed = agent::cleanup().await?;
         println!("removed {removed} kernel objects of twill's and its masquerade table, if any");
         return Ok(());
+    }
+    if a.install_cni {
+        crate::install_cni_cmd::install(&a.cni, a.subnet_file.clone(), None)?;
     }
     let tls = if a.insecure {
         agent::Tls::Off

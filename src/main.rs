@@ -4,6 +4,7 @@ mod agent_cmd;
 mod bgp_cmd;
 mod credentials;
 mod explain;
+mod install_cni_cmd;
 mod network_flags;
 mod operator;
 mod progress;
@@ -34,6 +35,10 @@ enum Cmd {
     /// Run the node agent: hold this node's lease, program VXLAN, host-gw or BGP-learned routes to
     /// every other node, and write subnet.env for CNI
     Agent(Box<agent_cmd::AgentArgs>),
+    /// Put twill-cni in the CNI plugin directory and a configuration list (twill-cni, then
+    /// portmap) in the CNI configuration directory, atomically and idempotently, as flannel's
+    /// init container does; --uninstall takes away only what it wrote
+    InstallCni(install_cni_cmd::InstallCniArgs),
     /// Run a whole cluster in network namespaces on this machine (root): a controller, N nodes
     /// with agents, pods through twill-cni; prints leases and a pod reachability matrix
     Sandbox(sandbox_cmd::SandboxArgs),
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Controller(a) => serve::run(*a).await,
             Cmd::Agent(a) => agent_cmd::run(*a).await,
+            Cmd::InstallCni(a) => install_cni_cmd::run(a),
             Cmd::Sandbox(a) => sandbox_cmd::run(a).await,
             Cmd::Status { target, graph } => operator::status(&target, graph).await,
             Cmd::Leases { target, explain } => match explain {

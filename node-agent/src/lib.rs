@@ -13,6 +13,7 @@
 //! - [`masquerade`]: pod egress masquerade in an nftables table of twill's own;
 //! - [`forward`]: pod traffic accepted in a FORWARD chain that drops (Docker's);
 //! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
+//! - [`install`]: `twill install-cni`, the plugin and its configuration put in place;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
 //! - [`agent`]: the event loop that ties it together.
@@ -28,6 +29,7 @@ pub mod desired;
 pub mod facts;
 pub mod forward;
 pub mod health;
+pub mod install;
 pub mod lease;
 pub mod masquerade;
 pub mod metrics;

@@ -32,6 +32,7 @@ pub mod lease;
 pub mod masquerade;
 pub mod metrics;
 pub mod reconcile;
+pub mod settings;
 pub mod source_tables;
 pub mod subnet_env;
 pub mod vtep;

@@ -124,7 +124,7 @@ impl Credentials {
 }
 
 /// Writes a file only its owner may read, atomically: a temporary file, synced, renamed.
-pub(crate) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -15,6 +15,8 @@
 //! - [`backend`]: the dataplanes (vxlan, host-gw, bgp) behind one seam;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
+//! - [`settings`]: the agent's settings, saved for `twill doctor`;
+//! - [`doctor`]: what `twill doctor` finds, from facts gathered read-only;
 //! - [`agent`]: the event loop that ties it together.
 //!
 //! The namespace sandbox lives in its own crate (`twill-sandbox`), never in the agent.
@@ -25,6 +27,7 @@ pub mod bgp;
 pub mod certs;
 pub mod cni;
 pub mod desired;
+pub mod doctor;
 pub mod facts;
 pub mod forward;
 pub mod health;

@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod bgp_cmd;
 mod credentials;
+mod doctor_cmd;
 mod explain;
 mod install_cni_cmd;
 mod network_flags;
@@ -110,6 +111,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: operator::CaCmd,
     },
+    /// Check this node (as root): the kernel against the agent's desired state, MTUs from the
+    /// underlay to the pods, subnet.env, the lease and the controller, each peer's agent and
+    /// reachability on the underlay, masquerade and per-source tables; says what to do for each
+    /// finding. Changes nothing. Exit 0 healthy, 1 problems found, 2 could not examine the node
+    Doctor(doctor_cmd::DoctorArgs),
     /// Release a node's lease now, e.g. for a node that is gone for good
     Release {
         #[command(flatten)]
@@ -171,6 +177,7 @@ fn main() -> ExitCode {
             Cmd::Bgp { cmd } => bgp_cmd::run(cmd),
             Cmd::Token { target, cmd } => operator::token(&target, cmd).await,
             Cmd::Ca { cmd } => operator::ca(cmd),
+            Cmd::Doctor(a) => doctor_cmd::run(a).await,
         }
     });
     match result {

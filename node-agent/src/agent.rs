@@ -98,7 +98,7 @@ enum Event {
 }
 
 /// A lease as the desired state uses it; `None` for one that does not parse.
-fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
+pub fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
     Some(NodeLease {
         node: l.node.clone(),
         subnet: l.subnet.parse().ok()?,
@@ -119,6 +119,20 @@ fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
             }),
             _ => None,
         },
+    })
+}
+
+/// The node's own lease as the desired state uses it: with the VTEP MACs this node derives,
+/// whatever the lease says (the device is made with these).
+pub fn own_lease(own: &pb::Lease, mac: Mac, mac_v6: Mac) -> Option<NodeLease> {
+    let l = node_lease(own)?;
+    Some(NodeLease {
+        vtep_mac: Some(mac),
+        v6: l.v6.map(|v6| desired::LeaseV6 {
+            vtep_mac: Some(mac_v6),
+            ..v6
+        }),
+        ..l
     })
 }
 
@@ -306,19 +320,11 @@ impl Agent {
                 return;
             }
         };
-        let Some(own_lease) = node_lease(&own) else {
+        let Some(own_lease) = own_lease(&own, self.mac, self.mac_v6) else {
             let msg = format!("own lease does not parse (subnet {:?})", own.subnet);
             tracing::error!("{msg}");
             self.health(|h| h.reconciled(Err(msg)));
             return;
-        };
-        let own_lease = NodeLease {
-            vtep_mac: Some(self.mac),
-            v6: own_lease.v6.map(|v6| desired::LeaseV6 {
-                vtep_mac: Some(self.mac_v6),
-                ..v6
-            }),
-            ..own_lease
         };
         let peers: Vec<NodeLease> = self.view.leases.values().filter_map(node_lease).collect();
         let view = backend::View {
@@ -429,48 +435,16 @@ impl Agent {
         self.write_subnet_env(&config, &own, own_lease.subnet, pod_mtu);
     }
 
-    /// The host's per-source tables now: found from its rules and addresses, and the managed
-    /// ones resolved from `--source-table`. What cannot be read keeps its last known value.
+    /// The host's per-source tables now (see [`source_tables_now`]); what cannot be read keeps
+    /// its last known value.
     async fn find_source_tables(&mut self) -> SourceTables {
-        let ifaces = match self.kernel.interfaces().await {
-            Ok(i) => i,
+        let (now, problems) = match source_tables_now(&self.kernel, &self.opts.source_tables).await
+        {
+            Ok(found) => found,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read interfaces; per-source tables as before");
+                tracing::warn!(error = %e, "cannot read interfaces or rules; per-source tables as before");
                 return self.sources.clone();
             }
-        };
-        let local: Vec<std::net::Ipv4Addr> = ifaces
-            .iter()
-            .flat_map(|(_, _, nets)| nets.iter().map(|n| n.addr()))
-            .filter(|a| !a.is_loopback())
-            .collect();
-        let found = match self.kernel.rule_views().await {
-            Ok(rules) => source_tables::found_tables(&rules, &local),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read policy rules; per-source tables as before");
-                self.sources.found.clone()
-            }
-        };
-        let mut problems = Vec::new();
-        let managed = if self.opts.source_tables.is_empty() {
-            Vec::new()
-        } else {
-            let gateways = self.kernel.default_gateways().await.unwrap_or_else(|e| {
-                problems.push(format!("cannot read the default routes: {e}"));
-                Default::default()
-            });
-            let views: Vec<IfaceView> = ifaces
-                .iter()
-                .map(|(name, _, addrs)| IfaceView {
-                    name: name.clone(),
-                    addrs: addrs.clone(),
-                })
-                .collect();
-            let (managed, errors) = source_tables::resolve(&self.opts.source_tables, &views, |i| {
-                gateways.get(i).copied()
-            });
-            problems.extend(errors.iter().map(|e| format!("--source-table: {e}")));
-            managed
         };
         if problems != self.source_problems {
             for p in &problems {
@@ -478,14 +452,6 @@ impl Agent {
             }
             self.source_problems = problems;
         }
-        let now = SourceTables {
-            found,
-            pod_bridge: ifaces
-                .iter()
-                .any(|(n, _, _)| n == POD_BRIDGE)
-                .then(|| POD_BRIDGE.to_string()),
-            managed,
-        };
         if now.found != self.sources.found || now.managed != self.sources.managed {
             let managed: Vec<String> = now
                 .managed
@@ -648,6 +614,50 @@ impl Agent {
     }
 }
 
+/// The host's per-source tables as the kernel has them now: found from its rules and
+/// addresses, and the managed ones resolved from `--source-table`, with what keeps a managed
+/// one from being resolved (a missing interface or address, unreadable default routes).
+pub async fn source_tables_now(
+    kernel: &Kernel,
+    specs: &[TableSpec],
+) -> Result<(SourceTables, Vec<String>), KernelError> {
+    let ifaces = kernel.interfaces().await?;
+    let local: Vec<std::net::Ipv4Addr> = ifaces
+        .iter()
+        .flat_map(|(_, _, nets)| nets.iter().map(|n| n.addr()))
+        .filter(|a| !a.is_loopback())
+        .collect();
+    let found = source_tables::found_tables(&kernel.rule_views().await?, &local);
+    let mut problems = Vec::new();
+    let managed = if specs.is_empty() {
+        Vec::new()
+    } else {
+        let gateways = kernel.default_gateways().await.unwrap_or_else(|e| {
+            problems.push(format!("cannot read the default routes: {e}"));
+            Default::default()
+        });
+        let views: Vec<IfaceView> = ifaces
+            .iter()
+            .map(|(name, _, addrs)| IfaceView {
+                name: name.clone(),
+                addrs: addrs.clone(),
+            })
+            .collect();
+        let (managed, errors) = source_tables::resolve(specs, &views, |i| gateways.get(i).copied());
+        problems.extend(errors.iter().map(|e| format!("--source-table: {e}")));
+        managed
+    };
+    let sources = SourceTables {
+        found,
+        pod_bridge: ifaces
+            .iter()
+            .any(|(n, _, _)| n == POD_BRIDGE)
+            .then(|| POD_BRIDGE.to_string()),
+        managed,
+    };
+    Ok((sources, problems))
+}
+
 /// Writes 1 to a sysctl file that says 0, saying so.
 fn turn_on(path: &str, what: &str) {
     match std::fs::read_to_string(path) {
@@ -684,6 +694,10 @@ pub async fn cleanup() -> Result<usize, AgentError> {
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     twill_proto::names::validate_node_name(&opts.node_name)?;
+    // For `twill doctor`: it computes the desired state from what this run uses.
+    if let Err(e) = crate::settings::Settings::of(&opts).save(&opts.state_dir) {
+        tracing::warn!(error = %e, dir = %opts.state_dir.display(), "cannot save the agent's settings; twill doctor will not find them");
+    }
     let kernel = Kernel::connect()?;
     let selected = facts::discover(&kernel, &opts.choice).await?;
     selected.log("public interface chosen");

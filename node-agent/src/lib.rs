@@ -16,6 +16,8 @@
 //! - [`install`]: `twill install-cni`, the plugin and its configuration put in place;
 //! - [`health`]: readiness, derived from the agent's state when asked;
 //! - [`metrics`]: the agent's Prometheus metrics;
+//! - [`settings`]: the agent's settings, saved for `twill doctor`;
+//! - [`doctor`]: what `twill doctor` finds, from facts gathered read-only;
 //! - [`agent`]: the event loop that ties it together.
 //!
 //! The namespace sandbox lives in its own crate (`twill-sandbox`), never in the agent.
@@ -26,6 +28,7 @@ pub mod bgp;
 pub mod certs;
 pub mod cni;
 pub mod desired;
+pub mod doctor;
 pub mod facts;
 pub mod forward;
 pub mod health;
@@ -34,6 +37,7 @@ pub mod lease;
 pub mod masquerade;
 pub mod metrics;
 pub mod reconcile;
+pub mod settings;
 pub mod source_tables;
 pub mod subnet_env;
 pub mod vtep;

@@ -20,9 +20,11 @@ pub struct Networks {
     pub v6: Option<Ipv6Net>,
 }
 
-/// The `nft -f` script that replaces twill's table with the rules for `n`, in one transaction.
-/// Declaring the table first makes the delete valid when it does not exist yet.
-pub fn ruleset(n: &Networks) -> String {
+/// The postrouting chain's base-chain line, as nft writes and lists it.
+const CHAIN_HOOK: &str = "type nat hook postrouting priority srcnat; policy accept;";
+
+/// The rules of twill's postrouting chain for `n`, in order, as nft lists them back.
+pub fn rules(n: &Networks) -> Vec<String> {
     let mut rules = Vec::new();
     // Per family: (nft's match keyword, the cluster network, its multicast range).
     let families = [
@@ -40,15 +42,68 @@ pub fn ruleset(n: &Networks) -> String {
             "{ip} saddr {net} masquerade fully-random comment \"pods to the outside\""
         ));
     }
+    rules
+}
+
+/// The `nft -f` script that replaces twill's table with the rules for `n`, in one transaction.
+/// Declaring the table first makes the delete valid when it does not exist yet.
+pub fn ruleset(n: &Networks) -> String {
     let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n");
     s.push_str(&format!("table inet {TABLE} {{\n"));
     s.push_str("  chain postrouting {\n");
-    s.push_str("    type nat hook postrouting priority srcnat; policy accept;\n");
-    for r in rules {
+    s.push_str(&format!("    {CHAIN_HOOK}\n"));
+    for r in rules(n) {
         s.push_str(&format!("    {r}\n"));
     }
     s.push_str("  }\n}\n");
     s
+}
+
+/// How a listing of twill's table (`nft list table inet twill`) differs from the rules for a
+/// set of networks: rules missing, lines that should not be there. Read-only, for `twill doctor`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+}
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Compares `listing` with what [`ruleset`] writes for `n`; counters and handles are not
+/// written by twill, so a listing with them (`nft -a`) is not what this reads.
+pub fn drift(listing: &str, n: &Networks) -> Drift {
+    let want = rules(n);
+    let lines: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let frame = [
+        format!("table inet {TABLE} {{"),
+        "chain postrouting {".to_string(),
+        CHAIN_HOOK.to_string(),
+        "}".to_string(),
+    ];
+    let mut d = Drift {
+        missing: want
+            .iter()
+            .filter(|w| !lines.contains(&w.as_str()))
+            .cloned()
+            .collect(),
+        extra: lines
+            .iter()
+            .filter(|l| !want.iter().any(|w| w == *l) && !frame.iter().any(|f| f == *l))
+            .map(|l| l.to_string())
+            .collect(),
+    };
+    if !lines.contains(&CHAIN_HOOK) {
+        d.missing.insert(0, CHAIN_HOOK.to_string());
+    }
+    d
 }
 
 /// The script that removes twill's table, whether or not it exists.
@@ -133,7 +188,8 @@ pub struct Masquerade {
 }
 
 impl Masquerade {
-    async fn listing() -> Result<Option<String>, NftError> {
+    /// twill's table as nft lists it; `None` when it does not exist.
+    pub async fn listing() -> Result<Option<String>, NftError> {
         match nft(&["list", "table", "inet", TABLE], None, "list").await {
             Ok(s) => Ok(Some(s)),
             // Absent (removed by `nft flush ruleset`, say): the caller writes it again.
@@ -201,6 +257,35 @@ mod tests {
         assert_eq!(lines[0], "table inet twill {}");
         assert_eq!(lines[1], "delete table inet twill");
         assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"));
+    }
+
+    #[test]
+    fn drift_is_nothing_for_what_nft_lists_back_and_names_each_difference() {
+        let n = Networks {
+            v4: Some("10.244.0.0/16".parse().unwrap()),
+            v6: None,
+        };
+        // What `nft list table inet twill` printed for this ruleset (tabs, no script lines).
+        let listed = "table inet twill {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return comment \"pod to pod: never NAT\"\n\t\tip saddr 10.244.0.0/16 ip daddr 224.0.0.0/4 return comment \"multicast stays as it is\"\n\t\tip saddr 10.244.0.0/16 masquerade fully-random comment \"pods to the outside\"\n\t}\n}\n";
+        assert!(drift(listed, &n).is_empty(), "{:?}", drift(listed, &n));
+
+        let tampered = listed
+            .replace("\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return comment \"pod to pod: never NAT\"\n", "")
+            .replace("}\n}", "\tip saddr 10.0.0.0/8 accept\n\t}\n}");
+        let d = drift(&tampered, &n);
+        assert_eq!(
+            d.missing,
+            vec!["ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return comment \"pod to pod: never NAT\"".to_string()]
+        );
+        assert_eq!(d.extra, vec!["ip saddr 10.0.0.0/8 accept".to_string()]);
+
+        // Rules for another network: every wanted rule missing, the old ones extra.
+        let other = Networks {
+            v4: Some("10.245.0.0/16".parse().unwrap()),
+            v6: None,
+        };
+        let d = drift(listed, &other);
+        assert_eq!((d.missing.len(), d.extra.len()), (3, 3));
     }
 
     #[test]

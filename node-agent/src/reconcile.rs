@@ -52,6 +52,21 @@ pub struct Observed {
     pub rules: BTreeSet<Rule>,
 }
 
+impl Observed {
+    /// What the kernel holds once `d` is applied and nothing else is there.
+    pub fn exactly(d: &Desired) -> Observed {
+        Observed {
+            links: d.vxlan.iter().cloned().collect(),
+            addresses: d.addresses.clone(),
+            neighbours: d.neighbours.clone(),
+            fdb: d.fdb.clone(),
+            routes: d.routes.clone(),
+            device_routes: d.device_routes.clone(),
+            rules: d.rules.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     DeleteLink(String),
@@ -225,6 +240,17 @@ pub struct Applied {
     /// Per-source table entries the kernel refused (an interface down, a gateway unreachable):
     /// skipped so the main table, masquerade and subnet.env still get done; retried next pass.
     pub table_errors: Vec<(Op, String)>,
+}
+
+/// A port of a bridge, and for a veth the name and MTU of its other end, which lives in a
+/// pod's namespace; or why that end could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgePort {
+    pub name: String,
+    pub mtu: u32,
+    pub peer: Result<(String, u32), String>,
+    /// The namespace id of the other end, as `ip netns list-id` shows it (`None`: this one).
+    pub peer_netns: Option<i32>,
 }
 
 /// A netlink connection to the kernel of the calling thread's network namespace.
@@ -544,6 +570,66 @@ impl Kernel {
             out.push((name.to_string(), mtu, nets));
         }
         Ok(out)
+    }
+
+    /// A bridge's MTU and its ports, each with its peer's name and MTU when it is a veth (a
+    /// pod's interface): read from the peer's namespace through the kernel's target-netnsid
+    /// lookup (IFLA_TARGET_NETNSID, Linux 4.20), without entering it. `None`: no such bridge.
+    pub async fn bridge_ports(
+        &self,
+        bridge: &str,
+    ) -> Result<Option<(u32, Vec<BridgePort>)>, KernelError> {
+        let links = self.links().await?;
+        let mtu_of = |l: &LinkMessage| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        };
+        let Some(br) = links.iter().find(|l| link_name(l) == Some(bridge)) else {
+            return Ok(None);
+        };
+        let mut ports = Vec::new();
+        for l in links.iter().filter(|l| {
+            l.attributes
+                .contains(&LinkAttribute::Controller(br.header.index))
+        }) {
+            let Some(name) = link_name(l) else { continue };
+            let peer_ix = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(ix) => Some(*ix),
+                _ => None,
+            });
+            let nsid = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkNetNsId(id) => Some(*id),
+                _ => None,
+            });
+            let peer = match peer_ix {
+                None => Err("not a veth: no peer to read".to_string()),
+                Some(ix) => {
+                    let mut req = self.handle.link().get().match_index(ix);
+                    if let Some(id) = nsid {
+                        req.message_mut()
+                            .attributes
+                            .push(LinkAttribute::IfNetnsId(id));
+                    }
+                    match req.execute().try_next().await {
+                        Ok(Some(m)) => match (link_name(&m), mtu_of(&m)) {
+                            (Some(n), Some(mtu)) => Ok((n.to_string(), mtu)),
+                            _ => Err("the peer's name or MTU is missing".to_string()),
+                        },
+                        Ok(None) => Err(format!("no interface {ix} in namespace id {nsid:?}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            ports.push(BridgePort {
+                name: name.to_string(),
+                mtu: mtu_of(l).unwrap_or(0),
+                peer,
+                peer_netns: nsid,
+            });
+        }
+        Ok(Some((mtu_of(br).unwrap_or(0), ports)))
     }
 
     /// What twill owns in this namespace.
@@ -1050,22 +1136,10 @@ mod tests {
         d
     }
 
-    fn as_observed(d: &Desired) -> Observed {
-        Observed {
-            links: d.vxlan.iter().cloned().collect(),
-            addresses: d.addresses.clone(),
-            neighbours: d.neighbours.clone(),
-            fdb: d.fdb.clone(),
-            routes: d.routes.clone(),
-            device_routes: d.device_routes.clone(),
-            rules: d.rules.clone(),
-        }
-    }
-
     #[test]
     fn nothing_to_do_when_in_sync() {
         let d = desired(&[2, 3]);
-        assert_eq!(plan(&d, &as_observed(&d)), vec![]);
+        assert_eq!(plan(&d, &Observed::exactly(&d)), vec![]);
     }
 
     #[test]
@@ -1087,7 +1161,7 @@ mod tests {
     #[test]
     fn a_vanished_peer_is_removed_route_first_and_a_new_one_added() {
         let now = desired(&[2, 4]);
-        let before = as_observed(&desired(&[2, 3]));
+        let before = Observed::exactly(&desired(&[2, 3]));
         let (n3, f3, r3) = peer(3);
         let (n4, f4, r4) = peer(4);
         assert_eq!(
@@ -1106,7 +1180,7 @@ mod tests {
     #[test]
     fn a_changed_device_is_recreated_and_every_peer_replayed() {
         let d = desired(&[2]);
-        let mut o = as_observed(&d);
+        let mut o = Observed::exactly(&d);
         o.links[0].mtu = 1400;
         let ops = plan(&d, &o);
         assert_eq!(ops[0], Op::DeleteLink("twill.1".into()));
@@ -1139,7 +1213,7 @@ mod tests {
             table: 100,
         };
         d.rules.insert(rule.clone());
-        let before = as_observed(&desired(&[2]));
+        let before = Observed::exactly(&desired(&[2]));
         assert_eq!(
             plan(&d, &before),
             vec![
@@ -1152,7 +1226,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            plan(&desired(&[2]), &as_observed(&d)),
+            plan(&desired(&[2]), &Observed::exactly(&d)),
             vec![
                 Op::DeleteRule(rule),
                 Op::DeleteDeviceRoute(connected),
@@ -1173,7 +1247,7 @@ mod tests {
             also: vec![],
         };
         d.routes.insert(hostgw.clone());
-        let o = as_observed(&desired(&[2]));
+        let o = Observed::exactly(&desired(&[2]));
         assert_eq!(
             plan(&d, &o),
             vec![Op::DeleteLink("twill.1".into()), Op::AddRoute(hostgw)]

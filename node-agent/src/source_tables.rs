@@ -95,6 +95,16 @@ impl std::str::FromStr for TableSpec {
     }
 }
 
+impl std::fmt::Display for TableSpec {
+    /// The flag's own form, so a spec written out parses back the same.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.selector {
+            Selector::Iface(name) => write!(f, "{name}={}", self.table),
+            Selector::Addr(a) => write!(f, "{a}={}", self.table),
+        }
+    }
+}
+
 /// An interface as the resolver needs it: name, index and IPv4 prefixes.
 #[derive(Clone, Debug)]
 pub struct IfaceView {

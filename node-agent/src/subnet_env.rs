@@ -19,7 +19,7 @@ pub struct SubnetEnv {
 
 /// The first host address of a subnet with the subnet's length: flannel's FLANNEL_SUBNET form
 /// (10.244.1.1/24 for 10.244.1.0/24), which is the pod bridge's address.
-fn first_host(n: Ipv4Net) -> Ipv4Net {
+pub fn first_host(n: Ipv4Net) -> Ipv4Net {
     let a = Ipv4Addr::from(u32::from(n.network()).saturating_add(1));
     Ipv4Net::new(a, n.prefix_len()).unwrap_or(n)
 }

@@ -75,6 +75,14 @@ impl Config {
         }
     }
 
+    /// The MTU pods get with this backend, the same the running backend gives subnet.env.
+    pub fn pod_mtu(&self, underlay: u32) -> u32 {
+        match self {
+            Config::Vxlan { .. } => vxlan::pod_mtu(underlay),
+            Config::HostGw | Config::Bgp { .. } => underlay,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Config::Vxlan { .. } => "vxlan",

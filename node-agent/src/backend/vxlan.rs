@@ -6,6 +6,11 @@ use futures::future::BoxFuture;
 use super::{Config, Dataplane, View};
 use crate::desired::{self, VXLAN_OVERHEAD};
 
+/// Pods' MTU over VXLAN: what the underlay carries less the encapsulation.
+pub fn pod_mtu(underlay: u32) -> u32 {
+    underlay.saturating_sub(VXLAN_OVERHEAD)
+}
+
 pub struct Vxlan {
     pub vni: u32,
     pub port: u16,
@@ -43,7 +48,7 @@ impl Dataplane for Vxlan {
     }
 
     fn pod_mtu(&self, underlay: u32) -> u32 {
-        underlay.saturating_sub(VXLAN_OVERHEAD)
+        pod_mtu(underlay)
     }
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {

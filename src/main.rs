@@ -61,7 +61,7 @@ enum Cmd {
         /// Explain one node's lease instead: why this subnet (reserved, held before, held,
         /// lowest free), since when, under which configuration revision, its renewals, the
         /// reservation if any, and what its agent last reported
-        #[arg(long, value_name = "NODE")]
+        #[arg(long, value_name = "NODE", value_parser = operator::parse_node)]
         explain: Option<String>,
     },
     /// Show or change the cluster's network configuration
@@ -83,8 +83,10 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
         /// The node's name
+        #[arg(value_parser = operator::parse_node)]
         node: String,
         /// The subnet, e.g. 10.244.7.0/24
+        #[arg(value_parser = operator::parse_subnet)]
         subnet: String,
     },
     /// Drop a node's reservation (a lease it holds stays)
@@ -92,6 +94,7 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
         /// The node's name
+        #[arg(value_parser = operator::parse_node)]
         node: String,
     },
     /// The node agent's BGP sessions (with the bgp backend)
@@ -121,6 +124,7 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
         /// The node's name
+        #[arg(value_parser = operator::parse_node)]
         node: String,
     },
 }

@@ -240,15 +240,49 @@ pub enum MembersCmd {
     /// Add a member started with --join: first as a learner that catches up, then as a voter
     Add {
         /// The new member's --id
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
         /// The new member's --advertise URL
+        #[arg(value_parser = parse_url)]
         url: String,
     },
     /// Remove a member from the cluster (stop its process afterwards)
     Remove {
         /// The member's id
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
     },
+}
+
+/// A node name as the controller takes it, checked before any call is made.
+pub fn parse_node(s: &str) -> Result<String, String> {
+    twill_proto::names::validate_node_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A subnet written as its network address, e.g. 10.244.7.0/24.
+pub fn parse_subnet(s: &str) -> Result<String, String> {
+    let n: ipnet::Ipv4Net = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 subnet such as 10.244.7.0/24"))?;
+    if n.trunc() != n {
+        return Err(format!(
+            "{s:?} has host bits set; the subnet is {}",
+            n.trunc()
+        ));
+    }
+    Ok(n.to_string())
+}
+
+fn parse_url(s: &str) -> Result<String, String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a member URL starts with http:// or https://"
+        ))
+    }
 }
 
 fn text(s: &str) -> String {

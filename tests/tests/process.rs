@@ -440,6 +440,32 @@ fn a_cli_with_no_controller_listening_says_so_at_once() {
             "it retried: {stderr}"
         );
     }
+    // Bad input is refused before any call: the message is about the input, not the endpoint.
+    for (cmd, says) in [
+        (&["reserve", "Bad_Name", "10.0.7.0/24"][..], "uppercase"),
+        (&["reserve", "n1", "10.0.7.1/24"][..], "host bits set"),
+        (&["reserve", "n1", "10.0.7.0/99"][..], "not an IPv4 subnet"),
+        (&["release", "n1-"][..], "node name"),
+        (&["unreserve", "n1..x"][..], "node name"),
+        (&["leases", "--explain", "N1"][..], "uppercase"),
+        (&["members", "remove", "0"][..], "0 is not in 1.."),
+        (
+            &["members", "add", "4", "10.0.0.4:7420"][..],
+            "starts with http",
+        ),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(cmd)
+            .args(["--controller", &closed.join(",")])
+            .output()
+            .expect("run twill");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains("no controller answers"),
+            "{cmd:?}: {stderr}"
+        );
+    }
 }
 
 /// `twill leases --explain NODE` against a running controller: a lease taken as the lowest

@@ -375,3 +375,18 @@ pub fn sample(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
             _ => None,
         })
 }
+
+/// True when `tool` is on PATH; in CI (CI=true, where scripts/test installs it) a missing tool
+/// is a failure, elsewhere the test prints "skipped" and passes.
+pub fn tool_or_skip(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if found {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs {tool}, which scripts/test installs: failing instead of skipping");
+    }
+    eprintln!("skipped: {test} needs {tool}");
+    false
+}

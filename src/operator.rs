@@ -486,6 +486,7 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
                     "id": s.id, "addr": m.addr, "voter": m.voter, "state": s.state,
                     "leader": s.leader, "term": s.term, "last_log_index": s.last_log_index,
                     "applied_index": s.applied_index, "revision": s.revision, "leases": s.leases,
+                    "release": s.release, "api": s.api,
                 }));
                 rows.push(vec![
                     s.id.to_string(),
@@ -500,6 +501,12 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
                     s.applied_index.to_string(),
                     s.revision.to_string(),
                     s.leases.to_string(),
+                    // A member from before releases were reported says nothing.
+                    if s.release.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{} (API {})", s.release, s.api)
+                    },
                 ]);
             }
             Err(e) => {
@@ -511,7 +518,7 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
                     m.addr.clone(),
                     format!("unreachable: {e}"),
                 ];
-                r.extend(std::iter::repeat_n("-".to_string(), 5));
+                r.extend(std::iter::repeat_n("-".to_string(), 6));
                 rows.push(r);
             }
         }
@@ -543,7 +550,10 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
         print!(
             "{}",
             table(
-                &["ID", "ADDRESS", "STATE", "TERM", "LAST LOG", "APPLIED", "REVISION", "LEASES"],
+                &[
+                    "ID", "ADDRESS", "STATE", "TERM", "LAST LOG", "APPLIED", "REVISION", "LEASES",
+                    "VERSION"
+                ],
                 rows
             )
         );

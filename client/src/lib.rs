@@ -87,7 +87,7 @@ impl Default for ClientOptions {
 }
 
 pub struct Client {
-    endpoints: Mutex<Vec<(String, ControllerClient<Channel>)>>,
+    endpoints: Mutex<Vec<(String, Api)>>,
     current: AtomicUsize,
     opts: ClientOptions,
     /// The TLS settings new connections use; replaced when a certificate is renewed.
@@ -111,13 +111,31 @@ fn normalise(addr: &str, tls: bool) -> Result<String, ClientError> {
     }
 }
 
-fn connect(
-    addr: &str,
-    tls: Option<ClientTlsConfig>,
-) -> Result<ControllerClient<Channel>, ClientError> {
+/// Every call says which release and API level it comes from, so a controller that cannot
+/// serve it refuses with a message instead of misreading it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Versioned;
+
+impl tonic::service::Interceptor for Versioned {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        use twill_proto::version::{API, API_HEADER, RELEASE, RELEASE_HEADER};
+        let md = req.metadata_mut();
+        md.insert(API_HEADER, tonic::metadata::MetadataValue::from(API));
+        if let Ok(v) = RELEASE.parse() {
+            md.insert(RELEASE_HEADER, v);
+        }
+        Ok(req)
+    }
+}
+
+/// The public API's client as this crate uses it.
+pub type Api =
+    ControllerClient<tonic::service::interceptor::InterceptedService<Channel, Versioned>>;
+
+fn connect(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Api, ClientError> {
     let ch = channel(addr, Duration::from_secs(2), tls)
         .map_err(|_| ClientError::BadEndpoint(addr.to_string()))?;
-    Ok(ControllerClient::new(ch)
+    Ok(ControllerClient::with_interceptor(ch, Versioned)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }
@@ -269,7 +287,7 @@ impl Client {
         }
     }
 
-    fn pick(&self) -> (usize, ControllerClient<Channel>) {
+    fn pick(&self) -> (usize, Api) {
         let eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let i = self.current.load(Ordering::Relaxed) % eps.len();
         (i, eps[i].1.clone())
@@ -323,7 +341,7 @@ impl Client {
     /// Runs `f` against the current member, retrying elsewhere while the answer is retryable.
     async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
-        F: FnMut(ControllerClient<Channel>) -> Fut,
+        F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -715,5 +733,27 @@ impl Watch {
             }
             partial = Some(chunk);
         }
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+    use tonic::service::Interceptor;
+
+    #[test]
+    fn every_call_carries_the_release_and_the_api_level() {
+        let req = Versioned.call(tonic::Request::new(())).expect("request");
+        let md = req.metadata();
+        assert_eq!(
+            md.get(twill_proto::version::API_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(twill_proto::version::API.to_string().as_str())
+        );
+        assert_eq!(
+            md.get(twill_proto::version::RELEASE_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
     }
 }

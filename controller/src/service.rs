@@ -71,6 +71,16 @@ impl ControllerService {
         method: &'static str,
         access: Access<'_>,
     ) -> Result<Caller, Status> {
+        let md = req.metadata();
+        let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+        let version = twill_proto::version::refusal(
+            text(twill_proto::version::API_HEADER),
+            text(twill_proto::version::RELEASE_HEADER),
+        );
+        if let Some(why) = version {
+            tracing::warn!(method, peer = ?req.remote_addr(), "call refused: {why}");
+            return Err(Status::failed_precondition(why));
+        }
         let caller = self.caller(req)?;
         if let Err(d) = authz::check(&caller, method, access) {
             self.m.metrics.denied(method, caller.role_label());
@@ -596,6 +606,8 @@ impl controller_server::Controller for ControllerService {
             }
             .into(),
             leases,
+            release: twill_proto::version::RELEASE.into(),
+            api: twill_proto::version::API,
         }))
     }
 

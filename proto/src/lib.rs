@@ -10,6 +10,7 @@ pub mod v1 {
 pub mod defaults;
 pub mod names;
 pub mod settings;
+pub mod version;
 
 /// Response metadata naming the leader's API address, so a client's next attempt goes there.
 pub const LEADER_HINT: &str = "x-twill-leader";

@@ -106,6 +106,25 @@ pub fn drift(listing: &str, n: &Networks) -> Drift {
     d
 }
 
+/// Whether `listing` is exactly the table [`ruleset`] writes for `n`, rules in order: a table
+/// an earlier agent left is then taken over as it is, not rewritten, so a restart changes
+/// nothing in the kernel.
+pub fn is_exactly(listing: &str, n: &Networks) -> bool {
+    let lines: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut want = vec![
+        format!("table inet {TABLE} {{"),
+        "chain postrouting {".to_string(),
+        CHAIN_HOOK.to_string(),
+    ];
+    want.extend(rules(n));
+    want.extend(["}".to_string(), "}".to_string()]);
+    lines == want
+}
+
 /// The script that removes twill's table, whether or not it exists.
 pub fn removal() -> String {
     format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
@@ -213,6 +232,12 @@ impl Masquerade {
             });
         };
         let now = Self::listing().await?;
+        if let (None, Some(cur)) = (&self.written, &now) {
+            if is_exactly(cur, want) {
+                self.written = Some((want.clone(), cur.clone()));
+                return Ok(Sync::Unchanged);
+            }
+        }
         let outcome = match (&self.written, &now) {
             (Some((n, listed)), Some(cur)) if n == want && listed == cur => {
                 return Ok(Sync::Unchanged)
@@ -230,6 +255,40 @@ impl Masquerade {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_is_taken_over_only_when_it_is_exactly_ours() {
+        let n = Networks {
+            v4: Some("10.244.0.0/16".parse().unwrap()),
+            v6: None,
+        };
+        // As `nft list table inet twill` prints what ruleset() wrote (tabs, blank lines).
+        let listed = format!(
+            "table inet twill {{\n\tchain postrouting {{\n\t\t{CHAIN_HOOK}\n{}\t}}\n}}\n",
+            rules(&n)
+                .iter()
+                .map(|r| format!("\t\t{r}\n"))
+                .collect::<String>()
+        );
+        assert!(is_exactly(&listed, &n));
+        let mut swapped = rules(&n);
+        swapped.swap(0, 2);
+        let reordered = listed
+            .replace(&rules(&n)[0], "X")
+            .replace(&rules(&n)[2], &swapped[2])
+            .replace("X", &swapped[0]);
+        assert!(
+            !is_exactly(&reordered, &n),
+            "order matters: a masquerade before its exemption"
+        );
+        let other = Networks {
+            v4: Some("10.245.0.0/16".parse().unwrap()),
+            v6: None,
+        };
+        assert!(!is_exactly(&listed, &other));
+        let extra = listed.replace("\t}\n}", "\t\tip saddr 1.2.3.4 accept\n\t}\n}");
+        assert!(!is_exactly(&extra, &n));
+    }
 
     #[test]
     fn pods_masquerade_to_the_outside_and_never_between_themselves() {

@@ -1,0 +1,117 @@
+//! Restarting the agent (a new binary, a configuration change, a crash) leaves the dataplane
+//! in place: pod traffic between nodes keeps flowing, and nothing twill made is removed while
+//! no agent runs or when the next one takes over.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use twill_sandbox::Topology;
+use twill_tests::netns::{agent_http_get, gw_addr, root_or_skip, wait_until};
+use twill_tests::twill_binary;
+
+fn spawn_in(ns: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a monitor")
+}
+
+fn output_of(children: Vec<Child>) -> String {
+    let mut seen = String::new();
+    for mut c in children {
+        let _ = c.kill();
+        let out = c.wait_with_output().expect("child output");
+        seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    seen
+}
+
+#[test]
+fn restarting_the_agent_removes_nothing_and_pods_keep_talking() {
+    if !root_or_skip("restarting_the_agent_removes_nothing_and_pods_keep_talking") {
+        return;
+    }
+    let mut t = Topology::new("upg", 2, &twill_binary().expect("twill")).expect("topology");
+    t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
+    let subnets = t
+        .start_nodes_with_pod_bridges(&["--backend", "vxlan"])
+        .expect("nodes");
+    let ns = t.nodes[0].ns.clone();
+    let ready = |ns: &str| agent_http_get(ns, "/readyz").starts_with("HTTP/1.1 200");
+    wait_until("node1 ready", Duration::from_secs(30), || ready(&ns));
+    wait_until("masquerade table", Duration::from_secs(15), || {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "nft", "list", "table", "inet", "twill",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let (gw1, gw2) = (
+        gw_addr(&subnets[0]).to_string(),
+        gw_addr(&subnets[1]).to_string(),
+    );
+    assert!(t.ping(0, &gw1, &gw2), "pod networks reach each other");
+
+    // Everything that could be taken away: links, routes, neighbours, rules, FDB entries and
+    // nftables objects, watched on node1 while its agent goes away and comes back.
+    let monitors = vec![
+        spawn_in(&ns, &["ip", "monitor", "link", "route", "neigh", "rule"]),
+        spawn_in(&ns, &["bridge", "monitor", "fdb"]),
+        spawn_in(&ns, &["nft", "monitor"]),
+    ];
+    // Pod traffic across the restart: 10 packets a second from node1's pod network to
+    // node2's, counted by ping itself.
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "ping", "-q", "-i", "0.1", "-w", "12", "-I", &gw1, &gw2,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A graceful stop (SIGTERM, as systemd and the kubelet stop it), a pause with no agent at
+    // all, a start; then a crash (SIGKILL) and another start.
+    let pid = t.nodes[0].agent.as_ref().expect("agent").id();
+    let term = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    if let Some(mut c) = t.nodes[0].agent.take() {
+        let _ = c.wait();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    t.start_agent(0).expect("agent again");
+    wait_until("ready after a restart", Duration::from_secs(30), || {
+        ready(&ns)
+    });
+    t.stop_agent(0);
+    t.start_agent(0).expect("agent after a crash");
+    wait_until("ready after a crash", Duration::from_secs(30), || {
+        ready(&ns)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    let out = ping.wait_with_output().expect("ping result");
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let seen = output_of(monitors);
+    let removed: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.starts_with("Deleted") || l.starts_with("delete"))
+        .collect();
+    assert!(
+        removed.is_empty(),
+        "removed during the restarts: {removed:#?}\n(all events: {seen})"
+    );
+    assert!(
+        summary.contains(" 0% packet loss"),
+        "pod traffic lost packets across the restarts: {summary}"
+    );
+    assert!(t.ping(0, &gw1, &gw2), "and still flows");
+}

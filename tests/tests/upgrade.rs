@@ -115,3 +115,105 @@ fn restarting_the_agent_removes_nothing_and_pods_keep_talking() {
     );
     assert!(t.ping(0, &gw1, &gw2), "and still flows");
 }
+
+/// A rolling restart of a three-member controller under writes (as an upgrade does it: one
+/// member at a time, each back and caught up before the next): writes are acknowledged while
+/// each member is down, and every acknowledged lease is there at the end, on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use twill_proto::v1 as pb;
+
+    let mut cl = twill_tests::Cluster::start(3).await.expect("cluster");
+    cl.wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (acked, stop, c) = (acked.clone(), stop.clone(), cl.client());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let node = format!("w{w}-{i:05}");
+                let r = c
+                    .acquire(pb::AcquireRequest {
+                        node: node.clone(),
+                        public_ip: "192.0.2.9".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a write is acknowledged across the rolling restart");
+                let subnet = r.lease.expect("lease").subnet;
+                acked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node, subnet);
+                i += 1;
+            }
+        }));
+    }
+    let count = || acked.lock().unwrap_or_else(|p| p.into_inner()).len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in 1..=3 {
+        cl.stop(id).await;
+        // The two others keep a quorum: writes go on (after an election, when the leader was
+        // the one stopped).
+        let (down, since) = (count(), std::time::Instant::now());
+        while count() < down + 50 {
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "only {} writes acknowledged in 15 s while member {id} was down",
+                count() - down
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "member {id} down: 50 writes acknowledged in {:?}",
+            since.elapsed()
+        );
+        cl.restart(id).await.expect("restart");
+        // Back, and caught up with what the others applied, before the next one goes.
+        let index = cl.client().status().await.expect("status").applied_index;
+        cl.wait_applied(index, Duration::from_secs(30))
+            .await
+            .expect("caught up");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(30))
+        .await
+        .expect("all caught up");
+    for id in 1..=3 {
+        let listed: BTreeMap<String, String> = cl
+            .client_of(id)
+            .list_leases()
+            .await
+            .expect("list")
+            .leases
+            .into_iter()
+            .map(|l| (l.node, l.subnet))
+            .collect();
+        let lost: Vec<_> = acked
+            .iter()
+            .filter(|(n, s)| listed.get(*n) != Some(s))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "member {id} lacks {} acknowledged leases: {lost:?}",
+            lost.len()
+        );
+    }
+    eprintln!(
+        "{} leases acknowledged across the rolling restart",
+        acked.len()
+    );
+    cl.shutdown().await;
+}

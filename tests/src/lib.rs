@@ -293,14 +293,12 @@ pub fn cni_binary() -> Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
-fn build_bin(bin: &str) -> Result<PathBuf> {
-    let root = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    // Cargo runs a test with its package's variables set (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
-    // …). A build script that reads one (ring's does) counts a different value as a change, so
-    // the build below would recompile ring and everything above it, and the next build outside
-    // a test would do it again. Build with the environment a build outside has.
+/// `cmd` without the variables cargo sets for a running test. Cargo runs a test with its
+/// package's variables set (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, …). A build script that reads one
+/// (ring's does) counts a different value as a change, so a cargo build started from a test would
+/// recompile ring and everything above it, and the next build outside a test would do it again.
+/// Build with the environment a build outside has.
+pub fn without_test_cargo_env(cmd: &mut std::process::Command) {
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
@@ -314,9 +312,37 @@ fn build_bin(bin: &str) -> Result<PathBuf> {
             ]
             .contains(&&*k)
         {
-            build.env_remove(&key);
+            cmd.env_remove(&key);
         }
     }
+}
+
+/// Runs `scripts/<name>` with `env` and returns the last line it printed, its result; the
+/// script's stderr goes to the test's. Panics with what went wrong when it fails.
+pub fn run_script(name: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(workspace_root().join("scripts").join(name));
+    without_test_cargo_env(&mut cmd);
+    cmd.envs(env.iter().copied());
+    let started = Instant::now();
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed ({}), printed: {stdout}",
+        out.status
+    );
+    eprintln!("scripts/{name} took {:.1?}", started.elapsed());
+    stdout.lines().last().unwrap_or_default().trim().to_string()
+}
+
+fn build_bin(bin: &str) -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    without_test_cargo_env(&mut build);
     let status = build
         // The same selection as the suite's own build (scripts/test), so features unify the same
         // way and nothing is compiled twice: a `-p` build would rebuild shared dependencies with

@@ -536,7 +536,8 @@ async fn leases_explain_says_why_each_node_has_its_subnet() {
     };
     let out = run(&["Not_A_Node"], &closed);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Refused while the command line is read: a usage error.
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("\"Not_A_Node\"") && !err.contains("no controller answers"),
         "{err}"

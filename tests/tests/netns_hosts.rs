@@ -140,13 +140,25 @@ fn pods_reach_the_outside_masqueraded_and_each_other_unchanged() {
     let env = std::fs::read_to_string(t.nodes[0].dir.join("subnet.env")).expect("subnet.env");
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
 
-    // Someone flushes every table: the agent writes its own again.
+    // Someone flushes every table: the agent writes its own again. The agent may do so before
+    // the test can look, so the proof is the table's handle: nftables numbers tables in a
+    // namespace from a counter that only grows, so a table made again has a new one.
     let ns1 = t.nodes[0].ns.clone();
+    let handle = |ns: &str| {
+        let (ok, out) = nft(ns, &["-a", "list", "table", "inet", "twill"]);
+        ok.then(|| {
+            out.lines()
+                .next()
+                .and_then(|l| l.rsplit_once("# handle "))
+                .and_then(|(_, h)| h.trim().parse::<u64>().ok())
+        })
+        .flatten()
+    };
+    let first = handle(&ns1).expect("the table and its handle");
     assert!(nft(&ns1, &["flush", "ruleset"]).0);
-    assert!(!nft(&ns1, &["list", "table", "inet", "twill"]).0);
     eprintln!("{:?}", std::time::Instant::now());
     wait_until("masquerade table restored", Duration::from_secs(10), || {
-        nft(&ns1, &["list", "table", "inet", "twill"]).0
+        handle(&ns1).is_some_and(|h| h != first)
     });
     let before = packets_from(&outside, &node1);
     eprintln!("{:?}", std::time::Instant::now());

@@ -597,11 +597,13 @@ impl NodeRow<'_> {
 
 /// Every node that holds a lease or has reported, by name.
 fn node_rows<'a>(leases: &'a [pb::Lease], reports: &'a [pb::NodeHealthEntry]) -> Vec<NodeRow<'a>> {
-    twill_controller::picture::node_problems(leases, reports)
+    use twill_controller::picture::{by_node, node_problems};
+    let (by_lease, by_report) = (by_node(leases), by_node(reports));
+    node_problems(leases, reports)
         .into_iter()
         .map(|(name, problem)| NodeRow {
-            lease: leases.iter().find(|l| l.node == name),
-            report: reports.iter().find(|r| r.node == name),
+            lease: by_lease.get(name.as_str()).copied(),
+            report: by_report.get(name.as_str()).copied(),
             name,
             problem,
         })

@@ -41,6 +41,28 @@ pub struct Picture {
 /// Why each node needs attention, by name (every node that holds a lease or has reported):
 /// its report's verdict, a lease without any report, or a report without a lease. A session
 /// down to a node that is itself in trouble is blamed on that node only.
+/// Something that belongs to a node.
+pub trait OfNode {
+    fn node(&self) -> &str;
+}
+
+impl OfNode for pb::Lease {
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+impl OfNode for pb::NodeHealthEntry {
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// `items` by node name.
+pub fn by_node<T: OfNode>(items: &[T]) -> BTreeMap<&str, &T> {
+    items.iter().map(|x| (x.node(), x)).collect()
+}
+
 pub fn node_problems(
     leases: &[pb::Lease],
     reports: &[pb::NodeHealthEntry],
@@ -55,17 +77,11 @@ pub fn node_problems(
             (None, None) => None,
         }
     };
-    let names: std::collections::BTreeSet<&str> = leases
-        .iter()
-        .map(|l| l.node.as_str())
-        .chain(reports.iter().map(|r| r.node.as_str()))
-        .collect();
-    let find = |name: &str| {
-        (
-            leases.iter().find(|l| l.node == name),
-            reports.iter().find(|r| r.node == name),
-        )
-    };
+    // Indexed by name: a cluster of 65,536 leases must not cost a search per node.
+    let (by_lease, by_report) = (by_node(leases), by_node(reports));
+    let names: std::collections::BTreeSet<&str> =
+        by_lease.keys().chain(by_report.keys()).copied().collect();
+    let find = |name: &str| (by_lease.get(name).copied(), by_report.get(name).copied());
     // First each node on its own (sessions aside), then sessions, excusing troubled peers.
     let troubled: std::collections::BTreeSet<&str> = names
         .iter()
@@ -97,11 +113,12 @@ impl Picture {
     ) -> Picture {
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let problems = node_problems(leases, reports);
+        let (by_lease, by_report) = (by_node(leases), by_node(reports));
         let nodes = problems
             .into_iter()
             .map(|(name, problem)| {
-                let lease = leases.iter().find(|l| l.node == name);
-                let report = reports.iter().find(|r| r.node == name);
+                let lease = by_lease.get(name.as_str()).copied();
+                let report = by_report.get(name.as_str()).copied();
                 NodeBox {
                     name,
                     subnet: lease.and_then(|l| nonempty(&l.subnet)),

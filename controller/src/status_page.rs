@@ -329,10 +329,10 @@ async fn ask_leader(m: &Member, addr: &str) -> Result<Vec<pb::NodeHealthEntry>, 
 /// The page: the picture, then a row per node with every problem in full.
 pub fn html(pic: &Picture, reports: &[pb::NodeHealthEntry]) -> String {
     let mut rows = String::new();
+    let by_report = picture::by_node(reports);
     for n in &pic.nodes {
-        let h = reports
-            .iter()
-            .find(|r| r.node == n.name)
+        let h = by_report
+            .get(n.name.as_str())
             .and_then(|r| r.health.as_ref());
         let problems = match (&n.problem, h) {
             (None, _) => "healthy".to_string(),

@@ -416,3 +416,44 @@ pub fn tool_or_skip(test: &str, tool: &str) -> bool {
     eprintln!("skipped: {test} needs {tool}");
     false
 }
+
+/// Node → subnet of every acquisition a controller acknowledged.
+pub type Acked = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+/// One task per client, each acquiring leases for new node names (`w<k>-<n>`) until `stop` is
+/// set and recording every acknowledged one in `acked`; a write the client gives up on fails
+/// the test with `why`. For tests that disturb a controller while it is written to.
+pub fn spawn_acquirers(
+    clients: Vec<Client>,
+    acked: Acked,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    why: &'static str,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, c)| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let node = format!("w{w}-{i:05}");
+                    let r = c
+                        .acquire(twill_proto::v1::AcquireRequest {
+                            node: node.clone(),
+                            public_ip: "192.0.2.9".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect(why);
+                    let subnet = r.lease.expect("an acquire answers with the lease").subnet;
+                    acked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(node, subnet);
+                    i += 1;
+                }
+            })
+        })
+        .collect()
+}

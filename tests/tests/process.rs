@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use twill_client::{Client, ClientOptions};
@@ -113,31 +113,14 @@ async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
     let mut ctl = spawn(&data, port, &[]);
     wait_ready(&ctl).await;
 
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked = twill_tests::Acked::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..8 {
-        let (acked, stop, c) = (acked.clone(), stop.clone(), client(&ctl));
-        workers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let node = format!("w{w}-{i:05}");
-                let r = c
-                    .acquire(pb::AcquireRequest {
-                        node: node.clone(),
-                        public_ip: "192.0.2.9".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("acquire eventually succeeds across restarts");
-                acked
-                    .lock()
-                    .unwrap()
-                    .insert(node, r.lease.expect("lease").subnet);
-                i += 1;
-            }
-        }));
-    }
+    let workers = twill_tests::spawn_acquirers(
+        (0..8).map(|_| client(&ctl)).collect(),
+        acked.clone(),
+        stop.clone(),
+        "acquire eventually succeeds across restarts",
+    );
 
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -420,14 +403,21 @@ fn a_cli_with_no_controller_listening_says_so_at_once() {
             format!("http://{}", l.local_addr().expect("addr"))
         })
         .collect();
-    for cmd in [&["status"][..], &["leases"][..]] {
+    // Runs `twill CMD --controller <the closed ports>`: whether it succeeded, and its stderr.
+    let against_closed = |cmd: &[&str]| {
         let out = std::process::Command::new(&bin)
             .args(cmd)
             .args(["--controller", &closed.join(",")])
             .output()
             .expect("run twill");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{stderr}");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for cmd in [&["status"][..], &["leases"][..]] {
+        let (ok, stderr) = against_closed(cmd);
+        assert!(!ok, "{stderr}");
         assert!(
             stderr.contains(&format!(
                 "no controller answers at {} (connection refused)",
@@ -454,13 +444,8 @@ fn a_cli_with_no_controller_listening_says_so_at_once() {
             "starts with http",
         ),
     ] {
-        let out = std::process::Command::new(&bin)
-            .args(cmd)
-            .args(["--controller", &closed.join(",")])
-            .output()
-            .expect("run twill");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{cmd:?}: {stderr}");
+        let (ok, stderr) = against_closed(cmd);
+        assert!(!ok, "{cmd:?}: {stderr}");
         assert!(
             stderr.contains(says) && !stderr.contains("no controller answers"),
             "{cmd:?}: {stderr}"

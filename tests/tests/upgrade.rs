@@ -123,39 +123,20 @@ fn restarting_the_agent_removes_nothing_and_pods_keep_talking() {
 async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    use twill_proto::v1 as pb;
+    use std::sync::Arc;
 
     let mut cl = twill_tests::Cluster::start(3).await.expect("cluster");
     cl.wait_leader(Duration::from_secs(10))
         .await
         .expect("leader");
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked = twill_tests::Acked::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let (acked, stop, c) = (acked.clone(), stop.clone(), cl.client());
-        workers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let node = format!("w{w}-{i:05}");
-                let r = c
-                    .acquire(pb::AcquireRequest {
-                        node: node.clone(),
-                        public_ip: "192.0.2.9".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("a write is acknowledged across the rolling restart");
-                let subnet = r.lease.expect("lease").subnet;
-                acked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node, subnet);
-                i += 1;
-            }
-        }));
-    }
+    let workers = twill_tests::spawn_acquirers(
+        (0..4).map(|_| cl.client()).collect(),
+        acked.clone(),
+        stop.clone(),
+        "a write is acknowledged across the rolling restart",
+    );
     let count = || acked.lock().unwrap_or_else(|p| p.into_inner()).len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     for id in 1..=3 {

@@ -128,8 +128,11 @@ fn doctor_names_a_deleted_route_a_wrong_pod_mtu_and_a_stopped_peer() {
     ip(&["-n", &t.pods[0].ns, "link", "set", "eth0", "mtu", "1500"]).expect("pod MTU");
     t.stop_agent(2);
 
+    // Both agents were killed moments apart, but each last reported at its own point of its
+    // 1 s cycle: either may go stale first, so the doctor is asked until it names both.
     let r = doctor_until(&t, 0, Duration::from_secs(30), |r| {
         r.out.contains("node3's agent last reported")
+            && r.out.contains("this node's agent (node1) last reported")
     });
     assert_eq!(r.code, 1, "{}{}", r.out, r.err);
     assert!(

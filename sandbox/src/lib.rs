@@ -389,6 +389,22 @@ impl Topology {
         }
     }
 
+    /// Stops node `i`'s agent as systemd and the kubelet do: SIGTERM, then waits for it.
+    pub fn term_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
+            if !sent.success() {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("kill -TERM {} failed", c.id());
+            }
+            c.wait()?;
+        }
+        Ok(())
+    }
+
     /// Runs `twill <args> --controller URL` inside the controller namespace.
     pub fn twill(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("ip")

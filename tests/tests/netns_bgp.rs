@@ -741,10 +741,10 @@ fn two_tors_no_transit_ecmp_and_failover() {
     drop(guards);
 }
 
-/// Graceful restart with BIRD as the helper: an agent SIGKILLed and started again leaves its
-/// subnet in BIRD's table throughout (stale while the agent is away), and the route it had
-/// learned from BIRD stays in the node's kernel throughout: the restarted agent keeps it until
-/// BIRD has resent its table.
+/// Graceful restart with BIRD as the helper: an agent stopped as systemd stops it (SIGTERM)
+/// and started again, as in an upgrade, leaves its subnet in BIRD's table throughout (stale
+/// while the agent is away), and the route it had learned from BIRD stays in the node's kernel
+/// throughout: the restarted agent keeps it until BIRD has resent its table.
 #[test]
 fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
     if !root_or_skip("an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel") {
@@ -759,7 +759,7 @@ fn an_agent_restart_is_invisible_to_a_bird_tor_and_to_the_kernel() {
     let at_bird = move || {
         bird_prefixes(&birdc(&dir, &["show", "route", "protocol", "node1"])).contains(&subnet)
     };
-    restart_agent_unseen(&mut t, "BIRD", move || in_kernel() && at_bird());
+    restart_agent_unseen(&mut t, "BIRD", Stop::Term, move || in_kernel() && at_bird());
 }
 
 /// Graceful restart with twill as the helper: BIRD (graceful restart on) is killed and
@@ -822,7 +822,7 @@ fn graceful_restart_both_ways_with_frr() {
     };
     // The agent restarts; FRR is the helper.
     let k = in_kernel.clone();
-    restart_agent_unseen(&mut t, "FRR", move || k() && at_frr());
+    restart_agent_unseen(&mut t, "FRR", Stop::Kill, move || k() && at_frr());
 
     // bgpd restarts; twill is the helper.
     let misses = kill_and_watch(&dir.join("bgpd.pid"), in_kernel.clone());
@@ -923,19 +923,25 @@ impl Watch {
     }
 }
 
-/// Once `both` holds (each side has the other's prefix), node 1's agent is SIGKILLed (no
-/// NOTIFICATION: the helper `tor` keeps its routes), started again after 2 s and left 3 s more
-/// once its session is back, while `both` is checked every 50 ms: it must never fail.
-fn restart_agent_unseen(t: &mut Topology, tor: &str, both: impl Fn() -> bool + Send + 'static) {
+/// Once `both` holds (each side has the other's prefix), node 1's agent is stopped `how` (no
+/// NOTIFICATION either way: the helper `tor` keeps its routes), started again after 2 s and
+/// left 3 s more once its session is back, while `both` is checked every 50 ms: it must never
+/// fail.
+fn restart_agent_unseen(
+    t: &mut Topology,
+    tor: &str,
+    how: Stop,
+    both: impl Fn() -> bool + Send + 'static,
+) {
     wait_until(
         "both sides have each other's prefix",
         Duration::from_secs(60),
         &both,
     );
     let w = Watch::start(both);
-    restart_agent(t);
+    restart_agent(t, how);
     let (looks, misses) = w.finish();
-    eprintln!("agent restart with {tor}: {looks} looks, {misses} with a route missing");
+    eprintln!("agent restart ({how:?}) with {tor}: {looks} looks, {misses} with a route missing");
     assert!(looks > 20, "the watcher hardly looked");
     assert_eq!(
         misses, 0,
@@ -943,11 +949,24 @@ fn restart_agent_unseen(t: &mut Topology, tor: &str, both: impl Fn() -> bool + S
     );
 }
 
-/// Node 1's agent SIGKILLed, started again after 2 s, and left 3 s more once its session to
-/// the ToR is back.
-fn restart_agent(t: &mut Topology) {
+/// How the agent is stopped before it is started again.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// A crash.
+    Kill,
+    /// systemd's and the kubelet's stop (an upgrade): the agent exits without a NOTIFICATION,
+    /// so the peer keeps forwarding just as after a crash.
+    Term,
+}
+
+/// Node 1's agent stopped, started again after 2 s, and left 3 s more once its session to the
+/// ToR is back.
+fn restart_agent(t: &mut Topology, how: Stop) {
     std::thread::sleep(Duration::from_millis(300));
-    t.stop_agent(0);
+    match how {
+        Stop::Kill => t.stop_agent(0),
+        Stop::Term => t.term_agent(0).expect("SIGTERM to the agent"),
+    }
     std::thread::sleep(Duration::from_secs(2));
     t.start_agent(0).expect("agent back");
     wait_until("the session is back", Duration::from_secs(60), || {

@@ -122,6 +122,26 @@ pub fn node_lease(l: &pb::Lease) -> Option<NodeLease> {
     })
 }
 
+/// The steps of a reconcile pass that can fail on their own and are retried at the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Reconcile,
+    Masquerade,
+    Forward,
+}
+
+impl Step {
+    fn failed(self) -> &'static str {
+        match self {
+            Step::Reconcile => "reconcile failed; retrying at the next resync",
+            Step::Masquerade => "masquerade not in place; retrying at the next resync",
+            Step::Forward => {
+                "pod traffic not accepted in the FORWARD chain; retrying at the next resync"
+            }
+        }
+    }
+}
+
 /// The node's own lease as the desired state uses it: with the VTEP MACs this node derives,
 /// whatever the lease says (the device is made with these).
 pub fn own_lease(own: &pb::Lease, mac: Mac, mac_v6: Mac) -> Option<NodeLease> {
@@ -169,6 +189,9 @@ struct Agent {
     source_problems: Vec<String>,
     conflicts: Vec<Op>,
     table_errors: Vec<String>,
+    /// The failing steps of a pass (reconcile, masquerade, forward) and what each last said: a
+    /// node stuck on one error warns once, and again only when the error changes or clears.
+    failing: std::collections::BTreeMap<Step, String>,
     /// Whether the nft tool is absent, once looked for.
     nft_missing: Option<bool>,
     /// Why `facts.iface` was chosen; the identity the lease keeper acquires with; the
@@ -196,6 +219,34 @@ impl Agent {
                 Some(()) => Event::Kernel,
                 None => Event::Closed("netlink monitor"),
             },
+        }
+    }
+
+    /// Logs a failing step of a pass: a warning when its error is new, at debug level when it
+    /// is the one already reported, so a node stuck on one problem does not flood its log.
+    fn step_failed(&mut self, step: Step, error: String) {
+        self.metrics.errors.inc();
+        self.health(|h| h.reconciled(Err(error.clone())));
+        let what = step.failed();
+        if self.failing.get(&step) == Some(&error) {
+            tracing::debug!(error = %error, "{what} (still)");
+        } else {
+            tracing::warn!(error = %error, "{what}");
+            self.failing.insert(step, error);
+        }
+    }
+
+    fn step_ended(&mut self, step: Step, r: Result<(), impl std::fmt::Display>) {
+        match r {
+            Ok(()) => self.step_done(step),
+            Err(e) => self.step_failed(step, e.to_string()),
+        }
+    }
+
+    /// A step that succeeds after failing says so once.
+    fn step_done(&mut self, step: Step) {
+        if self.failing.remove(&step).is_some() {
+            tracing::info!(?step, "succeeds again");
         }
     }
 
@@ -407,24 +458,17 @@ impl Agent {
                     }
                 }
                 self.health(|h| h.reconciled(Ok(())));
+                self.step_done(Step::Reconcile);
             }
             Err(e) => {
-                self.metrics.errors.inc();
-                tracing::warn!(error = %e, "reconcile failed; retrying at the next resync");
-                self.health(|h| h.reconciled(Err(e.to_string())));
+                self.step_failed(Step::Reconcile, e.to_string());
                 return;
             }
         }
-        if let Err(e) = self.sync_masquerade(&config).await {
-            self.metrics.errors.inc();
-            tracing::warn!(error = %e, "masquerade not in place; retrying at the next resync");
-            self.health(|h| h.reconciled(Err(e.to_string())));
-        }
-        if let Err(e) = self.sync_forward(&config).await {
-            self.metrics.errors.inc();
-            tracing::warn!(error = %e, "pod traffic not accepted in the FORWARD chain; retrying at the next resync");
-            self.health(|h| h.reconciled(Err(e.to_string())));
-        }
+        let masq = self.sync_masquerade(&config).await;
+        self.step_ended(Step::Masquerade, masq);
+        let forward = self.sync_forward(&config).await;
+        self.step_ended(Step::Forward, forward);
         self.ensure_forwarding(own_lease.v6.is_some());
         self.metrics
             .routes
@@ -794,6 +838,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         source_problems: Vec::new(),
         conflicts: Vec::new(),
         table_errors: Vec::new(),
+        failing: Default::default(),
         nft_missing: None,
         reason: selected.reason,
         identity,

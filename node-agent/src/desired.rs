@@ -155,6 +155,43 @@ pub struct Route {
     pub also: Vec<IpAddr>,
 }
 
+/// `ip route`'s words for a table other than main (nothing for main).
+pub fn table_suffix(t: u32) -> String {
+    if t == MAIN_TABLE {
+        String::new()
+    } else {
+        format!(" table {t}")
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "route {} via {}", self.dst, self.via)?;
+        for h in &self.also {
+            write!(f, ", {h}")?;
+        }
+        write!(
+            f,
+            " dev {}{}{}",
+            self.dev,
+            if self.onlink { " onlink" } else { "" },
+            table_suffix(self.table)
+        )
+    }
+}
+
+impl std::fmt::Display for DeviceRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "route {} dev {}{}",
+            self.dst,
+            self.dev,
+            table_suffix(self.table)
+        )
+    }
+}
+
 /// A route without a gateway: the node's own pod subnet on its bridge, or a managed table's
 /// connected prefix. (The main table has those as the kernel's own routes.)
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

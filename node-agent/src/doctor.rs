@@ -18,7 +18,9 @@ use twill_proto::v1 as pb;
 
 use crate::backend::Config;
 use crate::cni::NodeSubnet;
-use crate::desired::{self, Desired, LocalFacts, NodeLease, Refusal, SourceTables, MAIN_TABLE};
+use crate::desired::{
+    self, table_suffix, Desired, LocalFacts, NodeLease, Refusal, SourceTables, MAIN_TABLE,
+};
 use crate::masquerade::{self, Networks};
 use crate::reconcile::{self, BridgePort, Observed, Op, ROUTE_PROTOCOL};
 use crate::vtep;
@@ -154,6 +156,9 @@ pub struct Facts {
     /// The interface choice, with the agent's flags.
     pub local: Result<LocalFacts, String>,
     pub observed: Result<Observed, String>,
+    /// Every VXLAN device on the node, twill's or anyone's (empty when they cannot be listed):
+    /// one of someone else's may hold the VNI and port twill's device needs.
+    pub vxlan_devices: Vec<reconcile::VxlanDevice>,
     /// Per-source tables and what keeps a `--source-table` from being resolved.
     pub sources: Result<(SourceTables, Vec<String>), String>,
     pub subnet_env: Result<NodeSubnet, String>,
@@ -357,29 +362,6 @@ impl Owners {
     }
 }
 
-fn table_suffix(t: u32) -> String {
-    if t == MAIN_TABLE {
-        String::new()
-    } else {
-        format!(" table {t}")
-    }
-}
-
-fn route_text(r: &desired::Route) -> String {
-    let hops = std::iter::once(r.via)
-        .chain(r.also.iter().copied())
-        .map(|h| h.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "route {} via {hops} dev {}{}{}",
-        r.dst,
-        r.dev,
-        if r.onlink { " onlink" } else { "" },
-        table_suffix(r.table)
-    )
-}
-
 /// The `ip` command that adds a single-path route as the agent would.
 fn route_add_cmd(r: &desired::Route) -> Option<String> {
     r.also.is_empty().then(|| {
@@ -409,8 +391,44 @@ fn with_cmd(base: &str, cmd: Option<String>) -> String {
 /// One finding per real difference between the kernel and the desired state. A device made
 /// again puts everything on it in the plan; what the kernel already has is not repeated. A
 /// device that differs only in its MTU is left to the MTU check.
-fn differences(ops: &[Op], d: &Desired, o: &Observed, owners: &Owners) -> Vec<Finding> {
+fn differences(
+    ops: &[Op],
+    d: &Desired,
+    o: &Observed,
+    devices: &[reconcile::VxlanDevice],
+    owners: &Owners,
+) -> Vec<Finding> {
     let mut out = Vec::new();
+    // A device that is not there at all takes everything on it along: one finding for the
+    // device, not one per entry that cannot exist without it.
+    let absent: std::collections::BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::CreateLink(l) if !o.links.iter().any(|h| h.name == l.name) => Some(l.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let on_absent = |op: &Op| -> Option<String> {
+        let dev = match op {
+            Op::AddAddress(dev, _) => dev,
+            Op::AddNeighbour(n) => &n.dev,
+            Op::AddFdb(f) => &f.dev,
+            Op::AddRoute(r) => &r.dev,
+            _ => return None,
+        };
+        absent.contains(dev.as_str()).then(|| dev.clone())
+    };
+    let carried = |name: &str| {
+        let n = ops
+            .iter()
+            .filter(|op| on_absent(op).as_deref() == Some(name))
+            .count();
+        if n == 0 {
+            String::new()
+        } else {
+            format!("; {} on it missing with it", count(n, "entry", "entries"))
+        }
+    };
     let check = |table: u32| {
         if table == MAIN_TABLE {
             "routes"
@@ -434,16 +452,44 @@ fn differences(ops: &[Op], d: &Desired, o: &Observed, owners: &Owners) -> Vec<Fi
     };
     const DP: &str = "dataplane";
     for op in ops {
+        if on_absent(op).is_some() {
+            continue;
+        }
         let f = match op {
             Op::CreateLink(want) => match o.links.iter().find(|l| l.name == want.name) {
-                None => problem(
-                    DP,
-                    format!(
-                        "missing: VXLAN device {} (VNI {}, port {}, local {} on {})",
-                        want.name, want.vni, want.port, want.local, want.dev
+                None => match reconcile::vxlan_holder(devices, want) {
+                    Some(h) => problem(
+                        DP,
+                        format!(
+                            "missing: VXLAN device {} (VNI {}, port {}): device {} holds that \
+                             VNI and port, and the kernel allows one device per VNI and port{}",
+                            want.name,
+                            want.vni,
+                            want.port,
+                            h.name,
+                            carried(&want.name)
+                        ),
+                        format!(
+                            "if {0} is flannel's (left from a migration), delete it: ip link del \
+                             {0}; the agent makes {1} at its next pass. Otherwise run the \
+                             cluster with another --vni or --vxlan-port",
+                            h.name, want.name
+                        ),
                     ),
-                    "restart twill agent: it makes the device and everything on it",
-                ),
+                    None => problem(
+                        DP,
+                        format!(
+                            "missing: VXLAN device {} (VNI {}, port {}, local {} on {}){}",
+                            want.name,
+                            want.vni,
+                            want.port,
+                            want.local,
+                            want.dev,
+                            carried(&want.name)
+                        ),
+                        "restart twill agent: it makes the device and everything on it",
+                    ),
+                },
                 Some(have) => {
                     let diff = link_diff(have, want);
                     if diff.is_empty() {
@@ -518,20 +564,17 @@ fn differences(ops: &[Op], d: &Desired, o: &Observed, owners: &Owners) -> Vec<Fi
             ),
             Op::AddRoute(r) if !o.routes.contains(r) => missing(
                 check(r.table),
-                format!("{}{}", route_text(r), owners.subnet(&r.dst)),
+                format!("{}{}", r, owners.subnet(&r.dst)),
                 route_add_cmd(r),
             ),
             Op::DeleteRoute(r) => unwanted(
                 check(r.table),
-                format!(
-                    "{} (proto {ROUTE_PROTOCOL}; no live lease or choice wants it)",
-                    route_text(r)
-                ),
+                format!("{r} (proto {ROUTE_PROTOCOL}; no live lease or choice wants it)"),
                 route_del_cmd(&r.dst, r.table),
             ),
             Op::AddDeviceRoute(r) => missing(
                 check(r.table),
-                format!("route {} dev {}{}", r.dst, r.dev, table_suffix(r.table)),
+                r.to_string(),
                 Some(format!(
                     "ip route add {} dev {}{} proto {ROUTE_PROTOCOL}",
                     r.dst,
@@ -541,7 +584,7 @@ fn differences(ops: &[Op], d: &Desired, o: &Observed, owners: &Owners) -> Vec<Fi
             ),
             Op::DeleteDeviceRoute(r) => unwanted(
                 check(r.table),
-                format!("route {} dev {}{}", r.dst, r.dev, table_suffix(r.table)),
+                r.to_string(),
                 route_del_cmd(&r.dst, r.table),
             ),
             Op::AddRule(r) => missing(
@@ -721,7 +764,21 @@ fn agent_findings(f: &Facts, c: &Cluster, e: Option<&Expected>) -> Vec<Finding> 
         )),
         Some(h) => {
             let health = h.health.clone().unwrap_or_default();
-            if health.ready {
+            // The agent's own /readyz is fresher than its last report (sent up to a second
+            // after a change): when it answers, its finding speaks for readiness.
+            let local = f.readyz.as_ref().is_some_and(|r| r.answer.is_ok());
+            if local {
+                out.push(ok(
+                    "agent",
+                    format!(
+                        "this node's agent reports to the controller ({} backend, version {}, \
+                         reported {} ago); its readiness is /readyz's below",
+                        health.backend,
+                        health.version,
+                        secs(h.age_ms)
+                    ),
+                ));
+            } else if health.ready {
                 out.push(ok(
                     "agent",
                     format!(
@@ -1252,7 +1309,7 @@ pub fn diagnose(f: &Facts) -> Vec<Finding> {
             let want = desired(e, local, sources, o);
             let ops = reconcile::plan(&want, o);
             let owners = Owners::of(e);
-            let diffs = differences(&ops, &want, o, &owners);
+            let diffs = differences(&ops, &want, o, &f.vxlan_devices, &owners);
             out.extend(want.refused.iter().map(refusal_finding));
             if !diffs.iter().any(|d| d.check != "source-tables") {
                 out.push(ok(

@@ -223,11 +223,79 @@ pub enum KernelError {
     Socket(#[from] std::io::Error),
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
-    #[error("{op:?} failed: {source}")]
+    #[error("{op} failed: {source}")]
     Apply {
         op: Box<Op>,
         source: rtnetlink::Error,
     },
+    /// Another VXLAN device (flannel's `flannel.1` after a migration, typically) has the VNI and
+    /// port twill's device needs; the kernel allows one per VNI and port, so ours cannot be made.
+    #[error(
+        "cannot create VXLAN device {want}: device {holder} already uses VNI {vni} on UDP port \
+         {port}, and the kernel allows one device per VNI and port. If {holder} is left from \
+         flannel, delete it (ip link del {holder}); otherwise run the cluster with another --vni \
+         or --vxlan-port"
+    )]
+    VxlanTaken {
+        want: String,
+        holder: String,
+        vni: u32,
+        port: u16,
+    },
+}
+
+/// A VXLAN device in the namespace, twill's or anyone's: what decides whether another may be
+/// made (one per VNI and port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+}
+
+/// The device other than `want`'s own that holds `want`'s VNI and port, if any.
+pub fn vxlan_holder<'a>(devices: &'a [VxlanDevice], want: &VxlanLink) -> Option<&'a VxlanDevice> {
+    devices
+        .iter()
+        .find(|d| d.name != want.name && d.vni == want.vni && d.port == want.port)
+}
+
+/// What the operation does, in `ip`'s words, for logs and errors an operator reads.
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::DeleteLink(name) => write!(f, "delete device {name}"),
+            Op::CreateLink(l) => write!(
+                f,
+                "create VXLAN device {} (VNI {}, port {}, local {} on {})",
+                l.name, l.vni, l.port, l.local, l.dev
+            ),
+            Op::AddAddress(dev, a) => write!(f, "add address {a} on {dev}"),
+            Op::DeleteAddress(dev, a) => write!(f, "delete address {a} on {dev}"),
+            Op::AddNeighbour(n) => {
+                write!(f, "add neighbour {} lladdr {} on {}", n.ip, n.mac, n.dev)
+            }
+            Op::DeleteNeighbour(n) => {
+                write!(f, "delete neighbour {} lladdr {} on {}", n.ip, n.mac, n.dev)
+            }
+            Op::AddFdb(e) => write!(f, "add FDB entry {} dst {} on {}", e.mac, e.dst, e.dev),
+            Op::DeleteFdb(e) => write!(f, "delete FDB entry {} dst {} on {}", e.mac, e.dst, e.dev),
+            Op::AddRoute(r) => write!(f, "add {r}"),
+            Op::DeleteRoute(r) => write!(f, "delete {r}"),
+            Op::AddDeviceRoute(r) => write!(f, "add {r}"),
+            Op::DeleteDeviceRoute(r) => write!(f, "delete {r}"),
+            Op::AddRule(r) => write!(
+                f,
+                "add rule from {} lookup {} priority {}",
+                r.src, r.table, r.priority
+            ),
+            Op::DeleteRule(r) => write!(
+                f,
+                "delete rule from {} lookup {} priority {}",
+                r.src, r.table, r.priority
+            ),
+        }
+    }
 }
 
 /// What a reconcile pass did.
@@ -457,6 +525,38 @@ impl Kernel {
             .iter()
             .filter_map(|l| link_name(l).map(|n| (l.header.index, n.to_string())))
             .collect())
+    }
+
+    /// Every VXLAN device in the namespace, whoever made it.
+    pub async fn vxlan_devices(&self) -> Result<Vec<VxlanDevice>, KernelError> {
+        let mut out = Vec::new();
+        for l in self.links().await? {
+            let Some(name) = link_name(&l) else { continue };
+            for a in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = a else {
+                    continue;
+                };
+                for i in infos {
+                    let LinkInfo::Data(InfoData::Vxlan(xs)) = i else {
+                        continue;
+                    };
+                    let mut d = VxlanDevice {
+                        name: name.to_string(),
+                        vni: 0,
+                        port: 0,
+                    };
+                    for x in xs {
+                        match x {
+                            InfoVxlan::Id(id) => d.vni = *id,
+                            InfoVxlan::Port(p) => d.port = *p,
+                            _ => {}
+                        }
+                    }
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn index_of(&self, name: &str) -> Result<u32, KernelError> {
@@ -875,10 +975,22 @@ impl Kernel {
                     out.table_errors.push((op.clone(), e.to_string()));
                 }
                 Err(KernelError::Netlink(source)) => {
+                    if let (Op::CreateLink(want), true) = (op, is_exists(&source)) {
+                        if let Ok(devices) = self.vxlan_devices().await {
+                            if let Some(h) = vxlan_holder(&devices, want) {
+                                return Err(KernelError::VxlanTaken {
+                                    want: want.name.clone(),
+                                    holder: h.name.clone(),
+                                    vni: h.vni,
+                                    port: h.port,
+                                });
+                            }
+                        }
+                    }
                     return Err(KernelError::Apply {
                         op: Box::new(op.clone()),
                         source,
-                    })
+                    });
                 }
                 Err(other) => return Err(other),
             }
@@ -1093,6 +1205,53 @@ mod tests {
             mac: mac("0a:00:00:00:00:01"),
             mtu: 1450,
         }
+    }
+
+    #[test]
+    fn only_another_device_on_the_same_vni_and_port_holds_ours_back() {
+        let dev = |name: &str, vni, port| VxlanDevice {
+            name: name.into(),
+            vni,
+            port,
+        };
+        let want = link();
+        assert_eq!(vxlan_holder(&[dev("twill.1", 1, 8472)], &want), None);
+        assert_eq!(vxlan_holder(&[dev("flannel.1", 1, 4789)], &want), None);
+        assert_eq!(vxlan_holder(&[dev("flannel.2", 2, 8472)], &want), None);
+        let devices = [dev("twill.1", 1, 8472), dev("flannel.1", 1, 8472)];
+        assert_eq!(
+            vxlan_holder(&devices, &want).map(|d| d.name.as_str()),
+            Some("flannel.1")
+        );
+        let e = KernelError::VxlanTaken {
+            want: "twill.1".into(),
+            holder: "flannel.1".into(),
+            vni: 1,
+            port: 8472,
+        }
+        .to_string();
+        assert!(e.contains("ip link del flannel.1"), "{e}");
+    }
+
+    #[test]
+    fn operations_read_as_ip_would_say_them() {
+        let (n, f, r) = peer(2);
+        assert_eq!(
+            Op::CreateLink(link()).to_string(),
+            "create VXLAN device twill.1 (VNI 1, port 8472, local 192.0.2.1 on eth0)"
+        );
+        assert_eq!(
+            Op::AddRoute(r).to_string(),
+            "add route 10.244.2.0/24 via 10.244.2.0 dev twill.1 onlink"
+        );
+        assert_eq!(
+            Op::DeleteNeighbour(n).to_string(),
+            "delete neighbour 10.244.2.0 lladdr 0a:00:00:00:00:02 on twill.1"
+        );
+        assert_eq!(
+            Op::AddFdb(f).to_string(),
+            "add FDB entry 0a:00:00:00:00:02 dst 192.0.2.2 on twill.1"
+        );
     }
 
     fn peer(i: u8) -> (Neighbour, Fdb, Route) {

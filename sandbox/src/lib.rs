@@ -129,6 +129,9 @@ pub struct Topology {
     pub agent_resync: String,
     /// Extra flags for every agent.
     pub agent_extra: Vec<String>,
+    /// Agents started while set write their log (at info) to `agent.log` in their node's
+    /// directory, appended across restarts, instead of the test's output.
+    pub agent_logs: bool,
     bin: PathBuf,
     /// The join token and CA hash agents join with, made at the first agent's start.
     join: Option<(String, String)>,
@@ -191,6 +194,7 @@ impl Topology {
             pods: Vec::new(),
             agent_resync: "500ms".into(),
             agent_extra: Vec::new(),
+            agent_logs: false,
             bin: bin.to_path_buf(),
             join: None,
             ca_file: None,
@@ -313,6 +317,16 @@ impl Topology {
         let bin = self.bin.clone();
         let resync = self.agent_resync.clone();
         let n = &mut self.nodes[i];
+        let (level, stderr) = if self.agent_logs {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(n.dir.join("agent.log"))
+                .context("agent.log")?;
+            ("info", Stdio::from(log))
+        } else {
+            ("warn", Stdio::inherit())
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &n.ns])
             .arg(&bin)
@@ -333,8 +347,9 @@ impl Topology {
             .arg(n.dir.join("subnet.env"))
             .args(["--join-token", &token, "--ca-hash", &hash])
             .args(&self.agent_extra)
-            .env("TWILL_LOG", "warn")
+            .env("TWILL_LOG", level)
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("start agent")?;
         n.agent = Some(child);

@@ -31,6 +31,29 @@ pub fn ip_batch(ns: &str, batch: &str) {
     assert!(ip.wait().expect("ip").success(), "ip -batch {batch}");
 }
 
+/// Puts a foreign VXLAN device `name` on VNI 1, port 8472 in place of the agent's `twill.1`,
+/// which the kernel then refuses to make again. The agent follows netlink events and may make
+/// `twill.1` again between the deletion and the addition, so both are retried until the foreign
+/// device is there.
+pub fn foreign_device_takes_twills_vni(ns: &str, name: &str) {
+    wait_until(
+        &format!("{name} in twill.1's place"),
+        std::time::Duration::from_secs(10),
+        || {
+            let _ = std::process::Command::new("ip")
+                .args(["-n", ns, "link", "del", "twill.1"])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = std::process::Command::new("ip")
+                .args(["-n", ns, "link", "add", name, "type", "vxlan", "id", "1"])
+                .args(["dstport", "8472", "dev", "eth0"])
+                .stderr(std::process::Stdio::null())
+                .status();
+            ip_out(&["-n", ns, "-o", "link", "show", name]).contains(name)
+        },
+    );
+}
+
 /// The address part of a CIDR such as FLANNEL_SUBNET (the pod gateway).
 pub fn gw_addr(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)

@@ -561,7 +561,9 @@ fn a_forgotten_flannel_device_fails_the_reconcile_until_it_is_deleted() {
     let flannel_ix = link_index(&ns, "flannel.1").expect("flannel.1");
     let env_ino = inode(&subnet_env(&t, 1));
     switch_node(&t, 1, true);
+    t.agent_logs = true;
     t.start_agent(1).expect("agent on node2");
+    let log = t.nodes[1].dir.join("agent.log");
     let mut why = String::new();
     wait_until(
         "node2 says why it is not ready",
@@ -573,8 +575,9 @@ fn a_forgotten_flannel_device_fails_the_reconcile_until_it_is_deleted() {
     );
     assert!(why.starts_with("HTTP/1.1 503"), "{why}");
     assert!(
-        why.contains("twill.1") && why.contains("File exists"),
-        "the reason names the device and the kernel's refusal: {why}"
+        why.contains("cannot create VXLAN device twill.1: device flannel.1 already uses VNI 1 on UDP port 8472")
+            && why.contains("ip link del flannel.1"),
+        "the reason names both devices, the VNI and port, and the way out: {why}"
     );
     // Nothing of flannel's was taken away, nothing of twill's half made.
     assert_eq!(
@@ -587,17 +590,35 @@ fn a_forgotten_flannel_device_fails_the_reconcile_until_it_is_deleted() {
     assert_eq!(inode(&subnet_env(&t, 1)), env_ino, "subnet.env rewritten");
     let (code, out) = doctor(&t, 1);
     assert_eq!(code, 1, "doctor on node2:\n{out}");
-    assert!(out.contains("missing: VXLAN device twill.1"), "{out}");
     assert!(
-        out.contains("readyz") && out.contains("File exists"),
-        "the doctor passes on the agent's reason: {out}"
+        out.contains("missing: VXLAN device twill.1 (VNI 1, port 8472): device flannel.1 holds that VNI and port"),
+        "{out}"
+    );
+    assert!(
+        out.contains("delete it: ip link del flannel.1"),
+        "the doctor says what to do: {out}"
     );
     eprintln!("doctor on node2 with flannel.1 left in place:\n{out}");
+    // The agent has retried at every resync (500 ms) meanwhile, and warned once.
+    std::thread::sleep(Duration::from_secs(2));
+    let said = std::fs::read_to_string(&log).expect("agent.log");
+    let failures = said.matches("reconcile failed").count();
+    let passes = said.matches("(still)").count();
+    assert_eq!(failures, 1, "one warning for one unchanged error:\n{said}");
+    assert_eq!(
+        passes, 0,
+        "repeats are at debug level, not logged at info:\n{said}"
+    );
 
     // The step done late: the agent notices by itself.
     ip(&["-n", &ns, "link", "del", "flannel.1"]).expect("ip link del flannel.1");
     wait_until("node2 ready", Duration::from_secs(30), || ready(&t, 1));
     assert!(link_index(&ns, "twill.1").is_some(), "twill.1 made");
+    let said = std::fs::read_to_string(&log).expect("agent.log");
+    assert!(
+        said.contains("succeeds again"),
+        "the recovery is logged:\n{said}"
+    );
     wait_until(
         "node2's route to node1 over twill.1",
         Duration::from_secs(30),

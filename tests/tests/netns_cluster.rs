@@ -360,16 +360,15 @@ fn health_endpoints_follow_readiness() {
 
     // Every reconcile fails while a foreign device holds VNI 1 on port 8472 (the kernel
     // refuses a second one): not ready, saying why; ready again once it is gone.
-    twill_tests::netns::ip_batch(
-        &ns,
-        "link del twill.1\nlink add foreign.1 type vxlan id 1 dstport 8472 dev eth0\n",
-    );
+    twill_tests::netns::foreign_device_takes_twills_vni(&ns, "foreign.1");
     wait_until(
         "not ready while reconciles fail",
         Duration::from_secs(15),
         || {
             let r = get("/readyz");
-            r.starts_with("HTTP/1.1 503") && r.contains("last reconcile failed")
+            r.starts_with("HTTP/1.1 503")
+                && r.contains("last reconcile failed")
+                && r.contains("device foreign.1 already uses VNI 1 on UDP port 8472")
         },
     );
     let m = get("/metrics");

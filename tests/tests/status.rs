@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_sandbox::Topology;
-use twill_tests::netns::{ip_batch, root_or_skip, wait_until};
+use twill_tests::netns::{foreign_device_takes_twills_vni, root_or_skip, wait_until};
 use twill_tests::twill_binary;
 
 /// `twill status --json`'s nodes, by name: (healthy, problem).
@@ -61,10 +61,7 @@ fn status_flags_an_agent_whose_reconciles_fail_before_its_next_report_is_due() {
 
     // A foreign device holding VNI 1 on port 8472 keeps twill from recreating its own.
     let ns = t.nodes[0].ns.clone();
-    ip_batch(
-        &ns,
-        "link del twill.1\nlink add foreign.1 type vxlan id 1 dstport 8472 dev eth0\n",
-    );
+    foreign_device_takes_twills_vni(&ns, "foreign.1");
     let broke = Instant::now();
     wait_until(
         "node1 unhealthy in twill status",

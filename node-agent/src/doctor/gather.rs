@@ -151,6 +151,7 @@ pub async fn gather(o: &Options) -> Result<Facts, GatherError> {
         .map_err(|e| e.to_string());
     let cluster = ask_controller(&settings, o).await;
     let observed = kernel.observe().await.map_err(|e| e.to_string());
+    let vxlan_devices = kernel.vxlan_devices().await.unwrap_or_default();
     let sources = crate::agent::source_tables_now(&kernel, &specs)
         .await
         .map_err(|e| e.to_string());
@@ -205,6 +206,7 @@ pub async fn gather(o: &Options) -> Result<Facts, GatherError> {
         cluster,
         local,
         observed,
+        vxlan_devices,
         sources,
         subnet_env,
         mtus,

@@ -107,6 +107,7 @@ fn healthy_with(config: pb::NetworkConfig) -> Facts {
         cluster: Ok(cluster.clone()),
         local: Ok(local()),
         observed: Ok(Observed::default()),
+        vxlan_devices: Vec::new(),
         sources: Ok((SourceTables::default(), vec![])),
         subnet_env: Ok(NodeSubnet {
             network: NET.parse().unwrap(),
@@ -557,7 +558,7 @@ fn bgp_keeps_the_speakers_routes_and_wants_every_leased_subnet() {
             Op::AddRoute(route("10.244.3.0/24", "192.0.2.3")),
         ]
     );
-    let fs = differences(&ops, &d, &o, &Owners::of(&e));
+    let fs = differences(&ops, &d, &o, &[], &Owners::of(&e));
     assert!(fs[1].what.ends_with("(node3's subnet)"), "{}", fs[1].what);
 }
 
@@ -672,4 +673,81 @@ fn json_has_healthy_and_every_finding() {
     assert!(list
         .iter()
         .any(|x| x["check"] == "forwarding" && x["severity"] == "problem"));
+}
+
+#[test]
+fn a_missing_device_whose_vni_and_port_another_holds_names_the_holder() {
+    let mut f = healthy_facts();
+    let Ok(o) = &f.observed else { panic!() };
+    let want = o.links[0].clone();
+    f.observed = Ok(Observed::default());
+    f.vxlan_devices = vec![reconcile::VxlanDevice {
+        name: "flannel.1".into(),
+        vni: want.vni,
+        port: want.port,
+    }];
+    let device = |fs: &[Finding]| {
+        problems(fs)
+            .into_iter()
+            .find(|p| p.what.starts_with("missing: VXLAN device twill.1"))
+            .cloned()
+            .expect("the missing device is a problem")
+    };
+    let p = device(&diagnose(&f));
+    assert!(
+        p.what.contains("device flannel.1 holds that VNI and port"),
+        "{}",
+        p.what
+    );
+    assert!(p.advice.contains("ip link del flannel.1"), "{}", p.advice);
+    // What would be on the device is folded into its finding, not listed entry by entry.
+    let fs = diagnose(&f);
+    let on_it: Vec<&Finding> = problems(&fs)
+        .into_iter()
+        .filter(|x| x.what.contains("twill.1"))
+        .collect();
+    assert_eq!(on_it.len(), 1, "{}", render_text(&fs));
+    assert!(
+        p.what.ends_with("; 7 entries on it missing with it"),
+        "address, 2 neighbours, 2 FDB entries, 2 routes: {}",
+        p.what
+    );
+
+    // On another port it is no obstacle: the usual advice.
+    f.vxlan_devices[0].port = want.port.wrapping_add(1);
+    let p = device(&diagnose(&f));
+    assert!(!p.what.contains("flannel.1"), "{}", p.what);
+    assert!(p.advice.starts_with("restart twill agent"), "{}", p.advice);
+}
+
+#[test]
+fn the_agents_own_readyz_speaks_for_readiness_over_its_older_report() {
+    // The last report says not ready (sent before the lease came); /readyz now says ready.
+    let mut f = healthy_facts();
+    if let Ok(c) = &mut f.cluster {
+        c.health[0] = report("node1", false, false, 800);
+    }
+    f.readyz = Some(Readyz {
+        addr: "127.0.0.1:9421".into(),
+        answer: Ok((200, "ready\n".into())),
+    });
+    let fs = diagnose(&f);
+    assert!(healthy(&fs), "{}", render_text(&fs));
+    assert!(render_text(&fs).contains("its readiness is /readyz's below"));
+
+    // And the other way: an older "ready" report does not hide what /readyz says now.
+    let mut f = healthy_facts();
+    f.readyz = Some(Readyz {
+        addr: "127.0.0.1:9421".into(),
+        answer: Ok((503, "not ready: last reconcile failed: File exists".into())),
+    });
+    let p = only_problem(&diagnose(&f), "readyz").clone();
+    assert!(p.what.contains("File exists"), "{}", p.what);
+
+    // Nothing answers locally: the report is all there is, and it counts.
+    f.readyz = None;
+    if let Ok(c) = &mut f.cluster {
+        c.health[0] = report("node1", false, false, 800);
+    }
+    only_problem(&diagnose(&f), "agent");
 }

@@ -424,6 +424,14 @@ pub enum Command {
     },
     /// The CA and join tokens ([`crate::trust`]); appended last, so older log entries decode.
     Trust(crate::trust::TrustCommand),
+    /// Acquire by an agent that names its instance (a random id kept in its state directory),
+    /// so that a second agent under the same node name cannot take a live lease silently.
+    /// Appended after `Trust` for the same reason; agents that send no instance use `Acquire`.
+    AcquireAs {
+        args: AcquireArgs,
+        now: Millis,
+        instance: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -535,6 +543,19 @@ pub enum AllocError {
     NoReservation(String),
     #[error(transparent)]
     Trust(#[from] crate::trust::TrustError),
+    /// Last, so answers kept in older snapshots' dedup tables decode.
+    #[error(
+        "node {node}'s lease ({subnet}) is held by another agent, at {holder_ip}, and is live \
+         for {expires_in_s} s more: two agents under one node name would take each other's \
+         traffic. Give this agent its own --node-name or stop the other one; if that machine is \
+         gone for good, free the lease with `twill release {node}` (or wait for it to expire)"
+    )]
+    HeldByAnother {
+        node: String,
+        subnet: String,
+        holder_ip: Ipv4Addr,
+        expires_in_s: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -605,6 +626,8 @@ pub struct Allocator {
     /// The revision at which the configuration was last set; 0 when unknown (restored from a
     /// snapshot older than this field).
     config_revision: u64,
+    /// The agent instance holding each lease, for the leases acquired by agents that name one.
+    instances: BTreeMap<String, String>,
 }
 
 fn check_node_name(n: &str) -> Result<(), AllocError> {
@@ -635,6 +658,19 @@ impl Allocator {
 
     pub fn set_config_revision(&mut self, r: u64) {
         self.config_revision = r;
+    }
+
+    /// The instance holding each lease; kept beside the snapshot like `config_revision`.
+    pub fn instances(&self) -> &BTreeMap<String, String> {
+        &self.instances
+    }
+
+    /// Restores [`Allocator::instances`], keeping only entries for leases that exist.
+    pub fn set_instances(&mut self, instances: BTreeMap<String, String>) {
+        self.instances = instances
+            .into_iter()
+            .filter(|(n, _)| self.leases.contains_key(n))
+            .collect();
     }
 
     pub fn last_now(&self) -> Millis {
@@ -704,9 +740,10 @@ impl Allocator {
         }
         let mut events = Vec::new();
         match req.command {
-            Command::Acquire { now, .. } | Command::Renew { now, .. } | Command::Expire { now } => {
-                self.last_now = self.last_now.max(now)
-            }
+            Command::Acquire { now, .. }
+            | Command::AcquireAs { now, .. }
+            | Command::Renew { now, .. }
+            | Command::Expire { now } => self.last_now = self.last_now.max(now),
             _ => {}
         }
         let result = self.apply_command(&req.command, &mut events);
@@ -749,7 +786,12 @@ impl Allocator {
                 config,
                 only_if_absent,
             } => self.set_config(config, *only_if_absent, events),
-            Command::Acquire { args, now } => self.acquire(args, *now, events),
+            Command::Acquire { args, now } => self.acquire(args, *now, "", events),
+            Command::AcquireAs {
+                args,
+                now,
+                instance,
+            } => self.acquire(args, *now, instance, events),
             Command::Renew {
                 node,
                 create_revision,
@@ -877,10 +919,12 @@ impl Allocator {
         Ok(Outcome::Config(config.clone()))
     }
 
+    /// `instance` is the asking agent's ("" for an agent that names none).
     fn acquire(
         &mut self,
         a: &AcquireArgs,
         now: Millis,
+        instance: &str,
         events: &mut Vec<RevEvent>,
     ) -> Result<Outcome, AllocError> {
         let (cfg, (v4, v6)) = match (&self.config, &self.pools) {
@@ -893,8 +937,22 @@ impl Allocator {
         }
         let expires_at = now.saturating_add(cfg.lease_ttl_ms);
 
-        // Rule 1: a node that holds a lease gets it back, refreshed with what it says now.
+        // Rule 1: a node that holds a lease gets it back, refreshed with what it says now. Unless
+        // another agent holds it from elsewhere: the same instance is the agent restarted or its
+        // address changed; another instance at the same public IP is that machine with its state
+        // lost; another instance at another address is a second machine under the same name,
+        // which would take the first one's traffic.
         if let Some(cur) = self.leases.get(&a.node).cloned() {
+            if let Some(holder) = self.instances.get(&a.node) {
+                if holder != instance && cur.public_ip != a.public_ip {
+                    return Err(AllocError::HeldByAnother {
+                        node: a.node.clone(),
+                        subnet: cur.subnet.to_string(),
+                        holder_ip: cur.public_ip,
+                        expires_in_s: cur.expires_at.saturating_sub(now) / 1000,
+                    });
+                }
+            }
             let mut l = cur;
             l.public_ip = a.public_ip;
             l.public_ipv6 = a.public_ipv6;
@@ -916,6 +974,7 @@ impl Allocator {
             self.emit(events, Event::Put(l.clone()));
             self.index_insert(&l);
             self.leases.insert(a.node.clone(), l.clone());
+            self.hold_for(&a.node, instance);
             return Ok(Outcome::Lease(l));
         }
 
@@ -1003,7 +1062,17 @@ impl Allocator {
         self.emit(events, Event::Put(lease.clone()));
         self.index_insert(&lease);
         self.leases.insert(a.node.clone(), lease.clone());
+        self.hold_for(&a.node, instance);
         Ok(Outcome::Lease(lease))
+    }
+
+    /// Records who holds `node`'s lease now. An agent that names no instance (an older one)
+    /// leaves the record as it is: it holds the lease only because its address matched.
+    fn hold_for(&mut self, node: &str, instance: &str) {
+        if !instance.is_empty() {
+            self.instances
+                .insert(node.to_string(), instance.to_string());
+        }
     }
 
     fn pick_v6(&self, p6: &Pool, wanted: Option<Ipv6Net>) -> Result<Ipv6Net, AllocError> {
@@ -1105,6 +1174,7 @@ impl Allocator {
     }
 
     fn remove_lease(&mut self, node: &str, reason: DeleteReason, events: &mut Vec<RevEvent>) {
+        self.instances.remove(node);
         if let Some(l) = self.leases.remove(node) {
             self.by_subnet
                 .remove(&(u32::from(l.subnet.network()) as u128));
@@ -1265,6 +1335,60 @@ mod tests {
         })
         .0
         .result
+    }
+
+    #[test]
+    fn a_second_machine_under_a_held_name_is_refused_until_the_lease_is_freed() {
+        let mut a = with_config(Backend::HostGw);
+        let ask = |a: &mut Allocator, instance: &str, ip: u8, now: Millis| {
+            let args = AcquireArgs {
+                node: "n1".into(),
+                public_ip: Ipv4Addr::new(192, 0, 2, ip),
+                public_ipv6: None,
+                backend_data: BTreeMap::new(),
+                wanted_subnet: None,
+                wanted_ipv6_subnet: None,
+            };
+            a.apply(&Request {
+                request_id: None,
+                command: Command::AcquireAs {
+                    args,
+                    now,
+                    instance: instance.into(),
+                },
+            })
+            .0
+            .result
+        };
+        let subnet = |o: Result<Outcome, AllocError>| match o {
+            Ok(Outcome::Lease(l)) => l.subnet,
+            other => panic!("no lease: {other:?}"),
+        };
+        let first = subnet(ask(&mut a, "one", 1, 1_000));
+        // The same agent, restarted or moved to another address: its lease.
+        assert_eq!(subnet(ask(&mut a, "one", 1, 2_000)), first);
+        assert_eq!(subnet(ask(&mut a, "one", 5, 3_000)), first);
+        // Another machine under the name: refused, nothing changed.
+        let before = a.snapshot().leases;
+        let e = ask(&mut a, "two", 9, 4_000).expect_err("a second machine");
+        assert!(
+            matches!(e, AllocError::HeldByAnother { holder_ip, .. } if holder_ip == Ipv4Addr::new(192, 0, 2, 5))
+        );
+        let text = e.to_string();
+        assert!(text.contains("twill release n1"), "{text}");
+        assert_eq!(a.snapshot().leases, before);
+        assert_eq!(a.instances().get("n1").map(String::as_str), Some("one"));
+        // The machine that holds it, its state lost (another instance, the same address).
+        assert_eq!(subnet(ask(&mut a, "three", 5, 5_000)), first);
+        assert_eq!(a.instances().get("n1").map(String::as_str), Some("three"));
+        // Once the lease is gone, the name is free for anyone.
+        let (r, _) = a.apply(&Request {
+            request_id: None,
+            command: Command::Release { node: "n1".into() },
+        });
+        assert!(r.result.is_ok());
+        assert!(a.instances().is_empty());
+        assert!(ask(&mut a, "two", 9, 6_000).is_ok());
     }
 
     #[test]

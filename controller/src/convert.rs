@@ -252,6 +252,19 @@ pub fn acquire_args(r: &v1::AcquireRequest) -> Result<AcquireArgs, InputError> {
     })
 }
 
+/// The asking agent's instance id ("" for an agent that names none): short and plain, since it
+/// is kept in the replicated state for as long as the lease lives.
+pub fn instance(s: &str) -> Result<String, InputError> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if s.len() > 64 || !s.chars().all(plain) {
+        return Err(bad(
+            "instance",
+            format!("{} is not 1-64 of A-Z, a-z, 0-9, '-' and '_'", quote(s)),
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// Backend data is opaque to the controller but copied into every lease and event: bounded in
 /// entries and bytes, keys shaped like Kubernetes label names so they print cleanly.
 fn backend_data(
@@ -315,9 +328,10 @@ pub fn reserve_subnet(s: &str) -> Result<Ipv4Net, InputError> {
 /// The gRPC code that tells a client what to do about an allocator error.
 pub fn alloc_status(e: &AllocError) -> Status {
     let code = match e {
-        AllocError::NoConfig | AllocError::WouldOrphan(_) | AllocError::LeaseMismatch { .. } => {
-            Code::FailedPrecondition
-        }
+        AllocError::NoConfig
+        | AllocError::WouldOrphan(_)
+        | AllocError::LeaseMismatch { .. }
+        | AllocError::HeldByAnother { .. } => Code::FailedPrecondition,
         AllocError::Config(_)
         | AllocError::NodeName(_)
         | AllocError::PublicIp(_)

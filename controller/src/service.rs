@@ -300,11 +300,21 @@ impl controller_server::Controller for ControllerService {
         self.write(
             req,
             |r| {
+                let args = convert::acquire_args(r)?;
+                let instance = convert::instance(&r.instance)?;
+                let now = self.m.clock.now_ms();
                 Ok(alloc::Request {
                     request_id: request_id(&r.request_id)?,
-                    command: Command::Acquire {
-                        args: convert::acquire_args(r)?,
-                        now: self.m.clock.now_ms(),
+                    // Older members know only `Acquire`: it stays the form for agents that
+                    // name no instance.
+                    command: if instance.is_empty() {
+                        Command::Acquire { args, now }
+                    } else {
+                        Command::AcquireAs {
+                            args,
+                            now,
+                            instance,
+                        }
                     },
                 })
             },

@@ -46,6 +46,16 @@ struct Payload {
     /// Appended after the trust state; older snapshots end before it and decode as
     /// [`TrustPayload`].
     config_revision: u64,
+    /// The agent instance holding each lease; older snapshots end before it and decode as
+    /// [`RevisionPayload`].
+    instances: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RevisionPayload {
+    alloc: AllocatorSnapshot,
+    trust: crate::trust::Trust,
+    config_revision: u64,
 }
 
 #[derive(Deserialize)]
@@ -59,23 +69,34 @@ struct OldPayload {
     alloc: AllocatorSnapshot,
 }
 
-/// Decodes either shape into a restored allocator. The newer shape is tried first: an older
-/// snapshot ends where the trust state would start, which fails to decode, while the newer
-/// one would decode as the older with bytes left over.
+/// Decodes any shape into a restored allocator. The newest shape is tried first: an older
+/// snapshot ends where a newer field would start, which fails to decode, while a newer one
+/// would decode as an older with bytes left over.
 fn restore(data: &[u8]) -> Result<Allocator, String> {
-    let (alloc, trust, config_revision) = match bincode::deserialize::<Payload>(data) {
-        Ok(p) => (p.alloc, p.trust, p.config_revision),
-        Err(new) => match bincode::deserialize::<TrustPayload>(data) {
-            Ok(p) => (p.alloc, p.trust, 0),
-            Err(_) => match bincode::deserialize::<OldPayload>(data) {
-                Ok(p) => (p.alloc, crate::trust::Trust::default(), 0),
-                Err(_) => return Err(new.to_string()),
-            },
-        },
+    let p = match bincode::deserialize::<Payload>(data) {
+        Ok(p) => p,
+        Err(new) => {
+            let older = |alloc, trust, config_revision| Payload {
+                alloc,
+                trust,
+                config_revision,
+                instances: Default::default(),
+            };
+            if let Ok(p) = bincode::deserialize::<RevisionPayload>(data) {
+                older(p.alloc, p.trust, p.config_revision)
+            } else if let Ok(p) = bincode::deserialize::<TrustPayload>(data) {
+                older(p.alloc, p.trust, 0)
+            } else if let Ok(p) = bincode::deserialize::<OldPayload>(data) {
+                older(p.alloc, crate::trust::Trust::default(), 0)
+            } else {
+                return Err(new.to_string());
+            }
+        }
     };
-    let mut a = Allocator::restore(alloc).map_err(|e| e.to_string())?;
-    a.set_trust(trust);
-    a.set_config_revision(config_revision);
+    let mut a = Allocator::restore(p.alloc).map_err(|e| e.to_string())?;
+    a.set_trust(p.trust);
+    a.set_config_revision(p.config_revision);
+    a.set_instances(p.instances);
     Ok(a)
 }
 
@@ -244,6 +265,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 alloc: d.alloc.snapshot(),
                 trust: d.alloc.trust().clone(),
                 config_revision: d.alloc.config_revision(),
+                instances: d.alloc.instances().clone(),
             })
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let id = match d.last_applied {
@@ -407,9 +429,26 @@ mod tests {
             alloc: a.snapshot(),
             trust: a.trust().clone(),
             config_revision: a.config_revision(),
+            instances: a.instances().clone(),
         })
         .expect("serialize");
         assert_eq!(restore(&now).expect("restores").config_revision(), 1);
+
+        #[derive(Serialize)]
+        struct WithRevision {
+            alloc: AllocatorSnapshot,
+            trust: crate::trust::Trust,
+            config_revision: u64,
+        }
+        let with_revision = bincode::serialize(&WithRevision {
+            alloc: a.snapshot(),
+            trust: a.trust().clone(),
+            config_revision: a.config_revision(),
+        })
+        .expect("serialize");
+        let r = restore(&with_revision).expect("a snapshot from before instances restores");
+        assert_eq!(r.config_revision(), 1);
+        assert!(r.instances().is_empty());
 
         #[derive(Serialize)]
         struct Before {

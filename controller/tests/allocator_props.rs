@@ -142,6 +142,8 @@ enum Op {
         wanted: Option<Pick>,
         lag: u64,
         id: bool,
+        /// The agent instance named (`AcquireAs`), or none (`Acquire`, an older agent).
+        instance: Option<u8>,
     },
     Renew {
         node: u8,
@@ -228,8 +230,16 @@ fn op_s() -> impl Strategy<Value = Op> {
             prop::option::weighted(0.6, pick_s()),
             lag_s(),
             any::<bool>(),
+            prop::option::weighted(0.7, 0u8..3),
         )
-            .prop_map(|(node, ip, wanted, lag, id)| Op::Acquire { node, ip, wanted, lag, id }),
+            .prop_map(|(node, ip, wanted, lag, id, instance)| Op::Acquire {
+                node,
+                ip,
+                wanted,
+                lag,
+                id,
+                instance
+            }),
         3 => (node_s(), 0u8..3, lag_s(), any::<bool>())
             .prop_map(|(node, which, lag, id)| Op::Renew { node, which, lag, id }),
         2 => (node_s(), any::<bool>()).prop_map(|(node, id)| Op::Release { node, id }),
@@ -338,21 +348,28 @@ impl Sim {
                 wanted,
                 lag,
                 id,
+                instance,
             } => {
                 let mut backend_data = BTreeMap::new();
                 backend_data.insert("vtep_mac".to_string(), format!("02:00:00:00:00:{i:02x}"));
+                let args = AcquireArgs {
+                    node: name(*node),
+                    public_ip: ip(*i),
+                    public_ipv6: None,
+                    backend_data,
+                    wanted_subnet: wanted.as_ref().map(|p| self.resolve_pick(p)),
+                    wanted_ipv6_subnet: None,
+                };
+                let now = self.clock.saturating_sub(*lag);
                 (
                     self.id(*id),
-                    Command::Acquire {
-                        args: AcquireArgs {
-                            node: name(*node),
-                            public_ip: ip(*i),
-                            public_ipv6: None,
-                            backend_data,
-                            wanted_subnet: wanted.as_ref().map(|p| self.resolve_pick(p)),
-                            wanted_ipv6_subnet: None,
+                    match instance {
+                        None => Command::Acquire { args, now },
+                        Some(k) => Command::AcquireAs {
+                            args,
+                            now,
+                            instance: format!("agent-{k}"),
                         },
-                        now: self.clock.saturating_sub(*lag),
                     },
                 )
             }
@@ -436,21 +453,30 @@ impl Sim {
         }
     }
 
+    /// An acquire by the agent that holds `node`'s lease, if any (the instance on record), from
+    /// an address of its own.
     fn acquire(&mut self, node: &str, wanted: Option<Ipv4Net>) -> Result<Step, TestCaseError> {
         let id = self.id(true);
+        let args = AcquireArgs {
+            node: node.into(),
+            public_ip: Ipv4Addr::new(198, 51, 100, 7),
+            public_ipv6: None,
+            backend_data: BTreeMap::new(),
+            wanted_subnet: wanted,
+            wanted_ipv6_subnet: None,
+        };
+        let now = self.clock;
+        let command = match self.alloc.instances().get(node) {
+            Some(instance) => Command::AcquireAs {
+                args,
+                now,
+                instance: instance.clone(),
+            },
+            None => Command::Acquire { args, now },
+        };
         self.apply(Request {
             request_id: id,
-            command: Command::Acquire {
-                args: AcquireArgs {
-                    node: node.into(),
-                    public_ip: Ipv4Addr::new(198, 51, 100, 7),
-                    public_ipv6: None,
-                    backend_data: BTreeMap::new(),
-                    wanted_subnet: wanted,
-                    wanted_ipv6_subnet: None,
-                },
-                now: self.clock,
-            },
+            command,
         })
     }
 
@@ -561,6 +587,12 @@ fn check_state(a: &Allocator) -> Result<(), TestCaseError> {
         prop_assert!(false, "check_invariants: {e}\n{}", show(a));
     }
     let leases: Vec<&Lease> = a.leases().collect();
+    for node in a.instances().keys() {
+        prop_assert!(
+            a.lease(node).is_some(),
+            "an instance recorded for {node}, which holds no lease"
+        );
+    }
     let Some(cfg) = a.config() else {
         prop_assert!(leases.is_empty(), "leases without a config\n{}", show(a));
         return Ok(());
@@ -749,6 +781,7 @@ fn check_step(
             "a refused command changed state: {:?}",
             resp
         );
+        prop_assert_eq!(after.instances(), before.instances());
     }
 
     let cfg = before.config();
@@ -757,7 +790,30 @@ fn check_step(
             config: new,
             only_if_absent,
         } => check_set_config(before, new, *only_if_absent, resp, events, after)?,
-        Command::Acquire { args, now } => check_acquire(before, args, *now, resp)?,
+        Command::Acquire { args, now } => {
+            if held_elsewhere(before, args, "") {
+                return refused_elsewhere(resp, before);
+            }
+            check_acquire(before, args, *now, resp)?;
+            // An agent that names no instance changes no record of one.
+            prop_assert_eq!(
+                after.instances().get(&args.node),
+                before.instances().get(&args.node)
+            );
+        }
+        Command::AcquireAs {
+            args,
+            now,
+            instance,
+        } => {
+            if held_elsewhere(before, args, instance) {
+                return refused_elsewhere(resp, before);
+            }
+            check_acquire(before, args, *now, resp)?;
+            if resp.result.is_ok() {
+                prop_assert_eq!(after.instances().get(&args.node), Some(instance));
+            }
+        }
         Command::Renew {
             node,
             create_revision,
@@ -962,6 +1018,31 @@ fn check_set_config(
         events
     );
     Ok(())
+}
+
+/// Whether `args` come from a second machine under the node's name: the live lease is held by
+/// another instance than `instance` ("" for none), from another address. The checks before
+/// Rule 1 (configuration, name, address) come first.
+fn held_elsewhere(before: &Allocator, args: &AcquireArgs, instance: &str) -> bool {
+    before.config().is_some()
+        && valid_name(&args.node)
+        && usable_ip(args.public_ip)
+        && before.lease(&args.node).is_some_and(|held| {
+            held.public_ip != args.public_ip
+                && before
+                    .instances()
+                    .get(&args.node)
+                    .is_some_and(|h| h != instance)
+        })
+}
+
+fn refused_elsewhere(resp: &Response, before: &Allocator) -> Result<(), TestCaseError> {
+    expect_err(
+        resp,
+        "HeldByAnother",
+        |e| matches!(e, AllocError::HeldByAnother { .. }),
+        before,
+    )
 }
 
 fn check_acquire(
@@ -1334,6 +1415,9 @@ proptest! {
         let bytes = bincode::serialize(&snap).expect("encode");
         let decoded: AllocatorSnapshot = bincode::deserialize(&bytes).expect("decode");
         let mut copy = Allocator::restore(decoded).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // Kept beside the snapshot, as the state machine's payload does.
+        copy.set_instances(sim.alloc.instances().clone());
+        prop_assert_eq!(copy.instances(), sim.alloc.instances());
         prop_assert_eq!(copy.snapshot(), snap);
         prop_assert_eq!(copy.revision(), sim.alloc.revision());
         prop_assert_eq!(copy.config(), sim.alloc.config());
@@ -1350,6 +1434,7 @@ proptest! {
             prop_assert_eq!(&events, &st.events, "events diverged on {:?}", &st.req);
         }
         prop_assert_eq!(copy.snapshot(), sim.alloc.snapshot());
+        prop_assert_eq!(copy.instances(), sim.alloc.instances());
     }
 
     /// Property 7: the same request applied twice (right away, and again after other writes)

@@ -545,16 +545,15 @@ pub enum AllocError {
     Trust(#[from] crate::trust::TrustError),
     /// Last, so answers kept in older snapshots' dedup tables decode.
     #[error(
-        "node {node}'s lease ({subnet}) is held by another agent, at {holder_ip}, and is live \
-         for {expires_in_s} s more: two agents under one node name would take each other's \
-         traffic. Give this agent its own --node-name or stop the other one; if that machine is \
-         gone for good, free the lease with `twill release {node}` (or wait for it to expire)"
+        "node {node}'s lease ({subnet}) is held by another agent, at {holder_ip}, and is live: \
+         two agents under one node name would take each other's traffic. Give this agent its \
+         own --node-name or stop the other one; if that machine is gone for good, free the \
+         lease with `twill release {node}` (or wait for it to expire)"
     )]
     HeldByAnother {
         node: String,
         subnet: String,
         holder_ip: Ipv4Addr,
-        expires_in_s: u64,
     },
 }
 
@@ -949,7 +948,6 @@ impl Allocator {
                         node: a.node.clone(),
                         subnet: cur.subnet.to_string(),
                         holder_ip: cur.public_ip,
-                        expires_in_s: cur.expires_at.saturating_sub(now) / 1000,
                     });
                 }
             }

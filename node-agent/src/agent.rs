@@ -800,6 +800,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         client: client.clone(),
         id: identity_rx,
         state_dir: opts.state_dir.clone(),
+        instance: crate::lease::instance(&opts.state_dir),
+        health: health.clone(),
         // Until the cluster's configuration is read, after the first lease.
         lease_ttl: Duration::from_secs(60),
         tx: lease_tx,

@@ -27,6 +27,8 @@ pub struct Health {
     pub reconciled_at_ms: u64,
     /// The running backend's name.
     pub backend_name: Option<&'static str>,
+    /// Why the controller gave no lease at the last try, while none is held.
+    pub lease_refused: Option<String>,
 }
 
 impl Health {
@@ -165,7 +167,10 @@ pub async fn report(
 pub fn readiness(h: &Health, now: Instant) -> Readiness {
     let mut why = Vec::new();
     match h.lease_valid_until {
-        None => why.push("no lease held".to_string()),
+        None => why.push(match &h.lease_refused {
+            Some(e) => format!("no lease held: {e}"),
+            None => "no lease held".to_string(),
+        }),
         Some(t) if now >= t => {
             why.push("lease expired: the controller has not renewed it in time".to_string())
         }
@@ -201,6 +206,7 @@ mod tests {
             subnet_env_written: true,
             reconciled_at_ms: 1,
             backend_name: Some("vxlan"),
+            lease_refused: None,
         }
     }
 
@@ -219,6 +225,22 @@ mod tests {
         assert_eq!(s.problems.len(), 1);
         assert!(s.problems[0].len() <= 512 && s.problems[0].ends_with("..."));
         assert!(s.reconcile_at_ms > 1);
+    }
+
+    #[test]
+    fn a_refused_lease_says_why() {
+        let now = Instant::now();
+        let h = Health {
+            lease_refused: Some("node n1's lease is held by another agent".into()),
+            ..healthy(now)
+        };
+        assert_eq!(readiness(&h, now), Readiness::Ready, "a lease is held");
+        let h = Health {
+            lease_valid_until: None,
+            ..h
+        };
+        assert!(matches!(readiness(&h, now), Readiness::NotReady(w)
+            if w[0] == "no lease held: node n1's lease is held by another agent"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! stays published to the agent meanwhile, so no route is removed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -34,6 +34,55 @@ pub fn load_state(dir: &Path) -> Option<String> {
     let s = std::fs::read_to_string(dir.join("subnet")).ok()?;
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
+}
+
+/// This agent's instance id: a random id kept in the state directory (`instance`), made on the
+/// first start. The controller tells the same agent restarted (same id) from a second machine
+/// under the same node name (another id, another address), which it refuses a live lease. If
+/// the id cannot be kept, one for this run is used, with a warning: a restart then looks like
+/// another machine unless it comes from the same address.
+pub fn instance(dir: &Path) -> String {
+    let path = dir.join("instance");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if !s.is_empty() && s.len() <= 64 && s.chars().all(plain) {
+            return s.to_string();
+        }
+        tracing::warn!(file = %path.display(), "instance id unreadable; making a new one");
+    }
+    let id = random_id();
+    let saved = std::fs::create_dir_all(dir).and_then(|()| {
+        let tmp = dir.join(".instance.tmp");
+        std::fs::write(&tmp, format!("{id}\n"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(tmp, &path)
+    });
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, file = %path.display(), "cannot keep the instance id; using one for this run");
+    }
+    id
+}
+
+/// 128 random bits in hex, from the kernel; from std's randomly keyed hasher if
+/// `/dev/urandom` cannot be read.
+fn random_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let from_kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if from_kernel.is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for half in b.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn save_state(dir: &Path, subnet: &str) -> std::io::Result<()> {
@@ -65,6 +114,10 @@ pub struct Keeper {
     /// The identity to acquire with; a change while a lease is held acquires it again.
     pub id: watch::Receiver<Identity>,
     pub state_dir: PathBuf,
+    /// See [`instance`].
+    pub instance: String,
+    /// Why the last acquire failed, for readiness; cleared once a lease is held.
+    pub health: Arc<Mutex<crate::health::Health>>,
     pub lease_ttl: Duration,
     pub tx: watch::Sender<Option<pb::Lease>>,
     /// Until when the lease held is known to be valid, on this host's monotonic clock; moved
@@ -78,6 +131,14 @@ fn valid_for(lease: &pb::Lease, ttl: Duration) -> Duration {
 }
 
 impl Keeper {
+    /// Records why no lease could be had (`None`: one is held); whether that is news.
+    fn refused(&self, why: Option<String>) -> bool {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let news = h.lease_refused != why;
+        h.lease_refused = why;
+        news
+    }
+
     async fn acquire(&mut self) -> Result<pb::Lease, ClientError> {
         let id = self.id.borrow_and_update().clone();
         let wanted = load_state(&self.state_dir).unwrap_or_default();
@@ -87,6 +148,7 @@ impl Keeper {
             public_ipv6: id.public_ipv6.map(|a| a.to_string()).unwrap_or_default(),
             wanted_subnet: wanted.clone(),
             backend_data: id.backend_data.into_iter().collect(),
+            instance: self.instance.clone(),
             ..Default::default()
         };
         req.backend_data
@@ -160,6 +222,7 @@ impl Keeper {
                 None => match self.acquire().await {
                     Ok(l) => {
                         tracing::info!(node = %l.node, subnet = %l.subnet, reason = %l.reason, "lease acquired");
+                        self.refused(None);
                         // Renewals are paced by the cluster's TTL; keep the last one known if
                         // the configuration cannot be read now.
                         if let Ok(c) = self.client.get_config().await {
@@ -182,7 +245,16 @@ impl Keeper {
                         None
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot acquire a lease");
+                        let why = match &e {
+                            ClientError::Status(s) => s.message().to_string(),
+                            other => other.to_string(),
+                        };
+                        // Said once per reason: a refusal that stands is retried quietly.
+                        if self.refused(Some(why)) {
+                            tracing::warn!(error = %e, retry_in = ?backoff, "cannot acquire a lease");
+                        } else {
+                            tracing::debug!(error = %e, retry_in = ?backoff, "cannot acquire a lease (still)");
+                        }
                         None
                     }
                 },
@@ -240,6 +312,25 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_id_is_kept_and_a_damaged_one_replaced() {
+        let dir = tempfile::tempdir().expect("dir");
+        let first = instance(dir.path());
+        assert_eq!(first.len(), 32);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        assert_eq!(
+            instance(dir.path()),
+            first,
+            "a restart is the same instance"
+        );
+        let other = tempfile::tempdir().expect("dir");
+        assert_ne!(instance(other.path()), first, "another machine is another");
+        std::fs::write(dir.path().join("instance"), "not an id!\n").expect("write");
+        let new = instance(dir.path());
+        assert_ne!(new, first);
+        assert_eq!(instance(dir.path()), new);
+    }
 
     #[test]
     fn an_unconfigured_cluster_is_waited_for_and_other_refusals_are_not() {

@@ -86,7 +86,10 @@ impl fmt::Debug for DiskFaults {
         f.debug_struct("DiskFaults")
             .field("fail_sync", &self.0.fail_sync.load(Ordering::Relaxed))
             .field("fail_writes", &self.0.fail_writes.load(Ordering::Relaxed))
-            .field("sync_delay_ms", &self.0.sync_delay_ms.load(Ordering::Relaxed))
+            .field(
+                "sync_delay_ms",
+                &self.0.sync_delay_ms.load(Ordering::Relaxed),
+            )
             .field("counts", &self.counts())
             .finish()
     }

@@ -295,13 +295,23 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
-    tokio::select! {
+    let member = running.member.clone();
+    let fatal = tokio::select! {
         r = running.wait() => {
             r.context("gRPC server failed")?;
             bail!("gRPC server stopped unexpectedly");
         }
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        // A member whose disk failed must not linger half alive: exit non-zero, so the
+        // service manager (Restart=on-failure) starts it again from its data directory.
+        e = member.fatal() => Some(e),
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); None }
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+    };
+    drop(member);
+    if let Some(e) = fatal {
+        tracing::error!(error = %e, "Raft stopped on a storage error; exiting");
+        running.shutdown().await;
+        bail!("Raft stopped: {e}");
     }
     running.shutdown().await;
     tracing::info!("stopped");

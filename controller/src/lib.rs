@@ -4,6 +4,7 @@
 //! - [`allocator`]: the deterministic state machine (leases, reservations, configuration);
 //! - [`batch`]: group commit, many client writes per Raft entry;
 //! - [`log_store`]: the Raft log and vote, persisted in redb;
+//! - [`disk`]: disk faults under the log and snapshots, for tests;
 //! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
 //! - [`trust`]: the cluster's CA and join tokens, replicated with the leases;
 //! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
@@ -27,6 +28,7 @@ pub mod batch;
 pub mod certs;
 pub mod clock;
 pub mod convert;
+pub mod disk;
 pub mod health;
 pub mod leader;
 pub mod log_store;

@@ -21,8 +21,10 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
+use redb::backends::FileBackend;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::disk::{DiskFaults, FaultyBackend};
 use crate::{NodeId, TypeConfig};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
@@ -70,8 +72,18 @@ pub struct LogStore {
 }
 
 /// The writer thread: commits queued jobs in groups, then answers them.
-fn writer(db: Arc<Database>, pending: Pending, jobs: mpsc::Receiver<Job>) {
+///
+/// After one failed commit it commits nothing more: the file's state is unknown (after a failed
+/// fsync the page cache cannot be trusted either), so every later job is answered with that
+/// first error. It keeps answering until every handle is gone, so [`LogStore::closed`] still
+/// means the file is closed.
+fn writer(db: Arc<Database>, path: PathBuf, pending: Pending, jobs: mpsc::Receiver<Job>) {
+    let mut failed: Option<String> = None;
     while let Ok(first) = jobs.recv() {
+        if let Some(e) = &failed {
+            answer(first, e);
+            continue;
+        }
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -98,7 +110,11 @@ fn writer(db: Arc<Database>, pending: Pending, jobs: mpsc::Receiver<Job>) {
             txn.commit()?;
             Ok(())
         })();
-        let err = result.as_ref().err().map(|e| e.to_string());
+        // The path goes into the error openraft reports, so its fatal line names the file.
+        let err = result
+            .as_ref()
+            .err()
+            .map(|e| format!("Raft log {}: {e}", path.display()));
         {
             let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
             for job in &group {
@@ -128,8 +144,24 @@ fn writer(db: Arc<Database>, pending: Pending, jobs: mpsc::Receiver<Job>) {
         }
         if let Some(e) = err {
             // Later writes would land after a hole: stop, openraft then shuts the member down.
-            tracing::error!(error = %e, "Raft log write failed; the log writer stops");
-            return;
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                "Raft log write failed; nothing more is written or acknowledged until restart"
+            );
+            failed = Some(e);
+        }
+    }
+}
+
+/// Fails a job the poisoned writer will not commit.
+fn answer(job: Job, e: &str) {
+    match job {
+        Job::Append { callback, .. } => callback.log_io_completed(Err(std::io::Error::other(
+            format!("{e} (an earlier write failed; not written)"),
+        ))),
+        Job::Write { done, .. } => {
+            let _ = done.send(Err(format!("{e} (an earlier write failed; not written)")));
         }
     }
 }
@@ -149,20 +181,43 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Er
 impl LogStore {
     /// Opens (or creates) the log at `path`. A damaged file is an error, never replaced.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
-        let db = Database::create(path).map_err(|e| OpenError::Open {
+        Self::open_with(path, None)
+    }
+
+    /// As [`LogStore::open`]; with `faults`, every write and fsync of the file obeys them
+    /// (tests only). A file left by a crash is repaired by redb here, back to its last whole
+    /// commit.
+    pub fn open_with(path: &Path, faults: Option<DiskFaults>) -> Result<Self, OpenError> {
+        let open_err = |e: redb::Error| OpenError::Open {
             path: path.to_path_buf(),
-            source: e.into(),
-        })?;
+            source: e,
+        };
+        let db = match faults {
+            None => Database::create(path).map_err(|e| open_err(e.into()))?,
+            Some(faults) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(|e| open_err(redb::Error::Io(e)))?;
+                let backend = FileBackend::new(file).map_err(|e| open_err(e.into()))?;
+                Database::builder()
+                    .create_with_backend(FaultyBackend::new(backend, faults))
+                    .map_err(|e| open_err(e.into()))?
+            }
+        };
         let db = Arc::new(db);
         let pending: Pending = Arc::default();
         let (tx, rx) = mpsc::channel();
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         {
-            let (db, pending) = (db.clone(), pending.clone());
+            let (db, pending, p) = (db.clone(), pending.clone(), path.to_path_buf());
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
                 .spawn(move || {
-                    writer(db, pending, rx);
+                    writer(db, p, pending, rx);
                     closed_tx.send_replace(true);
                 })
                 .map_err(|e| OpenError::Open {

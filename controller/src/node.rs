@@ -74,6 +74,8 @@ pub struct Options {
     pub status_listen: Option<SocketAddr>,
     /// Faults for this member's outgoing Raft messages (chaos tests only).
     pub faults: Option<Arc<crate::network::Faults>>,
+    /// Faults under this member's Raft log and snapshot file (tests only).
+    pub disk_faults: Option<crate::disk::DiskFaults>,
     /// Watch streams this member serves at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_watches: usize,
     /// This member's certificate, key and the cluster CA: TLS on every connection, identities
@@ -108,6 +110,7 @@ impl Options {
             metrics_listen: None,
             status_listen: None,
             faults: None,
+            disk_faults: None,
             max_watches: DEFAULT_MAX_WATCHES,
             tls: None,
             ca: None,
@@ -203,6 +206,24 @@ impl Member {
     /// Resolves once this member starts shutting down.
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stopping.subscribe()
+    }
+
+    /// Resolves with the reason once Raft has stopped on an error of its own (a log or
+    /// snapshot write that failed); never after a requested shutdown. Such a member no longer
+    /// votes, appends or acknowledges anything: the process should exit and be restarted.
+    pub async fn fatal(&self) -> String {
+        let mut m = self.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow().running_state {
+                if !matches!(e, openraft::error::Fatal::Stopped) {
+                    return e.to_string();
+                }
+            }
+            if m.changed().await.is_err() {
+                // The metrics' sender is gone with Raft; whatever stopped it was reported above.
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// The leader as this member knows it.
@@ -449,9 +470,10 @@ pub async fn start_on(
         path: opts.data_dir.clone(),
         source: e,
     })?;
-    let mut log = LogStore::open(&opts.data_dir.join("raft.redb"))?;
+    let mut log = LogStore::open_with(&opts.data_dir.join("raft.redb"), opts.disk_faults.clone())?;
     let log_closed = Box::pin(log.closed());
-    let sm = StateMachine::open(&opts.data_dir, opts.watch_history)?;
+    let sm = StateMachine::open(&opts.data_dir, opts.watch_history)?
+        .with_disk_faults(opts.disk_faults.clone());
     let shared = sm.shared();
 
     let log_state = log

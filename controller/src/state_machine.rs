@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::allocator::{Allocator, AllocatorSnapshot};
 use crate::batch::Answers;
+use crate::disk::DiskFaults;
 use crate::watch::History;
 use crate::{NodeId, TypeConfig};
 
@@ -139,6 +140,8 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     dir: PathBuf,
     built: u64,
+    /// Faults the snapshot file's writes obey (tests only).
+    disk_faults: Option<DiskFaults>,
 }
 
 fn sm_err(
@@ -182,7 +185,14 @@ impl StateMachine {
             }),
             dir: dir.to_path_buf(),
             built: 0,
+            disk_faults: None,
         })
+    }
+
+    /// Sends the snapshot file's writes through `faults` (tests only).
+    pub fn with_disk_faults(mut self, faults: Option<DiskFaults>) -> Self {
+        self.disk_faults = faults;
+        self
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -229,9 +239,46 @@ fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFil
         .map_err(|e| corrupt(&e.to_string()))
 }
 
-fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<()> {
-    let body = bincode::serialize(stored).map_err(std::io::Error::other)?;
+/// A snapshot that could not be written; names the file, as the error log line must.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write snapshot {path}: {source} (the previous snapshot is kept)")]
+pub struct SnapshotWriteError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Writes the snapshot beside the old one and renames it over; on any failure the temporary
+/// file is removed and the previous snapshot is left as it was. With `faults` (tests only)
+/// every write, fsync and the rename go through them.
+fn write_snapshot_file(
+    dir: &Path,
+    stored: &StoredSnapshot,
+    faults: Option<&DiskFaults>,
+) -> Result<(), SnapshotWriteError> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let r = write_snapshot_tmp(dir, &tmp, stored, faults);
+    if r.is_err() {
+        // Best effort: a leftover temporary file is overwritten by the next attempt anyway.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map_err(|source| SnapshotWriteError {
+        path: dir.join(SNAPSHOT_FILE),
+        source,
+    })
+}
+
+fn write_snapshot_tmp(
+    dir: &Path,
+    tmp: &Path,
+    stored: &StoredSnapshot,
+    faults: Option<&DiskFaults>,
+) -> std::io::Result<()> {
+    let body = bincode::serialize(stored).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 12 + body.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&body);
     {
         // The snapshot holds BGP keys (and the cluster's CA key): readable by this user only.
         let mut f = std::fs::OpenOptions::new()
@@ -239,15 +286,24 @@ fn write_snapshot_file(dir: &Path, stored: &StoredSnapshot) -> std::io::Result<(
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&crc32fast::hash(&body).to_le_bytes())?;
-        f.write_all(&(body.len() as u64).to_le_bytes())?;
-        f.write_all(&body)?;
+            .open(tmp)?;
+        match faults {
+            None => f.write_all(&bytes)?,
+            Some(d) => d.write_all(&mut f, &bytes)?,
+        }
+        if let Some(d) = faults {
+            d.before_sync()?;
+        }
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    if let Some(d) = faults {
+        d.before_metadata_change()?;
+    }
+    std::fs::rename(tmp, dir.join(SNAPSHOT_FILE))?;
     // The rename itself must reach the disk before the log behind it is purged.
+    if let Some(d) = faults {
+        d.before_sync()?;
+    }
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -255,6 +311,7 @@ pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     dir: PathBuf,
     seq: u64,
+    disk_faults: Option<DiskFaults>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -284,11 +341,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             data,
         };
         let dir = self.dir.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored).map(|_| stored))
-                .await
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let faults = self.disk_faults.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&dir, &stored, faults.as_ref()).map(|_| stored)
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| {
+            // openraft stops the member on this error; say why first, naming the file.
+            tracing::error!(error = %e, "snapshot write failed");
+            snap_err(ErrorVerb::Write, e)
+        })?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "snapshot written");
         Ok(Snapshot {
             meta,
@@ -349,6 +412,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared: self.shared.clone(),
             dir: self.dir.clone(),
             seq: self.built,
+            disk_faults: self.disk_faults.clone(),
         }
     }
 
@@ -371,10 +435,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         };
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored))
+        let faults = self.disk_faults.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored, faults.as_ref()))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            .map_err(|e| {
+                tracing::error!(error = %e, "installing a snapshot failed");
+                snap_err(ErrorVerb::Write, e)
+            })?;
         let rev = {
             let mut d = self.shared.write();
             d.history.reset(alloc.revision());

@@ -420,6 +420,30 @@ pub fn tool_or_skip(test: &str, tool: &str) -> bool {
 /// Node → subnet of every acquisition a controller acknowledged.
 pub type Acked = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
 
+/// The lease table as `client` lists it: subnet by node.
+pub async fn lease_table(client: &Client) -> Result<BTreeMap<String, String>> {
+    Ok(client
+        .list_leases()
+        .await?
+        .leases
+        .into_iter()
+        .map(|l| (l.node, l.subnet))
+        .collect())
+}
+
+/// The acknowledged leases (node, subnet) that `client`'s member does not list as acknowledged.
+pub async fn missing_acked(
+    client: &Client,
+    acked: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>> {
+    let listed = lease_table(client).await?;
+    Ok(acked
+        .iter()
+        .filter(|(n, s)| listed.get(*n) != Some(*s))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect())
+}
+
 /// One task per client, each acquiring leases for new node names (`w<k>-<n>`) until `stop` is
 /// set and recording every acknowledged one in `acked`; a write the client gives up on fails
 /// the test with `why`. For tests that disturb a controller while it is written to.

@@ -14,11 +14,24 @@ pub struct TwillProcs {
     ports: Vec<u16>,
     extra: Vec<String>,
     children: Vec<Option<Child>>,
+    /// Members' stderr goes to `m<i>.log` beside their data directories instead of the test's.
+    logs: bool,
 }
 
 impl TwillProcs {
     /// Starts members 1..=n with data directories under `dir` and waits for a leader.
     pub async fn start(bin: &Path, n: usize, dir: &Path, extra: &[&str]) -> Result<TwillProcs> {
+        Self::start_with(bin, n, dir, extra, false).await
+    }
+
+    /// [`TwillProcs::start`], with each member's log in a file when `logs` (see [`Self::log`]).
+    pub async fn start_with(
+        bin: &Path,
+        n: usize,
+        dir: &Path,
+        extra: &[&str],
+        logs: bool,
+    ) -> Result<TwillProcs> {
         let mut ports = Vec::new();
         for _ in 0..n {
             ports.push(crate::free_port()?);
@@ -29,6 +42,7 @@ impl TwillProcs {
             ports,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             children: (0..n).map(|_| None).collect(),
+            logs,
         };
         for i in 0..n {
             p.spawn(i)?;
@@ -62,7 +76,16 @@ impl TwillProcs {
                 std::env::var("TWILL_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(if self.logs {
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.join(format!("m{}.log", i + 1)))?,
+                )
+            } else {
+                Stdio::inherit()
+            });
         let child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
@@ -75,6 +98,18 @@ impl TwillProcs {
             .iter()
             .map(|p| format!("https://127.0.0.1:{p}"))
             .collect()
+    }
+
+    /// Member `i`'s log so far (members started with logs).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("m{}.log", i + 1))).unwrap_or_default()
+    }
+
+    /// How member `i` ended, if it has exited on its own.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.children[i].as_mut()?.try_wait().ok()??;
+        self.children[i] = None;
+        Some(status)
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {

@@ -168,15 +168,7 @@ async fn a_member_whose_fsync_fails_stops_and_rejoins_once_the_disk_is_back() {
         t0.elapsed()
     );
     // Everything acknowledged in both rounds is on every member, through a linearizable read.
-    let table: BTreeMap<String, String> = cl
-        .client()
-        .list_leases()
-        .await
-        .expect("list")
-        .leases
-        .into_iter()
-        .map(|l| (l.node, l.subnet))
-        .collect();
+    let table = twill_tests::lease_table(&cl.client()).await.expect("list");
     for id in cl.members.keys() {
         assert_has(&cl, *id, &table, "end");
     }

@@ -1,7 +1,6 @@
 //! `twill controller` as a real process: SIGKILL during acquisitions loses no acknowledged
 //! lease, SIGTERM stops it cleanly, and a damaged data directory is refused by name.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -143,14 +142,7 @@ async fn sigkill_during_acquisitions_loses_no_acknowledged_lease() {
         "too few acquisitions to prove anything: {}",
         acked.len()
     );
-    let listed: BTreeMap<String, String> = client(&ctl)
-        .list_leases()
-        .await
-        .expect("list")
-        .leases
-        .into_iter()
-        .map(|l| (l.node, l.subnet))
-        .collect();
+    let listed = twill_tests::lease_table(&client(&ctl)).await.expect("list");
     for (node, subnet) in &acked {
         assert_eq!(
             listed.get(node),

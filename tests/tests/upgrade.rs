@@ -121,7 +121,6 @@ fn restarting_the_agent_removes_nothing_and_pods_keep_talking() {
 /// each member is down, and every acknowledged lease is there at the end, on every member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
-    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -173,19 +172,9 @@ async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
         .await
         .expect("all caught up");
     for id in 1..=3 {
-        let listed: BTreeMap<String, String> = cl
-            .client_of(id)
-            .list_leases()
+        let lost = twill_tests::missing_acked(&cl.client_of(id), &acked)
             .await
-            .expect("list")
-            .leases
-            .into_iter()
-            .map(|l| (l.node, l.subnet))
-            .collect();
-        let lost: Vec<_> = acked
-            .iter()
-            .filter(|(n, s)| listed.get(*n) != Some(s))
-            .collect();
+            .expect("list");
         assert!(
             lost.is_empty(),
             "member {id} lacks {} acknowledged leases: {lost:?}",

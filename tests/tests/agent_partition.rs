@@ -1,0 +1,171 @@
+//! An agent cut off from the controller (its packets to and from the controller dropped by
+//! nftables in its node's namespace), for less and for more than the lease TTL. Shorter: the
+//! lease stays, pods keep talking across the nodes throughout, and the agent is ready again
+//! once it can renew. Longer: the lease expires, the other nodes take their routes to it away
+//! and the agent says the lease expired; once the controller is reachable again it acquires the
+//! same subnet back, by itself, and pods talk again. Needs root; in CI a missing root fails it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twill_sandbox::Topology;
+use twill_tests::netns::{agent_http_get, root_or_skip, wait_until};
+use twill_tests::{cni_binary, twill_binary};
+
+const CNI_PATH: &str = "/usr/lib/cni";
+
+/// Drops everything between node `ns` and the controller, both ways.
+fn cut_off(ns: &str) {
+    let rules = "add table inet cut; \
+         add chain inet cut out { type filter hook output priority 0; }; \
+         add rule inet cut out ip daddr 192.0.2.100 drop; \
+         add chain inet cut in { type filter hook input priority 0; }; \
+         add rule inet cut in ip saddr 192.0.2.100 drop";
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", rules])
+        .status()
+        .expect("nft");
+    assert!(ok.success(), "cut off {ns}");
+}
+
+fn reconnect(ns: &str) {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "delete", "table", "inet", "cut"])
+        .status()
+        .expect("nft");
+    assert!(ok.success(), "reconnect {ns}");
+}
+
+/// A node's lease in `twill leases --json`: (subnet, create revision).
+fn lease_of(t: &Topology, node: &str) -> Option<(String, u64)> {
+    let v: Value = serde_json::from_str(&t.twill(&["leases", "--json"]).ok()?).ok()?;
+    v["leases"].as_array()?.iter().find_map(|l| {
+        (l["node"] == node).then(|| {
+            (
+                l["subnet"].as_str().unwrap_or_default().to_string(),
+                l["create_revision"].as_u64().unwrap_or_default(),
+            )
+        })
+    })
+}
+
+fn readyz(t: &Topology, i: usize) -> String {
+    agent_http_get(&t.nodes[i].ns, "/readyz")
+}
+
+/// Two nodes with a pod each, the agents serving /readyz; the controller with `ttl`.
+fn two_nodes(tag: &str, ttl: &str) -> Topology {
+    let bin = twill_binary().expect("twill");
+    let cni = cni_binary().expect("twill-cni");
+    let mut t = Topology::new(tag, 2, &bin).expect("topology");
+    t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
+    t.start_controller(&["--lease-ttl", ttl])
+        .expect("controller");
+    for i in 0..2 {
+        t.start_agent(i).expect("agent");
+    }
+    for i in 0..2 {
+        t.wait_subnet(i, Duration::from_secs(30)).expect("subnet");
+        t.add_pod(i, 0, &cni, CNI_PATH).expect("pod");
+    }
+    wait_until("pods talk", Duration::from_secs(30), || {
+        t.pod_ping(0, 1) && t.pod_ping(1, 0)
+    });
+    t
+}
+
+#[test]
+fn an_agent_cut_off_for_less_than_the_ttl_keeps_its_lease_and_its_pods_talking() {
+    if !root_or_skip("an_agent_cut_off_for_less_than_the_ttl_keeps_its_lease_and_its_pods_talking")
+    {
+        return;
+    }
+    let t = two_nodes("pcs", "20s");
+    let held = lease_of(&t, "node1").expect("node1's lease");
+    cut_off(&t.nodes[0].ns);
+    let (mut pings, mut answered) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        pings += 1;
+        if t.pod_ping(0, 1) {
+            answered += 1;
+        }
+    }
+    eprintln!("cut off for 8 s of a 20 s TTL: {answered} of {pings} pod pings answered");
+    assert_eq!(answered, pings, "pod traffic suffered from the cut");
+    assert_eq!(lease_of(&t, "node1"), Some(held.clone()), "the lease moved");
+    assert!(
+        readyz(&t, 0).starts_with("HTTP/1.1 200"),
+        "a lease still valid is still ready: {}",
+        readyz(&t, 0)
+    );
+    reconnect(&t.nodes[0].ns);
+    // It renews through the same lease once it can.
+    wait_until("node1 renews", Duration::from_secs(30), || {
+        lease_of(&t, "node1").is_some_and(|l| l == held)
+            && readyz(&t, 0).starts_with("HTTP/1.1 200")
+    });
+    assert!(t.pod_ping(0, 1) && t.pod_ping(1, 0));
+}
+
+#[test]
+fn an_agent_cut_off_past_the_ttl_loses_its_lease_and_gets_the_same_subnet_back() {
+    if !root_or_skip("an_agent_cut_off_past_the_ttl_loses_its_lease_and_gets_the_same_subnet_back")
+    {
+        return;
+    }
+    let t = two_nodes("pcl", "4s");
+    let held = lease_of(&t, "node1").expect("node1's lease");
+    let on_node2 = |t: &Topology| t.routes(1).iter().any(|r| r.starts_with(&held.0));
+    assert!(
+        on_node2(&t),
+        "node2 routes to node1's subnet: {:?}",
+        t.routes(1)
+    );
+    cut_off(&t.nodes[0].ns);
+
+    // The controller expires the lease; node2 takes its route away; node1 says why it is
+    // not ready.
+    wait_until("node1's lease expires", Duration::from_secs(30), || {
+        lease_of(&t, "node1").is_none()
+    });
+    wait_until(
+        "node2 drops its route to node1",
+        Duration::from_secs(30),
+        || !on_node2(&t),
+    );
+    let mut why = String::new();
+    wait_until("node1 is not ready", Duration::from_secs(30), || {
+        why = readyz(&t, 0);
+        why.starts_with("HTTP/1.1 503")
+    });
+    assert!(
+        why.contains("lease expired") || why.contains("no lease held"),
+        "{why}"
+    );
+
+    // Back in touch: the same subnet (from its state file, nobody took it meanwhile), a new
+    // lease instance; node2 routes to it again and the pods talk.
+    reconnect(&t.nodes[0].ns);
+    wait_until("node1 holds a lease again", Duration::from_secs(60), || {
+        lease_of(&t, "node1").is_some()
+    });
+    let again = lease_of(&t, "node1").expect("lease");
+    assert_eq!(again.0, held.0, "another subnet");
+    assert!(
+        again.1 > held.1,
+        "not a new lease: {again:?} after {held:?}"
+    );
+    wait_until(
+        "node2 routes to node1 again",
+        Duration::from_secs(30),
+        || on_node2(&t),
+    );
+    wait_until("node1 ready again", Duration::from_secs(30), || {
+        readyz(&t, 0).starts_with("HTTP/1.1 200")
+    });
+    wait_until("pods talk again", Duration::from_secs(30), || {
+        t.pod_ping(0, 1) && t.pod_ping(1, 0)
+    });
+}

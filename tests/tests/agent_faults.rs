@@ -1,9 +1,14 @@
+//! Faults around the agents, in real namespaces.
+//!
 //! An agent cut off from the controller (its packets to and from the controller dropped by
 //! nftables in its node's namespace), for less and for more than the lease TTL. Shorter: the
 //! lease stays, pods keep talking across the nodes throughout, and the agent is ready again
 //! once it can renew. Longer: the lease expires, the other nodes take their routes to it away
 //! and the agent says the lease expired; once the controller is reachable again it acquires the
-//! same subnet back, by itself, and pods talk again. Needs root; in CI a missing root fails it.
+//! same subnet back, by itself, and pods talk again. The underlay between two nodes cut: pod
+//! traffic between those two fails, nothing else changes, and it heals by itself. An agent
+//! restarted with an older state file (another subnet in it) keeps the lease it holds. Needs
+//! root; in CI a missing root fails it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,18 +20,25 @@ use twill_tests::{cni_binary, twill_binary};
 
 const CNI_PATH: &str = "/usr/lib/cni";
 
-/// Drops everything between node `ns` and the controller, both ways.
-fn cut_off(ns: &str) {
-    let rules = "add table inet cut; \
-         add chain inet cut out { type filter hook output priority 0; }; \
-         add rule inet cut out ip daddr 192.0.2.100 drop; \
-         add chain inet cut in { type filter hook input priority 0; }; \
-         add rule inet cut in ip saddr 192.0.2.100 drop";
+/// Drops everything between node `ns` and `peer`, both ways.
+fn cut_between(ns: &str, peer: &str) {
+    let rules = format!(
+        "add table inet cut; \
+         add chain inet cut out {{ type filter hook output priority 0; }}; \
+         add rule inet cut out ip daddr {peer} drop; \
+         add chain inet cut in {{ type filter hook input priority 0; }}; \
+         add rule inet cut in ip saddr {peer} drop"
+    );
     let ok = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", rules])
+        .args(["netns", "exec", ns, "nft", &rules])
         .status()
         .expect("nft");
-    assert!(ok.success(), "cut off {ns}");
+    assert!(ok.success(), "cut {ns} from {peer}");
+}
+
+/// Drops everything between node `ns` and the controller, both ways.
+fn cut_off(ns: &str) {
+    cut_between(ns, "192.0.2.100");
 }
 
 fn reconnect(ns: &str) {
@@ -54,25 +66,29 @@ fn readyz(t: &Topology, i: usize) -> String {
     agent_http_get(&t.nodes[i].ns, "/readyz")
 }
 
-/// Two nodes with a pod each, the agents serving /readyz; the controller with `ttl`.
-fn two_nodes(tag: &str, ttl: &str) -> Topology {
+/// `n` nodes with a pod each, the agents serving /readyz; the controller with `ttl`.
+fn nodes(tag: &str, n: usize, ttl: &str) -> Topology {
     let bin = twill_binary().expect("twill");
     let cni = cni_binary().expect("twill-cni");
-    let mut t = Topology::new(tag, 2, &bin).expect("topology");
+    let mut t = Topology::new(tag, n, &bin).expect("topology");
     t.agent_extra = vec!["--metrics-addr".into(), "127.0.0.1:9421".into()];
     t.start_controller(&["--lease-ttl", ttl])
         .expect("controller");
-    for i in 0..2 {
+    for i in 0..n {
         t.start_agent(i).expect("agent");
     }
-    for i in 0..2 {
+    for i in 0..n {
         t.wait_subnet(i, Duration::from_secs(30)).expect("subnet");
         t.add_pod(i, 0, &cni, CNI_PATH).expect("pod");
     }
     wait_until("pods talk", Duration::from_secs(30), || {
-        t.pod_ping(0, 1) && t.pod_ping(1, 0)
+        (0..n).all(|a| (0..n).all(|b| a == b || t.pod_ping(a, b)))
     });
     t
+}
+
+fn two_nodes(tag: &str, ttl: &str) -> Topology {
+    nodes(tag, 2, ttl)
 }
 
 #[test]
@@ -168,4 +184,81 @@ fn an_agent_cut_off_past_the_ttl_loses_its_lease_and_gets_the_same_subnet_back()
     wait_until("pods talk again", Duration::from_secs(30), || {
         t.pod_ping(0, 1) && t.pod_ping(1, 0)
     });
+}
+
+#[test]
+fn a_cut_underlay_between_two_nodes_stops_only_their_pods_and_heals_by_itself() {
+    if !root_or_skip("a_cut_underlay_between_two_nodes_stops_only_their_pods_and_heals_by_itself") {
+        return;
+    }
+    let t = nodes("pcu", 3, "20s");
+    let leases: Vec<_> = (1..=3).map(|i| lease_of(&t, &format!("node{i}"))).collect();
+    let routes: Vec<_> = (0..3).map(|i| t.routes(i)).collect();
+    cut_between(&t.nodes[0].ns, "192.0.2.2");
+    // Pod traffic between node1 and node2 fails; between node3 and either it goes on.
+    assert!(
+        !t.pod_ping(0, 1) && !t.pod_ping(1, 0),
+        "traffic crossed the cut"
+    );
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        assert!(
+            t.pod_ping(a, b),
+            "pod {a} to pod {b} failed with only node1-node2 cut"
+        );
+    }
+    // Nothing else changes for as long as it lasts: leases, routes, readiness.
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, l) in leases.iter().enumerate() {
+        assert_eq!(
+            &lease_of(&t, &format!("node{}", i + 1)),
+            l,
+            "a lease changed"
+        );
+    }
+    for (i, r) in routes.iter().enumerate() {
+        assert_eq!(&t.routes(i), r, "node{}'s routes changed", i + 1);
+        assert!(
+            readyz(&t, i).starts_with("HTTP/1.1 200"),
+            "node{} not ready",
+            i + 1
+        );
+    }
+    // The cut heals; so does the traffic, with nothing done to twill.
+    reconnect(&t.nodes[0].ns);
+    wait_until(
+        "node1 and node2's pods talk again",
+        Duration::from_secs(30),
+        || t.pod_ping(0, 1) && t.pod_ping(1, 0),
+    );
+}
+
+#[test]
+fn an_agent_restarted_with_an_older_state_file_keeps_the_lease_it_holds() {
+    if !root_or_skip("an_agent_restarted_with_an_older_state_file_keeps_the_lease_it_holds") {
+        return;
+    }
+    let mut t = two_nodes("pso", "20s");
+    let held = lease_of(&t, "node1").expect("node1's lease");
+    let state = t.nodes[0].dir.join("state").join("subnet");
+    let saved = std::fs::read_to_string(&state).expect("state file");
+    assert_eq!(saved.trim(), held.0, "the state file names the lease");
+    // A backup from another era: another subnet of the network, free.
+    let older = if held.0 == "10.244.9.0/24" {
+        "10.244.8.0/24"
+    } else {
+        "10.244.9.0/24"
+    };
+    t.stop_agent(0);
+    std::fs::write(&state, format!("{older}\n")).expect("older state");
+    t.start_agent(0).expect("agent again");
+    wait_until("node1 ready again", Duration::from_secs(30), || {
+        readyz(&t, 0).starts_with("HTTP/1.1 200")
+    });
+    assert_eq!(lease_of(&t, "node1"), Some(held.clone()), "the lease moved");
+    assert_eq!(
+        std::fs::read_to_string(&state).expect("state file").trim(),
+        held.0,
+        "the state file names the lease again"
+    );
+    assert!(t.pod_ping(0, 1) && t.pod_ping(1, 0));
 }

@@ -713,6 +713,13 @@ fn two_tors_no_transit_ecmp_and_failover() {
     std::thread::sleep(Duration::from_secs(1));
     let gone = guards.remove(0);
     drop(gone);
+    // Its link goes down once the kernel has closed the dead BIRD's connection: taken down at
+    // once, the close could be lost on the way, and node 1 would then wait for its hold timer.
+    wait_until(
+        "node 1 sees the session to ToR 3 close",
+        Duration::from_secs(10),
+        || sessions_of(&t, 0).get("192.0.2.3").map(|s| s.0.as_str()) != Some("established"),
+    );
     twill_tests::netns::ip(&["-n", &t.nodes[2].ns, "link", "set", "eth0", "down"])
         .expect("link down");
     let out = ping.join().expect("ping");
@@ -724,7 +731,7 @@ fn two_tors_no_transit_ecmp_and_failover() {
     eprintln!("ECMP failover: {received} of 80 pings answered");
     wait_until(
         "the route left over the remaining ToR",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             twill_tests::netns::ip_out(&["-n", &t.nodes[0].ns, "route", "show", "192.168.9.0/24"])
                 .trim()

@@ -56,7 +56,8 @@ pub struct AgentArgs {
     install_cni: bool,
     #[command(flatten)]
     cni: crate::install_cni_cmd::CniPlaces,
-    /// Where the agent remembers its subnet (and keeps its certificate) across restarts
+    /// Where the agent remembers its subnet, its instance id and its certificate across
+    /// restarts. Copying it to another machine makes that machine this node to the controller
     #[arg(long, value_name = "DIR", default_value = "/var/lib/twill/agent")]
     state_dir: PathBuf,
     /// A join token from `twill token create`: used once, when the node has no certificate

@@ -18,7 +18,7 @@ every agent leased again and freed subnets reused.
 
 Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                    [--mode in-process|processes|both|agents] [--members 3|5|both]
-                   [--faults-for SECONDS]
+                   [--faults-for SECONDS] [--kinds K1,K2,...]
 
   --seeds N          runs to do (default 10)
   --minutes M        stop starting runs after M minutes (default: no limit)
@@ -28,6 +28,17 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      process instead (needs root)
   --members          cluster size (default both: alternate 3 and 5)
   --faults-for SECS  how long each run injects faults (default 30)
+  --kinds LIST       draw only these fault kinds (comma-separated), e.g.
+                     disk-fsync-fail,disk-full,disk-slow,disk-torn; default: all of the
+                     mode's kinds. In process: kill-member, partition, lossy-network,
+                     clock-step, crash-agent, stall-agent and the disk faults disk-fsync-fail
+                     (fsync EIO), disk-full (writes ENOSPC), disk-slow (fsync +100 ms..2 s),
+                     disk-torn (a write torn, then a dead disk). Processes: kill-member,
+                     pause-member, crash-agent, stall-agent. Not for agents mode.
+
+Disk faults are counted twice: as injected (faults injected) and as really hit (the member's
+disk counters rose: an fsync failed or was delayed, a write failed or was torn), shown as
+kind=hit/injected; a kind that was injected but never hit shows 0/N.
 
 A failing run prints its seed, its violations and the history around the first one; rerun it
 with --first-seed SEED --seeds 1 and the same --mode/--members. The seed fixes the fault
@@ -42,6 +53,7 @@ struct Args {
     agents: bool,
     sizes: Vec<usize>,
     faults_for: Duration,
+    kinds: Option<Vec<&'static str>>,
 }
 
 fn parse() -> Result<Args> {
@@ -53,6 +65,7 @@ fn parse() -> Result<Args> {
         agents: false,
         sizes: vec![3, 5],
         faults_for: Duration::from_secs(30),
+        kinds: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +102,23 @@ fn parse() -> Result<Args> {
                     _ => bail!("--mode: {v:?} is not in-process, processes, both or agents"),
                 }
             }
+            "--kinds" => {
+                let mut kinds = Vec::new();
+                for k in v.split(',').filter(|k| !k.is_empty()) {
+                    let Some(known) = chaos::kinds_of(Mode::InProcess)
+                        .iter()
+                        .chain(chaos::kinds_of(Mode::Processes))
+                        .find(|x| **x == k)
+                    else {
+                        bail!("--kinds: unknown fault kind {k:?} (see --help)");
+                    };
+                    kinds.push(*known);
+                }
+                if kinds.is_empty() {
+                    bail!("--kinds: no kind given");
+                }
+                a.kinds = Some(kinds);
+            }
             "--members" => {
                 a.sizes = match v.as_str() {
                     "3" => vec![3],
@@ -102,6 +132,16 @@ fn parse() -> Result<Args> {
     }
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
+    }
+    if let Some(kinds) = &a.kinds {
+        if a.agents {
+            bail!("--kinds does not apply to agents mode");
+        }
+        for m in &a.modes {
+            if let Some(k) = kinds.iter().find(|k| !chaos::kinds_of(*m).contains(k)) {
+                bail!("--kinds: {k} cannot be injected in {m} mode");
+            }
+        }
     }
     Ok(a)
 }
@@ -132,6 +172,7 @@ async fn campaigns(a: Args) -> i32 {
     let mut runs = 0;
     let mut ops = 0;
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut disk = chaos::DiskTally::default();
     let mut violations = 0;
     let mut failed_seeds = Vec::new();
     for i in 0..a.seeds {
@@ -153,7 +194,9 @@ async fn campaigns(a: Args) -> i32 {
             .map_err(anyhow::Error::from)
             .and_then(|r| r)
         } else {
-            chaos::run(&Campaign::new(seed, mode, members, a.faults_for)).await
+            let mut c = Campaign::new(seed, mode, members, a.faults_for);
+            c.kinds = a.kinds.clone();
+            chaos::run(&c).await
         };
         let r = match r {
             Ok(r) => r,
@@ -169,6 +212,7 @@ async fn campaigns(a: Args) -> i32 {
         for (k, v) in &r.faults {
             *faults.entry(k).or_default() += v;
         }
+        disk.add(&r.disk);
         r.print();
         if !r.violations.is_empty() {
             violations += r.violations.len();
@@ -177,9 +221,24 @@ async fn campaigns(a: Args) -> i32 {
     }
     let by_kind: Vec<String> = faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let total: usize = faults.values().sum();
+    // Every disk kind of an in-process campaign is listed, so a kind that never ran shows 0/0.
+    if a.modes.contains(&Mode::InProcess) && !a.agents {
+        for k in chaos::DISK_KINDS {
+            let drawn = a.kinds.as_ref().is_none_or(|ks| ks.contains(&k));
+            if drawn {
+                faults.entry(k).or_insert(0);
+            }
+        }
+    }
+    let disk = disk.describe(&faults);
     println!(
-        "runs: {runs}, faults injected: {total} ({}), operations checked: {ops}, violations: {violations}{}, in {:.1} min",
+        "runs: {runs}, faults injected: {total} ({}){}, operations checked: {ops}, violations: {violations}{}, in {:.1} min",
         by_kind.join(" "),
+        if disk.is_empty() {
+            String::new()
+        } else {
+            format!(", disk faults that hit the disk: {disk}")
+        },
         if failed_seeds.is_empty() {
             String::new()
         } else {

@@ -254,6 +254,7 @@ pub fn run(seed: u64, nodes: usize, faults_for: Duration, bin: &std::path::Path)
         seed,
         setting: format!("real agents, {nodes} nodes, 1 controller"),
         faults,
+        disk: Default::default(),
         operations: ops.len(),
         observations: observed.len(),
         undecided: 0,

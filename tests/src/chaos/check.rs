@@ -248,6 +248,32 @@ pub fn deadlines(
     }
 }
 
+/// (g) A disk fault of `kind` (see [`super::DISK_KINDS`]) on a member: what is wrong with how the
+/// member took it, if anything. `hit`: the fault really reached the disk; `stopped`: why the
+/// member's Raft stopped on a storage error, if it did. A failing disk that was hit must stop the
+/// member, naming the OS error (never go on, as it would acknowledge what it could not persist);
+/// a slow disk, or a fault that never reached the disk, must not stop it.
+pub fn disk_fault(kind: &str, hit: bool, stopped: Option<&str>) -> Option<String> {
+    let errno = match kind {
+        super::DISK_FSYNC | super::DISK_TORN => Some("os error 5"),
+        super::DISK_FULL => Some("os error 28"),
+        _ => None,
+    };
+    match (errno, hit, stopped) {
+        (Some(_), true, None) => {
+            Some("its disk failed under it, yet it did not stop on the storage error".into())
+        }
+        (Some(e), true, Some(why)) if !why.contains(e) => Some(format!(
+            "it stopped, but not on the disk's error ({e}): {why}"
+        )),
+        (None, _, Some(why)) => Some(format!("it stopped on a disk that was only slow: {why}")),
+        (Some(_), false, Some(why)) => Some(format!(
+            "it stopped though the fault never reached its disk: {why}"
+        )),
+        _ => None,
+    }
+}
+
 /// One node's lease as the sequential specification has it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum NodeLease {
@@ -546,6 +572,109 @@ mod tests {
         let mut v = Vec::new();
         linearizable(&ops, &seen, 100_000, &mut v);
         assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn a_member_that_goes_on_after_its_disk_failed_is_caught() {
+        use crate::chaos::{DISK_FSYNC, DISK_FULL, DISK_SLOW, DISK_TORN};
+        let eio = "Raft log /d/raft.redb: I/O error: Input/output error (os error 5)";
+        let enospc = "Raft log /d/raft.redb: No space left on device (os error 28)";
+        // The decided behaviour passes.
+        assert_eq!(disk_fault(DISK_FSYNC, true, Some(eio)), None);
+        assert_eq!(disk_fault(DISK_TORN, true, Some(eio)), None);
+        assert_eq!(disk_fault(DISK_FULL, true, Some(enospc)), None);
+        assert_eq!(disk_fault(DISK_SLOW, true, None), None);
+        assert_eq!(disk_fault(DISK_FSYNC, false, None), None);
+        // A failed fsync or write that left the member running, or a wrong reason.
+        assert!(disk_fault(DISK_FSYNC, true, None).is_some());
+        assert!(disk_fault(DISK_FULL, true, None).is_some());
+        assert!(disk_fault(DISK_TORN, true, None).is_some());
+        assert!(disk_fault(DISK_FULL, true, Some(eio)).is_some());
+        // Stopping without cause.
+        assert!(disk_fault(DISK_SLOW, true, Some(eio)).is_some());
+        assert!(disk_fault(DISK_TORN, false, Some(eio)).is_some());
+    }
+
+    #[test]
+    fn a_renewal_refused_before_the_deadline_is_early() {
+        let ops = [
+            op(
+                "n1",
+                Call::Acquire { wanted: None },
+                0,
+                1_000,
+                lease("10.0.0.0/28", 3),
+            ),
+            op(
+                "n1",
+                Call::Renew { create_revision: 3 },
+                1_000_000,
+                1_001_000,
+                Ret::NoLease,
+            ),
+        ];
+        let mut v = Vec::new();
+        deadlines(&ops, &[], 3_000_000, 50_000, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, "early-expiry");
+        // After a release it is no lease of its, and refusing is right.
+        let mut released = ops.to_vec();
+        released.insert(1, op("n1", Call::Release, 500_000, 501_000, Ret::Released));
+        let mut v = Vec::new();
+        deadlines(&released, &[], 3_000_000, 50_000, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn a_read_or_a_watcher_showing_overlapping_leases_is_caught() {
+        let ops = [op(
+            "",
+            Call::Read,
+            0,
+            10,
+            table(&[("a", "10.0.0.0/28"), ("b", "10.0.0.0/27")]),
+        )];
+        let put = |revision, node: &str, subnet| Observation {
+            watcher: 0,
+            at: revision,
+            seen: Seen::Put {
+                revision,
+                node: node.into(),
+                lease: Held {
+                    subnet: net(subnet),
+                    create_revision: revision,
+                },
+            },
+        };
+        let seen = [put(1, "a", "10.0.0.16/28"), put(2, "b", "10.0.0.16/28")];
+        let mut v = Vec::new();
+        reads_and_watchers(&ops, &seen, &mut v);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|v| v.check == "overlap"), "{v:?}");
+        assert_eq!(v[1].node, "b");
+    }
+
+    #[test]
+    fn a_snapshot_older_than_what_the_watcher_saw_is_caught() {
+        let seen = [
+            Observation {
+                watcher: 0,
+                at: 0,
+                seen: Seen::Config { revision: 7 },
+            },
+            Observation {
+                watcher: 0,
+                at: 1,
+                seen: Seen::Snapshot {
+                    revision: 5,
+                    leases: BTreeMap::new(),
+                },
+            },
+        ];
+        let mut v = Vec::new();
+        reads_and_watchers(&[], &seen, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, "watch-order");
     }
 
     #[test]

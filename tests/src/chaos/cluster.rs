@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tempfile::TempDir;
 use twill_client::Client;
+use twill_controller::disk::{DiskFaults, FaultCounts};
 use twill_controller::network::Faults;
 use twill_controller::NodeId;
 
@@ -18,7 +19,8 @@ use crate::Cluster;
 /// Where the controller members run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Tasks in this process: partitions, message loss and delay, clock steps, restarts.
+    /// Tasks in this process: partitions, message loss and delay, clock steps, restarts, disk
+    /// faults.
     InProcess,
     /// `twill controller` processes: SIGKILL and SIGSTOP.
     Processes,
@@ -42,6 +44,8 @@ pub enum Controllers {
     InProcess {
         cluster: Cluster,
         faults: BTreeMap<NodeId, Arc<Faults>>,
+        /// Each member's disk, kept across restarts: its counters add up over the run.
+        disks: BTreeMap<NodeId, DiskFaults>,
     },
     Processes {
         procs: TwillProcs,
@@ -56,7 +60,11 @@ impl Controllers {
                 let faults: BTreeMap<NodeId, Arc<Faults>> = (1..=members as NodeId)
                     .map(|id| (id, Arc::new(Faults::new(seed.wrapping_mul(31) + id))))
                     .collect();
+                let disks: BTreeMap<NodeId, DiskFaults> = (1..=members as NodeId)
+                    .map(|id| (id, DiskFaults::new()))
+                    .collect();
                 let f = faults.clone();
+                let d = disks.clone();
                 let ttl_ms = ttl.as_millis() as u64;
                 let cluster = Cluster::start_with(members as u64, move |o| {
                     o.initial_config.network = NETWORK.parse().expect("valid literal");
@@ -67,9 +75,14 @@ impl Controllers {
                     o.write_timeout = Duration::from_secs(2);
                     o.watch_progress = Duration::from_secs(1);
                     o.faults = f.get(&o.id).cloned();
+                    o.disk_faults = d.get(&o.id).cloned();
                 })
                 .await?;
-                Ok(Controllers::InProcess { cluster, faults })
+                Ok(Controllers::InProcess {
+                    cluster,
+                    faults,
+                    disks,
+                })
             }
             Mode::Processes => {
                 let dir = tempfile::tempdir()?;
@@ -194,6 +207,41 @@ impl Controllers {
             }
             None => false,
         }
+    }
+
+    /// Member `i`'s disk. In process only.
+    pub fn disk(&self, i: usize) -> Option<&DiskFaults> {
+        match self {
+            Controllers::InProcess { disks, .. } => disks.get(&(i as NodeId + 1)),
+            Controllers::Processes { .. } => None,
+        }
+    }
+
+    /// The disk faults really injected so far, over every member. In process only.
+    pub fn disk_counts(&self) -> FaultCounts {
+        let mut sum = FaultCounts::default();
+        if let Controllers::InProcess { disks, .. } = self {
+            for c in disks.values().map(DiskFaults::counts) {
+                sum.failed_syncs += c.failed_syncs;
+                sum.failed_writes += c.failed_writes;
+                sum.delayed_syncs += c.delayed_syncs;
+                sum.torn_writes += c.torn_writes;
+                sum.refused_after_crash += c.refused_after_crash;
+            }
+        }
+        sum
+    }
+
+    /// Why member `i`'s Raft stopped on an error of its own (a failed log or snapshot write), if
+    /// it has; waits up to `within` for it. `None` for a member that runs (or is not running at
+    /// all, or runs in another process).
+    pub async fn fatal(&self, i: usize, within: Duration) -> Option<String> {
+        let Controllers::InProcess { cluster, .. } = self else {
+            return None;
+        };
+        let r = cluster.members.get(&(i as NodeId + 1))?;
+        // A zero timeout still polls once: an already stopped member is reported.
+        tokio::time::timeout(within, r.member.fatal()).await.ok()
     }
 
     /// SIGSTOP (`stop`) or SIGCONT member `i`. Processes only.

@@ -23,9 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 use twill_client::{Client, ClientError, ClientOptions};
+use twill_controller::disk::{FaultCounts, WriteFault};
 use twill_proto::v1 as pb;
 
 pub use cluster::{Controllers, Mode};
@@ -44,6 +46,8 @@ pub struct Campaign {
     pub newcomers: usize,
     pub faults_for: Duration,
     pub ttl: Duration,
+    /// The fault kinds the nemesis draws from; `None`: every kind the mode has.
+    pub kinds: Option<Vec<&'static str>>,
 }
 
 impl Campaign {
@@ -57,7 +61,14 @@ impl Campaign {
             newcomers: cluster::POOL - 12 + 4,
             faults_for,
             ttl: Duration::from_secs(3),
+            kinds: None,
         }
+    }
+
+    /// The same run with the nemesis drawing only from `kinds`.
+    pub fn only(mut self, kinds: &[&'static str]) -> Self {
+        self.kinds = Some(kinds.to_vec());
+        self
     }
 }
 
@@ -69,12 +80,113 @@ pub const PAUSE: &str = "pause-member";
 pub const CLOCK: &str = "clock-step";
 pub const CRASH_AGENT: &str = "crash-agent";
 pub const STALL_AGENT: &str = "stall-agent";
+/// A member's fsync fails with EIO until the nemesis clears it: the member must stop.
+pub const DISK_FSYNC: &str = "disk-fsync-fail";
+/// A member's writes fail with ENOSPC until the nemesis clears it: the member must stop.
+pub const DISK_FULL: &str = "disk-full";
+/// A member's fsync is held back 100 ms – 2 s for a while: the member must not stop.
+pub const DISK_SLOW: &str = "disk-slow";
+/// A member's write is torn at a random byte and its disk then refuses everything (power lost):
+/// the member must stop; it is restarted on a healthy disk.
+pub const DISK_TORN: &str = "disk-torn";
+pub const DISK_KINDS: [&str; 4] = [DISK_FSYNC, DISK_FULL, DISK_SLOW, DISK_TORN];
+
+/// The fault kinds of each mode (agents mode has its own, in [`agents`]).
+pub fn kinds_of(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::InProcess => &[
+            KILL,
+            PARTITION,
+            LOSSY,
+            CLOCK,
+            CRASH_AGENT,
+            STALL_AGENT,
+            DISK_FSYNC,
+            DISK_FULL,
+            DISK_SLOW,
+            DISK_TORN,
+        ],
+        Mode::Processes => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT],
+    }
+}
+
+/// The disk counter that shows a fault of `kind` really reached the disk.
+fn disk_counter(kind: &str, c: &FaultCounts) -> u64 {
+    match kind {
+        DISK_FSYNC => c.failed_syncs,
+        DISK_FULL => c.failed_writes,
+        DISK_SLOW => c.delayed_syncs,
+        DISK_TORN => c.torn_writes,
+        _ => 0,
+    }
+}
+
+/// What the disk faults of a run did.
+#[derive(Clone, Debug, Default)]
+pub struct DiskTally {
+    /// By kind: the faults injected whose counter rose, i.e. that really hit the disk (an
+    /// fsync failed or was delayed, a write failed or was torn). Every injected kind has an
+    /// entry, zero included.
+    pub hit: BTreeMap<&'static str, usize>,
+    /// By kind: the faults after which the member stopped on the storage error (and was
+    /// restarted from its data directory on a healthy disk).
+    pub stopped: BTreeMap<&'static str, usize>,
+    /// The disks' own counters, summed over the members and the run.
+    pub counts: FaultCounts,
+}
+
+impl DiskTally {
+    pub fn add(&mut self, other: &DiskTally) {
+        for (k, v) in &other.hit {
+            *self.hit.entry(k).or_default() += v;
+        }
+        for (k, v) in &other.stopped {
+            *self.stopped.entry(k).or_default() += v;
+        }
+        let (a, b) = (&mut self.counts, &other.counts);
+        a.failed_syncs += b.failed_syncs;
+        a.failed_writes += b.failed_writes;
+        a.delayed_syncs += b.delayed_syncs;
+        a.torn_writes += b.torn_writes;
+        a.refused_after_crash += b.refused_after_crash;
+    }
+
+    /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; empty
+    /// when no disk fault was injected.
+    pub fn describe(&self, faults: &BTreeMap<&'static str, usize>) -> String {
+        let kinds: Vec<String> = DISK_KINDS
+            .iter()
+            .filter_map(|k| {
+                let injected = *faults.get(k)?;
+                Some(format!(
+                    "{k}={}/{injected} (stopped {})",
+                    self.hit.get(k).copied().unwrap_or(0),
+                    self.stopped.get(k).copied().unwrap_or(0)
+                ))
+            })
+            .collect();
+        if kinds.is_empty() {
+            return String::new();
+        }
+        let c = &self.counts;
+        format!(
+            "{}; disk counters: fsyncs failed {}, writes failed {}, fsyncs delayed {}, writes torn {}, refused after a tear {}",
+            kinds.join(" "),
+            c.failed_syncs,
+            c.failed_writes,
+            c.delayed_syncs,
+            c.torn_writes,
+            c.refused_after_crash
+        )
+    }
+}
 
 pub struct Report {
     pub seed: u64,
     /// Where the run ran, e.g. "in-process, 3 members".
     pub setting: String,
     pub faults: BTreeMap<&'static str, usize>,
+    pub disk: DiskTally,
     pub operations: usize,
     pub observations: usize,
     pub undecided: usize,
@@ -92,13 +204,19 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        let disk = self.disk.describe(&self.faults);
         format!(
-            "seed {} ({}): {} operations, {} watch events, faults [{}], recovered in {}, violations: {}{}",
+            "seed {} ({}): {} operations, {} watch events, faults [{}]{}, recovered in {}, violations: {}{}",
             self.seed,
             self.setting,
             self.operations,
             self.observations,
             faults.join(" "),
+            if disk.is_empty() {
+                String::new()
+            } else {
+                format!(", disk faults that hit [{disk}]")
+            },
             self.recovered_in
                 .map(|d| format!("{:.1}s", d.as_secs_f64()))
                 .unwrap_or_else(|| "never".into()),
@@ -402,7 +520,138 @@ pub(crate) async fn watcher_loop(
     }
 }
 
+/// Restarts every member whose Raft stopped on a storage error although no disk fault of its
+/// own explains it, and reports each as a violation: only a failing disk may stop a member.
+async fn restart_stopped(
+    c: &mut Controllers,
+    h: &History,
+    out: &mut Vec<check::Violation>,
+) -> Result<()> {
+    for i in 0..c.len() {
+        let Some(why) = c.fatal(i, Duration::ZERO).await else {
+            continue;
+        };
+        out.push(check::Violation {
+            check: "disk-fatal",
+            at: h.now(),
+            node: String::new(),
+            detail: format!(
+                "member {} stopped on a storage error no disk fault explains: {why}",
+                i + 1
+            ),
+        });
+        h.fault(format!("member {} found stopped ({why}); restarted", i + 1));
+        c.kill(i).await;
+        c.restart(i)
+            .await
+            .with_context(|| format!("restart stopped member {}", i + 1))?;
+    }
+    Ok(())
+}
+
+/// A disk fault on member `target`: armed, then (for a failing disk) the member must stop, is
+/// stopped for good, the disk is cleared and the member restarted from its data directory. The
+/// counters say whether the fault really reached the disk.
+#[allow(clippy::too_many_arguments)]
+async fn disk_fault(
+    c: &mut Controllers,
+    h: &History,
+    rng: &mut StdRng,
+    kind: &'static str,
+    target: usize,
+    hold: Duration,
+    tally: &mut DiskTally,
+    out: &mut Vec<check::Violation>,
+) -> Result<bool> {
+    let Some(disk) = c.disk(target).cloned() else {
+        return Ok(false);
+    };
+    // Everything random is drawn before waiting, so the schedule does not depend on timing.
+    let delay = Duration::from_millis(rng.random_range(100..2000));
+    let tear_at: u64 = rng.random_range(0..16_384);
+    let down = Duration::from_millis(rng.random_range(300..1500));
+    let member = target + 1;
+    let before = disk_counter(kind, &disk.counts());
+    match kind {
+        DISK_FSYNC => {
+            h.fault(format!("{DISK_FSYNC}: member {member} fsync → EIO"));
+            disk.fail_fsync(true);
+        }
+        DISK_FULL => {
+            h.fault(format!("{DISK_FULL}: member {member} writes → ENOSPC"));
+            disk.fail_writes(Some(WriteFault::Enospc));
+        }
+        DISK_SLOW => {
+            h.fault(format!(
+                "{DISK_SLOW}: member {member} fsync +{delay:?} for {hold:?}"
+            ));
+            disk.slow_fsync(delay);
+        }
+        DISK_TORN => {
+            h.fault(format!(
+                "{DISK_TORN}: member {member} write torn after {tear_at} more bytes, then a dead disk"
+            ));
+            disk.tear_next_write_at(tear_at);
+        }
+        _ => return Ok(false),
+    }
+    let hit = |d: &twill_controller::disk::DiskFaults| disk_counter(kind, &d.counts()) > before;
+    // A slow disk is slow for `hold`; a failing one is given at least 4 s to be written to
+    // (a member idle that long may never touch it: that shows as a fault that never hit).
+    let wait = if kind == DISK_SLOW {
+        hold
+    } else {
+        hold.max(Duration::from_secs(4))
+    };
+    let mut stopped = c.fatal(target, wait).await;
+    if stopped.is_none() && kind != DISK_SLOW {
+        if !hit(&disk) {
+            // Nothing reached the disk in time: disarm. A write that slipped in meanwhile
+            // still has to stop the member.
+            disk.clear();
+        }
+        if hit(&disk) {
+            stopped = c.fatal(target, Duration::from_secs(10)).await;
+        }
+    }
+    disk.clear();
+    let was_hit = hit(&disk);
+    if let Some(problem) = check::disk_fault(kind, was_hit, stopped.as_deref()) {
+        out.push(check::Violation {
+            check: "disk-fatal",
+            at: h.now(),
+            node: String::new(),
+            detail: format!("member {member} after {kind}: {problem}"),
+        });
+    }
+    *tally.hit.entry(kind).or_default() += usize::from(was_hit);
+    if let Some(why) = stopped {
+        *tally.stopped.entry(kind).or_default() += 1;
+        h.fault(format!(
+            "{kind}: member {member} stopped ({why}); restarted from its data dir on a healthy disk in {down:?}"
+        ));
+        c.kill(target).await;
+        tokio::time::sleep(down).await;
+        c.restart(target)
+            .await
+            .with_context(|| format!("restart member {member} after {kind}"))?;
+    } else {
+        h.fault(format!(
+            "{kind}: member {member} disk healthy again, {}",
+            if was_hit {
+                "the fault hit"
+            } else {
+                "the fault never hit"
+            }
+        ));
+    }
+    Ok(true)
+}
+
 /// The fault schedule, run until `until`; returns how many faults of each kind it injected.
+/// Kinds come from a shuffled deck, dealt again when empty, so every kind is drawn once before
+/// any is drawn twice.
+#[allow(clippy::too_many_arguments)]
 async fn nemesis(
     c: &mut Controllers,
     agents: &[Arc<Agent>],
@@ -410,16 +659,20 @@ async fn nemesis(
     rng: &mut StdRng,
     ttl: Duration,
     until: Instant,
+    kinds: &[&'static str],
+    tally: &mut DiskTally,
+    out: &mut Vec<check::Violation>,
 ) -> Result<BTreeMap<&'static str, usize>> {
     let mut count: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let kinds: &[&'static str] = match c {
-        Controllers::InProcess { .. } => &[KILL, PARTITION, LOSSY, CLOCK, CRASH_AGENT, STALL_AGENT],
-        Controllers::Processes { .. } => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT],
-    };
+    let mut deck: Vec<&'static str> = Vec::new();
     let n = c.len();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
-        let kind = kinds[rng.random_range(0..kinds.len())];
+        if deck.is_empty() {
+            deck = kinds.to_vec();
+            deck.shuffle(rng);
+        }
+        let Some(kind) = deck.pop() else { break };
         // Most faults hit the leader: that is where they hurt.
         let leader = c.leader().await;
         let target = match leader {
@@ -506,9 +759,15 @@ async fn nemesis(
                     *mode = AgentMode::Stalled(Instant::now() + quiet);
                 }
             }
+            DISK_FSYNC | DISK_FULL | DISK_SLOW | DISK_TORN => {
+                if !disk_fault(c, h, rng, kind, target, hold, tally, out).await? {
+                    continue;
+                }
+            }
             _ => continue,
         }
         *count.entry(kind).or_default() += 1;
+        restart_stopped(c, h, out).await?;
     }
     Ok(count)
 }
@@ -567,8 +826,25 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
     }
 
     let until = Instant::now() + campaign.faults_for;
-    let faults = nemesis(&mut controllers, &agents, &h, &mut rng, campaign.ttl, until).await;
+    let kinds = campaign
+        .kinds
+        .clone()
+        .unwrap_or_else(|| kinds_of(campaign.mode).to_vec());
+    let mut disk = DiskTally::default();
     let mut runtime_violations = Vec::new();
+    let faults = nemesis(
+        &mut controllers,
+        &agents,
+        &h,
+        &mut rng,
+        campaign.ttl,
+        until,
+        &kinds,
+        &mut disk,
+        &mut runtime_violations,
+    )
+    .await;
+    disk.counts = controllers.disk_counts();
     let outcome = match faults {
         Ok(faults) => {
             let r = heal_and_verify(
@@ -609,6 +885,7 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
         seed: campaign.seed,
         setting: format!("{}, {} members", campaign.mode, campaign.members),
         faults,
+        disk,
         operations: ops.len(),
         observations: observed.len(),
         undecided,

@@ -354,6 +354,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bad_instance_id_is_refused_before_it_is_proposed() {
+        assert_eq!(
+            instance("").ok().as_deref(),
+            Some(""),
+            "an older agent names none"
+        );
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(instance(id).ok().as_deref(), Some(id));
+        let e = instance(&"a".repeat(5 << 20)).expect_err("5 MB");
+        assert_eq!(e.field, "instance");
+        assert!(
+            e.to_string().len() < 600,
+            "the answer quotes only the start"
+        );
+        assert!(instance(&"a".repeat(65)).is_err());
+        assert!(instance("id with space").is_err());
+        assert!(instance("id\u{0}").is_err());
+    }
+
+    #[test]
     fn a_bad_node_name_is_refused_before_it_is_proposed() {
         let r = |node: String| v1::AcquireRequest {
             node,

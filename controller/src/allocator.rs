@@ -434,6 +434,21 @@ pub enum Command {
     },
 }
 
+/// The newest log format this build reads: 1 is every command up to `Trust`, 2 adds
+/// `AcquireAs`. Raise it with each command appended to [`Command`], so that a leader writes the
+/// new command only once every member reads it (see [`Command::format`]).
+pub const LOG_FORMAT: u32 = 2;
+
+impl Command {
+    /// The oldest log format that reads this command.
+    pub fn format(&self) -> u32 {
+        match self {
+            Command::AcquireAs { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Client-chosen id; a retried write with the same id gets the first answer back.

@@ -59,6 +59,8 @@ pub struct Metrics {
     watchers: Gauge,
     write_seconds: Histogram,
     denied: Family<ReasonLabel, Counter>,
+    /// Leases taken without their agent's instance because a member reads an older log format.
+    pub older_member_acquires: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +73,7 @@ impl Default for Metrics {
             watchers: Gauge::default(),
             write_seconds: Histogram::new(BUCKETS),
             denied: Family::default(),
+            older_member_acquires: Counter::default(),
         };
         // Every reason is served from the start, at 0: a graph of errors shows none instead of
         // no data, and `rate()` sees the first one (a series born at 1 has no increase).
@@ -284,6 +287,11 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
         "twill_controller_denied_calls",
         "API calls refused for their caller's identity, by method and role",
         k.denied.clone(),
+    );
+    r.register(
+        "twill_controller_older_member_acquires",
+        "Leases taken without recording the agent's instance because a member runs an older release (mid-upgrade)",
+        k.older_member_acquires.clone(),
     );
     Endpoints::new(r).with_refresh(move || g.read(&m))
 }

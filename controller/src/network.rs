@@ -28,6 +28,48 @@ pub use twill_proto::MAX_MESSAGE;
 
 pub use twill_client::channel;
 
+/// Answer metadata in which a member names the newest log format it reads
+/// ([`crate::allocator::LOG_FORMAT`]). Members from before this header name none: they read
+/// format 1.
+pub const LOG_FORMAT_HEADER: &str = "x-twill-log-format";
+
+/// The log format each peer said it reads in its last Raft answer, so that the leader writes
+/// only commands every member can apply: during a rolling upgrade an older follower would
+/// refuse a newer command as undecodable, and with two such followers no write could commit.
+#[derive(Debug, Default)]
+pub struct PeerFormats(std::sync::Mutex<std::collections::BTreeMap<NodeId, u32>>);
+
+impl PeerFormats {
+    fn record(&self, peer: NodeId, format: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, format);
+    }
+
+    /// What `peer` last said it reads; `None` before its first answer.
+    pub fn of(&self, peer: NodeId) -> Option<u32> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .copied()
+    }
+}
+
+/// The format named in an answer's metadata: 1 when absent (a member from before the header),
+/// 0 when unreadable (never trusted with anything newer than format 1 either).
+fn answer_format(meta: &tonic::metadata::MetadataMap) -> u32 {
+    match meta.get(LOG_FORMAT_HEADER) {
+        None => 1,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+    }
+}
+
 /// Faults injected into a member's outgoing Raft messages, for the chaos tests: peers it cannot
 /// reach (a partition, set on both sides), a share of messages lost before delivery or after
 /// (the answer lost), and a random delay. Never set outside tests.
@@ -113,6 +155,7 @@ pub struct NetworkFactory {
     pub faults: Option<std::sync::Arc<Faults>>,
     /// This member's client side of TLS; none when TLS is off.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub formats: std::sync::Arc<PeerFormats>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -131,6 +174,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             client,
             faults: self.faults.clone(),
+            formats: self.formats.clone(),
         }
     }
 }
@@ -140,6 +184,7 @@ pub struct PeerConn {
     addr: String,
     client: Option<RaftClient<Channel>>,
     faults: Option<std::sync::Arc<Faults>>,
+    formats: std::sync::Arc<PeerFormats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +252,11 @@ impl PeerConn {
                 }))
             }
             Ok(Err(status)) => return Err(status_to_rpc(&self.addr, status)),
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.formats
+                    .record(self.target, answer_format(r.metadata()));
+                r.into_inner()
+            }
         };
         if lose_answer {
             return Err(RPCError::Network(NetworkError::new(&Msg(format!(
@@ -267,6 +316,8 @@ pub struct RaftService {
     raft: Raft,
     /// With TLS on, only a member's certificate may speak Raft.
     members_only: bool,
+    /// Named in every answer ([`LOG_FORMAT_HEADER`]).
+    format: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 type Interceptor = fn(Request<()>) -> Result<Request<()>, Status>;
@@ -297,8 +348,20 @@ fn anyone(req: Request<()>) -> Result<Request<()>, Status> {
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, members_only: bool) -> Self {
-        RaftService { raft, members_only }
+    /// `format`: the newest log format this member reads, told to the leader in every answer.
+    pub fn new(raft: Raft, members_only: bool, format: u32) -> Self {
+        RaftService {
+            raft,
+            members_only,
+            format: tonic::metadata::MetadataValue::from(format),
+        }
+    }
+
+    fn answer<T: Serialize>(&self, v: &T) -> Result<tonic::Response<RaftPayload>, Status> {
+        let mut r = encode_resp(v)?;
+        r.metadata_mut()
+            .insert(LOG_FORMAT_HEADER, self.format.clone());
+        Ok(r)
     }
 
     pub fn into_server(
@@ -335,7 +398,7 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_req(req.into_inner())?;
-        encode_resp(&self.raft.append_entries(rpc).await)
+        self.answer(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(
@@ -343,7 +406,7 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode_req(req.into_inner())?;
-        encode_resp(&self.raft.vote(rpc).await)
+        self.answer(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -351,6 +414,6 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_req(req.into_inner())?;
-        encode_resp(&self.raft.install_snapshot(rpc).await)
+        self.answer(&self.raft.install_snapshot(rpc).await)
     }
 }

@@ -85,6 +85,9 @@ pub struct Options {
     pub ca: Option<twill_pki::Ca>,
     /// How long a node certificate issued by this cluster is valid.
     pub node_cert_ttl: Duration,
+    /// The log format this member tells the leader it reads: [`crate::allocator::LOG_FORMAT`].
+    /// Tests set an older one to stand for a member of an older release.
+    pub log_format: u32,
 }
 
 impl Options {
@@ -115,6 +118,7 @@ impl Options {
             tls: None,
             ca: None,
             node_cert_ttl: DEFAULT_NODE_CERT_TTL,
+            log_format: crate::allocator::LOG_FORMAT,
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct Member {
     pub clock: crate::clock::Clock,
     /// The agents' last health reports; meaningful on the leader only.
     pub health: Mutex<crate::health::Board>,
+    /// What each peer reads, from its Raft answers; see [`Member::oldest_reader`].
+    pub formats: Arc<crate::network::PeerFormats>,
 }
 
 impl Member {
@@ -223,6 +229,36 @@ impl Member {
                 // The metrics' sender is gone with Raft; whatever stopped it was reported above.
                 return std::future::pending().await;
             }
+        }
+    }
+
+    /// The member that reads the oldest log format, when that is older than `format`: a
+    /// command of `format` must then not be written. A peer that has not answered yet is
+    /// waited for (up to an election timeout: a new leader hears from every live member within
+    /// a heartbeat), then counted as format 1, as a member of a release before the check is.
+    pub async fn oldest_reader(&self, format: u32) -> Option<(NodeId, u32)> {
+        let peers: Vec<NodeId> = {
+            let m = self.raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != self.id)
+                .collect()
+        };
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(self.opts.election_max_ms.max(self.opts.heartbeat_ms * 3));
+        loop {
+            let known: Vec<(NodeId, Option<u32>)> =
+                peers.iter().map(|p| (*p, self.formats.of(*p))).collect();
+            if known.iter().all(|(_, f)| f.is_some()) || tokio::time::Instant::now() >= until {
+                return known
+                    .into_iter()
+                    .map(|(p, f)| (p, f.unwrap_or(1)))
+                    .filter(|(_, f)| *f < format)
+                    .min_by_key(|(_, f)| *f);
+            }
+            tokio::time::sleep(Duration::from_millis(self.opts.heartbeat_ms.clamp(5, 50))).await;
         }
     }
 
@@ -500,9 +536,11 @@ pub async fn start_on(
     .validate()
     .map_err(|e| StartError::RaftConfig(e.to_string()))?;
 
+    let formats = Arc::new(crate::network::PeerFormats::default());
     let network = NetworkFactory {
         faults: opts.faults.clone(),
         tls: opts.tls.as_ref().map(|c| c.client_tls()),
+        formats: formats.clone(),
     };
     let raft = Raft::new(opts.id, Arc::new(config), network, log, sm)
         .await
@@ -537,6 +575,7 @@ pub async fn start_on(
         metrics,
         clock: crate::clock::Clock::new(),
         health: Mutex::new(crate::health::Board::default()),
+        formats,
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -549,7 +588,7 @@ pub async fn start_on(
     } else {
         tracing::warn!("TLS is off (--insecure): anyone who reaches this port can change the network, take any node's lease and join the cluster");
     }
-    let raft_service = RaftService::new(raft.clone(), opts.tls.is_some());
+    let raft_service = RaftService::new(raft.clone(), opts.tls.is_some(), opts.log_format);
     let server = tokio::spawn(
         builder
             .tcp_nodelay(true)

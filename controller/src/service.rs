@@ -297,16 +297,29 @@ impl controller_server::Controller for ControllerService {
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         self.authorize(&req, "Acquire", Access::Node(&req.get_ref().node))?;
+        let mut instance = convert::instance(&req.get_ref().instance)?;
+        // Mid-upgrade, a member of an older release cannot apply `AcquireAs`: the lease is
+        // then taken without naming its instance, as that release would have done.
+        if !instance.is_empty() && self.m.raft.current_leader().await == Some(self.m.id) {
+            if let Some((member, format)) = self.m.oldest_reader(2).await {
+                tracing::warn!(
+                    node = %req.get_ref().node,
+                    member,
+                    format,
+                    "lease taken without recording the agent's instance: member {member} reads log format {format} (an older release); same-name protection resumes once every member is upgraded"
+                );
+                self.m.metrics.older_member_acquires.inc();
+                instance.clear();
+            }
+        }
         self.write(
             req,
             |r| {
                 let args = convert::acquire_args(r)?;
-                let instance = convert::instance(&r.instance)?;
                 let now = self.m.clock.now_ms();
                 Ok(alloc::Request {
                     request_id: request_id(&r.request_id)?,
-                    // Older members know only `Acquire`: it stays the form for agents that
-                    // name no instance.
+                    // Agents that name no instance keep the older form.
                     command: if instance.is_empty() {
                         Command::Acquire { args, now }
                     } else {

@@ -187,3 +187,116 @@ async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
     );
     cl.shutdown().await;
 }
+
+/// Mid-upgrade, a member of an older release (here member 3, telling the leader it reads log
+/// format 1) could not apply `AcquireAs`: the leader must not write it. A lease asked for with
+/// an instance is then taken in the older form, on every member; once member 3 runs the newer
+/// release, the instance is recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_writes_no_command_an_older_member_cannot_read() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let member3 = Arc::new(AtomicU32::new(1));
+    let format = member3.clone();
+    let mut cl = twill_tests::Cluster::start_with(3, move |o| {
+        if o.id == 3 {
+            o.log_format = format.load(Ordering::SeqCst);
+        }
+    })
+    .await
+    .expect("cluster");
+    // An older leader writes nothing new anyway (it does not know how); the case under test
+    // is a newer leader with an older follower.
+    for _ in 0..5 {
+        let leader = cl
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        if leader != 3 {
+            break;
+        }
+        cl.stop(3).await;
+        cl.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("another leader");
+        cl.restart(3).await.expect("member 3 back");
+    }
+    let acquire = |c: twill_client::Client, node: &'static str, instance: &'static str| async move {
+        c.acquire(twill_proto::v1::AcquireRequest {
+            node: node.into(),
+            public_ip: "192.0.2.7".into(),
+            instance: instance.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("acquire")
+    };
+    let recorded = |cl: &twill_tests::Cluster, node: &str| -> Vec<Option<String>> {
+        cl.members
+            .values()
+            .map(|r| r.member.sm.read().alloc.instances().get(node).cloned())
+            .collect()
+    };
+
+    acquire(cl.client(), "old-window", "a1").await;
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(10))
+        .await
+        .expect("applied everywhere");
+    assert_eq!(
+        recorded(&cl, "old-window"),
+        vec![None, None, None],
+        "with member 3 on format 1 the lease is taken in the older form"
+    );
+    let downgraded: u64 = cl
+        .members
+        .values()
+        .map(|r| r.member.metrics.older_member_acquires.get())
+        .sum();
+    assert_eq!(downgraded, 1, "and the leader counted it");
+
+    // Member 3 upgraded: stopped, started again reading format 2.
+    member3.store(twill_controller::allocator::LOG_FORMAT, Ordering::SeqCst);
+    cl.stop(3).await;
+    cl.restart(3).await.expect("member 3 on the newer release");
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(20))
+        .await
+        .expect("member 3 caught up");
+    // The leader learns it from member 3's next answer (a heartbeat).
+    let learnt = std::time::Instant::now();
+    loop {
+        let leader = cl
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        let told = cl
+            .members
+            .iter()
+            .filter(|(id, _)| **id != leader)
+            .all(|(id, _)| {
+                cl.members[&leader].member.formats.of(*id)
+                    == Some(twill_controller::allocator::LOG_FORMAT)
+            });
+        if told {
+            break;
+        }
+        assert!(
+            learnt.elapsed() < Duration::from_secs(10),
+            "the leader never heard that member 3 reads format 2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acquire(cl.client(), "new-window", "b2").await;
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(10))
+        .await
+        .expect("applied everywhere");
+    assert_eq!(
+        recorded(&cl, "new-window"),
+        vec![Some("b2".to_string()); 3],
+        "every member reads format 2 now: the instance is recorded everywhere"
+    );
+    cl.shutdown().await;
+}

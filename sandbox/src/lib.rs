@@ -170,6 +170,11 @@ fn no_dad(ns: &str) -> Result<()> {
 }
 
 impl Topology {
+    /// Runs `bin` for every controller and agent started from now on (an upgrade).
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.bin = bin.to_path_buf();
+    }
+
     pub fn new(tag: &str, n: usize, bin: &Path) -> Result<Topology> {
         Topology::new_reporting(tag, n, bin, |_| {})
     }

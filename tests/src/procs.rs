@@ -192,6 +192,27 @@ impl TwillProcs {
         self.kill(i);
         self.spawn(i)
     }
+
+    /// Replaces member `i`'s binary as an upgrade does: SIGTERM (SIGKILL after 10 s), then
+    /// the member starts again from its data directory running `bin`. Every later restart of
+    /// any member runs `bin` too.
+    pub fn replace(&mut self, i: usize, bin: &Path) -> Result<()> {
+        if let Some(mut c) = self.children[i].take() {
+            // SAFETY: kill(2) on a child this harness started and still owns.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    bail!("member {} ignored SIGTERM for 10 s", i + 1);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.bin = bin.to_path_buf();
+        self.spawn(i)
+    }
 }
 
 impl Drop for TwillProcs {

@@ -1,7 +1,7 @@
 //! The checkers run over a finished history. Each names the rule it enforces; a violation
 //! carries the time and node so the report can show the history around it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::Ipv4Net;
 
@@ -272,6 +272,98 @@ pub fn disk_fault(kind: &str, hit: bool, stopped: Option<&str>) -> Option<String
         )),
         _ => None,
     }
+}
+
+/// (f) Who keeps a lease table from being held by exactly the wanted holders, once faults heal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unsettled {
+    /// Want a lease and hold none.
+    pub without: Vec<String>,
+    /// Hold a lease though they left: it should have expired.
+    pub lingering: Vec<String>,
+}
+
+/// (f) Whether every holder in `wanted` has a lease in `held` and no one else does; `None` when
+/// so. Both sides count: a departed holder's lease that never expires keeps its subnet from the
+/// pool as surely as a wanted holder that never gets one.
+pub fn liveness(wanted: &BTreeSet<String>, held: &BTreeMap<String, Ipv4Net>) -> Option<Unsettled> {
+    let u = Unsettled {
+        without: wanted
+            .iter()
+            .filter(|n| !held.contains_key(*n))
+            .cloned()
+            .collect(),
+        lingering: held
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect(),
+    };
+    (!u.without.is_empty() || !u.lingering.is_empty()).then_some(u)
+}
+
+/// (f) With the pool full again (see [`liveness`]), at least one of the subnets `freed` by the
+/// departed holders' expiry is held in `held`: otherwise the expired leases were never returned
+/// to the pool. What is wrong, if anything.
+pub fn reuse(freed: &BTreeSet<Ipv4Net>, held: &BTreeMap<String, Ipv4Net>) -> Option<String> {
+    (!freed.is_empty() && !held.values().any(|s| freed.contains(s))).then(|| {
+        format!(
+            "the pool is full, yet none of the subnets freed by expiry ({freed:?}) was handed out again"
+        )
+    })
+}
+
+/// A lease table at a revision: a watcher's view, or what a linearizable read returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub revision: u64,
+    pub leases: BTreeMap<String, Ipv4Net>,
+}
+
+/// (d) The watchers of `views` (by index) whose view is not the state `read` saw, each with how
+/// it differs. A watcher has converged only at the read's revision with the read's leases: the
+/// same leases at another revision mean it lost or invented events that happen to cancel out,
+/// and other leases at the same revision mean it applied one wrongly.
+pub fn unconverged(views: &BTreeMap<usize, View>, read: &View) -> BTreeMap<usize, String> {
+    views
+        .iter()
+        .filter(|(_, v)| *v != read)
+        .map(|(w, v)| {
+            let why = if v.revision != read.revision {
+                format!(
+                    "it is at revision {} with {} leases{}, the read at revision {} with {}",
+                    v.revision,
+                    v.leases.len(),
+                    if v.leases == read.leases {
+                        " (the same)"
+                    } else {
+                        ""
+                    },
+                    read.revision,
+                    read.leases.len()
+                )
+            } else {
+                let nodes: BTreeSet<&String> = v.leases.keys().chain(read.leases.keys()).collect();
+                let differ: Vec<String> = nodes
+                    .into_iter()
+                    .filter(|n| v.leases.get(*n) != read.leases.get(*n))
+                    .map(|n| {
+                        format!(
+                            "{n} {:?} where the read has {:?}",
+                            v.leases.get(n),
+                            read.leases.get(n)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "it is at the read's revision {} with other leases: {}",
+                    v.revision,
+                    differ.join(", ")
+                )
+            };
+            (*w, why)
+        })
+        .collect()
 }
 
 /// One node's lease as the sequential specification has it.
@@ -695,5 +787,105 @@ mod tests {
         reads_and_watchers(&[], &seen, &mut v);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].check, "watch-order");
+    }
+
+    fn held(entries: &[(&str, &str)]) -> BTreeMap<String, Ipv4Net> {
+        entries
+            .iter()
+            .map(|(n, s)| (n.to_string(), net(s)))
+            .collect()
+    }
+
+    fn names(ns: &[&str]) -> BTreeSet<String> {
+        ns.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_wanted_holder_without_a_lease_or_a_departed_one_still_holding_is_not_live() {
+        let wanted = names(&["a", "b", "late-0"]);
+        // late-0 joined and never got a lease.
+        let u = liveness(
+            &wanted,
+            &held(&[("a", "10.0.0.0/28"), ("b", "10.0.0.16/28")]),
+        );
+        assert_eq!(
+            u,
+            Some(Unsettled {
+                without: vec!["late-0".into()],
+                lingering: vec![],
+            })
+        );
+        // c left, its lease never expired, and late-0 waits for its subnet.
+        let u = liveness(
+            &wanted,
+            &held(&[
+                ("a", "10.0.0.0/28"),
+                ("b", "10.0.0.16/28"),
+                ("c", "10.0.0.32/28"),
+            ]),
+        );
+        assert_eq!(
+            u,
+            Some(Unsettled {
+                without: vec!["late-0".into()],
+                lingering: vec!["c".into()],
+            })
+        );
+        // Every wanted holder holds, and no one else.
+        let settled = held(&[
+            ("a", "10.0.0.0/28"),
+            ("b", "10.0.0.16/28"),
+            ("late-0", "10.0.0.32/28"),
+        ]);
+        assert_eq!(liveness(&wanted, &settled), None);
+    }
+
+    #[test]
+    fn a_full_pool_that_never_handed_out_a_freed_subnet_is_caught() {
+        let freed: BTreeSet<Ipv4Net> = [net("10.0.0.32/28"), net("10.0.0.48/28")].into();
+        // The pool is full, but only with subnets that were never freed.
+        let stale = held(&[("a", "10.0.0.0/28"), ("b", "10.0.0.16/28")]);
+        let why = reuse(&freed, &stale).expect("no freed subnet was reused");
+        assert!(why.contains("10.0.0.32/28"), "{why}");
+        // A newcomer holds one of the freed subnets.
+        let reused = held(&[("a", "10.0.0.0/28"), ("late-0", "10.0.0.48/28")]);
+        assert_eq!(reuse(&freed, &reused), None);
+        // Nothing was freed, so nothing must be reused.
+        assert_eq!(reuse(&BTreeSet::new(), &stale), None);
+    }
+
+    #[test]
+    fn a_watcher_off_the_read_by_revision_or_by_leases_has_not_converged() {
+        let read = View {
+            revision: 9,
+            leases: held(&[("a", "10.0.0.0/28"), ("b", "10.0.0.16/28")]),
+        };
+        let views: BTreeMap<usize, View> = [
+            // The read's revision, but it missed b's lease.
+            (
+                0,
+                View {
+                    revision: 9,
+                    leases: held(&[("a", "10.0.0.0/28")]),
+                },
+            ),
+            // The read's leases, at an older revision.
+            (
+                1,
+                View {
+                    revision: 7,
+                    leases: read.leases.clone(),
+                },
+            ),
+            // On the read.
+            (2, read.clone()),
+        ]
+        .into();
+        let off = unconverged(&views, &read);
+        assert_eq!(off.keys().copied().collect::<Vec<_>>(), [0, 1], "{off:?}");
+        assert!(off[&0].contains("b None"), "{}", off[&0]);
+        assert!(off[&1].contains("revision 7"), "{}", off[&1]);
+        let on: BTreeMap<usize, View> = [(0, read.clone()), (1, read.clone())].into();
+        assert!(unconverged(&on, &read).is_empty());
     }
 }

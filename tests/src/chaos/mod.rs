@@ -425,11 +425,7 @@ fn table(leases: &[pb::Lease]) -> BTreeMap<String, Ipv4Net> {
 }
 
 /// A watcher's current view, for the convergence check.
-#[derive(Default)]
-pub(crate) struct View {
-    revision: u64,
-    leases: BTreeMap<String, Ipv4Net>,
-}
+pub(crate) use check::View;
 
 fn seen_of(ev: &pb::LeaseEvent) -> Option<Seen> {
     let revision = ev.revision;
@@ -959,8 +955,7 @@ async fn heal_and_verify(
         if let Ok(r) = client.list_leases().await {
             last_table = table(&r.leases);
             last_leases = r.leases;
-            let holders: BTreeSet<String> = last_table.keys().cloned().collect();
-            if holders == wanted {
+            if check::liveness(&wanted, &last_table).is_none() {
                 recovered = Some(healed.elapsed());
                 break;
             }
@@ -968,14 +963,11 @@ async fn heal_and_verify(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if recovered.is_none() {
-        let missing: Vec<&String> = wanted
-            .iter()
-            .filter(|n| !last_table.contains_key(*n))
-            .collect();
+        let unsettled = check::liveness(&wanted, &last_table).unwrap_or_default();
         // The deadlines of leases that should have gone, and who leads, for the diagnosis.
         let extra: Vec<String> = last_leases
             .iter()
-            .filter(|l| !wanted.contains(&l.node))
+            .filter(|l| unsettled.lingering.contains(&l.node))
             .map(|l| format!("{} (deadline {} ms)", l.node, l.expires_at_ms))
             .collect();
         let leader = match client.status().await {
@@ -992,50 +984,50 @@ async fn heal_and_verify(
             at: h.now(),
             node: String::new(),
             detail: format!(
-                "{bound:?} after healing: without a lease {missing:?}, still holding after leaving {extra:?}; {leader}"
+                "{bound:?} after healing: without a lease {:?}, still holding after leaving {extra:?}; {leader}",
+                unsettled.without
             ),
         });
-    } else if !departed_subnets.is_empty()
-        && !last_table.values().any(|s| departed_subnets.contains(s))
-    {
+    } else if let Some(detail) = check::reuse(&departed_subnets, &last_table) {
         out.push(check::Violation {
             check: "reuse",
             at: h.now(),
             node: String::new(),
-            detail: format!(
-                "the pool is full, yet none of the subnets freed by expiry ({departed_subnets:?}) was handed out again"
-            ),
+            detail,
         });
     }
 
     // (d) Each watcher's view equals a linearizable read at the same revision.
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut pending: BTreeSet<usize> = (0..views.len()).collect();
+    let mut pending: BTreeMap<usize, String> = (0..views.len())
+        .map(|w| (w, "no read of the lease table succeeded".to_string()))
+        .collect();
     while !pending.is_empty() && Instant::now() < deadline {
         let Ok(r) = client.list_leases().await else {
             continue;
         };
-        let truth = table(&r.leases);
+        let truth = View {
+            revision: r.revision,
+            leases: table(&r.leases),
+        };
         let settle = Instant::now() + Duration::from_secs(2);
         while Instant::now() < settle && !pending.is_empty() {
-            pending.retain(|w| {
-                let v = lock(&views[*w]);
-                !(v.revision == r.revision && v.leases == truth)
-            });
+            let seen: BTreeMap<usize, View> = pending
+                .keys()
+                .map(|w| (*w, lock(&views[*w]).clone()))
+                .collect();
+            pending = check::unconverged(&seen, &truth);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    for w in pending {
-        let v = lock(&views[w]);
+    for (w, why) in pending {
         out.push(check::Violation {
             check: "watch-converge",
             at: h.now(),
             node: String::new(),
             detail: format!(
-                "watcher of member {} never matched a read of the leader: it is at revision {} with {} leases",
-                w + 1,
-                v.revision,
-                v.leases.len()
+                "watcher of member {} never matched a read of the leader: {why}",
+                w + 1
             ),
         });
     }

@@ -91,13 +91,16 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> String {
 const CUT_TABLE: &str = "cut";
 
 /// Drops everything between node namespace `ns` and `peer`, both ways, counting the packets
-/// dropped so that a cut which met no traffic can be told from one that did.
+/// dropped (TCP apart from the rest) so that a cut which met no traffic can be told from one
+/// that did, and the agents' own traffic (TCP) from a probe's.
 pub fn cut_between(ns: &str, peer: &str) -> anyhow::Result<()> {
     let rules = format!(
         "add table inet {CUT_TABLE}; \
          add chain inet {CUT_TABLE} out {{ type filter hook output priority 0; }}; \
+         add rule inet {CUT_TABLE} out ip daddr {peer} meta l4proto tcp counter drop; \
          add rule inet {CUT_TABLE} out ip daddr {peer} counter drop; \
          add chain inet {CUT_TABLE} in {{ type filter hook input priority 0; }}; \
+         add rule inet {CUT_TABLE} in ip saddr {peer} meta l4proto tcp counter drop; \
          add rule inet {CUT_TABLE} in ip saddr {peer} counter drop"
     );
     nft(ns, &[&rules])
@@ -108,8 +111,22 @@ pub fn cut_off(ns: &str) -> anyhow::Result<()> {
     cut_between(ns, CONTROLLER_ADDR)
 }
 
-/// The packets the cut in `ns` has dropped so far, both ways together.
-pub fn cut_dropped(ns: &str) -> anyhow::Result<u64> {
+/// Packets a cut dropped, both ways together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub tcp: u64,
+    /// Everything else (a ping's probes, for instance).
+    pub other: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.tcp + self.other
+    }
+}
+
+/// The packets the cut in `ns` has dropped so far.
+pub fn cut_dropped(ns: &str) -> anyhow::Result<Dropped> {
     let out = std::process::Command::new("ip")
         .args([
             "netns", "exec", ns, "nft", "list", "table", "inet", CUT_TABLE,
@@ -124,14 +141,25 @@ pub fn cut_dropped(ns: &str) -> anyhow::Result<u64> {
     Ok(counted_packets(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The sum of the `packets N` of every counter in `nft list` output.
-fn counted_packets(listing: &str) -> u64 {
-    let words: Vec<&str> = listing.split_whitespace().collect();
-    words
-        .windows(2)
-        .filter(|w| w[0] == "packets")
-        .filter_map(|w| w[1].parse::<u64>().ok())
-        .sum()
+/// The `packets N` of the counters in `nft list` output, summed by whether the rule is TCP's.
+fn counted_packets(listing: &str) -> Dropped {
+    let mut d = Dropped::default();
+    for line in listing.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(n) = words
+            .windows(2)
+            .find(|w| w[0] == "packets")
+            .and_then(|w| w[1].parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if line.contains("l4proto tcp") {
+            d.tcp += n;
+        } else {
+            d.other += n;
+        }
+    }
+    d
 }
 
 /// Ends the cut in node namespace `ns`.
@@ -194,9 +222,13 @@ pub fn lease_of(t: &Topology, node: &str) -> Option<(String, u64)> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn counted_packets_sums_every_counter() {
-        let listing = "table inet cut {\n chain out {\n  ip daddr 192.0.2.100 counter packets 37 bytes 3108 drop\n }\n chain in {\n  ip saddr 192.0.2.100 counter packets 5 bytes 300 drop\n }\n}\n";
-        assert_eq!(super::counted_packets(listing), 42);
-        assert_eq!(super::counted_packets("table inet cut {\n}\n"), 0);
+    fn counted_packets_sums_every_counter_tcp_apart() {
+        let listing = "table inet cut {\n chain out {\n  ip daddr 192.0.2.100 meta l4proto tcp counter packets 37 bytes 3108 drop\n  ip daddr 192.0.2.100 counter packets 2 bytes 168 drop\n }\n chain in {\n  ip saddr 192.0.2.100 meta l4proto tcp counter packets 5 bytes 300 drop\n  ip saddr 192.0.2.100 counter packets 0 bytes 0 drop\n }\n}\n";
+        let d = super::counted_packets(listing);
+        assert_eq!((d.tcp, d.other, d.total()), (42, 2, 44));
+        assert_eq!(
+            super::counted_packets("table inet cut {\n}\n"),
+            super::Dropped::default()
+        );
     }
 }

@@ -114,7 +114,8 @@ fn chaos_real_agents_in_namespaces() {
 /// Real agents, only the faults whose happening is measured: agents cut off from the controller
 /// for less and more than the TTL, the underlay between two nodes cut, the controller's wall
 /// clock stepped. Each kind must be injected and must have happened: packets dropped by every
-/// cut, the controller's time off by the step after each restart (a miss is a violation).
+/// cut (the agents' own TCP among them), the controller's time off by the step after each
+/// restart (a miss is a violation).
 #[test]
 fn chaos_real_agents_cut_off_and_clock_stepped() {
     if !twill_tests::netns::root_or_skip("chaos_real_agents_cut_off_and_clock_stepped") {

@@ -33,7 +33,8 @@ use super::check::{self, Violation};
 use super::history::{History, Outcome, Ret};
 use super::{excerpt, reader_loop, short_client, watcher_loop, Campaign, Report, View};
 use crate::netns::{
-    cut_between, cut_dropped, cut_off, in_netns, leases, reconnect, LeaseSeen, Topology,
+    cut_between, cut_dropped, in_netns, leases, reconnect, Dropped, LeaseSeen, Topology,
+    CONTROLLER_ADDR,
 };
 
 /// Three subnets for three nodes: once one leaves, the newcomer (or a node that lost its own
@@ -89,17 +90,22 @@ const ANSWER: Duration = Duration::from_secs(20);
 /// What the measured faults were seen to do, beyond their count.
 #[derive(Clone, Debug, Default)]
 pub struct Evidence {
-    /// Packets dropped by the cuts' nftables counters, by kind.
+    /// Packets dropped by the cuts' nftables counters, by kind, the probes' included.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Of those, the TCP packets: the agents' own traffic with the controller (gRPC) for
+    /// cut-controller; there is none between host-gw nodes.
+    pub tcp_dropped: BTreeMap<&'static str, u64>,
     /// Faults that did not happen (a cut that dropped nothing, a clock step the controller did
     /// not run on), by kind; each is also a `fault-missed` violation.
     pub missed: BTreeMap<&'static str, usize>,
     /// Per clock step: the controller's wall clock offset set, and the offset of its leader time
     /// from the harness's clock measured after its restart, in ms.
     pub clock_offsets_ms: Vec<(i64, i64)>,
-    /// Cut-controller faults after which the node held the same lease, or a new one.
-    pub leases_kept: usize,
-    pub leases_renewed: usize,
+    /// Cut-controller faults shorter than the TTL after which the node held the same lease,
+    /// and those after which it held a new one.
+    pub short_cut_leases: (usize, usize),
+    /// The same for cuts longer than the TTL.
+    pub long_cut_leases: (usize, usize),
 }
 
 impl Evidence {
@@ -111,12 +117,21 @@ impl Evidence {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            parts.push(format!("packets dropped {}", d.join(" ")));
-        }
-        if self.leases_kept + self.leases_renewed > 0 {
+            let tcp: Vec<String> = self
+                .tcp_dropped
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             parts.push(format!(
-                "after cut-controller: lease kept {}, new lease {}",
-                self.leases_kept, self.leases_renewed
+                "packets dropped {} (TCP {})",
+                d.join(" "),
+                tcp.join(" ")
+            ));
+        }
+        let ((ks, ns), (kl, nl)) = (self.short_cut_leases, self.long_cut_leases);
+        if ks + ns + kl + nl > 0 {
+            parts.push(format!(
+                "leases kept/new after cut-controller: short {ks}/{ns}, long {kl}/{nl}"
             ));
         }
         if !self.clock_offsets_ms.is_empty() {
@@ -257,6 +272,37 @@ impl Seen<'_> {
     }
 }
 
+/// Cuts node namespace `ns` from `peer` for `hold` while it pings `peer` five times a second,
+/// so that the cut has packets to drop even when the agents are quiet; heals it and returns
+/// what it dropped.
+fn cut_with_probe(ns: &str, peer: &str, hold: Duration) -> Result<Dropped> {
+    cut_between(ns, peer)?;
+    let ping = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-q", "-i", "0.2", "-w"])
+        .arg((hold.as_secs() + 2).to_string())
+        .arg(peer)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    std::thread::sleep(hold);
+    let dropped = cut_dropped(ns);
+    if let Ok(mut p) = ping {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    reconnect(ns)?;
+    dropped
+}
+
+/// Records a cut's dropped packets; a cut that dropped none did not happen.
+fn count_cut(s: &mut Seen, kind: &'static str, node: &str, hold: Duration, d: Dropped) {
+    *s.ev.dropped.entry(kind).or_default() += d.total();
+    *s.ev.tcp_dropped.entry(kind).or_default() += d.tcp;
+    if d.total() == 0 {
+        s.missed(kind, node, format!("no packet dropped in {hold:?}"));
+    }
+}
+
 /// Cuts node `i` off from the controller for less or more than the TTL, then heals it. The
 /// node must hold a lease again afterwards, on the same subnet (the pool has no other for it);
 /// a cut that ended well before the lease's deadline must not have cost the lease.
@@ -286,36 +332,32 @@ fn cut_controller(t: &Topology, i: usize, rng: &mut StdRng, s: &mut Seen) -> Res
             None => "unknown".into(),
         }
     ));
-    cut_off(&ns)?;
-    std::thread::sleep(hold);
-    let dropped = cut_dropped(&ns);
-    reconnect(&ns)?;
-    let dropped = dropped?;
-    *s.ev.dropped.entry(CUT_CONTROLLER).or_default() += dropped;
+    let dropped = cut_with_probe(&ns, CONTROLLER_ADDR, hold)?;
+    count_cut(s, CUT_CONTROLLER, &name, hold, dropped);
     let after = wait_lease(t, &name, TTL * 3 + Duration::from_secs(10));
     let kept = match (&before, &after) {
         (Some(b), Some(a)) => Some(a.create_revision == b.create_revision),
         _ => None,
     };
     s.h.fault(format!(
-        "{CUT_CONTROLLER}: {name} back after {:.1} s: {dropped} packets dropped; lease {}",
+        "{CUT_CONTROLLER}: {name} back after {:.1} s: {} packets dropped ({} TCP); lease {}",
         hold.as_secs_f64(),
+        dropped.total(),
+        dropped.tcp,
         match (&after, kept) {
             (None, _) => "none".to_string(),
             (Some(a), Some(true)) => format!("{} kept", a.subnet),
             (Some(a), _) => format!("{} (rev {})", a.subnet, a.create_revision),
         }
     ));
-    if dropped == 0 {
-        s.missed(
-            CUT_CONTROLLER,
-            &name,
-            format!("no packet dropped in {hold:?}"),
-        );
-    }
+    let tally = if short {
+        &mut s.ev.short_cut_leases
+    } else {
+        &mut s.ev.long_cut_leases
+    };
     match kept {
-        Some(true) => s.ev.leases_kept += 1,
-        Some(false) => s.ev.leases_renewed += 1,
+        Some(true) => tally.0 += 1,
+        Some(false) => tally.1 += 1,
         None => {}
     }
     let (Some(b), Some(a)) = (&before, &after) else {
@@ -352,9 +394,8 @@ fn cut_controller(t: &Topology, i: usize, rng: &mut StdRng, s: &mut Seen) -> Res
     Ok(())
 }
 
-/// Cuts the underlay between nodes `a` and `b` (in `a`'s namespace) while `a` pings `b`, so the
-/// cut has packets to drop: host-gw agents send nothing to each other. Neither node's lease may
-/// change for it.
+/// Cuts the underlay between nodes `a` and `b` (in `a`'s namespace) while `a` pings `b`: host-gw
+/// agents send nothing to each other. Neither node's lease may change for it.
 fn cut_underlay(t: &Topology, a: usize, b: usize, rng: &mut StdRng, s: &mut Seen) -> Result<()> {
     let hold = Duration::from_millis(rng.random_range(1000..4000));
     let (na, nb) = (t.nodes[a].name.clone(), t.nodes[b].name.clone());
@@ -365,39 +406,13 @@ fn cut_underlay(t: &Topology, a: usize, b: usize, rng: &mut StdRng, s: &mut Seen
     s.h.fault(format!(
         "{CUT_UNDERLAY}: {na} and {nb} cut apart for {hold:?}"
     ));
-    cut_between(&t.nodes[a].ns, &t.nodes[b].addr)?;
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.nodes[a].ns,
-            "ping",
-            "-q",
-            "-i",
-            "0.2",
-            "-w",
-        ])
-        .arg((hold.as_secs() + 2).to_string())
-        .arg(&t.nodes[b].addr)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    std::thread::sleep(hold);
-    let dropped = cut_dropped(&t.nodes[a].ns);
-    if let Ok(mut p) = ping {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
-    reconnect(&t.nodes[a].ns)?;
-    let dropped = dropped?;
-    *s.ev.dropped.entry(CUT_UNDERLAY).or_default() += dropped;
+    let dropped = cut_with_probe(&t.nodes[a].ns, &t.nodes[b].addr, hold)?;
     s.h.fault(format!(
-        "{CUT_UNDERLAY}: {na} and {nb} joined again after {:.1} s: {dropped} packets dropped",
-        hold.as_secs_f64()
+        "{CUT_UNDERLAY}: {na} and {nb} joined again after {:.1} s: {} packets dropped",
+        hold.as_secs_f64(),
+        dropped.total()
     ));
-    if dropped == 0 {
-        s.missed(CUT_UNDERLAY, &na, format!("no packet dropped in {hold:?}"));
-    }
+    count_cut(s, CUT_UNDERLAY, &na, hold, dropped);
     let now = retry(ANSWER, || leases(t))?;
     for (n, b) in [&na, &nb].into_iter().zip(before) {
         let Some(b) = b else { continue };

@@ -86,3 +86,149 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> String {
     })
     .unwrap_or_default()
 }
+
+/// The nftables table a cut lives in, in the cut node's namespace (one cut at a time).
+const CUT_TABLE: &str = "cut";
+
+/// Drops everything between node namespace `ns` and `peer`, both ways, counting the packets
+/// dropped (TCP apart from the rest) so that a cut which met no traffic can be told from one
+/// that did, and the agents' own traffic (TCP) from a probe's.
+pub fn cut_between(ns: &str, peer: &str) -> anyhow::Result<()> {
+    let rules = format!(
+        "add table inet {CUT_TABLE}; \
+         add chain inet {CUT_TABLE} out {{ type filter hook output priority 0; }}; \
+         add rule inet {CUT_TABLE} out ip daddr {peer} meta l4proto tcp counter drop; \
+         add rule inet {CUT_TABLE} out ip daddr {peer} counter drop; \
+         add chain inet {CUT_TABLE} in {{ type filter hook input priority 0; }}; \
+         add rule inet {CUT_TABLE} in ip saddr {peer} meta l4proto tcp counter drop; \
+         add rule inet {CUT_TABLE} in ip saddr {peer} counter drop"
+    );
+    nft(ns, &[&rules])
+}
+
+/// Drops everything between node namespace `ns` and the controller, both ways.
+pub fn cut_off(ns: &str) -> anyhow::Result<()> {
+    cut_between(ns, CONTROLLER_ADDR)
+}
+
+/// Packets a cut dropped, both ways together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub tcp: u64,
+    /// Everything else (a ping's probes, for instance).
+    pub other: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.tcp + self.other
+    }
+}
+
+/// The packets the cut in `ns` has dropped so far.
+pub fn cut_dropped(ns: &str) -> anyhow::Result<Dropped> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "nft", "list", "table", "inet", CUT_TABLE,
+        ])
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{ns}: nft list table: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(counted_packets(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `packets N` of the counters in `nft list` output, summed by whether the rule is TCP's.
+fn counted_packets(listing: &str) -> Dropped {
+    let mut d = Dropped::default();
+    for line in listing.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(n) = words
+            .windows(2)
+            .find(|w| w[0] == "packets")
+            .and_then(|w| w[1].parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if line.contains("l4proto tcp") {
+            d.tcp += n;
+        } else {
+            d.other += n;
+        }
+    }
+    d
+}
+
+/// Ends the cut in node namespace `ns`.
+pub fn reconnect(ns: &str) -> anyhow::Result<()> {
+    nft(ns, &["delete", "table", "inet", CUT_TABLE])
+}
+
+fn nft(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{ns}: nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A lease as `twill leases --json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSeen {
+    pub subnet: String,
+    pub create_revision: u64,
+    /// In the controller leader's time.
+    pub expires_at_ms: u64,
+}
+
+/// The lease table by node, from `twill leases --json` in the controller's namespace.
+pub fn leases(t: &Topology) -> anyhow::Result<std::collections::BTreeMap<String, LeaseSeen>> {
+    let out = t.twill(&["leases", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let Some(list) = v["leases"].as_array() else {
+        anyhow::bail!("twill leases --json printed no leases array: {out:?}");
+    };
+    Ok(list
+        .iter()
+        .filter_map(|l| {
+            Some((
+                l["node"].as_str()?.to_string(),
+                LeaseSeen {
+                    subnet: l["subnet"].as_str()?.to_string(),
+                    create_revision: l["create_revision"].as_u64()?,
+                    expires_at_ms: l["expires_at_ms"].as_u64()?,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// A node's lease: (subnet, create revision).
+pub fn lease_of(t: &Topology, node: &str) -> Option<(String, u64)> {
+    let l = leases(t).ok()?.remove(node)?;
+    Some((l.subnet, l.create_revision))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counted_packets_sums_every_counter_tcp_apart() {
+        let listing = "table inet cut {\n chain out {\n  ip daddr 192.0.2.100 meta l4proto tcp counter packets 37 bytes 3108 drop\n  ip daddr 192.0.2.100 counter packets 2 bytes 168 drop\n }\n chain in {\n  ip saddr 192.0.2.100 meta l4proto tcp counter packets 5 bytes 300 drop\n  ip saddr 192.0.2.100 counter packets 0 bytes 0 drop\n }\n}\n";
+        let d = super::counted_packets(listing);
+        assert_eq!((d.tcp, d.other, d.total()), (42, 2, 44));
+        assert_eq!(
+            super::counted_packets("table inet cut {\n}\n"),
+            super::Dropped::default()
+        );
+    }
+}

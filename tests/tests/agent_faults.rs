@@ -10,57 +10,15 @@
 //! restarted with an older state file (another subnet in it) keeps the lease it holds. Needs
 //! root; in CI a missing root fails it.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use twill_sandbox::Topology;
-use twill_tests::netns::{agent_http_get, root_or_skip, wait_until};
+use twill_tests::netns::{
+    agent_http_get, cut_between, cut_off, lease_of, reconnect, root_or_skip, wait_until,
+};
 use twill_tests::{cni_binary, twill_binary};
 
 const CNI_PATH: &str = "/usr/lib/cni";
-
-/// Drops everything between node `ns` and `peer`, both ways.
-fn cut_between(ns: &str, peer: &str) {
-    let rules = format!(
-        "add table inet cut; \
-         add chain inet cut out {{ type filter hook output priority 0; }}; \
-         add rule inet cut out ip daddr {peer} drop; \
-         add chain inet cut in {{ type filter hook input priority 0; }}; \
-         add rule inet cut in ip saddr {peer} drop"
-    );
-    let ok = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", &rules])
-        .status()
-        .expect("nft");
-    assert!(ok.success(), "cut {ns} from {peer}");
-}
-
-/// Drops everything between node `ns` and the controller, both ways.
-fn cut_off(ns: &str) {
-    cut_between(ns, "192.0.2.100");
-}
-
-fn reconnect(ns: &str) {
-    let ok = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "delete", "table", "inet", "cut"])
-        .status()
-        .expect("nft");
-    assert!(ok.success(), "reconnect {ns}");
-}
-
-/// A node's lease in `twill leases --json`: (subnet, create revision).
-fn lease_of(t: &Topology, node: &str) -> Option<(String, u64)> {
-    let v: Value = serde_json::from_str(&t.twill(&["leases", "--json"]).ok()?).ok()?;
-    v["leases"].as_array()?.iter().find_map(|l| {
-        (l["node"] == node).then(|| {
-            (
-                l["subnet"].as_str().unwrap_or_default().to_string(),
-                l["create_revision"].as_u64().unwrap_or_default(),
-            )
-        })
-    })
-}
 
 fn readyz(t: &Topology, i: usize) -> String {
     agent_http_get(&t.nodes[i].ns, "/readyz")
@@ -99,7 +57,7 @@ fn an_agent_cut_off_for_less_than_the_ttl_keeps_its_lease_and_its_pods_talking()
     }
     let t = two_nodes("pcs", "20s");
     let held = lease_of(&t, "node1").expect("node1's lease");
-    cut_off(&t.nodes[0].ns);
+    cut_off(&t.nodes[0].ns).expect("cut node1 off");
     let (mut pings, mut answered) = (0, 0);
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
@@ -116,7 +74,7 @@ fn an_agent_cut_off_for_less_than_the_ttl_keeps_its_lease_and_its_pods_talking()
         "a lease still valid is still ready: {}",
         readyz(&t, 0)
     );
-    reconnect(&t.nodes[0].ns);
+    reconnect(&t.nodes[0].ns).expect("reconnect node1");
     // It renews through the same lease once it can.
     wait_until("node1 renews", Duration::from_secs(30), || {
         lease_of(&t, "node1").is_some_and(|l| l == held)
@@ -139,7 +97,7 @@ fn an_agent_cut_off_past_the_ttl_loses_its_lease_and_gets_the_same_subnet_back()
         "node2 routes to node1's subnet: {:?}",
         t.routes(1)
     );
-    cut_off(&t.nodes[0].ns);
+    cut_off(&t.nodes[0].ns).expect("cut node1 off");
 
     // The controller expires the lease; node2 takes its route away; node1 says why it is
     // not ready.
@@ -163,7 +121,7 @@ fn an_agent_cut_off_past_the_ttl_loses_its_lease_and_gets_the_same_subnet_back()
 
     // Back in touch: the same subnet (from its state file, nobody took it meanwhile), a new
     // lease instance; node2 routes to it again and the pods talk.
-    reconnect(&t.nodes[0].ns);
+    reconnect(&t.nodes[0].ns).expect("reconnect node1");
     wait_until("node1 holds a lease again", Duration::from_secs(60), || {
         lease_of(&t, "node1").is_some()
     });
@@ -194,7 +152,7 @@ fn a_cut_underlay_between_two_nodes_stops_only_their_pods_and_heals_by_itself() 
     let t = nodes("pcu", 3, "20s");
     let leases: Vec<_> = (1..=3).map(|i| lease_of(&t, &format!("node{i}"))).collect();
     let routes: Vec<_> = (0..3).map(|i| t.routes(i)).collect();
-    cut_between(&t.nodes[0].ns, "192.0.2.2");
+    cut_between(&t.nodes[0].ns, "192.0.2.2").expect("cut node1 from node2");
     // Pod traffic between node1 and node2 fails; between node3 and either it goes on.
     assert!(
         !t.pod_ping(0, 1) && !t.pod_ping(1, 0),
@@ -224,7 +182,7 @@ fn a_cut_underlay_between_two_nodes_stops_only_their_pods_and_heals_by_itself() 
         );
     }
     // The cut heals; so does the traffic, with nothing done to twill.
-    reconnect(&t.nodes[0].ns);
+    reconnect(&t.nodes[0].ns).expect("reconnect node1");
     wait_until(
         "node1 and node2's pods talk again",
         Duration::from_secs(30),

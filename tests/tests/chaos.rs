@@ -110,3 +110,53 @@ fn chaos_real_agents_in_namespaces() {
     let r = chaos::agents::run(4, 3, Duration::from_secs(20), &bin).expect("chaos run");
     expect_clean(&r, 50, "twill-chaos --mode agents --first-seed 4 --seeds 1");
 }
+
+/// Real agents, only the faults whose happening is measured: agents cut off from the controller
+/// for less and more than the TTL, the underlay between two nodes cut, the controller's wall
+/// clock stepped. Each kind must be injected and must have happened: packets dropped by every
+/// cut (the agents' own TCP among them), the controller's time off by the step after each
+/// restart (a miss is a violation).
+#[test]
+fn chaos_real_agents_cut_off_and_clock_stepped() {
+    if !twill_tests::netns::root_or_skip("chaos_real_agents_cut_off_and_clock_stepped") {
+        return;
+    }
+    let bin = twill_tests::twill_binary().expect("twill binary");
+    let seed = 7;
+    let c = Campaign::new(seed, Mode::Processes, 1, Duration::from_secs(40))
+        .only(&chaos::agents::CUT_AND_CLOCK_KINDS);
+    let (r, seen) = chaos::agents::run_campaign(&c, 3, &bin).expect("chaos run");
+    expect_clean(
+        &r,
+        50,
+        "cargo test -p twill-tests --test chaos chaos_real_agents_cut_off_and_clock_stepped",
+    );
+    for kind in chaos::agents::CUT_AND_CLOCK_KINDS {
+        assert!(
+            r.faults.get(kind).copied().unwrap_or(0) > 0,
+            "{kind} was never injected: {}",
+            r.line()
+        );
+    }
+    for kind in [chaos::agents::CUT_CONTROLLER, chaos::agents::CUT_UNDERLAY] {
+        assert!(
+            seen.dropped.get(kind).copied().unwrap_or(0) > 0,
+            "{kind} dropped no packet: {seen:?}"
+        );
+    }
+    assert!(
+        seen.missed.is_empty(),
+        "faults that did not happen: {seen:?}"
+    );
+    assert_eq!(
+        seen.clock_offsets_ms.len(),
+        r.faults[chaos::agents::CLOCK_STEP_CONTROLLER],
+        "a clock step without its measure: {seen:?}"
+    );
+    assert!(
+        seen.clock_offsets_ms
+            .iter()
+            .all(|(set, got)| (set - got).abs() <= 1000),
+        "the controller's time did not follow its clock: {seen:?}"
+    );
+}

@@ -405,11 +405,27 @@ async fn agent_loop(
     }
 }
 
-pub(crate) async fn reader_loop(client: Client, h: Arc<History>, stop: Arc<AtomicBool>) {
+/// Reads the lease table every 250 ms into the history; with `latest`, also keeps the newest
+/// read with its revision there, for a convergence check that has no client of its own.
+pub(crate) async fn reader_loop(
+    client: Client,
+    h: Arc<History>,
+    stop: Arc<AtomicBool>,
+    latest: Option<Arc<Mutex<View>>>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let id = h.invoke("", Call::Read);
         let outcome = match client.list_leases().await {
-            Ok(r) => Outcome::Ok(Ret::Table(table(&r.leases))),
+            Ok(r) => {
+                let leases = table(&r.leases);
+                if let Some(l) = &latest {
+                    *lock(l) = View {
+                        revision: r.revision,
+                        leases: leases.clone(),
+                    };
+                }
+                Outcome::Ok(Ret::Table(leases))
+            }
             Err(e) => Outcome::Unknown(e.to_string()),
         };
         h.complete(id, outcome);
@@ -807,6 +823,7 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
         short_client(urls.clone())?,
         h.clone(),
         stop.clone(),
+        None,
     )));
     let mut views = Vec::new();
     for (n, u) in urls.iter().enumerate() {

@@ -154,9 +154,27 @@ impl DiskTally {
         a.refused_after_crash += b.refused_after_crash;
     }
 
-    /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; empty
-    /// when no disk fault was injected.
+    /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; then
+    /// `kill-mid-snapshot=landed/injected mid-write` if that kind was injected (its kills
+    /// count as hit when they landed in the middle of a snapshot write); empty when none of
+    /// these was injected.
     pub fn describe(&self, faults: &BTreeMap<&'static str, usize>) -> String {
+        let disk = self.describe_disk(faults);
+        let Some(kills) = faults.get(KILL_MID_SNAPSHOT) else {
+            return disk;
+        };
+        let snap = format!(
+            "{KILL_MID_SNAPSHOT}={}/{kills} mid-write",
+            self.hit.get(KILL_MID_SNAPSHOT).copied().unwrap_or(0)
+        );
+        if disk.is_empty() {
+            snap
+        } else {
+            format!("{disk}; {snap}")
+        }
+    }
+
+    fn describe_disk(&self, faults: &BTreeMap<&'static str, usize>) -> String {
         let kinds: Vec<String> = DISK_KINDS
             .iter()
             .filter_map(|k| {

@@ -70,6 +70,16 @@ struct OldPayload {
     alloc: AllocatorSnapshot,
 }
 
+/// A snapshot's bytes: the newest shape of [`Payload`].
+fn encode(a: &Allocator) -> bincode::Result<Vec<u8>> {
+    bincode::serialize(&Payload {
+        alloc: a.snapshot(),
+        trust: a.trust().clone(),
+        config_revision: a.config_revision(),
+        instances: a.instances().clone(),
+    })
+}
+
 /// Decodes any shape into a restored allocator. The newest shape is tried first: an older
 /// snapshot ends where a newer field would start, which fails to decode, while a newer one
 /// would decode as an older with bytes left over.
@@ -136,9 +146,40 @@ impl Shared {
     }
 }
 
+/// The snapshot file's writers take turns. openraft builds a snapshot in a task of its own
+/// while its state-machine worker may install one from the leader: both write the same
+/// temporary file, and unserialized, the first to finish renamed the other's bytes (whole,
+/// half-written or mixed with its own) into place, and the other then failed on the vanished
+/// file, which stops Raft. Holds the last log id of the snapshot on disk, so that a build that
+/// ends after a newer install does not put an older snapshot back over it (the log behind the
+/// installed one is purged, so a restart from it would lack entries).
+struct OnDisk(std::sync::Mutex<Option<LogId<NodeId>>>);
+
+impl OnDisk {
+    /// Writes `stored` unless `only_if_newer` and the file already holds a newer snapshot;
+    /// returns whether it wrote.
+    fn write(
+        &self,
+        dir: &Path,
+        stored: &StoredSnapshot,
+        only_if_newer: bool,
+        faults: Option<&DiskFaults>,
+    ) -> Result<bool, SnapshotWriteError> {
+        // A writer that panicked left no half-done state here: the file is renamed whole or not.
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if only_if_newer && stored.meta.last_log_id < *last {
+            return Ok(false);
+        }
+        write_snapshot_file(dir, stored, faults)?;
+        *last = stored.meta.last_log_id;
+        Ok(true)
+    }
+}
+
 pub struct StateMachine {
     shared: Arc<Shared>,
     dir: PathBuf,
+    on_disk: Arc<OnDisk>,
     built: u64,
     /// Faults the snapshot file's writes obey (tests only).
     disk_faults: Option<DiskFaults>,
@@ -178,12 +219,14 @@ impl StateMachine {
             data.history.reset(data.alloc.revision());
         }
         let rev = data.alloc.revision();
+        let on_disk = Arc::new(OnDisk(std::sync::Mutex::new(data.last_applied)));
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
                 revision: watch::channel(rev).0,
             }),
             dir: dir.to_path_buf(),
+            on_disk,
             built: 0,
             disk_faults: None,
         })
@@ -310,6 +353,7 @@ fn write_snapshot_tmp(
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     dir: PathBuf,
+    on_disk: Arc<OnDisk>,
     seq: u64,
     disk_faults: Option<DiskFaults>,
 }
@@ -318,13 +362,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (meta, data) = {
             let d = self.shared.read();
-            let data = bincode::serialize(&Payload {
-                alloc: d.alloc.snapshot(),
-                trust: d.alloc.trust().clone(),
-                config_revision: d.alloc.config_revision(),
-                instances: d.alloc.instances().clone(),
-            })
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            let data = encode(&d.alloc).map_err(|e| snap_err(ErrorVerb::Write, e))?;
             let id = match d.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
                 None => format!("0-0-{}", self.seq),
@@ -342,8 +380,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let dir = self.dir.clone();
         let faults = self.disk_faults.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&dir, &stored, faults.as_ref()).map(|_| stored)
+        let on_disk = self.on_disk.clone();
+        let (stored, written) = tokio::task::spawn_blocking(move || {
+            on_disk
+                .write(&dir, &stored, true, faults.as_ref())
+                .map(|w| (stored, w))
         })
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
@@ -352,7 +393,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tracing::error!(error = %e, "snapshot write failed");
             snap_err(ErrorVerb::Write, e)
         })?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "snapshot written");
+        if written {
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "snapshot written");
+        } else {
+            // openraft ignores it too: it is older than the snapshot it already has.
+            tracing::info!(snapshot = %meta.snapshot_id, "snapshot built but not written: a newer one was installed meanwhile");
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -411,6 +457,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             shared: self.shared.clone(),
             dir: self.dir.clone(),
+            on_disk: self.on_disk.clone(),
             seq: self.built,
             disk_faults: self.disk_faults.clone(),
         }
@@ -436,7 +483,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let dir = self.dir.clone();
         let faults = self.disk_faults.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &stored, faults.as_ref()))
+        let on_disk = self.on_disk.clone();
+        tokio::task::spawn_blocking(move || on_disk.write(&dir, &stored, false, faults.as_ref()))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?
             .map_err(|e| {
@@ -489,17 +537,77 @@ mod tests {
         a
     }
 
+    /// openraft builds a snapshot in a task of its own while its state-machine worker may
+    /// install one received from the leader; both write the snapshot file. Slow fsyncs hold
+    /// the first one's write open while the other begins (the build from the state before the
+    /// install, so older): the install must still succeed, and the file must end as the newer
+    /// (installed) snapshot, whole, which the member restarts from.
+    fn build_and_install_at_once(install_first: bool) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        let disk = DiskFaults::new();
+        disk.slow_fsync(std::time::Duration::from_millis(300));
+        let mut sm = StateMachine::open(dir.path(), 16)
+            .expect("empty dir")
+            .with_disk_faults(Some(disk.clone()));
+        let leader = configured();
+        let data = encode(&leader).expect("serialize");
+        let last = LogId::new(openraft::CommittedLeaderId::new(1, 1), 50);
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-50-1".into(),
+        };
+        let (built, installed) = rt.block_on(async {
+            let mut builder = sm.get_snapshot_builder().await;
+            let install = async move {
+                sm.install_snapshot(&meta, Box::new(Cursor::new(data)))
+                    .await
+            };
+            // The second starts inside the first one's first (slowed) fsync.
+            let pause = std::time::Duration::from_millis(100);
+            if install_first {
+                let install = tokio::spawn(install);
+                tokio::time::sleep(pause).await;
+                let built = builder.build_snapshot().await;
+                (built, install.await.expect("install task"))
+            } else {
+                let build = tokio::spawn(async move { builder.build_snapshot().await });
+                tokio::time::sleep(pause).await;
+                let installed = install.await;
+                (build.await.expect("build task"), installed)
+            }
+        });
+        assert!(built.is_ok(), "build: {built:?}");
+        assert!(installed.is_ok(), "install: {installed:?}");
+        disk.clear();
+        let kept = read_snapshot_file(&dir.path().join(SNAPSHOT_FILE))
+            .expect("a whole snapshot")
+            .expect("a snapshot");
+        assert_eq!(kept.meta.last_log_id, Some(last));
+        let reopened = StateMachine::open(dir.path(), 16).expect("restarts");
+        assert_eq!(reopened.shared().read().alloc.revision(), leader.revision());
+    }
+
+    #[test]
+    fn a_snapshot_installed_while_one_is_being_built_is_the_one_kept() {
+        build_and_install_at_once(false);
+    }
+
+    #[test]
+    fn a_snapshot_built_while_a_newer_one_is_installed_does_not_replace_it() {
+        build_and_install_at_once(true);
+    }
+
     #[test]
     fn the_configuration_revision_survives_a_snapshot_and_older_shapes_still_restore() {
         let a = configured();
         assert_eq!(a.config_revision(), 1);
-        let now = bincode::serialize(&Payload {
-            alloc: a.snapshot(),
-            trust: a.trust().clone(),
-            config_revision: a.config_revision(),
-            instances: a.instances().clone(),
-        })
-        .expect("serialize");
+        let now = encode(&a).expect("serialize");
         assert_eq!(restore(&now).expect("restores").config_revision(), 1);
 
         #[derive(Serialize)]

@@ -116,6 +116,19 @@ impl TwillProcs {
         self.children[i].as_ref().map(|c| c.id())
     }
 
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("m{}", i + 1))
+    }
+
+    /// A watch on running member `i`'s snapshot writes, to SIGKILL it in the middle of one.
+    pub fn watch_snapshot(&self, i: usize) -> Result<SnapshotWatch> {
+        let pid = self
+            .pid(i)
+            .with_context(|| format!("member {} is not running", i + 1))?;
+        SnapshotWatch::new(&self.data_dir(i), pid)
+    }
+
     /// The index of the member every running member names as leader.
     pub async fn wait_leader(&self, within: Duration) -> Result<usize> {
         let deadline = Instant::now() + within;
@@ -180,6 +193,34 @@ impl TwillProcs {
         Ok(())
     }
 
+    /// Waits up to `within` for member `i`'s next snapshot write and SIGKILLs it at the moment
+    /// `at` names, or, when none begins in time, kills it anyway. Returns whether the kill was
+    /// sent during a write, and what its data directory held once it was dead.
+    pub async fn kill_mid_snapshot(
+        &mut self,
+        i: usize,
+        within: Duration,
+        at: KillAt,
+    ) -> Result<(bool, SnapshotFiles)> {
+        let w = self.watch_snapshot(i)?;
+        let during_write =
+            tokio::task::spawn_blocking(move || w.kill_during_write(within, at)).await??;
+        // Reaps it, or kills it when no write came.
+        self.kill(i);
+        Ok((during_write, SnapshotFiles::of(&self.data_dir(i))))
+    }
+
+    /// How long member `i`'s next whole snapshot write takes (see
+    /// [`SnapshotWatch::time_write`]); `None` if none is done within `within`.
+    pub async fn time_snapshot_write(
+        &self,
+        i: usize,
+        within: Duration,
+    ) -> Result<Option<Duration>> {
+        let w = self.watch_snapshot(i)?;
+        tokio::task::spawn_blocking(move || w.time_write(within)).await?
+    }
+
     /// SIGKILL, no chance to flush anything.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
@@ -219,6 +260,240 @@ impl Drop for TwillProcs {
     fn drop(&mut self) {
         for i in 0..self.children.len() {
             self.kill(i);
+        }
+    }
+}
+
+/// The temporary file a controller writes its snapshot to before renaming it over
+/// [`twill_controller::state_machine::SNAPSHOT_FILE`].
+fn snapshot_tmp() -> String {
+    format!("{}.tmp", twill_controller::state_machine::SNAPSHOT_FILE)
+}
+
+/// When, in a snapshot write, [`SnapshotWatch::kill_during_write`] sends SIGKILL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillAt {
+    /// As soon as the temporary file is opened: before or while its bytes are written.
+    Open,
+    /// Once the temporary file has bytes: while the rest is written or it is fsynced.
+    FirstBytes,
+}
+
+/// Watches a member's data directory with inotify for its snapshot writes (temporary file
+/// opened, written, renamed over `snapshot.bin`). Events, not polling: a write lasts a few
+/// milliseconds (mostly its fsync), and a kill must land inside it.
+pub struct SnapshotWatch {
+    fd: std::os::fd::OwnedFd,
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl SnapshotWatch {
+    fn new(dir: &Path, pid: u32) -> Result<SnapshotWatch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: inotify_init1 takes flags only; a negative return is checked below.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_init1");
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .with_context(|| format!("data dir {} has a NUL", dir.display()))?;
+        let mask = libc::IN_OPEN | libc::IN_MODIFY | libc::IN_MOVED_FROM;
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path that outlives the call.
+        let wd = unsafe {
+            libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), path.as_ptr(), mask)
+        };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("inotify_add_watch {}", dir.display()));
+        }
+        Ok(SnapshotWatch {
+            fd,
+            dir: dir.to_path_buf(),
+            pid,
+        })
+    }
+
+    /// The masks of the events on the temporary snapshot file that arrive within `wait`
+    /// (an empty list when none does).
+    fn events(&self, wait: Duration) -> Result<Vec<u32>> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one pollfd, valid for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(e).context("poll inotify");
+        }
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads at most buf.len() bytes into buf.
+            let got = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
+            if got < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(out);
+                }
+                return Err(e).context("read inotify");
+            }
+            out.extend(tmp_events(&buf[..got as usize]));
+        }
+    }
+
+    /// Forgets the events queued so far: only a write that begins from now on counts.
+    fn drain(&self) -> Result<()> {
+        self.events(Duration::ZERO).map(|_| ())
+    }
+
+    /// Waits up to `within` for a snapshot write to begin, then SIGKILLs the member at the
+    /// moment `at` names. Returns whether it did; when no write began in time the member is
+    /// left running.
+    pub fn kill_during_write(&self, within: Duration, at: KillAt) -> Result<bool> {
+        self.drain()?;
+        let deadline = Instant::now() + within;
+        let mut opened = false;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            for mask in self.events(left)? {
+                opened |= mask & libc::IN_OPEN != 0;
+                if mask & libc::IN_MOVED_FROM != 0 {
+                    // That write finished before its first bytes were seen: wait for the next.
+                    opened = false;
+                }
+                let due = match at {
+                    KillAt::Open => opened,
+                    KillAt::FirstBytes => {
+                        opened
+                            && mask & libc::IN_MODIFY != 0
+                            && std::fs::metadata(self.dir.join(snapshot_tmp()))
+                                .is_ok_and(|m| m.len() > 0)
+                    }
+                };
+                if due {
+                    // SAFETY: kill(2) on a child of this process that has not been reaped,
+                    // so its pid cannot have been reused.
+                    if unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+                        return Err(std::io::Error::last_os_error()).context("SIGKILL");
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// How long the next whole snapshot write takes, from the temporary file's opening to its
+    /// rename, as this thread sees the events (so a little later each, never earlier); `None`
+    /// if none begins and ends within `within`.
+    pub fn time_write(&self, within: Duration) -> Result<Option<Duration>> {
+        self.drain()?;
+        let deadline = Instant::now() + within;
+        let mut opened: Option<Instant> = None;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let events = self.events(left)?;
+            let read_at = Instant::now();
+            for mask in events {
+                if mask & libc::IN_MOVED_FROM != 0 {
+                    match opened {
+                        Some(t) if t < read_at => return Ok(Some(read_at - t)),
+                        // Opened and renamed within one read: this thread woke too late to
+                        // time it; wait for the next write.
+                        _ => opened = None,
+                    }
+                } else if mask & libc::IN_OPEN != 0 && opened.is_none() {
+                    opened = Some(read_at);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The masks of the events in an inotify read that name the temporary snapshot file. Each event
+/// is a 16-byte header (wd, mask, cookie, name length) and the NUL-padded name.
+fn tmp_events(mut buf: &[u8]) -> Vec<u32> {
+    let want = snapshot_tmp();
+    let mut out = Vec::new();
+    while buf.len() >= 16 {
+        let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let mask = word(4);
+        let len = word(12) as usize;
+        let Some(name) = buf.get(16..16 + len) else {
+            break;
+        };
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        if name == want.as_bytes() {
+            out.push(mask);
+        }
+        buf = &buf[16 + len..];
+    }
+    out
+}
+
+/// What a member's data directory held of its snapshot after it died.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// The temporary file's length, if it is there: a write whose rename never happened.
+    pub tmp_len: Option<u64>,
+    /// The whole length the temporary file's header announces, if the header was written.
+    pub tmp_announced: Option<u64>,
+    /// The snapshot's length, if there is one.
+    pub snapshot_len: Option<u64>,
+}
+
+impl SnapshotFiles {
+    /// Reads member data directory `dir`.
+    pub fn of(dir: &Path) -> SnapshotFiles {
+        let tmp = std::fs::read(dir.join(snapshot_tmp())).ok();
+        // Magic (8 bytes), CRC (4), body length (8), body.
+        let tmp_announced = tmp.as_ref().and_then(|b| {
+            let len: [u8; 8] = b.get(12..20)?.try_into().ok()?;
+            Some(u64::from_le_bytes(len).saturating_add(20))
+        });
+        SnapshotFiles {
+            tmp_len: tmp.map(|b| b.len() as u64),
+            tmp_announced,
+            snapshot_len: std::fs::metadata(
+                dir.join(twill_controller::state_machine::SNAPSHOT_FILE),
+            )
+            .ok()
+            .map(|m| m.len()),
+        }
+    }
+
+    /// The kill came before the rename that would have ended the write.
+    pub fn mid_write(&self) -> bool {
+        self.tmp_len.is_some()
+    }
+}
+
+impl std::fmt::Display for SnapshotFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.tmp_len, self.tmp_announced) {
+            (None, _) => f.write_str("no temporary file (its rename had happened)")?,
+            (Some(n), Some(full)) => write!(f, "temporary file left with {n} of {full} bytes")?,
+            (Some(n), None) => write!(f, "temporary file left with {n} bytes (header unwritten)")?,
+        }
+        match self.snapshot_len {
+            Some(n) => write!(f, ", previous snapshot {n} bytes"),
+            None => f.write_str(", no previous snapshot"),
         }
     }
 }

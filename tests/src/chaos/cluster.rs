@@ -13,7 +13,7 @@ use twill_controller::disk::{DiskFaults, FaultCounts};
 use twill_controller::network::Faults;
 use twill_controller::NodeId;
 
-use crate::procs::TwillProcs;
+use crate::procs::{KillAt, SnapshotFiles, TwillProcs};
 use crate::Cluster;
 
 /// Where the controller members run.
@@ -32,6 +32,31 @@ impl std::fmt::Display for Mode {
             Mode::InProcess => "in-process",
             Mode::Processes => "processes",
         })
+    }
+}
+
+/// Log entries between a processes-mode member's snapshots. Small, so that with the run's
+/// writes (a dozen agents renewing every second or so) each member writes a snapshot about
+/// every second, and `kill-mid-snapshot` finds one under way within its wait.
+pub const SNAPSHOT_EVERY: &str = "10";
+
+/// What a `kill-mid-snapshot` fault did.
+#[derive(Clone, Debug)]
+pub struct SnapshotKill {
+    /// The kill was sent when a snapshot write had begun; `false`: none began within the wait
+    /// and the member was killed anyway.
+    pub during_write: bool,
+    /// The member's snapshot files once it was dead.
+    pub files: SnapshotFiles,
+    /// How long the nemesis waited for a write.
+    pub waited: Duration,
+}
+
+impl SnapshotKill {
+    /// The kill landed in the middle of a snapshot write: sent once one had begun, and its
+    /// temporary file was still there (not renamed) once the member was dead.
+    pub fn mid_write(&self) -> bool {
+        self.during_write && self.files.mid_write()
     }
 }
 
@@ -105,6 +130,8 @@ impl Controllers {
                         &ttl,
                         "--write-timeout",
                         "2s",
+                        "--snapshot-every",
+                        SNAPSHOT_EVERY,
                     ],
                 )
                 .await?;
@@ -150,6 +177,26 @@ impl Controllers {
             Controllers::InProcess { cluster, .. } => cluster.stop(i as NodeId + 1).await,
             Controllers::Processes { procs, .. } => procs.kill(i),
         }
+    }
+
+    /// Waits up to `within` for member `i`'s next snapshot write and SIGKILLs it at the moment
+    /// `at` names; without one in time, kills it anyway. Processes only (`None` in process).
+    pub async fn kill_mid_snapshot(
+        &mut self,
+        i: usize,
+        within: Duration,
+        at: KillAt,
+    ) -> Result<Option<SnapshotKill>> {
+        let Controllers::Processes { procs, .. } = self else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let (during_write, files) = procs.kill_mid_snapshot(i, within, at).await?;
+        Ok(Some(SnapshotKill {
+            during_write,
+            files,
+            waited: started.elapsed(),
+        }))
     }
 
     /// Starts member `i` again from its data directory.

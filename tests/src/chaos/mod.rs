@@ -90,6 +90,9 @@ pub const DISK_SLOW: &str = "disk-slow";
 /// the member must stop; it is restarted on a healthy disk.
 pub const DISK_TORN: &str = "disk-torn";
 pub const DISK_KINDS: [&str; 4] = [DISK_FSYNC, DISK_FULL, DISK_SLOW, DISK_TORN];
+/// A member process SIGKILLed while it writes a snapshot (its temporary file opened or first
+/// written, not yet renamed), then restarted from its data directory. Processes only.
+pub const KILL_MID_SNAPSHOT: &str = "kill-mid-snapshot";
 
 /// The fault kinds of each mode (agents mode has its own, in [`agents`]).
 pub fn kinds_of(mode: Mode) -> &'static [&'static str] {
@@ -106,7 +109,7 @@ pub fn kinds_of(mode: Mode) -> &'static [&'static str] {
             DISK_SLOW,
             DISK_TORN,
         ],
-        Mode::Processes => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT],
+        Mode::Processes => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT, KILL_MID_SNAPSHOT],
     }
 }
 
@@ -151,9 +154,27 @@ impl DiskTally {
         a.refused_after_crash += b.refused_after_crash;
     }
 
-    /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; empty
-    /// when no disk fault was injected.
+    /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; then
+    /// `kill-mid-snapshot=landed/injected mid-write` if that kind was injected (its kills
+    /// count as hit when they landed in the middle of a snapshot write); empty when none of
+    /// these was injected.
     pub fn describe(&self, faults: &BTreeMap<&'static str, usize>) -> String {
+        let disk = self.describe_disk(faults);
+        let Some(kills) = faults.get(KILL_MID_SNAPSHOT) else {
+            return disk;
+        };
+        let snap = format!(
+            "{KILL_MID_SNAPSHOT}={}/{kills} mid-write",
+            self.hit.get(KILL_MID_SNAPSHOT).copied().unwrap_or(0)
+        );
+        if disk.is_empty() {
+            snap
+        } else {
+            format!("{disk}; {snap}")
+        }
+    }
+
+    fn describe_disk(&self, faults: &BTreeMap<&'static str, usize>) -> String {
         let kinds: Vec<String> = DISK_KINDS
             .iter()
             .filter_map(|k| {
@@ -699,6 +720,43 @@ async fn nemesis(
                     target + 1
                 ));
                 c.kill(target).await;
+                tokio::time::sleep(hold).await;
+                c.restart(target)
+                    .await
+                    .with_context(|| format!("restart member {}", target + 1))?;
+            }
+            KILL_MID_SNAPSHOT => {
+                let at = if rng.random_ratio(1, 2) {
+                    crate::procs::KillAt::Open
+                } else {
+                    crate::procs::KillAt::FirstBytes
+                };
+                h.fault(format!(
+                    "{KILL_MID_SNAPSHOT}: member {} (leader {leader:?}) to be SIGKILLed at {at:?} of its next snapshot write (waiting up to 10 s)",
+                    target + 1
+                ));
+                let Some(k) = c
+                    .kill_mid_snapshot(target, Duration::from_secs(10), at)
+                    .await?
+                else {
+                    continue;
+                };
+                // A kill that did not land mid-write is still a kill; it counts as injected,
+                // not as hit.
+                *tally.hit.entry(kind).or_default() += usize::from(k.mid_write());
+                h.fault(format!(
+                    "{KILL_MID_SNAPSHOT}: member {} killed after waiting {:?}: {}; {}; down for {hold:?}",
+                    target + 1,
+                    k.waited,
+                    if k.mid_write() {
+                        "landed mid-write"
+                    } else if k.during_write {
+                        "missed (the write had finished)"
+                    } else {
+                        "no write began in 10 s, killed anyway (not mid-write)"
+                    },
+                    k.files
+                ));
                 tokio::time::sleep(hold).await;
                 c.restart(target)
                     .await

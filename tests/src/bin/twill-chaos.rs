@@ -36,7 +36,8 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      simulated agents at a time, each leaving after 2-10 s without releasing,
                      so leases expire and subnets are reused by the thousand; a member paused
                      (SIGSTOP 1.5-4 s) or an agent stalled past its TTL every 10-40 s, never a
-                     restart. Every 30 s (H/40 for short soaks) prints each member's RSS, fds,
+                     restart. Members snapshot every 1,000 entries and keep 1,000 watch
+                     events, so these bounded buffers are full within a minute. Every 30 s (H/40 for short soaks) prints each member's RSS, fds,
                      threads, applied index and leases; at the end a table, a verdict per
                      member, the history checks, and exits 1 on a violation or if a member's
                      RSS grew >20 % or its fds by >16 (last-quarter mean over the second
@@ -210,11 +211,13 @@ fn main() {
 async fn soak(hours: f64, seed: u64) -> i32 {
     let s = chaos::soak::Soak::new(seed, hours);
     println!(
-        "soak: seed {seed}, {:.1} min, a sample every {:?}, TTL {:?}, {} agents at a time",
+        "soak: seed {seed}, {:.1} min, a sample every {:?}, TTL {:?}, {} agents at a time, members with --snapshot-every {} --watch-history {}",
         s.duration.as_secs_f64() / 60.0,
         s.interval,
         s.ttl,
-        s.live_agents
+        s.live_agents,
+        s.snapshot_every,
+        s.watch_history
     );
     match chaos::soak::run(&s).await {
         Ok(r) => {

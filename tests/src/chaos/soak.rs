@@ -21,7 +21,7 @@ use super::check::{self, Violation};
 use super::history::{Call, History, Micros, Observation, Op, Outcome, Ret, Seen};
 use super::{
     agent_loop, excerpt, lock, reader_loop, short_client, table, watcher_loop, Agent, AgentMode,
-    Controllers, Mode, View, PAUSE, STALL_AGENT,
+    Controllers, View, PAUSE, STALL_AGENT,
 };
 
 /// A soak's settings.
@@ -37,6 +37,13 @@ pub struct Soak {
     pub ttl: Duration,
     /// Time between two faults, drawn in this range.
     pub fault_gap: (Duration, Duration),
+    /// The members' `--snapshot-every` and `--watch-history`: both bound buffers (the Raft log
+    /// behind the last snapshot, the events kept for resuming watchers) that fill for the first
+    /// N entries. At the defaults (10,000) that takes ~10 min of this churn, which would read as
+    /// growth in a short soak; at 1,000 they are full within a minute and a snapshot is taken
+    /// every minute or so, so what still grows after that is a leak.
+    pub snapshot_every: u64,
+    pub watch_history: u64,
 }
 
 impl Soak {
@@ -55,6 +62,8 @@ impl Soak {
             lifetime: (Duration::from_secs(2), Duration::from_secs(10)),
             ttl: Duration::from_secs(2),
             fault_gap: (Duration::from_secs(10), Duration::from_secs(40)),
+            snapshot_every: 1_000,
+            watch_history: 1_000,
         }
     }
 }
@@ -461,10 +470,49 @@ fn sample_line(s: &Sample) -> String {
     )
 }
 
+/// Three `twill controller` processes as [`Controllers::start`] makes them, with the soak's
+/// snapshot and watch-history sizes.
+async fn start(s: &Soak) -> Result<Controllers> {
+    let dir = tempfile::tempdir()?;
+    let bin = crate::twill_binary()?;
+    let (ttl, snap, watch) = (
+        format!("{}ms", s.ttl.as_millis()),
+        s.snapshot_every.to_string(),
+        s.watch_history.to_string(),
+    );
+    // The pool of every chaos run: the sixteen /28s of cluster::NETWORK.
+    let (first, last) = ("10.99.0.0", "10.99.0.240");
+    let procs = crate::procs::TwillProcs::start(
+        &bin,
+        3,
+        dir.path(),
+        &[
+            "--network",
+            super::cluster::NETWORK,
+            "--subnet-len",
+            &super::cluster::SUBNET_LEN.to_string(),
+            "--subnet-min",
+            first,
+            "--subnet-max",
+            last,
+            "--lease-ttl",
+            &ttl,
+            "--write-timeout",
+            "2s",
+            "--snapshot-every",
+            &snap,
+            "--watch-history",
+            &watch,
+        ],
+    )
+    .await?;
+    Ok(Controllers::Processes { procs, _dir: dir })
+}
+
 /// Runs the soak, printing a line per sample.
 pub async fn run(s: &Soak) -> Result<SoakReport> {
     let mut rng = StdRng::seed_from_u64(s.seed);
-    let mut c = Controllers::start(Mode::Processes, 3, s.ttl, s.seed).await?;
+    let mut c = start(s).await?;
     // The soak's time starts once the cluster is up (building `twill` may take minutes).
     let started = Instant::now();
     let urls = c.urls();

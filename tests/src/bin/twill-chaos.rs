@@ -1,5 +1,7 @@
 //! Long chaos campaigns: one run per seed, alternating modes and cluster sizes, every history
-//! checked. Ends with a summary line; exits 1 if any run found a violation.
+//! checked. Ends with a summary line; exits 1 if any run found a violation. With `--hours`, a
+//! soak instead (`twill_tests::chaos::soak`): one cluster for hours, its members' memory and
+//! file descriptors sampled and judged.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ every agent leased again and freed subnets reused.
 Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                    [--mode in-process|processes|both|agents] [--members 3|5|both]
                    [--faults-for SECONDS] [--kinds K1,K2,...]
+       twill-chaos --hours H [--first-seed S]
 
   --seeds N          runs to do (default 10)
   --minutes M        stop starting runs after M minutes (default: no limit)
@@ -28,6 +31,17 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      process instead (needs root)
   --members          cluster size (default both: alternate 3 and 5)
   --faults-for SECS  how long each run injects faults (default 30)
+  --hours H          soak instead of campaigns (H may be a fraction, e.g. 0.05): one cluster
+                     of 3 `twill controller` processes lives H hours, 2 s lease TTL, 10
+                     simulated agents at a time, each leaving after 2-10 s without releasing,
+                     so leases expire and subnets are reused by the thousand; a member paused
+                     (SIGSTOP 1.5-4 s) or an agent stalled past its TTL every 10-40 s, never a
+                     restart. Members snapshot every 1,000 entries and keep 1,000 watch
+                     events, so these bounded buffers are full within a minute. Every 30 s (H/40 for short soaks) prints each member's RSS, fds,
+                     threads, applied index and leases; at the end a table, a verdict per
+                     member, the history checks, and exits 1 on a violation or if a member's
+                     RSS grew >20 % or its fds by >16 (last-quarter mean over the second
+                     quarter's) while still rising. Only --first-seed applies with it.
   --kinds LIST       draw only these fault kinds (comma-separated), e.g.
                      disk-fsync-fail,disk-full,disk-slow,disk-torn; default: all of the
                      mode's kinds. In process: kill-member, partition, lossy-network,
@@ -54,6 +68,8 @@ struct Args {
     sizes: Vec<usize>,
     faults_for: Duration,
     kinds: Option<Vec<&'static str>>,
+    /// `--hours`: a soak instead of campaigns.
+    hours: Option<f64>,
 }
 
 fn parse() -> Result<Args> {
@@ -66,7 +82,9 @@ fn parse() -> Result<Args> {
         sizes: vec![3, 5],
         faults_for: Duration::from_secs(30),
         kinds: None,
+        hours: None,
     };
+    let mut campaign_flags = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
@@ -80,7 +98,19 @@ fn parse() -> Result<Args> {
             v.parse()
                 .map_err(|_| anyhow::anyhow!("{flag}: {v:?} is not a whole number"))
         };
+        if !["--first-seed", "--hours"].contains(&flag.as_str()) {
+            campaign_flags.push(flag.clone());
+        }
         match flag.as_str() {
+            "--hours" => {
+                let h: f64 = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--hours: {v:?} is not a number"))?;
+                if !(h > 0.0 && h <= 1000.0) {
+                    bail!("--hours: {v} is not between 0 and 1000");
+                }
+                a.hours = Some(h);
+            }
             "--seeds" => a.seeds = num(&v)?,
             "--first-seed" => a.first = num(&v)?,
             "--faults-for" => a.faults_for = Duration::from_secs(num(&v)?),
@@ -130,6 +160,12 @@ fn parse() -> Result<Args> {
             _ => bail!("unknown flag {flag} (see --help)"),
         }
     }
+    if a.hours.is_some() && !campaign_flags.is_empty() {
+        bail!(
+            "--hours runs a soak; {} only apply to campaigns",
+            campaign_flags.join(", ")
+        );
+    }
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
@@ -164,7 +200,35 @@ fn main() {
             std::process::exit(2);
         }
     };
-    std::process::exit(rt.block_on(campaigns(args)));
+    let code = match args.hours {
+        Some(h) => rt.block_on(soak(h, args.first)),
+        None => rt.block_on(campaigns(args)),
+    };
+    std::process::exit(code);
+}
+
+/// One soak; exits 1 on a violation, on a member whose RSS or fds grow, or if it cannot run.
+async fn soak(hours: f64, seed: u64) -> i32 {
+    let s = chaos::soak::Soak::new(seed, hours);
+    println!(
+        "soak: seed {seed}, {:.1} min, a sample every {:?}, TTL {:?}, {} agents at a time, members with --snapshot-every {} --watch-history {}",
+        s.duration.as_secs_f64() / 60.0,
+        s.interval,
+        s.ttl,
+        s.live_agents,
+        s.snapshot_every,
+        s.watch_history
+    );
+    match chaos::soak::run(&s).await {
+        Ok(r) => {
+            r.print();
+            i32::from(r.failed())
+        }
+        Err(e) => {
+            println!("soak: the run itself failed: {e:#}");
+            1
+        }
+    }
 }
 
 async fn campaigns(a: Args) -> i32 {

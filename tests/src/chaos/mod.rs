@@ -13,6 +13,7 @@ pub mod agents;
 pub mod check;
 pub mod cluster;
 pub mod history;
+pub mod soak;
 pub mod wgl;
 
 use std::collections::{BTreeMap, BTreeSet};

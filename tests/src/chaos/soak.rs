@@ -522,6 +522,7 @@ pub async fn run(s: &Soak) -> Result<SoakReport> {
         short_client(urls.clone())?,
         h.clone(),
         stop.clone(),
+        None,
     ))];
     // One watcher per member, each following its own member's stream.
     let views: Vec<Arc<Mutex<View>>> = urls.iter().map(|_| Arc::default()).collect();

@@ -37,8 +37,9 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      so leases expire and subnets are reused by the thousand; a member paused
                      (SIGSTOP 1.5-4 s) or an agent stalled past its TTL every 10-40 s, never a
                      restart. Members snapshot every 1,000 entries and keep 1,000 watch
-                     events, so these bounded buffers are full within a minute. Every 30 s (H/40 for short soaks) prints each member's RSS, fds,
-                     threads, applied index and leases; at the end a table, a verdict per
+                     events, so these bounded buffers are full within a minute. Every 30 s
+                     (H/40 for short soaks) prints each member's RSS, fds, threads, applied
+                     index and leases; at the end a table, a verdict per
                      member, the history checks, and exits 1 on a violation or if a member's
                      RSS grew >20 % or its fds by >16 (last-quarter mean over the second
                      quarter's) while still rising. Only --first-seed applies with it.
@@ -48,11 +49,23 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      clock-step, crash-agent, stall-agent and the disk faults disk-fsync-fail
                      (fsync EIO), disk-full (writes ENOSPC), disk-slow (fsync +100 ms..2 s),
                      disk-torn (a write torn, then a dead disk). Processes: kill-member,
-                     pause-member, crash-agent, stall-agent. Not for agents mode.
+                     pause-member, crash-agent, stall-agent, kill-mid-snapshot (SIGKILL
+                     while a snapshot is being written, then restart). Agents mode:
+                     kill-controller, pause-controller, kill-agent, stall-agent,
+                     cut-controller (an agent's namespace drops its traffic with the
+                     controller for 0.3-3 s or 4-9 s, packets counted), cut-underlay (two
+                     nodes' underlay cut for 1-4 s under a ping, packets counted),
+                     clock-step-controller (the controller's wall clock stepped +-2..30 s
+                     through libfaketime, package faketime, then the controller restarted on
+                     it; the step is checked in its leader time).
 
 Disk faults are counted twice: as injected (faults injected) and as really hit (the member's
 disk counters rose: an fsync failed or was delayed, a write failed or was torn), shown as
-kind=hit/injected; a kind that was injected but never hit shows 0/N.
+kind=hit/injected; a kind that was injected but never hit shows 0/N. A kill-mid-snapshot
+counts as hit when it landed in the middle of a snapshot write (the member's temporary
+snapshot file still there once it was dead), shown as kill-mid-snapshot=landed/injected.
+In agents mode a cut that dropped no packet, or a clock step the controller does not show,
+is a fault-missed violation.
 
 A failing run prints its seed, its violations and the history around the first one; rerun it
 with --first-seed SEED --seeds 1 and the same --mode/--members. The seed fixes the fault
@@ -138,6 +151,7 @@ fn parse() -> Result<Args> {
                     let Some(known) = chaos::kinds_of(Mode::InProcess)
                         .iter()
                         .chain(chaos::kinds_of(Mode::Processes))
+                        .chain(chaos::agents::KINDS.iter())
                         .find(|x| **x == k)
                     else {
                         bail!("--kinds: unknown fault kind {k:?} (see --help)");
@@ -171,11 +185,14 @@ fn parse() -> Result<Args> {
     }
     if let Some(kinds) = &a.kinds {
         if a.agents {
-            bail!("--kinds does not apply to agents mode");
-        }
-        for m in &a.modes {
-            if let Some(k) = kinds.iter().find(|k| !chaos::kinds_of(*m).contains(k)) {
-                bail!("--kinds: {k} cannot be injected in {m} mode");
+            if let Some(k) = kinds.iter().find(|k| !chaos::agents::KINDS.contains(k)) {
+                bail!("--kinds: {k} cannot be injected in agents mode");
+            }
+        } else {
+            for m in &a.modes {
+                if let Some(k) = kinds.iter().find(|k| !chaos::kinds_of(*m).contains(k)) {
+                    bail!("--kinds: {k} cannot be injected in {m} mode");
+                }
             }
         }
     }
@@ -249,10 +266,11 @@ async fn campaigns(a: Args) -> i32 {
         let mode = a.modes[i as usize % a.modes.len()];
         let members = a.sizes[(i as usize / a.modes.len()) % a.sizes.len()];
         let r = if a.agents {
-            let faults_for = a.faults_for;
+            let mut c = Campaign::new(seed, Mode::Processes, 1, a.faults_for);
+            c.kinds = a.kinds.clone();
             tokio::task::spawn_blocking(move || {
                 let bin = twill_tests::twill_binary()?;
-                chaos::agents::run(seed, 3, faults_for, &bin)
+                chaos::agents::run_campaign(&c, 3, &bin).map(|(r, _)| r)
             })
             .await
             .map_err(anyhow::Error::from)

@@ -233,9 +233,13 @@ impl Member {
     }
 
     /// The member that reads the oldest log format, when that is older than `format`: a
-    /// command of `format` must then not be written. A peer that has not answered yet is
-    /// waited for (up to an election timeout: a new leader hears from every live member within
-    /// a heartbeat), then counted as format 1, as a member of a release before the check is.
+    /// command of `format` must then not be written. A peer that has never answered this
+    /// member is waited for up to two heartbeats (a new leader hears from every live member
+    /// within one), then left out: it is down, applies nothing meanwhile, and holding every
+    /// acquisition back for a member that may never return would cost more than the risk that
+    /// it returns on an older release mid-upgrade (it would then refuse the newer entries until
+    /// upgraded, while the others carry on). A member of a release before the check answers
+    /// without naming a format and counts as format 1.
     pub async fn oldest_reader(&self, format: u32) -> Option<(NodeId, u32)> {
         let peers: Vec<NodeId> = {
             let m = self.raft.metrics().borrow().clone();
@@ -246,15 +250,14 @@ impl Member {
                 .filter(|id| *id != self.id)
                 .collect()
         };
-        let until = tokio::time::Instant::now()
-            + Duration::from_millis(self.opts.election_max_ms.max(self.opts.heartbeat_ms * 3));
+        let until = tokio::time::Instant::now() + Duration::from_millis(self.opts.heartbeat_ms * 2);
         loop {
             let known: Vec<(NodeId, Option<u32>)> =
                 peers.iter().map(|p| (*p, self.formats.of(*p))).collect();
             if known.iter().all(|(_, f)| f.is_some()) || tokio::time::Instant::now() >= until {
                 return known
                     .into_iter()
-                    .map(|(p, f)| (p, f.unwrap_or(1)))
+                    .filter_map(|(p, f)| Some((p, f?)))
                     .filter(|(_, f)| *f < format)
                     .min_by_key(|(_, f)| *f);
             }

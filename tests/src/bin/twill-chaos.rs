@@ -41,7 +41,7 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      (H/40 for short soaks) prints each member's RSS, fds, threads, applied
                      index and leases; at the end a table, a verdict per
                      member, the history checks, and exits 1 on a violation or if a member's
-                     RSS grew >20 % or its fds by >16 (last-quarter mean over the second
+                     anonymous RSS (RssAnon: its heap) grew >20 % or its fds by >16 (last-quarter mean over the second
                      quarter's) while still rising. Only --first-seed applies with it.
   --kinds LIST       draw only these fault kinds (comma-separated), e.g.
                      disk-fsync-fail,disk-full,disk-slow,disk-torn; default: all of the

@@ -110,7 +110,7 @@ async fn chaos_processes_real_full_disk() {
     }
     let (seed, members) = (600, 3);
     let kinds = [chaos::DISK_FULL_REAL, chaos::KILL];
-    let c = Campaign::new(seed, Mode::Processes, members, Duration::from_secs(20)).only(&kinds);
+    let c = Campaign::new(seed, Mode::Processes, members, Duration::from_secs(30)).only(&kinds);
     let r = chaos::run(&c).await.expect("chaos run");
     let rerun = format!(
         "twill-chaos --mode processes --members {members} --first-seed {seed} --seeds 1 --kinds {}",

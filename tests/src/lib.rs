@@ -8,6 +8,7 @@ pub mod dashboards;
 pub mod etcd;
 pub mod netns;
 pub mod procs;
+pub mod tmpfs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -100,6 +100,36 @@ async fn chaos_processes_three_members() {
     campaign(3, Mode::Processes, 3).await;
 }
 
+/// A real full disk (root): members on tmpfs of their own, one at a time shrunk to what it
+/// uses, among kills. A full disk must have stopped a member at least once (its log naming
+/// ENOSPC, its exit non-zero: a miss is a violation), and it rejoined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_processes_real_full_disk() {
+    if !twill_tests::netns::root_or_skip("chaos_processes_real_full_disk") {
+        return;
+    }
+    let (seed, members) = (600, 3);
+    let kinds = [chaos::DISK_FULL_REAL, chaos::KILL];
+    let c = Campaign::new(seed, Mode::Processes, members, Duration::from_secs(30)).only(&kinds);
+    let r = chaos::run(&c).await.expect("chaos run");
+    let rerun = format!(
+        "twill-chaos --mode processes --members {members} --first-seed {seed} --seeds 1 --kinds {}",
+        kinds.join(",")
+    );
+    expect_clean(&r, 200, &rerun);
+    assert!(
+        r.disk.hit.get(chaos::DISK_FULL_REAL).copied().unwrap_or(0) > 0
+            && r.disk
+                .stopped
+                .get(chaos::DISK_FULL_REAL)
+                .copied()
+                .unwrap_or(0)
+                > 0,
+        "no full disk stopped a member: {}",
+        r.line()
+    );
+}
+
 /// Real agents in network namespaces: controller and agents killed, paused and restarted.
 #[test]
 fn chaos_real_agents_in_namespaces() {

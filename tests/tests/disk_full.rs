@@ -4,8 +4,6 @@
 //! (the tmpfs made larger) it starts from its data directory, catches up, and every member
 //! has every acknowledged lease. Needs root to mount; in CI a missing root fails the test.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,39 +11,7 @@ use std::time::{Duration, Instant};
 use twill_client::{Client, ClientOptions};
 use twill_tests::netns::root_or_skip;
 use twill_tests::procs::TwillProcs;
-
-/// A tmpfs of the test's own at a directory under its temporary directory, unmounted when
-/// dropped (after the processes using it, which are declared later and dropped first).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&at).expect("mount point");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("twill-test")
-            .arg(&at)
-            .status()
-            .expect("mount");
-        assert!(ok.success(), "mount tmpfs at {}", at.display());
-        Tmpfs(at)
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .expect("remount");
-        assert!(ok.success(), "remount {} at {size}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use twill_tests::tmpfs::Tmpfs;
 
 fn client(urls: Vec<String>) -> Client {
     let opts = ClientOptions {
@@ -63,7 +29,7 @@ async fn a_member_on_a_full_disk_exits_saying_why_and_rejoins_once_there_is_room
         return;
     }
     let dir = tempfile::tempdir().expect("dir");
-    let disk = Tmpfs::mount(dir.path().join("m1"), "384k");
+    let disk = Tmpfs::mount(dir.path().join("m1"), "384k").expect("tmpfs for member 1");
     let bin = twill_tests::twill_binary().expect("twill");
     let mut procs = TwillProcs::start_with(
         &bin,
@@ -136,7 +102,7 @@ async fn a_member_on_a_full_disk_exits_saying_why_and_rejoins_once_there_is_room
     }
 
     // Room again: it starts from what it had on disk and catches up.
-    disk.resize("64m");
+    disk.resize("64m").expect("enlarge the tmpfs");
     procs.restart(0).expect("member 1 again");
     procs
         .wait_caught_up(Duration::from_secs(60))

@@ -50,7 +50,10 @@ Usage: twill-chaos [--seeds N] [--minutes M] [--first-seed S]
                      (fsync EIO), disk-full (writes ENOSPC), disk-slow (fsync +100 ms..2 s),
                      disk-torn (a write torn, then a dead disk). Processes: kill-member,
                      pause-member, crash-agent, stall-agent, kill-mid-snapshot (SIGKILL
-                     while a snapshot is being written, then restart). Agents mode:
+                     while a snapshot is being written, then restart), disk-full-real
+                     (root only, not offered otherwise: members on tmpfs of their own, one
+                     shrunk to what it uses so it must exit saying ENOSPC, then enlarged
+                     and the member restarted). Agents mode:
                      kill-controller, pause-controller, kill-agent, stall-agent,
                      cut-controller (an agent's namespace drops its traffic with the
                      controller for 0.3-3 s or 4-9 s, packets counted), cut-underlay (two

@@ -14,6 +14,7 @@ use twill_controller::network::Faults;
 use twill_controller::NodeId;
 
 use crate::procs::{KillAt, SnapshotFiles, TwillProcs};
+use crate::tmpfs::Tmpfs;
 use crate::Cluster;
 
 /// Where the controller members run.
@@ -22,7 +23,7 @@ pub enum Mode {
     /// Tasks in this process: partitions, message loss and delay, clock steps, restarts, disk
     /// faults.
     InProcess,
-    /// `twill controller` processes: SIGKILL and SIGSTOP.
+    /// `twill controller` processes: SIGKILL and SIGSTOP, and (root) a real full disk.
     Processes,
 }
 
@@ -60,6 +61,30 @@ impl SnapshotKill {
     }
 }
 
+/// The size of a processes-mode member's tmpfs (see [`Controllers::start`]) but while
+/// `disk-full-real` holds it full.
+pub const TMPFS_SIZE: &str = "64m";
+
+/// What a `disk-full-real` fault did.
+#[derive(Clone, Debug)]
+pub struct FullDisk {
+    /// The size the member's tmpfs was shrunk to: what it used then, in whole pages.
+    pub size: u64,
+    /// How the member ended, if it exited on its own within the wait.
+    pub exited: Option<std::process::ExitStatus>,
+    /// From the shrink to its exit, or the whole wait.
+    pub waited: Duration,
+    /// What the member logged meanwhile.
+    pub log: String,
+}
+
+impl FullDisk {
+    /// Its log names the full disk: a write of its failed with ENOSPC.
+    pub fn said_enospc(&self) -> bool {
+        self.log.contains("No space left on device")
+    }
+}
+
 /// The network every chaos run hands out: sixteen /28s, so leases are scarce.
 pub const NETWORK: &str = "10.99.0.0/24";
 pub const SUBNET_LEN: u8 = 28;
@@ -74,12 +99,24 @@ pub enum Controllers {
     },
     Processes {
         procs: TwillProcs,
+        /// Each member's tmpfs, under its data directory's name (root, when asked for):
+        /// unmounted after the processes are gone, since fields drop in this order.
+        disks: Vec<Tmpfs>,
         _dir: TempDir,
     },
 }
 
 impl Controllers {
-    pub async fn start(mode: Mode, members: usize, ttl: Duration, seed: u64) -> Result<Self> {
+    /// Starts `members` members. In processes mode with `real_disks`, each member's data
+    /// directory is a tmpfs of its own ([`TMPFS_SIZE`]) and its log goes to a file beside it
+    /// (`disk-full-real` reads it); `real_disks` needs root.
+    pub async fn start(
+        mode: Mode,
+        members: usize,
+        ttl: Duration,
+        seed: u64,
+        real_disks: bool,
+    ) -> Result<Self> {
         match mode {
             Mode::InProcess => {
                 let faults: BTreeMap<NodeId, Arc<Faults>> = (1..=members as NodeId)
@@ -113,7 +150,13 @@ impl Controllers {
                 let dir = tempfile::tempdir()?;
                 let bin = crate::twill_binary()?;
                 let ttl = format!("{}ms", ttl.as_millis());
-                let procs = TwillProcs::start(
+                let mut disks = Vec::new();
+                if real_disks {
+                    for i in 1..=members {
+                        disks.push(Tmpfs::mount(dir.path().join(format!("m{i}")), TMPFS_SIZE)?);
+                    }
+                }
+                let procs = TwillProcs::start_with(
                     &bin,
                     members,
                     dir.path(),
@@ -133,9 +176,14 @@ impl Controllers {
                         "--snapshot-every",
                         SNAPSHOT_EVERY,
                     ],
+                    real_disks,
                 )
                 .await?;
-                Ok(Controllers::Processes { procs, _dir: dir })
+                Ok(Controllers::Processes {
+                    procs,
+                    disks,
+                    _dir: dir,
+                })
             }
         }
     }
@@ -197,6 +245,53 @@ impl Controllers {
             files,
             waited: started.elapsed(),
         }))
+    }
+
+    /// Whether each member runs on a tmpfs of its own, for `disk-full-real`.
+    pub fn real_disks(&self) -> bool {
+        matches!(self, Controllers::Processes { disks, .. } if !disks.is_empty())
+    }
+
+    /// Fills member `i`'s disk: shrinks its tmpfs to what it uses, then waits up to `within`
+    /// for the member to exit on its own (polling). The disk stays full: [`Self::unfill_disk`].
+    /// `None` without real disks.
+    pub async fn fill_disk(&mut self, i: usize, within: Duration) -> Result<Option<FullDisk>> {
+        let Controllers::Processes { procs, disks, .. } = self else {
+            return Ok(None);
+        };
+        let Some(disk) = disks.get(i) else {
+            return Ok(None);
+        };
+        let from = procs.log(i).len();
+        let size = disk.fill()?;
+        let started = std::time::Instant::now();
+        let exited = loop {
+            if let Some(s) = procs.exited(i) {
+                break Some(s);
+            }
+            if started.elapsed() >= within {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let waited = started.elapsed();
+        let log = procs.log(i).get(from..).unwrap_or_default().to_string();
+        Ok(Some(FullDisk {
+            size,
+            exited,
+            waited,
+            log,
+        }))
+    }
+
+    /// Gives member `i`'s tmpfs its room back ([`TMPFS_SIZE`]).
+    pub fn unfill_disk(&self, i: usize) -> Result<()> {
+        if let Controllers::Processes { disks, .. } = self {
+            if let Some(d) = disks.get(i) {
+                d.resize(TMPFS_SIZE)?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts member `i` again from its data directory.
@@ -307,7 +402,9 @@ impl Controllers {
     pub async fn shutdown(self) {
         match self {
             Controllers::InProcess { cluster, .. } => cluster.shutdown().await,
-            Controllers::Processes { mut procs, .. } => {
+            Controllers::Processes {
+                mut procs, disks, ..
+            } => {
                 for i in 0..procs.urls().len() {
                     // A paused member would not die of SIGKILL until continued on some kernels.
                     if let Some(pid) = procs.pid(i) {
@@ -316,6 +413,9 @@ impl Controllers {
                     }
                     procs.kill(i);
                 }
+                // Unmounted once nothing runs on them.
+                drop(procs);
+                drop(disks);
             }
         }
     }

@@ -94,6 +94,12 @@ pub const DISK_KINDS: [&str; 4] = [DISK_FSYNC, DISK_FULL, DISK_SLOW, DISK_TORN];
 /// A member process SIGKILLed while it writes a snapshot (its temporary file opened or first
 /// written, not yet renamed), then restarted from its data directory. Processes only.
 pub const KILL_MID_SNAPSHOT: &str = "kill-mid-snapshot";
+/// A member process's tmpfs shrunk to what it uses, so that its next write fails with ENOSPC:
+/// it must exit non-zero saying so; the tmpfs is enlarged and the member restarted from its
+/// data directory. Processes only, as root (members then run on tmpfs of their own).
+pub const DISK_FULL_REAL: &str = "disk-full-real";
+/// How long `disk-full-real` waits for the member to exit.
+const FULL_DISK_WAIT: Duration = Duration::from_secs(15);
 
 /// The fault kinds of each mode (agents mode has its own, in [`agents`]).
 pub fn kinds_of(mode: Mode) -> &'static [&'static str] {
@@ -109,6 +115,14 @@ pub fn kinds_of(mode: Mode) -> &'static [&'static str] {
             DISK_FULL,
             DISK_SLOW,
             DISK_TORN,
+        ],
+        Mode::Processes if crate::netns::is_root() => &[
+            KILL,
+            PAUSE,
+            CRASH_AGENT,
+            STALL_AGENT,
+            KILL_MID_SNAPSHOT,
+            DISK_FULL_REAL,
         ],
         Mode::Processes => &[KILL, PAUSE, CRASH_AGENT, STALL_AGENT, KILL_MID_SNAPSHOT],
     }
@@ -137,6 +151,8 @@ pub struct DiskTally {
     pub stopped: BTreeMap<&'static str, usize>,
     /// The disks' own counters, summed over the members and the run.
     pub counts: FaultCounts,
+    /// `disk-full-real`: how long each member that exited took, from the shrink to its exit.
+    pub full_disk_exits: Vec<Duration>,
 }
 
 impl DiskTally {
@@ -153,26 +169,43 @@ impl DiskTally {
         a.delayed_syncs += b.delayed_syncs;
         a.torn_writes += b.torn_writes;
         a.refused_after_crash += b.refused_after_crash;
+        self.full_disk_exits.extend(&other.full_disk_exits);
     }
 
     /// `kind=hit/injected stopped=N` for each disk kind in `faults`, and the counters; then
     /// `kill-mid-snapshot=landed/injected mid-write` if that kind was injected (its kills
     /// count as hit when they landed in the middle of a snapshot write); empty when none of
     /// these was injected.
+    /// Then `disk-full-real=hit/injected (stopped N, exited after MIN–MAX s)` if that kind was
+    /// injected (hit: the member's log named ENOSPC).
     pub fn describe(&self, faults: &BTreeMap<&'static str, usize>) -> String {
-        let disk = self.describe_disk(faults);
-        let Some(kills) = faults.get(KILL_MID_SNAPSHOT) else {
-            return disk;
-        };
-        let snap = format!(
-            "{KILL_MID_SNAPSHOT}={}/{kills} mid-write",
-            self.hit.get(KILL_MID_SNAPSHOT).copied().unwrap_or(0)
-        );
-        if disk.is_empty() {
-            snap
-        } else {
-            format!("{disk}; {snap}")
+        let mut parts = vec![self.describe_disk(faults)];
+        if let Some(kills) = faults.get(KILL_MID_SNAPSHOT) {
+            parts.push(format!(
+                "{KILL_MID_SNAPSHOT}={}/{kills} mid-write",
+                self.hit.get(KILL_MID_SNAPSHOT).copied().unwrap_or(0)
+            ));
         }
+        if let Some(fills) = faults.get(DISK_FULL_REAL) {
+            let exits = match (
+                self.full_disk_exits.iter().min(),
+                self.full_disk_exits.iter().max(),
+            ) {
+                (Some(lo), Some(hi)) => format!(
+                    ", exited after {:.1}–{:.1} s",
+                    lo.as_secs_f64(),
+                    hi.as_secs_f64()
+                ),
+                _ => String::new(),
+            };
+            parts.push(format!(
+                "{DISK_FULL_REAL}={}/{fills} (stopped {}{exits})",
+                self.hit.get(DISK_FULL_REAL).copied().unwrap_or(0),
+                self.stopped.get(DISK_FULL_REAL).copied().unwrap_or(0)
+            ));
+        }
+        parts.retain(|p| !p.is_empty());
+        parts.join("; ")
     }
 
     fn describe_disk(&self, faults: &BTreeMap<&'static str, usize>) -> String {
@@ -682,6 +715,77 @@ async fn disk_fault(
     Ok(true)
 }
 
+/// A real full disk under member process `target`: its tmpfs shrunk to what it uses, then
+/// the member must exit non-zero within [`FULL_DISK_WAIT`] naming ENOSPC, unless it wrote
+/// nothing meanwhile (injected, not hit). Then it is killed if it still runs, its tmpfs given
+/// its room back, and it is restarted from its data directory after `hold`. `false` without
+/// real disks (not root).
+async fn full_disk_fault(
+    c: &mut Controllers,
+    h: &History,
+    target: usize,
+    leader: Option<usize>,
+    hold: Duration,
+    tally: &mut DiskTally,
+    out: &mut Vec<check::Violation>,
+) -> Result<bool> {
+    let member = target + 1;
+    h.fault(format!(
+        "{DISK_FULL_REAL}: member {member} (leader {leader:?}) tmpfs shrunk to what it uses, waiting up to {FULL_DISK_WAIT:?} for it to exit"
+    ));
+    let Some(f) = c.fill_disk(target, FULL_DISK_WAIT).await? else {
+        return Ok(false);
+    };
+    let hit = f.said_enospc();
+    let last_words = f
+        .log
+        .lines()
+        .rev()
+        .find(|l| l.contains("No space left on device"))
+        .or_else(|| f.log.lines().last())
+        .unwrap_or("(nothing logged)")
+        .to_string();
+    let problem = match (f.exited, hit) {
+        (Some(s), _) if s.success() => Some(format!("exited successfully ({s}) on a full disk")),
+        (Some(s), false) => Some(format!(
+            "exited ({s}) without naming the full disk; last words: {last_words}"
+        )),
+        (None, true) => Some(format!(
+            "a write failed with ENOSPC but it still runs after {FULL_DISK_WAIT:?}: {last_words}"
+        )),
+        (Some(_), true) | (None, false) => None,
+    };
+    if let Some(problem) = problem {
+        out.push(check::Violation {
+            check: "disk-fatal",
+            at: h.now(),
+            node: String::new(),
+            detail: format!("member {member} after {DISK_FULL_REAL}: {problem}"),
+        });
+    }
+    *tally.hit.entry(DISK_FULL_REAL).or_default() += usize::from(hit);
+    if f.exited.is_some() {
+        *tally.stopped.entry(DISK_FULL_REAL).or_default() += 1;
+        tally.full_disk_exits.push(f.waited);
+    }
+    h.fault(format!(
+        "{DISK_FULL_REAL}: member {member} on {} bytes: {}; room again, restarted from its data dir in {hold:?}",
+        f.size,
+        match f.exited {
+            Some(s) => format!("exited ({s}) after {:?}: {last_words}", f.waited),
+            None if hit => format!("still runs after {:?}, killed", f.waited),
+            None => format!("wrote nothing in {:?} (never hit), killed", f.waited),
+        }
+    ));
+    c.kill(target).await;
+    c.unfill_disk(target)?;
+    tokio::time::sleep(hold).await;
+    c.restart(target)
+        .await
+        .with_context(|| format!("restart member {member} after {DISK_FULL_REAL}"))?;
+    Ok(true)
+}
+
 /// The fault schedule, run until `until`; returns how many faults of each kind it injected.
 /// Kinds come from a shuffled deck, dealt again when empty, so every kind is drawn once before
 /// any is drawn twice.
@@ -830,6 +934,11 @@ async fn nemesis(
                     *mode = AgentMode::Stalled(Instant::now() + quiet);
                 }
             }
+            DISK_FULL_REAL => {
+                if !full_disk_fault(c, h, target, leader, hold, tally, out).await? {
+                    continue;
+                }
+            }
             DISK_FSYNC | DISK_FULL | DISK_SLOW | DISK_TORN => {
                 if !disk_fault(c, h, rng, kind, target, hold, tally, out).await? {
                     continue;
@@ -846,8 +955,22 @@ async fn nemesis(
 /// Runs one campaign and checks its history.
 pub async fn run(campaign: &Campaign) -> Result<Report> {
     let mut rng = StdRng::seed_from_u64(campaign.seed);
-    let mut controllers =
-        Controllers::start(campaign.mode, campaign.members, campaign.ttl, campaign.seed).await?;
+    let kinds = campaign
+        .kinds
+        .clone()
+        .unwrap_or_else(|| kinds_of(campaign.mode).to_vec());
+    // Members on tmpfs of their own only when a full disk may be drawn (root only).
+    let real_disks = campaign.mode == Mode::Processes
+        && kinds.contains(&DISK_FULL_REAL)
+        && crate::netns::is_root();
+    let mut controllers = Controllers::start(
+        campaign.mode,
+        campaign.members,
+        campaign.ttl,
+        campaign.seed,
+        real_disks,
+    )
+    .await?;
     let urls = controllers.urls();
     let h = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -898,10 +1021,6 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
     }
 
     let until = Instant::now() + campaign.faults_for;
-    let kinds = campaign
-        .kinds
-        .clone()
-        .unwrap_or_else(|| kinds_of(campaign.mode).to_vec());
     let mut disk = DiskTally::default();
     let mut runtime_violations = Vec::new();
     let faults = nemesis(
@@ -955,7 +1074,16 @@ pub async fn run(campaign: &Campaign) -> Result<Report> {
         .unwrap_or_default();
     Ok(Report {
         seed: campaign.seed,
-        setting: format!("{}, {} members", campaign.mode, campaign.members),
+        setting: format!(
+            "{}, {} members{}",
+            campaign.mode,
+            campaign.members,
+            if campaign.mode == Mode::Processes && !crate::netns::is_root() {
+                format!(", {DISK_FULL_REAL} not offered: not root")
+            } else {
+                String::new()
+            }
+        ),
         faults,
         disk,
         operations: ops.len(),

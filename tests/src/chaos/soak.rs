@@ -512,7 +512,11 @@ async fn start(s: &Soak) -> Result<Controllers> {
         ],
     )
     .await?;
-    Ok(Controllers::Processes { procs, _dir: dir })
+    Ok(Controllers::Processes {
+        procs,
+        disks: Vec::new(),
+        _dir: dir,
+    })
 }
 
 /// Runs the soak, printing a line per sample.

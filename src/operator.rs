@@ -486,7 +486,7 @@ pub async fn status(t: &Target, graph: bool) -> Result<()> {
                     "id": s.id, "addr": m.addr, "voter": m.voter, "state": s.state,
                     "leader": s.leader, "term": s.term, "last_log_index": s.last_log_index,
                     "applied_index": s.applied_index, "revision": s.revision, "leases": s.leases,
-                    "release": s.release, "api": s.api,
+                    "retry_answers": s.retry_answers, "release": s.release, "api": s.api,
                 }));
                 rows.push(vec![
                     s.id.to_string(),

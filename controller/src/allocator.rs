@@ -703,6 +703,11 @@ impl Allocator {
         self.leases.len()
     }
 
+    /// Answers kept for retries; grows to [`DEDUP_CAPACITY`] and stays there.
+    pub fn retry_answers(&self) -> usize {
+        self.dedup_order.len()
+    }
+
     pub fn reservations(&self) -> impl Iterator<Item = (&String, &Ipv4Net)> {
         self.reservations.iter()
     }

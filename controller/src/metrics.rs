@@ -132,6 +132,7 @@ struct Gauges {
     revision: Gauge,
     leases: Gauge,
     reservations: Gauge,
+    retry_answers: Gauge,
     subnets: Gauge,
     nodes_reporting: Gauge,
     nodes_unhealthy: Gauge,
@@ -159,6 +160,7 @@ impl Gauges {
         self.revision.set(int(d.alloc.revision()));
         self.leases.set(int(d.alloc.lease_count()));
         self.reservations.set(int(d.alloc.reservations().count()));
+        self.retry_answers.set(int(d.alloc.retry_answers()));
         self.subnets
             .set(int(d.alloc.config().map(|c| c.v4_capacity()).unwrap_or(0)));
         // Health reports live on the leader only; elsewhere both read 0.
@@ -232,6 +234,11 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
             "twill_controller_reservations",
             "Subnet reservations",
             &g.reservations,
+        ),
+        (
+            "twill_controller_retry_answers",
+            "Answers kept so a retried write gets its first answer (fills to 16384, then stays)",
+            &g.retry_answers,
         ),
         (
             "twill_controller_subnets",

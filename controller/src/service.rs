@@ -607,9 +607,13 @@ impl controller_server::Controller for ControllerService {
         self.authorize(&req, "Status", Access::Identified)?;
         let x = self.m.raft.metrics().borrow().clone();
         let leader_addr = self.m.leader().map(|l| l.1).unwrap_or_default();
-        let (revision, leases) = {
+        let (revision, leases, retry_answers) = {
             let d = self.m.sm.read();
-            (d.alloc.revision(), d.alloc.lease_count() as u64)
+            (
+                d.alloc.revision(),
+                d.alloc.lease_count() as u64,
+                d.alloc.retry_answers() as u64,
+            )
         };
         Ok(Response::new(pb::StatusResponse {
             id: self.m.id,
@@ -631,6 +635,7 @@ impl controller_server::Controller for ControllerService {
             leases,
             release: twill_proto::version::RELEASE.into(),
             api: twill_proto::version::API,
+            retry_answers,
         }))
     }
 

@@ -133,7 +133,9 @@ fn ok(op: &Op) -> Option<&Ret> {
 /// (b) every acknowledged lease is in every later read until its holder's deadline (unless the
 /// holder released it), and (c) no lease ends before that deadline: not in a read, not by a
 /// refused renewal, not in a watcher's expiry event. The holder's deadline is the invocation
-/// of its last acknowledged Acquire/Renew plus the TTL; `skew` allows for rounding.
+/// of its last acknowledged Acquire/Renew plus the TTL; `skew` allows for rounding. A refusal
+/// counts at its answer, not its request: a member may decide any time in between (paused, say),
+/// and only an answer that arrived before the deadline proves the lease ended early.
 pub fn deadlines(
     ops: &[Op],
     observed: &[Observation],
@@ -163,21 +165,22 @@ pub fn deadlines(
 
     for op in ops {
         // A renewal refused while the holder's deadline had not passed.
-        if let (Call::Renew { create_revision }, Some(Ret::NoLease | Ret::Mismatch)) =
-            (&op.call, ok(op))
+        if let (Call::Renew { create_revision }, Some(Ret::NoLease | Ret::Mismatch), Some(c)) =
+            (&op.call, ok(op), op.complete)
         {
             let key = (op.node.clone(), *create_revision);
             if let Some(d) = deadline.get(&key) {
-                if op.invoke + skew < *d && !released_between(&op.node, 0, op.invoke) {
+                if c + skew < *d && !released_between(&op.node, 0, op.invoke) {
                     out.push(Violation {
                         check: "early-expiry",
-                        at: op.invoke,
+                        at: c,
                         node: op.node.clone(),
                         detail: format!(
-                            "renewal of lease revision {create_revision} refused ({:?}) at {}, {} ms before its deadline",
-                            ok(op),
+                            "renewal of lease revision {create_revision} asked at {} was refused ({:?}) by {}, {} ms before its deadline",
                             secs(op.invoke),
-                            (d - op.invoke) / 1000
+                            ok(op),
+                            secs(c),
+                            (d - c) / 1000
                         ),
                     });
                 }
@@ -715,6 +718,38 @@ mod tests {
         let mut v = Vec::new();
         deadlines(&released, &[], 3_000_000, 50_000, &mut v);
         assert!(v.is_empty(), "{v:?}");
+    }
+
+    /// Found by a 30-minute soak: a renewal sent 1.3 s before the deadline to a member that was
+    /// then paused for 1.8 s came back refused after the deadline, and was judged by its request.
+    #[test]
+    fn a_renewal_asked_before_the_deadline_but_refused_after_it_is_not_early() {
+        let ops = [
+            op(
+                "n1",
+                Call::Acquire { wanted: None },
+                0,
+                1_000,
+                lease("10.0.0.0/28", 3),
+            ),
+            op(
+                "n1",
+                Call::Renew { create_revision: 3 },
+                1_700_000,
+                3_900_000,
+                Ret::NoLease,
+            ),
+        ];
+        let mut v = Vec::new();
+        deadlines(&ops, &[], 2_000_000, 50_000, &mut v);
+        assert!(v.is_empty(), "{v:?}");
+        // The same refusal answered before the deadline is early.
+        let mut quick = ops.to_vec();
+        quick[1].complete = Some(1_800_000);
+        let mut v = Vec::new();
+        deadlines(&quick, &[], 2_000_000, 50_000, &mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].check, "early-expiry");
     }
 
     #[test]

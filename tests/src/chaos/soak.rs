@@ -81,6 +81,8 @@ pub struct MemberSample {
     pub threads: Option<u64>,
     pub applied: Option<u64>,
     pub leases: Option<u64>,
+    /// Answers kept for retries (see [`verdicts`] for why it matters to the memory verdict).
+    pub retry_answers: Option<u64>,
     /// Whether it led at the sample: the leader holds the agents' connections, some 30 fds.
     pub leading: Option<bool>,
 }
@@ -134,6 +136,9 @@ pub enum Limit {
 
 /// RSS may grow 20 % after warm-up: caches, allocator arenas and Raft's in-memory log until a
 /// snapshot settle within the first half. More than that *and still rising* is a leak.
+/// The capacity of the controller's table of retry answers.
+const RETRY_ANSWERS: usize = twill_controller::allocator::DEDUP_CAPACITY;
+
 pub const RSS_LIMIT: Limit = Limit::Relative(0.20);
 /// Fds may grow by 16: one connection per agent or watcher more at the end is noise, a leak of
 /// one per expiry or per connection would be hundreds.
@@ -209,6 +214,10 @@ pub struct MemberVerdict {
     pub member: usize,
     pub pids: Vec<u32>,
     pub rss: Option<Growth>,
+    /// When its table of retry answers was first seen full (seconds), from which RSS is judged;
+    /// `None`: never, and then the last count seen.
+    pub steady_from: Option<f64>,
+    pub retry_answers: Option<u64>,
     /// Fds over the samples where the member led, and where it followed (see [`verdicts`]).
     pub fds_leading: Option<Growth>,
     pub fds_following: Option<Growth>,
@@ -242,11 +251,22 @@ impl MemberVerdict {
             ),
         }
         };
+        let rss = match (self.steady_from, &self.rss) {
+            (None, _) => format!(
+                "not judged: its table of retry answers never filled ({} of {RETRY_ANSWERS}), and until it does the heap is meant to grow; soak longer",
+                opt(self.retry_answers)
+            ),
+            (Some(from), g) => format!(
+                "from {:.1} min, when its table of retry answers was full: {}",
+                from / 60.0,
+                show(g, "KiB (anonymous)", true)
+            ),
+        };
         format!(
             "member {} (pid {:?}): RSS {}; fds while leading {}; fds while following {}",
             self.member + 1,
             self.pids,
-            show(&self.rss, "KiB (anonymous)", true),
+            rss,
             show(&self.fds_leading, "", false),
             show(&self.fds_following, "", false)
         )
@@ -258,7 +278,9 @@ impl MemberVerdict {
 /// leader's share of the agents' connections would read as growth or shrinkage. Samples where
 /// the member did not answer (paused) have no role and are left out of the fd series. A member
 /// restarted mid-soak (which this soak does not do) would have several pids; only its last
-/// process's samples are judged.
+/// process's samples are judged. RSS is judged only from the first sample at which the member's
+/// table of retry answers was full: it is the largest bounded structure, fills at the write rate
+/// (some 17 minutes at this soak's), and until then the heap grows by design.
 pub fn verdicts(samples: &[Sample]) -> Vec<MemberVerdict> {
     let members = samples.first().map(|s| s.members.len()).unwrap_or(0);
     (0..members)
@@ -270,6 +292,19 @@ pub fn verdicts(samples: &[Sample]) -> Vec<MemberVerdict> {
                 }
             }
             let last = pids.last().copied();
+            let ours = |s: &&Sample| s.members.get(m).is_some_and(|x| x.pid == last);
+            let steady = samples.iter().filter(ours).position(|s| {
+                s.members[m]
+                    .retry_answers
+                    .is_some_and(|r| r >= RETRY_ANSWERS as u64)
+            });
+            let steady_from = steady
+                .and_then(|i| samples.iter().filter(ours).nth(i))
+                .map(|s| s.at);
+            let retry_answers = samples
+                .iter()
+                .filter_map(|s| s.members.get(m)?.retry_answers)
+                .next_back();
             let series = |f: fn(&MemberSample) -> Option<u64>, role: Option<bool>| {
                 samples
                     .iter()
@@ -280,9 +315,15 @@ pub fn verdicts(samples: &[Sample]) -> Vec<MemberVerdict> {
                     })
                     .collect::<Vec<(f64, f64)>>()
             };
+            let rss: Vec<(f64, f64)> = series(|s| s.anon_kib, None)
+                .into_iter()
+                .filter(|(at, _)| steady_from.is_some_and(|f| *at >= f))
+                .collect();
             MemberVerdict {
                 member: m,
-                rss: judge(&series(|s| s.anon_kib, None), RSS_LIMIT),
+                rss: judge(&rss, RSS_LIMIT),
+                steady_from,
+                retry_answers,
                 fds_leading: judge(&series(|s| s.fds, Some(true)), FD_LIMIT),
                 fds_following: judge(&series(|s| s.fds, Some(false)), FD_LIMIT),
                 pids,
@@ -428,6 +469,7 @@ async fn sample(c: &Controllers, h: &History, started: Instant) -> Sample {
             threads,
             applied: status.as_ref().map(|s| s.applied_index),
             leases: status.as_ref().map(|s| s.leases),
+            retry_answers: status.as_ref().map(|s| s.retry_answers),
             leading: status.as_ref().map(|s| s.id != 0 && s.leader == s.id),
         });
     }
@@ -782,7 +824,7 @@ impl SoakReport {
         for m in 1..=members {
             out += &format!(" | m{m} RSS / anon KiB  fds   applied");
         }
-        out += " | leases | acquired | expired | reused   (* leader)\n";
+        out += " | leases | acquired | expired | reused | retry answers   (* leader)\n";
         for i in rows {
             let s = &self.samples[i];
             out += &format!("{:>6.0}s", s.at);
@@ -797,12 +839,14 @@ impl SoakReport {
                 );
             }
             let leases = s.members.iter().find_map(|m| m.leases);
+            let retry = s.members.iter().filter_map(|m| m.retry_answers).min();
             out += &format!(
-                " | {:>6} | {:>8} | {:>7} | {:>6}\n",
+                " | {:>6} | {:>8} | {:>7} | {:>6} | {:>6}\n",
                 opt(leases),
                 s.acquired,
                 s.expiries,
-                s.reuses
+                s.reuses,
+                opt(retry)
             );
         }
         out
@@ -947,6 +991,47 @@ mod tests {
         assert!(v.fds_following.as_ref().is_some_and(|g| g.grows), "{v:?}");
         assert!(v.fds_leading.as_ref().is_some_and(|g| !g.grows), "{v:?}");
         assert!(v.grows());
+    }
+
+    #[test]
+    fn memory_is_judged_once_the_table_of_retry_answers_is_full() {
+        let full = RETRY_ANSWERS as u64;
+        // Growing while the table fills (the first 70 samples), flat after: ok, judged from
+        // the 70th sample's time.
+        let filling = |i: usize, after: f64| {
+            let mut s = sampled(i, 0, 20, true);
+            let m = &mut s.members[0];
+            m.retry_answers = Some((full * i as u64 / 70).min(full));
+            m.anon_kib = Some(if i < 70 {
+                10_000 + 300 * i as u64
+            } else {
+                (31_000.0 + after * (i - 70) as f64) as u64
+            });
+            s
+        };
+        let v = &verdicts(&(0..80).map(|i| filling(i, 0.0)).collect::<Vec<_>>())[0];
+        assert_eq!(v.steady_from, Some(70.0 * 30.0), "{v:?}");
+        assert!(v.rss.as_ref().is_some_and(|g| !g.grows), "{v:?}");
+        // Judged over the whole series the filling would read as growth.
+        let whole: Vec<(f64, f64)> = (0..80)
+            .map(|i| {
+                (
+                    i as f64,
+                    filling(i, 0.0).members[0].anon_kib.unwrap_or(0) as f64,
+                )
+            })
+            .collect();
+        assert!(judge(&whole, RSS_LIMIT).is_some_and(|g| g.grows));
+        // Still growing once full: a leak.
+        let v = &verdicts(&(0..90).map(|i| filling(i, 2_000.0)).collect::<Vec<_>>())[0];
+        assert!(v.grows(), "{v:?}");
+        // Never full: not judged, and said so.
+        let v = &verdicts(&(0..30).map(|i| filling(i, 0.0)).collect::<Vec<_>>())[0];
+        assert!(
+            v.rss.is_none() && v.steady_from.is_none() && !v.grows(),
+            "{v:?}"
+        );
+        assert!(v.line().contains("not judged"), "{}", v.line());
     }
 
     #[test]

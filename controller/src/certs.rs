@@ -281,7 +281,10 @@ impl ControllerService {
                 |r| {
                     Ok(alloc::Request {
                         request_id: crate::convert::request_id(&r.request_id)?,
-                        command: Command::Trust(TrustCommand::CreateToken { token: record, now }),
+                        command: Command::Trust(TrustCommand::CreateToken {
+                            token: record.clone(),
+                            now,
+                        }),
                     })
                 },
                 move |_, o| match o {
@@ -362,7 +365,10 @@ impl ControllerService {
                 |r| {
                     Ok(alloc::Request {
                         request_id: crate::convert::request_id(&r.request_id)?,
-                        command: Command::Trust(TrustCommand::RevokeNode { node, now }),
+                        command: Command::Trust(TrustCommand::RevokeNode {
+                            node: node.clone(),
+                            now,
+                        }),
                     })
                 },
                 |_, _| Ok(pb::RevokeNodeResponse {}),

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 use twill_proto::v1::controller_client::ControllerClient;
 
-use crate::allocator::{NetworkConfig, Request, Response};
+use crate::allocator::{Command, NetworkConfig, Request, Response};
 use crate::batch::{self, BatchError};
 use crate::log_store::{LogStore, OpenError};
 use crate::metrics::{Metrics, WriteError};
@@ -273,6 +273,50 @@ impl Member {
         Some((id, addr))
     }
 
+    /// Mid-upgrade, a member of an older release cannot apply `AcquireAs`: as leader, the lease
+    /// is then taken without naming its instance, as that release would have done. Here, where
+    /// every proposal passes, so that no path (a request held through an election and served
+    /// by the member elected, say) writes what a member cannot read.
+    async fn readable_by_all(&self, mut req: Request) -> Request {
+        let format = req.command.format();
+        if format <= 1 || self.raft.current_leader().await != Some(self.id) {
+            return req;
+        }
+        let Some((member, older)) = self.oldest_reader(format).await else {
+            return req;
+        };
+        if let Command::AcquireAs { args, now, .. } = req.command {
+            tracing::warn!(
+                node = %args.node,
+                member,
+                format = older,
+                "lease taken without recording the agent's instance: member {member} reads log format {older} (an older release); same-name protection resumes once every member is upgraded"
+            );
+            self.metrics.older_member_acquires.inc();
+            req.command = Command::Acquire { args, now };
+        }
+        req
+    }
+
+    /// Waits until a leader other than `not` is known, or `until`.
+    pub async fn await_leader(
+        &self,
+        not: Option<NodeId>,
+        until: tokio::time::Instant,
+    ) -> Option<(NodeId, String)> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = self.leader().filter(|l| Some(l.0) != not) {
+                return Some(l);
+            }
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or Raft stopped.
+                _ => return None,
+            }
+        }
+    }
+
     /// The leader to send a client to after a write found no quorum here: never this member,
     /// which may be a leader cut off from the rest and not yet aware it was replaced.
     fn other_leader(&self) -> Option<(NodeId, String)> {
@@ -288,6 +332,7 @@ impl Member {
     pub async fn propose(&self, req: Request) -> Result<Response, ProposeError> {
         let started = std::time::Instant::now();
         self.metrics.proposed();
+        let req = self.readable_by_all(req).await;
         let r = self.propose_inner(req).await;
         match &r {
             Ok(_) => self.metrics.committed(started.elapsed()),

@@ -158,34 +158,40 @@ impl ControllerService {
         }
     }
 
-    /// Proposes a command; `answer` turns the allocator's outcome into the reply.
+    /// Proposes a command; `answer` turns the allocator's outcome into the reply. The command
+    /// is built afresh for each try, so the time it carries is the time it is proposed.
     pub(crate) async fn write<Req, Resp>(
         &self,
         req: Request<Req>,
-        cmd: impl FnOnce(&Req) -> Result<alloc::Request, Status>,
+        cmd: impl Fn(&Req) -> Result<alloc::Request, Status>,
         answer: impl FnOnce(u64, Outcome) -> Result<Resp, Status>,
-        fwd: impl FnOnce(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+        fwd: impl Fn(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
     ) -> Result<Response<Resp>, Status>
     where
-        Req: Send + 'static,
+        Req: Clone + Send + 'static,
     {
         let was_forwarded = forwarded(&req);
         let msg = req.into_inner();
-        let c = cmd(&msg)?;
-        match self.m.propose(c).await {
-            Ok(resp) => match resp.result {
-                Ok(out) => {
-                    log_outcome(resp.revision, &out);
-                    answer(resp.revision, out).map(Response::new)
+        let mut route = Route::new(&self.m, was_forwarded);
+        loop {
+            let c = cmd(&msg)?;
+            let err = match self.m.propose(c).await {
+                Ok(resp) => {
+                    return match resp.result {
+                        Ok(out) => {
+                            log_outcome(resp.revision, &out);
+                            answer(resp.revision, out).map(Response::new)
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "request refused");
+                            Err(alloc_status(&e))
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::info!(error = %e, "request refused");
-                    Err(alloc_status(&e))
-                }
-            },
-            Err(e) => {
-                self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg)))
-                    .await
+                Err(e) => e,
+            };
+            if let Some(resp) = route.forward(err, &msg, &fwd).await? {
+                return Ok(resp);
             }
         }
     }
@@ -195,19 +201,106 @@ impl ControllerService {
         &self,
         req: Request<Req>,
         answer: impl FnOnce(&Member) -> Result<Resp, Status>,
-        fwd: impl FnOnce(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+        fwd: impl Fn(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
     ) -> Result<Response<Resp>, Status>
     where
-        Req: Send + 'static,
+        Req: Clone + Send + 'static,
     {
         let was_forwarded = forwarded(&req);
         let msg = req.into_inner();
-        match self.m.linearizable().await {
-            Ok(()) => answer(&self.m).map(Response::new),
-            Err(e) => {
-                self.forward_or(e, was_forwarded, move |c| fwd(c, mark(msg)))
-                    .await
+        let mut route = Route::new(&self.m, was_forwarded);
+        loop {
+            let err = match self.m.linearizable().await {
+                Ok(()) => return answer(&self.m).map(Response::new),
+                Err(e) => e,
+            };
+            if let Some(resp) = route.forward(err, &msg, &fwd).await? {
+                return Ok(resp);
             }
+        }
+    }
+}
+
+/// Where a write or read that this member could not serve goes. A follower sends it to the
+/// leader; while no leader is known (an election), or the one it knows cannot be reached (it
+/// died), the follower holds the request until a leader is elected, for up to four longest
+/// election timeouts (detection takes two at most, and a split vote one more), and then sends it there, or serves it itself if it was elected. The
+/// client is thus answered as soon as the cluster can answer, however long its own retry
+/// backoff has grown. A retried write keeps its request id, so one that reached the dead
+/// leader and was committed is answered, not applied again.
+struct Route<'a> {
+    m: &'a Member,
+    was_forwarded: bool,
+    until: tokio::time::Instant,
+    /// A leader that could not be reached: wait for another.
+    unreachable: Option<crate::NodeId>,
+}
+
+/// What to do next with the request: `None` is "try here again".
+type Routed<Resp> = Result<Option<Response<Resp>>, Status>;
+
+impl<'a> Route<'a> {
+    fn new(m: &'a Member, was_forwarded: bool) -> Self {
+        let hold = std::time::Duration::from_millis(m.opts.election_max_ms * 4);
+        Route {
+            m,
+            was_forwarded,
+            until: tokio::time::Instant::now() + hold,
+            unreachable: None,
+        }
+    }
+
+    async fn forward<Req: Clone, Resp>(
+        &mut self,
+        err: ProposeError,
+        msg: &Req,
+        fwd: &impl Fn(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
+    ) -> Routed<Resp> {
+        // A request forwarded to us is answered by us: never forwarded again, never held.
+        let ProposeError::NotLeader { leader } = err else {
+            return Err(err.into_status());
+        };
+        if self.was_forwarded {
+            return Err(ProposeError::NotLeader { leader }.into_status());
+        }
+        let known = leader
+            .clone()
+            .filter(|l| l.0 != self.m.id && Some(l.0) != self.unreachable);
+        let (id, addr) = match known {
+            Some(l) => l,
+            None => match self.m.await_leader(self.unreachable, self.until).await {
+                // Elected here while waiting: serve it (pausing a little, in case this member
+                // calls itself leader a moment longer than Raft lets it propose).
+                Some((id, _)) if id == self.m.id && tokio::time::Instant::now() < self.until => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    return Ok(None);
+                }
+                Some((id, _)) if id == self.m.id => {
+                    return Err(ProposeError::NotLeader { leader }.into_status())
+                }
+                Some(l) => l,
+                None => return Err(ProposeError::NotLeader { leader }.into_status()),
+            },
+        };
+        let client = self.m.forward_client(&addr)?;
+        match fwd(client, mark(msg.clone())).await {
+            Ok(mut resp) => {
+                // Tell the client where the leader is, so its next call skips this hop.
+                if let Ok(v) = addr.parse() {
+                    resp.metadata_mut().insert(LEADER_HINT, v);
+                }
+                Ok(Some(resp))
+            }
+            // Our own connection failed (a status with a source), not the leader's answer.
+            Err(s)
+                if std::error::Error::source(&s).is_some()
+                    && tokio::time::Instant::now() < self.until =>
+            {
+                tracing::info!(leader = id, %addr, error = %s, "leader unreachable; holding the request for the next one");
+                self.unreachable = Some(id);
+                Ok(None)
+            }
+            Err(s) => Err(s),
         }
     }
 }
@@ -297,21 +390,7 @@ impl controller_server::Controller for ControllerService {
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         self.authorize(&req, "Acquire", Access::Node(&req.get_ref().node))?;
-        let mut instance = convert::instance(&req.get_ref().instance)?;
-        // Mid-upgrade, a member of an older release cannot apply `AcquireAs`: the lease is
-        // then taken without naming its instance, as that release would have done.
-        if !instance.is_empty() && self.m.raft.current_leader().await == Some(self.m.id) {
-            if let Some((member, format)) = self.m.oldest_reader(2).await {
-                tracing::warn!(
-                    node = %req.get_ref().node,
-                    member,
-                    format,
-                    "lease taken without recording the agent's instance: member {member} reads log format {format} (an older release); same-name protection resumes once every member is upgraded"
-                );
-                self.m.metrics.older_member_acquires.inc();
-                instance.clear();
-            }
-        }
+        let instance = convert::instance(&req.get_ref().instance)?;
         self.write(
             req,
             |r| {
@@ -326,7 +405,7 @@ impl controller_server::Controller for ControllerService {
                         Command::AcquireAs {
                             args,
                             now,
-                            instance,
+                            instance: instance.clone(),
                         }
                     },
                 })

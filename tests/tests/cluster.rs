@@ -319,3 +319,60 @@ async fn data_directory_and_files_are_private() {
     assert_eq!(mode(&snapshot), 0o600);
     cl.shutdown().await;
 }
+
+/// After the leader is lost, a request sent once to a follower, with no retry, is answered once
+/// a new leader exists: the follower holds it through the election and forwards it (or serves
+/// it, if elected itself) instead of failing on the dead leader or on "no leader yet".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_a_request_through_the_election_after_the_leader_is_lost() {
+    use twill_proto::v1::controller_client::ControllerClient;
+
+    let mut cl = Cluster::start(3).await.expect("cluster starts");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    // Every member learns the leader.
+    cl.client()
+        .acquire(acquire("before"))
+        .await
+        .expect("acquire before");
+    let followers: Vec<u64> = cl.addrs.keys().copied().filter(|i| *i != leader).collect();
+    let raw: Vec<_> = followers
+        .iter()
+        .map(|f| ControllerClient::new(cl.channel(*f)))
+        .collect();
+    cl.stop(leader).await;
+
+    let mut calls = Vec::new();
+    for (k, mut c) in raw.into_iter().enumerate() {
+        calls.push(tokio::spawn(async move {
+            let w = c.acquire(acquire(&format!("held-{k}"))).await;
+            let r = c.list_leases(pb::ListLeasesRequest::default()).await;
+            (w, r)
+        }));
+    }
+    for (k, call) in calls.into_iter().enumerate() {
+        let (w, r) = call.await.expect("task");
+        let lease = w
+            .unwrap_or_else(|s| panic!("write to member {} failed: {s:?}", followers[k]))
+            .into_inner()
+            .lease
+            .expect("a lease");
+        assert!(!lease.subnet.is_empty());
+        let listed = r
+            .unwrap_or_else(|s| panic!("read on member {} failed: {s:?}", followers[k]))
+            .into_inner()
+            .leases;
+        assert!(
+            listed.iter().any(|l| l.node == format!("held-{k}")),
+            "{listed:?}"
+        );
+    }
+    let now = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    assert_ne!(now, leader);
+    cl.shutdown().await;
+}

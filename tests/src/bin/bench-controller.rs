@@ -97,10 +97,28 @@ async fn bench_twill() -> Result<Figures> {
     let rss_kib: Vec<Option<u64>> = (0..3).map(|i| cl.pid(i).and_then(rss_kib)).collect();
     let rss_leader = rss_kib[leader];
 
+    let (failover, elections) = failover_twill(&mut cl, KILL_ROUNDS).await?;
+    let mut rss_kib = rss_kib;
+    rss_kib.push(rss_leader);
+    Ok(Figures {
+        single,
+        many,
+        failover,
+        elections,
+        rss_kib,
+    })
+}
+
+/// Leader SIGKILL → next acknowledged write, and → a new leader elected, `rounds` times.
+async fn failover_twill(
+    cl: &mut TwillProcs,
+    rounds: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let urls = cl.urls();
     let mut failover = Vec::new();
     let mut elections = Vec::new();
     let c = client(&urls)?;
-    for round in 0..KILL_ROUNDS {
+    for round in 0..rounds {
         let leader = cl.wait_leader(Duration::from_secs(30)).await?;
         // Warm the client's connection to every member first.
         twill_acquire(&c, format!("warm-{round}")).await?;
@@ -129,15 +147,7 @@ async fn bench_twill() -> Result<Figures> {
         cl.restart(leader)?;
         cl.wait_caught_up(Duration::from_secs(30)).await?;
     }
-    let mut rss_kib = rss_kib;
-    rss_kib.push(rss_leader);
-    Ok(Figures {
-        single,
-        many,
-        failover,
-        elections,
-        rss_kib,
-    })
+    Ok((failover, elections))
 }
 
 async fn bench_etcd() -> Result<Figures> {
@@ -160,9 +170,25 @@ async fn bench_etcd() -> Result<Figures> {
     let mut rss_kib: Vec<Option<u64>> = (0..3).map(|i| cl.pid(i).and_then(rss_kib)).collect();
     let rss_leader = rss_kib[leader];
 
+    let failover = failover_etcd(&mut cl, &client()?, KILL_ROUNDS).await?;
+    rss_kib.push(rss_leader);
+    Ok(Figures {
+        single,
+        many,
+        failover,
+        // Not measured for etcd: the figure that matters is the next acknowledged write.
+        elections: Vec::new(),
+        rss_kib,
+    })
+}
+
+async fn failover_etcd(
+    cl: &mut EtcdCluster,
+    c: &FlannelEtcd,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
     let mut failover = Vec::new();
-    let c = client()?;
-    for round in 0..KILL_ROUNDS {
+    for round in 0..rounds {
         let leader = cl.wait_leader(Duration::from_secs(30)).await?;
         c.acquire(&format!("warm-{round}")).await?;
         let killed = Instant::now();
@@ -173,15 +199,61 @@ async fn bench_etcd() -> Result<Figures> {
         cl.wait_leader(Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    rss_kib.push(rss_leader);
-    Ok(Figures {
-        single,
-        many,
-        failover,
-        // Not measured for etcd: the figure that matters is the next acknowledged write.
-        elections: Vec::new(),
-        rss_kib,
-    })
+    Ok(failover)
+}
+
+/// `bench-controller failover [ROUNDS] [-- MEMBER FLAGS…]`: leader SIGKILL → next acknowledged
+/// write only, on a cluster holding a few leases, twill (with the member flags given, e.g.
+/// `--election-timeout 150ms`) then etcd, and the spread over the rounds.
+async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut extra: Vec<&str> = vec!["--network", "10.0.0.0/8", "--subnet-len", "24"];
+    extra.extend(flags.iter().map(String::as_str));
+    let mut cl = TwillProcs::start(&twill_bin()?, 3, dir.path(), &extra).await?;
+    let (t, el) = failover_twill(&mut cl, rounds).await?;
+    drop(cl);
+    println!("twill (members: {}):", flags.join(" "));
+    spread("leader SIGKILL -> next acknowledged write", &t);
+    spread("leader SIGKILL -> new leader elected", &el);
+    if !EtcdCluster::available() {
+        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
+        return Ok(());
+    }
+    let edir = tempfile::tempdir()?;
+    let mut ecl = EtcdCluster::start(3, edir.path()).await?;
+    let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
+    let c = FlannelEtcd::new(ecl.endpoints(), network, 24)?;
+    let e = failover_etcd(&mut ecl, &c, rounds).await?;
+    println!("etcd 3.4:");
+    spread("leader SIGKILL -> next acknowledged write", &e);
+    let med = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        bench::quantile(&v, 0.5).as_secs_f64() * 1000.0
+    };
+    println!("same run, twill vs etcd:");
+    ratio(
+        "leader SIGKILL -> next write (median)",
+        med(&t),
+        med(&e),
+        "ms",
+    );
+    Ok(())
+}
+
+/// Median, 10th and 90th percentiles and the extremes of a set of durations.
+fn spread(name: &str, v: &[Duration]) {
+    let mut v = v.to_vec();
+    v.sort();
+    println!(
+        "  {name:<44} median {:>9}  p10 {:>9}  p90 {:>9}  min {:>9}  max {:>9}  ({} rounds)",
+        ms(bench::quantile(&v, 0.5)),
+        ms(bench::quantile(&v, 0.1)),
+        ms(bench::quantile(&v, 0.9)),
+        ms(v.first().copied().unwrap_or_default()),
+        ms(v.last().copied().unwrap_or_default()),
+        v.len()
+    );
 }
 
 fn ratio(name: &str, twill: f64, etcd: f64, unit: &str) {
@@ -245,14 +317,43 @@ fn print(name: &str, f: &Figures) {
     );
 }
 
+const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...]]
+  all       acquisitions (1 and 64 clients), 5 leader kills, RSS at 10,000 leases; twill then etcd
+  failover  leader SIGKILL -> next acknowledged write only, ROUNDS times (20), twill then etcd;
+            flags after -- go to every twill member (e.g. --election-timeout 150ms)";
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     println!(
         "twill controller benchmark: 3 members on loopback, {} cores",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    match args.first().map(String::as_str) {
+        None | Some("all") => {}
+        Some("failover") => {
+            let (ours, flags) = match args.iter().position(|a| a == "--") {
+                Some(i) => (&args[1..i], &args[i + 1..]),
+                None => (&args[1..], &args[args.len()..]),
+            };
+            let rounds = match ours.first() {
+                None => 20,
+                Some(n) => n
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("ROUNDS {n:?} is not a positive number\n{USAGE}"))?,
+            };
+            return failover_only(rounds, flags).await;
+        }
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => bail!("unknown scenario {other:?}\n{USAGE}"),
+    }
     let t = bench_twill().await.context("twill benchmark")?;
     print("twill", &t);
     if !EtcdCluster::available() {

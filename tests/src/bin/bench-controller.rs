@@ -97,7 +97,7 @@ async fn bench_twill() -> Result<Figures> {
     let rss_kib: Vec<Option<u64>> = (0..3).map(|i| cl.pid(i).and_then(rss_kib)).collect();
     let rss_leader = rss_kib[leader];
 
-    let (failover, elections) = failover_twill(&mut cl, KILL_ROUNDS).await?;
+    let (failover, elections, _) = failover_twill(&mut cl, KILL_ROUNDS).await?;
     let mut rss_kib = rss_kib;
     rss_kib.push(rss_leader);
     Ok(Figures {
@@ -109,14 +109,16 @@ async fn bench_twill() -> Result<Figures> {
     })
 }
 
-/// Leader SIGKILL → next acknowledged write, and → a new leader elected, `rounds` times.
+/// Leader SIGKILL → next acknowledged write, and → a new leader elected, `rounds` times; and
+/// the terms each election took (more than one: a split vote or a failed election).
 async fn failover_twill(
     cl: &mut TwillProcs,
     rounds: usize,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
+) -> Result<(Vec<Duration>, Vec<Duration>, Vec<u64>)> {
     let urls = cl.urls();
     let mut failover = Vec::new();
     let mut elections = Vec::new();
+    let mut terms = Vec::new();
     let c = client(&urls)?;
     for round in 0..rounds {
         let leader = cl.wait_leader(Duration::from_secs(30)).await?;
@@ -127,6 +129,9 @@ async fn failover_twill(
             .map(|i| urls[i].clone())
             .collect();
         let old_id = leader as u64 + 1;
+        let old_term = Client::status_of(&urls[leader], Some(twill_tests::admin_tls()))
+            .await?
+            .term;
         let killed = Instant::now();
         cl.kill(leader);
         let elected = tokio::spawn(async move {
@@ -134,7 +139,7 @@ async fn failover_twill(
                 for u in &survivors {
                     if let Ok(s) = Client::status_of(u, Some(twill_tests::admin_tls())).await {
                         if s.state == "leader" && s.id != old_id {
-                            return killed.elapsed();
+                            return (killed.elapsed(), s.term);
                         }
                     }
                 }
@@ -143,11 +148,13 @@ async fn failover_twill(
         });
         twill_acquire(&c, format!("after-kill-{round}")).await?;
         failover.push(killed.elapsed());
-        elections.push(elected.await?);
+        let (took, term) = elected.await?;
+        elections.push(took);
+        terms.push(term.saturating_sub(old_term));
         cl.restart(leader)?;
         cl.wait_caught_up(Duration::from_secs(30)).await?;
     }
-    Ok((failover, elections))
+    Ok((failover, elections, terms))
 }
 
 async fn bench_etcd() -> Result<Figures> {
@@ -210,11 +217,24 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
     let mut extra: Vec<&str> = vec!["--network", "10.0.0.0/8", "--subnet-len", "24"];
     extra.extend(flags.iter().map(String::as_str));
     let mut cl = TwillProcs::start(&twill_bin()?, 3, dir.path(), &extra).await?;
-    let (t, el) = failover_twill(&mut cl, rounds).await?;
+    let (t, el, terms) = failover_twill(&mut cl, rounds).await?;
     drop(cl);
-    println!("twill (members: {}):", flags.join(" "));
+    println!(
+        "twill (member flags: {}):",
+        if flags.is_empty() {
+            "defaults".to_string()
+        } else {
+            flags.join(" ")
+        }
+    );
     spread("leader SIGKILL -> next acknowledged write", &t);
     spread("leader SIGKILL -> new leader elected", &el);
+    println!(
+        "  elections won in the first term: {} of {}; terms taken: {:?}",
+        terms.iter().filter(|t| **t == 1).count(),
+        terms.len(),
+        terms
+    );
     if !EtcdCluster::available() {
         println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
         return Ok(());

@@ -43,6 +43,12 @@ pub enum OpenError {
     Corrupt { path: PathBuf, what: String },
 }
 
+/// redb's page cache for the log. Its default, 1 GiB, is sized for databases read at random;
+/// the log is written at its end, read back near its end by replication, and purged behind each
+/// snapshot, so its working set is the entries since the last snapshot (10,000 by default, a
+/// few MB). Pages beyond the bound are read from the file, which the kernel caches anyway.
+const LOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most jobs one commit takes, so one huge queue cannot delay every callback behind it.
 const MAX_GROUP: usize = 4096;
 
@@ -193,7 +199,10 @@ impl LogStore {
             source: e,
         };
         let db = match faults {
-            None => Database::create(path).map_err(|e| open_err(e.into()))?,
+            None => Database::builder()
+                .set_cache_size(LOG_CACHE_BYTES)
+                .create(path)
+                .map_err(|e| open_err(e.into()))?,
             Some(faults) => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
@@ -204,6 +213,7 @@ impl LogStore {
                     .map_err(|e| open_err(redb::Error::Io(e)))?;
                 let backend = FileBackend::new(file).map_err(|e| open_err(e.into()))?;
                 Database::builder()
+                    .set_cache_size(LOG_CACHE_BYTES)
                     .create_with_backend(FaultyBackend::new(backend, faults))
                     .map_err(|e| open_err(e.into()))?
             }

@@ -70,13 +70,22 @@ struct OldPayload {
     alloc: AllocatorSnapshot,
 }
 
+/// [`Payload`] borrowed from the allocator; the same bytes, without a copy of the state.
+#[derive(Serialize)]
+struct PayloadRef<'a> {
+    alloc: crate::allocator::AllocatorSnapshotRef<'a>,
+    trust: &'a crate::trust::Trust,
+    config_revision: u64,
+    instances: &'a std::collections::BTreeMap<String, String>,
+}
+
 /// A snapshot's bytes: the newest shape of [`Payload`].
 fn encode(a: &Allocator) -> bincode::Result<Vec<u8>> {
-    bincode::serialize(&Payload {
-        alloc: a.snapshot(),
-        trust: a.trust().clone(),
+    bincode::serialize(&PayloadRef {
+        alloc: a.snapshot_ref(),
+        trust: a.trust(),
         config_revision: a.config_revision(),
-        instances: a.instances().clone(),
+        instances: a.instances(),
     })
 }
 
@@ -316,12 +325,19 @@ fn write_snapshot_tmp(
     stored: &StoredSnapshot,
     faults: Option<&DiskFaults>,
 ) -> std::io::Result<()> {
-    let body = bincode::serialize(stored).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(MAGIC.len() + 12 + body.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&body);
+    // The body is bincode of `stored`: its metadata, then its data as a length-prefixed byte
+    // string. It is written in those pieces rather than encoded whole, which at 65,536 leases
+    // held two more copies of the state's bytes (the body, then header and body) beside them.
+    let meta = bincode::serialize(&stored.meta).map_err(std::io::Error::other)?;
+    let data_len = (stored.data.len() as u64).to_le_bytes();
+    let body: [&[u8]; 3] = [&meta, &data_len, &stored.data];
+    let mut crc = crc32fast::Hasher::new();
+    body.iter().for_each(|piece| crc.update(piece));
+    let body_len = body.iter().map(|piece| piece.len() as u64).sum::<u64>();
+    let mut header = Vec::with_capacity(MAGIC.len() + 12);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&crc.finalize().to_le_bytes());
+    header.extend_from_slice(&body_len.to_le_bytes());
     {
         // The snapshot holds BGP keys (and the cluster's CA key): readable by this user only.
         let mut f = std::fs::OpenOptions::new()
@@ -330,9 +346,11 @@ fn write_snapshot_tmp(
             .truncate(true)
             .mode(0o600)
             .open(tmp)?;
-        match faults {
-            None => f.write_all(&bytes)?,
-            Some(d) => d.write_all(&mut f, &bytes)?,
+        for piece in std::iter::once(header.as_slice()).chain(body) {
+            match faults {
+                None => f.write_all(piece)?,
+                Some(d) => d.write_all(&mut f, piece)?,
+            }
         }
         if let Some(d) = faults {
             d.before_sync()?;
@@ -601,6 +619,83 @@ mod tests {
     #[test]
     fn a_snapshot_built_while_a_newer_one_is_installed_does_not_replace_it() {
         build_and_install_at_once(true);
+    }
+
+    /// The snapshot file is written in pieces; it must hold exactly the bytes of the header
+    /// and the whole bincode of [`StoredSnapshot`] that every member has written and read.
+    #[test]
+    fn a_snapshot_file_written_in_pieces_has_the_bytes_of_the_whole_encoding() {
+        let dir = tempfile::tempdir().expect("dir");
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 2), 77)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: "3-77-1".into(),
+            },
+            data: encode(&configured()).expect("serialize"),
+        };
+        write_snapshot_file(dir.path(), &stored, None).expect("written");
+        let body = bincode::serialize(&stored).expect("serialize");
+        let mut whole = MAGIC.to_vec();
+        whole.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        whole.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        whole.extend_from_slice(&body);
+        let file = std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("read");
+        assert_eq!(file, whole);
+        let back = read_snapshot_file(&dir.path().join(SNAPSHOT_FILE))
+            .expect("whole")
+            .expect("a snapshot");
+        assert_eq!(back.data, stored.data);
+    }
+
+    /// The snapshot is encoded from borrowed state; its bytes must be exactly those of the
+    /// owned [`Payload`] every member has written and read so far.
+    #[test]
+    fn a_snapshot_encoded_from_borrowed_state_has_the_bytes_of_the_owned_payload() {
+        use crate::allocator::AcquireArgs;
+        let mut a = configured();
+        let args = |node: &str, ip: u8| AcquireArgs {
+            node: node.into(),
+            public_ip: std::net::Ipv4Addr::new(192, 0, 2, ip),
+            public_ipv6: None,
+            backend_data: [("vtep".to_string(), format!("mac-{ip}"))].into(),
+            wanted_subnet: None,
+            wanted_ipv6_subnet: None,
+        };
+        let requests = [
+            Command::Acquire {
+                args: args("n1", 1),
+                now: 10,
+            },
+            Command::AcquireAs {
+                args: args("n2", 2),
+                now: 11,
+                instance: "i2".into(),
+            },
+            Command::Reserve {
+                node: "r1".into(),
+                subnet: "10.244.200.0/24".parse::<ipnet::Ipv4Net>().expect("subnet"),
+            },
+            Command::Release {
+                node: "absent".into(),
+            },
+        ];
+        for (i, command) in requests.into_iter().enumerate() {
+            a.apply(&Request {
+                request_id: Some(format!("req-{i}")),
+                command,
+            });
+        }
+        assert_eq!(a.lease_count(), 2);
+        assert_eq!(a.instances().len(), 1);
+        let owned = bincode::serialize(&Payload {
+            alloc: a.snapshot(),
+            trust: a.trust().clone(),
+            config_revision: a.config_revision(),
+            instances: a.instances().clone(),
+        })
+        .expect("serialize");
+        assert_eq!(encode(&a).expect("serialize"), owned);
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! Controller benchmark: acquisitions/s and latency with 1 and 64 clients on a 3-member loopback
 //! cluster of real processes, leader SIGKILL → next acknowledged write, and memory at 10,000
 //! leases. Run it with `scripts/bench` (release builds of this and of `twill`).
+//!
+//! `failover [ROUNDS] [-- MEMBER FLAGS]` measures leader SIGKILL → next acknowledged write only.
+//! `memory [MEMBERS [SNAPSHOT_EVERY]]` measures memory only: it fills a cluster of MEMBERS
+//! (default 3) to 65,535 leases and prints each member's RSS along the way, the highest RSS seen
+//! between two lines (where snapshots are built) and the snapshots each member wrote. Members
+//! snapshot every SNAPSHOT_EVERY log entries (default 4,096): 64 clients' writes share entries,
+//! so at the members' default of 10,000 a fill may end before the first snapshot. Figures, no
+//! verdicts.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use twill_client::{Client, ClientOptions};
@@ -337,10 +347,148 @@ fn print(name: &str, f: &Figures) {
     );
 }
 
-const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...]]
+/// Leases of the memory fill: every /24 of 10.0.0.0/8 the allocator hands out (65,536 less
+/// one it keeps back), issue 15's figure.
+const MEMORY_LEASES: usize = 65_535;
+/// Lease counts at which `memory` prints a line.
+const MEMORY_MARKS: &[usize] = &[
+    1_000,
+    5_000,
+    10_000,
+    15_000,
+    20_000,
+    25_000,
+    30_000,
+    35_000,
+    40_000,
+    45_000,
+    50_000,
+    55_000,
+    60_000,
+    62_000,
+    63_000,
+    64_000,
+    65_000,
+    MEMORY_LEASES,
+];
+
+/// What the sampler has seen of one member since the last printed line.
+#[derive(Clone, Copy, Default)]
+struct MemberMemory {
+    rss_kib: u64,
+    peak_kib: u64,
+    snapshots: usize,
+    snapshot_mtime: Option<SystemTime>,
+}
+
+fn mb(kib: u64) -> String {
+    format!("{:>6.1}", kib as f64 / 1024.0)
+}
+
+async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let every = snapshot_every.to_string();
+    let cl = TwillProcs::start(
+        &twill_bin()?,
+        members,
+        dir.path(),
+        &[
+            "--network",
+            "10.0.0.0/8",
+            "--subnet-len",
+            "24",
+            "--snapshot-every",
+            &every,
+        ],
+    )
+    .await?;
+    let urls = cl.urls();
+    let pids: Vec<Option<u32>> = (0..members).map(|i| cl.pid(i)).collect();
+    let snapshot_files: Vec<PathBuf> = (0..members)
+        .map(|i| cl.data_dir(i).join("snapshot.bin"))
+        .collect();
+    let seen = Arc::new(Mutex::new(vec![MemberMemory::default(); members]));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Sampled often enough to catch a snapshot build, which lasts a fraction of a second.
+    let sampler = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                {
+                    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    for (i, m) in seen.iter_mut().enumerate() {
+                        if let Some(k) = pids[i].and_then(rss_kib) {
+                            m.rss_kib = k;
+                            m.peak_kib = m.peak_kib.max(k);
+                        }
+                        let mtime = std::fs::metadata(&snapshot_files[i])
+                            .and_then(|md| md.modified())
+                            .ok();
+                        if mtime.is_some() && mtime != m.snapshot_mtime {
+                            m.snapshots += 1;
+                            m.snapshot_mtime = mtime;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let print_line = |label: &str| {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let cols: Vec<String> = seen
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} (peak {}, {} snap)",
+                    mb(m.rss_kib),
+                    mb(m.peak_kib),
+                    m.snapshots
+                )
+            })
+            .collect();
+        println!("{label:>10}  {}", cols.join("  "));
+        for m in seen.iter_mut() {
+            m.peak_kib = m.rss_kib;
+        }
+    };
+    println!(
+        "memory over a fill to {MEMORY_LEASES} leases, {members} member(s) snapshotting every \
+         {snapshot_every} log entries, RSS in MB per member (the peak is the highest sample \
+         since the line before; snap = snapshots written so far)"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    print_line("start");
+    let clients = (0..CONCURRENT)
+        .map(|_| client(&urls))
+        .collect::<Result<Vec<_>>>()?;
+    let clients: Vec<Arc<Client>> = clients.into_iter().map(Arc::new).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    for &mark in MEMORY_MARKS {
+        let base = done.load(Ordering::Relaxed);
+        bench::run(clients.clone(), mark - base, move |c, n| async move {
+            twill_acquire(&c, format!("node-{:06}", base + n)).await
+        })
+        .await?;
+        done.store(mark, Ordering::Relaxed);
+        print_line(&mark.to_string());
+    }
+    cl.wait_caught_up(Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    print_line("5 s idle");
+    let listed = client(&urls)?.list_leases().await?.leases.len();
+    println!("the cluster lists {listed} leases");
+    stop.store(true, Ordering::Relaxed);
+    sampler.await?;
+    Ok(())
+}
+
+const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]]]
   all       acquisitions (1 and 64 clients), 5 leader kills, RSS at 10,000 leases; twill then etcd
   failover  leader SIGKILL -> next acknowledged write only, ROUNDS times (20), twill then etcd;
-            flags after -- go to every twill member (e.g. --election-timeout 150ms)";
+            flags after -- go to every twill member (e.g. --election-timeout 150ms)
+  memory    each member's RSS over a fill to 65,535 leases (3 members, a snapshot every 4,096
+            entries), with the peak between lines; twill only";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -367,6 +515,20 @@ async fn main() -> Result<()> {
                     .with_context(|| format!("ROUNDS {n:?} is not a positive number\n{USAGE}"))?,
             };
             return failover_only(rounds, flags).await;
+        }
+        Some("memory") => {
+            let number =
+                |i: usize, what: &str, default: u64| -> Result<u64> {
+                    match args.get(i) {
+                        None => Ok(default),
+                        Some(n) => n.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
+                            format!("{what} {n:?} is not a positive number\n{USAGE}")
+                        }),
+                    }
+                };
+            let members = number(1, "MEMBERS", 3)? as usize;
+            let snapshot_every = number(2, "SNAPSHOT_EVERY", 4_096)?;
+            return bench_memory(members, snapshot_every).await;
         }
         Some("-h" | "--help") => {
             println!("{USAGE}");

@@ -78,12 +78,12 @@ pub struct ControllerArgs {
     node_cert_ttl: Duration,
 
     /// Raft heartbeat interval
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     heartbeat_interval: Duration,
     /// Shortest election timeout; the longest is twice this. A follower calls an election
-    /// once the leader has been silent for the longest timeout plus its own (so 0.9-1.2 s at
-    /// the default)
-    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
+    /// once the leader has been silent for the longest timeout plus its own (so 0.39-0.52 s at
+    /// the default, some 8 to 10 heartbeats); raise both on links with long or jittery delays
+    #[arg(long, value_name = "DURATION", default_value = "130ms", value_parser = parse_duration)]
     election_timeout: Duration,
     /// Take a snapshot (and purge the log behind it) after this many log entries
     #[arg(long, value_name = "N", default_value_t = 10_000)]

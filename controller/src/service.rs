@@ -224,7 +224,8 @@ impl ControllerService {
 /// Where a write or read that this member could not serve goes. A follower sends it to the
 /// leader; while no leader is known (an election), or the one it knows cannot be reached (it
 /// died), the follower holds the request until a leader is elected, for up to four longest
-/// election timeouts (detection takes two at most, and a split vote one more), and then sends it there, or serves it itself if it was elected. The
+/// election timeouts (detection takes two at most, and a split vote one more) or 2 s, whichever
+/// is longer (still under every client's attempt timeout), and then sends it there, or serves it itself if it was elected. The
 /// client is thus answered as soon as the cluster can answer, however long its own retry
 /// backoff has grown. A retried write keeps its request id, so one that reached the dead
 /// leader and was committed is answered, not applied again.
@@ -241,7 +242,7 @@ type Routed<Resp> = Result<Option<Response<Resp>>, Status>;
 
 impl<'a> Route<'a> {
     fn new(m: &'a Member, was_forwarded: bool) -> Self {
-        let hold = std::time::Duration::from_millis(m.opts.election_max_ms * 4);
+        let hold = std::time::Duration::from_millis((m.opts.election_max_ms * 4).max(2_000));
         Route {
             m,
             was_forwarded,

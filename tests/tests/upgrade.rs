@@ -63,9 +63,11 @@ fn restarting_the_agent_removes_nothing_and_pods_keep_talking() {
         gw_addr(&subnets[1]).to_string(),
     );
     // Node1 being ready says nothing of node2's route back: wait for both ways.
-    wait_until("pod networks reach each other", Duration::from_secs(20), || {
-        t.ping(0, &gw1, &gw2)
-    });
+    wait_until(
+        "pod networks reach each other",
+        Duration::from_secs(20),
+        || t.ping(0, &gw1, &gw2),
+    );
 
     // Everything that could be taken away: links, routes, neighbours, rules, FDB entries and
     // nftables objects, watched on node1 while its agent goes away and comes back.

@@ -690,9 +690,9 @@ mod tests {
         assert!(disk_fault(DISK_TORN, false, Some(eio)).is_some());
     }
 
-    #[test]
-    fn a_renewal_refused_before_the_deadline_is_early() {
-        let ops = [
+    /// n1 acquires at 0, then asks to renew at `asked` and is refused at `answered`.
+    fn refused_renewal(asked: Micros, answered: Micros) -> [Op; 2] {
+        [
             op(
                 "n1",
                 Call::Acquire { wanted: None },
@@ -703,11 +703,16 @@ mod tests {
             op(
                 "n1",
                 Call::Renew { create_revision: 3 },
-                1_000_000,
-                1_001_000,
+                asked,
+                answered,
                 Ret::NoLease,
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_renewal_refused_before_the_deadline_is_early() {
+        let ops = refused_renewal(1_000_000, 1_001_000);
         let mut v = Vec::new();
         deadlines(&ops, &[], 3_000_000, 50_000, &mut v);
         assert_eq!(v.len(), 1, "{v:?}");
@@ -724,22 +729,7 @@ mod tests {
     /// then paused for 1.8 s came back refused after the deadline, and was judged by its request.
     #[test]
     fn a_renewal_asked_before_the_deadline_but_refused_after_it_is_not_early() {
-        let ops = [
-            op(
-                "n1",
-                Call::Acquire { wanted: None },
-                0,
-                1_000,
-                lease("10.0.0.0/28", 3),
-            ),
-            op(
-                "n1",
-                Call::Renew { create_revision: 3 },
-                1_700_000,
-                3_900_000,
-                Ret::NoLease,
-            ),
-        ];
+        let ops = refused_renewal(1_700_000, 3_900_000);
         let mut v = Vec::new();
         deadlines(&ops, &[], 2_000_000, 50_000, &mut v);
         assert!(v.is_empty(), "{v:?}");

@@ -6,6 +6,7 @@ pub mod bgp;
 pub mod chaos;
 pub mod dashboards;
 pub mod etcd;
+pub mod fanout;
 pub mod netns;
 pub mod procs;
 pub mod tmpfs;

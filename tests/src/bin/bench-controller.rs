@@ -20,6 +20,7 @@ use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_tests::bench::{self, ms, rss_kib, LoadResult};
 use twill_tests::etcd::{EtcdCluster, FlannelEtcd};
+use twill_tests::fanout;
 use twill_tests::procs::TwillProcs;
 
 const SINGLE_OPS: usize = 1_000;
@@ -271,6 +272,59 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Watch fan-out (see [`twill_tests::fanout`]), twill then etcd, same run.
+async fn bench_watch(watchers: usize, writes: usize) -> Result<()> {
+    let show = |name: &str, f: &fanout::Fanout| {
+        println!(
+            "{name}: {} watchers, {} writes: ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
+            f.watchers,
+            f.lag_ms.len() + f.missed,
+            f.quantile(0.5),
+            f.quantile(0.99),
+            f.quantile(1.0),
+            f.missed
+        );
+    };
+    let dir = tempfile::tempdir()?;
+    let cl = TwillProcs::start(
+        &twill_bin()?,
+        3,
+        dir.path(),
+        &["--network", "10.0.0.0/8", "--subnet-len", "24"],
+    )
+    .await?;
+    let t = fanout::twill(&cl.urls(), twill_tests::admin_tls(), watchers, writes)
+        .await
+        .context("twill watch fan-out")?;
+    drop(cl);
+    show("twill", &t);
+    if !EtcdCluster::available() {
+        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
+        return Ok(());
+    }
+    let edir = tempfile::tempdir()?;
+    let ecl = EtcdCluster::start(3, edir.path()).await?;
+    let e = fanout::etcd(&ecl.endpoints(), watchers, writes)
+        .await
+        .context("etcd watch fan-out")?;
+    drop(ecl);
+    show("etcd 3.4", &e);
+    println!("same run, twill vs etcd:");
+    ratio(
+        "ack -> last watcher, p50",
+        t.quantile(0.5),
+        e.quantile(0.5),
+        "ms",
+    );
+    ratio(
+        "ack -> last watcher, p99",
+        t.quantile(0.99),
+        e.quantile(0.99),
+        "ms",
+    );
+    Ok(())
+}
+
 /// Median, 10th and 90th percentiles and the extremes of a set of durations.
 fn spread(name: &str, v: &[Duration]) {
     let mut v = v.to_vec();
@@ -483,12 +537,15 @@ async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]]]
+const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES]]]
   all       acquisitions (1 and 64 clients), 5 leader kills, RSS at 10,000 leases; twill then etcd
   failover  leader SIGKILL -> next acknowledged write only, ROUNDS times (20), twill then etcd;
             flags after -- go to every twill member (e.g. --election-timeout 150ms)
   memory    each member's RSS over a fill to 65,535 leases (3 members, a snapshot every 4,096
-            entries), with the peak between lines; twill only";
+            entries), with the peak between lines; twill only
+  watch     WATCHERS (1,000) watch streams spread over 30 connections and the 3 members, one
+            client writing WRITES (300) one at a time: from each write's acknowledgement to
+            the last watcher's receipt; twill then etcd";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -516,7 +573,7 @@ async fn main() -> Result<()> {
             };
             return failover_only(rounds, flags).await;
         }
-        Some("memory") => {
+        Some(s @ ("memory" | "watch")) => {
             let number =
                 |i: usize, what: &str, default: u64| -> Result<u64> {
                     match args.get(i) {
@@ -526,6 +583,11 @@ async fn main() -> Result<()> {
                         }),
                     }
                 };
+            if s == "watch" {
+                let watchers = number(1, "WATCHERS", 1_000)? as usize;
+                let writes = number(2, "WRITES", 300)? as usize;
+                return bench_watch(watchers, writes).await;
+            }
             let members = number(1, "MEMBERS", 3)? as usize;
             let snapshot_every = number(2, "SNAPSHOT_EVERY", 4_096)?;
             return bench_memory(members, snapshot_every).await;

@@ -96,6 +96,21 @@ async fn fold(
     })
 }
 
+/// Waits up to a minute for `watchers` watches to have started (`ready` counts them).
+async fn started(ready: &AtomicUsize, watchers: usize, who: &str) -> Result<()> {
+    let start = Instant::now();
+    while ready.load(Ordering::SeqCst) < watchers {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "only {} of {watchers} {who} watches started",
+                ready.load(Ordering::SeqCst)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -141,16 +156,7 @@ pub async fn twill(
             }
         });
     }
-    let start = Instant::now();
-    while ready.load(Ordering::SeqCst) < watchers {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "only {} of {watchers} twill watches started",
-                ready.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started(&ready, watchers, "twill").await?;
     let writer = Client::with_options(urls, opts)?;
     let mut acks = Vec::with_capacity(writes);
     for n in 0..writes {
@@ -222,16 +228,7 @@ pub async fn etcd(endpoints: &[String], watchers: usize, writes: usize) -> Resul
             bail!("an etcd watch ended before the last write")
         });
     }
-    let start = Instant::now();
-    while ready.load(Ordering::SeqCst) < watchers {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "only {} of {watchers} etcd watches started",
-                ready.load(Ordering::SeqCst)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    started(&ready, watchers, "etcd").await?;
     let mut kv = etcd::kv_client::KvClient::new(etcd_channel(&endpoints[0])?);
     let mut acks = Vec::with_capacity(writes);
     for n in 0..writes {

@@ -223,12 +223,12 @@ impl ControllerService {
 
 /// Where a write or read that this member could not serve goes. A follower sends it to the
 /// leader; while no leader is known (an election), or the one it knows cannot be reached (it
-/// died), the follower holds the request until a leader is elected, for up to four longest
-/// election timeouts (detection takes two at most, and a split vote one more) or 2 s, whichever
-/// is longer (still under every client's attempt timeout), and then sends it there, or serves it itself if it was elected. The
-/// client is thus answered as soon as the cluster can answer, however long its own retry
-/// backoff has grown. A retried write keeps its request id, so one that reached the dead
-/// leader and was committed is answered, not applied again.
+/// died), the follower holds the request until a leader is elected, then sends it there, or
+/// serves it itself if it was elected. It holds it for up to four longest election timeouts
+/// (detection takes two at most, a split vote one more) or 2 s, whichever is longer, still
+/// under every client's attempt timeout. The client is thus answered as soon as the cluster can
+/// answer, however long its own retry backoff has grown. A retried write keeps its request id,
+/// so one that reached the dead leader and was committed is answered, not applied again.
 struct Route<'a> {
     m: &'a Member,
     was_forwarded: bool,
@@ -257,10 +257,10 @@ impl<'a> Route<'a> {
         msg: &Req,
         fwd: &impl Fn(ControllerClient<Channel>, Request<Req>) -> Fwd<'static, Resp>,
     ) -> Routed<Resp> {
-        // A request forwarded to us is answered by us: never forwarded again, never held.
         let ProposeError::NotLeader { leader } = err else {
             return Err(err.into_status());
         };
+        // A request forwarded to us is answered by us: never forwarded again, never held.
         if self.was_forwarded {
             return Err(ProposeError::NotLeader { leader }.into_status());
         }

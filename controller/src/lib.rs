@@ -41,6 +41,7 @@ pub mod state_machine;
 pub mod status_page;
 pub mod trust;
 pub mod watch;
+pub mod watch_stream;
 
 use std::io::Cursor;
 

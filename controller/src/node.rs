@@ -627,7 +627,10 @@ pub async fn start_on(
     });
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Set on each accepted socket here: the builder's tcp_nodelay is ignored for a listener we
+    // bound ourselves, and without it a reply written after another small frame on the same
+    // connection (a watch event, a Raft append) waits for the peer's delayed ACK, 40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
     if let Some(c) = &opts.tls {
         builder = builder
@@ -639,7 +642,6 @@ pub async fn start_on(
     let raft_service = RaftService::new(raft.clone(), opts.tls.is_some(), opts.log_format);
     let server = tokio::spawn(
         builder
-            .tcp_nodelay(true)
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .max_concurrent_streams(MAX_CALLS_PER_CONNECTION as u32)
             .add_service(raft_service.into_server())

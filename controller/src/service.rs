@@ -9,25 +9,24 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use openraft::ServerState;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use twill_proto::v1 as pb;
 use twill_proto::v1::controller_client::ControllerClient;
 use twill_proto::v1::controller_server::{self, ControllerServer};
-use twill_proto::v1::{self as pb, watch_response};
 
 use crate::allocator::{self as alloc, Command, Outcome};
 use crate::authz::{self, Access, Caller, Denied};
 use crate::convert::{self, alloc_status, config_to_proto, lease_to_proto};
 use crate::network::MAX_MESSAGE;
 use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
+use crate::watch_stream;
 use twill_proto::{MAX_REQUEST, PAGE_LEASES};
 
 pub struct ControllerService {
     pub(crate) m: Arc<Member>,
-    /// One permit per open watch stream: each holds a task and a buffer on this member.
+    /// One permit per open watch stream: each holds a stream and its HTTP/2 window on this member.
     watches: Arc<tokio::sync::Semaphore>,
 }
 
@@ -382,8 +381,6 @@ fn members(m: &Member) -> Vec<pb::Member> {
         .collect()
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl controller_server::Controller for ControllerService {
     async fn acquire(
@@ -655,7 +652,7 @@ impl controller_server::Controller for ControllerService {
         self.revoke_node_certs(req).await
     }
 
-    type WatchStream = WatchStream;
+    type WatchStream = watch_stream::WatchStream;
 
     async fn watch(
         &self,
@@ -669,14 +666,11 @@ impl controller_server::Controller for ControllerService {
                 self.m.opts.max_watches
             )));
         };
-        let (tx, rx) = mpsc::channel(256);
-        let m = self.m.clone();
-        tokio::spawn(async move {
-            serve_watch(m, start, tx, caller).await;
-            drop(permit);
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(watch_stream::serve(
+            self.m.clone(),
+            start,
+            caller,
+            permit,
         )))
     }
 
@@ -826,147 +820,5 @@ impl controller_server::Controller for ControllerService {
                 .await
             }
         }
-    }
-}
-
-/// Streams the lease events after `start` (a snapshot first when they are not all retained),
-/// then follows new events, with a progress message whenever the stream has been quiet.
-async fn serve_watch(
-    m: Arc<Member>,
-    start: u64,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    caller: Caller,
-) {
-    let mut rx = m.sm.subscribe();
-    let mut stopping = m.stopping();
-    let _open = WatcherGauge::new(m.clone());
-    // A member that restarted or lagged may not have reached the revision the watcher already
-    // saw. Serving its older state would take the watcher back in time (an agent would drop
-    // routes it just installed), so wait for it to catch up. Only a leader still behind, which
-    // knows everything committed, may answer with a snapshot: the watcher's revision then
-    // comes from an earlier incarnation of the cluster.
-    if start > 0 {
-        let caught_up = async {
-            while m.sm.read().alloc.revision() < start {
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        let wait = m.opts.write_timeout;
-        if !tokio::time::timeout(wait, caught_up).await.unwrap_or(false)
-            && m.linearizable().await.is_err()
-        {
-            let rev = m.sm.read().alloc.revision();
-            let msg = format!(
-                "this member is at revision {rev}, behind the requested {start}; resume the watch on another member"
-            );
-            let _ = tx.send(Err(Status::unavailable(msg))).await;
-            return;
-        }
-    }
-    let mut sent = start;
-    let mut first = true;
-    loop {
-        let batch: Vec<pb::WatchResponse> = {
-            let d = m.sm.read();
-            let rev = d.alloc.revision();
-            let events = if first && (start == 0 || start > rev) {
-                None
-            } else {
-                d.history.since(sent)
-            };
-            first = false;
-            match events {
-                Some(evs) => {
-                    if let Some(last) = evs.last() {
-                        sent = last.revision;
-                    }
-                    evs.iter()
-                        .map(|e| {
-                            let mut ev = convert::event_to_proto(e);
-                            if let Some(cfg) = ev.config.as_mut() {
-                                authz::redact_config(cfg, &caller);
-                            }
-                            pb::WatchResponse {
-                                msg: Some(watch_response::Msg::Event(ev)),
-                            }
-                        })
-                        .collect()
-                }
-                None => {
-                    sent = rev;
-                    snapshot_chunks(&d.alloc, &caller)
-                }
-            }
-        };
-        for msg in batch {
-            if tx.send(Ok(msg)).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(m.opts.watch_progress) => {
-                let p = pb::WatchResponse { msg: Some(watch_response::Msg::Progress(pb::WatchProgress { revision: sent })) };
-                if tx.send(Ok(p)).await.is_err() {
-                    return;
-                }
-            }
-            _ = tx.closed() => return,
-            _ = stopping.changed() => {
-                let _ = tx.send(Err(Status::unavailable("controller member is shutting down; resume the watch on another member"))).await;
-                return;
-            }
-        }
-    }
-}
-
-/// The whole table at one revision, cut into chunks of [`PAGE_LEASES`] so that no message
-/// grows with the table; an empty table is one chunk.
-fn snapshot_chunks(a: &alloc::Allocator, caller: &Caller) -> Vec<pb::WatchResponse> {
-    let leases: Vec<pb::Lease> = a.leases().map(lease_to_proto).collect();
-    let mut config = a.config().map(config_to_proto);
-    if let Some(cfg) = config.as_mut() {
-        authz::redact_config(cfg, caller);
-    }
-    let mut chunks: Vec<Vec<pb::Lease>> = Vec::new();
-    let mut it = leases.into_iter().peekable();
-    while it.peek().is_some() {
-        chunks.push(it.by_ref().take(PAGE_LEASES).collect());
-    }
-    if chunks.is_empty() {
-        chunks.push(Vec::new());
-    }
-    let n = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, leases)| pb::WatchResponse {
-            msg: Some(watch_response::Msg::Snapshot(pb::WatchSnapshot {
-                revision: a.revision(),
-                leases,
-                config: config.clone(),
-                config_present: config.is_some(),
-                more: i + 1 < n,
-            })),
-        })
-        .collect()
-}
-
-/// Counts an open watch stream for as long as it is served.
-struct WatcherGauge(Arc<Member>);
-
-impl WatcherGauge {
-    fn new(m: Arc<Member>) -> Self {
-        m.metrics.watch_opened();
-        WatcherGauge(m)
-    }
-}
-
-impl Drop for WatcherGauge {
-    fn drop(&mut self) {
-        self.0.metrics.watch_closed();
     }
 }

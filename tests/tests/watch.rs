@@ -211,3 +211,97 @@ async fn resume_on_a_lagging_member_never_goes_back_in_time() {
     healer.await.expect("healer");
     cl.shutdown().await;
 }
+
+/// A watcher that stops reading is simply not polled once its window is full: writes and the
+/// other watchers go on, and when it reads again it gets what it missed in order (as a snapshot
+/// when the events are no longer retained), never a gap and never a step back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_holds_back_no_one_and_catches_up() {
+    use std::collections::BTreeMap;
+    use twill_proto::v1::controller_client::ControllerClient;
+    const WRITES: usize = 600;
+    let cl = cluster().await;
+    let c = cl.client();
+    // The stalled watcher on a connection of its own whose stream window (4 KiB) the events
+    // fill many times over; the member may not buffer for it beyond that.
+    let channel = tonic::transport::Endpoint::from_shared(cl.url(1))
+        .expect("loopback URL")
+        .tls_config(twill_tests::admin_tls())
+        .expect("TLS config")
+        .initial_stream_window_size(4096)
+        .connect()
+        .await
+        .expect("connect");
+    let mut stalled = ControllerClient::new(channel)
+        .watch(pb::WatchRequest { start_revision: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut reader = c.watch(0).await.expect("watch");
+    let mut view: BTreeMap<String, String> = BTreeMap::new();
+    let mut rev = 0;
+    let snapshots = std::cell::Cell::new(0);
+    // What the stalled watcher knows after each message: a snapshot (in chunks) replaces its
+    // view, an event must be the next revision.
+    let mut read_stalled = async |view: &mut BTreeMap<String, String>, rev: &mut u64| {
+        let m = tokio::time::timeout(Duration::from_secs(10), stalled.message())
+            .await
+            .expect("watch message within 10s")
+            .expect("stream healthy")
+            .expect("stream open");
+        match m.msg.expect("message set") {
+            Msg::Snapshot(s) => {
+                if s.revision != *rev || view.is_empty() {
+                    view.clear();
+                    snapshots.set(snapshots.get() + 1);
+                }
+                assert!(s.revision >= *rev, "snapshot at {} after {}", s.revision, *rev);
+                *rev = s.revision;
+                view.extend(s.leases.into_iter().map(|l| (l.node, l.subnet)));
+                return s.more;
+            }
+            Msg::Event(e) => {
+                assert_eq!(e.revision, *rev + 1, "an event out of order or after a gap");
+                *rev = e.revision;
+                let l = e.lease.clone().expect("event with its lease");
+                match e.kind() {
+                    pb::EventKind::Put => view.insert(l.node, l.subnet),
+                    pb::EventKind::Delete => view.remove(&l.node),
+                    _ => None,
+                };
+            }
+            Msg::Progress(_) => {}
+        }
+        false
+    };
+    read_stalled(&mut view, &mut rev).await;
+    let mut last = 0;
+    for i in 0..WRITES {
+        last = acquire(&c, &format!("n{i:04}")).await;
+    }
+    // The watcher that reads has everything while the other still reads nothing.
+    let mut seen = 0;
+    while seen < last {
+        if let Msg::Event(e) = next(&mut reader).await {
+            seen = e.revision;
+        }
+    }
+    // A snapshot in chunks is read whole.
+    let mut more = false;
+    while rev < last || more {
+        more = read_stalled(&mut view, &mut rev).await;
+    }
+    assert_eq!(view.len(), WRITES, "the stalled watcher's view after catching up");
+    assert!(view.contains_key("n0000") && view.contains_key(&format!("n{:04}", WRITES - 1)));
+    // Its window held far fewer events than were written and the member kept only HISTORY
+    // of them, so it must have been sent a second snapshot rather than a buffered backlog.
+    let snapshots = snapshots.get();
+    assert!(snapshots >= 2, "caught up through {snapshots} snapshot(s)");
+    // And it goes on following.
+    let r = acquire(&c, "after").await;
+    while rev < r {
+        read_stalled(&mut view, &mut rev).await;
+    }
+    assert!(view.contains_key("after"));
+    cl.shutdown().await;
+}

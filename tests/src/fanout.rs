@@ -18,8 +18,6 @@ use twill_proto::v1 as pb;
 
 use crate::etcd::pb as etcd;
 
-/// Connections the watchers share, per system: about 33 streams on each at 1,000 watchers.
-const CONNECTIONS: usize = 30;
 /// How long the watchers may take to have every write after the last acknowledgement.
 const DRAIN: Duration = Duration::from_secs(30);
 
@@ -30,6 +28,10 @@ pub struct Fanout {
     /// Writes some watcher never received within [`DRAIN`] (should be none).
     pub missed: usize,
     pub watchers: usize,
+    /// Per member (in the order of the URLs given), the median over writes of the lag to the
+    /// last of that member's watchers: shows whether one member, the leader or a follower,
+    /// sets the figure.
+    pub member_p50_ms: Vec<f64>,
 }
 
 impl Fanout {
@@ -49,15 +51,16 @@ type Receipts = Arc<Mutex<Vec<(u64, Instant)>>>;
 
 /// Waits for every watcher to have the last acknowledged revision (or [`DRAIN`]), stops them,
 /// and folds the receipts against the acknowledgements.
+/// `receipts` are per watcher, with the index of the member serving it.
 async fn fold(
     mut tasks: JoinSet<Result<()>>,
-    receipts: Vec<Receipts>,
+    receipts: Vec<(usize, Receipts)>,
     acks: Vec<(u64, Instant)>,
 ) -> Result<Fanout> {
     let last = acks.last().map(|a| a.0).unwrap_or(0);
     let has_last = |r: &Receipts| lock(r).last().is_some_and(|(rev, _)| *rev >= last);
     let deadline = Instant::now() + DRAIN;
-    while !receipts.iter().all(has_last) && Instant::now() < deadline {
+    while !receipts.iter().all(|(_, r)| has_last(r)) && Instant::now() < deadline {
         // A watcher that failed says why.
         if let Some(r) = tasks.try_join_next() {
             r.context("watcher task")??;
@@ -66,33 +69,52 @@ async fn fold(
     }
     tasks.abort_all();
     let watchers = receipts.len();
-    let mut latest: HashMap<u64, (Instant, usize)> = HashMap::new();
-    for r in &receipts {
+    let members = receipts.iter().map(|(m, _)| m + 1).max().unwrap_or(0);
+    // Per revision: the last receipt overall, how many watchers had it, and per member the last
+    // receipt among its watchers.
+    let mut latest: HashMap<u64, (Instant, usize, Vec<Option<Instant>>)> = HashMap::new();
+    for (member, r) in &receipts {
         for (rev, at) in lock(r).iter() {
-            let e = latest.entry(*rev).or_insert((*at, 0));
+            let e = latest
+                .entry(*rev)
+                .or_insert_with(|| (*at, 0, vec![None; members]));
             e.0 = e.0.max(*at);
             e.1 += 1;
+            e.2[*member] = Some(e.2[*member].map_or(*at, |m| m.max(*at)));
         }
     }
+    let lag = |at: Instant, ack: Instant| {
+        if at >= ack {
+            (at - ack).as_secs_f64() * 1e3
+        } else {
+            -((ack - at).as_secs_f64() * 1e3)
+        }
+    };
     let mut lag_ms = Vec::new();
+    let mut per_member: Vec<Vec<f64>> = vec![Vec::new(); members];
     let mut missed = 0;
     for (rev, ack) in acks {
         match latest.get(&rev) {
-            Some((at, n)) if *n == watchers => {
-                let ms = if *at >= ack {
-                    (*at - ack).as_secs_f64() * 1e3
-                } else {
-                    -((ack - *at).as_secs_f64() * 1e3)
-                };
-                lag_ms.push(ms);
+            Some((at, n, by_member)) if *n == watchers => {
+                lag_ms.push(lag(*at, ack));
+                for (m, at) in by_member.iter().enumerate() {
+                    if let Some(at) = at {
+                        per_member[m].push(lag(*at, ack));
+                    }
+                }
             }
             _ => missed += 1,
         }
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
     Ok(Fanout {
         lag_ms,
         missed,
         watchers,
+        member_p50_ms: per_member.into_iter().map(median).collect(),
     })
 }
 
@@ -115,13 +137,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// twill: `watchers` Watch streams from revision 0 over [`CONNECTIONS`] clients, each client
-/// pinned to one member in turn; one client acquires `writes` leases one after the other.
+/// twill: `watchers` Watch streams from revision 0 over `connections` clients (one per watcher
+/// is what real agents do), each client pinned to one member in turn; one client acquires
+/// `writes` leases one after the other.
 pub async fn twill(
     urls: &[String],
     tls: tonic::transport::ClientTlsConfig,
     watchers: usize,
     writes: usize,
+    connections: usize,
 ) -> Result<Fanout> {
     let opts = ClientOptions {
         retry_for: Duration::from_secs(30),
@@ -129,17 +153,18 @@ pub async fn twill(
         tls: Some(tls),
         ..Default::default()
     };
-    let clients = (0..CONNECTIONS)
+    let connections = connections.clamp(1, watchers.max(1));
+    let clients = (0..connections)
         .map(|i| Client::with_options(&[urls[i % urls.len()].clone()], opts.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut receipts = Vec::new();
     for w in 0..watchers {
-        let mut watch = clients[w % CONNECTIONS].watch(0).await?;
+        let mut watch = clients[w % connections].watch(0).await?;
         let ready = ready.clone();
         let got = Receipts::default();
-        receipts.push(got.clone());
+        receipts.push(((w % connections) % urls.len(), got.clone()));
         tasks.spawn(async move {
             loop {
                 let Some(m) = watch.message().await? else {
@@ -181,18 +206,24 @@ fn etcd_channel(url: &str) -> Result<Channel> {
 
 /// etcd: the same, with `watchers` Watch streams on a key prefix (one watch each) and one client
 /// putting `writes` keys under it one after the other.
-pub async fn etcd(endpoints: &[String], watchers: usize, writes: usize) -> Result<Fanout> {
+pub async fn etcd(
+    endpoints: &[String],
+    watchers: usize,
+    writes: usize,
+    connections: usize,
+) -> Result<Fanout> {
     const PREFIX: &[u8] = b"/fanout/";
     // The prefix's end: its last byte plus one.
     const END: &[u8] = b"/fanout0";
-    let channels = (0..CONNECTIONS)
+    let connections = connections.clamp(1, watchers.max(1));
+    let channels = (0..connections)
         .map(|i| etcd_channel(&endpoints[i % endpoints.len()]))
         .collect::<Result<Vec<_>>>()?;
     let ready = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut receipts = Vec::new();
     for w in 0..watchers {
-        let mut client = etcd::watch_client::WatchClient::new(channels[w % CONNECTIONS].clone());
+        let mut client = etcd::watch_client::WatchClient::new(channels[w % connections].clone());
         let create = etcd::WatchRequest {
             request_union: Some(etcd::watch_request::RequestUnion::CreateRequest(
                 etcd::WatchCreateRequest {
@@ -207,7 +238,7 @@ pub async fn etcd(endpoints: &[String], watchers: usize, writes: usize) -> Resul
         let mut stream = client.watch(requests).await?.into_inner();
         let ready = ready.clone();
         let got = Receipts::default();
-        receipts.push(got.clone());
+        receipts.push(((w % connections) % endpoints.len(), got.clone()));
         tasks.spawn(async move {
             while let Some(m) = stream.message().await? {
                 let at = Instant::now();

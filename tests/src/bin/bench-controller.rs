@@ -273,10 +273,10 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
 }
 
 /// Watch fan-out (see [`twill_tests::fanout`]), twill then etcd, same run.
-async fn bench_watch(watchers: usize, writes: usize) -> Result<()> {
+async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Result<()> {
     let show = |name: &str, f: &fanout::Fanout| {
         println!(
-            "{name}: {} watchers, {} writes: ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
+            "{name}: {} watchers on {connections} connections, {} writes: ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
             f.watchers,
             f.lag_ms.len() + f.missed,
             f.quantile(0.5),
@@ -284,6 +284,13 @@ async fn bench_watch(watchers: usize, writes: usize) -> Result<()> {
             f.quantile(1.0),
             f.missed
         );
+        let members: Vec<String> = f
+            .member_p50_ms
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| format!("member {} {ms:.1} ms", i + 1))
+            .collect();
+        println!("  p50 to the last watcher of each member: {}", members.join(", "));
     };
     let dir = tempfile::tempdir()?;
     let cl = TwillProcs::start(
@@ -293,7 +300,7 @@ async fn bench_watch(watchers: usize, writes: usize) -> Result<()> {
         &["--network", "10.0.0.0/8", "--subnet-len", "24"],
     )
     .await?;
-    let t = fanout::twill(&cl.urls(), twill_tests::admin_tls(), watchers, writes)
+    let t = fanout::twill(&cl.urls(), twill_tests::admin_tls(), watchers, writes, connections)
         .await
         .context("twill watch fan-out")?;
     drop(cl);
@@ -304,7 +311,7 @@ async fn bench_watch(watchers: usize, writes: usize) -> Result<()> {
     }
     let edir = tempfile::tempdir()?;
     let ecl = EtcdCluster::start(3, edir.path()).await?;
-    let e = fanout::etcd(&ecl.endpoints(), watchers, writes)
+    let e = fanout::etcd(&ecl.endpoints(), watchers, writes, connections)
         .await
         .context("etcd watch fan-out")?;
     drop(ecl);
@@ -537,15 +544,16 @@ async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES]]]
+const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES [CONNECTIONS]]]]
   all       acquisitions (1 and 64 clients), 5 leader kills, RSS at 10,000 leases; twill then etcd
   failover  leader SIGKILL -> next acknowledged write only, ROUNDS times (20), twill then etcd;
             flags after -- go to every twill member (e.g. --election-timeout 150ms)
   memory    each member's RSS over a fill to 65,535 leases (3 members, a snapshot every 4,096
             entries), with the peak between lines; twill only
-  watch     WATCHERS (1,000) watch streams spread over 30 connections and the 3 members, one
-            client writing WRITES (300) one at a time: from each write's acknowledgement to
-            the last watcher's receipt; twill then etcd";
+  watch     WATCHERS (1,000) watch streams over CONNECTIONS connections (one per watcher, as
+            agents have) spread over the 3 members, one client writing WRITES (300) one at a
+            time: from each write's acknowledgement to the last watcher's receipt; twill then
+            etcd";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -586,7 +594,8 @@ async fn main() -> Result<()> {
             if s == "watch" {
                 let watchers = number(1, "WATCHERS", 1_000)? as usize;
                 let writes = number(2, "WRITES", 300)? as usize;
-                return bench_watch(watchers, writes).await;
+                let connections = number(3, "CONNECTIONS", watchers as u64)? as usize;
+                return bench_watch(watchers, writes, connections).await;
             }
             let members = number(1, "MEMBERS", 3)? as usize;
             let snapshot_every = number(2, "SNAPSHOT_EVERY", 4_096)?;

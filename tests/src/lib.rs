@@ -7,8 +7,10 @@ pub mod chaos;
 pub mod dashboards;
 pub mod etcd;
 pub mod fanout;
+pub mod inject;
 pub mod netns;
 pub mod procs;
+pub mod routewatch;
 pub mod tmpfs;
 
 use std::collections::BTreeMap;

@@ -219,6 +219,30 @@ pub fn lease_of(t: &Topology, node: &str) -> Option<(String, u64)> {
     Some((l.subnet, l.create_revision))
 }
 
+/// As [`in_netns`], on a multi-threaded runtime such as the agent's: its worker threads are
+/// started by the thread that entered the namespace, so they are in it too.
+pub fn in_netns_multi_thread<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> + Send + 'static,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: a valid namespace fd; only this new thread changes namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(f()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

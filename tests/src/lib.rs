@@ -11,6 +11,7 @@ pub mod inject;
 pub mod netns;
 pub mod procs;
 pub mod routewatch;
+pub mod scale;
 pub mod tmpfs;
 
 use std::collections::BTreeMap;

@@ -21,6 +21,7 @@ use twill_proto::v1 as pb;
 use twill_tests::bench::{self, ms, rss_kib, LoadResult};
 use twill_tests::etcd::{EtcdCluster, FlannelEtcd};
 use twill_tests::fanout;
+use twill_tests::scale;
 use twill_tests::procs::TwillProcs;
 
 const SINGLE_OPS: usize = 1_000;
@@ -332,6 +333,151 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
     Ok(())
 }
 
+/// `scale`: AGENTS simulated agents (see [`twill_tests::scale`]) on a 3-member cluster with a
+/// lease TTL of `ttl` (renewals when a third is left), each member's CPU over a quiet window,
+/// then 64 clients' acquisitions while the agents go on, against etcd's without load, same run.
+async fn bench_scale(
+    agents: usize,
+    connections: usize,
+    ttl: Duration,
+    flags: &[String],
+) -> Result<()> {
+    const WINDOW: Duration = Duration::from_secs(30);
+    const OPS: usize = 3_000;
+    let ttl_flag = format!("{}s", ttl.as_secs());
+    let dir = tempfile::tempdir()?;
+    let mut extra: Vec<&str> = vec![
+        "--network",
+        "10.0.0.0/8",
+        "--subnet-len",
+        "24",
+        "--lease-ttl",
+        &ttl_flag,
+    ];
+    extra.extend(flags.iter().map(String::as_str));
+    let cl = TwillProcs::start_with(&twill_bin()?, 3, dir.path(), &extra, true).await?;
+    let urls = cl.urls();
+    if !flags.is_empty() {
+        println!("twill member flags: {}", flags.join(" "));
+    }
+    let mut sim = scale::start(&urls, twill_tests::admin_tls(), agents, connections, ttl).await?;
+    let leader = cl.wait_leader(Duration::from_secs(10)).await?;
+    println!(
+        "twill: {agents} agents over {} connections joined (lease + watch) in {:.1} s; lease TTL {} s, health every {} s",
+        connections.min(agents),
+        sim.joined_in.as_secs_f64(),
+        ttl.as_secs(),
+        scale::HEALTH_EVERY.as_secs()
+    );
+    let cpu = |i: usize| cl.pid(i).and_then(scale::cpu_time);
+    let own = || scale::cpu_time(std::process::id());
+    let sample = || ((0..3).map(cpu).collect::<Vec<_>>(), own(), Instant::now());
+    let rates = |c: &scale::Counters| {
+        (
+            c.renewals.load(Ordering::Relaxed),
+            c.reports.load(Ordering::Relaxed),
+            c.events.load(Ordering::Relaxed),
+        )
+    };
+    let show = |what: &str, a: &(Vec<Option<Duration>>, Option<Duration>, Instant), b: &(Vec<Option<Duration>>, Option<Duration>, Instant)| {
+        let secs = (b.2 - a.2).as_secs_f64();
+        let used = |x: Option<Duration>, y: Option<Duration>| match (x, y) {
+            (Some(x), Some(y)) => format!("{:.2}", (y - x).as_secs_f64() / secs),
+            _ => "?".to_string(),
+        };
+        let members: Vec<String> = (0..3)
+            .map(|i| {
+                format!(
+                    "member {}{} {}",
+                    i + 1,
+                    if i == leader { " (leader)" } else { "" },
+                    used(a.0[i], b.0[i])
+                )
+            })
+            .collect();
+        println!(
+            "  {what}, cores used over {secs:.0} s: {}; the agents' own process {}",
+            members.join(", "),
+            used(a.1, b.1)
+        );
+    };
+    // Past the joining, then a quiet window: the agents alone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (r0, h0, e0) = rates(&sim.counters);
+    let a = sample();
+    tokio::time::sleep(WINDOW).await;
+    let b = sample();
+    let (r1, h1, e1) = rates(&sim.counters);
+    show("agents alone", &a, &b);
+    let secs = (b.2 - a.2).as_secs_f64();
+    println!(
+        "  per second: {:.0} renewals, {:.0} health reports, {:.0} watch events delivered; agents failed: {}",
+        (r1 - r0) as f64 / secs,
+        (h1 - h0) as f64 / secs,
+        (e1 - e0) as f64 / secs,
+        sim.counters.failures.load(Ordering::Relaxed)
+    );
+    // Acquisitions while the agents go on (each one is an event to every watcher).
+    let clients = (0..CONCURRENT)
+        .map(|_| client(&urls))
+        .collect::<Result<Vec<_>>>()?;
+    let a = sample();
+    let t = bench::run(clients, OPS, |c, n| async move {
+        twill_acquire(&c, format!("load-{n:06}")).await
+    })
+    .await?;
+    let b = sample();
+    show(&format!("{CONCURRENT} clients acquiring"), &a, &b);
+    println!(
+        "  acquisitions/s, {CONCURRENT} clients, under the agents' load: {:.0} (p50 {}, p99 {})",
+        t.per_sec(),
+        ms(t.p50),
+        ms(t.p99)
+    );
+    let failed = sim.counters.failures.load(Ordering::Relaxed);
+    sim.stop();
+    drop(cl);
+    if failed > 0 {
+        bail!("{failed} simulated agents failed (see the log)");
+    }
+    if !EtcdCluster::available() {
+        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
+        return Ok(());
+    }
+    let edir = tempfile::tempdir()?;
+    let ecl = EtcdCluster::start(3, edir.path()).await?;
+    let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
+    let eps = ecl.endpoints();
+    let clients = (0..CONCURRENT)
+        .map(|_| FlannelEtcd::new(eps.clone(), network, 24))
+        .collect::<Result<Vec<_>>>()?;
+    let e = bench::run(clients, OPS, |c, n| async move {
+        c.acquire(&format!("load-{n:06}")).await.map(|_| ())
+    })
+    .await?;
+    drop(ecl);
+    println!(
+        "etcd 3.4, no other load: acquisitions/s, {CONCURRENT} clients: {:.0} (p50 {}, p99 {})",
+        e.per_sec(),
+        ms(e.p50),
+        ms(e.p99)
+    );
+    println!("same run, twill under {agents} agents vs etcd alone:");
+    ratio(
+        &format!("acquisitions/s, {CONCURRENT} clients"),
+        t.per_sec(),
+        e.per_sec(),
+        "/s",
+    );
+    ratio(
+        &format!("p99 latency, {CONCURRENT} clients"),
+        t.p99.as_secs_f64() * 1e3,
+        e.p99.as_secs_f64() * 1e3,
+        "ms",
+    );
+    Ok(())
+}
+
 /// Median, 10th and 90th percentiles and the extremes of a set of durations.
 fn spread(name: &str, v: &[Duration]) {
     let mut v = v.to_vec();
@@ -544,8 +690,10 @@ async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES [CONNECTIONS]]]]
-  all       acquisitions (1 and 64 clients), 5 leader kills, RSS at 10,000 leases; twill then etcd
+const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES [CONNECTIONS]]] | scale [AGENTS [CONNECTIONS [TTL_SECONDS]]] [-- TWILL MEMBER FLAGS...]]
+  all       every scenario below in turn, with its defaults (the default)
+  acquisitions  acquisitions/s and latency (1 and 64 clients), 5 leader kills, RSS at 10,000
+            leases; twill then etcd
   failover  leader SIGKILL -> next acknowledged write only, ROUNDS times (20), twill then etcd;
             flags after -- go to every twill member (e.g. --election-timeout 150ms)
   memory    each member's RSS over a fill to 65,535 leases (3 members, a snapshot every 4,096
@@ -553,7 +701,11 @@ const USAGE: &str = "usage: bench-controller [all | failover [ROUNDS] [-- TWILL 
   watch     WATCHERS (1,000) watch streams over CONNECTIONS connections (one per watcher, as
             agents have) spread over the 3 members, one client writing WRITES (300) one at a
             time: from each write's acknowledgement to the last watcher's receipt; twill then
-            etcd";
+            etcd
+  scale     AGENTS (10,000) simulated agents over CONNECTIONS (200) connections, each holding a
+            lease (TTL_SECONDS, 86,400 as the cluster's default; renewed with a third left),
+            watching and reporting health every 10 s: each member's CPU, then 64 clients'
+            acquisitions under that load; etcd's without";
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -565,7 +717,7 @@ async fn main() -> Result<()> {
             .unwrap_or(1)
     );
     match args.first().map(String::as_str) {
-        None | Some("all") => {}
+        None | Some("all" | "acquisitions") => {}
         Some("failover") => {
             let (ours, flags) = match args.iter().position(|a| a == "--") {
                 Some(i) => (&args[1..i], &args[i + 1..]),
@@ -581,16 +733,29 @@ async fn main() -> Result<()> {
             };
             return failover_only(rounds, flags).await;
         }
-        Some(s @ ("memory" | "watch")) => {
+        Some(s @ ("memory" | "watch" | "scale")) => {
+            // Numbers end where member flags begin.
+            let positional = &args[..args.iter().position(|a| a == "--").unwrap_or(args.len())];
             let number =
                 |i: usize, what: &str, default: u64| -> Result<u64> {
-                    match args.get(i) {
+                    match positional.get(i) {
                         None => Ok(default),
                         Some(n) => n.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
                             format!("{what} {n:?} is not a positive number\n{USAGE}")
                         }),
                     }
                 };
+            if s == "scale" {
+                let agents = number(1, "AGENTS", 10_000)? as usize;
+                let connections = number(2, "CONNECTIONS", 200)? as usize;
+                // The cluster's default TTL, 24 h, unless a shorter one is asked for.
+                let ttl = Duration::from_secs(number(3, "TTL_SECONDS", 86_400)?);
+                let flags = match args.iter().position(|a| a == "--") {
+                    Some(i) => &args[i + 1..],
+                    None => &args[args.len()..],
+                };
+                return bench_scale(agents, connections, ttl, flags).await;
+            }
             if s == "watch" {
                 let watchers = number(1, "WATCHERS", 1_000)? as usize;
                 let writes = number(2, "WRITES", 300)? as usize;
@@ -607,6 +772,23 @@ async fn main() -> Result<()> {
         }
         Some(other) => bail!("unknown scenario {other:?}\n{USAGE}"),
     }
+    if args.is_empty() || args[0] == "all" {
+        // Every scenario in turn, each with its defaults.
+        println!("== acquisitions, 5 leader kills, RSS at {TOTAL_LEASES} leases");
+        bench_acquisitions().await?;
+        println!("== failover, 20 rounds");
+        failover_only(20, &[]).await?;
+        println!("== watch fan-out");
+        bench_watch(1_000, 300, 1_000).await?;
+        println!("== memory");
+        return bench_memory(3, 4_096).await;
+    }
+    bench_acquisitions().await
+}
+
+/// Acquisitions with 1 and 64 clients, 5 leader kills and the leader's RSS at
+/// [`TOTAL_LEASES`] leases, twill then etcd, and the ratios.
+async fn bench_acquisitions() -> Result<()> {
     let t = bench_twill().await.context("twill benchmark")?;
     print("twill", &t);
     if !EtcdCluster::available() {

@@ -1,0 +1,210 @@
+//! Many simulated agents on one cluster. Each does what `twill agent` does to the controller:
+//! acquires its lease, watches from the revision it got, renews when a third of the TTL is
+//! left and reports its health on the agent's default interval. Agents share connections
+//! (a real node has one of its own), each pinned to one member in turn, so watches are served
+//! by every member and followers forward the writes. What is measured is what the members pay:
+//! CPU per member over a window, and how acquisitions fare while it runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::task::JoinSet;
+use twill_client::{Client, ClientOptions};
+use twill_proto::v1 as pb;
+
+/// The agent's default `--health-interval`.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
+
+/// Counters the simulated agents keep while they run.
+#[derive(Default)]
+pub struct Counters {
+    pub renewals: AtomicUsize,
+    pub reports: AtomicUsize,
+    pub events: AtomicUsize,
+    pub failures: AtomicUsize,
+}
+
+/// The running agents; dropping this stops them.
+pub struct Agents {
+    pub counters: Arc<Counters>,
+    pub joined_in: Duration,
+    tasks: JoinSet<()>,
+}
+
+impl Agents {
+    pub fn stop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn options(tls: tonic::transport::ClientTlsConfig) -> ClientOptions {
+    ClientOptions {
+        retry_for: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(10),
+        tls: Some(tls),
+        ..Default::default()
+    }
+}
+
+/// Starts `agents` simulated agents over `connections` connections and returns once every one
+/// holds its lease and has its watch open. `ttl` is the cluster's lease TTL.
+pub async fn start(
+    urls: &[String],
+    tls: tonic::transport::ClientTlsConfig,
+    agents: usize,
+    connections: usize,
+    ttl: Duration,
+) -> Result<Agents> {
+    let connections = connections.clamp(1, agents.max(1));
+    let clients: Vec<Arc<Client>> = (0..connections)
+        .map(|i| {
+            Client::with_options([urls[i % urls.len()].clone()], options(tls.clone()))
+                .map(Arc::new)
+        })
+        .collect::<Result<_, _>>()?;
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let ready = Arc::new(AtomicUsize::new(0));
+    // Joins a few hundred at a time, as nodes of a cluster coming up would.
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = JoinSet::new();
+    for a in 0..agents {
+        let c = clients[a % connections].clone();
+        let (counters, ready, gate) = (counters.clone(), ready.clone(), gate.clone());
+        tasks.spawn(async move {
+            if let Err(e) = agent(a, c, ttl, &counters, &ready, &gate).await {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                eprintln!("simulated agent {a} stopped: {e:#}");
+            }
+        });
+    }
+    while ready.load(Ordering::Relaxed) < agents {
+        if counters.failures.load(Ordering::Relaxed) > 0 {
+            bail!("a simulated agent failed while joining");
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {agents} agents joined in 10 minutes",
+                ready.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Agents {
+        counters,
+        joined_in: started.elapsed(),
+        tasks,
+    })
+}
+
+/// One agent: acquire, watch, then renew and report for as long as it runs.
+async fn agent(
+    a: usize,
+    c: Arc<Client>,
+    ttl: Duration,
+    counters: &Counters,
+    ready: &AtomicUsize,
+    gate: &tokio::sync::Semaphore,
+) -> Result<()> {
+    let node = format!("sim-{a:05}");
+    let (lease, mut watch) = {
+        let _turn = gate.acquire().await.context("join gate")?;
+        let r = c
+            .acquire(pb::AcquireRequest {
+                node: node.clone(),
+                public_ip: format!("198.18.{}.{}", a / 250, a % 250 + 1),
+                ..Default::default()
+            })
+            .await?;
+        let lease = r.lease.context("answer without a lease")?;
+        let watch = c.watch(r.revision).await?;
+        (lease, watch)
+    };
+    ready.fetch_add(1, Ordering::Relaxed);
+    let counters_events = &counters.events;
+    let reading = async {
+        while let Some(m) = watch.message().await? {
+            if let Some(pb::watch_response::Msg::Event(_)) = m.msg {
+                counters_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    // Renewals and reports start at a random phase, as agents that joined at different times.
+    let phase = |every: Duration| every.mul_f64(rand::random::<f64>());
+    let renew_every = ttl - ttl / 3;
+    let mut next_renew = tokio::time::Instant::now() + phase(renew_every);
+    let mut next_report = tokio::time::Instant::now() + phase(HEALTH_EVERY);
+    let health = pb::NodeHealth {
+        ready: true,
+        reconcile_ok: true,
+        backend: "vxlan".into(),
+        version: "sim".into(),
+        interval_ms: HEALTH_EVERY.as_millis() as u64,
+        ..Default::default()
+    };
+    let working = async {
+        loop {
+            let until = next_renew.min(next_report);
+            tokio::time::sleep_until(until).await;
+            let now = tokio::time::Instant::now();
+            if now >= next_renew {
+                c.renew(&node, lease.create_revision).await?;
+                counters.renewals.fetch_add(1, Ordering::Relaxed);
+                next_renew = now + renew_every;
+            }
+            if now >= next_report {
+                let mut h = health.clone();
+                h.reconcile_at_ms = twill_proto::now_ms();
+                c.report_health(&node, h).await?;
+                counters.reports.fetch_add(1, Ordering::Relaxed);
+                next_report = now + HEALTH_EVERY;
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::select! {
+        r = reading => r.context("watch"),
+        r = working => r.context("renew or report"),
+    }
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tick = u64::try_from(tick).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64((utime + stime) as f64 / tick as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu_time() {
+        let before = cpu_time(std::process::id()).expect("own /proc/self/stat");
+        let mut x = 0u64;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let after = cpu_time(std::process::id()).expect("own /proc/self/stat");
+        assert!(after > before, "{before:?} -> {after:?} after {x} spins");
+    }
+}

@@ -148,6 +148,9 @@ fn main() -> ExitCode {
     } else {
         "warn"
     });
+    if matches!(cli.cmd, Cmd::Agent(_)) {
+        twill_agent::agent::one_malloc_arena();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -8,8 +8,15 @@
 //! Order per peer: neighbour, FDB, route when adding; route, FDB, neighbour when removing, so a
 //! route never points at a gateway the kernel cannot resolve. A rule comes after its table's
 //! routes and goes before them, so traffic is never steered into a half-filled table.
+//!
+//! Batching: runs of per-peer entries (neighbours, FDB entries, routes) go to the kernel many
+//! requests to a datagram ([`batches`]), on a socket of their own whose receive buffer holds a
+//! whole batch's acknowledgements. The kernel handles a datagram's requests in order and
+//! queues every acknowledgement before we read one, so a batch larger than the buffer loses
+//! acknowledgements (ENOBUFS, the failure flannel met at scale); that is seen as an overrun,
+//! never waited on, and answered by a resync with smaller batches.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
@@ -24,6 +31,8 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
+use rtnetlink::packet_core::NetlinkMessage;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::desired::{Desired, DeviceRoute, Fdb, Neighbour, Route, Rule, VxlanLink};
@@ -213,6 +222,43 @@ impl Op {
                 | Op::DeleteRule(_)
         )
     }
+
+    /// Whether the operation is one request the kernel answers on its own, needing nothing but
+    /// its device's index: the per-peer entries, which are nearly all of a large plan. Devices,
+    /// addresses and rules are few, and some need a lookup first.
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Op::AddNeighbour(_)
+                | Op::DeleteNeighbour(_)
+                | Op::AddFdb(_)
+                | Op::DeleteFdb(_)
+                | Op::AddRoute(_)
+                | Op::DeleteRoute(_)
+                | Op::AddDeviceRoute(_)
+                | Op::DeleteDeviceRoute(_)
+        )
+    }
+}
+
+/// How a plan goes to the kernel, in its order: each range of `ops` is either one operation
+/// that is not [`Op::batchable`], sent alone, or a run of at most `max` batchable ones, sent as
+/// one datagram.
+pub fn batches(ops: &[Op], max: usize) -> Vec<std::ops::Range<usize>> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ops.len() {
+        let run = ops[start..]
+            .iter()
+            .take(max)
+            .take_while(|op| op.batchable())
+            .count();
+        let end = start + run.max(1);
+        out.push(start..end);
+        start = end;
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +269,20 @@ pub enum KernelError {
     Socket(#[from] std::io::Error),
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
+    /// The kernel dropped acknowledgements of a batch because the batch socket's receive buffer
+    /// was full (ENOBUFS): which of its requests took effect is known only by reading again.
+    #[error(
+        "netlink receive buffer overrun (ENOBUFS) in a batch of {batch} requests; the kernel \
+         must be read again"
+    )]
+    Overrun { batch: usize },
+    /// A batch's acknowledgements stopped coming without an overrun being reported.
+    #[error("the kernel answered {answered} of a batch of {batch} requests within {waited:?}")]
+    Unanswered {
+        batch: usize,
+        answered: usize,
+        waited: std::time::Duration,
+    },
     #[error("{op} failed: {source}")]
     Apply {
         op: Box<Op>,
@@ -308,6 +368,9 @@ pub struct Applied {
     /// Per-source table entries the kernel refused (an interface down, a gateway unreachable):
     /// skipped so the main table, masquerade and subnet.env still get done; retried next pass.
     pub table_errors: Vec<(Op, String)>,
+    /// Batches whose acknowledgements the kernel dropped (ENOBUFS) before this pass got
+    /// through; each was followed by a resync with batches half the size.
+    pub overruns: usize,
 }
 
 /// A port of a bridge, and for a veth the name and MTU of its other end, which lives in a
@@ -321,15 +384,255 @@ pub struct BridgePort {
     pub peer_netns: Option<i32>,
 }
 
+/// How per-peer entries are batched (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Most requests in one datagram.
+    pub max: usize,
+    /// The batch socket's receive buffer as asked of the kernel (SO_RCVBUF), which caps it at
+    /// net.core.rmem_max and doubles it for its bookkeeping.
+    pub receive_buffer: usize,
+}
+
+impl Default for Batching {
+    /// 256 requests a datagram. With NETLINK_CAP_ACK an acknowledgement is a 36-byte message,
+    /// under 1 KiB of receive buffer with its skb around it, so a batch's take under 256 KiB: a
+    /// buffer asked at 1 MiB is at least 416 KiB with the default rmem_max (208 KiB, doubled).
+    fn default() -> Batching {
+        Batching {
+            max: 256,
+            receive_buffer: 1 << 20,
+        }
+    }
+}
+
+/// Resyncs a pass makes after overruns before it gives up until the next one: enough to halve
+/// the default batch down to a few requests.
+const OVERRUN_RESYNCS: usize = 8;
+
+/// How long a batch's acknowledgements may take; the kernel answers a batch in milliseconds,
+/// so only a lost acknowledgement that was not reported makes this matter.
+const BATCH_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A netlink connection to the kernel of the calling thread's network namespace.
 pub struct Kernel {
     handle: Handle,
-    /// A plain socket for route changes in bulk ([`Kernel::route_batches`]), opened with the
-    /// connection so that it is in the same namespace.
-    bulk: std::sync::Mutex<rtnetlink::sys::Socket>,
-    /// The next sequence number on the bulk socket: never reused, so that an answer left
-    /// unread by a pass that failed is not taken for one of a later pass.
-    bulk_seq: std::sync::atomic::AtomicU32,
+    batching: Batching,
+    /// The batch size in use: `batching.max`, halved at every overrun.
+    batch: std::sync::atomic::AtomicUsize,
+}
+
+type RtMessage = NetlinkMessage<RouteNetlinkMessage>;
+
+/// A socket of its own for batches, opened for one pass: every request's answer, the
+/// acknowledgements included, comes back in order; NETLINK_CAP_ACK keeps acknowledgements from
+/// repeating the request; and an overrun, which netlink-proto reports as an unsolicited
+/// message, is seen instead of an acknowledgement that never comes being waited for.
+struct Batcher {
+    handle: rtnetlink::proto::ConnectionHandle<RouteNetlinkMessage>,
+    unsolicited: futures::channel::mpsc::UnboundedReceiver<(RtMessage, rtnetlink::sys::SocketAddr)>,
+}
+
+impl Batcher {
+    fn open(receive_buffer: usize) -> Result<Batcher, KernelError> {
+        let (mut conn, handle, unsolicited) = rtnetlink::proto::new_connection::<
+            RouteNetlinkMessage,
+        >(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+        use rtnetlink::sys::AsyncSocket;
+        let socket = conn.socket_mut().socket_mut();
+        socket.set_cap_ack(true)?;
+        socket.set_rx_buf_sz(i32::try_from(receive_buffer).unwrap_or(i32::MAX))?;
+        conn.set_forward_ack(true);
+        tokio::spawn(conn);
+        Ok(Batcher {
+            handle,
+            unsolicited,
+        })
+    }
+
+    /// Sends `requests` as one datagram; each one's outcome, in order.
+    async fn send(
+        &mut self,
+        requests: Vec<RtMessage>,
+    ) -> Result<Vec<Result<(), rtnetlink::Error>>, KernelError> {
+        use futures::StreamExt;
+        use rtnetlink::packet_core::NetlinkPayload;
+        let batch = requests.len();
+        let mut answers = self
+            .handle
+            .request_batch(requests, rtnetlink::sys::SocketAddr::new(0, 0))
+            .map_err(|_| KernelError::Netlink(rtnetlink::Error::RequestFailed))?;
+        let mut out = Vec::with_capacity(batch);
+        let limit = tokio::time::sleep(BATCH_ANSWER_LIMIT);
+        tokio::pin!(limit);
+        loop {
+            tokio::select! {
+                m = answers.next() => match m {
+                    None => break,
+                    Some(m) => match m.payload {
+                        NetlinkPayload::Error(e) if e.code.is_none() => out.push(Ok(())),
+                        NetlinkPayload::Error(e) => out.push(Err(rtnetlink::Error::NetlinkError(e))),
+                        NetlinkPayload::Overrun(_) => return Err(KernelError::Overrun { batch }),
+                        other => out.push(Err(rtnetlink::Error::UnexpectedMessage(
+                            NetlinkMessage::new(m.header, other),
+                        ))),
+                    },
+                },
+                Some((m, _)) = self.unsolicited.next() => {
+                    if matches!(m.payload, NetlinkPayload::Overrun(_)) {
+                        return Err(KernelError::Overrun { batch });
+                    }
+                }
+                () = &mut limit => {
+                    return Err(KernelError::Unanswered {
+                        batch,
+                        answered: out.len(),
+                        waited: BATCH_ANSWER_LIMIT,
+                    });
+                }
+            }
+        }
+        if out.len() != batch {
+            return Err(KernelError::Unanswered {
+                batch,
+                answered: out.len(),
+                waited: BATCH_ANSWER_LIMIT,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The request for a [batchable](Op::batchable) operation, its device's index found in `index`
+/// (name → ifindex); `None` for any other operation.
+fn request(
+    op: &Op,
+    index: &std::collections::BTreeMap<String, u32>,
+) -> Option<Result<RtMessage, KernelError>> {
+    use rtnetlink::packet_core::{
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    let ix = |dev: &String| {
+        index
+            .get(dev)
+            .copied()
+            .ok_or_else(|| KernelError::NoInterface(dev.clone()))
+    };
+    let build = || -> Result<Option<(RouteNetlinkMessage, u16)>, KernelError> {
+        Ok(Some(match op {
+            Op::AddNeighbour(n) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = family_of(n.ip);
+                m.header.ifindex = ix(&n.dev)?;
+                m.header.state = NeighbourState::Permanent;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(n.mac.0.to_vec()));
+                (
+                    RouteNetlinkMessage::NewNeighbour(m),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+            }
+            Op::DeleteNeighbour(n) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = family_of(n.ip);
+                m.header.ifindex = ix(&n.dev)?;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+                (RouteNetlinkMessage::DelNeighbour(m), 0)
+            }
+            Op::AddFdb(f) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = ix(&f.dev)?;
+                m.header.state = NeighbourState::Permanent;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+                (
+                    RouteNetlinkMessage::NewNeighbour(m),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+            }
+            Op::DeleteFdb(f) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = ix(&f.dev)?;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
+                (RouteNetlinkMessage::DelNeighbour(m), 0)
+            }
+            // Never NLM_F_REPLACE: a route in our place is someone else's (ours would have
+            // been deleted first by the plan), and it stays.
+            Op::AddRoute(r) => (
+                RouteNetlinkMessage::NewRoute(route_message(r, ix(&r.dev)?)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            Op::AddDeviceRoute(r) => (
+                RouteNetlinkMessage::NewRoute(
+                    route_for(r.dst, r.table)
+                        .output_interface(ix(&r.dev)?)
+                        .scope(RouteScope::Link)
+                        .build(),
+                ),
+                NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            // The protocol in the request makes the kernel delete only a route of ours; scope
+            // "nowhere" matches a route of any scope (as `ip route del` asks).
+            Op::DeleteRoute(Route { table, dst, .. })
+            | Op::DeleteDeviceRoute(DeviceRoute { table, dst, .. }) => (
+                RouteNetlinkMessage::DelRoute(
+                    route_for(*dst, *table).scope(RouteScope::NoWhere).build(),
+                ),
+                0,
+            ),
+            _ => return Ok(None),
+        }))
+    };
+    build().transpose().map(|r| {
+        r.map(|(m, flags)| {
+            let mut req = NetlinkMessage::from(m);
+            req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+            req
+        })
+    })
+}
+
+/// A gateway route of ours through the device with index `ix`: one next hop, or all of them
+/// (ECMP) in RTA_MULTIPATH.
+fn route_message(r: &Route, ix: u32) -> RouteMessage {
+    let mut b = route_for(r.dst, r.table);
+    if r.also.is_empty() {
+        b.get_mut()
+            .attributes
+            .push(RouteAttribute::Gateway(route_address(r.via)));
+        b = b.output_interface(ix);
+        if r.onlink {
+            b = b.onlink();
+        }
+    } else {
+        let hops = std::iter::once(r.via)
+            .chain(r.also.iter().copied())
+            .map(|gw| {
+                let mut nh = RouteNextHop::default();
+                nh.interface_index = ix;
+                if r.onlink {
+                    nh.flags = RouteNextHopFlags::Onlink;
+                }
+                nh.attributes
+                    .push(RouteAttribute::Gateway(route_address(gw)));
+                nh
+            })
+            .collect();
+        b = b.multipath(hops);
+    }
+    b.build()
 }
 
 fn link_name(m: &LinkMessage) -> Option<&str> {
@@ -366,66 +669,6 @@ fn route_address(ip: IpAddr) -> RouteAddress {
         IpAddr::V4(v4) => RouteAddress::Inet(v4),
         IpAddr::V6(v6) => RouteAddress::Inet6(v6),
     }
-}
-
-/// The request that adds route `r` through the device of index `ix`.
-fn add_route_msg(r: &Route, ix: u32) -> RouteMessage {
-    let mut b = route_for(r.dst, r.table);
-    if r.also.is_empty() {
-        b.get_mut()
-            .attributes
-            .push(RouteAttribute::Gateway(route_address(r.via)));
-        b = b.output_interface(ix);
-        if r.onlink {
-            b = b.onlink();
-        }
-    } else {
-        let hops = std::iter::once(r.via)
-            .chain(r.also.iter().copied())
-            .map(|gw| {
-                let mut nh = RouteNextHop::default();
-                nh.interface_index = ix;
-                if r.onlink {
-                    nh.flags = RouteNextHopFlags::Onlink;
-                }
-                nh.attributes
-                    .push(RouteAttribute::Gateway(route_address(gw)));
-                nh
-            })
-            .collect();
-        b = b.multipath(hops);
-    }
-    // Never NLM_F_REPLACE: a route in our place is someone else's (ours would have been deleted
-    // first by the plan), and it stays.
-    b.build()
-}
-
-/// Route requests per datagram. The kernel handles every request of a datagram within the one
-/// send, in order; one request and one acknowledgement at a time cost a round trip
-/// through the netlink connection (two syscalls and the task switches between them) per route,
-/// paid 100,000 times for a full BGP table. Only failures are answered; 64 of them (each with
-/// a copy of its request) fit the socket's receive buffer with room to spare.
-const ROUTE_BATCH: usize = 64;
-
-/// How many operations at the front of `ops` may go to the kernel together: a run of route
-/// additions, or of route removals, each for another (table, destination). Their order
-/// among themselves does not matter; everything else keeps the plan's order, one at a time.
-fn route_run(ops: &[Op]) -> usize {
-    let key = |op: &Op| match op {
-        Op::AddRoute(r) => Some((0, r.table, r.dst)),
-        Op::AddDeviceRoute(r) => Some((1, r.table, r.dst)),
-        Op::DeleteRoute(r) => Some((2, r.table, r.dst)),
-        Op::DeleteDeviceRoute(r) => Some((3, r.table, r.dst)),
-        _ => None,
-    };
-    let Some((kind, _, _)) = ops.first().and_then(key) else {
-        return 0;
-    };
-    let mut seen = std::collections::HashSet::new();
-    ops.iter()
-        .map(key)
-        .take_while(|k| k.is_some_and(|(k, t, d)| k == kind && seen.insert((t, d))))
-        .count()
 }
 
 /// A route request for `dst` in `table` with twill's protocol, in `dst`'s family.
@@ -495,9 +738,15 @@ pub fn monitor() -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, KernelError
         | RTMGRP_IPV4_RULE
         | RTMGRP_IPV6_IFADDR
         | RTMGRP_IPV6_ROUTE;
-    conn.socket_mut()
-        .socket_mut()
-        .bind(&SocketAddr::new(0, groups))?;
+    let socket = conn.socket_mut().socket_mut();
+    socket.bind(&SocketAddr::new(0, groups))?;
+    // Programming thousands of peers makes thousands of notifications, more than the receive
+    // buffer holds while this task waits its turn. A notification dropped then needs no report
+    // (ENOBUFS, logged by netlink-proto as a warning per overrun): the buffer was full, so
+    // notifications are still queued, and the reconcile they trigger reads the whole kernel
+    // after the drop. A larger buffer makes drops rarer.
+    socket.set_no_enobufs(true)?;
+    socket.set_rx_buf_sz(1i32 << 20)?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -553,19 +802,23 @@ fn permanent_entries(
 impl Kernel {
     /// Opens the connection; must be called inside a tokio runtime on the namespace's thread.
     pub fn connect() -> Result<Kernel, KernelError> {
+        Kernel::connect_with(Batching::default())
+    }
+
+    /// [`Kernel::connect`] with other batching (tests make overruns with a small buffer).
+    pub fn connect_with(batching: Batching) -> Result<Kernel, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        let mut bulk = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
-        bulk.bind_auto()?;
-        bulk.connect(&rtnetlink::sys::SocketAddr::new(0, 0))?;
-        // Only failures are answered (no NLM_F_ACK), and they are all there once a send
-        // returns: reading stops at the first empty read.
-        bulk.set_non_blocking(true)?;
         Ok(Kernel {
             handle,
-            bulk: std::sync::Mutex::new(bulk),
-            bulk_seq: Default::default(),
+            batching,
+            batch: std::sync::atomic::AtomicUsize::new(batching.max.max(1)),
         })
+    }
+
+    /// The batch size in use now (smaller than asked after overruns).
+    pub fn batch_size(&self) -> usize {
+        self.batch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>, KernelError> {
@@ -592,6 +845,16 @@ impl Kernel {
             .execute()
             .try_collect()
             .await?)
+    }
+
+    /// Every interface's index by its name.
+    async fn link_indexes(&self) -> Result<std::collections::BTreeMap<String, u32>, KernelError> {
+        Ok(self
+            .links()
+            .await?
+            .iter()
+            .filter_map(|l| link_name(l).map(|n| (n.to_string(), l.header.index)))
+            .collect())
     }
 
     async fn link_names(&self) -> Result<std::collections::BTreeMap<u32, String>, KernelError> {
@@ -1033,229 +1296,107 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Applies the plan in order; stops at the first failure (the next resync retries). A route
-    /// whose place is taken by someone else's is skipped and reported, not a failure.
+    /// Applies the plan in order, batching per-peer entries ([`batches`]); stops at the first
+    /// failure (the next resync retries), though the rest of that failure's batch has been
+    /// applied by then. A route whose place is taken by someone else's is skipped and
+    /// reported, not a failure. An overrun fails the pass ([`KernelError::Overrun`]).
     pub async fn apply(&self, ops: &[Op]) -> Result<Applied, KernelError> {
         let mut out = Applied::default();
-        let mut at = 0;
-        while at < ops.len() {
-            let run = route_run(&ops[at..]);
-            if run > 1 {
-                // One look at the links for the whole run, then its requests many to a datagram.
-                let index = self.link_indexes().await?;
-                let results = self.route_batches(&ops[at..at + run], &index).await?;
-                for (op, r) in ops[at..at + run].iter().zip(results) {
-                    self.judge(op, r, &mut out).await?;
+        if ops.is_empty() {
+            return Ok(out);
+        }
+        let mut index = self.link_indexes().await?;
+        let mut batcher: Option<Batcher> = None;
+        for range in batches(ops, self.batch_size()) {
+            let group = &ops[range];
+            if let [op] = group {
+                if !op.batchable() {
+                    let r = self.apply_one(op).await;
+                    self.settle(op, r, &mut out).await?;
+                    if matches!(op, Op::CreateLink(_) | Op::DeleteLink(_)) {
+                        index = self.link_indexes().await?;
+                    }
+                    continue;
                 }
-                at += run;
-            } else {
-                let r = self.apply_one(&ops[at]).await;
-                self.judge(&ops[at], r, &mut out).await?;
-                at += 1;
+            }
+            // A request whose device is missing is not sent; its error is settled in its turn.
+            let mut outcomes: Vec<Option<Result<(), KernelError>>> =
+                Vec::with_capacity(group.len());
+            let mut requests = Vec::with_capacity(group.len());
+            for op in group {
+                match request(op, &index) {
+                    Some(Ok(m)) => {
+                        requests.push(m);
+                        outcomes.push(None);
+                    }
+                    Some(Err(e)) => outcomes.push(Some(Err(e))),
+                    None => outcomes.push(Some(Err(KernelError::Netlink(
+                        rtnetlink::Error::RequestFailed,
+                    )))),
+                }
+            }
+            let b = match batcher.as_mut() {
+                Some(b) => b,
+                None => batcher.insert(Batcher::open(self.batching.receive_buffer)?),
+            };
+            let mut answers = b.send(requests).await?.into_iter();
+            for (op, outcome) in group.iter().zip(outcomes) {
+                let r = match outcome {
+                    Some(r) => r,
+                    None => match answers.next() {
+                        Some(a) => a.map_err(KernelError::Netlink),
+                        None => Err(KernelError::Netlink(rtnetlink::Error::RequestFailed)),
+                    },
+                };
+                self.settle(op, r, &mut out).await?;
             }
         }
         out.ops = ops.to_vec();
         Ok(out)
     }
 
-    /// What the outcome of one operation means for the pass: carry on (a conflict or a
-    /// per-source table error noted in `out`), or stop with the error.
-    async fn judge(
+    /// Files one operation's outcome: a conflict, a removal already done, a per-source table's
+    /// error, or the failure that ends the pass.
+    async fn settle(
         &self,
         op: &Op,
         r: Result<(), KernelError>,
         out: &mut Applied,
     ) -> Result<(), KernelError> {
-        {
-            match r {
-                Ok(()) => {}
-                Err(KernelError::Netlink(e))
-                    if is_exists(&e) && matches!(op, Op::AddRoute(_) | Op::AddDeviceRoute(_)) =>
-                {
-                    out.conflicts.push(op.clone());
-                }
-                // Gone already (with its device, or removed by someone meanwhile): done.
-                Err(KernelError::Netlink(e)) if is_gone(&e) && op.is_removal() => {}
-                Err(e) if op.source_table().is_some() => {
-                    out.table_errors.push((op.clone(), e.to_string()));
-                }
-                Err(KernelError::Netlink(source)) => {
-                    if let (Op::CreateLink(want), true) = (op, is_exists(&source)) {
-                        if let Ok(devices) = self.vxlan_devices().await {
-                            if let Some(h) = vxlan_holder(&devices, want) {
-                                return Err(KernelError::VxlanTaken {
-                                    want: want.name.clone(),
-                                    holder: h.name.clone(),
-                                    vni: h.vni,
-                                    port: h.port,
-                                });
-                            }
-                        }
-                    }
-                    return Err(KernelError::Apply {
-                        op: Box::new(op.clone()),
-                        source,
-                    });
-                }
-                Err(other) => return Err(other),
+        match r {
+            Ok(()) => Ok(()),
+            Err(KernelError::Netlink(e))
+                if is_exists(&e) && matches!(op, Op::AddRoute(_) | Op::AddDeviceRoute(_)) =>
+            {
+                out.conflicts.push(op.clone());
+                Ok(())
             }
-        }
-        Ok(())
-    }
-
-    /// Every link's index by name.
-    async fn link_indexes(&self) -> Result<HashMap<String, u32>, KernelError> {
-        Ok(self
-            .links()
-            .await?
-            .iter()
-            .filter_map(|l| Some((link_name(l)?.to_string(), l.header.index)))
-            .collect())
-    }
-
-    /// Route additions or removals ([`route_run`]), [`ROUTE_BATCH`] to a datagram on the bulk
-    /// socket; each one's outcome, in order.
-    async fn route_batches(
-        &self,
-        ops: &[Op],
-        index: &HashMap<String, u32>,
-    ) -> Result<Vec<Result<(), KernelError>>, KernelError> {
-        use netlink_packet_route::RouteNetlinkMessage;
-        use rtnetlink::packet_core::{
-            NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
-        };
-        let mut out: Vec<Result<(), KernelError>> = Vec::with_capacity(ops.len());
-        for chunk in ops.chunks(ROUTE_BATCH) {
-            let seq = self
-                .bulk_seq
-                .fetch_add(chunk.len() as u32, std::sync::atomic::Ordering::Relaxed);
-            let base = out.len();
-            let mut buf = Vec::with_capacity(chunk.len() * 128);
-            let mut waiting = 0;
-            for (k, op) in chunk.iter().enumerate() {
-                out.push(Ok(()));
-                let ix = |dev: &String| {
-                    index
-                        .get(dev)
-                        .copied()
-                        .ok_or_else(|| KernelError::NoInterface(dev.clone()))
-                };
-                let (msg, flags) = match op {
-                    Op::AddRoute(r) => match ix(&r.dev) {
-                        Ok(i) => (
-                            RouteNetlinkMessage::NewRoute(add_route_msg(r, i)),
-                            NLM_F_CREATE | NLM_F_EXCL,
-                        ),
-                        Err(e) => {
-                            out[base + k] = Err(e);
-                            continue;
-                        }
-                    },
-                    Op::AddDeviceRoute(r) => match ix(&r.dev) {
-                        Ok(i) => (
-                            RouteNetlinkMessage::NewRoute(
-                                route_for(r.dst, r.table)
-                                    .output_interface(i)
-                                    .scope(RouteScope::Link)
-                                    .build(),
-                            ),
-                            NLM_F_CREATE | NLM_F_EXCL,
-                        ),
-                        Err(e) => {
-                            out[base + k] = Err(e);
-                            continue;
-                        }
-                    },
-                    Op::DeleteRoute(Route { table, dst, .. })
-                    | Op::DeleteDeviceRoute(DeviceRoute { table, dst, .. }) => (
-                        RouteNetlinkMessage::DelRoute(
-                            route_for(*dst, *table).scope(RouteScope::NoWhere).build(),
-                        ),
-                        0,
-                    ),
-                    other => {
-                        out[base + k] = Box::pin(self.apply_one(other)).await;
-                        continue;
-                    }
-                };
-                let mut header = NetlinkHeader::default();
-                header.flags = NLM_F_REQUEST | flags;
-                // The answer names its request by sequence number: the request's place.
-                header.sequence_number = seq.wrapping_add(k as u32);
-                let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-                m.finalize();
-                let at = buf.len();
-                buf.resize(at + m.buffer_len().next_multiple_of(4), 0);
-                m.serialize(&mut buf[at..]);
-                waiting += 1;
+            // Gone already (with its device, or removed by someone meanwhile): done.
+            Err(KernelError::Netlink(e)) if is_gone(&e) && op.is_removal() => Ok(()),
+            Err(e) if op.source_table().is_some() => {
+                out.table_errors.push((op.clone(), e.to_string()));
+                Ok(())
             }
-            if waiting > 0 {
-                let sock = self.bulk.lock().unwrap_or_else(|p| p.into_inner());
-                sock.send(&buf, 0)?;
-                // The kernel has handled every request by the time the send returns, and
-                // queued an answer for each failed one: read until nothing is left.
-                loop {
-                    let data = match sock.recv_from_full() {
-                        Ok((data, _)) => data,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let mut at = 0;
-                    while at < data.len() {
-                        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[at..])
-                            .map_err(|e| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                            })?;
-                        at += (m.header.length as usize).next_multiple_of(4).max(16);
-                        let k = m.header.sequence_number.wrapping_sub(seq) as usize;
-                        if let (NetlinkPayload::Error(e), true) = (m.payload, k < chunk.len()) {
-                            if e.code.is_some() {
-                                out[base + k] =
-                                    Err(KernelError::Netlink(rtnetlink::Error::NetlinkError(e)));
-                            }
+            Err(KernelError::Netlink(source)) => {
+                if let (Op::CreateLink(want), true) = (op, is_exists(&source)) {
+                    if let Ok(devices) = self.vxlan_devices().await {
+                        if let Some(h) = vxlan_holder(&devices, want) {
+                            return Err(KernelError::VxlanTaken {
+                                want: want.name.clone(),
+                                holder: h.name.clone(),
+                                vni: h.vni,
+                                port: h.port,
+                            });
                         }
                     }
                 }
+                Err(KernelError::Apply {
+                    op: Box::new(op.clone()),
+                    source,
+                })
             }
-            // Other tasks get their turn between datagrams.
-            tokio::task::yield_now().await;
+            Err(other) => Err(other),
         }
-        Ok(out)
-    }
-
-    /// A route addition or removal, the device's index looked up in `index`.
-    async fn route_op(&self, op: &Op, index: &HashMap<String, u32>) -> Result<(), KernelError> {
-        let ix = |dev: &String| {
-            index
-                .get(dev)
-                .copied()
-                .ok_or_else(|| KernelError::NoInterface(dev.clone()))
-        };
-        let h = &self.handle;
-        match op {
-            Op::AddRoute(r) => {
-                h.route()
-                    .add(add_route_msg(r, ix(&r.dev)?))
-                    .execute()
-                    .await?;
-            }
-            Op::AddDeviceRoute(r) => {
-                let msg = route_for(r.dst, r.table)
-                    .output_interface(ix(&r.dev)?)
-                    .scope(RouteScope::Link)
-                    .build();
-                h.route().add(msg).execute().await?;
-            }
-            Op::DeleteRoute(Route { table, dst, .. })
-            | Op::DeleteDeviceRoute(DeviceRoute { table, dst, .. }) => {
-                // The protocol in the request makes the kernel delete only a route of ours;
-                // scope "nowhere" matches a route of any scope (as `ip route del` asks).
-                let msg = route_for(*dst, *table).scope(RouteScope::NoWhere).build();
-                h.route().del(msg).execute().await?;
-            }
-            other => return self.apply_one(other).await,
-        }
-        Ok(())
     }
 
     async fn apply_one(&self, op: &Op) -> Result<(), KernelError> {
@@ -1310,56 +1451,23 @@ impl Kernel {
                     h.address().del(m).execute().await?;
                 }
             }
-            Op::AddNeighbour(n) => {
-                let ix = self.index_of(&n.dev).await?;
-                h.neighbours()
-                    .add(ix, n.ip)
-                    .link_layer_address(&n.mac.0)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await?;
-            }
-            Op::DeleteNeighbour(n) => {
-                let ix = self.index_of(&n.dev).await?;
-                let mut m = NeighbourMessage::default();
-                m.header.family = family_of(n.ip);
-                m.header.ifindex = ix;
-                m.attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
-                h.neighbours().del(m).execute().await?;
-            }
-            Op::AddFdb(f) => {
-                let ix = self.index_of(&f.dev).await?;
-                let mut req = h
-                    .neighbours()
-                    .add_bridge(ix, &f.mac.0)
-                    .flags(NeighbourFlags::Own)
-                    .state(NeighbourState::Permanent)
-                    .replace();
-                req.message_mut()
-                    .attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
-                req.execute().await?;
-            }
-            Op::DeleteFdb(f) => {
-                let ix = self.index_of(&f.dev).await?;
-                let mut m = NeighbourMessage::default();
-                m.header.family = AddressFamily::Bridge;
-                m.header.ifindex = ix;
-                m.header.flags = NeighbourFlags::Own;
-                m.attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
-                m.attributes
-                    .push(NeighbourAttribute::Destination(neighbour_address(f.dst)));
-                h.neighbours().del(m).execute().await?;
-            }
-            Op::AddRoute(Route { dev, .. }) | Op::AddDeviceRoute(DeviceRoute { dev, .. }) => {
-                let index = HashMap::from([(dev.clone(), self.index_of(dev).await?)]);
-                Box::pin(self.route_op(op, &index)).await?;
-            }
-            Op::DeleteRoute(_) | Op::DeleteDeviceRoute(_) => {
-                Box::pin(self.route_op(op, &HashMap::new())).await?;
+            // One per-peer entry alone (the plan's batches send them): as a batch of one.
+            Op::AddNeighbour(_)
+            | Op::DeleteNeighbour(_)
+            | Op::AddFdb(_)
+            | Op::DeleteFdb(_)
+            | Op::AddRoute(_)
+            | Op::DeleteRoute(_)
+            | Op::AddDeviceRoute(_)
+            | Op::DeleteDeviceRoute(_) => {
+                let m = match request(op, &self.link_indexes().await?) {
+                    Some(m) => m?,
+                    None => return Err(KernelError::Netlink(rtnetlink::Error::RequestFailed)),
+                };
+                let mut b = Batcher::open(self.batching.receive_buffer)?;
+                for a in b.send(vec![m]).await? {
+                    a?;
+                }
             }
             Op::AddRule(r) => {
                 let mut req = h
@@ -1400,10 +1508,33 @@ impl Kernel {
     }
 
     /// Like [`Kernel::reconcile`], also saying which routes were left to someone else.
+    /// An overrun is answered at once: the kernel is read again and what is still missing
+    /// applied, in batches half the size (kept for the passes after).
     pub async fn reconcile_reporting(&self, desired: &Desired) -> Result<Applied, KernelError> {
-        let observed = self.observe().await?;
-        let ops = plan(desired, &observed);
-        self.apply(&ops).await
+        let mut overruns = 0;
+        loop {
+            let observed = self.observe().await?;
+            let ops = plan(desired, &observed);
+            match self.apply(&ops).await {
+                Err(KernelError::Overrun { batch }) if overruns < OVERRUN_RESYNCS => {
+                    overruns += 1;
+                    let smaller = (batch / 2).max(1);
+                    self.batch
+                        .store(smaller, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        batch,
+                        next = smaller,
+                        "netlink acknowledgements lost (ENOBUFS); reading the kernel again"
+                    );
+                }
+                r => {
+                    return r.map(|mut a| {
+                        a.overruns = overruns;
+                        a
+                    })
+                }
+            }
+        }
     }
 }
 
@@ -1615,6 +1746,69 @@ mod tests {
     }
 
     #[test]
+    fn per_peer_entries_go_in_batches_of_at_most_max_and_the_rest_alone_in_plan_order() {
+        let d = desired(&[2, 3, 4]);
+        let ops = plan(&d, &Observed::default());
+        // Device, address, then three neighbours, three FDB entries and three routes.
+        assert_eq!(ops.len(), 11);
+        assert_eq!(batches(&ops, 4), vec![0..1, 1..2, 2..6, 6..10, 10..11]);
+        assert_eq!(batches(&ops, 256), vec![0..1, 1..2, 2..11]);
+        // A batch never holds what is sent alone, and never crosses it.
+        let mut mixed = ops[2..5].to_vec();
+        mixed.insert(1, Op::DeleteLink("twill.2".into()));
+        assert_eq!(batches(&mixed, 256), vec![0..1, 1..2, 2..4]);
+        assert_eq!(
+            batches(&ops, 0),
+            batches(&ops, 1),
+            "a batch holds at least one"
+        );
+        assert_eq!(batches(&[], 8), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn exactly_the_batchable_operations_have_a_request() {
+        let d = desired(&[2]);
+        let mut ops = plan(&d, &Observed::default());
+        ops.extend(plan(&desired(&[]), &Observed::exactly(&d)));
+        let device = DeviceRoute {
+            table: 100,
+            dst: "198.51.100.0/24".parse().unwrap(),
+            dev: "twill.1".into(),
+        };
+        let rule = Rule {
+            priority: 32000,
+            src: "198.51.100.1/32".parse().unwrap(),
+            table: 100,
+        };
+        ops.extend([
+            Op::AddDeviceRoute(device.clone()),
+            Op::DeleteDeviceRoute(device),
+            Op::AddRule(rule.clone()),
+            Op::DeleteRule(rule),
+            Op::DeleteAddress("twill.1".into(), "10.244.1.0/32".parse().unwrap()),
+            Op::DeleteLink("twill.1".into()),
+        ]);
+        let index: std::collections::BTreeMap<String, u32> = [("twill.1".to_string(), 7)].into();
+        for op in &ops {
+            let req = request(op, &index);
+            assert_eq!(req.is_some(), op.batchable(), "{op}");
+            if let Some(r) = req {
+                let r = r.unwrap();
+                assert!(
+                    r.header.flags & rtnetlink::packet_core::NLM_F_ACK != 0,
+                    "{op}"
+                );
+            }
+        }
+        let (n, _, _) = peer(2);
+        let missing = request(&Op::AddNeighbour(n), &Default::default());
+        assert!(
+            matches!(missing, Some(Err(KernelError::NoInterface(ref d))) if d == "twill.1"),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
     fn switching_to_host_gw_removes_the_device_and_its_routes_go_with_it() {
         let mut d = Desired::default();
         let hostgw = Route {
@@ -1631,48 +1825,5 @@ mod tests {
             plan(&d, &o),
             vec![Op::DeleteLink("twill.1".into()), Op::AddRoute(hostgw)]
         );
-    }
-
-    fn bgp_route(i: u8, table: u32) -> Route {
-        Route {
-            table,
-            dst: IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 0, i, 0), 24).unwrap()),
-            via: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)),
-            dev: "eth0".into(),
-            onlink: false,
-            also: vec![],
-        }
-    }
-
-    #[test]
-    fn a_full_table_of_route_additions_goes_to_the_kernel_as_one_run() {
-        let ops: Vec<Op> = (0..200).map(|i| Op::AddRoute(bgp_route(i, 254))).collect();
-        assert_eq!(route_run(&ops), 200);
-    }
-
-    #[test]
-    fn a_run_of_routes_ends_at_another_kind_of_operation_or_a_repeated_destination() {
-        let add = |i| Op::AddRoute(bgp_route(i, 254));
-        let del = |i| Op::DeleteRoute(bgp_route(i, 254));
-        // Removals and additions keep the plan's order: removals first, as a run of their own.
-        assert_eq!(route_run(&[del(1), del(2), add(1), add(2)]), 2);
-        assert_eq!(
-            route_run(&[
-                add(1),
-                add(2),
-                Op::AddRule(Rule {
-                    priority: 32000,
-                    src: "192.0.2.9/32".parse().unwrap(),
-                    table: 100,
-                })
-            ]),
-            2
-        );
-        // The same destination twice: the second waits for the first.
-        assert_eq!(route_run(&[add(1), add(2), add(1)]), 2);
-        // The same destination in another table is another route.
-        assert_eq!(route_run(&[add(1), Op::AddRoute(bgp_route(1, 100))]), 2);
-        assert_eq!(route_run(&[Op::DeleteLink("twill.1".into()), add(1)]), 0);
-        assert_eq!(route_run(&[]), 0);
     }
 }

@@ -15,7 +15,10 @@ use twill_proto::v1::{self as pb, EventKind};
 pub struct View {
     pub revision: u64,
     pub config: Option<pb::NetworkConfig>,
-    pub leases: BTreeMap<String, pb::Lease>,
+    /// Shared between the stream's view, the channel's and the agent's, so a node holds one
+    /// copy of the cluster's leases, not three (5,000 leases are megabytes); a change copies
+    /// the map only while an older view is still held.
+    pub leases: Arc<BTreeMap<String, pb::Lease>>,
 }
 
 impl View {
@@ -25,7 +28,7 @@ impl View {
             Msg::Snapshot(s) => {
                 self.revision = s.revision;
                 self.config = if s.config_present { s.config } else { None };
-                self.leases = s.leases.into_iter().map(|l| (l.node.clone(), l)).collect();
+                self.leases = Arc::new(s.leases.into_iter().map(|l| (l.node.clone(), l)).collect());
                 true
             }
             Msg::Event(e) => {
@@ -36,12 +39,12 @@ impl View {
                 match e.kind() {
                     EventKind::Put => {
                         if let Some(l) = e.lease {
-                            self.leases.insert(l.node.clone(), l);
+                            Arc::make_mut(&mut self.leases).insert(l.node.clone(), l);
                         }
                     }
                     EventKind::Delete => {
                         if let Some(l) = e.lease {
-                            self.leases.remove(&l.node);
+                            Arc::make_mut(&mut self.leases).remove(&l.node);
                         }
                     }
                     EventKind::Config => self.config = e.config,

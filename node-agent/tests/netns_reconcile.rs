@@ -446,3 +446,88 @@ fn bgp_next_hops_become_one_multipath_route() {
         "ping over the route failed"
     );
 }
+
+/// Node "a" with `n` VXLAN peers, each its own subnet of 10.100.0.0/14.
+fn many_peers(n: u32) -> Desired {
+    let own = lease("a", 1, 1);
+    let peers = (0..n).map(|i| NodeLease {
+        node: format!("peer-{i}"),
+        subnet: format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+            .parse()
+            .unwrap(),
+        public_ip: Ipv4Addr::new(192, 0, 2, (10 + i % 200) as u8),
+        vtep_mac: Some(vtep::derive(&format!("peer-{i}"))),
+        v6: None,
+    });
+    compute(&Input {
+        own: own.clone(),
+        peers: std::iter::once(own.clone()).chain(peers).collect(),
+        backend: Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        },
+        facts: LocalFacts {
+            iface: "eth0".into(),
+            mtu: 1500,
+            public_ip: own.public_ip,
+            local_ip: own.public_ip,
+            connected: vec!["192.0.2.0/24".parse().unwrap()],
+            v6: None,
+        },
+        sources: Default::default(),
+    })
+}
+
+#[test]
+fn acknowledgements_lost_to_a_full_buffer_are_an_overrun_and_a_resync_completes_the_pass() {
+    if !root_or_skip(
+        "acknowledgements_lost_to_a_full_buffer_are_an_overrun_and_a_resync_completes_the_pass",
+    ) {
+        return;
+    }
+    use twill_agent::reconcile::{Batching, KernelError};
+    let p = Pair::new("enobufs");
+    let d = many_peers(600);
+    in_netns(&p.a, move || {
+        Box::pin(async move {
+            // The smallest receive buffer the kernel allows holds a few acknowledgements, not
+            // a batch of 512.
+            let tiny = Batching {
+                max: 512,
+                receive_buffer: 0,
+            };
+            let k = Kernel::connect_with(tiny).expect("netlink");
+            let limit = std::time::Duration::from_secs(30);
+            let ops = plan(&d, &k.observe().await.expect("observe"));
+            assert!(ops.len() > 1800, "{} operations", ops.len());
+            let r = tokio::time::timeout(limit, k.apply(&ops))
+                .await
+                .expect("an overrun is reported, not waited on");
+            assert!(
+                matches!(r, Err(KernelError::Overrun { batch: 512 })),
+                "{r:?}"
+            );
+
+            // From an empty namespace again: the pass resyncs after each overrun, with
+            // batches half the size, until it is through.
+            let normal = Kernel::connect().expect("netlink");
+            normal.reconcile(&Desired::default()).await.expect("clear");
+            let k = Kernel::connect_with(tiny).expect("netlink");
+            let applied = tokio::time::timeout(limit, k.reconcile_reporting(&d))
+                .await
+                .expect("the pass ends")
+                .expect("the pass succeeds after resyncs");
+            assert!(applied.overruns >= 1, "{applied:?}");
+            assert!(k.batch_size() < 512, "batch still {}", k.batch_size());
+            let after = k.observe().await.expect("observe");
+            assert_eq!(plan(&d, &after), vec![], "the kernel differs from desired");
+
+            // The default batching needs no resync for the same work.
+            normal.reconcile(&Desired::default()).await.expect("clear");
+            let applied = normal.reconcile_reporting(&d).await.expect("reconcile");
+            assert_eq!(applied.overruns, 0);
+            assert_eq!(applied.ops.len(), ops.len());
+        })
+    });
+}

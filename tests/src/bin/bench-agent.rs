@@ -1,21 +1,50 @@
-//! Agent benchmark (root): time for one agent to program 1,000 and 5,000 peers; time from a new
-//! node's lease to its route on every other node (20 joins, 5 nodes); pod-to-pod iperf3
-//! throughput through twill's vxlan and host-gw next to the same paths configured by hand.
-//! Run it with `scripts/bench-agent`.
+//! Agent benchmark (root): issue 15's targets 4b, 6 and 8, each printed as a table of the
+//! median and the spread (min to max) over rounds. Figures are printed, never asserted.
+//!
+//! - `program`: one reconciler (the agent's own `Kernel`) programming 1,000 and 5,000 VXLAN
+//!   peers into an empty namespace, then a no-op resync, then removing them all; the batches
+//!   whose acknowledgements the kernel dropped (ENOBUFS overruns) are counted.
+//! - `memory`: the real `twill agent` process in a sandbox node while the controller holds
+//!   5,000 other leases: from its start to all 5,000 routes in its namespace, its RSS (VmRSS
+//!   and RssAnon from /proc) once they are, and again after 10 s of resyncs (one a second), and
+//!   its peak (VmHWM). Each round starts a fresh agent on a node emptied of twill's device.
+//! - `converge`: 5 and 50 node namespaces with real agents (vxlan, the default 5 s resync) and
+//!   a controller; 20 nodes join one after another, a quarter second apart: from each Acquire
+//!   being sent (its Raft commit included) until the new subnet's route is in every node, as a
+//!   netlink route monitor in each node namespace sees it (and until it is in half of them).
+//! - `dataplane`: iperf3 pod to pod (3 s after 1 s omitted) through twill's vxlan and host-gw,
+//!   next to the same path made by hand with `ip`: a pod namespace on a veth whose other end is
+//!   on a cni0 bridge holding the pod gateway, in a node namespace on the same underlay bridge,
+//!   then a VXLAN device (learning off, MTU 1450) with the peer's neighbour, FDB entry and
+//!   onlink route, or a route via the peer node. Twill's nodes also have its masquerade table
+//!   (conntrack), as they run by default. 5 rounds, twill and by hand alternating which goes
+//!   first.
+//!
+//! Everything runs in namespaces made here, none connected to the root namespace; traffic only
+//! goes to addresses inside them. `TWILL_BIN` names another `twill` binary to run as agent and
+//! controller (an older build, for before and after). Run it with `scripts/bench-agent
+//! [program|memory|converge|dataplane]...` (all when none is named).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use twill_agent::desired::{compute, Backend, Input, LocalFacts, NodeLease};
 use twill_agent::reconcile::Kernel;
 use twill_agent::vtep;
-use twill_client::Client;
+use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
-use twill_sandbox::{in_netns, ip, is_root, Topology};
-use twill_tests::bench::{ms, quantile};
+use twill_sandbox::{attach_to_bridge, in_netns, ip, ip_out, is_root, Topology};
+
+const PROGRAM_ROUNDS: usize = 5;
+const MEMORY_ROUNDS: usize = 3;
+const MEMORY_PEERS: usize = 5_000;
+const JOINS: usize = 20;
+const DATAPLANE_ROUNDS: usize = 5;
 
 fn sibling(name: &str) -> Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name(name);
@@ -26,6 +55,52 @@ fn sibling(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(p)
+}
+
+/// The `twill` binary run as controller and agent: `TWILL_BIN`, else the one built beside us.
+fn twill_bin() -> Result<PathBuf> {
+    match std::env::var_os("TWILL_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => sibling("twill"),
+    }
+}
+
+/// Median, min and max of samples.
+fn spread(xs: &[f64]) -> (f64, f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
+}
+
+/// One table row: the label, then median, min and max of `xs` with `decimals` decimals.
+fn row(label: &str, xs: &[f64], decimals: usize, note: &str) {
+    let (m, lo, hi) = spread(xs);
+    println!(
+        "  {label:<40} {m:>9.decimals$} {lo:>9.decimals$} {hi:>9.decimals$}  {note}",
+        decimals = decimals
+    );
+}
+
+fn header(title: &str, unit: &str) {
+    println!();
+    println!("{title}");
+    println!(
+        "  {:<40} {:>9} {:>9} {:>9}  ({unit})",
+        "", "median", "min", "max"
+    );
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn peer(i: u32) -> NodeLease {
@@ -39,9 +114,16 @@ fn peer(i: u32) -> NodeLease {
     }
 }
 
+struct Programmed {
+    add: Duration,
+    resync: Duration,
+    remove: Duration,
+    overruns: usize,
+}
+
 /// One agent's reconciler programming `n` VXLAN peers from scratch, then a no-op resync, then
 /// removing them all.
-fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
+fn program_peers(n: u32) -> Result<Programmed> {
     let ns = format!("tw-bench-{}-{n}", std::process::id());
     ip(&["netns", "add", &ns])?;
     let result = (|| {
@@ -80,21 +162,30 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
                 };
                 let k = Kernel::connect()?;
                 let t = Instant::now();
-                let ops = k.reconcile(&compute(&input)).await?;
+                let added = k.reconcile_reporting(&compute(&input)).await?;
                 let add = t.elapsed();
-                if ops.len() < 3 * n as usize {
-                    bail!("expected at least {} operations, made {}", 3 * n, ops.len());
+                if added.ops.len() < 3 * n as usize {
+                    bail!(
+                        "expected at least {} operations, made {}",
+                        3 * n,
+                        added.ops.len()
+                    );
                 }
                 let t = Instant::now();
-                let noop = k.reconcile(&compute(&input)).await?;
+                let noop = k.reconcile_reporting(&compute(&input)).await?;
                 let resync = t.elapsed();
-                if !noop.is_empty() {
-                    bail!("second pass was not a no-op: {} operations", noop.len());
+                if !noop.ops.is_empty() {
+                    bail!("second pass was not a no-op: {} operations", noop.ops.len());
                 }
                 input.peers.clear();
                 let t = Instant::now();
-                k.reconcile(&compute(&input)).await?;
-                Ok::<_, anyhow::Error>((add, resync, t.elapsed()))
+                let removed = k.reconcile_reporting(&compute(&input)).await?;
+                Ok::<_, anyhow::Error>(Programmed {
+                    add,
+                    resync,
+                    remove: t.elapsed(),
+                    overruns: added.overruns + noop.overruns + removed.overruns,
+                })
             })
         })?
     })();
@@ -102,60 +193,427 @@ fn program_peers(n: u32) -> Result<(Duration, Duration, Duration)> {
     result
 }
 
-/// Time from an acknowledged Acquire of a new node to its route on all of `nodes` agents.
-fn join_latency(nodes: usize, joins: usize) -> Result<Vec<Duration>> {
-    let mut t = Topology::new("bj", nodes, &sibling("twill")?)?;
+fn bench_program() -> Result<()> {
+    header(
+        &format!(
+            "program: one reconciler, VXLAN peers into an empty namespace, {PROGRAM_ROUNDS} rounds"
+        ),
+        "ms",
+    );
+    for n in [1_000u32, 5_000] {
+        let mut runs = Vec::new();
+        for _ in 0..PROGRAM_ROUNDS {
+            runs.push(program_peers(n)?);
+        }
+        let col = |f: fn(&Programmed) -> Duration| -> Vec<f64> {
+            runs.iter().map(|r| millis(f(r))).collect()
+        };
+        let adds = col(|r| r.add);
+        let (m, _, _) = spread(&adds);
+        row(
+            &format!("{n} peers: add"),
+            &adds,
+            1,
+            &format!("{:.0} peers/s", n as f64 / (m / 1000.0)),
+        );
+        row(
+            &format!("{n} peers: no-op resync"),
+            &col(|r| r.resync),
+            1,
+            "",
+        );
+        row(&format!("{n} peers: remove all"), &col(|r| r.remove), 1, "");
+        let overruns: usize = runs.iter().map(|r| r.overruns).sum();
+        println!("  {n} peers: batches lost to ENOBUFS (overruns), all rounds: {overruns}");
+    }
+    Ok(())
+}
+
+/// What an admin client of the sandbox's controller needs: its URL and the admin credential.
+fn admin_of(t: &Topology) -> Result<(String, twill_pki::Credentials)> {
+    Ok((
+        t.controller_url(),
+        twill_pki::Credentials::load(&t.admin_credentials())?,
+    ))
+}
+
+/// An admin client; made inside the runtime (and namespace) it is used in.
+fn admin_client((url, admin): (String, twill_pki::Credentials)) -> Result<Client> {
+    Ok(Client::with_options(
+        [url],
+        ClientOptions {
+            tls: Some(admin.client_tls()),
+            retry_for: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )?)
+}
+
+fn acquire_request(name: &str, public_ip: &str) -> pb::AcquireRequest {
+    let mut req = pb::AcquireRequest {
+        node: name.to_string(),
+        public_ip: public_ip.to_string(),
+        ..Default::default()
+    };
+    req.backend_data
+        .insert("vtep_mac".into(), vtep::derive(name).to_string());
+    req
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, RssAnon, VmHWM).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn routes_in(ns: &str) -> usize {
+    ip_out(&["-n", ns, "-4", "route", "show", "proto", "151"])
+        .lines()
+        .count()
+}
+
+struct AgentMemory {
+    to_routes: Duration,
+    programmed_rss: u64,
+    steady_rss: u64,
+    steady_anon: u64,
+    peak: u64,
+}
+
+fn bench_memory() -> Result<()> {
+    let twill = twill_bin()?;
+    let mut t = Topology::new("bm", 1, &twill)?;
+    t.agent_resync = "1s".into();
+    t.start_controller(&[
+        "--backend",
+        "vxlan",
+        "--network",
+        "10.0.0.0/8",
+        "--subnet-len",
+        "24",
+    ])?;
+    // The join token is made first: it waits for the controller to answer.
+    t.join_token()?;
+    let admin = admin_of(&t)?;
+    in_netns(&t.ctl_ns.clone(), move || {
+        Box::pin(async move {
+            use futures::StreamExt;
+            let c = Arc::new(admin_client(admin)?);
+            let mut acquired = futures::stream::iter(0..MEMORY_PEERS)
+                .map(|n| {
+                    let c = c.clone();
+                    async move {
+                        let name = format!("peer-{n:05}");
+                        let ip = format!("198.51.100.{}", n % 250 + 2);
+                        c.acquire(acquire_request(&name, &ip)).await
+                    }
+                })
+                .buffer_unordered(32);
+            while let Some(r) = acquired.next().await {
+                r?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    })??;
+    let ns = t.nodes[0].ns.clone();
+    let mut rounds = Vec::new();
+    for _ in 0..MEMORY_ROUNDS {
+        // Twill's device takes its neighbours, FDB entries and routes with it: an empty node.
+        let _ = ip(&["-n", &ns, "link", "del", "twill.1"]);
+        let started = Instant::now();
+        t.start_agent(0)?;
+        let pid = t.nodes[0].agent.as_ref().map(|c| c.id()).context("agent")?;
+        while routes_in(&ns) < MEMORY_PEERS {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("{} of {MEMORY_PEERS} routes after 120 s", routes_in(&ns));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let to_routes = started.elapsed();
+        let programmed_rss = status_kib(pid, "VmRSS").context("agent's VmRSS")?;
+        std::thread::sleep(Duration::from_secs(10));
+        let m = AgentMemory {
+            to_routes,
+            programmed_rss,
+            steady_rss: status_kib(pid, "VmRSS").context("agent's VmRSS")?,
+            steady_anon: status_kib(pid, "RssAnon").context("agent's RssAnon")?,
+            peak: status_kib(pid, "VmHWM").context("agent's VmHWM")?,
+        };
+        t.stop_agent(0);
+        rounds.push(m);
+    }
+    header(
+        &format!(
+            "memory: the twill agent process with {MEMORY_PEERS} peers' leases (vxlan, resync 1 s), {MEMORY_ROUNDS} rounds"
+        ),
+        "ms, MB",
+    );
+    let col = |f: fn(&AgentMemory) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+    row(
+        &format!("agent start -> {MEMORY_PEERS} routes (ms)"),
+        &col(|m| millis(m.to_routes)),
+        0,
+        "join, lease, watch snapshot, programming",
+    );
+    row(
+        "RSS once programmed (MB)",
+        &col(|m| m.programmed_rss as f64 / 1024.0),
+        1,
+        "VmRSS",
+    );
+    row(
+        "RSS after 10 s of resyncs (MB)",
+        &col(|m| m.steady_rss as f64 / 1024.0),
+        1,
+        "VmRSS",
+    );
+    row(
+        "anonymous RSS after 10 s (MB)",
+        &col(|m| m.steady_anon as f64 / 1024.0),
+        1,
+        "RssAnon",
+    );
+    row(
+        "peak RSS (MB)",
+        &col(|m| m.peak as f64 / 1024.0),
+        1,
+        "VmHWM",
+    );
+    Ok(())
+}
+
+/// A netlink route monitor in each of some namespaces: every twill route (proto 151) added,
+/// as (namespace's position, destination, when seen).
+struct RouteMonitors {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+type RouteSeen = (usize, String, Instant);
+
+impl RouteMonitors {
+    fn start(
+        namespaces: &[String],
+    ) -> Result<(
+        RouteMonitors,
+        tokio::sync::mpsc::UnboundedReceiver<RouteSeen>,
+    )> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        for (i, ns) in namespaces.iter().enumerate() {
+            let (tx, stop, ready) = (tx.clone(), stop.clone(), ready_tx.clone());
+            let ns = ns.clone();
+            threads.push(std::thread::spawn(move || {
+                let r = in_netns(&ns, move || {
+                    Box::pin(async move { watch_routes(i, tx, stop, ready).await })
+                });
+                if let Err(e) = r {
+                    eprintln!("route monitor in {ns}: {e:#}");
+                }
+            }));
+        }
+        drop(ready_tx);
+        for _ in namespaces {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .context("a route monitor did not start")??;
+        }
+        Ok((RouteMonitors { stop, threads }, rx))
+    }
+}
+
+impl Drop for RouteMonitors {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn watch_routes(
+    i: usize,
+    tx: tokio::sync::mpsc::UnboundedSender<RouteSeen>,
+    stop: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<Result<()>>,
+) {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let opened = (|| {
+        let (mut conn, handle, messages) = rtnetlink::new_connection()?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_IPV4_ROUTE))?;
+        Ok::<_, std::io::Error>((conn, handle, messages))
+    })();
+    let (conn, _handle, mut messages) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    tokio::spawn(conn);
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::Relaxed) {
+        let m = match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
+            Ok(Some((m, _))) => m,
+            Ok(None) => return,
+            Err(_) => continue,
+        };
+        let seen = Instant::now();
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload else {
+            continue;
+        };
+        if r.header.protocol != RouteProtocol::Other(151) {
+            continue;
+        }
+        let dst = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        });
+        if let Some(d) = dst {
+            let _ = tx.send((
+                i,
+                format!("{d}/{}", r.header.destination_prefix_length),
+                seen,
+            ));
+        }
+    }
+}
+
+/// One join, timed from the Acquire being sent.
+struct Join {
+    /// Until the new route is in the last node.
+    last: Duration,
+    /// Until it is in half of them.
+    median: Duration,
+    /// Until the Acquire was acknowledged.
+    acked: Duration,
+}
+
+/// `joins` joins to `nodes` agents, one after another.
+fn join_latency(nodes: usize, joins: usize) -> Result<Vec<Join>> {
+    let mut t = Topology::new(&format!("bj{nodes}-"), nodes, &twill_bin()?)?;
+    t.agent_resync = "5s".into();
     t.start_controller(&["--backend", "vxlan"])?;
     for i in 0..nodes {
         t.start_agent(i)?;
     }
     for i in 0..nodes {
-        t.wait_subnet(i, Duration::from_secs(60))?;
+        t.wait_subnet(i, Duration::from_secs(120))?;
     }
-    let url = t.controller_url();
-    let admin = twill_pki::Credentials::load(&t.admin_credentials())?;
+    // A quiet cluster first: every node has every other's route.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for n in &t.nodes {
+        while routes_in(&n.ns) < nodes - 1 {
+            if Instant::now() > deadline {
+                bail!("{}: {} of {} routes", n.ns, routes_in(&n.ns), nodes - 1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let node_ns: Vec<String> = t.nodes.iter().map(|n| n.ns.clone()).collect();
+    let (monitors, mut seen) = RouteMonitors::start(&node_ns)?;
+    let admin = admin_of(&t)?;
     let out = in_netns(&t.ctl_ns.clone(), move || {
         Box::pin(async move {
-            let c = Client::with_options(
-                [url],
-                twill_client::ClientOptions {
-                    tls: Some(admin.client_tls()),
-                    ..Default::default()
-                },
-            )?;
+            let c = admin_client(admin)?;
             let mut lat = Vec::new();
             for j in 0..joins {
+                while seen.try_recv().is_ok() {}
                 let name = format!("joiner-{j}");
-                let mut req = pb::AcquireRequest {
-                    node: name.clone(),
-                    public_ip: format!("192.0.2.{}", 150 + j),
-                    ..Default::default()
-                };
-                req.backend_data
-                    .insert("vtep_mac".into(), vtep::derive(&name).to_string());
-                let r = c.acquire(req).await?;
-                let acked = Instant::now();
+                let sent = Instant::now();
+                let r = c
+                    .acquire(acquire_request(&name, &format!("192.0.2.{}", 150 + j)))
+                    .await?;
+                let acked = sent.elapsed();
                 let subnet = r.lease.context("lease")?.subnet;
-                let mut waiting: Vec<&String> = node_ns.iter().collect();
-                while !waiting.is_empty() {
-                    if acked.elapsed() > Duration::from_secs(30) {
-                        bail!("{subnet} not on {waiting:?} after 30s");
+                let mut at: Vec<Option<Instant>> = vec![None; nodes];
+                while at.iter().any(Option::is_none) {
+                    let left = Duration::from_secs(30).saturating_sub(sent.elapsed());
+                    match tokio::time::timeout(left, seen.recv()).await {
+                        Ok(Some((i, dst, when))) if dst == subnet => {
+                            at[i].get_or_insert(when);
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => bail!("the route monitors stopped"),
+                        Err(_) => {
+                            let missing = at.iter().filter(|a| a.is_none()).count();
+                            bail!("{subnet} not on {missing} of {nodes} nodes after 30 s");
+                        }
                     }
-                    waiting.retain(|ns| {
-                        let o = Command::new("ip")
-                            .args(["-n", ns, "route", "show", "proto", "151"])
-                            .output();
-                        !o.map(|o| String::from_utf8_lossy(&o.stdout).contains(&subnet))
-                            .unwrap_or(false)
-                    });
                 }
-                lat.push(acked.elapsed());
+                let mut each: Vec<Duration> = at
+                    .iter()
+                    .flatten()
+                    .map(|w| w.saturating_duration_since(sent))
+                    .collect();
+                each.sort();
+                let last = each.last().copied().unwrap_or_default();
+                lat.push(Join {
+                    last,
+                    median: each[each.len() / 2],
+                    acked,
+                });
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Ok::<_, anyhow::Error>(lat)
         })
     })??;
+    drop(monitors);
     Ok(out)
+}
+
+fn bench_converge() -> Result<()> {
+    let mut results = Vec::new();
+    for nodes in [5usize, 50] {
+        results.push((nodes, join_latency(nodes, JOINS)?));
+    }
+    header(
+        &format!(
+            "converge: a new node's lease -> its route on every node (vxlan), {JOINS} joins each"
+        ),
+        "ms",
+    );
+    for (nodes, lat) in &results {
+        let mut last: Vec<Duration> = lat.iter().map(|l| l.last).collect();
+        last.sort();
+        let p = |q| millis(twill_tests::bench::quantile(&last, q));
+        let lasts: Vec<f64> = last.iter().map(|d| millis(*d)).collect();
+        let medians: Vec<f64> = lat.iter().map(|l| millis(l.median)).collect();
+        let acks: Vec<f64> = lat.iter().map(|l| millis(l.acked)).collect();
+        row(
+            &format!("{nodes} nodes: route on the last node"),
+            &lasts,
+            1,
+            &format!("p50 {:.1}, p99 {:.1}", p(0.5), p(0.99)),
+        );
+        row(
+            &format!("{nodes} nodes: route on half the nodes"),
+            &medians,
+            1,
+            "",
+        );
+        row(
+            &format!("{nodes} nodes: Acquire acknowledged"),
+            &acks,
+            1,
+            "",
+        );
+    }
+    Ok(())
 }
 
 fn iperf(client_ns: &str, server_ns: &str, server_addr: &str) -> Result<f64> {
@@ -166,30 +624,24 @@ fn iperf(client_ns: &str, server_ns: &str, server_addr: &str) -> Result<f64> {
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client_ns,
-            "iperf3",
-            "-c",
-            server_addr,
-            "-t",
-            "3",
-            "-J",
-        ])
-        .output()?;
+        .args(["netns", "exec", client_ns, "iperf3", "-c", server_addr])
+        .args(["-t", "3", "-O", "1", "-J"])
+        .output();
     let _ = server.kill();
     let _ = server.wait();
+    let out = out?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|b| b / 1e9)
-        .context("iperf3 gave no throughput")
+        .with_context(|| format!("iperf3 gave no throughput: {}", v["error"]))
 }
 
-/// iperf3 between the pods of a 2-node sandbox.
-fn iperf_twill(backend: &str) -> Result<f64> {
-    let mut t = Topology::new(&format!("bi{}", &backend[..1]), 2, &sibling("twill")?)?;
+/// A 2-node sandbox running twill with `backend`, a pod on each node; (client pod, server pod,
+/// server address).
+fn twill_path(backend: &str) -> Result<(Topology, String, String, String)> {
+    let mut t = Topology::new(&format!("d{}", &backend[..1]), 2, &twill_bin()?)?;
+    t.agent_resync = "5s".into();
     t.start_controller(&["--backend", backend])?;
     t.start_agent(0)?;
     t.start_agent(1)?;
@@ -201,96 +653,306 @@ fn iperf_twill(backend: &str) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !t.pod_ping(0, 1) {
         if Instant::now() > deadline {
-            bail!("pods never reached each other");
+            bail!("twill {backend}: pods never reached each other");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    iperf(&t.pods[0].ns, &t.pods[1].ns, &t.pods[1].addr.clone())
+    let (a, b, addr) = (
+        t.pods[0].ns.clone(),
+        t.pods[1].ns.clone(),
+        t.pods[1].addr.clone(),
+    );
+    Ok((t, a, b, addr))
 }
 
-/// The same two paths by hand: a veth pair with a VXLAN device on each side, or plain routing
-/// between the veth ends (host-gw's data path without the pod hop).
-fn iperf_by_hand(vxlan: bool) -> Result<f64> {
+/// The same two-node pod path made by hand with `ip`; its namespaces go on drop.
+struct HandPath {
+    namespaces: Vec<String>,
+}
+
+impl Drop for HandPath {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sysctl(ns: &str, kv: &str) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-q", "-w", kv])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{ns}: sysctl {kv}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Node `i` (1, 2) at 192.0.2.i with pod subnet 10.244.i.0/24: cni0 = 10.244.i.1, its pod at
+/// 10.244.i.2 behind a veth of `mtu`; between the nodes a VXLAN device as twill makes it
+/// (flannel's layout) or a route via the other node.
+fn hand_path(vxlan: bool) -> Result<HandPath> {
     let id = std::process::id();
-    let (a, b) = (format!("tw-hand-a{id}"), format!("tw-hand-b{id}"));
-    ip(&["netns", "add", &a])?;
-    ip(&["netns", "add", &b])?;
-    let r = (|| {
+    let kind = if vxlan { "v" } else { "g" };
+    let underlay = format!("tw-hand-ul{kind}{id}");
+    let node = |i| format!("tw-hand-n{i}{kind}{id}");
+    let pod = |i| format!("tw-hand-p{i}{kind}{id}");
+    let mut h = HandPath {
+        namespaces: vec![underlay.clone()],
+    };
+    ip(&["netns", "add", &underlay])?;
+    ip(&["-n", &underlay, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &underlay, "link", "set", "br0", "up"])?;
+    let mtu = if vxlan { "1450" } else { "1500" };
+    let mac = |i: u8| format!("0a:58:0a:f4:{i:02x}:00");
+    for i in [1u8, 2] {
+        let (n, p) = (node(i), pod(i));
+        h.namespaces.push(n.clone());
+        attach_to_bridge(&n, i, &underlay)?;
+        sysctl(&n, "net.ipv4.ip_forward=1")?;
         ip(&[
-            "-n", &a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+            "-n", &n, "link", "add", "cni0", "mtu", mtu, "type", "bridge",
         ])?;
-        for (ns, addr) in [(&a, "192.0.2.1"), (&b, "192.0.2.2")] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &n,
+            "addr",
+            "add",
+            &format!("10.244.{i}.1/24"),
+            "dev",
+            "cni0",
+        ])?;
+        ip(&["-n", &n, "link", "set", "cni0", "up"])?;
+        h.namespaces.push(p.clone());
+        ip(&["netns", "add", &p])?;
+        ip(&["-n", &p, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n", &n, "link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+            "mtu", mtu, "netns", &p,
+        ])?;
+        ip(&["-n", &n, "link", "set", "veth0", "master", "cni0"])?;
+        ip(&["-n", &n, "link", "set", "veth0", "up"])?;
+        ip(&[
+            "-n",
+            &p,
+            "addr",
+            "add",
+            &format!("10.244.{i}.2/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &p, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &p,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{i}.1"),
+        ])?;
+        if vxlan {
+            let local = format!("192.0.2.{i}");
             ip(&[
                 "-n",
-                ns,
+                &n,
+                "link",
+                "add",
+                "vx.1",
+                "address",
+                &mac(i),
+                "mtu",
+                "1450",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ])?;
+            ip(&[
+                "-n",
+                &n,
                 "addr",
                 "add",
-                &format!("{addr}/24"),
+                &format!("10.244.{i}.0/32"),
+                "dev",
+                "vx.1",
+            ])?;
+            ip(&["-n", &n, "link", "set", "vx.1", "up"])?;
+        }
+    }
+    for (i, j) in [(1u8, 2u8), (2, 1)] {
+        let n = node(i);
+        let (remote_subnet, remote_gw, remote_node) = (
+            format!("10.244.{j}.0/24"),
+            format!("10.244.{j}.0"),
+            format!("192.0.2.{j}"),
+        );
+        if vxlan {
+            ip(&[
+                "-n",
+                &n,
+                "neigh",
+                "add",
+                &remote_gw,
+                "lladdr",
+                &mac(j),
+                "dev",
+                "vx.1",
+                "nud",
+                "permanent",
+            ])?;
+            let out = Command::new("bridge")
+                .args(["-n", &n, "fdb", "append", &mac(j), "dev", "vx.1"])
+                .args(["dst", &remote_node, "self", "permanent"])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "{n}: bridge fdb append: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            ip(&[
+                "-n",
+                &n,
+                "route",
+                "add",
+                &remote_subnet,
+                "via",
+                &remote_gw,
+                "dev",
+                "vx.1",
+                "onlink",
+            ])?;
+        } else {
+            ip(&[
+                "-n",
+                &n,
+                "route",
+                "add",
+                &remote_subnet,
+                "via",
+                &remote_node,
                 "dev",
                 "eth0",
             ])?;
-            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
-        if !vxlan {
-            return iperf(&a, &b, "192.0.2.2");
-        }
-        for (ns, local, remote, inner) in [
-            (&a, "192.0.2.1", "192.0.2.2", "10.99.0.1/24"),
-            (&b, "192.0.2.2", "192.0.2.1", "10.99.0.2/24"),
-        ] {
-            ip(&[
-                "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local,
-                "remote", remote, "dstport", "8472", "dev", "eth0",
-            ])?;
-            ip(&["-n", ns, "link", "set", "vx0", "mtu", "1450"])?;
-            ip(&["-n", ns, "addr", "add", inner, "dev", "vx0"])?;
-            ip(&["-n", ns, "link", "set", "vx0", "up"])?;
-        }
-        iperf(&a, &b, "10.99.0.2")
-    })();
-    let _ = ip(&["netns", "del", &a]);
-    let _ = ip(&["netns", "del", &b]);
-    r
+    }
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &pod(1), "ping", "-c", "1", "-W", "2"])
+        .arg("10.244.2.2")
+        .output()?;
+    if !ping.status.success() {
+        bail!("by hand ({kind}): the pods do not reach each other");
+    }
+    Ok(h)
 }
+
+fn bench_dataplane() -> Result<()> {
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        println!();
+        println!("dataplane: iperf3 is not installed (apt-get install iperf3); not measured");
+        return Ok(());
+    }
+    let id = std::process::id();
+    let (_tv, tv_a, tv_b, tv_addr) = twill_path("vxlan")?;
+    let (_tg, tg_a, tg_b, tg_addr) = twill_path("host-gw")?;
+    let _hv = hand_path(true)?;
+    let _hg = hand_path(false)?;
+    let hand = |kind: &str| {
+        (
+            format!("tw-hand-p1{kind}{id}"),
+            format!("tw-hand-p2{kind}{id}"),
+        )
+    };
+    let (hv_a, hv_b) = hand("v");
+    let (hg_a, hg_b) = hand("g");
+    // (twill, by hand) per round, vxlan then host-gw.
+    let mut vx: Vec<(f64, f64)> = Vec::new();
+    let mut gw: Vec<(f64, f64)> = Vec::new();
+    for round in 0..DATAPLANE_ROUNDS {
+        let twill_first = round % 2 == 0;
+        let pair =
+            |t: &dyn Fn() -> Result<f64>, h: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
+                if twill_first {
+                    let a = t()?;
+                    Ok((a, h()?))
+                } else {
+                    let b = h()?;
+                    Ok((t()?, b))
+                }
+            };
+        vx.push(pair(&|| iperf(&tv_a, &tv_b, &tv_addr), &|| {
+            iperf(&hv_a, &hv_b, "10.244.2.2")
+        })?);
+        gw.push(pair(&|| iperf(&tg_a, &tg_b, &tg_addr), &|| {
+            iperf(&hg_a, &hg_b, "10.244.2.2")
+        })?);
+    }
+    header(
+        &format!(
+            "dataplane: iperf3 pod to pod, 3 s after 1 s omitted, {DATAPLANE_ROUNDS} rounds alternating"
+        ),
+        "Gbit/s; ratio twill / by hand",
+    );
+    for (name, runs) in [("vxlan", &vx), ("host-gw", &gw)] {
+        let twill: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let hand: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let ratios: Vec<f64> = runs.iter().map(|r| r.0 / r.1).collect();
+        let all = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        row(&format!("{name}: twill"), &twill, 2, &all(&twill));
+        row(&format!("{name}: by hand"), &hand, 2, &all(&hand));
+        row(
+            &format!("{name}: twill / by hand, per round"),
+            &ratios,
+            3,
+            &format!("ratio of medians {:.3}", spread(&twill).0 / spread(&hand).0),
+        );
+    }
+    Ok(())
+}
+
+const SECTIONS: [&str; 4] = ["program", "memory", "converge", "dataplane"];
 
 fn main() -> Result<()> {
     if !is_root() {
         bail!("bench-agent creates network namespaces: run it as root");
     }
+    let mut chosen: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(bad) = chosen.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        bail!("unknown section {bad:?}; sections: {}", SECTIONS.join(", "));
+    }
+    if chosen.is_empty() {
+        chosen = SECTIONS.iter().map(|s| s.to_string()).collect();
+    }
     println!(
-        "agent benchmark, {} cores",
+        "agent benchmark, {} cores, twill binary {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        twill_bin()?.display()
     );
-    for n in [1_000u32, 5_000] {
-        let (add, resync, del) = program_peers(n)?;
-        println!(
-            "  program {n:>5} vxlan peers: {} ({:.0} peers/s); no-op resync {}; remove all {}",
-            ms(add),
-            n as f64 / add.as_secs_f64(),
-            ms(resync),
-            ms(del)
-        );
+    for s in &chosen {
+        match s.as_str() {
+            "program" => bench_program()?,
+            "memory" => bench_memory()?,
+            "converge" => bench_converge()?,
+            _ => bench_dataplane()?,
+        }
     }
-    let mut lat = join_latency(5, 20)?;
-    lat.sort();
-    println!(
-        "  new node's lease -> route on all 5 nodes (20 joins): p50 {}, p99 {}, max {}",
-        ms(quantile(&lat, 0.5)),
-        ms(quantile(&lat, 0.99)),
-        ms(lat.last().copied().unwrap_or_default())
-    );
-    if Command::new("iperf3").arg("--version").output().is_err() {
-        println!("  iperf3: not installed (apt-get install iperf3), throughput not measured");
-        return Ok(());
-    }
-    let tv = iperf_twill("vxlan")?;
-    let hv = iperf_by_hand(true)?;
-    let tg = iperf_twill("host-gw")?;
-    let hg = iperf_by_hand(false)?;
-    println!("  iperf3 pod to pod, twill vxlan:   {tv:.2} Gbit/s   by hand, host to host without the pod and bridge hop (veth + vxlan): {hv:.2} Gbit/s  ratio {:.2}", tv / hv);
-    println!("  iperf3 pod to pod, twill host-gw: {tg:.2} Gbit/s   by hand, host to host without the pod and bridge hop (veth): {hg:.2} Gbit/s  ratio {:.2}", tg / hg);
     Ok(())
 }

@@ -66,8 +66,7 @@ pub async fn start(
     let connections = connections.clamp(1, agents.max(1));
     let clients: Vec<Arc<Client>> = (0..connections)
         .map(|i| {
-            Client::with_options([urls[i % urls.len()].clone()], options(tls.clone()))
-                .map(Arc::new)
+            Client::with_options([urls[i % urls.len()].clone()], options(tls.clone())).map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
     let counters = Arc::new(Counters::default());
@@ -189,7 +188,9 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let tick = u64::try_from(tick).ok().filter(|t| *t > 0)?;
-    Some(Duration::from_secs_f64((utime + stime) as f64 / tick as f64))
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / tick as f64,
+    ))
 }
 
 #[cfg(test)]

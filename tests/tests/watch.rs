@@ -255,7 +255,12 @@ async fn a_watcher_that_stops_reading_holds_back_no_one_and_catches_up() {
                     view.clear();
                     snapshots.set(snapshots.get() + 1);
                 }
-                assert!(s.revision >= *rev, "snapshot at {} after {}", s.revision, *rev);
+                assert!(
+                    s.revision >= *rev,
+                    "snapshot at {} after {}",
+                    s.revision,
+                    *rev
+                );
                 *rev = s.revision;
                 view.extend(s.leases.into_iter().map(|l| (l.node, l.subnet)));
                 return s.more;
@@ -291,7 +296,11 @@ async fn a_watcher_that_stops_reading_holds_back_no_one_and_catches_up() {
     while rev < last || more {
         more = read_stalled(&mut view, &mut rev).await;
     }
-    assert_eq!(view.len(), WRITES, "the stalled watcher's view after catching up");
+    assert_eq!(
+        view.len(),
+        WRITES,
+        "the stalled watcher's view after catching up"
+    );
     assert!(view.contains_key("n0000") && view.contains_key(&format!("n{:04}", WRITES - 1)));
     // Its window held far fewer events than were written and the member kept only HISTORY
     // of them, so it must have been sent a second snapshot rather than a buffered backlog.

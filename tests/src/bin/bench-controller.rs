@@ -1,14 +1,21 @@
-//! Controller benchmark: acquisitions/s and latency with 1 and 64 clients on a 3-member loopback
-//! cluster of real processes, leader SIGKILL → next acknowledged write, and memory at 10,000
-//! leases. Run it with `scripts/bench` (release builds of this and of `twill`).
+//! Controller benchmark on a 3-member loopback cluster of real processes, twill and etcd in
+//! the same run. Run it with `scripts/bench [SCENARIO]` (release builds of this and of `twill`);
+//! `all`, the default, runs every scenario in turn:
 //!
-//! `failover [ROUNDS] [-- MEMBER FLAGS]` measures leader SIGKILL → next acknowledged write only.
-//! `memory [MEMBERS [SNAPSHOT_EVERY]]` measures memory only: it fills a cluster of MEMBERS
-//! (default 3) to 65,535 leases and prints each member's RSS along the way, the highest RSS seen
-//! between two lines (where snapshots are built) and the snapshots each member wrote. Members
-//! snapshot every SNAPSHOT_EVERY log entries (default 4,096): 64 clients' writes share entries,
-//! so at the members' default of 10,000 a fill may end before the first snapshot. Figures, no
-//! verdicts.
+//! - `acquisitions`: acquisitions/s and latency with 1 and 64 clients, leader SIGKILL → next
+//!   acknowledged write (5 rounds), the leader's RSS at 10,000 leases.
+//! - `failover [ROUNDS] [-- MEMBER FLAGS]`: leader SIGKILL → next acknowledged write only, with
+//!   the election's time and terms, and the spread over the rounds.
+//! - `memory [MEMBERS [SNAPSHOT_EVERY]]`: fills a cluster of MEMBERS (default 3) to 65,535
+//!   leases and prints each member's RSS along the way, the highest RSS seen between two lines
+//!   (where snapshots are built) and the snapshots each member wrote. Members snapshot every
+//!   SNAPSHOT_EVERY log entries (default 4,096): 64 clients' writes share entries, so at the
+//!   members' default of 10,000 a fill may end before the first snapshot. twill only.
+//! - `watch [WATCHERS [WRITES [CONNECTIONS]]]`: watch fan-out (see [`twill_tests::fanout`]).
+//! - `scale [AGENTS [CONNECTIONS [TTL_SECONDS]]] [-- MEMBER FLAGS]`: simulated agents (see
+//!   [`twill_tests::scale`]), each member's CPU, and acquisitions under that load.
+//!
+//! Figures, never verdicts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +28,8 @@ use twill_proto::v1 as pb;
 use twill_tests::bench::{self, ms, rss_kib, LoadResult};
 use twill_tests::etcd::{EtcdCluster, FlannelEtcd};
 use twill_tests::fanout;
-use twill_tests::scale;
 use twill_tests::procs::TwillProcs;
+use twill_tests::scale;
 
 const SINGLE_OPS: usize = 1_000;
 const CONCURRENT: usize = 64;
@@ -291,7 +298,10 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
             .enumerate()
             .map(|(i, ms)| format!("member {} {ms:.1} ms", i + 1))
             .collect();
-        println!("  p50 to the last watcher of each member: {}", members.join(", "));
+        println!(
+            "  p50 to the last watcher of each member: {}",
+            members.join(", ")
+        );
     };
     let dir = tempfile::tempdir()?;
     let cl = TwillProcs::start(
@@ -301,9 +311,15 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
         &["--network", "10.0.0.0/8", "--subnet-len", "24"],
     )
     .await?;
-    let t = fanout::twill(&cl.urls(), twill_tests::admin_tls(), watchers, writes, connections)
-        .await
-        .context("twill watch fan-out")?;
+    let t = fanout::twill(
+        &cl.urls(),
+        twill_tests::admin_tls(),
+        watchers,
+        writes,
+        connections,
+    )
+    .await
+    .context("twill watch fan-out")?;
     drop(cl);
     show("twill", &t);
     if !EtcdCluster::available() {
@@ -379,7 +395,9 @@ async fn bench_scale(
             c.events.load(Ordering::Relaxed),
         )
     };
-    let show = |what: &str, a: &(Vec<Option<Duration>>, Option<Duration>, Instant), b: &(Vec<Option<Duration>>, Option<Duration>, Instant)| {
+    let show = |what: &str,
+                a: &(Vec<Option<Duration>>, Option<Duration>, Instant),
+                b: &(Vec<Option<Duration>>, Option<Duration>, Instant)| {
         let secs = (b.2 - a.2).as_secs_f64();
         let used = |x: Option<Duration>, y: Option<Duration>| match (x, y) {
             (Some(x), Some(y)) => format!("{:.2}", (y - x).as_secs_f64() / secs),

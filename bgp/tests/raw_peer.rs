@@ -797,3 +797,32 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Regression (found by bench-bgp's injector): a peer with a lower router id that connected
+/// while our own attempts were being refused was turned away as a collision, for as long as
+/// our attempts kept failing. There is nothing to collide with until our attempt has a
+/// connection (RFC 4271 6.8), so its connection is taken.
+#[tokio::test]
+async fn a_peer_connecting_while_our_attempts_fail_is_taken_whatever_its_router_id() {
+    // Nothing listens on 127.0.0.1:179 (the tests bind free ports), so every attempt of ours
+    // is refused; our id is higher than the peer's 10.0.0.2.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let (addr, mut changes, control, sp) = start_cfg(addr, 64, Default::default(), |c| {
+        c.router_id = "10.0.0.9".parse().expect("id");
+        c.peers[0].passive = false;
+    });
+    // Our first attempt has been made and refused by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = connect(addr).await;
+    s.write_all(&update(&attrs(0), 7))
+        .await
+        .expect("send UPDATE");
+    match next_change(&mut changes).await {
+        Change::Best(p, _) => assert_eq!(p, prefix(7)),
+        other => panic!("expected the peer's prefix taken, got {other:?}"),
+    }
+    let _ = control.send(Control::Stop).await;
+    let _ = sp.await;
+}

@@ -111,7 +111,7 @@ fn exchange_inner<T: Send + 'static>(
                     }
                     Ok(Some(Report::Down { why, .. })) => bail!("session went down: {why}"),
                     // The peer's table is sent once, with the first report; nothing to redo.
-                    Ok(Some(Report::Refresh { .. })) => {}
+                    Ok(Some(Report::Refresh { .. } | Report::Connected)) => {}
                     Ok(None) | Err(_) => {
                         bail!("no session or no prefix from {peer} within {within:?}")
                     }

@@ -28,6 +28,10 @@ use writer::{Outcome, Writer};
 /// What the session reports to its owner.
 #[derive(Debug)]
 pub enum Report {
+    /// A TCP connection with the peer exists (ours, or the one it opened): from here on a
+    /// second connection collides with this one (RFC 4271 6.8); before, there is nothing to
+    /// collide with.
+    Connected,
     Up {
         peer_id: std::net::Ipv4Addr,
         /// The peer restarts gracefully, keeping forwarding this long (RFC 4724).
@@ -128,6 +132,7 @@ pub(crate) async fn run_with(
     if let Some(c) = incoming {
         (reader, writer) = split(c);
         pending.push_back(Event::Connected);
+        let _ = reports.send(Report::Connected).await;
     }
     loop {
         // Run the machine over everything queued, carrying out its actions.
@@ -145,6 +150,7 @@ pub(crate) async fn run_with(
                                 let _ = c.set_nodelay(true);
                                 (reader, writer) = split(c);
                                 pending.push_back(Event::Connected);
+                                let _ = reports.send(Report::Connected).await;
                             }
                             _ => pending.push_back(Event::ConnectFailed),
                         }

@@ -262,6 +262,8 @@ struct Session {
     /// What waits to be written to the current session, once it is up.
     outbox: Option<Arc<outbox::Outbox>>,
     up: bool,
+    /// The current session has a TCP connection (OpenSent or later), ours or the peer's.
+    connected: bool,
     /// What this peer has been sent, or will be, and not withdrawn: its Adj-RIB-Out.
     sent: BTreeSet<IpNet>,
     /// Bumped on every (re)start, so reports of a replaced session are ignored.
@@ -387,6 +389,7 @@ impl Speaker {
             return;
         };
         s.cease = Some(cease_tx);
+        s.connected = false;
         s.generation += 1;
         let generation = s.generation;
         if let Some(old) = s.task.take() {
@@ -553,6 +556,7 @@ impl Speaker {
                     task: None,
                     outbox: None,
                     up: false,
+                    connected: false,
                     sent: BTreeSet::new(),
                     generation: 0,
                     stale: None,
@@ -1146,8 +1150,9 @@ impl Speaker {
     }
 
     /// One session per peer (RFC 4271 §6.8): an established one stays, unless the peer
-    /// restarts gracefully, whose new connection means it restarted (RFC 4724 §4.2); while ours
-    /// is still connecting, the connection opened by the higher router id wins.
+    /// restarts gracefully, whose new connection means it restarted (RFC 4724 §4.2). While our
+    /// attempt has no connection (connecting, or waiting to retry) the peer's is taken; when
+    /// both have one, the connection opened by the higher router id wins.
     async fn incoming(&mut self, from: IpAddr, stream: TcpStream) {
         let Some((i, s)) = self.sessions.iter().find(|(_, s)| s.cfg.peer.addr == from) else {
             tracing::warn!(%from, "BGP connection from an address that is not a configured peer; closed");
@@ -1177,7 +1182,9 @@ impl Speaker {
         }
         let take = if s.up {
             false
-        } else if s.cfg.passive || s.task.is_none() {
+        } else if s.cfg.passive || s.task.is_none() || !s.connected {
+            // Our own attempt has no connection yet (still connecting, or waiting to try
+            // again): nothing collides, and the peer's connection replaces the attempt.
             true
         } else {
             s.cfg.peer.router_id > self.cfg.router_id
@@ -1267,6 +1274,11 @@ pub async fn run(
                             s.peer_route_refresh = peer_route_refresh;
                         }
                         sp.established(i, peer_id, peer_restart_time, peer_kept_forwarding, peer_restarting).await
+                    }
+                    Report::Connected => {
+                        if let Some(s) = sp.sessions.get_mut(&i) {
+                            s.connected = true;
+                        }
                     }
                     Report::Received(u) => sp.received(i, *u).await,
                     Report::Down { why, stale_for } => sp.down(i, why, stale_for).await,

@@ -23,6 +23,10 @@ pub struct Counters {
     pub renewals: AtomicUsize,
     pub reports: AtomicUsize,
     pub events: AtomicUsize,
+    /// Watches that broke and were resumed from the last revision seen, as the agent does.
+    pub resumed: AtomicUsize,
+    /// Renewals and reports that failed (the agent tries again later).
+    pub refused: AtomicUsize,
     pub failures: AtomicUsize,
 }
 
@@ -72,8 +76,11 @@ pub async fn start(
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let ready = Arc::new(AtomicUsize::new(0));
-    // Joins a few hundred at a time, as nodes of a cluster coming up would.
-    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    // Joins 64 at a time, as nodes of a cluster coming up would. Many more at once on this
+    // machine make attempts time out; each timed-out call resets its HTTP/2 stream, and a member
+    // closes a connection whose client resets more than 20 streams it had not yet taken up
+    // (hyper's guard against rapid-reset floods), failing every agent on that connection.
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = JoinSet::new();
     for a in 0..agents {
         let c = clients[a % connections].clone();
@@ -128,13 +135,28 @@ async fn agent(
         (lease, watch)
     };
     ready.fetch_add(1, Ordering::Relaxed);
-    let counters_events = &counters.events;
+    // As the agent: a watch that breaks is resumed from the last revision it had.
+    let mut seen = lease.create_revision;
     let reading = async {
-        while let Some(m) = watch.message().await? {
-            if let Some(pb::watch_response::Msg::Event(_)) = m.msg {
-                counters_events.fetch_add(1, Ordering::Relaxed);
+        loop {
+            match watch.message().await {
+                Ok(Some(m)) => match m.msg {
+                    Some(pb::watch_response::Msg::Event(e)) => {
+                        counters.events.fetch_add(1, Ordering::Relaxed);
+                        seen = seen.max(e.revision);
+                    }
+                    Some(pb::watch_response::Msg::Snapshot(s)) => seen = seen.max(s.revision),
+                    Some(pb::watch_response::Msg::Progress(p)) => seen = seen.max(p.revision),
+                    None => {}
+                },
+                Ok(None) | Err(_) => {
+                    counters.resumed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    watch = c.watch(seen).await?;
+                }
             }
         }
+        #[allow(unreachable_code)]
         Ok::<_, anyhow::Error>(())
     };
     // Renewals and reports start at a random phase, as agents that joined at different times.
@@ -155,16 +177,27 @@ async fn agent(
             let until = next_renew.min(next_report);
             tokio::time::sleep_until(until).await;
             let now = tokio::time::Instant::now();
+            // A failed call is tried again on the next round, as the agent does.
             if now >= next_renew {
-                c.renew(&node, lease.create_revision).await?;
-                counters.renewals.fetch_add(1, Ordering::Relaxed);
-                next_renew = now + renew_every;
+                match c.renew(&node, lease.create_revision).await {
+                    Ok(_) => {
+                        counters.renewals.fetch_add(1, Ordering::Relaxed);
+                        next_renew = now + renew_every;
+                    }
+                    Err(_) => {
+                        counters.refused.fetch_add(1, Ordering::Relaxed);
+                        next_renew = now + Duration::from_secs(1);
+                    }
+                }
             }
             if now >= next_report {
                 let mut h = health.clone();
                 h.reconcile_at_ms = twill_proto::now_ms();
-                c.report_health(&node, h).await?;
-                counters.reports.fetch_add(1, Ordering::Relaxed);
+                if c.report_health(&node, h).await.is_ok() {
+                    counters.reports.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 next_report = now + HEALTH_EVERY;
             }
         }

@@ -1,5 +1,6 @@
 //! Watch fan-out: how long after a write is acknowledged the last of many watchers has it.
-//! Each watcher is one stream of its own, spread over a few connections and over every member;
+//! Each watcher is one stream of its own, on a connection of its own (as each agent has) or
+//! sharing a given number of them, spread over every member;
 //! one client writes one at a time; each watcher notes when each revision reaches it. For a
 //! write, the figure is the last watcher's receipt less the writer's acknowledgement (negative
 //! when every watcher had it before the writer's answer arrived).

@@ -680,9 +680,25 @@ impl Client {
     /// Opens a watch on the current member; the caller resumes from its last revision when the
     /// stream ends or goes quiet past the progress interval.
     pub async fn watch(&self, start_revision: u64) -> Result<Watch, ClientError> {
-        let inner = self
-            .call(|mut c| async move { c.watch(pb::WatchRequest { start_revision }).await })
-            .await?;
+        self.open_watch(pb::WatchRequest {
+            start_revision,
+            omit_renewals: false,
+        })
+        .await
+    }
+
+    /// Like [`Self::watch`], without the events that only move a lease's expiry: what an agent
+    /// needs, which follows who holds which subnet. Its revision is moved on by progress notes.
+    pub async fn watch_changes(&self, start_revision: u64) -> Result<Watch, ClientError> {
+        self.open_watch(pb::WatchRequest {
+            start_revision,
+            omit_renewals: true,
+        })
+        .await
+    }
+
+    async fn open_watch(&self, req: pb::WatchRequest) -> Result<Watch, ClientError> {
+        let inner = self.call(|mut c| async move { c.watch(req).await }).await?;
         Ok(Watch { inner })
     }
 }

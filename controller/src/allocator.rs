@@ -590,8 +590,37 @@ impl fmt::Display for DeleteReason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     Put(Lease),
-    Delete { lease: Lease, reason: DeleteReason },
+    /// A lease whose expiry moved and nothing else (a renewal, deadlines carried over to a new
+    /// leader, an acquire that found the lease as it was). Kept apart so that watchers who only
+    /// follow the table's shape, as agents do, are not sent one per node per renewal: with N
+    /// nodes renewing, that is N² deliveries per TTL, and N per lease at every leader change.
+    Renewed(Lease),
+    Delete {
+        lease: Lease,
+        reason: DeleteReason,
+    },
     Config(NetworkConfig),
+}
+
+impl Event {
+    pub fn is_renewal(&self) -> bool {
+        matches!(self, Event::Renewed(_))
+    }
+}
+
+/// The event for `l` replacing `old`: [`Event::Renewed`] when only the expiry and the
+/// modification revision differ.
+fn put_event(old: &Lease, l: &Lease) -> Event {
+    let same = Lease {
+        expires_at: l.expires_at,
+        mod_revision: l.mod_revision,
+        ..old.clone()
+    };
+    if same == *l {
+        Event::Renewed(l.clone())
+    } else {
+        Event::Put(l.clone())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -880,12 +909,13 @@ impl Allocator {
                     let Some(l) = self.leases.get(n) else {
                         continue;
                     };
+                    let old = l.clone();
                     let mut l = l.clone();
                     let left = l.expires_at.saturating_sub(since);
                     l.expires_at =
                         now.saturating_add(left.saturating_add(*extend_ms).max(*floor_ms));
                     l.mod_revision = self.revision + 1;
-                    self.emit(events, Event::Put(l.clone()));
+                    self.emit(events, put_event(&old, &l));
                     self.leases.insert(n.clone(), l);
                 }
                 Ok(Outcome::Promoted(nodes.len()))
@@ -998,7 +1028,7 @@ impl Allocator {
                     });
                 }
             }
-            let mut l = cur;
+            let mut l = cur.clone();
             l.public_ip = a.public_ip;
             l.public_ipv6 = a.public_ipv6;
             l.backend_data = a.backend_data.clone();
@@ -1016,7 +1046,7 @@ impl Allocator {
                 }
             }
             l.mod_revision = self.revision + 1;
-            self.emit(events, Event::Put(l.clone()));
+            self.emit(events, put_event(&cur, &l));
             self.index_insert(&l);
             self.leases.insert(a.node.clone(), l.clone());
             self.hold_for(&a.node, instance);
@@ -1149,11 +1179,11 @@ impl Allocator {
             .as_ref()
             .ok_or(AllocError::NoConfig)?
             .lease_ttl_ms;
-        let mut l = self
+        let old = self
             .leases
             .get(node)
-            .cloned()
             .ok_or_else(|| AllocError::NoLease(node.to_string()))?;
+        let mut l = old.clone();
         if create_revision != 0 && create_revision != l.create_revision {
             return Err(AllocError::LeaseMismatch {
                 node: node.to_string(),
@@ -1164,7 +1194,8 @@ impl Allocator {
         // Never shorten: a renew stamped by a leader whose clock lags must not pull a deadline in.
         l.expires_at = l.expires_at.max(now.saturating_add(ttl));
         l.mod_revision = self.revision + 1;
-        self.emit(events, Event::Put(l.clone()));
+        let ev = put_event(old, &l);
+        self.emit(events, ev);
         self.leases.insert(node.to_string(), l.clone());
         Ok(Outcome::Lease(l))
     }

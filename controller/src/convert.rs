@@ -199,7 +199,8 @@ pub fn event_to_proto(e: &RevEvent) -> v1::LeaseEvent {
         ..Default::default()
     };
     match &e.event {
-        Event::Put(l) => {
+        // A renewal is a PUT on the wire; watchers that asked to omit them are not sent it.
+        Event::Put(l) | Event::Renewed(l) => {
             out.kind = v1::EventKind::Put as i32;
             out.lease = Some(lease_to_proto(l));
         }

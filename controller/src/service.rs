@@ -659,7 +659,7 @@ impl controller_server::Controller for ControllerService {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.authorize(&req, "Watch", Access::Identified)?;
-        let start = req.into_inner().start_revision;
+        let r = req.into_inner();
         let Ok(permit) = self.watches.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this member already serves {} watches (--max-watches); watch another member",
@@ -668,7 +668,8 @@ impl controller_server::Controller for ControllerService {
         };
         Ok(Response::new(watch_stream::serve(
             self.m.clone(),
-            start,
+            r.start_revision,
+            r.omit_renewals,
             caller,
             permit,
         )))

@@ -132,12 +132,17 @@ pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, BasicNode>,
     pub history: History,
+    /// The same without renewals, for watchers that omit them.
+    pub changes: History,
 }
 
 pub struct Shared {
     data: RwLock<SmData>,
     /// The applied revision; watchers wait on it.
     revision: watch::Sender<u64>,
+    /// The applied revision, sent only when what was applied holds more than renewals:
+    /// watchers that omit renewals wait on it, and are not woken by a renewal at all.
+    changed: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -152,6 +157,11 @@ impl Shared {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
+    }
+
+    /// Like [`Self::subscribe`], but told only of changes that are not just renewals.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 }
 
@@ -217,6 +227,7 @@ impl StateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             history: History::new(history, 0),
+            changes: History::new(history, 0),
         };
         if let Some(stored) = read_snapshot_file(&path)? {
             data.alloc = restore(&stored.data).map_err(|what| SnapshotFileError::Corrupt {
@@ -226,6 +237,7 @@ impl StateMachine {
             data.last_applied = stored.meta.last_log_id;
             data.membership = stored.meta.last_membership.clone();
             data.history.reset(data.alloc.revision());
+            data.changes.reset(data.alloc.revision());
         }
         let rev = data.alloc.revision();
         let on_disk = Arc::new(OnDisk(std::sync::Mutex::new(data.last_applied)));
@@ -233,6 +245,7 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 data: RwLock::new(data),
                 revision: watch::channel(rev).0,
+                changed: watch::channel(rev).0,
             }),
             dir: dir.to_path_buf(),
             on_disk,
@@ -441,6 +454,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let mut changed = false;
         let rev = {
             let mut d = self.shared.write();
             for e in entries {
@@ -456,6 +470,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for req in &batch.0 {
                             let (resp, events) = d.alloc.apply(req);
                             for ev in events {
+                                if !ev.event.is_renewal() {
+                                    d.changes.push(ev.clone());
+                                    changed = true;
+                                }
                                 d.history.push(ev);
                             }
                             answers.push(resp);
@@ -467,6 +485,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             d.alloc.revision()
         };
         self.shared.revision.send_replace(rev);
+        if changed {
+            self.shared.changed.send_replace(rev);
+        }
         Ok(out)
     }
 
@@ -512,6 +533,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let rev = {
             let mut d = self.shared.write();
             d.history.reset(alloc.revision());
+            d.changes.reset(alloc.revision());
             d.alloc = alloc;
             d.last_applied = meta.last_log_id;
             d.membership = meta.last_membership.clone();
@@ -519,6 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         tracing::info!(snapshot = %meta.snapshot_id, revision = rev, "snapshot installed");
         self.shared.revision.send_replace(rev);
+        self.shared.changed.send_replace(rev);
         Ok(())
     }
 

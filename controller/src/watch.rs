@@ -1,7 +1,9 @@
 //! The retained history of lease events that `Watch` streams are served from.
 //!
-//! Events are kept in revision order with no gaps: every event after `floor` is present. A
-//! watcher asking to resume from a revision below the floor gets a full snapshot instead.
+//! Events are kept in revision order: every event of the kind a history keeps after `floor`
+//! is present. The full history keeps every event; the history of changes leaves renewals out,
+//! so its revisions have gaps. A watcher asking to resume from a revision below the floor gets a
+//! full snapshot instead.
 
 use std::collections::VecDeque;
 
@@ -37,7 +39,7 @@ impl History {
     }
 
     pub fn push(&mut self, ev: RevEvent) {
-        debug_assert_eq!(ev.revision, self.floor + self.events.len() as u64 + 1);
+        debug_assert!(ev.revision > self.events.back().map_or(self.floor, |e| e.revision));
         if self.events.len() >= self.capacity {
             if let Some(old) = self.events.pop_front() {
                 self.floor = old.revision;
@@ -85,5 +87,16 @@ mod tests {
         assert!(h.since(2).is_none());
         let got: Vec<u64> = h.since(3).unwrap().iter().map(|e| e.revision).collect();
         assert_eq!(got, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn with_gaps_the_floor_is_the_last_event_let_go() {
+        let mut h = History::new(2, 0);
+        [3, 7, 9].into_iter().for_each(|r| h.push(ev(r)));
+        assert_eq!(h.floor(), 3);
+        // Nothing between 3 and 7 was kept because there was nothing of this kind.
+        let got: Vec<u64> = h.since(4).unwrap().iter().map(|e| e.revision).collect();
+        assert_eq!(got, vec![7, 9]);
+        assert!(h.since(2).is_none());
     }
 }

@@ -25,16 +25,23 @@ use twill_proto::PAGE_LEASES;
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-/// The stream of one watcher that asked to start after revision `start` (0: from a snapshot).
-/// `permit` is its place under `--max-watches`, given back when the stream is dropped.
+/// The stream of one watcher that asked to start after revision `start` (0: from a snapshot),
+/// with or without renewals. `permit` is its place under `--max-watches`, given back when the
+/// stream is dropped.
 pub fn serve(
     m: Arc<Member>,
     start: u64,
+    omit_renewals: bool,
     caller: Caller,
     permit: OwnedSemaphorePermit,
 ) -> WatchStream {
     let w = Watcher {
-        changed: m.sm.subscribe(),
+        changed: if omit_renewals {
+            m.sm.subscribe_changes()
+        } else {
+            m.sm.subscribe()
+        },
+        omit_renewals,
         stopping: m.stopping(),
         progress: Box::pin(tokio::time::sleep(m.opts.watch_progress)),
         _open: WatcherGauge::new(m.clone()),
@@ -69,6 +76,8 @@ struct Watcher {
     /// The last revision this watcher has been sent.
     sent: u64,
     phase: Phase,
+    /// Renewals are left out, and the watcher is woken only by other changes.
+    omit_renewals: bool,
     /// Messages made but not yet taken by the connection.
     queue: VecDeque<Result<pb::WatchResponse, Status>>,
     changed: watch::Receiver<u64>,
@@ -116,7 +125,8 @@ impl Watcher {
         }
         let sm = self.m.sm.clone();
         let start = self.start;
-        let changed = &mut self.changed;
+        // Every applied revision, renewals too: the one asked for may be a renewal's.
+        let mut changed = sm.subscribe();
         let caught_up = async {
             while sm.read().alloc.revision() < start {
                 if changed.changed().await.is_err() {
@@ -143,16 +153,25 @@ impl Watcher {
     fn collect(&mut self, first: bool) {
         let d = self.m.sm.read();
         let rev = d.alloc.revision();
+        let history = if self.omit_renewals {
+            &d.changes
+        } else {
+            &d.history
+        };
         let events = if first && (self.start == 0 || self.start > rev) {
             None
         } else {
-            d.history.since(self.sent)
+            history.since(self.sent)
         };
         match events {
             Some(evs) => {
-                if let Some(last) = evs.last() {
-                    self.sent = last.revision;
-                }
+                // Read under the same lock as `rev`: whatever else happened up to `rev` was a
+                // renewal this watcher does not want, so it has had everything up to there.
+                self.sent = if self.omit_renewals {
+                    rev.max(self.sent)
+                } else {
+                    evs.last().map_or(self.sent, |last| last.revision)
+                };
                 for e in &evs {
                     let mut ev = convert::event_to_proto(e);
                     if let Some(cfg) = ev.config.as_mut() {
@@ -184,6 +203,11 @@ impl Watcher {
                 Err(_) => self.phase = Phase::Ended,
             },
             _ = self.progress.as_mut() => {
+                // A watcher that omits renewals is not woken by them; this moves its revision
+                // past them, so a resume does not ask for them again.
+                if self.omit_renewals {
+                    self.collect(false);
+                }
                 self.queue.push_back(Ok(pb::WatchResponse {
                     msg: Some(watch_response::Msg::Progress(pb::WatchProgress { revision: self.sent })),
                 }));

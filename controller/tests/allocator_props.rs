@@ -743,12 +743,28 @@ fn check_step(
         .collect();
     for e in events {
         match &e.event {
-            Event::Put(l) => {
+            Event::Put(l) | Event::Renewed(l) => {
                 prop_assert_eq!(
                     l.mod_revision,
                     e.revision,
                     "put of {} at another revision",
                     &l.node
+                );
+                // A renewal is what watchers that omit renewals skip: it must change nothing
+                // but the expiry, and every change that does only that must be one.
+                let expiry_only = view.get(&l.node).is_some_and(|was| {
+                    Lease {
+                        expires_at: l.expires_at,
+                        mod_revision: l.mod_revision,
+                        ..was.clone()
+                    } == *l
+                });
+                prop_assert_eq!(
+                    e.event.is_renewal(),
+                    expiry_only,
+                    "event {:?} for a lease that was {:?}",
+                    &e.event,
+                    view.get(&l.node)
                 );
                 view.insert(l.node.clone(), l.clone());
             }

@@ -52,7 +52,12 @@ impl View {
                 }
                 true
             }
-            Msg::Progress(_) => false,
+            // Everything up to here has been sent (renewals, which the agent does not ask
+            // for, included): a resume starts from here, not from the last event.
+            Msg::Progress(p) => {
+                self.revision = self.revision.max(p.revision);
+                false
+            }
         }
     }
 }
@@ -62,7 +67,7 @@ pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: D
     let mut view = View::default();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut stream = match client.watch(view.revision).await {
+        let mut stream = match client.watch_changes(view.revision).await {
             Ok(s) => s,
             Err(e) => {
                 // A member that refuses (it serves its most watches, or is behind) is not
@@ -101,5 +106,36 @@ pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: D
         }
         client.rotate();
         tokio::time::sleep(backoff).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(revision: u64, node: &str) -> Msg {
+        Msg::Event(pb::LeaseEvent {
+            revision,
+            kind: EventKind::Put as i32,
+            lease: Some(pb::Lease {
+                node: node.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_progress_note_moves_the_revision_to_resume_from_but_not_back() {
+        let mut v = View::default();
+        assert!(v.apply(put(3, "a")));
+        assert!(!v.apply(Msg::Progress(pb::WatchProgress { revision: 9 })));
+        assert_eq!(v.revision, 9);
+        assert!(!v.apply(Msg::Progress(pb::WatchProgress { revision: 5 })));
+        assert_eq!(v.revision, 9);
+        // An event the note already covered is old news.
+        assert!(!v.apply(put(8, "b")));
+        assert!(v.apply(put(10, "b")));
+        assert_eq!(v.leases.len(), 2);
     }
 }

@@ -131,7 +131,7 @@ async fn agent(
             })
             .await?;
         let lease = r.lease.context("answer without a lease")?;
-        let watch = c.watch(r.revision).await?;
+        let watch = c.watch_changes(r.revision).await?;
         (lease, watch)
     };
     ready.fetch_add(1, Ordering::Relaxed);
@@ -152,7 +152,7 @@ async fn agent(
                 Ok(None) | Err(_) => {
                     counters.resumed.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    watch = c.watch(seen).await?;
+                    watch = c.watch_changes(seen).await?;
                 }
             }
         }

@@ -508,7 +508,10 @@ async fn large_tables_reach_a_client_with_the_default_receive_limit() {
     assert_eq!(small.next_after, "n0107");
 
     let mut w = c
-        .watch(pb::WatchRequest { start_revision: 0 })
+        .watch(pb::WatchRequest {
+            start_revision: 0,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();
@@ -580,7 +583,11 @@ async fn watches_beyond_the_limit_are_refused_and_a_closed_one_frees_its_place()
         .expect("cluster");
     let mut c = raw(&cl, 1).await;
     let open = |mut c: ControllerClient<Channel>| async move {
-        c.watch(pb::WatchRequest { start_revision: 0 }).await
+        c.watch(pb::WatchRequest {
+            start_revision: 0,
+            ..Default::default()
+        })
+        .await
     };
     let a = open(c.clone()).await.expect("first");
     let _b = open(c.clone()).await.expect("second");
@@ -642,7 +649,10 @@ async fn a_refused_watch_resumes_on_another_member() {
     .expect("cluster");
     let mut c = raw(&cl, 1).await;
     let _held = c
-        .watch(pb::WatchRequest { start_revision: 0 })
+        .watch(pb::WatchRequest {
+            start_revision: 0,
+            ..Default::default()
+        })
         .await
         .expect("the one watch member 1 serves");
     cl.client().acquire(acq("seen", "")).await.expect("acquire");

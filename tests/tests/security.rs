@@ -448,7 +448,10 @@ async fn bgp_passwords_reach_only_the_nodes_that_use_them() {
             "member {id}"
         );
         let mut w = raw
-            .watch(pb::WatchRequest { start_revision: 0 })
+            .watch(pb::WatchRequest {
+                start_revision: 0,
+                ..Default::default()
+            })
             .await
             .expect("watch")
             .into_inner();

@@ -233,7 +233,10 @@ async fn a_watcher_that_stops_reading_holds_back_no_one_and_catches_up() {
         .await
         .expect("connect");
     let mut stalled = ControllerClient::new(channel)
-        .watch(pb::WatchRequest { start_revision: 0 })
+        .watch(pb::WatchRequest {
+            start_revision: 0,
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();
@@ -312,5 +315,93 @@ async fn a_watcher_that_stops_reading_holds_back_no_one_and_catches_up() {
         read_stalled(&mut view, &mut rev).await;
     }
     assert!(view.contains_key("after"));
+    cl.shutdown().await;
+}
+
+/// An agent's watch omits renewals: with N nodes renewing, sending each renewal to every
+/// watcher is N² deliveries per TTL. It still gets every other change, and progress notes move
+/// its revision past the renewals, so a resume neither asks for them nor needs a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_omits_renewals_gets_every_other_change_and_resumes_past_them() {
+    let cl = cluster().await;
+    let c = cl.client();
+    acquire(&c, "n0").await;
+    let start = acquire(&c, "n1").await;
+    let n0 = c.renew("n0", 0).await.expect("renew").lease.expect("lease");
+    let mut all = c.watch(start).await.expect("watch");
+    let mut changes = c.watch_changes(start).await.expect("watch changes");
+
+    // More renewals than the history keeps, then a new lease and a release.
+    let renewals = HISTORY as u64 + 10;
+    for _ in 0..renewals {
+        c.renew("n0", n0.create_revision).await.expect("renew");
+    }
+    let joined = acquire(&c, "n2").await;
+    let released = c.release("n1").await.expect("release").revision;
+
+    // The full watch: the first renewal, every one of the later ones, then the two changes.
+    let evs = expect_events(&mut all, start + 1..=released).await;
+    let renewed = evs
+        .iter()
+        .filter(|e| e.lease.as_ref().is_some_and(|l| l.node == "n0"))
+        .count() as u64;
+    assert_eq!(renewed, renewals + 1, "the full watch has every renewal");
+
+    // The watch of changes: exactly the join and the release, nothing for n0.
+    match next(&mut changes).await {
+        Msg::Event(e) => {
+            assert_eq!(e.revision, joined);
+            assert_eq!(e.kind(), pb::EventKind::Put);
+            assert_eq!(e.lease.map(|l| l.node).as_deref(), Some("n2"));
+        }
+        other => panic!("expected the join, got {other:?}"),
+    }
+    match next(&mut changes).await {
+        Msg::Event(e) => {
+            assert_eq!(e.revision, released);
+            assert_eq!(e.kind(), pb::EventKind::Delete);
+            assert_eq!(e.lease.map(|l| l.node).as_deref(), Some("n1"));
+        }
+        other => panic!("expected the release, got {other:?}"),
+    }
+
+    // Renewals after the last change: not sent, but the progress note is past them.
+    let mut last = released;
+    for _ in 0..renewals {
+        last = c
+            .renew("n0", n0.create_revision)
+            .await
+            .expect("renew")
+            .revision;
+    }
+    let progressed = loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), changes.message())
+            .await
+            .expect("a message within 5s")
+            .expect("healthy")
+            .expect("open");
+        match m.msg {
+            Some(Msg::Progress(p)) if p.revision == last => break p.revision,
+            Some(Msg::Progress(p)) => assert!(p.revision <= last, "progress ahead: {p:?}"),
+            other => panic!("a renewal reached a watch that omits them: {other:?}"),
+        }
+    };
+
+    // Resuming from before all those renewals: the full watch's history no longer reaches
+    // back, the changes' does, so no snapshot; from the progress note, nothing at all.
+    let mut full_again = c.watch(released).await.expect("watch");
+    assert!(
+        matches!(next(&mut full_again).await, Msg::Snapshot(_)),
+        "the full history was expected to have moved on"
+    );
+    let mut resumed = c.watch_changes(released).await.expect("watch changes");
+    let mut from_progress = c.watch_changes(progressed).await.expect("watch changes");
+    let after = acquire(&c, "n3").await;
+    for s in [&mut resumed, &mut from_progress] {
+        match next(s).await {
+            Msg::Event(e) => assert_eq!(e.revision, after, "{e:?}"),
+            other => panic!("expected only the new lease, got {other:?}"),
+        }
+    }
     cl.shutdown().await;
 }

@@ -88,10 +88,22 @@ impl Default for ClientOptions {
 
 pub struct Client {
     endpoints: Mutex<Vec<(String, Api)>>,
+    /// The member calls go to: the leader once one has been named.
     current: AtomicUsize,
+    /// The member watches go to. Not the leader's cursor: any member serves a watch, and if
+    /// every node's watch followed the leader, the leader would carry every stream. Starts at
+    /// a random member, so a cluster's nodes spread their watches over its members.
+    watching: AtomicUsize,
     opts: ClientOptions,
     /// The TLS settings new connections use; replaced when a certificate is renewed.
     tls: Mutex<Option<ClientTlsConfig>>,
+}
+
+/// Which of a client's two places a call goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cursor {
+    Calls,
+    Watches,
 }
 
 /// An endpoint as this client dials it: with TLS, `http://` means the same member over
@@ -263,9 +275,11 @@ impl Client {
         if eps.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let spread = rand::rng().random_range(0..eps.len());
         Ok(Client {
             endpoints: Mutex::new(eps),
             current: AtomicUsize::new(0),
+            watching: AtomicUsize::new(spread),
             tls: Mutex::new(opts.tls.clone()),
             opts,
         })
@@ -287,9 +301,16 @@ impl Client {
         }
     }
 
-    fn pick(&self) -> (usize, Api) {
+    fn cursor(&self, c: Cursor) -> &AtomicUsize {
+        match c {
+            Cursor::Calls => &self.current,
+            Cursor::Watches => &self.watching,
+        }
+    }
+
+    fn pick(&self, cur: Cursor) -> (usize, Api) {
         let eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let i = self.current.load(Ordering::Relaxed) % eps.len();
+        let i = self.cursor(cur).load(Ordering::Relaxed) % eps.len();
         (i, eps[i].1.clone())
     }
 
@@ -309,10 +330,11 @@ impl Client {
         self.endpoint(i).starts_with("http://")
     }
 
-    /// Moves to the hinted leader (adding it if unknown) or else to the next endpoint.
-    fn switch(&self, from: usize, hint: Option<String>) {
+    /// Moves calls to the hinted leader (adding it if unknown), or else `cur` to the next
+    /// endpoint. A watch never follows a hint: it is served where it is.
+    fn switch(&self, cur: Cursor, from: usize, hint: Option<String>) {
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hint {
+        if let (Some(h), Cursor::Calls) = (hint, cur) {
             let h = h.trim_end_matches('/').to_string();
             if let Some(i) = eps.iter().position(|(a, _)| *a == h) {
                 self.current.store(i, Ordering::Relaxed);
@@ -324,7 +346,7 @@ impl Client {
                 return;
             }
         }
-        let _ = self.current.compare_exchange(
+        let _ = self.cursor(cur).compare_exchange(
             from,
             (from + 1) % eps.len(),
             Ordering::Relaxed,
@@ -332,14 +354,23 @@ impl Client {
         );
     }
 
-    /// Moves on to the next known member, e.g. after a stream from the current one went quiet.
+    /// Moves watches on to the next known member, e.g. after a stream from the current one
+    /// went quiet.
     pub fn rotate(&self) {
-        let (i, _) = self.pick();
-        self.switch(i, None);
+        let (i, _) = self.pick(Cursor::Watches);
+        self.switch(Cursor::Watches, i, None);
     }
 
     /// Runs `f` against the current member, retrying elsewhere while the answer is retryable.
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Api) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on(Cursor::Calls, f).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, cur: Cursor, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -351,12 +382,12 @@ impl Client {
         let mut refused: Vec<String> = Vec::new();
         loop {
             attempts += 1;
-            let (i, c) = self.pick();
+            let (i, c) = self.pick(cur);
             let err = match tokio::time::timeout(self.opts.attempt_timeout, f(c)).await {
                 Ok(Ok(r)) => {
                     // A follower forwarded this call and named the leader: go there directly.
                     if let Some(h) = r.metadata().get(LEADER_HINT).and_then(|v| v.to_str().ok()) {
-                        self.switch(i, Some(h.to_string()));
+                        self.switch(cur, i, Some(h.to_string()));
                     }
                     return Ok(r.into_inner());
                 }
@@ -392,8 +423,8 @@ impl Client {
                             return Err(ClientError::NotListening(refused));
                         }
                     }
-                    self.switch(i, hint);
-                    if had_hint {
+                    self.switch(cur, i, hint);
+                    if had_hint && cur == Cursor::Calls {
                         // A hint is fresh news: try the leader at once, once.
                         if started.elapsed() < self.opts.retry_for {
                             continue;
@@ -402,7 +433,7 @@ impl Client {
                     describe(&s)
                 }
                 Err(_) => {
-                    self.switch(i, None);
+                    self.switch(cur, i, None);
                     format!("no answer within {:?}", self.opts.attempt_timeout)
                 }
             };
@@ -677,8 +708,9 @@ impl Client {
             .await
     }
 
-    /// Opens a watch on the current member; the caller resumes from its last revision when the
-    /// stream ends or goes quiet past the progress interval.
+    /// Opens a watch on this client's watch member, which is not necessarily the leader (see
+    /// [`Client::rotate`]); the caller resumes from its last revision when the stream ends or
+    /// goes quiet past the progress interval.
     pub async fn watch(&self, start_revision: u64) -> Result<Watch, ClientError> {
         self.open_watch(pb::WatchRequest {
             start_revision,
@@ -698,7 +730,9 @@ impl Client {
     }
 
     async fn open_watch(&self, req: pb::WatchRequest) -> Result<Watch, ClientError> {
-        let inner = self.call(|mut c| async move { c.watch(req).await }).await?;
+        let inner = self
+            .call_on(Cursor::Watches, |mut c| async move { c.watch(req).await })
+            .await?;
         Ok(Watch { inner })
     }
 }

@@ -117,6 +117,11 @@ impl Metrics {
     pub fn watch_closed(&self) {
         self.watchers.dec();
     }
+
+    /// The watch streams this member serves now.
+    pub fn watchers_open(&self) -> i64 {
+        self.watchers.get()
+    }
 }
 
 /// Values read from Raft and the state machine at scrape time.

@@ -405,3 +405,48 @@ async fn a_watch_that_omits_renewals_gets_every_other_change_and_resumes_past_th
     }
     cl.shutdown().await;
 }
+
+/// Any member serves a watch, so a client's watch does not follow its calls to the leader:
+/// with every node's watch on the leader, the leader would carry every stream. Clients that
+/// know all three members spread their watches over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_spread_over_the_members_rather_than_follow_the_leader() {
+    const NODES: usize = 30;
+    let cl = Cluster::start_with(3, |o| o.watch_progress = Duration::from_millis(300))
+        .await
+        .expect("cluster starts");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let mut watches = Vec::new();
+    for i in 0..NODES {
+        // A client per node, as each agent has, that has just written through the leader.
+        let c = cl.client();
+        let rev = acquire(&c, &format!("n{i}")).await;
+        let mut w = c.watch_changes(rev).await.expect("watch");
+        // The first progress note says the stream is being served.
+        tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .expect("a progress note")
+            .expect("healthy")
+            .expect("open");
+        watches.push((c, w));
+    }
+    let served: Vec<(u64, i64)> = cl
+        .members
+        .iter()
+        .map(|(id, r)| (*id, r.member.metrics.watchers_open()))
+        .collect();
+    let total: i64 = served.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, NODES as i64, "watch streams per member: {served:?}");
+    let on_leader = served.iter().find(|(id, _)| *id == leader).map(|(_, n)| *n);
+    assert!(
+        on_leader < Some(NODES as i64),
+        "every watch went to the leader {leader}: {served:?}"
+    );
+    let members_serving = served.iter().filter(|(_, n)| *n > 0).count();
+    assert!(members_serving >= 2, "watch streams per member: {served:?}");
+    drop(watches);
+    cl.shutdown().await;
+}

@@ -470,11 +470,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for req in &batch.0 {
                             let (resp, events) = d.alloc.apply(req);
                             for ev in events {
+                                let wire = Arc::new(crate::convert::event_to_proto(&ev));
                                 if !ev.event.is_renewal() {
-                                    d.changes.push(ev.clone());
+                                    d.changes.push(wire.clone());
                                     changed = true;
                                 }
-                                d.history.push(ev);
+                                d.history.push(wire);
                             }
                             answers.push(resp);
                         }

@@ -4,17 +4,22 @@
 //! is present. The full history keeps every event; the history of changes leaves renewals out,
 //! so its revisions have gaps. A watcher asking to resume from a revision below the floor gets a
 //! full snapshot instead.
+//!
+//! Events are kept as they go on the wire, made once when applied and shared by both histories:
+//! a change sent to thousands of watchers was converted (addresses formatted, maps copied) once
+//! per watcher, which was most of what a member spent per delivery.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use crate::allocator::RevEvent;
+use twill_proto::v1::LeaseEvent;
 
 /// How many events a member keeps for watchers that resume; older resumes get a snapshot.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
 #[derive(Debug)]
 pub struct History {
-    events: VecDeque<RevEvent>,
+    events: VecDeque<Arc<LeaseEvent>>,
     capacity: usize,
     floor: u64,
 }
@@ -38,7 +43,7 @@ impl History {
         self.floor
     }
 
-    pub fn push(&mut self, ev: RevEvent) {
+    pub fn push(&mut self, ev: Arc<LeaseEvent>) {
         debug_assert!(ev.revision > self.events.back().map_or(self.floor, |e| e.revision));
         if self.events.len() >= self.capacity {
             if let Some(old) = self.events.pop_front() {
@@ -49,34 +54,33 @@ impl History {
     }
 
     /// Every event after `rev`, or `None` when some of them are no longer retained.
-    pub fn since(&self, rev: u64) -> Option<Vec<RevEvent>> {
+    pub fn since(&self, rev: u64) -> Option<impl ExactSizeIterator<Item = &LeaseEvent> + '_> {
         if rev < self.floor {
             return None;
         }
         let start = self.events.partition_point(|e| e.revision <= rev);
-        Some(self.events.range(start..).cloned().collect())
+        Some(self.events.range(start..).map(|e| &**e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allocator::{Event, NetworkConfig};
 
-    fn ev(r: u64) -> RevEvent {
-        RevEvent {
+    fn ev(r: u64) -> Arc<LeaseEvent> {
+        Arc::new(LeaseEvent {
             revision: r,
-            event: Event::Config(NetworkConfig::embedded_default()),
-        }
+            ..Default::default()
+        })
     }
 
     #[test]
     fn resume_inside_history_returns_exactly_the_later_events() {
         let mut h = History::new(10, 0);
         (1..=5).for_each(|r| h.push(ev(r)));
-        let got: Vec<u64> = h.since(2).unwrap().iter().map(|e| e.revision).collect();
+        let got: Vec<u64> = h.since(2).unwrap().map(|e| e.revision).collect();
         assert_eq!(got, vec![3, 4, 5]);
-        assert!(h.since(5).unwrap().is_empty());
+        assert_eq!(h.since(5).unwrap().len(), 0);
     }
 
     #[test]
@@ -85,7 +89,7 @@ mod tests {
         (1..=6).for_each(|r| h.push(ev(r)));
         assert_eq!(h.floor(), 3);
         assert!(h.since(2).is_none());
-        let got: Vec<u64> = h.since(3).unwrap().iter().map(|e| e.revision).collect();
+        let got: Vec<u64> = h.since(3).unwrap().map(|e| e.revision).collect();
         assert_eq!(got, vec![4, 5, 6]);
     }
 
@@ -95,7 +99,7 @@ mod tests {
         [3, 7, 9].into_iter().for_each(|r| h.push(ev(r)));
         assert_eq!(h.floor(), 3);
         // Nothing between 3 and 7 was kept because there was nothing of this kind.
-        let got: Vec<u64> = h.since(4).unwrap().iter().map(|e| e.revision).collect();
+        let got: Vec<u64> = h.since(4).unwrap().map(|e| e.revision).collect();
         assert_eq!(got, vec![7, 9]);
         assert!(h.since(2).is_none());
     }

@@ -19,7 +19,7 @@ use twill_proto::v1::{self as pb, watch_response};
 
 use crate::allocator as alloc;
 use crate::authz::{self, Caller};
-use crate::convert::{self, config_to_proto, lease_to_proto};
+use crate::convert::{config_to_proto, lease_to_proto};
 use crate::node::Member;
 use twill_proto::PAGE_LEASES;
 
@@ -165,21 +165,21 @@ impl Watcher {
         };
         match events {
             Some(evs) => {
-                // Read under the same lock as `rev`: whatever else happened up to `rev` was a
-                // renewal this watcher does not want, so it has had everything up to there.
-                self.sent = if self.omit_renewals {
-                    rev.max(self.sent)
-                } else {
-                    evs.last().map_or(self.sent, |last| last.revision)
-                };
-                for e in &evs {
-                    let mut ev = convert::event_to_proto(e);
+                let before = self.sent;
+                for e in evs {
+                    let mut ev = e.clone();
                     if let Some(cfg) = ev.config.as_mut() {
                         authz::redact_config(cfg, &self.caller);
                     }
+                    self.sent = ev.revision;
                     self.queue.push_back(Ok(pb::WatchResponse {
                         msg: Some(watch_response::Msg::Event(ev)),
                     }));
+                }
+                // Read under the same lock as `rev`: whatever else happened up to `rev` was a
+                // renewal this watcher does not want, so it has had everything up to there.
+                if self.omit_renewals {
+                    self.sent = rev.max(before);
                 }
             }
             None => {

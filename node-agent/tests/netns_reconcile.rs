@@ -86,6 +86,18 @@ fn lease(node: &str, third: u8, public: u8) -> NodeLease {
     }
 }
 
+/// The test node's uplink: eth0 in 192.0.2.0/24, its public address its own.
+fn facts(own: &NodeLease) -> LocalFacts {
+    LocalFacts {
+        iface: "eth0".into(),
+        mtu: 1500,
+        public_ip: own.public_ip,
+        local_ip: own.public_ip,
+        connected: vec!["192.0.2.0/24".parse().unwrap()],
+        v6: None,
+    }
+}
+
 fn desired_for(me: &str, backend: &Backend) -> Desired {
     let (own, peer) = if me == "a" {
         (lease("a", 1, 1), lease("b", 2, 2))
@@ -96,14 +108,7 @@ fn desired_for(me: &str, backend: &Backend) -> Desired {
         own: own.clone(),
         peers: vec![own.clone(), peer],
         backend: backend.clone(),
-        facts: LocalFacts {
-            iface: "eth0".into(),
-            mtu: 1500,
-            public_ip: own.public_ip,
-            local_ip: own.public_ip,
-            connected: vec!["192.0.2.0/24".parse().unwrap()],
-            v6: None,
-        },
+        facts: facts(&own),
         sources: Default::default(),
     })
 }
@@ -467,14 +472,7 @@ fn many_peers(n: u32) -> Desired {
             port: 8472,
             direct_routing: false,
         },
-        facts: LocalFacts {
-            iface: "eth0".into(),
-            mtu: 1500,
-            public_ip: own.public_ip,
-            local_ip: own.public_ip,
-            connected: vec!["192.0.2.0/24".parse().unwrap()],
-            v6: None,
-        },
+        facts: facts(&own),
         sources: Default::default(),
     })
 }

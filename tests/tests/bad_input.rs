@@ -637,9 +637,12 @@ async fn adding_an_unreachable_member_fails_fast_and_changes_nothing() {
 }
 
 /// The agent's watch follower, refused by a member that serves its most watches, resumes on
-/// the next member instead of asking the full one again.
+/// the next member instead of asking the full one again. Each client starts its watches at a
+/// random member, so several followers are run: all eight starting on member 2, and none
+/// meeting the refusal, is one chance in 256.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_watch_resumes_on_another_member() {
+    const FOLLOWERS: usize = 8;
     let cl = Cluster::start_with(2, |o| {
         if o.id == 1 {
             o.max_watches = 1;
@@ -656,30 +659,41 @@ async fn a_refused_watch_resumes_on_another_member() {
         .await
         .expect("the one watch member 1 serves");
     cl.client().acquire(acq("seen", "")).await.expect("acquire");
-    let client = std::sync::Arc::new(
-        twill_client::Client::with_options(
-            [cl.url(1), cl.url(2)],
-            twill_client::ClientOptions {
-                retry_for: Duration::from_secs(2),
-                tls: Some(twill_tests::admin_tls()),
-                ..Default::default()
-            },
+    let mut followers = Vec::new();
+    for _ in 0..FOLLOWERS {
+        let client = std::sync::Arc::new(
+            twill_client::Client::with_options(
+                [cl.url(1), cl.url(2)],
+                twill_client::ClientOptions {
+                    retry_for: Duration::from_secs(2),
+                    tls: Some(twill_tests::admin_tls()),
+                    ..Default::default()
+                },
+            )
+            .expect("client"),
+        );
+        let (tx, rx) = tokio::sync::watch::channel(twill_agent::watch::View::default());
+        let task = tokio::spawn(twill_agent::watch::follow(
+            client,
+            tx,
+            Duration::from_secs(10),
+        ));
+        followers.push((task, rx));
+    }
+    for (_, rx) in followers.iter_mut() {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|v| v.leases.contains_key("seen")),
         )
-        .expect("client"),
-    );
-    let (tx, mut rx) = tokio::sync::watch::channel(twill_agent::watch::View::default());
-    let follower = tokio::spawn(twill_agent::watch::follow(
-        client,
-        tx,
-        Duration::from_secs(10),
-    ));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|v| v.leases.contains_key("seen")),
-    )
-    .await
-    .expect("the view arrived through member 2")
-    .expect("follower alive");
-    follower.abort();
+        .await
+        .expect("the view arrived through member 2")
+        .expect("follower alive");
+    }
+    let served = |id: u64| cl.members[&id].member.metrics.watchers_open();
+    assert_eq!(served(1), 1, "member 1 serves only the watch it had");
+    assert_eq!(served(2), FOLLOWERS as i64, "every follower is on member 2");
+    for (task, _) in followers {
+        task.abort();
+    }
     cl.shutdown().await;
 }

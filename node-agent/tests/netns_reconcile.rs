@@ -529,3 +529,44 @@ fn acknowledgements_lost_to_a_full_buffer_are_an_overrun_and_a_resync_completes_
         })
     });
 }
+
+/// A full table from an outside peer: 20,000 routes go in through batches on the pass's own
+/// socket, every one of them is in the kernel (counted by `ip`, not by us), and the dump reads
+/// them all back across many datagrams, so that the next pass has nothing to do.
+#[test]
+fn a_large_table_goes_in_whole_and_reads_back_whole() {
+    if !root_or_skip("a_large_table_goes_in_whole_and_reads_back_whole") {
+        return;
+    }
+    const N: u32 = 20_000;
+    let p = Pair::new("table");
+    let via = vec!["192.0.2.2".parse::<std::net::IpAddr>().unwrap()];
+    let routes = (0..N)
+        .map(|i| {
+            let net = Ipv4Addr::from(0x0b00_0000 + (i << 8));
+            (format!("{net}/24").parse().unwrap(), via.clone())
+        })
+        .collect();
+    let d = desired_for("a", &Backend::Bgp { routes });
+    let ns = p.a.clone();
+    let (applied, observed, again) = in_netns(&ns, move || {
+        Box::pin(async move {
+            let k = Kernel::connect().expect("netlink");
+            let applied = k.reconcile_reporting(&d).await.expect("reconcile");
+            let observed = k.observe().await.expect("observe");
+            let again = plan(&d, &observed);
+            (applied, observed, again)
+        })
+    });
+    let adds = applied
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::AddRoute(_)))
+        .count();
+    assert_eq!(adds, N as usize, "{} operations", applied.ops.len());
+    assert!(applied.conflicts.is_empty(), "{:?}", applied.conflicts);
+    let shown = ip_out(&["-n", &p.a, "route", "show", "proto", "151"]);
+    assert_eq!(shown.lines().count(), N as usize, "routes in the kernel");
+    assert_eq!(observed.routes.len(), N as usize, "routes read back");
+    assert_eq!(again, vec![], "the kernel read back differs from desired");
+}

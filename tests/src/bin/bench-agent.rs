@@ -1,9 +1,10 @@
 //! Agent benchmark (root): issue 15's targets 4b, 6 and 8, each printed as a table of the
 //! median and the spread (min to max) over rounds. Figures are printed, never asserted.
 //!
-//! - `program`: one reconciler (the agent's own `Kernel`) programming 1,000 and 5,000 VXLAN
-//!   peers into an empty namespace, then a no-op resync, then removing them all; the batches
-//!   whose acknowledgements the kernel dropped (ENOBUFS overruns) are counted.
+//! - `program`: one reconciler (the agent's own `Kernel`, on a multi-thread runtime as in the
+//!   agent) programming 1,000 and 5,000 VXLAN peers into an empty namespace, then a no-op
+//!   resync, then removing them all; the batches whose acknowledgements the kernel dropped
+//!   (ENOBUFS overruns) are counted.
 //! - `memory`: the real `twill agent` process in a sandbox node while the controller holds
 //!   5,000 other leases: from its start to all 5,000 routes in its namespace, its RSS (VmRSS
 //!   and RssAnon from /proc) once they are, and again after 10 s of resyncs (one a second), and
@@ -39,6 +40,7 @@ use twill_agent::vtep;
 use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_sandbox::{attach_to_bridge, in_netns, ip, ip_out, is_root, Topology};
+use twill_tests::netns::in_netns_multi_thread;
 
 const PROGRAM_ROUNDS: usize = 5;
 const MEMORY_ROUNDS: usize = 3;
@@ -133,7 +135,8 @@ fn program_peers(n: u32) -> Result<Programmed> {
         ip(&["-n", &ns, "addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
-        in_netns(&ns, move || {
+        // On a multi-thread runtime, as the agent runs.
+        in_netns_multi_thread(&ns, move || {
             Box::pin(async move {
                 let own = NodeLease {
                     node: "me".into(),

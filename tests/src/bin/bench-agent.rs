@@ -5,6 +5,9 @@
 //!   agent) programming 1,000 and 5,000 VXLAN peers into an empty namespace, then a no-op
 //!   resync, then removing them all; the batches whose acknowledgements the kernel dropped
 //!   (ENOBUFS overruns) are counted.
+//! - `table`: the same reconciler with a BGP table of 100,000 routes via one gateway (as the
+//!   BGP backend makes them from a ToR router's full table): add, no-op resync, remove all,
+//!   alternating with `ip -batch` adding and deleting the same routes one request at a time.
 //! - `memory`: the real `twill agent` process in a sandbox node while the controller holds
 //!   5,000 other leases: from its start to all 5,000 routes in its namespace, its RSS (VmRSS
 //!   and RssAnon from /proc) once they are, and again after 10 s of resyncs (one a second), and
@@ -229,6 +232,190 @@ fn bench_program() -> Result<()> {
         let overruns: usize = runs.iter().map(|r| r.overruns).sum();
         println!("  {n} peers: batches lost to ENOBUFS (overruns), all rounds: {overruns}");
     }
+    Ok(())
+}
+
+/// Routes in the `table` section: a full table's worth, as from a ToR router.
+const TABLE_ROUTES: u32 = 100_000;
+const TABLE_ROUNDS: usize = 5;
+
+/// The `i`th /24 of the table, from 11.0.0.0.
+fn table_prefix(i: u32) -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)), 24).expect("/24 is valid")
+}
+
+/// A fresh namespace with an uplink (eth0, 192.0.2.1/24) whose far end is eth1, both up.
+fn uplink_ns(tag: &str) -> Result<String> {
+    let ns = format!("tw-bench-{tag}-{}", std::process::id());
+    ip(&["netns", "add", &ns])?;
+    let made = (|| {
+        ip(&[
+            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])?;
+        ip(&["-n", &ns, "addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth1", "up"])
+    })();
+    if let Err(e) = made {
+        let _ = ip(&["netns", "del", &ns]);
+        return Err(e);
+    }
+    Ok(ns)
+}
+
+/// One agent's reconciler with a BGP table of `n` routes via 192.0.2.2: from an empty
+/// namespace to every route in it, a no-op resync, removing them all. The desired state is
+/// computed before the clock starts (the `ip` side has its file written beforehand too).
+fn table_by_twill(n: u32) -> Result<Programmed> {
+    let via = vec![std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 2))];
+    let routes = (0..n)
+        .map(|i| (ipnet::IpNet::V4(table_prefix(i)), via.clone()))
+        .collect();
+    let own = NodeLease {
+        node: "me".into(),
+        subnet: "172.16.2.0/24".parse().expect("valid"),
+        public_ip: Ipv4Addr::new(192, 0, 2, 1),
+        vtep_mac: None,
+        v6: None,
+    };
+    let want = compute(&Input {
+        own: own.clone(),
+        peers: vec![],
+        backend: Backend::Bgp { routes },
+        facts: LocalFacts {
+            iface: "eth0".into(),
+            mtu: 1500,
+            public_ip: own.public_ip,
+            local_ip: own.public_ip,
+            connected: vec!["192.0.2.0/24".parse().expect("valid")],
+            v6: None,
+        },
+        sources: Default::default(),
+    });
+    if want.routes.len() != n as usize {
+        bail!("{} routes desired of {n}", want.routes.len());
+    }
+    let ns = uplink_ns("table")?;
+    let result = in_netns_multi_thread(&ns, move || {
+        Box::pin(async move {
+            let k = Kernel::connect()?;
+            let t = Instant::now();
+            let added = k.reconcile_reporting(&want).await?;
+            let add = t.elapsed();
+            if added.ops.len() != n as usize || !added.conflicts.is_empty() {
+                bail!(
+                    "{} operations and {} conflicts for {n} routes",
+                    added.ops.len(),
+                    added.conflicts.len()
+                );
+            }
+            let t = Instant::now();
+            let noop = k.reconcile_reporting(&want).await?;
+            let resync = t.elapsed();
+            if !noop.ops.is_empty() {
+                bail!("second pass was not a no-op: {} operations", noop.ops.len());
+            }
+            let t = Instant::now();
+            let removed = k
+                .reconcile_reporting(&twill_agent::desired::Desired::default())
+                .await?;
+            Ok::<_, anyhow::Error>(Programmed {
+                add,
+                resync,
+                remove: t.elapsed(),
+                overruns: added.overruns + noop.overruns + removed.overruns,
+            })
+        })
+    });
+    let _ = ip(&["netns", "del", &ns]);
+    result?
+}
+
+/// The same table through `ip -batch` (one request a route, each answered before the next, as
+/// iproute2 and BIRD send them): adding every route, then deleting every route.
+fn table_by_ip(n: u32) -> Result<(Duration, Duration)> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let (add, del) = (dir.path().join("add"), dir.path().join("del"));
+    let mut a = std::io::BufWriter::new(std::fs::File::create(&add)?);
+    let mut d = std::io::BufWriter::new(std::fs::File::create(&del)?);
+    for i in 0..n {
+        let p = table_prefix(i);
+        writeln!(a, "route add {p} via 192.0.2.2 dev eth0 proto 186")?;
+        writeln!(d, "route del {p} via 192.0.2.2 dev eth0 proto 186")?;
+    }
+    a.flush()?;
+    d.flush()?;
+    drop((a, d));
+    let ns = uplink_ns("table-ip")?;
+    let result = (|| {
+        let batch = |file: &std::path::Path| -> Result<Duration> {
+            let t = Instant::now();
+            ip(&["-n", &ns, "-batch", &file.to_string_lossy()])?;
+            Ok(t.elapsed())
+        };
+        let added = batch(&add)?;
+        let there = ip_out(&["-n", &ns, "route", "show", "proto", "186"])
+            .lines()
+            .count();
+        if there != n as usize {
+            bail!("ip -batch left {there} routes of {n}");
+        }
+        Ok((added, batch(&del)?))
+    })();
+    let _ = ip(&["netns", "del", &ns]);
+    result
+}
+
+fn bench_table() -> Result<()> {
+    header(
+        &format!(
+            "table: {TABLE_ROUTES} routes via one gateway into an empty namespace, twill's reconciler and ip -batch alternating, {TABLE_ROUNDS} rounds"
+        ),
+        "ms",
+    );
+    let (mut twill, mut by_ip) = (Vec::new(), Vec::new());
+    for round in 0..TABLE_ROUNDS {
+        if round % 2 == 0 {
+            twill.push(table_by_twill(TABLE_ROUTES)?);
+            by_ip.push(table_by_ip(TABLE_ROUTES)?);
+        } else {
+            by_ip.push(table_by_ip(TABLE_ROUTES)?);
+            twill.push(table_by_twill(TABLE_ROUTES)?);
+        }
+    }
+    let per_route = |ms: f64| format!("{:.2} µs a route", ms * 1000.0 / TABLE_ROUTES as f64);
+    let twill_add: Vec<f64> = twill.iter().map(|r| millis(r.add)).collect();
+    let ip_add: Vec<f64> = by_ip.iter().map(|r| millis(r.0)).collect();
+    let twill_remove: Vec<f64> = twill.iter().map(|r| millis(r.remove)).collect();
+    let ip_remove: Vec<f64> = by_ip.iter().map(|r| millis(r.1)).collect();
+    row(
+        "twill: add",
+        &twill_add,
+        1,
+        &per_route(spread(&twill_add).0),
+    );
+    row("ip -batch: add", &ip_add, 1, &per_route(spread(&ip_add).0));
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    row(
+        "twill / ip -batch, add (per round)",
+        &ratios(&twill_add, &ip_add),
+        3,
+        "",
+    );
+    let resync: Vec<f64> = twill.iter().map(|r| millis(r.resync)).collect();
+    row("twill: no-op resync", &resync, 1, "");
+    row("twill: remove all", &twill_remove, 1, "");
+    row("ip -batch: delete each", &ip_remove, 1, "");
+    row(
+        "twill / ip -batch, remove (per round)",
+        &ratios(&twill_remove, &ip_remove),
+        3,
+        "",
+    );
+    let overruns: usize = twill.iter().map(|r| r.overruns).sum();
+    println!("  twill: batches lost to ENOBUFS (overruns), all rounds: {overruns}");
     Ok(())
 }
 
@@ -929,7 +1116,7 @@ fn bench_dataplane() -> Result<()> {
     Ok(())
 }
 
-const SECTIONS: [&str; 4] = ["program", "memory", "converge", "dataplane"];
+const SECTIONS: [&str; 5] = ["program", "table", "memory", "converge", "dataplane"];
 
 fn main() -> Result<()> {
     if !is_root() {
@@ -952,6 +1139,7 @@ fn main() -> Result<()> {
     for s in &chosen {
         match s.as_str() {
             "program" => bench_program()?,
+            "table" => bench_table()?,
             "memory" => bench_memory()?,
             "converge" => bench_converge()?,
             _ => bench_dataplane()?,

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use twill_agent::desired::{compute, Backend, Input, LocalFacts, NodeLease};
+use twill_agent::desired::{compute, Backend, Desired, Input, LocalFacts, NodeLease};
 use twill_agent::reconcile::Kernel;
 use twill_agent::vtep;
 use twill_client::{Client, ClientOptions};
@@ -126,75 +126,78 @@ struct Programmed {
     overruns: usize,
 }
 
-/// One agent's reconciler programming `n` VXLAN peers from scratch, then a no-op resync, then
-/// removing them all.
-fn program_peers(n: u32) -> Result<Programmed> {
-    let ns = format!("tw-bench-{}-{n}", std::process::id());
-    ip(&["netns", "add", &ns])?;
-    let result = (|| {
-        ip(&[
-            "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-        ])?;
-        ip(&["-n", &ns, "addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
-        // On a multi-thread runtime, as the agent runs.
-        in_netns_multi_thread(&ns, move || {
-            Box::pin(async move {
-                let own = NodeLease {
-                    node: "me".into(),
-                    subnet: "10.0.1.0/24".parse().expect("valid"),
-                    public_ip: "192.0.2.1".parse().expect("valid"),
-                    vtep_mac: Some(vtep::derive("me")),
-                    v6: None,
-                };
-                let mut input = Input {
-                    own: own.clone(),
-                    peers: (0..n).map(peer).collect(),
-                    backend: Backend::Vxlan {
-                        vni: 1,
-                        port: 8472,
-                        direct_routing: false,
-                    },
-                    facts: LocalFacts {
-                        iface: "eth0".into(),
-                        mtu: 1500,
-                        public_ip: own.public_ip,
-                        local_ip: own.public_ip,
-                        connected: vec!["192.0.2.0/24".parse().expect("valid")],
-                        v6: None,
-                    },
-                    sources: Default::default(),
-                };
-                let k = Kernel::connect()?;
-                let t = Instant::now();
-                let added = k.reconcile_reporting(&compute(&input)).await?;
-                let add = t.elapsed();
-                if added.ops.len() < 3 * n as usize {
-                    bail!(
-                        "expected at least {} operations, made {}",
-                        3 * n,
-                        added.ops.len()
-                    );
-                }
-                let t = Instant::now();
-                let noop = k.reconcile_reporting(&compute(&input)).await?;
-                let resync = t.elapsed();
-                if !noop.ops.is_empty() {
-                    bail!("second pass was not a no-op: {} operations", noop.ops.len());
-                }
-                input.peers.clear();
-                let t = Instant::now();
-                let removed = k.reconcile_reporting(&compute(&input)).await?;
-                Ok::<_, anyhow::Error>(Programmed {
-                    add,
-                    resync,
-                    remove: t.elapsed(),
-                    overruns: added.overruns + noop.overruns + removed.overruns,
-                })
+/// The facts of a node whose uplink is eth0 with `ip` on 192.0.2.0/24.
+fn uplink_facts(ip: Ipv4Addr) -> LocalFacts {
+    LocalFacts {
+        iface: "eth0".into(),
+        mtu: 1500,
+        public_ip: ip,
+        local_ip: ip,
+        connected: vec!["192.0.2.0/24".parse().expect("valid")],
+        v6: None,
+    }
+}
+
+/// One reconciler's three passes in the namespace `ns`, each timed: `want` from an empty
+/// namespace (`enough` operations at least), `want` again (must do nothing), then `after`.
+fn three_passes(ns: &str, want: Desired, after: Desired, enough: usize) -> Result<Programmed> {
+    in_netns_multi_thread(ns, move || {
+        Box::pin(async move {
+            let k = Kernel::connect()?;
+            let t = Instant::now();
+            let added = k.reconcile_reporting(&want).await?;
+            let add = t.elapsed();
+            if added.ops.len() < enough || !added.conflicts.is_empty() {
+                bail!(
+                    "expected at least {enough} operations and no conflict, made {} with {} conflicts",
+                    added.ops.len(),
+                    added.conflicts.len()
+                );
+            }
+            let t = Instant::now();
+            let noop = k.reconcile_reporting(&want).await?;
+            let resync = t.elapsed();
+            if !noop.ops.is_empty() {
+                bail!("second pass was not a no-op: {} operations", noop.ops.len());
+            }
+            let t = Instant::now();
+            let removed = k.reconcile_reporting(&after).await?;
+            Ok::<_, anyhow::Error>(Programmed {
+                add,
+                resync,
+                remove: t.elapsed(),
+                overruns: added.overruns + noop.overruns + removed.overruns,
             })
-        })?
-    })();
+        })
+    })?
+}
+
+/// One agent's reconciler programming `n` VXLAN peers from scratch, then a no-op resync, then
+/// removing them all (desired states computed before the clock starts).
+fn program_peers(n: u32) -> Result<Programmed> {
+    let own = NodeLease {
+        node: "me".into(),
+        subnet: "10.0.1.0/24".parse().expect("valid"),
+        public_ip: "192.0.2.1".parse().expect("valid"),
+        vtep_mac: Some(vtep::derive("me")),
+        v6: None,
+    };
+    let mut input = Input {
+        own: own.clone(),
+        peers: (0..n).map(peer).collect(),
+        backend: Backend::Vxlan {
+            vni: 1,
+            port: 8472,
+            direct_routing: false,
+        },
+        facts: uplink_facts(own.public_ip),
+        sources: Default::default(),
+    };
+    let want = compute(&input);
+    input.peers.clear();
+    let after = compute(&input);
+    let ns = uplink_ns(&format!("program-{n}"))?;
+    let result = three_passes(&ns, want, after, 3 * n as usize);
     let _ = ip(&["netns", "del", &ns]);
     result
 }
@@ -282,53 +285,16 @@ fn table_by_twill(n: u32) -> Result<Programmed> {
         own: own.clone(),
         peers: vec![],
         backend: Backend::Bgp { routes },
-        facts: LocalFacts {
-            iface: "eth0".into(),
-            mtu: 1500,
-            public_ip: own.public_ip,
-            local_ip: own.public_ip,
-            connected: vec!["192.0.2.0/24".parse().expect("valid")],
-            v6: None,
-        },
+        facts: uplink_facts(own.public_ip),
         sources: Default::default(),
     });
     if want.routes.len() != n as usize {
         bail!("{} routes desired of {n}", want.routes.len());
     }
     let ns = uplink_ns("table")?;
-    let result = in_netns_multi_thread(&ns, move || {
-        Box::pin(async move {
-            let k = Kernel::connect()?;
-            let t = Instant::now();
-            let added = k.reconcile_reporting(&want).await?;
-            let add = t.elapsed();
-            if added.ops.len() != n as usize || !added.conflicts.is_empty() {
-                bail!(
-                    "{} operations and {} conflicts for {n} routes",
-                    added.ops.len(),
-                    added.conflicts.len()
-                );
-            }
-            let t = Instant::now();
-            let noop = k.reconcile_reporting(&want).await?;
-            let resync = t.elapsed();
-            if !noop.ops.is_empty() {
-                bail!("second pass was not a no-op: {} operations", noop.ops.len());
-            }
-            let t = Instant::now();
-            let removed = k
-                .reconcile_reporting(&twill_agent::desired::Desired::default())
-                .await?;
-            Ok::<_, anyhow::Error>(Programmed {
-                add,
-                resync,
-                remove: t.elapsed(),
-                overruns: added.overruns + noop.overruns + removed.overruns,
-            })
-        })
-    });
+    let result = three_passes(&ns, want, Desired::default(), n as usize);
     let _ = ip(&["netns", "del", &ns]);
-    result?
+    result
 }
 
 /// The same table through `ip -batch` (one request a route, each answered before the next, as

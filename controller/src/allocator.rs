@@ -289,13 +289,15 @@ impl Pool {
         self.max_idx - self.min_idx + 1
     }
 
-    /// The lowest index in range not taken in either map (both keyed by subnet base address).
+    /// The lowest index in range not taken in either map (both keyed by subnet base address),
+    /// searched from `floor`, below which every index is taken.
     fn lowest_free<A, B>(
         &self,
+        floor: u128,
         taken: &BTreeMap<u128, A>,
         reserved: &BTreeMap<u128, B>,
     ) -> Option<u128> {
-        let mut cand = self.min_idx;
+        let mut cand = self.min_idx.max(floor);
         let mut a = taken
             .range(self.subnet_at(cand)..)
             .map(|(k, _)| *k)
@@ -698,6 +700,12 @@ pub struct Allocator {
     config_revision: u64,
     /// The agent instance holding each lease, for the leases acquired by agents that name one.
     instances: BTreeMap<String, String>,
+    /// Per pool (IPv4, IPv6), an index below which every subnet is held or reserved: where the
+    /// search for the lowest free one starts. Searching from the bottom every time made filling
+    /// a network O(N²), on every member (at 10,000 leases, 19 % of all CPU samples while 64
+    /// clients acquired). Raised when the subnet at it is taken, lowered to any subnet let go,
+    /// reset with the pools; the answer is the same lowest free subnet either way.
+    free_floor: [u128; 2],
 }
 
 fn check_node_name(n: &str) -> Result<(), AllocError> {
@@ -926,8 +934,9 @@ impl Allocator {
                     .reservations
                     .remove(node)
                     .ok_or_else(|| AllocError::NoReservation(node.clone()))?;
-                self.reserved_subnets
-                    .remove(&(u32::from(s.network()) as u128));
+                let base = u32::from(s.network()) as u128;
+                self.reserved_subnets.remove(&base);
+                self.floor_freed(0, base);
                 Ok(Outcome::Unreserved)
             }
             Command::Trust(c) => Ok(Outcome::Trust(self.trust.apply(c)?)),
@@ -991,6 +1000,7 @@ impl Allocator {
         }
         self.config = Some(config.clone());
         self.pools = Some((v4, v6));
+        self.free_floor = [0, 0];
         self.config_revision = self.emit(events, Event::Config(config.clone()));
         Ok(Outcome::Config(config.clone()))
     }
@@ -1096,7 +1106,7 @@ impl Allocator {
                 GrantReason::HeldBefore,
             )
         } else {
-            match v4.lowest_free(&self.by_subnet, &self.reserved_subnets) {
+            match v4.lowest_free(self.free_floor[0], &self.by_subnet, &self.reserved_subnets) {
                 Some(idx) => (
                     v4net(v4.subnet_at(idx), cfg.subnet_len),
                     GrantReason::LowestFree,
@@ -1162,7 +1172,7 @@ impl Allocator {
             }
         }
         let none: BTreeMap<u128, ()> = BTreeMap::new();
-        p6.lowest_free(&self.by_subnet6, &none)
+        p6.lowest_free(self.free_floor[1], &self.by_subnet6, &none)
             .map(|i| v6net(p6.subnet_at(i), p6.subnet_len))
             .ok_or_else(|| AllocError::Exhausted6(format!("/{}", p6.subnet_len)))
     }
@@ -1233,29 +1243,63 @@ impl Allocator {
             });
         }
         if let Some(old) = self.reservations.insert(node.to_string(), subnet) {
-            self.reserved_subnets
-                .remove(&(u32::from(old.network()) as u128));
+            let old = u32::from(old.network()) as u128;
+            self.reserved_subnets.remove(&old);
+            self.floor_freed(0, old);
         }
         self.reserved_subnets.insert(base, node.to_string());
+        self.floor_taken(0, base);
         Ok(Outcome::Reserved)
     }
 
     fn index_insert(&mut self, l: &Lease) {
-        self.by_subnet
-            .insert(u32::from(l.subnet.network()) as u128, l.node.clone());
+        let base = u32::from(l.subnet.network()) as u128;
+        self.by_subnet.insert(base, l.node.clone());
+        self.floor_taken(0, base);
         if let Some(s6) = l.ipv6_subnet {
-            self.by_subnet6
-                .insert(u128::from(s6.network()), l.node.clone());
+            let base = u128::from(s6.network());
+            self.by_subnet6.insert(base, l.node.clone());
+            self.floor_taken(1, base);
+        }
+    }
+
+    /// The index of `base` in pool `which` (0: IPv4, 1: IPv6), when it is one of its subnets.
+    fn pool_index(&self, which: usize, base: u128) -> Option<u128> {
+        let (v4, v6) = self.pools.as_ref()?;
+        let pool = if which == 0 { Some(v4) } else { v6.as_ref() }?;
+        pool.index_of(base).ok().map(|i| i.max(pool.min_idx))
+    }
+
+    /// The subnet at `base` was just taken: at the floor, the floor moves past it.
+    fn floor_taken(&mut self, which: usize, base: u128) {
+        let Some((v4, v6)) = self.pools.as_ref() else {
+            return;
+        };
+        let Some(pool) = (if which == 0 { Some(v4) } else { v6.as_ref() }) else {
+            return;
+        };
+        if pool.index_of(base).ok() == Some(self.free_floor[which].max(pool.min_idx)) {
+            self.free_floor[which] = pool.min_idx.max(self.free_floor[which]) + 1;
+        }
+    }
+
+    /// The subnet at `base` was let go: the floor comes down to it.
+    fn floor_freed(&mut self, which: usize, base: u128) {
+        if let Some(i) = self.pool_index(which, base) {
+            self.free_floor[which] = self.free_floor[which].min(i);
         }
     }
 
     fn remove_lease(&mut self, node: &str, reason: DeleteReason, events: &mut Vec<RevEvent>) {
         self.instances.remove(node);
         if let Some(l) = self.leases.remove(node) {
-            self.by_subnet
-                .remove(&(u32::from(l.subnet.network()) as u128));
+            let base = u32::from(l.subnet.network()) as u128;
+            self.by_subnet.remove(&base);
+            self.floor_freed(0, base);
             if let Some(s6) = l.ipv6_subnet {
-                self.by_subnet6.remove(&u128::from(s6.network()));
+                let base = u128::from(s6.network());
+                self.by_subnet6.remove(&base);
+                self.floor_freed(1, base);
             }
             self.emit(events, Event::Delete { lease: l, reason });
         }
@@ -1315,8 +1359,9 @@ impl Allocator {
             a.leases.insert(l.node.clone(), l);
         }
         for (n, sub) in s.reservations {
-            a.reserved_subnets
-                .insert(u32::from(sub.network()) as u128, n.clone());
+            let base = u32::from(sub.network()) as u128;
+            a.reserved_subnets.insert(base, n.clone());
+            a.floor_taken(0, base);
             a.reservations.insert(n, sub);
         }
         for (id, r) in s.dedup {
@@ -1364,6 +1409,26 @@ impl Allocator {
         for l in self.leases.values() {
             if l.mod_revision > self.revision || l.create_revision > l.mod_revision {
                 return Err(format!("lease of {} has revisions from the future", l.node));
+            }
+        }
+        // Below each search floor every subnet is held or reserved (so at most as many
+        // indexes as there are leases and reservations are walked here).
+        if let Some((v4, v6)) = &self.pools {
+            let empty = BTreeMap::new();
+            for (which, pool, held, reserved) in [
+                (0, Some(v4), &self.by_subnet, &self.reserved_subnets),
+                (1, v6.as_ref(), &self.by_subnet6, &empty),
+            ] {
+                let Some(pool) = pool else { continue };
+                for i in pool.min_idx..self.free_floor[which].max(pool.min_idx) {
+                    let base = pool.subnet_at(i);
+                    if !held.contains_key(&base) && !reserved.contains_key(&base) {
+                        return Err(format!(
+                            "search floor {} of pool {which} is above free index {i}",
+                            self.free_floor[which]
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -435,7 +435,8 @@ type RtMessage = NetlinkMessage<RouteNetlinkMessage>;
 /// The socket is blocking and used from the blocking pool, one batch per hand-off. The kernel
 /// handles a batch inside the send call and queues every answer before it returns; a socket
 /// registered with the runtime's epoll instead wakes the parked worker at each queued answer,
-/// which, with answers read through a connection task, cost a third of a 100,000-route pass.
+/// which, with answers read through a connection task, took about a quarter of the samples of
+/// a 100,000-route pass and made it twice as slow (`scripts/bench-agent table`).
 struct Batcher {
     socket: rtnetlink::sys::Socket,
     /// The next request's sequence number.
@@ -581,8 +582,9 @@ fn own_socket() -> Result<rtnetlink::sys::Socket, KernelError> {
 }
 
 /// Every route of `family`, of every table, read on a socket of its own from the blocking pool
-/// (as a [`Batcher`] does, and for the same reason: through the shared connection, 100,000
-/// routes took about 150 ms to read, most of it handing messages between threads).
+/// (as a [`Batcher`] does, and for the same reason: through the shared connection, each route
+/// was a channel message to this task; reading 100,000 took 150 – 190 ms that way, 85 – 140 ms
+/// this way).
 async fn dump_routes(family: AddressFamily) -> Result<Vec<RouteMessage>, KernelError> {
     tokio::task::spawn_blocking(move || dump_routes_now(family))
         .await
@@ -613,6 +615,15 @@ fn dump_routes_now(family: AddressFamily) -> Result<Vec<RouteMessage>, KernelErr
         match socket.recv(&mut datagram, 0) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(KernelError::Socket(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the kernel sent {} routes, then nothing for {BATCH_ANSWER_LIMIT:?}",
+                        routes.len()
+                    ),
+                )))
+            }
             Err(e) => return Err(KernelError::Socket(e)),
         }
         each_message(&datagram, |m| {

@@ -1263,30 +1263,37 @@ impl Allocator {
         }
     }
 
-    /// The index of `base` in pool `which` (0: IPv4, 1: IPv6), when it is one of its subnets.
-    fn pool_index(&self, which: usize, base: u128) -> Option<u128> {
+    /// Pool `which` (0: IPv4, 1: IPv6), when configured.
+    fn pool(&self, which: usize) -> Option<&Pool> {
         let (v4, v6) = self.pools.as_ref()?;
-        let pool = if which == 0 { Some(v4) } else { v6.as_ref() }?;
-        pool.index_of(base).ok().map(|i| i.max(pool.min_idx))
+        if which == 0 {
+            Some(v4)
+        } else {
+            v6.as_ref()
+        }
+    }
+
+    /// Where the search for pool `which`'s lowest free subnet starts, and `base`'s index in
+    /// that pool when it is one of its subnets.
+    fn floor_and_index(&self, which: usize, base: u128) -> Option<(u128, u128)> {
+        let pool = self.pool(which)?;
+        let i = pool.index_of(base).ok()?;
+        Some((self.free_floor[which].max(pool.min_idx), i))
     }
 
     /// The subnet at `base` was just taken: at the floor, the floor moves past it.
     fn floor_taken(&mut self, which: usize, base: u128) {
-        let Some((v4, v6)) = self.pools.as_ref() else {
-            return;
-        };
-        let Some(pool) = (if which == 0 { Some(v4) } else { v6.as_ref() }) else {
-            return;
-        };
-        if pool.index_of(base).ok() == Some(self.free_floor[which].max(pool.min_idx)) {
-            self.free_floor[which] = pool.min_idx.max(self.free_floor[which]) + 1;
+        if let Some((floor, i)) = self.floor_and_index(which, base) {
+            if i == floor {
+                self.free_floor[which] = floor + 1;
+            }
         }
     }
 
     /// The subnet at `base` was let go: the floor comes down to it.
     fn floor_freed(&mut self, which: usize, base: u128) {
-        if let Some(i) = self.pool_index(which, base) {
-            self.free_floor[which] = self.free_floor[which].min(i);
+        if let Some((floor, i)) = self.floor_and_index(which, base) {
+            self.free_floor[which] = floor.min(i);
         }
     }
 
@@ -1413,13 +1420,12 @@ impl Allocator {
         }
         // Below each search floor every subnet is held or reserved (so at most as many
         // indexes as there are leases and reservations are walked here).
-        if let Some((v4, v6)) = &self.pools {
-            let empty = BTreeMap::new();
-            for (which, pool, held, reserved) in [
-                (0, Some(v4), &self.by_subnet, &self.reserved_subnets),
-                (1, v6.as_ref(), &self.by_subnet6, &empty),
-            ] {
-                let Some(pool) = pool else { continue };
+        let empty = BTreeMap::new();
+        for (which, held, reserved) in [
+            (0, &self.by_subnet, &self.reserved_subnets),
+            (1, &self.by_subnet6, &empty),
+        ] {
+            if let Some(pool) = self.pool(which) {
                 for i in pool.min_idx..self.free_floor[which].max(pool.min_idx) {
                     let base = pool.subnet_at(i);
                     if !held.contains_key(&base) && !reserved.contains_key(&base) {

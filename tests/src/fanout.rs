@@ -29,22 +29,29 @@ pub struct Fanout {
     /// Writes some watcher never received within [`DRAIN`] (should be none).
     pub missed: usize,
     pub watchers: usize,
-    /// Per member (in the order of the URLs given), the median over writes of the lag to the
-    /// last of that member's watchers: shows whether one member, the leader or a follower,
-    /// sets the figure.
-    pub member_p50_ms: Vec<f64>,
+    /// Per member (in the order of the URLs given), the median and the 99th percentile over
+    /// writes of the lag to the last of that member's watchers: shows whether one member, the
+    /// leader or a follower, sets the figure and its tail.
+    pub member_ms: Vec<(f64, f64)>,
+    /// The writer's pace, from the first acknowledgement to the last: the watchers' work for
+    /// one write overlaps the next ones.
+    pub writes_per_s: f64,
 }
 
 impl Fanout {
     /// The `q` quantile of the lag, in milliseconds.
     pub fn quantile(&self, q: f64) -> f64 {
-        let mut v = self.lag_ms.clone();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[(((v.len() - 1) as f64) * q).round() as usize]
+        quantile(&self.lag_ms, q)
     }
+}
+
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[(((v.len() - 1) as f64) * q).round() as usize]
 }
 
 /// Per watcher, the moment each revision arrived, in the order they did.
@@ -59,6 +66,10 @@ async fn fold(
     acks: Vec<(u64, Instant)>,
 ) -> Result<Fanout> {
     let last = acks.last().map(|a| a.0).unwrap_or(0);
+    let writes_per_s = match (acks.first(), acks.last()) {
+        (Some(a), Some(b)) if b.1 > a.1 => (acks.len() - 1) as f64 / (b.1 - a.1).as_secs_f64(),
+        _ => f64::NAN,
+    };
     let has_last = |r: &Receipts| lock(r).last().is_some_and(|(rev, _)| *rev >= last);
     let deadline = Instant::now() + DRAIN;
     while !receipts.iter().all(|(_, r)| has_last(r)) && Instant::now() < deadline {
@@ -107,15 +118,13 @@ async fn fold(
             _ => missed += 1,
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let p50_p99 = |v: Vec<f64>| (quantile(&v, 0.5), quantile(&v, 0.99));
     Ok(Fanout {
         lag_ms,
         missed,
         watchers,
-        member_p50_ms: per_member.into_iter().map(median).collect(),
+        member_ms: per_member.into_iter().map(p50_p99).collect(),
+        writes_per_s,
     })
 }
 

@@ -284,22 +284,23 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
 async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Result<()> {
     let show = |name: &str, f: &fanout::Fanout| {
         println!(
-            "{name}: {} watchers on {connections} connections, {} writes: ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
+            "{name}: {} watchers on {connections} connections, {} writes ({:.0}/s): ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
             f.watchers,
             f.lag_ms.len() + f.missed,
+            f.writes_per_s,
             f.quantile(0.5),
             f.quantile(0.99),
             f.quantile(1.0),
             f.missed
         );
         let members: Vec<String> = f
-            .member_p50_ms
+            .member_ms
             .iter()
             .enumerate()
-            .map(|(i, ms)| format!("member {} {ms:.1} ms", i + 1))
+            .map(|(i, (p50, p99))| format!("member {} {p50:.1} / {p99:.1} ms", i + 1))
             .collect();
         println!(
-            "  p50 to the last watcher of each member: {}",
+            "  p50 / p99 to the last watcher of each member: {}",
             members.join(", ")
         );
     };

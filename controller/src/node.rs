@@ -611,19 +611,20 @@ pub async fn start_on(
         tls: opts.tls.as_ref().map(|c| c.client_tls()),
         formats: formats.clone(),
     };
-    let raft_rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("raft")
         .enable_all()
         .build()
-        .map_err(|e| StartError::Raft(format!("cannot start Raft's thread: {e}")))?;
+        .map_err(|e| StartError::Raft(format!("cannot start Raft's threads: {e}")))?;
     // Everything openraft spawns goes where `Raft::new` runs.
-    let raft = raft_rt
-        .spawn(Raft::new(opts.id, Arc::new(config), network, log, sm))
+    let started = rt.spawn(Raft::new(opts.id, Arc::new(config), network, log, sm));
+    // Wrapped before anything can fail: a bare runtime dropped here would panic.
+    let raft_rt = RaftRuntime(Some(rt));
+    let raft = started
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    let raft_rt = RaftRuntime(Some(raft_rt));
 
     let members: BTreeMap<NodeId, BasicNode> = if opts.peers.is_empty() {
         [(opts.id, BasicNode::new(opts.advertise.clone()))].into()
@@ -808,4 +809,35 @@ fn hold_elections(raft: &Raft, opts: &Options) {
         let _ = tokio::time::timeout(wait, heard).await;
         raft.runtime_config().elect(true);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member that fails to start, or is dropped without [`Running::shutdown`], drops Raft's
+    /// runtime inside async code: that must stop its tasks, not panic.
+    #[tokio::test]
+    async fn raft_threads_dropped_from_async_code_stop_their_tasks() {
+        struct Tell(std::sync::mpsc::Sender<()>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, dropped) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _tell = Tell(tx);
+            std::future::pending::<()>().await;
+        });
+        drop(RaftRuntime(Some(rt)));
+        dropped
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the task on Raft's threads was dropped");
+    }
 }

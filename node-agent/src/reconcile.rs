@@ -10,11 +10,13 @@
 //! routes and goes before them, so traffic is never steered into a half-filled table.
 //!
 //! Batching: runs of per-peer entries (neighbours, FDB entries, routes) go to the kernel many
-//! requests to a datagram ([`batches`]), on a socket of their own whose receive buffer holds a
-//! whole batch's acknowledgements. The kernel handles a datagram's requests in order and
-//! queues every acknowledgement before we read one, so a batch larger than the buffer loses
-//! acknowledgements (ENOBUFS, the failure flannel met at scale); that is seen as an overrun,
-//! never waited on, and answered by a resync with smaller batches.
+//! requests to a datagram ([`batches`]), on a socket of their own. Only the last request of a
+//! batch asks for an acknowledgement; the kernel answers the others only when they fail, in
+//! order, so the last one's answer closes the batch and every request not answered before it
+//! took effect. The kernel queues a datagram's answers before we read one, so a batch with
+//! more failures than the receive buffer holds loses answers (ENOBUFS, the failure flannel met
+//! at scale, there with an acknowledgement per request); that is seen as an overrun, never
+//! waited on and never taken for success, and answered by a resync with smaller batches.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -269,8 +271,8 @@ pub enum KernelError {
     Socket(#[from] std::io::Error),
     #[error("interface {0:?} does not exist")]
     NoInterface(String),
-    /// The kernel dropped acknowledgements of a batch because the batch socket's receive buffer
-    /// was full (ENOBUFS): which of its requests took effect is known only by reading again.
+    /// The kernel dropped answers to a batch because the batch socket's receive buffer was
+    /// full (ENOBUFS): which of its requests took effect is known only by reading again.
     #[error(
         "netlink receive buffer overrun (ENOBUFS) in a batch of {batch} requests; the kernel \
          must be read again"
@@ -279,7 +281,7 @@ pub enum KernelError {
     /// A batch's answer that is not a netlink message (never seen from a working kernel).
     #[error("cannot read the kernel's answer to a batch: {0}")]
     Answer(#[source] rtnetlink::packet_core::DecodeError),
-    /// A batch's acknowledgements stopped coming without an overrun being reported.
+    /// A batch's answers stopped coming without an overrun being reported.
     #[error("the kernel answered {answered} of a batch of {batch} requests, then nothing for {waited:?}")]
     Unanswered {
         batch: usize,
@@ -371,8 +373,8 @@ pub struct Applied {
     /// Per-source table entries the kernel refused (an interface down, a gateway unreachable):
     /// skipped so the main table, masquerade and subnet.env still get done; retried next pass.
     pub table_errors: Vec<(Op, String)>,
-    /// Batches whose acknowledgements the kernel dropped (ENOBUFS) before this pass got
-    /// through; each was followed by a resync with batches half the size.
+    /// Batches whose answers the kernel dropped (ENOBUFS) before this pass got through; each
+    /// was followed by a resync with batches half the size.
     pub overruns: usize,
 }
 
@@ -398,9 +400,10 @@ pub struct Batching {
 }
 
 impl Default for Batching {
-    /// 256 requests a datagram. With NETLINK_CAP_ACK an acknowledgement is a 36-byte message,
-    /// under 1 KiB of receive buffer with its skb around it, so a batch's take under 256 KiB: a
-    /// buffer asked at 1 MiB is at least 416 KiB with the default rmem_max (208 KiB, doubled).
+    /// 256 requests a datagram. With NETLINK_CAP_ACK an answer is a 36-byte message, under
+    /// 1 KiB of receive buffer with its skb around it, so even a batch where every request
+    /// fails takes under 256 KiB: a buffer asked at 1 MiB is at least 416 KiB with the default
+    /// rmem_max (208 KiB, doubled).
     fn default() -> Batching {
         Batching {
             max: 256,
@@ -428,9 +431,9 @@ pub struct Kernel {
 
 type RtMessage = NetlinkMessage<RouteNetlinkMessage>;
 
-/// A socket of its own for batches, opened for one pass: every request's answer, the
-/// acknowledgements included, comes back in order; NETLINK_CAP_ACK keeps acknowledgements from
-/// repeating the request; an overrun is the receive call's ENOBUFS.
+/// A socket of its own for batches, opened for one pass: the answers (failures, and each
+/// batch's last request) come back in order; NETLINK_CAP_ACK keeps them from repeating the
+/// request; an overrun is the receive call's ENOBUFS.
 ///
 /// The socket is blocking and used from the blocking pool, one batch per hand-off. The kernel
 /// handles a batch inside the send call and queues every answer before it returns; a socket
@@ -486,12 +489,23 @@ impl Batcher {
         &mut self,
         requests: Vec<RtMessage>,
     ) -> Result<Vec<Result<(), rtnetlink::Error>>, KernelError> {
+        use rtnetlink::packet_core::NLM_F_ACK;
         let batch = requests.len();
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
         let first = self.seq;
         self.out.clear();
-        for mut m in requests {
+        for (i, mut m) in requests.into_iter().enumerate() {
             m.header.sequence_number = self.seq;
             self.seq = self.seq.wrapping_add(1);
+            // Only the last request asks for an acknowledgement: the others are answered only
+            // when they fail, and since the kernel answers in order, the last one's answer
+            // closes the batch. A success costs the kernel no answer to build and us none to
+            // read; a lost failure is still an overrun (ENOBUFS), never taken for a success.
+            if i + 1 < batch {
+                m.header.flags &= !NLM_F_ACK;
+            }
             m.finalize();
             let at = self.out.len();
             self.out.resize(at + m.buffer_len(), 0);
@@ -504,18 +518,18 @@ impl Batcher {
                 self.out.len()
             ))));
         }
-        let mut out = Vec::with_capacity(batch);
-        while out.len() < batch {
+        let mut outcomes = Outcomes::new(first, batch);
+        while !outcomes.closed() {
             self.answers.clear();
             match self.socket.recv(&mut self.answers, 0) {
-                Ok(_) => answers_in(&self.answers, first, &mut out)?,
+                Ok(_) => outcomes.file(&self.answers)?,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     return Err(KernelError::Overrun { batch });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     return Err(KernelError::Unanswered {
                         batch,
-                        answered: out.len(),
+                        answered: outcomes.through(),
                         waited: BATCH_ANSWER_LIMIT,
                     });
                 }
@@ -523,7 +537,7 @@ impl Batcher {
                 Err(e) => return Err(KernelError::Socket(e)),
             }
         }
-        Ok(out)
+        Ok(outcomes.into_results())
     }
 }
 
@@ -546,29 +560,68 @@ fn each_message(
     Ok(())
 }
 
-/// Files the answers in one datagram from the kernel, in order, onto `out`: the answer to the
-/// request numbered `first + out.len()` is the next one expected. Anything else (an answer to an
-/// earlier batch, which cannot come on a socket opened for one pass) is a protocol error.
-fn answers_in(
-    datagram: &[u8],
+/// A batch's outcomes as its answers come in: every request succeeded unless the kernel
+/// answered it with an error, which it does in request order, and the last request's own
+/// answer (the only one acknowledged on success) closes the batch.
+struct Outcomes {
     first: u32,
-    out: &mut Vec<Result<(), rtnetlink::Error>>,
-) -> Result<(), KernelError> {
-    use rtnetlink::packet_core::NetlinkPayload;
-    each_message(datagram, |m| {
-        let expected = first.wrapping_add(out.len() as u32);
-        if m.header.sequence_number != expected {
-            return Err(KernelError::Netlink(rtnetlink::Error::UnexpectedMessage(m)));
+    results: Vec<Result<(), rtnetlink::Error>>,
+    /// Requests known to be handled: those before the last one answered.
+    through: usize,
+}
+
+impl Outcomes {
+    fn new(first: u32, batch: usize) -> Outcomes {
+        Outcomes {
+            first,
+            results: (0..batch).map(|_| Ok(())).collect(),
+            through: 0,
         }
-        out.push(match m.payload {
-            NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
-            NetlinkPayload::Error(e) => Err(rtnetlink::Error::NetlinkError(e)),
-            other => Err(rtnetlink::Error::UnexpectedMessage(NetlinkMessage::new(
-                m.header, other,
-            ))),
-        });
-        Ok(())
-    })
+    }
+
+    fn closed(&self) -> bool {
+        self.through == self.results.len()
+    }
+
+    fn through(&self) -> usize {
+        self.through
+    }
+
+    fn into_results(self) -> Vec<Result<(), rtnetlink::Error>> {
+        self.results
+    }
+
+    /// Files the answers in one datagram. An answer out of order, to no request of the batch,
+    /// after the batch is closed, or a success nobody asked to hear of, is a protocol error:
+    /// taking it would credit an outcome to the wrong request.
+    fn file(&mut self, datagram: &[u8]) -> Result<(), KernelError> {
+        use rtnetlink::packet_core::NetlinkPayload;
+        let batch = self.results.len();
+        each_message(datagram, |m| {
+            let ix = m.header.sequence_number.wrapping_sub(self.first) as usize;
+            let last = ix + 1 == batch;
+            if ix < self.through || ix >= batch {
+                return Err(unexpected(m));
+            }
+            let outcome = match m.payload {
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    Err(rtnetlink::Error::NetlinkError(e))
+                }
+                NetlinkPayload::Error(_) if last => Ok(()),
+                other if last => Err(rtnetlink::Error::UnexpectedMessage(NetlinkMessage::new(
+                    m.header, other,
+                ))),
+                other => return Err(unexpected(NetlinkMessage::new(m.header, other))),
+            };
+            self.results[ix] = outcome;
+            self.through = if last { batch } else { ix + 1 };
+            Ok(())
+        })
+    }
+}
+
+fn unexpected(m: RtMessage) -> KernelError {
+    KernelError::Netlink(rtnetlink::Error::UnexpectedMessage(m))
 }
 
 /// A blocking netlink socket of its own, bound and connected to the kernel, whose reads give
@@ -1652,7 +1705,7 @@ impl Kernel {
                     tracing::warn!(
                         batch,
                         next = smaller,
-                        "netlink acknowledgements lost (ENOBUFS); reading the kernel again"
+                        "netlink answers lost (ENOBUFS); reading the kernel again"
                     );
                 }
                 r => {
@@ -1685,22 +1738,75 @@ mod tests {
     }
 
     #[test]
-    fn answers_are_filed_in_order_and_a_stray_one_is_refused() {
-        let mut datagram = answer(7, 0);
-        datagram.extend(answer(8, -libc::EEXIST));
-        let mut out = Vec::new();
-        answers_in(&datagram, 7, &mut out).expect("two answers");
-        answers_in(&answer(9, 0), 7, &mut out).expect("the third");
-        assert_eq!(out.len(), 3);
-        assert!(out[0].is_ok() && out[2].is_ok());
-        assert!(matches!(&out[1], Err(e) if is_exists(e)), "{:?}", out[1]);
-        // The answer to request 11 when 10 is due: not taken as 10's.
-        let r = answers_in(&answer(11, 0), 7, &mut out);
+    fn failures_are_filed_to_their_requests_and_the_last_answer_closes_the_batch() {
+        // A batch of five numbered from 7: 8 and 10 failed, 11 (the last) succeeded.
+        let mut o = Outcomes::new(7, 5);
+        let mut datagram = answer(8, -libc::EEXIST);
+        datagram.extend(answer(10, -libc::ENODEV));
+        o.file(&datagram).expect("two failures");
+        assert!(!o.closed(), "not closed before the last request's answer");
+        assert_eq!(o.through(), 4);
+        o.file(&answer(11, 0))
+            .expect("the last one's acknowledgement");
+        assert!(o.closed());
+        let r = o.into_results();
+        assert_eq!(r.len(), 5);
+        assert!(r[0].is_ok() && r[2].is_ok() && r[4].is_ok(), "{r:?}");
+        assert!(matches!(&r[1], Err(e) if is_exists(e)), "{:?}", r[1]);
+        assert!(
+            matches!(&r[3], Err(e) if errno(e) == Some(libc::ENODEV)),
+            "{:?}",
+            r[3]
+        );
+
+        // The last request failing closes the batch too.
+        let mut o = Outcomes::new(1, 2);
+        o.file(&answer(2, -libc::EEXIST))
+            .expect("the last one's failure");
+        assert!(o.closed());
+        assert!(o.into_results()[1].is_err());
+    }
+
+    #[test]
+    fn a_stray_answer_is_refused_not_credited_to_another_request() {
+        // Out of order: request 9's failure after 10's.
+        let mut o = Outcomes::new(7, 5);
+        o.file(&answer(10, -libc::EEXIST)).expect("10 failed");
+        let r = o.file(&answer(9, -libc::EEXIST));
         assert!(matches!(r, Err(KernelError::Netlink(_))), "{r:?}");
-        assert_eq!(out.len(), 3);
+        // Outside the batch, either side.
+        let r = Outcomes::new(7, 5).file(&answer(12, -libc::EEXIST));
+        assert!(matches!(r, Err(KernelError::Netlink(_))), "{r:?}");
+        let r = Outcomes::new(7, 5).file(&answer(6, 0));
+        assert!(matches!(r, Err(KernelError::Netlink(_))), "{r:?}");
+        // A success for a request that did not ask for one: not the batch's end.
+        let mut o = Outcomes::new(7, 5);
+        let r = o.file(&answer(8, 0));
+        assert!(matches!(r, Err(KernelError::Netlink(_))), "{r:?}");
+        assert!(!o.closed());
+        // Anything after the batch closed.
+        let mut o = Outcomes::new(7, 2);
+        let mut datagram = answer(8, 0);
+        datagram.extend(answer(8, 0));
+        let r = o.file(&datagram);
+        assert!(matches!(r, Err(KernelError::Netlink(_))), "{r:?}");
         // Cut short: an error, not a panic.
-        let r = answers_in(&answer(10, 0)[..20], 7, &mut out);
+        let r = Outcomes::new(7, 5).file(&answer(10, 0)[..20]);
         assert!(matches!(r, Err(KernelError::Answer(_))), "{r:?}");
+    }
+
+    /// Sequence numbers wrap: a batch that starts just below u32::MAX ends past zero.
+    #[test]
+    fn a_batch_across_the_sequence_wrap_is_filed_in_order() {
+        let mut o = Outcomes::new(u32::MAX - 1, 4);
+        o.file(&answer(u32::MAX, -libc::EEXIST)).expect("second");
+        o.file(&answer(1, 0)).expect("last");
+        assert!(o.closed());
+        let r = o.into_results();
+        assert!(
+            r[0].is_ok() && r[1].is_err() && r[2].is_ok() && r[3].is_ok(),
+            "{r:?}"
+        );
     }
 
     fn mac(s: &str) -> Mac {

@@ -153,12 +153,22 @@ fn connect(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Api, ClientError>
 }
 
 /// Builds a lazily connecting channel to a member's address (`https://host:port` with TLS,
-/// `http://host:port` without); the Raft transport between members uses it too.
+/// `http://host:port` without).
 pub fn channel(
     addr: &str,
     connect_timeout: Duration,
     tls: Option<ClientTlsConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr, connect_timeout, tls)?.connect_lazy())
+}
+
+/// The endpoint [`channel`] connects to, for a caller that dials the connection itself (the
+/// Raft transport between members, which opens each one with a preface).
+pub fn endpoint(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
     // With TLS, a member's http:// URL (from flags written before TLS) is dialled as https://.
     let addr = match (&tls, addr.strip_prefix("http://")) {
         (Some(_), Some(rest)) => format!("https://{rest}"),
@@ -171,8 +181,7 @@ pub fn channel(
     Ok(e.connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
 /// A fresh request id: random enough that two clients never collide.

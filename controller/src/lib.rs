@@ -31,6 +31,7 @@ pub mod convert;
 pub mod disk;
 pub mod health;
 pub mod leader;
+pub mod listener;
 pub mod log_store;
 pub mod metrics;
 pub mod network;

@@ -27,6 +27,7 @@ use crate::{NodeId, Raft, TypeConfig};
 pub use twill_proto::MAX_MESSAGE;
 
 pub use twill_client::channel;
+use twill_client::endpoint;
 
 /// Answer metadata in which a member names the newest log format it reads
 /// ([`crate::allocator::LOG_FORMAT`]). Members from before this header name none: they read
@@ -162,27 +163,44 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let client = channel(&node.addr, Duration::from_secs(2), self.tls.clone())
-            .ok()
-            .map(|ch| {
-                RaftClient::new(ch)
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE)
-            });
+        let raft_client = |ch: Channel| {
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        };
+        let e = endpoint(&node.addr, Duration::from_secs(2), self.tls.clone()).ok();
         PeerConn {
             target,
             addr: node.addr.clone(),
-            client,
+            lane: e.as_ref().map(|e| {
+                raft_client(e.connect_with_connector_lazy(crate::listener::PeerConnector))
+            }),
+            plain: e.map(|e| raft_client(e.connect_lazy())),
+            way: Way::Unknown,
             faults: self.faults.clone(),
             formats: self.formats.clone(),
         }
     }
 }
 
+/// How a peer is reached: on its Raft lane (connections opened with
+/// [`crate::listener::PEER_PREFACE`]), or, for a member of an older release that takes the
+/// preface for a broken handshake, on its main server like any client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// Not known yet, or the peer stopped answering (it may have restarted as another
+    /// release): a failed call on the lane is tried once more the plain way.
+    Unknown,
+    Lane,
+    Plain,
+}
+
 pub struct PeerConn {
     target: NodeId,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    lane: Option<RaftClient<Channel>>,
+    plain: Option<RaftClient<Channel>>,
+    way: Way,
     faults: Option<std::sync::Arc<Faults>>,
     formats: std::sync::Arc<PeerFormats>,
 }
@@ -203,16 +221,14 @@ impl PeerConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let Some(client) = self.client.as_mut() else {
+        if self.lane.is_none() || self.plain.is_none() {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(format!(
                 "invalid address {:?} for member {}",
                 self.addr, self.target
             )))));
-        };
+        }
         let data = bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut req = Request::new(RaftPayload { data });
         let ttl = option.hard_ttl();
-        req.set_timeout(ttl);
         let mut lose_answer = false;
         if let Some(f) = &self.faults {
             let lost = |action| {
@@ -235,15 +251,26 @@ impl PeerConn {
                 }
             }
         }
-        let fut = async {
-            match action {
-                RPCTypes::Vote => client.vote(req).await,
-                RPCTypes::AppendEntries => client.append_entries(req).await,
-                RPCTypes::InstallSnapshot => client.install_snapshot(req).await,
-            }
+        let started = tokio::time::Instant::now();
+        // Kept for a second try only while the way is not known.
+        let again = (self.way == Way::Unknown).then(|| data.clone());
+        let first = if self.way == Way::Plain {
+            Way::Plain
+        } else {
+            Way::Lane
         };
-        let resp = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
+        let mut answer = self.send(first, action, data, ttl).await;
+        if let (Err(Some(status)), Some(data)) = (&answer, again) {
+            let left = ttl.saturating_sub(started.elapsed());
+            let plain = self.send(Way::Plain, action, data, left).await;
+            if plain.is_ok() {
+                tracing::info!(member = self.target, addr = %self.addr, error = %status.message(), "peer does not take Raft's own connections (an older release?); calling it like a client");
+                self.way = Way::Plain;
+            }
+            answer = plain;
+        }
+        let resp = match answer {
+            Err(None) => {
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: 0,
@@ -251,8 +278,17 @@ impl PeerConn {
                     timeout: ttl,
                 }))
             }
-            Ok(Err(status)) => return Err(status_to_rpc(&self.addr, status)),
-            Ok(Ok(r)) => {
+            Err(Some(status)) => {
+                // It may be restarting as another release: find its way again.
+                if status.code() == tonic::Code::Unavailable {
+                    self.way = Way::Unknown;
+                }
+                return Err(status_to_rpc(&self.addr, status));
+            }
+            Ok(r) => {
+                if self.way == Way::Unknown {
+                    self.way = first;
+                }
                 self.formats
                     .record(self.target, answer_format(r.metadata()));
                 r.into_inner()
@@ -267,6 +303,38 @@ impl PeerConn {
         let res: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&resp.data)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl PeerConn {
+    /// One call the given way; `Err(None)` when `ttl` ran out.
+    async fn send(
+        &mut self,
+        way: Way,
+        action: RPCTypes,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<tonic::Response<RaftPayload>, Option<Status>> {
+        let client = match way {
+            Way::Plain => self.plain.as_mut(),
+            _ => self.lane.as_mut(),
+        };
+        let Some(client) = client else {
+            return Err(Some(Status::unavailable("no client")));
+        };
+        let mut req = Request::new(RaftPayload { data });
+        req.set_timeout(ttl);
+        let fut = async {
+            match action {
+                RPCTypes::Vote => client.vote(req).await,
+                RPCTypes::AppendEntries => client.append_entries(req).await,
+                RPCTypes::InstallSnapshot => client.install_snapshot(req).await,
+            }
+        };
+        match tokio::time::timeout(ttl, fut).await {
+            Err(_) => Err(None),
+            Ok(r) => r.map_err(Some),
+        }
     }
 }
 

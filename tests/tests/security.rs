@@ -216,48 +216,77 @@ async fn strangers_are_refused_with_the_reason() {
     cl.shutdown().await;
 }
 
+/// On the main server and on the Raft lane (connections opened with the peers' preface) alike:
+/// the preface opens no door, and the lane serves nothing but Raft.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_member_certificate_speaks_raft() {
     let cl = Cluster::start(1).await.expect("cluster");
     let url = cl.url(1);
-    let raft = |tls| {
-        let ch: Channel =
-            twill_client::channel(&url, Duration::from_secs(2), Some(tls)).expect("channel");
-        RaftClient::new(ch)
-    };
-    let junk = || pb::RaftPayload {
-        data: vec![0xff; 16],
-    };
-    let node = credentials(&Identity::node("n1"), Duration::from_secs(3600));
-    for call in ["vote", "append_entries", "install_snapshot"] {
-        let mut c = raft(node.client_tls());
-        let r = match call {
-            "vote" => c.vote(junk()).await,
-            "append_entries" => c.append_entries(junk()).await,
-            _ => c.install_snapshot(junk()).await,
+    for lane in [false, true] {
+        let channel = |tls| -> Channel {
+            let e =
+                twill_client::endpoint(&url, Duration::from_secs(2), Some(tls)).expect("endpoint");
+            if lane {
+                e.connect_with_connector_lazy(twill_controller::listener::PeerConnector)
+            } else {
+                e.connect_lazy()
+            }
         };
-        let s = r.expect_err("a node may not speak Raft");
-        assert_eq!(s.code(), Code::PermissionDenied, "{call}: {}", s.message());
+        let raft = |tls| RaftClient::new(channel(tls));
+        let junk = || pb::RaftPayload {
+            data: vec![0xff; 16],
+        };
+        let node = credentials(&Identity::node("n1"), Duration::from_secs(3600));
+        for call in ["vote", "append_entries", "install_snapshot"] {
+            let mut c = raft(node.client_tls());
+            let r = match call {
+                "vote" => c.vote(junk()).await,
+                "append_entries" => c.append_entries(junk()).await,
+                _ => c.install_snapshot(junk()).await,
+            };
+            let s = r.expect_err("a node may not speak Raft");
+            assert_eq!(
+                s.code(),
+                Code::PermissionDenied,
+                "lane {lane}, {call}: {}",
+                s.message()
+            );
+        }
+        let s = raft(admin_tls())
+            .vote(junk())
+            .await
+            .expect_err("nor may an admin");
+        assert_eq!(s.code(), Code::PermissionDenied, "lane {lane}");
+        let s = raft(twill_pki::credentials::ca_only_tls(
+            &twill_tests::pki().ca.cert_pem,
+        ))
+        .vote(junk())
+        .await
+        .expect_err("nor anyone without a certificate");
+        assert_eq!(s.code(), Code::Unauthenticated, "lane {lane}");
+        // A member gets past the check to the message itself (here refused as undecodable).
+        let member = credentials(&Identity::member(7), Duration::from_secs(3600));
+        let s = raft(member.client_tls())
+            .vote(junk())
+            .await
+            .expect_err("junk");
+        assert_eq!(
+            s.code(),
+            Code::InvalidArgument,
+            "lane {lane}: {}",
+            s.message()
+        );
+        // The controller's own API is not on the Raft lane, not even for the admin.
+        let r = twill_proto::v1::controller_client::ControllerClient::new(channel(admin_tls()))
+            .status(pb::StatusRequest::default())
+            .await;
+        if lane {
+            let s = r.expect_err("the Raft lane serves only Raft");
+            assert_eq!(s.code(), Code::Unimplemented, "{}", s.message());
+        } else {
+            r.expect("the admin's status on the main server");
+        }
     }
-    let s = raft(admin_tls())
-        .vote(junk())
-        .await
-        .expect_err("nor may an admin");
-    assert_eq!(s.code(), Code::PermissionDenied);
-    let s = raft(twill_pki::credentials::ca_only_tls(
-        &twill_tests::pki().ca.cert_pem,
-    ))
-    .vote(junk())
-    .await
-    .expect_err("nor anyone without a certificate");
-    assert_eq!(s.code(), Code::Unauthenticated);
-    // A member gets past the check to the message itself (here refused as undecodable).
-    let member = credentials(&Identity::member(7), Duration::from_secs(3600));
-    let s = raft(member.client_tls())
-        .vote(junk())
-        .await
-        .expect_err("junk");
-    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
     cl.shutdown().await;
 }
 

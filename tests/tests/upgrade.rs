@@ -231,20 +231,7 @@ async fn the_leader_writes_no_command_an_older_member_cannot_read() {
     .expect("cluster");
     // An older leader writes nothing new anyway (it does not know how); the case under test
     // is a newer leader with an older follower.
-    for _ in 0..5 {
-        let leader = cl
-            .wait_leader(Duration::from_secs(10))
-            .await
-            .expect("leader");
-        if leader != 3 {
-            break;
-        }
-        cl.stop(3).await;
-        cl.wait_leader(Duration::from_secs(10))
-            .await
-            .expect("another leader");
-        cl.restart(3).await.expect("member 3 back");
-    }
+    lead_elsewhere(&mut cl, 3).await;
     let acquire = |c: twill_client::Client, node: &'static str, instance: &'static str| async move {
         c.acquire(twill_proto::v1::AcquireRequest {
             node: node.into(),
@@ -420,4 +407,79 @@ async fn replacing_each_member_binary_under_writes_loses_nothing() {
         );
     }
     eprintln!("{} leases acknowledged across the upgrade", acked.len());
+}
+
+/// A member of an older release has no Raft lane: it takes the preface a newer member opens
+/// its Raft connections with for a broken TLS handshake. The newer members find that out on
+/// their first call and reach it on its main server, as a client would, so a newer leader
+/// still replicates to it; once it restarts on the newer release it is reached either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let older = Arc::new(AtomicBool::new(true));
+    let is_older = older.clone();
+    let mut cl = twill_tests::Cluster::start_with(3, move |o| {
+        if o.id == 3 {
+            o.peer_lane = !is_older.load(Ordering::SeqCst);
+        }
+    })
+    .await
+    .expect("cluster");
+    // The case under test is a newer leader calling the older member.
+    lead_elsewhere(&mut cl, 3).await;
+    let write = |cl: &twill_tests::Cluster, n: u32| {
+        let c = cl.client();
+        async move {
+            for i in 0..n {
+                c.acquire(twill_proto::v1::AcquireRequest {
+                    node: format!("lane-{n}-{i}"),
+                    public_ip: "192.0.2.9".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("acquire");
+            }
+        }
+    };
+    write(&cl, 20).await;
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(10))
+        .await
+        .expect("the older member has every write");
+
+    // Upgraded: stopped, started again with its Raft lane.
+    older.store(false, Ordering::SeqCst);
+    cl.stop(3).await;
+    cl.restart(3).await.expect("member 3 on the newer release");
+    write(&cl, 21).await;
+    let index = cl.client().status().await.expect("status").applied_index;
+    cl.wait_applied(index, Duration::from_secs(20))
+        .await
+        .expect("member 3 caught up after its upgrade");
+    let leases: Vec<usize> = cl
+        .members
+        .values()
+        .map(|r| r.member.sm.read().alloc.leases().count())
+        .collect();
+    assert!(leases.iter().all(|n| *n >= 41), "{leases:?}");
+}
+
+/// Restarts member `id` while it leads (up to five times), so that another one does.
+async fn lead_elsewhere(cl: &mut twill_tests::Cluster, id: u64) {
+    for _ in 0..5 {
+        let leader = cl
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        if leader != id {
+            return;
+        }
+        cl.stop(id).await;
+        cl.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("another leader");
+        cl.restart(id).await.expect("member back");
+    }
 }

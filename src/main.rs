@@ -151,10 +151,13 @@ fn main() -> ExitCode {
     if matches!(cli.cmd, Cmd::Agent(_)) {
         twill_agent::agent::one_malloc_arena();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Controller(a) = &cli.cmd {
+        if let Some(n) = a.threads() {
+            builder.worker_threads(n);
+        }
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("twill: cannot start the async runtime: {e}");

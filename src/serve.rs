@@ -99,6 +99,18 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
 
+    /// Threads that serve clients and watch streams (Raft has two of its own) [default: the
+    /// CPUs this process may use, after its affinity and cgroup CPU quota]. Lower it when
+    /// members share a machine: three members on two cores, each with two threads, spend
+    /// their time handing work between threads that wait for a core
+    #[arg(
+        long,
+        value_name = "N",
+        env = "TWILL_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: Option<u16>,
+
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9420); off when not given
     #[arg(long, value_name = "ADDR", env = "TWILL_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -164,6 +176,11 @@ pub fn data_dir_candidates() -> Vec<PathBuf> {
 }
 
 impl ControllerArgs {
+    /// The main runtime's worker threads, when the operator chose them.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads.map(usize::from)
+    }
+
     fn options(&self) -> Result<Options> {
         if self.id == 0 {
             bail!("--id: member ids start at 1");
@@ -288,6 +305,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         network = %opts.initial_config.network,
         subnet_len = opts.initial_config.subnet_len,
         backend = opts.initial_config.backend.name(),
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "starting controller"
     );
     let mut running = node::start(opts).await?;

@@ -268,6 +268,8 @@ async fn bad_flags_exit_nonzero_with_a_clear_message() {
         ),
         (&["controller", "--peer", "x=http://a"], "member id"),
         (&["controller", "--lease-ttl", "10"], "missing unit"),
+        (&["controller", "--threads", "0"], "--threads"),
+        (&["controller", "--threads", "many"], "--threads"),
         (
             &["controller", "--backend", "host-gw", "--vni", "4"],
             "vxlan backend only",
@@ -286,6 +288,52 @@ async fn bad_flags_exit_nonzero_with_a_clear_message() {
             "{args:?}: expected {want:?} in: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+}
+
+/// `--threads` (or TWILL_THREADS) sizes the runtime that serves clients and watches: the
+/// member says how many threads it has when it starts, and the flag wins over the variable.
+#[test]
+fn threads_size_the_serving_runtime() {
+    use std::io::{BufRead, BufReader};
+    let bin = twill_binary().expect("twill binary");
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (&["--threads", "1"], None, "threads=1"),
+        (&[], Some("3"), "threads=3"),
+        (&["--threads", "2"], Some("3"), "threads=2"),
+    ];
+    for (flags, env, want) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port().expect("port");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("controller")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(*flags)
+            .env("TWILL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match env {
+            Some(v) => cmd.env("TWILL_THREADS", v),
+            None => cmd.env_remove("TWILL_THREADS"),
+        };
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        // Reads until the start line (or the end of the output, if the member fails first).
+        let line = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("starting controller"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = line.unwrap_or_else(|| panic!("{flags:?} {env:?}: no start line"));
+        assert!(
+            line.split_whitespace().any(|w| w == *want),
+            "{flags:?} {env:?}: want {want:?} in {line}"
+        );
     }
 }
 

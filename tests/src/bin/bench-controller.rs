@@ -49,6 +49,31 @@ fn twill_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Each member's worker threads: its share of the machine's cores, at least one. Three members
+/// sized to the whole machine (two threads each on two cores, besides Raft's) spend their time
+/// handing work between threads that wait for a core; a deployment gives each member a
+/// machine of its own, or a share of one.
+fn member_threads(members: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / members.max(1)).max(1)
+}
+
+/// Starts `members` members with the `extra` flags, each on [`member_threads`] unless `extra`
+/// sets `--threads`; with `logs`, each member's log goes to a file.
+async fn cluster(
+    members: usize,
+    dir: &std::path::Path,
+    extra: &[&str],
+    logs: bool,
+) -> Result<TwillProcs> {
+    let threads = member_threads(members).to_string();
+    let mut flags = extra.to_vec();
+    if !flags.iter().any(|f| f.starts_with("--threads")) {
+        flags.extend(["--threads", threads.as_str()]);
+    }
+    TwillProcs::start_with(&twill_bin()?, members, dir, &flags, logs).await
+}
+
 fn client(urls: &[String]) -> Result<Client> {
     Ok(Client::with_options(
         urls,
@@ -87,11 +112,11 @@ struct Figures {
 
 async fn bench_twill() -> Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let mut cl = TwillProcs::start(
-        &twill_bin()?,
+    let mut cl = cluster(
         3,
         dir.path(),
         &["--network", "10.0.0.0/8", "--subnet-len", "24"],
+        false,
     )
     .await?;
     let urls = cl.urls();
@@ -235,7 +260,7 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut extra: Vec<&str> = vec!["--network", "10.0.0.0/8", "--subnet-len", "24"];
     extra.extend(flags.iter().map(String::as_str));
-    let mut cl = TwillProcs::start(&twill_bin()?, 3, dir.path(), &extra).await?;
+    let mut cl = cluster(3, dir.path(), &extra, false).await?;
     let (t, el, terms) = failover_twill(&mut cl, rounds).await?;
     drop(cl);
     println!(
@@ -305,11 +330,11 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
         );
     };
     let dir = tempfile::tempdir()?;
-    let cl = TwillProcs::start(
-        &twill_bin()?,
+    let cl = cluster(
         3,
         dir.path(),
         &["--network", "10.0.0.0/8", "--subnet-len", "24"],
+        false,
     )
     .await?;
     let t = fanout::twill(
@@ -372,7 +397,7 @@ async fn bench_scale(
         &ttl_flag,
     ];
     extra.extend(flags.iter().map(String::as_str));
-    let cl = TwillProcs::start_with(&twill_bin()?, 3, dir.path(), &extra, true).await?;
+    let cl = cluster(3, dir.path(), &extra, true).await?;
     let urls = cl.urls();
     if !flags.is_empty() {
         println!("twill member flags: {}", flags.join(" "));
@@ -616,8 +641,7 @@ fn mb(kib: u64) -> String {
 async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let every = snapshot_every.to_string();
-    let cl = TwillProcs::start(
-        &twill_bin()?,
+    let cl = cluster(
         members,
         dir.path(),
         &[
@@ -628,6 +652,7 @@ async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
             "--snapshot-every",
             &every,
         ],
+        false,
     )
     .await?;
     let urls = cl.urls();
@@ -733,10 +758,11 @@ const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROU
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!(
-        "twill controller benchmark: 3 members on loopback, {} cores",
+        "twill controller benchmark: 3 members on loopback, {} cores, each member on {} worker thread(s) (--threads) unless its flags say otherwise",
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        member_threads(3)
     );
     match args.first().map(String::as_str) {
         None | Some("all" | "acquisitions") => {}

@@ -141,6 +141,7 @@ struct Gauges {
     subnets: Gauge,
     nodes_reporting: Gauge,
     nodes_unhealthy: Gauge,
+    peer_plain: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 fn int(v: impl TryInto<i64>) -> i64 {
@@ -190,6 +191,17 @@ impl Gauges {
         };
         self.nodes_reporting.set(int(reporting));
         self.nodes_unhealthy.set(int(unhealthy));
+        // Only peers this member calls now: one removed from the cluster is dropped.
+        self.peer_plain.clear();
+        if x.state == ServerState::Leader {
+            for (peer, plain) in m.formats.ways() {
+                if x.membership_config.membership().get_node(&peer).is_some() {
+                    self.peer_plain
+                        .get_or_create(&vec![("peer", peer.to_string())])
+                        .set(i64::from(plain));
+                }
+            }
+        }
     }
 }
 
@@ -263,6 +275,11 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
     ] {
         r.register(name, help, gauge.clone());
     }
+    r.register(
+        "twill_controller_raft_peer_plain",
+        "On the leader, per peer: 1 when its last Raft answer came over the main server because it took no Raft connections of its own (an older release mid-upgrade), 0 when on its Raft lane",
+        g.peer_plain.clone(),
+    );
     let k = &m.metrics;
     r.register(
         "twill_controller_watchers",

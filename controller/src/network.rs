@@ -34,18 +34,26 @@ use twill_client::endpoint;
 /// format 1.
 pub const LOG_FORMAT_HEADER: &str = "x-twill-log-format";
 
-/// The log format each peer said it reads in its last Raft answer, so that the leader writes
-/// only commands every member can apply: during a rolling upgrade an older follower would
-/// refuse a newer command as undecodable, and with two such followers no write could commit.
+/// What each peer's last Raft answer showed. The log format it reads, so that the leader
+/// writes only commands every member can apply: during a rolling upgrade an older follower
+/// would refuse a newer command as undecodable, and with two such followers no write could
+/// commit. And whether it came the plain way, for an operator to see that no member is left
+/// on it once an upgrade is done.
 #[derive(Debug, Default)]
-pub struct PeerFormats(std::sync::Mutex<std::collections::BTreeMap<NodeId, u32>>);
+pub struct PeerFormats(std::sync::Mutex<std::collections::BTreeMap<NodeId, Seen>>);
+
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    format: u32,
+    plain: bool,
+}
 
 impl PeerFormats {
-    fn record(&self, peer: NodeId, format: u32) {
+    fn record(&self, peer: NodeId, format: u32, plain: bool) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, format);
+            .insert(peer, Seen { format, plain });
     }
 
     /// What `peer` last said it reads; `None` before its first answer.
@@ -54,7 +62,17 @@ impl PeerFormats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
-            .copied()
+            .map(|s| s.format)
+    }
+
+    /// Each peer that has answered, and whether its last answer came the plain way.
+    pub fn ways(&self) -> Vec<(NodeId, bool)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, s)| (*id, s.plain))
+            .collect()
     }
 }
 
@@ -157,7 +175,13 @@ pub struct NetworkFactory {
     /// This member's client side of TLS; none when TLS is off.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub formats: std::sync::Arc<PeerFormats>,
+    /// How long a peer is called the plain way before its lane is tried again.
+    pub reprobe: Duration,
 }
+
+/// How long a peer found without a Raft lane is called the plain way before the lane is tried
+/// again: it may have been upgraded without a call failing in between (a quick restart).
+pub const LANE_REPROBE: Duration = Duration::from_secs(30);
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
@@ -177,6 +201,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             }),
             plain: e.map(|e| raft_client(e.connect_lazy())),
             way: Way::Unknown,
+            reprobe: self.reprobe,
             faults: self.faults.clone(),
             formats: self.formats.clone(),
         }
@@ -192,7 +217,8 @@ enum Way {
     /// release): a failed call on the lane is tried once more the plain way.
     Unknown,
     Lane,
-    Plain,
+    /// Since when: after [`PeerConn::reprobe`] the lane is tried again, as with `Unknown`.
+    Plain(tokio::time::Instant),
 }
 
 pub struct PeerConn {
@@ -201,6 +227,7 @@ pub struct PeerConn {
     lane: Option<RaftClient<Channel>>,
     plain: Option<RaftClient<Channel>>,
     way: Way,
+    reprobe: Duration,
     faults: Option<std::sync::Arc<Faults>>,
     formats: std::sync::Arc<PeerFormats>,
 }
@@ -252,22 +279,29 @@ impl PeerConn {
             }
         }
         let started = tokio::time::Instant::now();
+        let was_plain = matches!(self.way, Way::Plain(_));
+        if matches!(self.way, Way::Plain(since) if since.elapsed() >= self.reprobe) {
+            self.way = Way::Unknown;
+        }
         // Kept for a second try only while the way is not known.
         let again = (self.way == Way::Unknown).then(|| data.clone());
-        let first = if self.way == Way::Plain {
-            Way::Plain
-        } else {
-            Way::Lane
+        let first = match self.way {
+            Way::Plain(since) => Way::Plain(since),
+            _ => Way::Lane,
         };
         let mut answer = self.send(first, action, data, ttl).await;
         if let (Err(Some(status)), Some(data)) = (&answer, again) {
             let left = ttl.saturating_sub(started.elapsed());
-            let plain = self.send(Way::Plain, action, data, left).await;
+            let plain = self.send(Way::Plain(started), action, data, left).await;
             if plain.is_ok() {
-                tracing::info!(member = self.target, addr = %self.addr, error = %status.message(), "peer does not take Raft's own connections (an older release?); calling it like a client");
-                self.way = Way::Plain;
+                if !was_plain {
+                    tracing::info!(member = self.target, addr = %self.addr, error = %status.message(), "peer does not take Raft's own connections (an older release?); calling it like a client");
+                }
+                self.way = Way::Plain(started);
             }
             answer = plain;
+        } else if was_plain && answer.is_ok() && first == Way::Lane {
+            tracing::info!(member = self.target, addr = %self.addr, "peer takes Raft's own connections again (upgraded?); calling it on its lane");
         }
         let resp = match answer {
             Err(None) => {
@@ -289,8 +323,11 @@ impl PeerConn {
                 if self.way == Way::Unknown {
                     self.way = first;
                 }
-                self.formats
-                    .record(self.target, answer_format(r.metadata()));
+                self.formats.record(
+                    self.target,
+                    answer_format(r.metadata()),
+                    matches!(self.way, Way::Plain(_)),
+                );
                 r.into_inner()
             }
         };
@@ -316,7 +353,7 @@ impl PeerConn {
         ttl: Duration,
     ) -> Result<tonic::Response<RaftPayload>, Option<Status>> {
         let client = match way {
-            Way::Plain => self.plain.as_mut(),
+            Way::Plain(_) => self.plain.as_mut(),
             _ => self.lane.as_mut(),
         };
         let Some(client) = client else {
@@ -483,5 +520,134 @@ impl raft_server::Raft for RaftService {
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_req(req.into_inner())?;
         self.answer(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use openraft::Vote;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+    use crate::listener::{sort, Lane};
+
+    /// Grants every vote; the other calls are not used here.
+    struct Grant;
+
+    #[tonic::async_trait]
+    impl raft_server::Raft for Grant {
+        async fn append_entries(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("append_entries"))
+        }
+
+        async fn vote(
+            &self,
+            req: Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, Status> {
+            let rpc: VoteRequest<NodeId> = decode_req(req.into_inner())?;
+            let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+                vote: rpc.vote,
+                vote_granted: true,
+                last_log_id: None,
+            });
+            encode_resp(&answer)
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+    }
+
+    /// A peer without TLS whose Raft lane can be switched on while it runs, with no call
+    /// failing meanwhile: until then the preface reaches its HTTP/2 server as garbage, as it
+    /// does on a member of an older release.
+    async fn peer(lane: Arc<AtomicBool>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (to_clients, clients) = mpsc::channel(16);
+        let (to_peers, peers) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                if !lane.load(Ordering::SeqCst) {
+                    let _ = to_clients.send(Ok::<_, std::io::Error>(s)).await;
+                    continue;
+                }
+                let (to_clients, to_peers) = (to_clients.clone(), to_peers.clone());
+                tokio::spawn(async move {
+                    match sort(s, Duration::from_secs(5)).await {
+                        Ok(Lane::Client(s)) => drop(to_clients.send(Ok(s)).await),
+                        Ok(Lane::Peer(s)) => drop(to_peers.send(Ok(s)).await),
+                        Err(_) => {}
+                    }
+                });
+            }
+        });
+        for incoming in [clients, peers] {
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(raft_server::RaftServer::new(Grant))
+                    .serve_with_incoming(ReceiverStream::new(incoming)),
+            );
+        }
+        addr
+    }
+
+    async fn vote(c: &mut PeerConn) -> VoteResponse<NodeId> {
+        c.vote(
+            VoteRequest::new(Vote::new(1, 1), None),
+            RPCOption::new(Duration::from_secs(2)),
+        )
+        .await
+        .expect("vote answered")
+    }
+
+    /// A member found without a lane may be upgraded without any call to it failing (a quick
+    /// restart between two calls): its lane is tried again after the reprobe time, and the
+    /// member's record of ways (what the metric serves) follows.
+    #[tokio::test]
+    async fn a_peer_called_the_plain_way_is_tried_on_its_lane_again_later() {
+        let lane = Arc::new(AtomicBool::new(false));
+        let addr = peer(lane.clone()).await;
+        let formats = Arc::new(PeerFormats::default());
+        let mut factory = NetworkFactory {
+            faults: None,
+            tls: None,
+            formats: formats.clone(),
+            reprobe: Duration::from_millis(300),
+        };
+        let mut conn = factory
+            .new_client(2, &BasicNode::new(format!("http://{addr}")))
+            .await;
+        assert!(vote(&mut conn).await.vote_granted);
+        assert_eq!(
+            formats.ways(),
+            vec![(2, true)],
+            "fell back to the plain way"
+        );
+
+        lane.store(true, Ordering::SeqCst);
+        vote(&mut conn).await;
+        assert_eq!(
+            formats.ways(),
+            vec![(2, true)],
+            "the plain way is kept until the reprobe time"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        vote(&mut conn).await;
+        assert_eq!(formats.ways(), vec![(2, false)], "back on the lane");
+        vote(&mut conn).await;
+        assert_eq!(formats.ways(), vec![(2, false)], "and kept on it");
     }
 }

@@ -92,6 +92,9 @@ pub struct Options {
     /// served on Raft's threads. Tests clear it to stand for a member of an older release,
     /// whose TLS handshake (or HTTP/2 server) takes the preface for garbage.
     pub peer_lane: bool,
+    /// How long a peer without a Raft lane is called the plain way before the lane is tried
+    /// again ([`crate::network::LANE_REPROBE`]); tests shorten it.
+    pub lane_reprobe: Duration,
 }
 
 impl Options {
@@ -124,6 +127,7 @@ impl Options {
             node_cert_ttl: DEFAULT_NODE_CERT_TTL,
             log_format: crate::allocator::LOG_FORMAT,
             peer_lane: true,
+            lane_reprobe: crate::network::LANE_REPROBE,
         }
     }
 }
@@ -622,6 +626,7 @@ pub async fn start_on(
         faults: opts.faults.clone(),
         tls: opts.tls.as_ref().map(|c| c.client_tls()),
         formats: formats.clone(),
+        reprobe: opts.lane_reprobe,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -382,6 +382,20 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// One HTTP/1.1 GET of `path` from 127.0.0.1:`port`, the whole response (blocking).
+pub fn scrape(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 /// The samples of a `/metrics` HTTP response, read by a Prometheus text-format parser (not our
 /// own): a scrape that does not parse fails the test.
 pub fn parse_metrics(response: &str) -> Result<prometheus_parse::Scrape> {

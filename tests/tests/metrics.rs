@@ -1,21 +1,7 @@
 //! The Prometheus endpoint reports what the member is doing.
 
-use std::io::{Read, Write};
-
 use twill_proto::v1 as pb;
-use twill_tests::{free_port, parse_metrics, sample, Cluster};
-
-fn scrape(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
+use twill_tests::{free_port, parse_metrics, sample, scrape, Cluster};
 
 fn value(text: &str, name: &str) -> f64 {
     let scrape = parse_metrics(text).expect("the scrape parses");

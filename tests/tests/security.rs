@@ -1,7 +1,6 @@
 //! Who may do what: TLS on every connection, identities from certificates, join tokens, and
 //! secrets that reach only those who use them. Each refusal is checked to change nothing.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -129,14 +128,7 @@ async fn a_node_acts_on_its_own_lease_only() {
     let mut denied = 0.0;
     let mut texts = String::new();
     for port in ports {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
+        let text = twill_tests::scrape(port, "/metrics");
         let scrape = parse_metrics(&text).expect("parses");
         texts.push_str(&text);
         denied += scrape

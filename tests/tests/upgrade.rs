@@ -420,10 +420,18 @@ async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
 
     let older = Arc::new(AtomicBool::new(true));
     let is_older = older.clone();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| twill_tests::free_port().expect("port"))
+        .collect();
+    let metrics_ports = ports.clone();
     let mut cl = twill_tests::Cluster::start_with(3, move |o| {
         if o.id == 3 {
             o.peer_lane = !is_older.load(Ordering::SeqCst);
         }
+        o.metrics_listen = Some(([127, 0, 0, 1], metrics_ports[o.id as usize - 1]).into());
+        // A quick restart can go unnoticed by the leader's calls; the lane is tried again
+        // after this time.
+        o.lane_reprobe = Duration::from_millis(300);
     })
     .await
     .expect("cluster");
@@ -448,6 +456,36 @@ async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
     cl.wait_applied(index, Duration::from_secs(10))
         .await
         .expect("the older member has every write");
+    // As the leader's metrics serve it.
+    let way_to_3 = |leader: u64| {
+        let port = ports[leader as usize - 1];
+        async move {
+            let text = tokio::task::spawn_blocking(move || twill_tests::scrape(port, "/metrics"))
+                .await
+                .expect("scrape");
+            let scrape = twill_tests::parse_metrics(&text).expect("the scrape parses");
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == "twill_controller_raft_peer_plain"
+                        && s.labels.get("peer") == Some("3")
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v) => v,
+                    _ => f64::NAN,
+                })
+        }
+    };
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    assert_eq!(
+        way_to_3(leader).await,
+        Some(1.0),
+        "the leader reaches the older member the plain way"
+    );
 
     // Upgraded: stopped, started again with its Raft lane.
     older.store(false, Ordering::SeqCst);
@@ -464,6 +502,19 @@ async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
         .map(|r| r.member.sm.read().alloc.leases().count())
         .collect();
     assert!(leases.iter().all(|n| *n >= 41), "{leases:?}");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    if leader != 3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut way = way_to_3(leader).await;
+        while way != Some(0.0) && std::time::Instant::now() < deadline {
+            write(&cl, 1).await;
+            way = way_to_3(leader).await;
+        }
+        assert_eq!(way, Some(0.0), "the upgraded member is called on its lane");
+    }
 }
 
 /// Restarts member `id` while it leads (up to five times), so that another one does.

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -492,6 +493,51 @@ impl FlannelEtcd {
             .into_iter()
             .map(|i| self.subnet(i).to_string())
             .collect())
+    }
+
+    /// A watch of every subnet key, as flannel's agent keeps one: from revision `from`, or from
+    /// now when it is 0. Returns once etcd has said the watch is created, so a caller knows
+    /// that every later write reaches it, with the revision etcd was at then. One Watch stream
+    /// per call, on this client's current member; the request side stays open, since closing it
+    /// may end the watch.
+    pub async fn watch_subnets(
+        &self,
+        from: i64,
+    ) -> Result<(tonic::Streaming<pb::WatchResponse>, i64)> {
+        let key = SUBNET_PREFIX.as_bytes().to_vec();
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    range_end: prefix_end(&key),
+                    key,
+                    start_revision: from,
+                    ..Default::default()
+                },
+            )),
+        };
+        let i = self.current.load(Ordering::Relaxed) % self.channels.len();
+        let requests = futures::stream::iter([create]).chain(futures::stream::pending());
+        let opening = async {
+            let mut stream = pb::watch_client::WatchClient::new(self.channels[i].clone())
+                .watch(requests)
+                .await?
+                .into_inner();
+            match stream.message().await? {
+                Some(m) if m.created && !m.canceled => {
+                    Ok((stream, m.header.map_or(0, |h| h.revision)))
+                }
+                Some(m) => Err(anyhow!(
+                    "etcd answered a watch create with {:?} (canceled: {})",
+                    m.cancel_reason,
+                    m.canceled
+                )),
+                None => Err(anyhow!("etcd ended a watch before creating it")),
+            }
+        };
+        tokio::time::timeout(ACQUIRE_DEADLINE, opening)
+            .await
+            .map_err(|_| anyhow!("no watch created within {ACQUIRE_DEADLINE:?}"))?
+            .with_context(|| format!("etcd Watch at {}", self.endpoints[i]))
     }
 
     /// Transactions so far that found their subnet taken (each cost a re-read): a check that

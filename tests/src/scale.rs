@@ -3,7 +3,8 @@
 //! left and reports its health on the agent's default interval. Agents share connections
 //! (a real node has one of its own), each pinned to one member in turn, so watches are served
 //! by every member and followers forward the writes. What is measured is what the members pay:
-//! CPU per member over a window, and how acquisitions fare while it runs.
+//! CPU per member over a window, and how acquisitions fare while it runs. [`start_etcd`] puts
+//! the same agents on etcd the way flannel's do, for the same figures side by side.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use tokio::task::JoinSet;
 use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
+
+use crate::etcd::FlannelEtcd;
 
 /// The agent's default `--health-interval`.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
@@ -40,6 +43,16 @@ pub struct Agents {
 impl Agents {
     pub fn stop(&mut self) {
         self.tasks.abort_all();
+    }
+
+    /// Stops the agents: an error if any of them failed while they ran.
+    pub fn finish(mut self) -> Result<()> {
+        let failed = self.counters.failures.load(Ordering::Relaxed);
+        self.stop();
+        if failed > 0 {
+            bail!("{failed} simulated agents failed (see the log)");
+        }
+        Ok(())
     }
 }
 
@@ -73,6 +86,20 @@ pub async fn start(
             Client::with_options([urls[i % urls.len()].clone()], options(tls.clone())).map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
+    spawn(clients, agents, |a, c, counters, ready, gate| async move {
+        agent(a, c, ttl, &counters, &ready, &gate).await
+    })
+    .await
+}
+
+/// Runs `agents` simulated agents, agent `a` on `clients[a % clients.len()]`, and waits until
+/// every one is ready (see [`joined`]). An agent that fails is counted and says why.
+async fn spawn<C, F, Fut>(clients: Vec<Arc<C>>, agents: usize, agent: F) -> Result<Agents>
+where
+    C: Send + Sync + 'static,
+    F: Fn(usize, Arc<C>, Arc<Counters>, Arc<AtomicUsize>, Arc<tokio::sync::Semaphore>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let ready = Arc::new(AtomicUsize::new(0));
@@ -83,15 +110,28 @@ pub async fn start(
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = JoinSet::new();
     for a in 0..agents {
-        let c = clients[a % connections].clone();
-        let (counters, ready, gate) = (counters.clone(), ready.clone(), gate.clone());
+        let c = clients[a % clients.len()].clone();
+        let run = agent(a, c, counters.clone(), ready.clone(), gate.clone());
+        let counters = counters.clone();
         tasks.spawn(async move {
-            if let Err(e) = agent(a, c, ttl, &counters, &ready, &gate).await {
+            if let Err(e) = run.await {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
                 eprintln!("simulated agent {a} stopped: {e:#}");
             }
         });
     }
+    joined(counters, &ready, agents, started, tasks).await
+}
+
+/// Waits until `agents` agents are `ready` (at most 10 minutes, failing at the first agent
+/// that fails) and hands them over.
+async fn joined(
+    counters: Arc<Counters>,
+    ready: &AtomicUsize,
+    agents: usize,
+    started: Instant,
+    tasks: JoinSet<()>,
+) -> Result<Agents> {
     while ready.load(Ordering::Relaxed) < agents {
         if counters.failures.load(Ordering::Relaxed) > 0 {
             bail!("a simulated agent failed while joining");
@@ -109,6 +149,71 @@ pub async fn start(
         joined_in: started.elapsed(),
         tasks,
     })
+}
+
+/// The same load on etcd, as flannel's agents put it there: `agents` agents over `connections`
+/// connections (each pinned to one member in turn), each taking a subnet of `network` with
+/// [`FlannelEtcd::acquire`] and then watching every subnet key from then on; 64 join at a time.
+/// flannel renews its 24 h lease an hour before it ends and reports no health, so nothing else
+/// reaches etcd during a run: etcd carries less than twill's agents put on twill (no health
+/// reports), and the comparison leans its way.
+pub async fn start_etcd(
+    endpoints: &[String],
+    agents: usize,
+    connections: usize,
+    network: ipnet::Ipv4Net,
+    subnet_len: u8,
+) -> Result<Agents> {
+    if endpoints.is_empty() {
+        bail!("no etcd endpoints");
+    }
+    let connections = connections.clamp(1, agents.max(1));
+    let clients: Vec<Arc<FlannelEtcd>> = (0..connections)
+        .map(|i| {
+            FlannelEtcd::new(
+                vec![endpoints[i % endpoints.len()].clone()],
+                network,
+                subnet_len,
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<_>>()?;
+    spawn(clients, agents, |a, c, counters, ready, gate| async move {
+        etcd_agent(a, c, &counters, &ready, &gate).await
+    })
+    .await
+}
+
+/// One flannel agent on etcd: acquire, watch the subnets, and resume the watch after the last
+/// revision it saw when it breaks.
+async fn etcd_agent(
+    a: usize,
+    c: Arc<FlannelEtcd>,
+    counters: &Counters,
+    ready: &AtomicUsize,
+    gate: &tokio::sync::Semaphore,
+) -> Result<()> {
+    let (mut watch, mut seen) = {
+        let _turn = gate.acquire().await.context("join gate")?;
+        c.acquire(&format!("sim-{a:05}")).await?;
+        c.watch_subnets(0).await?
+    };
+    ready.fetch_add(1, Ordering::Relaxed);
+    loop {
+        match watch.message().await {
+            Ok(Some(m)) if !m.canceled => {
+                counters.events.fetch_add(m.events.len(), Ordering::Relaxed);
+                if let Some(h) = m.header {
+                    seen = seen.max(h.revision);
+                }
+            }
+            Ok(_) | Err(_) => {
+                counters.resumed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                watch = c.watch_subnets(seen + 1).await?.0;
+            }
+        }
+    }
 }
 
 /// One agent: acquire, watch, then renew and report for as long as it runs.

@@ -13,7 +13,8 @@
 //!   members' default of 10,000 a fill may end before the first snapshot. twill only.
 //! - `watch [WATCHERS [WRITES [CONNECTIONS]]]`: watch fan-out (see [`twill_tests::fanout`]).
 //! - `scale [AGENTS [CONNECTIONS [TTL_SECONDS]]] [-- MEMBER FLAGS]`: simulated agents (see
-//!   [`twill_tests::scale`]), each member's CPU, and acquisitions under that load.
+//!   [`twill_tests::scale`]), each member's CPU, and acquisitions under that load; etcd alone
+//!   and under the same number of flannel agents.
 //!
 //! Figures, never verdicts.
 
@@ -377,15 +378,14 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
 
 /// `scale`: AGENTS simulated agents (see [`twill_tests::scale`]) on a 3-member cluster with a
 /// lease TTL of `ttl` (renewals when a third is left), each member's CPU over a quiet window,
-/// then 64 clients' acquisitions while the agents go on, against etcd's without load, same run.
+/// then 64 clients' acquisitions while the agents go on; then etcd alone, and etcd under the
+/// same agents as flannel's put on it, same run.
 async fn bench_scale(
     agents: usize,
     connections: usize,
     ttl: Duration,
     flags: &[String],
 ) -> Result<()> {
-    const WINDOW: Duration = Duration::from_secs(30);
-    const OPS: usize = 3_000;
     let ttl_flag = format!("{}s", ttl.as_secs());
     let dir = tempfile::tempdir()?;
     let mut extra: Vec<&str> = vec![
@@ -402,7 +402,7 @@ async fn bench_scale(
     if !flags.is_empty() {
         println!("twill member flags: {}", flags.join(" "));
     }
-    let mut sim = scale::start(&urls, twill_tests::admin_tls(), agents, connections, ttl).await?;
+    let sim = scale::start(&urls, twill_tests::admin_tls(), agents, connections, ttl).await?;
     let leader = cl.wait_leader(Duration::from_secs(10)).await?;
     println!(
         "twill: {agents} agents over {} connections joined (lease + watch) in {:.1} s; lease TTL {} s, health every {} s",
@@ -411,25 +411,136 @@ async fn bench_scale(
         ttl.as_secs(),
         scale::HEALTH_EVERY.as_secs()
     );
-    let cpu = |i: usize| cl.pid(i).and_then(scale::cpu_time);
-    let own = || scale::cpu_time(std::process::id());
-    let sample = || ((0..3).map(cpu).collect::<Vec<_>>(), own(), Instant::now());
-    let rates = |c: &scale::Counters| {
+    let clients = (0..CONCURRENT)
+        .map(|_| client(&urls))
+        .collect::<Result<Vec<_>>>()?;
+    let pids: Vec<Option<u32>> = (0..3).map(|i| cl.pid(i)).collect();
+    let t = under_load(
+        &pids,
+        leader,
+        &sim.counters,
+        true,
+        clients,
+        |c, n| async move { twill_acquire(&c, format!("load-{n:06}")).await },
+    )
+    .await;
+    let joined_in = sim.joined_in;
+    sim.finish().context("twill's agents")?;
+    drop(cl);
+    let t = t?;
+    if !EtcdCluster::available() {
+        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
+        return Ok(());
+    }
+    let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
+    let etcd_clients = |eps: &[String]| {
+        (0..CONCURRENT)
+            .map(|_| FlannelEtcd::new(eps.to_vec(), network, 24))
+            .collect::<Result<Vec<_>>>()
+    };
+    let etcd_acquire = |c: Arc<FlannelEtcd>, n: usize| async move {
+        c.acquire(&format!("load-{n:06}")).await.map(|_| ())
+    };
+    // etcd alone, on a cluster of its own.
+    let e = {
+        let edir = tempfile::tempdir()?;
+        let ecl = EtcdCluster::start(3, edir.path()).await?;
+        bench::run(etcd_clients(&ecl.endpoints())?, LOADED_OPS, etcd_acquire).await?
+    };
+    println!(
+        "etcd 3.4, no other load: acquisitions/s, {CONCURRENT} clients: {:.0} (p50 {}, p99 {})",
+        e.per_sec(),
+        ms(e.p50),
+        ms(e.p99)
+    );
+    // etcd under the same agents, on a fresh cluster.
+    let edir = tempfile::tempdir()?;
+    let ecl = EtcdCluster::start(3, edir.path()).await?;
+    let eps = ecl.endpoints();
+    let esim = scale::start_etcd(&eps, agents, connections, network, 24).await?;
+    let eleader = ecl.wait_leader(Duration::from_secs(10)).await?;
+    println!(
+        "etcd 3.4: {agents} flannel agents over {} connections joined (lease + watch of the subnets) in {:.1} s (twill {:.1} s)",
+        connections.min(agents),
+        esim.joined_in.as_secs_f64(),
+        joined_in.as_secs_f64()
+    );
+    let pids: Vec<Option<u32>> = (0..3).map(|i| ecl.pid(i)).collect();
+    let l = under_load(
+        &pids,
+        eleader,
+        &esim.counters,
+        false,
+        etcd_clients(&eps)?,
+        etcd_acquire,
+    )
+    .await;
+    esim.finish().context("etcd's agents")?;
+    drop(ecl);
+    let l = l?;
+    compare(&format!("same run, both under {agents} agents:"), &t, &l);
+    compare(
+        &format!("same run, twill under {agents} agents vs etcd alone:"),
+        &t,
+        &e,
+    );
+    Ok(())
+}
+
+/// Acquisitions/s and p99, twill's against etcd's, under a heading.
+fn compare(heading: &str, t: &LoadResult, e: &LoadResult) {
+    println!("{heading}");
+    ratio(
+        &format!("acquisitions/s, {CONCURRENT} clients"),
+        t.per_sec(),
+        e.per_sec(),
+        "/s",
+    );
+    ratio(
+        &format!("p99 latency, {CONCURRENT} clients"),
+        t.p99.as_secs_f64() * 1e3,
+        e.p99.as_secs_f64() * 1e3,
+        "ms",
+    );
+}
+
+/// Acquisitions 64 clients make while simulated agents run (each one is an event to every
+/// watcher).
+const LOADED_OPS: usize = 3_000;
+
+/// With simulated agents joined: past the joining, each member's CPU (`pids`, the leader at
+/// `leader`) and the agents' own process over a quiet window, then [`LOADED_OPS`] acquisitions
+/// by `clients` while the agents go on, with the CPU again. `renewing`: the agents renew and
+/// report (twill's); flannel's on etcd do neither within a run.
+async fn under_load<C, F, Fut>(
+    pids: &[Option<u32>],
+    leader: usize,
+    counters: &scale::Counters,
+    renewing: bool,
+    clients: Vec<C>,
+    op: F,
+) -> Result<LoadResult>
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    const WINDOW: Duration = Duration::from_secs(30);
+    type Sample = (Vec<Option<Duration>>, Option<Duration>, Instant);
+    let sample = || -> Sample {
         (
-            c.renewals.load(Ordering::Relaxed),
-            c.reports.load(Ordering::Relaxed),
-            c.events.load(Ordering::Relaxed),
+            pids.iter().map(|p| p.and_then(scale::cpu_time)).collect(),
+            scale::cpu_time(std::process::id()),
+            Instant::now(),
         )
     };
-    let show = |what: &str,
-                a: &(Vec<Option<Duration>>, Option<Duration>, Instant),
-                b: &(Vec<Option<Duration>>, Option<Duration>, Instant)| {
+    let show = |what: &str, a: &Sample, b: &Sample| {
         let secs = (b.2 - a.2).as_secs_f64();
         let used = |x: Option<Duration>, y: Option<Duration>| match (x, y) {
             (Some(x), Some(y)) => format!("{:.2}", (y - x).as_secs_f64() / secs),
             _ => "?".to_string(),
         };
-        let members: Vec<String> = (0..3)
+        let members: Vec<String> = (0..pids.len())
             .map(|i| {
                 format!(
                     "member {}{} {}",
@@ -445,83 +556,48 @@ async fn bench_scale(
             used(a.1, b.1)
         );
     };
-    // Past the joining, then a quiet window: the agents alone.
+    let count = |c: &AtomicUsize| c.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (r0, h0, e0) = rates(&sim.counters);
+    let (r0, h0, e0) = (
+        count(&counters.renewals),
+        count(&counters.reports),
+        count(&counters.events),
+    );
     let a = sample();
     tokio::time::sleep(WINDOW).await;
     let b = sample();
-    let (r1, h1, e1) = rates(&sim.counters);
     show("agents alone", &a, &b);
     let secs = (b.2 - a.2).as_secs_f64();
+    let per_s = |x: usize, y: usize| (y - x) as f64 / secs;
+    let events = per_s(e0, count(&counters.events));
+    if renewing {
+        println!(
+            "  per second: {:.0} renewals, {:.0} health reports, {events:.0} watch events delivered",
+            per_s(r0, count(&counters.renewals)),
+            per_s(h0, count(&counters.reports)),
+        );
+    } else {
+        println!("  per second: {events:.0} watch events delivered");
+    }
     println!(
-        "  per second: {:.0} renewals, {:.0} health reports, {:.0} watch events delivered; since the start: {} watches resumed, {} renewals or reports failed, {} agents failed",
-        (r1 - r0) as f64 / secs,
-        (h1 - h0) as f64 / secs,
-        (e1 - e0) as f64 / secs,
-        sim.counters.resumed.load(Ordering::Relaxed),
-        sim.counters.refused.load(Ordering::Relaxed),
-        sim.counters.failures.load(Ordering::Relaxed)
+        "  since the start: {} watches resumed, {} renewals or reports failed, {} agents failed",
+        count(&counters.resumed),
+        count(&counters.refused),
+        count(&counters.failures)
     );
-    // Acquisitions while the agents go on (each one is an event to every watcher).
-    let clients = (0..CONCURRENT)
-        .map(|_| client(&urls))
-        .collect::<Result<Vec<_>>>()?;
     let a = sample();
-    let t = bench::run(clients, OPS, |c, n| async move {
-        twill_acquire(&c, format!("load-{n:06}")).await
-    })
-    .await?;
+    let e0 = count(&counters.events);
+    let t = bench::run(clients, LOADED_OPS, op).await?;
     let b = sample();
     show(&format!("{CONCURRENT} clients acquiring"), &a, &b);
     println!(
-        "  acquisitions/s, {CONCURRENT} clients, under the agents' load: {:.0} (p50 {}, p99 {})",
+        "  acquisitions/s, {CONCURRENT} clients, under the agents' load: {:.0} (p50 {}, p99 {}); {:.0} watch events delivered a second meanwhile",
         t.per_sec(),
         ms(t.p50),
-        ms(t.p99)
+        ms(t.p99),
+        (count(&counters.events) - e0) as f64 / (b.2 - a.2).as_secs_f64()
     );
-    let failed = sim.counters.failures.load(Ordering::Relaxed);
-    sim.stop();
-    drop(cl);
-    if failed > 0 {
-        bail!("{failed} simulated agents failed (see the log)");
-    }
-    if !EtcdCluster::available() {
-        println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
-        return Ok(());
-    }
-    let edir = tempfile::tempdir()?;
-    let ecl = EtcdCluster::start(3, edir.path()).await?;
-    let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
-    let eps = ecl.endpoints();
-    let clients = (0..CONCURRENT)
-        .map(|_| FlannelEtcd::new(eps.clone(), network, 24))
-        .collect::<Result<Vec<_>>>()?;
-    let e = bench::run(clients, OPS, |c, n| async move {
-        c.acquire(&format!("load-{n:06}")).await.map(|_| ())
-    })
-    .await?;
-    drop(ecl);
-    println!(
-        "etcd 3.4, no other load: acquisitions/s, {CONCURRENT} clients: {:.0} (p50 {}, p99 {})",
-        e.per_sec(),
-        ms(e.p50),
-        ms(e.p99)
-    );
-    println!("same run, twill under {agents} agents vs etcd alone:");
-    ratio(
-        &format!("acquisitions/s, {CONCURRENT} clients"),
-        t.per_sec(),
-        e.per_sec(),
-        "/s",
-    );
-    ratio(
-        &format!("p99 latency, {CONCURRENT} clients"),
-        t.p99.as_secs_f64() * 1e3,
-        e.p99.as_secs_f64() * 1e3,
-        "ms",
-    );
-    Ok(())
+    Ok(t)
 }
 
 /// Median, 10th and 90th percentiles and the extremes of a set of durations.
@@ -752,7 +828,8 @@ const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROU
   scale     AGENTS (10,000) simulated agents over CONNECTIONS (200) connections, each holding a
             lease (TTL_SECONDS, 86,400 as the cluster's default; renewed with a third left),
             watching and reporting health every 10 s: each member's CPU, then 64 clients'
-            acquisitions under that load; etcd's without";
+            acquisitions under that load; then etcd's alone, and under as many flannel
+            agents (each takes a subnet, then watches every subnet key)";
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -1,4 +1,8 @@
 //! Compiles the .proto files with protox (pure Rust), so building twill needs no system protoc.
+//!
+//! Twice: the messages and clients, then the servers in a directory of their own, built on
+//! those same messages but for one: a `Watch` stream yields [`WatchFrame`]s (src/frame.rs), so a
+//! member can send an event it encoded once to every watcher.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["proto/twill/v1/twill.proto"];
@@ -6,6 +10,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // A watch message's event or snapshot is boxed: a `WatchResponse` holding either inline is
+    // over half a kilobyte, copied at every layer a received message passes through.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .boxed(".twill.v1.WatchResponse.msg.event")
+        .boxed(".twill.v1.WatchResponse.msg.snapshot")
+        .compile_fds(fds.clone())?;
+    let servers = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("server");
+    std::fs::create_dir_all(&servers)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(".twill.v1", "crate::v1")
+        .extern_path(".twill.v1.WatchResponse", "crate::frame::WatchFrame")
+        .out_dir(servers)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -756,7 +756,7 @@ impl Watch {
     /// The next message; `None` when the member ended the stream.
     pub async fn message(&mut self) -> Result<Option<pb::WatchResponse>, Status> {
         use pb::watch_response::Msg;
-        let mut partial: Option<pb::WatchSnapshot> = None;
+        let mut partial: Option<Box<pb::WatchSnapshot>> = None;
         loop {
             let Some(m) = self.inner.message().await? else {
                 return match partial {

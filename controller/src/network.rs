@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+use twill_proto::server::raft_server;
 use twill_proto::v1::raft_client::RaftClient;
-use twill_proto::v1::raft_server;
 use twill_proto::v1::RaftPayload;
 
 use crate::{NodeId, Raft, TypeConfig};

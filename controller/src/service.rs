@@ -12,9 +12,9 @@ use std::sync::Arc;
 use openraft::ServerState;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use twill_proto::server::controller_server::{self, ControllerServer};
 use twill_proto::v1 as pb;
 use twill_proto::v1::controller_client::ControllerClient;
-use twill_proto::v1::controller_server::{self, ControllerServer};
 
 use crate::allocator::{self as alloc, Command, Outcome};
 use crate::authz::{self, Access, Caller, Denied};

@@ -470,7 +470,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for req in &batch.0 {
                             let (resp, events) = d.alloc.apply(req);
                             for ev in events {
-                                let wire = Arc::new(crate::convert::event_to_proto(&ev));
+                                let wire = Arc::new(crate::watch::Event::new(
+                                    crate::convert::event_to_proto(&ev),
+                                ));
                                 if !ev.event.is_renewal() {
                                     d.changes.push(wire.clone());
                                     changed = true;

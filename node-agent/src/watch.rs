@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     fn put(revision: u64, node: &str) -> Msg {
-        Msg::Event(pb::LeaseEvent {
+        Msg::Event(Box::new(pb::LeaseEvent {
             revision,
             kind: EventKind::Put as i32,
             lease: Some(pb::Lease {
@@ -122,7 +122,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[test]

@@ -7,6 +7,14 @@ pub mod v1 {
     tonic::include_proto!("twill.v1");
 }
 
+/// The services' server side, on the messages of [`v1`]; a `Watch` stream yields
+/// [`frame::WatchFrame`]s.
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/twill.v1.rs"));
+}
+
+pub mod frame;
+
 pub mod defaults;
 pub mod names;
 pub mod settings;

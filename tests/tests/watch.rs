@@ -53,7 +53,7 @@ async fn expect_events(s: &mut Watch, revs: std::ops::RangeInclusive<u64>) -> Ve
         match next(s).await {
             Msg::Event(e) => {
                 assert_eq!(e.revision, want, "events out of order or with a gap");
-                got.push(e);
+                got.push(*e);
             }
             other => panic!("expected event {want}, got {other:?}"),
         }

@@ -236,6 +236,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// The highest index any running member has applied: every acknowledged write is in it (the
+    /// leader applies a write before answering), which a status answered by a lagging
+    /// follower's own index may not be.
+    pub fn applied_max(&self) -> u64 {
+        self.members.values().map(applied_index).max().unwrap_or(0)
+    }
+
     /// Waits until every running member has applied at least `index`.
     pub async fn wait_applied(&self, index: u64, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;

@@ -180,7 +180,7 @@ async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
         );
         cl.restart(id).await.expect("restart");
         // Back, and caught up with what the others applied, before the next one goes.
-        let index = cl.client().status().await.expect("status").applied_index;
+        let index = cl.applied_max();
         cl.wait_applied(index, Duration::from_secs(30))
             .await
             .expect("caught up");
@@ -190,7 +190,7 @@ async fn a_rolling_restart_of_the_members_keeps_a_quorum_and_every_lease() {
         w.await.expect("worker");
     }
     let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(30))
         .await
         .expect("all caught up");
@@ -250,7 +250,7 @@ async fn the_leader_writes_no_command_an_older_member_cannot_read() {
     };
 
     acquire(cl.client(), "old-window", "a1").await;
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(10))
         .await
         .expect("applied everywhere");
@@ -270,7 +270,7 @@ async fn the_leader_writes_no_command_an_older_member_cannot_read() {
     member3.store(twill_controller::allocator::LOG_FORMAT, Ordering::SeqCst);
     cl.stop(3).await;
     cl.restart(3).await.expect("member 3 on the newer release");
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(20))
         .await
         .expect("member 3 caught up");
@@ -299,7 +299,7 @@ async fn the_leader_writes_no_command_an_older_member_cannot_read() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     acquire(cl.client(), "new-window", "b2").await;
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(10))
         .await
         .expect("applied everywhere");
@@ -452,7 +452,7 @@ async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
         }
     };
     write(&cl, 20).await;
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(10))
         .await
         .expect("the older member has every write");
@@ -492,7 +492,7 @@ async fn newer_members_reach_an_older_member_that_has_no_raft_lane() {
     cl.stop(3).await;
     cl.restart(3).await.expect("member 3 on the newer release");
     write(&cl, 21).await;
-    let index = cl.client().status().await.expect("status").applied_index;
+    let index = cl.applied_max();
     cl.wait_applied(index, Duration::from_secs(20))
         .await
         .expect("member 3 caught up after its upgrade");

@@ -102,7 +102,8 @@ pub struct ControllerArgs {
     /// Threads that serve clients and watch streams (Raft has two of its own) [default: the
     /// CPUs this process may use, after its affinity and cgroup CPU quota]. Lower it when
     /// members share a machine: three members on two cores, each with two threads, spend
-    /// their time handing work between threads that wait for a core
+    /// their time handing work between threads that wait for a core. With 1, one thread runs
+    /// tasks in the order they were woken (tokio's current-thread scheduler)
     #[arg(
         long,
         value_name = "N",

@@ -74,6 +74,10 @@ async fn a_member_killed_mid_snapshot_restarts_from_its_data_dir_and_loses_nothi
             "24",
             "--snapshot-every",
             "20",
+            // One thread each, as members sharing a machine are run (and `scripts/bench` runs
+            // them): that is a scheduler of its own (see `twill controller --help`).
+            "--threads",
+            "1",
         ],
         true,
     )

@@ -12,8 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     // A watch message's event or snapshot is boxed: a `WatchResponse` holding either inline is
     // over half a kilobyte, copied at every layer a received message passes through.
+    // Both sides decode with our codec (src/codec.rs).
     tonic_prost_build::configure()
         .build_server(false)
+        .codec_path("crate::codec::SliceCodec")
         .boxed(".twill.v1.WatchResponse.msg.event")
         .boxed(".twill.v1.WatchResponse.msg.snapshot")
         .compile_fds(fds.clone())?;
@@ -21,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&servers)?;
     tonic_prost_build::configure()
         .build_client(false)
+        .codec_path("crate::codec::SliceCodec")
         .extern_path(".twill.v1", "crate::v1")
         .extern_path(".twill.v1.WatchResponse", "crate::frame::WatchFrame")
         .out_dir(servers)

@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([file], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(false)
+        // As twill's own clients decode (twill_proto::codec), so the simulated flannel agents
+        // pay for a message what the simulated twill agents pay.
+        .codec_path("twill_proto::codec::SliceCodec")
         .compile_fds(fds)?;
     Ok(())
 }

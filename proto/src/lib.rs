@@ -13,6 +13,7 @@ pub mod server {
     include!(concat!(env!("OUT_DIR"), "/server/twill.v1.rs"));
 }
 
+pub mod codec;
 pub mod frame;
 
 pub mod defaults;

@@ -170,7 +170,6 @@ struct Agent {
     tick: tokio::time::Interval,
     // The state the handlers keep.
     own: Option<pb::Lease>,
-    view: View,
     config: Option<pb::NetworkConfig>,
     backend: Option<Box<dyn Dataplane>>,
     last_env: Option<SubnetEnv>,
@@ -274,11 +273,13 @@ impl Agent {
         self.health(|h| h.lease_valid_until = until);
     }
 
-    /// Takes the stream's view; a changed configuration gets its own handler.
+    /// A changed configuration gets its own handler. The leases are not copied out of the
+    /// channel: a pass reads them there, so the stream's follower changes the one map in place
+    /// instead of copying all of it for every event (see `watch::View`).
     async fn on_stream_moved(&mut self) {
-        self.view = self.view_rx.borrow_and_update().clone();
-        if self.view.config != self.config {
-            self.config = self.view.config.clone();
+        let config = self.view_rx.borrow_and_update().config.clone();
+        if config != self.config {
+            self.config = config;
             self.on_config_changed().await;
         }
     }
@@ -385,7 +386,14 @@ impl Agent {
             self.health(|h| h.reconciled(Err(msg)));
             return;
         };
-        let peers: Vec<NodeLease> = self.view.leases.values().filter_map(node_lease).collect();
+        // The newest view: a change it holds that this loop has not taken yet still wakes it.
+        let peers: Vec<NodeLease> = self
+            .view_rx
+            .borrow()
+            .leases
+            .values()
+            .filter_map(node_lease)
+            .collect();
         let view = backend::View {
             own: &own_lease,
             peers: &peers,
@@ -855,7 +863,6 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         valid_rx,
         view_rx,
         own: None,
-        view: View::default(),
         config: None,
         backend: None,
         last_env: None,

@@ -15,9 +15,10 @@ use twill_proto::v1::{self as pb, EventKind};
 pub struct View {
     pub revision: u64,
     pub config: Option<pb::NetworkConfig>,
-    /// Shared between the stream's view, the channel's and the agent's, so a node holds one
-    /// copy of the cluster's leases, not three (5,000 leases are megabytes); a change copies
-    /// the map only while an older view is still held.
+    /// The follower changes the channel's view in place and the agent reads the leases there,
+    /// so a node holds one copy of the cluster's leases (5,000 leases are megabytes). A change
+    /// copies the whole map only while a receiver still holds an older view: when the follower
+    /// kept a view of its own, that was every event.
     pub leases: Arc<BTreeMap<String, pb::Lease>>,
 }
 
@@ -62,12 +63,12 @@ impl View {
     }
 }
 
-/// Keeps `tx` up to date forever.
+/// Keeps `tx` up to date forever, applying every message to the channel's own view.
 pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: Duration) {
-    let mut view = View::default();
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut stream = match client.watch_changes(view.revision).await {
+        let from = tx.borrow().revision;
+        let mut stream = match client.watch_changes(from).await {
             Ok(s) => s,
             Err(e) => {
                 // A member that refuses (it serves its most watches, or is behind) is not
@@ -79,15 +80,13 @@ pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: D
                 continue;
             }
         };
-        tracing::info!(from_revision = view.revision, "watching leases");
+        tracing::info!(from_revision = from, "watching leases");
         loop {
             match tokio::time::timeout(quiet_limit, stream.message()).await {
                 Ok(Ok(Some(m))) => {
                     backoff = Duration::from_millis(200);
                     if let Some(msg) = m.msg {
-                        if view.apply(msg) {
-                            tx.send_replace(view.clone());
-                        }
+                        take(&tx, msg);
                     }
                 }
                 Ok(Ok(None)) => {
@@ -107,6 +106,11 @@ pub async fn follow(client: Arc<Client>, tx: watch::Sender<View>, quiet_limit: D
         client.rotate();
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// Applies one message to the channel's view; receivers are woken only when it changed.
+fn take(tx: &watch::Sender<View>, msg: Msg) {
+    tx.send_if_modified(|v| v.apply(msg));
 }
 
 #[cfg(test)]
@@ -137,5 +141,30 @@ mod tests {
         assert!(!v.apply(put(8, "b")));
         assert!(v.apply(put(10, "b")));
         assert_eq!(v.leases.len(), 2);
+    }
+
+    #[test]
+    fn events_change_the_channels_map_in_place_and_a_held_view_stays_as_it_was() {
+        let (tx, mut rx) = watch::channel(View::default());
+        take(&tx, put(1, "a"));
+        assert!(rx.has_changed().expect("open"));
+        let map = Arc::as_ptr(&rx.borrow_and_update().leases);
+        // Nobody holds the map: the next events go into it, not into a copy.
+        take(&tx, put(2, "b"));
+        take(&tx, put(3, "c"));
+        assert_eq!(Arc::as_ptr(&rx.borrow().leases), map);
+        assert_eq!(rx.borrow().leases.len(), 3);
+        // A receiver holding a view keeps what it saw; the channel's view moves on.
+        let held = rx.borrow_and_update().clone();
+        take(&tx, put(4, "d"));
+        assert_eq!(held.leases.len(), 3);
+        assert_eq!(rx.borrow().leases.len(), 4);
+        assert_eq!(rx.borrow().revision, 4);
+        // Old news and progress notes change nothing a receiver acts on, so wake nobody.
+        rx.borrow_and_update();
+        take(&tx, put(4, "e"));
+        take(&tx, Msg::Progress(pb::WatchProgress { revision: 7 }));
+        assert!(!rx.has_changed().expect("open"));
+        assert_eq!(tx.borrow().revision, 7, "a resume starts after the note");
     }
 }

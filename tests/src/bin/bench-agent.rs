@@ -12,6 +12,9 @@
 //!   5,000 other leases: from its start to all 5,000 routes in its namespace, its RSS (VmRSS
 //!   and RssAnon from /proc) once they are, and again after 10 s of resyncs (one a second), and
 //!   its peak (VmHWM). Each round starts a fresh agent on a node emptied of twill's device.
+//! - `churn`: the same agent, kept running, while 5,000 more nodes join (32 acquisitions at a
+//!   time) and then leave, each an event on its lease stream: the time until its routes
+//!   follow and the CPU time the agent used meanwhile (/proc/PID/stat), and its peak RSS.
 //! - `converge`: 5 and 50 node namespaces with real agents (vxlan, the default 5 s resync) and
 //!   a controller; 20 nodes join one after another, a quarter second apart: from each Acquire
 //!   being sent (its Raft commit included) until the new subnet's route is in every node, as a
@@ -27,7 +30,7 @@
 //! Everything runs in namespaces made here, none connected to the root namespace; traffic only
 //! goes to addresses inside them. `TWILL_BIN` names another `twill` binary to run as agent and
 //! controller (an older build, for before and after). Run it with `scripts/bench-agent
-//! [program|memory|converge|dataplane]...` (all when none is named).
+//! [program|table|memory|churn|converge|dataplane]...` (all when none is named).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -48,6 +51,7 @@ use twill_tests::netns::in_netns_multi_thread;
 const PROGRAM_ROUNDS: usize = 5;
 const MEMORY_ROUNDS: usize = 3;
 const MEMORY_PEERS: usize = 5_000;
+const CHURN_ROUNDS: usize = 3;
 const JOINS: usize = 20;
 const DATAPLANE_ROUNDS: usize = 5;
 
@@ -433,18 +437,72 @@ fn routes_in(ns: &str) -> usize {
         .count()
 }
 
-struct AgentMemory {
-    to_routes: Duration,
-    programmed_rss: u64,
-    steady_rss: u64,
-    steady_anon: u64,
-    peak: u64,
+/// Acquires (or, with `acquire` false, releases) the leases of `MEMORY_PEERS` nodes named
+/// `{prefix}-00000` on, 32 calls at a time, as an admin client in the controller's namespace.
+fn leases(t: &Topology, prefix: &str, acquire: bool) -> Result<()> {
+    let admin = admin_of(t)?;
+    let prefix = prefix.to_string();
+    in_netns(&t.ctl_ns.clone(), move || {
+        Box::pin(async move {
+            use futures::StreamExt;
+            let c = Arc::new(admin_client(admin)?);
+            let mut calls = futures::stream::iter(0..MEMORY_PEERS)
+                .map(|n| {
+                    let c = c.clone();
+                    let name = format!("{prefix}-{n:05}");
+                    async move {
+                        if acquire {
+                            let ip = format!("198.51.100.{}", n % 250 + 2);
+                            c.acquire(acquire_request(&name, &ip)).await.map(|_| ())
+                        } else {
+                            c.release(&name).await.map(|_| ())
+                        }
+                    }
+                })
+                .buffer_unordered(32);
+            while let Some(r) = calls.next().await {
+                r?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    })?
 }
 
-fn bench_memory() -> Result<()> {
+/// The CPU time (user and system) a process has used so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis,
+    // where the third field (state) comes first; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Waits until the node's twill routes number `want` (counted every 50 ms).
+fn wait_routes(ns: &str, want: usize, within: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let n = routes_in(ns);
+        if n == want {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!("{n} routes, not {want}, after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One node namespace (no agent yet) and a vxlan controller holding `MEMORY_PEERS` other leases.
+fn one_full_node(name: &str, resync: &str) -> Result<Topology> {
     let twill = twill_bin()?;
-    let mut t = Topology::new("bm", 1, &twill)?;
-    t.agent_resync = "1s".into();
+    let mut t = Topology::new(name, 1, &twill)?;
+    t.agent_resync = resync.into();
     t.start_controller(&[
         "--backend",
         "vxlan",
@@ -455,27 +513,93 @@ fn bench_memory() -> Result<()> {
     ])?;
     // The join token is made first: it waits for the controller to answer.
     t.join_token()?;
-    let admin = admin_of(&t)?;
-    in_netns(&t.ctl_ns.clone(), move || {
-        Box::pin(async move {
-            use futures::StreamExt;
-            let c = Arc::new(admin_client(admin)?);
-            let mut acquired = futures::stream::iter(0..MEMORY_PEERS)
-                .map(|n| {
-                    let c = c.clone();
-                    async move {
-                        let name = format!("peer-{n:05}");
-                        let ip = format!("198.51.100.{}", n % 250 + 2);
-                        c.acquire(acquire_request(&name, &ip)).await
-                    }
-                })
-                .buffer_unordered(32);
-            while let Some(r) = acquired.next().await {
-                r?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    })??;
+    leases(&t, "peer", true)?;
+    Ok(t)
+}
+
+struct Churn {
+    join_routes: Duration,
+    join_cpu: Duration,
+    leave_routes: Duration,
+    leave_cpu: Duration,
+}
+
+/// A running agent with `MEMORY_PEERS` peers while as many nodes again join, then leave: every
+/// one is an event on its lease stream. What the agent spends on them, and how long until its
+/// routes follow.
+fn bench_churn() -> Result<()> {
+    let mut t = one_full_node("bc", "5s")?;
+    let ns = t.nodes[0].ns.clone();
+    t.start_agent(0)?;
+    let pid = t.nodes[0].agent.as_ref().map(|c| c.id()).context("agent")?;
+    wait_routes(&ns, MEMORY_PEERS, Duration::from_secs(120))?;
+    let cpu = || cpu_time(pid).context("the agent's CPU time");
+    let mut rounds = Vec::new();
+    for _ in 0..CHURN_ROUNDS {
+        let (before, started) = (cpu()?, Instant::now());
+        leases(&t, "join", true)?;
+        wait_routes(&ns, 2 * MEMORY_PEERS, Duration::from_secs(300))?;
+        let (join_routes, join_cpu) = (started.elapsed(), cpu()? - before);
+        let (before, started) = (cpu()?, Instant::now());
+        leases(&t, "join", false)?;
+        wait_routes(&ns, MEMORY_PEERS, Duration::from_secs(300))?;
+        rounds.push(Churn {
+            join_routes,
+            join_cpu,
+            leave_routes: started.elapsed(),
+            leave_cpu: cpu()? - before,
+        });
+    }
+    let peak = status_kib(pid, "VmHWM").context("agent's VmHWM")?;
+    t.stop_agent(0);
+    header(
+        &format!(
+            "churn: a twill agent with {MEMORY_PEERS} peers while {MEMORY_PEERS} more nodes join (32 acquisitions at a time), then leave; {CHURN_ROUNDS} rounds"
+        ),
+        "ms, s",
+    );
+    let col = |f: fn(&Churn) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+    row(
+        "join: first acquisition -> routes (ms)",
+        &col(|c| millis(c.join_routes)),
+        0,
+        "every new subnet routed on the node",
+    );
+    row(
+        "join: the agent's CPU (s)",
+        &col(|c| c.join_cpu.as_secs_f64()),
+        2,
+        "user + system, /proc/PID/stat",
+    );
+    row(
+        "leave: first release -> routes gone (ms)",
+        &col(|c| millis(c.leave_routes)),
+        0,
+        "",
+    );
+    row(
+        "leave: the agent's CPU (s)",
+        &col(|c| c.leave_cpu.as_secs_f64()),
+        2,
+        "",
+    );
+    println!(
+        "  the agent's peak RSS over all rounds: {:.1} MB",
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
+
+struct AgentMemory {
+    to_routes: Duration,
+    programmed_rss: u64,
+    steady_rss: u64,
+    steady_anon: u64,
+    peak: u64,
+}
+
+fn bench_memory() -> Result<()> {
+    let mut t = one_full_node("bm", "1s")?;
     let ns = t.nodes[0].ns.clone();
     let mut rounds = Vec::new();
     for _ in 0..MEMORY_ROUNDS {
@@ -1082,7 +1206,14 @@ fn bench_dataplane() -> Result<()> {
     Ok(())
 }
 
-const SECTIONS: [&str; 5] = ["program", "table", "memory", "converge", "dataplane"];
+const SECTIONS: [&str; 6] = [
+    "program",
+    "table",
+    "memory",
+    "churn",
+    "converge",
+    "dataplane",
+];
 
 fn main() -> Result<()> {
     if !is_root() {
@@ -1107,6 +1238,7 @@ fn main() -> Result<()> {
             "program" => bench_program()?,
             "table" => bench_table()?,
             "memory" => bench_memory()?,
+            "churn" => bench_churn()?,
             "converge" => bench_converge()?,
             _ => bench_dataplane()?,
         }

@@ -468,21 +468,6 @@ fn leases(t: &Topology, prefix: &str, acquire: bool) -> Result<()> {
     })?
 }
 
-/// The CPU time (user and system) a process has used so far, from /proc/PID/stat.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis,
-    // where the third field (state) comes first; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
-
 /// Waits until the node's twill routes number `want` (counted every 50 ms).
 fn wait_routes(ns: &str, want: usize, within: Duration) -> Result<()> {
     let started = Instant::now();
@@ -533,7 +518,7 @@ fn bench_churn() -> Result<()> {
     t.start_agent(0)?;
     let pid = t.nodes[0].agent.as_ref().map(|c| c.id()).context("agent")?;
     wait_routes(&ns, MEMORY_PEERS, Duration::from_secs(120))?;
-    let cpu = || cpu_time(pid).context("the agent's CPU time");
+    let cpu = || twill_tests::scale::cpu_time(pid).context("the agent's CPU time");
     let mut rounds = Vec::new();
     for _ in 0..CHURN_ROUNDS {
         let (before, started) = (cpu()?, Instant::now());
@@ -608,12 +593,7 @@ fn bench_memory() -> Result<()> {
         let started = Instant::now();
         t.start_agent(0)?;
         let pid = t.nodes[0].agent.as_ref().map(|c| c.id()).context("agent")?;
-        while routes_in(&ns) < MEMORY_PEERS {
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!("{} of {MEMORY_PEERS} routes after 120 s", routes_in(&ns));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_routes(&ns, MEMORY_PEERS, Duration::from_secs(120))?;
         let to_routes = started.elapsed();
         let programmed_rss = status_kib(pid, "VmRSS").context("agent's VmRSS")?;
         std::thread::sleep(Duration::from_secs(10));

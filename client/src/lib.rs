@@ -249,14 +249,18 @@ fn connection_refused(text: &str) -> bool {
 
 fn retryable(s: &Status) -> bool {
     // Unknown and Cancelled come from connections dropped mid-call (a member killed).
-    matches!(
-        s.code(),
+    // INTERNAL with a source was made here from the connection's error (tonic maps an HTTP/2
+    // GOAWAY from a member shutting down to it), not read from the member's answer, which never
+    // carries one; the write's request id makes trying again safe.
+    match s.code() {
         Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::Aborted
-    )
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::Aborted => true,
+        Code::Internal => std::error::Error::source(s).is_some(),
+        _ => false,
+    }
 }
 
 impl Client {
@@ -814,5 +818,21 @@ mod version_tests {
                 .and_then(|v| v.to_str().ok()),
             Some(env!("CARGO_PKG_VERSION"))
         );
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn a_members_internal_answer_is_final_and_a_broken_connections_is_not() {
+        // What the member sent: read from its trailers, no source.
+        assert!(!retryable(&Status::internal("the member failed")));
+        // What tonic made here from the connection's error.
+        let mut local = Status::internal("h2 protocol error: http2 error");
+        local.set_source(std::sync::Arc::new(std::io::Error::other("GOAWAY")));
+        assert!(retryable(&local));
+        assert!(!retryable(&Status::invalid_argument("bad name")));
     }
 }

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod picture;
+pub mod relay;
 pub mod service;
 pub mod state_machine;
 pub mod status_page;

@@ -204,6 +204,8 @@ pub struct Member {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: Arc<Shared>,
+    /// The state machine's signals, on this runtime: what watchers wait on.
+    pub applied: crate::relay::Relay,
     pub opts: Options,
     forward: Mutex<HashMap<String, ControllerClient<Channel>>>,
     /// Flipped on shutdown so long-lived streams end instead of holding the server open.
@@ -664,6 +666,7 @@ pub async fn start_on(
     let member = Arc::new(Member {
         id: opts.id,
         raft: raft.clone(),
+        applied: crate::relay::Relay::start(shared.subscribe(), shared.subscribe_changes()),
         sm: shared,
         opts: opts.clone(),
         forward: Mutex::new(HashMap::new()),

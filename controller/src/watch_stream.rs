@@ -42,9 +42,9 @@ pub fn serve(
     // this and the shared encoding cut members' CPU by 3-5 % in the scale bench.)
     let w = Box::new(Watcher {
         changed: if omit_renewals {
-            m.sm.subscribe_changes()
+            m.applied.subscribe_changes()
         } else {
-            m.sm.subscribe()
+            m.applied.subscribe()
         },
         omit_renewals,
         stopping: m.stopping(),
@@ -131,7 +131,7 @@ impl Watcher {
         let sm = self.m.sm.clone();
         let start = self.start;
         // Every applied revision, renewals too: the one asked for may be a renewal's.
-        let mut changed = sm.subscribe();
+        let mut changed = self.m.applied.subscribe();
         let caught_up = async {
             while sm.read().alloc.revision() < start {
                 if changed.changed().await.is_err() {

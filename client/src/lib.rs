@@ -247,18 +247,23 @@ fn connection_refused(text: &str) -> bool {
     text.contains("Connection refused") || text.contains("os error 111")
 }
 
+/// Whether tonic made this status here from the connection's error rather than reading it from
+/// the member's answer: a status received in trailers never carries a source.
+pub fn from_connection(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
 fn retryable(s: &Status) -> bool {
     // Unknown and Cancelled come from connections dropped mid-call (a member killed).
-    // INTERNAL with a source was made here from the connection's error (tonic maps an HTTP/2
-    // GOAWAY from a member shutting down to it), not read from the member's answer, which never
-    // carries one; the write's request id makes trying again safe.
+    // INTERNAL from the connection is how tonic reports an HTTP/2 GOAWAY from a member shutting
+    // down; the write's request id makes trying again safe.
     match s.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
         | Code::Unknown
         | Code::Cancelled
         | Code::Aborted => true,
-        Code::Internal => std::error::Error::source(s).is_some(),
+        Code::Internal => from_connection(s),
         _ => false,
     }
 }

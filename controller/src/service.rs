@@ -291,9 +291,9 @@ impl<'a> Route<'a> {
                 }
                 Ok(Some(resp))
             }
-            // Our own connection failed (a status with a source), not the leader's answer.
+            // Our own connection failed, not the leader's answer.
             Err(s)
-                if std::error::Error::source(&s).is_some()
+                if twill_client::from_connection(&s)
                     && tokio::time::Instant::now() < self.until =>
             {
                 tracing::info!(leader = id, %addr, error = %s, "leader unreachable; holding the request for the next one");

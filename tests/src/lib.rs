@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod inject;
 pub mod netns;
 pub mod procs;
+pub mod rounds;
 pub mod routewatch;
 pub mod scale;
 pub mod tmpfs;

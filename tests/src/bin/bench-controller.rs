@@ -16,6 +16,10 @@
 //!   [`twill_tests::scale`]), each member's CPU, and acquisitions under that load; etcd alone
 //!   and under the same number of flannel agents.
 //!
+//! `--rounds N` repeats acquisitions, watch or scale (3, 3 and 1 times by default) and ends with
+//! each figure's median and extremes over the rounds, and of each round's own ratio to etcd
+//! (see [`twill_tests::rounds`]).
+//!
 //! Figures, never verdicts.
 
 use std::path::PathBuf;
@@ -30,6 +34,7 @@ use twill_tests::bench::{self, ms, rss_kib, LoadResult};
 use twill_tests::etcd::{EtcdCluster, FlannelEtcd};
 use twill_tests::fanout;
 use twill_tests::procs::TwillProcs;
+use twill_tests::rounds::{Rounds, Sample};
 use twill_tests::scale;
 
 const SINGLE_OPS: usize = 1_000;
@@ -306,8 +311,8 @@ async fn failover_only(rounds: usize, flags: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Watch fan-out (see [`twill_tests::fanout`]), twill then etcd, same run.
-async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Result<()> {
+/// Watch fan-out (see [`twill_tests::fanout`]), twill then etcd, same run: one round.
+async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Result<Vec<Sample>> {
     let show = |name: &str, f: &fanout::Fanout| {
         println!(
             "{name}: {} watchers on {connections} connections, {} writes ({:.0}/s): ack -> last watcher's receipt p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; writes some watcher missed: {}",
@@ -349,9 +354,25 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
     .context("twill watch fan-out")?;
     drop(cl);
     show("twill", &t);
+    let samples = |e: Option<&fanout::Fanout>| {
+        vec![
+            Sample::new(
+                "ack -> last watcher, p50",
+                "ms",
+                t.quantile(0.5),
+                e.map(|e| e.quantile(0.5)),
+            ),
+            Sample::new(
+                "ack -> last watcher, p99",
+                "ms",
+                t.quantile(0.99),
+                e.map(|e| e.quantile(0.99)),
+            ),
+        ]
+    };
     if !EtcdCluster::available() {
         println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
-        return Ok(());
+        return Ok(samples(None));
     }
     let edir = tempfile::tempdir()?;
     let ecl = EtcdCluster::start(3, edir.path()).await?;
@@ -373,7 +394,7 @@ async fn bench_watch(watchers: usize, writes: usize, connections: usize) -> Resu
         e.quantile(0.99),
         "ms",
     );
-    Ok(())
+    Ok(samples(Some(&e)))
 }
 
 /// `scale`: AGENTS simulated agents (see [`twill_tests::scale`]) on a 3-member cluster with a
@@ -385,7 +406,7 @@ async fn bench_scale(
     connections: usize,
     ttl: Duration,
     flags: &[String],
-) -> Result<()> {
+) -> Result<Vec<Sample>> {
     let ttl_flag = format!("{}s", ttl.as_secs());
     let dir = tempfile::tempdir()?;
     let mut extra: Vec<&str> = vec![
@@ -428,9 +449,32 @@ async fn bench_scale(
     sim.finish().context("twill's agents")?;
     drop(cl);
     let t = t?;
+    let samples = |alone: Option<&LoadResult>, loaded: Option<&LoadResult>| {
+        let p99 = |l: &LoadResult| l.p99.as_secs_f64() * 1e3;
+        vec![
+            Sample::new(
+                format!("acquisitions/s, {CONCURRENT} clients, both under the agents"),
+                "/s",
+                t.per_sec(),
+                loaded.map(LoadResult::per_sec),
+            ),
+            Sample::new(
+                format!("p99 latency, {CONCURRENT} clients, both under the agents"),
+                "ms",
+                p99(&t),
+                loaded.map(p99),
+            ),
+            Sample::new(
+                format!("acquisitions/s, {CONCURRENT} clients, etcd alone"),
+                "/s",
+                t.per_sec(),
+                alone.map(LoadResult::per_sec),
+            ),
+        ]
+    };
     if !EtcdCluster::available() {
         println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
-        return Ok(());
+        return Ok(samples(None, None));
     }
     let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
     let etcd_clients = |eps: &[String]| {
@@ -484,7 +528,7 @@ async fn bench_scale(
         &t,
         &e,
     );
-    Ok(())
+    Ok(samples(Some(&e), Some(&l)))
 }
 
 /// Acquisitions/s and p99, twill's against etcd's, under a heading.
@@ -812,7 +856,7 @@ async fn bench_memory(members: usize, snapshot_every: u64) -> Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES [CONNECTIONS]]] | scale [AGENTS [CONNECTIONS [TTL_SECONDS]]] [-- TWILL MEMBER FLAGS...]]
+const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROUNDS] [-- TWILL MEMBER FLAGS...] | memory [MEMBERS [SNAPSHOT_EVERY]] | watch [WATCHERS [WRITES [CONNECTIONS]]] | scale [AGENTS [CONNECTIONS [TTL_SECONDS]]] [-- TWILL MEMBER FLAGS...]] [--rounds N]
   all       every scenario below but scale in turn, with its defaults (memory with a snapshot
             every 300 entries) (the default)
   acquisitions  acquisitions/s and latency (1 and 64 clients), 5 leader kills, RSS at 10,000
@@ -829,11 +873,32 @@ const USAGE: &str = "usage: bench-controller [all | acquisitions | failover [ROU
             lease (TTL_SECONDS, 86,400 as the cluster's default; renewed with a third left),
             watching and reporting health every 10 s: each member's CPU, then 64 clients'
             acquisitions under that load; then etcd's alone, and under as many flannel
-            agents (each takes a subnet, then watches every subnet key)";
+            agents (each takes a subnet, then watches every subnet key)
+  --rounds N  for acquisitions, watch and scale: run the scenario N times (twill then etcd
+            in each round; 3 for acquisitions and watch, 1 for scale, whose round at 10,000
+            agents takes over an hour with etcd), then print each figure's median and extremes
+            over the rounds and of each round's own ratio. failover's rounds are its ROUNDS";
+
+/// `--rounds N` taken out of `args` (before any `--`, after which member flags begin).
+fn take_rounds(args: &mut Vec<String>) -> Result<Option<usize>> {
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let Some(i) = args[..end].iter().position(|a| a == "--rounds") else {
+        return Ok(None);
+    };
+    let n = args
+        .get(i + 1)
+        .filter(|_| i + 1 < end)
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .with_context(|| format!("--rounds needs a positive number\n{USAGE}"))?;
+    args.drain(i..i + 2);
+    Ok(Some(n))
+}
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds = take_rounds(&mut args)?;
     println!(
         "twill controller benchmark: 3 members on loopback, {} cores, each member on {} worker thread(s) (--threads) unless its flags say otherwise",
         std::thread::available_parallelism()
@@ -843,6 +908,9 @@ async fn main() -> Result<()> {
     );
     match args.first().map(String::as_str) {
         None | Some("all" | "acquisitions") => {}
+        Some("failover" | "memory") if rounds.is_some() => {
+            bail!("--rounds is for acquisitions, watch and scale (failover's rounds are its ROUNDS; memory is one fill)\n{USAGE}")
+        }
         Some("failover") => {
             let (ours, flags) = match args.iter().position(|a| a == "--") {
                 Some(i) => (&args[1..i], &args[i + 1..]),
@@ -879,13 +947,19 @@ async fn main() -> Result<()> {
                     Some(i) => &args[i + 1..],
                     None => &args[args.len()..],
                 };
-                return bench_scale(agents, connections, ttl, flags).await;
+                return in_rounds(rounds.unwrap_or(1), || {
+                    bench_scale(agents, connections, ttl, flags)
+                })
+                .await;
             }
             if s == "watch" {
                 let watchers = number(1, "WATCHERS", 1_000)? as usize;
                 let writes = number(2, "WRITES", 300)? as usize;
                 let connections = number(3, "CONNECTIONS", watchers as u64)? as usize;
-                return bench_watch(watchers, writes, connections).await;
+                return in_rounds(rounds.unwrap_or(3), || {
+                    bench_watch(watchers, writes, connections)
+                })
+                .await;
             }
             let members = number(1, "MEMBERS", 3)? as usize;
             let snapshot_every = number(2, "SNAPSHOT_EVERY", 4_096)?;
@@ -900,39 +974,79 @@ async fn main() -> Result<()> {
     if args.is_empty() || args[0] == "all" {
         // Every scenario in turn, each with its defaults.
         println!("== acquisitions, 5 leader kills, RSS at {TOTAL_LEASES} leases");
-        bench_acquisitions().await?;
+        in_rounds(rounds.unwrap_or(3), bench_acquisitions).await?;
         println!("== failover, 20 rounds");
         failover_only(20, &[]).await?;
         println!("== watch fan-out");
-        bench_watch(1_000, 300, 1_000).await?;
+        in_rounds(rounds.unwrap_or(3), || bench_watch(1_000, 300, 1_000)).await?;
         // A snapshot every 300 entries: at 4,096 a fill by 64 clients, whose writes share
         // entries, ends before the first snapshot, and snapshots are what memory is judged on.
         println!("== memory, a snapshot every 300 log entries");
         return bench_memory(3, 300).await;
     }
-    bench_acquisitions().await
+    in_rounds(rounds.unwrap_or(3), bench_acquisitions).await
 }
 
 /// Acquisitions with 1 and 64 clients, 5 leader kills and the leader's RSS at
-/// [`TOTAL_LEASES`] leases, twill then etcd, and the ratios.
-async fn bench_acquisitions() -> Result<()> {
+/// [`TOTAL_LEASES`] leases, twill then etcd, and the ratios: one round.
+async fn bench_acquisitions() -> Result<Vec<Sample>> {
     let t = bench_twill().await.context("twill benchmark")?;
     print("twill", &t);
-    if !EtcdCluster::available() {
+    let e = if EtcdCluster::available() {
+        Some(bench_etcd().await.context("etcd benchmark")?)
+    } else {
         println!("etcd: not installed (apt-get install etcd-server); no comparison in this run");
-        return Ok(());
+        None
+    };
+    if let Some(e) = &e {
+        print("etcd 3.4 (flannel's lease grant + create-if-absent txn)", e);
     }
-    let e = bench_etcd().await.context("etcd benchmark")?;
-    print(
-        "etcd 3.4 (flannel's lease grant + create-if-absent txn)",
-        &e,
-    );
     let med = |v: &[Duration]| {
         let mut v = v.to_vec();
         v.sort();
         bench::quantile(&v, 0.5).as_secs_f64() * 1000.0
     };
     let mb = |f: &Figures| f.rss_kib.last().copied().flatten().unwrap_or(0) as f64 / 1024.0;
+    let p99 = |l: &LoadResult| l.p99.as_secs_f64() * 1e3;
+    let both = |f: &dyn Fn(&Figures) -> f64| (f(&t), e.as_ref().map(f));
+    let samples = [
+        (
+            "acquisitions/s, 1 client".to_string(),
+            "/s",
+            both(&|f| f.single.per_sec()),
+        ),
+        (
+            "p99 latency, 1 client".to_string(),
+            "ms",
+            both(&|f| p99(&f.single)),
+        ),
+        (
+            format!("acquisitions/s, {CONCURRENT} clients"),
+            "/s",
+            both(&|f| f.many.per_sec()),
+        ),
+        (
+            format!("p99 latency, {CONCURRENT} clients"),
+            "ms",
+            both(&|f| p99(&f.many)),
+        ),
+        (
+            "leader SIGKILL -> next write (median)".to_string(),
+            "ms",
+            both(&|f| med(&f.failover)),
+        ),
+        (
+            format!("leader RSS at {TOTAL_LEASES} leases"),
+            "MB",
+            both(&mb),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, unit, (t, e))| Sample::new(name, unit, t, e))
+    .collect();
+    let Some(e) = e else {
+        return Ok(samples);
+    };
     println!("same run, twill vs etcd:");
     ratio(
         "acquisitions/s, 1 client",
@@ -964,5 +1078,23 @@ async fn bench_acquisitions() -> Result<()> {
         mb(&e),
         "MB",
     );
+    Ok(samples)
+}
+
+/// Runs a scenario `rounds` times, twill then etcd in each, each round printed as it ends,
+/// then the table over the rounds.
+async fn in_rounds<F, Fut>(rounds: usize, mut one: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Sample>>>,
+{
+    let mut all = Rounds::default();
+    for r in 0..rounds {
+        if rounds > 1 {
+            println!("-- round {} of {rounds}", r + 1);
+        }
+        all.add(one().await?);
+    }
+    print!("{}", all.table("etcd 3.4"));
     Ok(())
 }

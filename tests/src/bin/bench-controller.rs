@@ -465,7 +465,7 @@ async fn bench_scale(
                 loaded.map(p99),
             ),
             Sample::new(
-                format!("acquisitions/s, {CONCURRENT} clients, etcd alone"),
+                format!("acquisitions/s, {CONCURRENT} clients, twill under the agents, etcd alone"),
                 "/s",
                 t.per_sec(),
                 alone.map(LoadResult::per_sec),

@@ -23,8 +23,9 @@
 //!   next to the same path made by hand with `ip`: a pod namespace on a veth whose other end is
 //!   on a cni0 bridge holding the pod gateway, in a node namespace on the same underlay bridge,
 //!   then a VXLAN device (learning off, MTU 1450) with the peer's neighbour, FDB entry and
-//!   onlink route, or a route via the peer node. Twill's nodes also have its masquerade table
-//!   (conntrack), as they run by default. 5 rounds, twill and by hand alternating which goes
+//!   onlink route, or a route via the peer node; and that path again with twill's masquerade
+//!   table on both nodes, the netfilter state twill's nodes run with by default (the kernel
+//!   then tracks every connection through the node). 7 rounds, the three taking turns at going
 //!   first.
 //!
 //! Everything runs in namespaces made here, none connected to the root namespace; traffic only
@@ -53,7 +54,7 @@ const MEMORY_ROUNDS: usize = 3;
 const MEMORY_PEERS: usize = 5_000;
 const CHURN_ROUNDS: usize = 3;
 const JOINS: usize = 20;
-const DATAPLANE_ROUNDS: usize = 5;
+const DATAPLANE_ROUNDS: usize = 7;
 
 fn sibling(name: &str) -> Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name(name);
@@ -953,10 +954,12 @@ fn sysctl(ns: &str, kv: &str) -> Result<()> {
 
 /// Node `i` (1, 2) at 192.0.2.i with pod subnet 10.244.i.0/24: cni0 = 10.244.i.1, its pod at
 /// 10.244.i.2 behind a veth of `mtu`; between the nodes a VXLAN device as twill makes it
-/// (flannel's layout) or a route via the other node.
-fn hand_path(vxlan: bool) -> Result<HandPath> {
+/// (flannel's layout) or a route via the other node. With `masquerade`, each node also gets
+/// the nftables table twill's agent writes by default, so the kernel tracks every connection
+/// through the node as it does on twill's nodes.
+fn hand_path(vxlan: bool, masquerade: bool) -> Result<HandPath> {
     let id = std::process::id();
-    let kind = if vxlan { "v" } else { "g" };
+    let kind = hand_kind(vxlan, masquerade);
     let underlay = format!("tw-hand-ul{kind}{id}");
     let node = |i| format!("tw-hand-n{i}{kind}{id}");
     let pod = |i| format!("tw-hand-p{i}{kind}{id}");
@@ -973,6 +976,9 @@ fn hand_path(vxlan: bool) -> Result<HandPath> {
         h.namespaces.push(n.clone());
         attach_to_bridge(&n, i, &underlay)?;
         sysctl(&n, "net.ipv4.ip_forward=1")?;
+        if masquerade {
+            nft_script(&n, &masquerade_table())?;
+        }
         ip(&[
             "-n", &n, "link", "add", "cni0", "mtu", mtu, "type", "bridge",
         ])?;
@@ -1117,6 +1123,49 @@ fn hand_path(vxlan: bool) -> Result<HandPath> {
     Ok(h)
 }
 
+/// The namespaces' tag of a hand-made path: v(xlan) or g(ateway), m when masqueraded.
+fn hand_kind(vxlan: bool, masquerade: bool) -> String {
+    let k = if vxlan { "v" } else { "g" };
+    if masquerade {
+        format!("{k}m")
+    } else {
+        k.to_string()
+    }
+}
+
+/// What twill's agent writes for the topology's cluster network, 10.244.0.0/16.
+fn masquerade_table() -> String {
+    twill_agent::masquerade::ruleset(&twill_agent::masquerade::Networks {
+        v4: Some("10.244.0.0/16".parse().expect("a valid network")),
+        v6: None,
+    })
+}
+
+/// Runs an `nft -f` script in namespace `ns`.
+fn nft_script(ns: &str, script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("nft (apt-get install nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{ns}: nft -f: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn bench_dataplane() -> Result<()> {
     if Command::new("iperf3").arg("--version").output().is_err() {
         println!();
@@ -1126,61 +1175,83 @@ fn bench_dataplane() -> Result<()> {
     let id = std::process::id();
     let (_tv, tv_a, tv_b, tv_addr) = twill_path("vxlan")?;
     let (_tg, tg_a, tg_b, tg_addr) = twill_path("host-gw")?;
-    let _hv = hand_path(true)?;
-    let _hg = hand_path(false)?;
-    let hand = |kind: &str| {
-        (
-            format!("tw-hand-p1{kind}{id}"),
-            format!("tw-hand-p2{kind}{id}"),
-        )
+    // By hand as a plain path, and with twill's masquerade table (the same netfilter state as
+    // twill's nodes): vxlan, then host-gw.
+    let _paths = [
+        hand_path(true, false)?,
+        hand_path(true, true)?,
+        hand_path(false, false)?,
+        hand_path(false, true)?,
+    ];
+    let pods = |vxlan: bool, masquerade: bool| {
+        let k = hand_kind(vxlan, masquerade);
+        (format!("tw-hand-p1{k}{id}"), format!("tw-hand-p2{k}{id}"))
     };
-    let (hv_a, hv_b) = hand("v");
-    let (hg_a, hg_b) = hand("g");
-    // (twill, by hand) per round, vxlan then host-gw.
-    let mut vx: Vec<(f64, f64)> = Vec::new();
-    let mut gw: Vec<(f64, f64)> = Vec::new();
+    // Per round and backend: (twill, by hand, by hand with the masquerade table).
+    let mut vx: Vec<[f64; 3]> = Vec::new();
+    let mut gw: Vec<[f64; 3]> = Vec::new();
     for round in 0..DATAPLANE_ROUNDS {
-        let twill_first = round % 2 == 0;
-        let pair =
-            |t: &dyn Fn() -> Result<f64>, h: &dyn Fn() -> Result<f64>| -> Result<(f64, f64)> {
-                if twill_first {
-                    let a = t()?;
-                    Ok((a, h()?))
-                } else {
-                    let b = h()?;
-                    Ok((t()?, b))
-                }
-            };
-        vx.push(pair(&|| iperf(&tv_a, &tv_b, &tv_addr), &|| {
-            iperf(&hv_a, &hv_b, "10.244.2.2")
-        })?);
-        gw.push(pair(&|| iperf(&tg_a, &tg_b, &tg_addr), &|| {
-            iperf(&hg_a, &hg_b, "10.244.2.2")
-        })?);
+        // Each of the three goes first, second and third in turn.
+        let measure = |paths: [(&str, &str, &str); 3]| -> Result<[f64; 3]> {
+            let mut got = [0.0; 3];
+            for k in 0..3 {
+                let i = (round + k) % 3;
+                let (a, b, addr) = paths[i];
+                got[i] = iperf(a, b, addr)?;
+            }
+            Ok(got)
+        };
+        let (hv, hvm) = (pods(true, false), pods(true, true));
+        vx.push(measure([
+            (&tv_a, &tv_b, &tv_addr),
+            (&hv.0, &hv.1, "10.244.2.2"),
+            (&hvm.0, &hvm.1, "10.244.2.2"),
+        ])?);
+        let (hg, hgm) = (pods(false, false), pods(false, true));
+        gw.push(measure([
+            (&tg_a, &tg_b, &tg_addr),
+            (&hg.0, &hg.1, "10.244.2.2"),
+            (&hgm.0, &hgm.1, "10.244.2.2"),
+        ])?);
     }
     header(
         &format!(
-            "dataplane: iperf3 pod to pod, 3 s after 1 s omitted, {DATAPLANE_ROUNDS} rounds alternating"
+            "dataplane: iperf3 pod to pod, 3 s after 1 s omitted, {DATAPLANE_ROUNDS} rounds, the order rotating"
         ),
-        "Gbit/s; ratio twill / by hand",
+        "Gbit/s; ratios per round",
     );
+    let all = |xs: &[f64]| {
+        xs.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     for (name, runs) in [("vxlan", &vx), ("host-gw", &gw)] {
-        let twill: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let hand: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        let ratios: Vec<f64> = runs.iter().map(|r| r.0 / r.1).collect();
-        let all = |xs: &[f64]| {
-            xs.iter()
-                .map(|x| format!("{x:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let col = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
+        let (twill, hand, masq) = (col(0), col(1), col(2));
         row(&format!("{name}: twill"), &twill, 2, &all(&twill));
         row(&format!("{name}: by hand"), &hand, 2, &all(&hand));
         row(
-            &format!("{name}: twill / by hand, per round"),
-            &ratios,
+            &format!("{name}: by hand + masquerade table"),
+            &masq,
+            2,
+            &all(&masq),
+        );
+        for (label, other) in [("by hand", &hand), ("by hand + masq.", &masq)] {
+            let ratios: Vec<f64> = twill.iter().zip(other.iter()).map(|(t, h)| t / h).collect();
+            row(
+                &format!("{name}: twill / {label}"),
+                &ratios,
+                3,
+                &format!("ratio of medians {:.3}", spread(&twill).0 / spread(other).0),
+            );
+        }
+        let cost: Vec<f64> = masq.iter().zip(hand.iter()).map(|(m, h)| m / h).collect();
+        row(
+            &format!("{name}: masq. table's own cost, by hand"),
+            &cost,
             3,
-            &format!("ratio of medians {:.3}", spread(&twill).0 / spread(&hand).0),
+            "by hand + masquerade table / by hand",
         );
     }
     Ok(())

@@ -1150,7 +1150,7 @@ fn nft_script(ns: &str, script: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("nft (apt-get install nftables)")?;
+        .with_context(|| format!("{ns}: ip netns exec ... nft -f -"))?;
     child
         .stdin
         .take()
@@ -1158,8 +1158,9 @@ fn nft_script(ns: &str, script: &str) -> Result<()> {
         .write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
+        // A missing nft shows here, as the exec's error.
         bail!(
-            "{ns}: nft -f: {}",
+            "{ns}: nft -f (apt-get install nftables): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

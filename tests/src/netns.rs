@@ -167,6 +167,33 @@ pub fn reconnect(ns: &str) -> anyhow::Result<()> {
     nft(ns, &["delete", "table", "inet", CUT_TABLE])
 }
 
+/// Runs `script` through `nft -f -` in namespace `ns`, as the agent writes its table.
+pub fn nft_script(ns: &str, script: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{ns}: ip netns exec ... nft -f -"))?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        // A missing nft shows here, as the exec's error.
+        anyhow::bail!(
+            "{ns}: nft -f (apt-get install nftables): {}\n{script}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn nft(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns, "nft"])

@@ -255,24 +255,9 @@ fn ipn(ns: &str, words: &str) {
     ip(&args).unwrap_or_else(|e| panic!("ip -n {ns} {words}: {e}"));
 }
 
-/// Runs `script` through `nft -f -` in `ns`.
+/// Runs `script` through `nft -f -` in `ns`; a failure fails the test.
 fn nft_script(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    assert!(
-        child.wait().expect("nft").success(),
-        "nft script:\n{script}"
-    );
+    twill_tests::netns::nft_script(ns, script).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn table_routes(ns: &str, table: &str) -> Vec<String> {

@@ -47,7 +47,7 @@ use twill_agent::vtep;
 use twill_client::{Client, ClientOptions};
 use twill_proto::v1 as pb;
 use twill_sandbox::{attach_to_bridge, in_netns, ip, ip_out, is_root, Topology};
-use twill_tests::netns::in_netns_multi_thread;
+use twill_tests::netns::{in_netns_multi_thread, nft_script};
 
 const PROGRAM_ROUNDS: usize = 5;
 const MEMORY_ROUNDS: usize = 3;
@@ -1139,32 +1139,6 @@ fn masquerade_table() -> String {
         v4: Some("10.244.0.0/16".parse().expect("a valid network")),
         v6: None,
     })
-}
-
-/// Runs an `nft -f` script in namespace `ns`.
-fn nft_script(ns: &str, script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("{ns}: ip netns exec ... nft -f -"))?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        // A missing nft shows here, as the exec's error.
-        bail!(
-            "{ns}: nft -f (apt-get install nftables): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn bench_dataplane() -> Result<()> {

@@ -244,6 +244,18 @@ impl Cluster {
         self.members.values().map(applied_index).max().unwrap_or(0)
     }
 
+    /// The highest Raft term any running member has seen. Tests that a new leader would upset
+    /// (its promotion moves every lease's deadline, its first entries lengthen the log, its
+    /// board of health reports starts empty) compare it before and after, since on a loaded
+    /// machine an election can come at any time.
+    pub fn term_max(&self) -> u64 {
+        self.members
+            .values()
+            .map(|r| r.member.raft.metrics().borrow().current_term)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Waits until every running member has applied at least `index`.
     pub async fn wait_applied(&self, index: u64, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
@@ -448,6 +460,33 @@ pub fn tool_or_skip(test: &str, tool: &str) -> bool {
 
 /// Node → subnet of every acquisition a controller acknowledged.
 pub type Acked = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+/// Runs `attempt`, and runs it again when it failed while a leader was elected (at most three
+/// times in all): for checks that a new leader upsets without anything being wrong, such as
+/// "refused calls left the log as it was" (its own entries lengthen it) or "the leader holds
+/// the health reports" (a new one starts with none). On a loaded 2-core machine an election
+/// can come at any time. A failure with no election meanwhile, or the third, is the test's.
+pub async fn again_if_elected<F, Fut>(cl: &Cluster, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let mut n = 1;
+    loop {
+        let term = cl.term_max();
+        let failed = match std::panic::AssertUnwindSafe(attempt()).catch_unwind().await {
+            Ok(()) => return,
+            Err(p) => p,
+        };
+        let now = cl.term_max();
+        if now == term || n == 3 {
+            std::panic::resume_unwind(failed);
+        }
+        eprintln!("attempt {n} failed while a leader was elected (term {term} -> {now}); again");
+        n += 1;
+    }
+}
 
 /// The lease table as `client` lists it: subnet by node.
 pub async fn lease_table(client: &Client) -> Result<BTreeMap<String, String>> {

@@ -30,6 +30,11 @@ impl Caller {
         }
     }
 
+    /// Another member of the cluster: its watches are feeds, served apart from clients'.
+    pub fn is_member(&self) -> bool {
+        matches!(self, Caller::Known(i) if i.role == Role::Member)
+    }
+
     /// Sees every secret in the configuration.
     fn sees_all(&self) -> bool {
         match self {

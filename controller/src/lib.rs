@@ -8,6 +8,7 @@
 //! - [`state_machine`]: the allocator as openraft's state machine, with snapshots on disk;
 //! - [`trust`]: the cluster's CA and join tokens, replicated with the leases;
 //! - [`watch`]: the retained lease-event history that `Watch` streams serve from;
+//! - [`feed`]: a follower's watchers fed from the leader's stream, ahead of its own log;
 //! - [`metrics`]: Prometheus metrics over HTTP;
 //! - [`network`]: the Raft transport over gRPC, client and server halves;
 //! - [`convert`]: the public API's messages to and from the allocator's types;
@@ -29,6 +30,7 @@ pub mod certs;
 pub mod clock;
 pub mod convert;
 pub mod disk;
+pub mod feed;
 pub mod health;
 pub mod leader;
 pub mod listener;

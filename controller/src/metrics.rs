@@ -57,6 +57,8 @@ pub struct Metrics {
     batches: Counter,
     batched_writes: Counter,
     watchers: Gauge,
+    feeds_served: Gauge,
+    events_ahead: Counter,
     write_seconds: Histogram,
     denied: Family<ReasonLabel, Counter>,
     /// Leases taken without their agent's instance because a member reads an older log format.
@@ -71,6 +73,8 @@ impl Default for Metrics {
             batches: Counter::default(),
             batched_writes: Counter::default(),
             watchers: Gauge::default(),
+            feeds_served: Gauge::default(),
+            events_ahead: Counter::default(),
             write_seconds: Histogram::new(BUCKETS),
             denied: Family::default(),
             older_member_acquires: Counter::default(),
@@ -110,12 +114,32 @@ impl Metrics {
             .inc();
     }
 
-    pub fn watch_opened(&self) {
-        self.watchers.inc();
+    /// A watch stream opened: a client's, or another member's feed.
+    pub fn watch_opened(&self, feed: bool) {
+        if feed {
+            &self.feeds_served
+        } else {
+            &self.watchers
+        }
+        .inc();
     }
 
-    pub fn watch_closed(&self) {
-        self.watchers.dec();
+    pub fn watch_closed(&self, feed: bool) {
+        if feed {
+            &self.feeds_served
+        } else {
+            &self.watchers
+        }
+        .dec();
+    }
+
+    /// Events sent to this follower's watchers from the leader's stream, before it applied them.
+    pub fn events_ahead(&self, n: u64) {
+        self.events_ahead.inc_by(n);
+    }
+
+    pub fn events_ahead_total(&self) -> u64 {
+        self.events_ahead.get()
     }
 
     /// The watch streams this member serves now.
@@ -286,7 +310,17 @@ pub fn endpoints(m: Arc<Member>) -> Endpoints {
         "Open Watch streams on this member",
         k.watchers.clone(),
     );
+    r.register(
+        "twill_controller_watch_feeds_served",
+        "Watch streams this member serves to other members, which pass the events on to their own watchers before applying them",
+        k.feeds_served.clone(),
+    );
     // Counters are named without `_total`: the encoder adds it.
+    r.register(
+        "twill_controller_watch_events_ahead",
+        "Events this follower sent its watchers from the leader's stream, before applying them itself",
+        k.events_ahead.clone(),
+    );
     r.register(
         "twill_controller_writes",
         "Writes proposed on this member",

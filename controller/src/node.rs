@@ -60,6 +60,9 @@ pub struct Options {
     pub write_timeout: Duration,
     pub watch_progress: Duration,
     pub watch_history: usize,
+    /// Followers serve their watchers from the leader's stream too, ahead of their own log
+    /// ([`crate::feed`]).
+    pub watch_feed: bool,
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
     /// log instead of a whole snapshot.
@@ -113,6 +116,7 @@ impl Options {
             write_timeout: Duration::from_secs(5),
             watch_progress: Duration::from_secs(5),
             watch_history: DEFAULT_HISTORY,
+            watch_feed: true,
             snapshot_every: 10_000,
             keep_log: 1_000,
             promote_grace_ms: 10_000,
@@ -206,6 +210,8 @@ pub struct Member {
     pub sm: Arc<Shared>,
     /// The state machine's signals, on this runtime: what watchers wait on.
     pub applied: crate::relay::Relay,
+    /// Events from the leader's stream that this member has not applied yet (followers only).
+    pub feeds: crate::feed::Feeds,
     pub opts: Options,
     forward: Mutex<HashMap<String, ControllerClient<Channel>>>,
     /// Flipped on shutdown so long-lived streams end instead of holding the server open.
@@ -668,6 +674,7 @@ pub async fn start_on(
         raft: raft.clone(),
         applied: crate::relay::Relay::start(shared.subscribe(), shared.subscribe_changes()),
         sm: shared,
+        feeds: crate::feed::Feeds::default(),
         opts: opts.clone(),
         forward: Mutex::new(HashMap::new()),
         stopping: tokio::sync::watch::channel(false).0,
@@ -784,6 +791,10 @@ pub async fn start_on(
         ));
     }
     let duties = tokio::spawn(leader::run(member.clone()));
+    if opts.watch_feed {
+        tokio::spawn(crate::feed::run(member.clone(), false));
+        tokio::spawn(crate::feed::run(member.clone(), true));
+    }
     Ok(Running {
         member,
         addr,

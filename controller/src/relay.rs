@@ -30,12 +30,23 @@ impl Relay {
         relay
     }
 
-    /// Woken after every applied entry batch.
+    /// Wakes the watchers of one feed for an event it brought ahead of this member's apply
+    /// ([`crate::feed`]): each kind of watcher reads its own feed.
+    pub fn poke(&self, changes_only: bool, rev: u64) {
+        if changes_only {
+            self.changed.send_replace(rev);
+        } else {
+            self.revision.send_replace(rev);
+        }
+    }
+
+    /// Woken after every applied entry batch, and for each event the full feed brings.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
     }
 
-    /// Woken only after batches that held more than renewals.
+    /// Woken only after batches that held more than renewals, and for each event the feed of
+    /// changes brings.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

@@ -24,10 +24,16 @@ use crate::node::{Member, ProposeError, FORWARDED, LEADER_HINT};
 use crate::watch_stream;
 use twill_proto::{MAX_REQUEST, PAGE_LEASES};
 
+/// Feeds served to other members at once: two per member, with room for streams that are
+/// being replaced after a leader change.
+const MAX_FEEDS: usize = 64;
+
 pub struct ControllerService {
     pub(crate) m: Arc<Member>,
     /// One permit per open watch stream: each holds a stream and its HTTP/2 window on this member.
     watches: Arc<tokio::sync::Semaphore>,
+    /// Other members' feeds, apart from clients' watches so that none takes a client's place.
+    feeds: Arc<tokio::sync::Semaphore>,
 }
 
 type Fwd<'a, Resp> = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send + 'a>>;
@@ -54,7 +60,8 @@ fn mark<T>(msg: T) -> Request<T> {
 impl ControllerService {
     pub fn new(m: Arc<Member>) -> Self {
         let watches = Arc::new(tokio::sync::Semaphore::new(m.opts.max_watches));
-        ControllerService { m, watches }
+        let feeds = Arc::new(tokio::sync::Semaphore::new(MAX_FEEDS));
+        ControllerService { m, watches, feeds }
     }
 
     pub fn into_server(self) -> ControllerServer<Self> {
@@ -660,6 +667,20 @@ impl controller_server::Controller for ControllerService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.authorize(&req, "Watch", Access::Identified)?;
         let r = req.into_inner();
+        if caller.is_member() {
+            let Ok(permit) = self.feeds.clone().try_acquire_owned() else {
+                return Err(Status::resource_exhausted(format!(
+                    "this member already serves {MAX_FEEDS} other members' feeds"
+                )));
+            };
+            return Ok(Response::new(watch_stream::serve(
+                self.m.clone(),
+                r.start_revision,
+                r.omit_renewals,
+                caller,
+                permit,
+            )));
+        }
         let Ok(permit) = self.watches.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "this member already serves {} watches (--max-watches); watch another member",

@@ -88,10 +88,11 @@ impl History {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ev(r: u64) -> Arc<Event> {
+    /// An event with nothing but its revision.
+    pub(crate) fn ev(r: u64) -> Arc<Event> {
         Arc::new(Event::new(LeaseEvent {
             revision: r,
             ..Default::default()

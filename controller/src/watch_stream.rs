@@ -49,7 +49,7 @@ pub fn serve(
         omit_renewals,
         stopping: m.stopping(),
         progress: Box::pin(tokio::time::sleep(m.opts.watch_progress)),
-        _open: WatcherGauge::new(m.clone()),
+        _open: WatcherGauge::new(m.clone(), caller.is_member()),
         _permit: permit,
         m,
         caller,
@@ -173,17 +173,7 @@ impl Watcher {
                 let before = self.sent;
                 for e in evs {
                     self.sent = e.revision();
-                    let frame = match &e.encoded {
-                        Some(shared) => WatchFrame::Encoded(shared.clone()),
-                        None => {
-                            let mut ev = e.proto.clone();
-                            if let Some(cfg) = ev.config.as_mut() {
-                                authz::redact_config(cfg, &self.caller);
-                            }
-                            watch_response::Msg::Event(Box::new(ev)).into()
-                        }
-                    };
-                    self.queue.push_back(Ok(frame));
+                    self.queue.push_back(Ok(frame(e, &self.caller)));
                 }
                 // Read under the same lock as `rev`: whatever else happened up to `rev` was a
                 // renewal this watcher does not want, so it has had everything up to there.
@@ -199,6 +189,19 @@ impl Watcher {
                         .map(|m| Ok(m.into())),
                 );
             }
+        }
+        // Then what the leader's stream brought beyond this member's own log. Everything up to
+        // `rev` came from the log above; the feed is read under the same lock, so none of what
+        // it holds beyond `rev` can have been let go meanwhile.
+        let feed = self.m.feeds.lock(self.omit_renewals);
+        let mut ahead = 0;
+        for e in feed.after(self.sent.max(rev)) {
+            self.sent = e.revision();
+            self.queue.push_back(Ok(frame(e, &self.caller)));
+            ahead += 1;
+        }
+        if ahead > 0 {
+            self.m.metrics.events_ahead(ahead);
         }
     }
 
@@ -240,6 +243,21 @@ impl Watcher {
     }
 }
 
+/// An event as this watcher is sent it: the shared bytes, or a configuration with the secrets
+/// it may not see left out.
+fn frame(e: &crate::watch::Event, caller: &Caller) -> WatchFrame {
+    match &e.encoded {
+        Some(shared) => WatchFrame::Encoded(shared.clone()),
+        None => {
+            let mut ev = e.proto.clone();
+            if let Some(cfg) = ev.config.as_mut() {
+                authz::redact_config(cfg, caller);
+            }
+            watch_response::Msg::Event(Box::new(ev)).into()
+        }
+    }
+}
+
 /// The whole table at one revision, cut into chunks of [`PAGE_LEASES`] so that no message
 /// grows with the table; an empty table is one chunk.
 fn snapshot_chunks(a: &alloc::Allocator, caller: &Caller) -> Vec<pb::WatchResponse> {
@@ -272,18 +290,19 @@ fn snapshot_chunks(a: &alloc::Allocator, caller: &Caller) -> Vec<pb::WatchRespon
         .collect()
 }
 
-/// Counts an open watch stream for as long as it is served.
-struct WatcherGauge(Arc<Member>);
+/// Counts an open watch stream for as long as it is served: a watcher's, or another member's
+/// feed ([`crate::feed`]), each in its own gauge.
+struct WatcherGauge(Arc<Member>, bool);
 
 impl WatcherGauge {
-    fn new(m: Arc<Member>) -> Self {
-        m.metrics.watch_opened();
-        WatcherGauge(m)
+    fn new(m: Arc<Member>, feed: bool) -> Self {
+        m.metrics.watch_opened(feed);
+        WatcherGauge(m, feed)
     }
 }
 
 impl Drop for WatcherGauge {
     fn drop(&mut self) {
-        self.0.metrics.watch_closed();
+        self.0.metrics.watch_closed(self.1);
     }
 }

@@ -448,3 +448,165 @@ async fn watches_spread_over_the_members_rather_than_follow_the_leader() {
     drop(watches);
     cl.shutdown().await;
 }
+
+/// One watcher's record: each event with whether its member had applied it on receipt.
+type Seen = Vec<(pb::LeaseEvent, bool)>;
+
+/// Follows a watch until the lease of node `last` arrives, noting for each event whether
+/// `member` had applied it yet.
+async fn record(
+    mut w: Watch,
+    member: std::sync::Arc<twill_controller::node::Member>,
+    last: String,
+) -> Seen {
+    let mut seen = Vec::new();
+    loop {
+        if let Msg::Event(e) = next(&mut w).await {
+            let applied = member.sm.read().alloc.revision() >= e.revision;
+            let done = e.lease.as_ref().is_some_and(|l| l.node == last);
+            seen.push((*e, applied));
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// A follower learns that an entry is committed a round trip after its own log sync; the
+/// leader's own stream has it sooner, and a follower passes it on. With the leader's Raft
+/// messages held back (up to 300 ms each), a follower's watchers get each event before the
+/// follower has applied it, and every watcher, on whichever member, gets the same events in
+/// the same order: with renewals, and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_pass_on_the_leaders_events_before_applying_them() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use twill_controller::network::Faults;
+    let faults: BTreeMap<u64, Arc<Faults>> =
+        (1..=3).map(|id| (id, Arc::new(Faults::new(id)))).collect();
+    let f = faults.clone();
+    let cl = Cluster::start_with(3, move |o| {
+        // Delayed heartbeats must not look like a dead leader.
+        o.election_min_ms = 2_000;
+        o.election_max_ms = 4_000;
+        o.watch_progress = Duration::from_millis(300);
+        o.faults = Some(f[&o.id].clone());
+    })
+    .await
+    .expect("cluster starts");
+    // A leader elected meanwhile would add its promotion's events: then again, with new names.
+    let attempt = std::sync::atomic::AtomicU32::new(0);
+    twill_tests::again_if_elected(&cl, || {
+        let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        pass_on(&cl, &faults, format!("a{n}-"))
+    })
+    .await;
+    cl.shutdown().await;
+}
+
+async fn pass_on(
+    cl: &Cluster,
+    faults: &std::collections::BTreeMap<u64, std::sync::Arc<twill_controller::network::Faults>>,
+    prefix: String,
+) {
+    use std::collections::BTreeMap;
+    faults.values().for_each(|f| f.heal());
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let writer = cl.client();
+    acquire(&writer, &format!("{prefix}before")).await;
+    // Every snapshot at the same revision.
+    cl.wait_applied(cl.applied_max(), Duration::from_secs(10))
+        .await
+        .expect("applied everywhere");
+    let ahead_before: BTreeMap<u64, u64> = cl
+        .members
+        .iter()
+        .map(|(id, r)| (*id, r.member.metrics.events_ahead_total()))
+        .collect();
+
+    let last = format!("{prefix}last");
+    let mut tasks = Vec::new();
+    for (id, r) in &cl.members {
+        let c = cl.client_of(*id);
+        for changes_only in [false, true] {
+            let w = if changes_only {
+                c.watch_changes(0).await
+            } else {
+                c.watch(0).await
+            }
+            .expect("watch");
+            let m = r.member.clone();
+            tasks.push((*id, changes_only, tokio::spawn(record(w, m, last.clone()))));
+        }
+    }
+    // Every stream has sent its snapshot, and every member has a feed from the leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faults[&leader].degrade(0, Duration::from_millis(300));
+    for i in 0..10 {
+        let node = format!("{prefix}n{i}");
+        acquire(&writer, &node).await;
+        writer.renew(&node, 0).await.expect("renew");
+        if i % 3 == 0 {
+            writer.release(&node).await.expect("release");
+        }
+    }
+    acquire(&writer, &last).await;
+    faults[&leader].heal();
+
+    let mut by_kind: BTreeMap<bool, Vec<(u64, Seen)>> = BTreeMap::new();
+    for (id, changes_only, t) in tasks {
+        let seen = t.await.expect("watcher task");
+        by_kind.entry(changes_only).or_default().push((id, seen));
+    }
+    for (changes_only, watchers) in &by_kind {
+        let on_leader: Vec<&pb::LeaseEvent> = watchers
+            .iter()
+            .find(|(id, _)| *id == leader)
+            .expect("a watcher on the leader")
+            .1
+            .iter()
+            .map(|(e, _)| e)
+            .collect();
+        // Ten acquisitions, four releases and the last one; ten renewals in the full stream.
+        let expected = if *changes_only { 15 } else { 25 };
+        assert_eq!(on_leader.len(), expected, "{on_leader:?}");
+        for (id, seen) in watchers {
+            let events: Vec<&pb::LeaseEvent> = seen.iter().map(|(e, _)| e).collect();
+            assert_eq!(
+                events, on_leader,
+                "member {id}'s watcher (changes only: {changes_only}) saw other events than the leader's"
+            );
+            if *id != leader {
+                let ahead = seen.iter().filter(|(_, applied)| !applied).count();
+                assert!(
+                    ahead > 0,
+                    "member {id} (changes only: {changes_only}) applied every event before its watcher had it"
+                );
+            }
+        }
+    }
+    let renewals = |seen: &Seen| {
+        seen.iter()
+            .filter(|(e, _)| {
+                e.lease
+                    .as_ref()
+                    .is_some_and(|l| l.mod_revision != l.create_revision)
+            })
+            .count()
+    };
+    assert!(
+        renewals(&by_kind[&false][0].1) >= 10,
+        "renewals are in the full stream"
+    );
+    for (id, r) in &cl.members {
+        let ahead = r.member.metrics.events_ahead_total() - ahead_before[id];
+        if *id == leader {
+            assert_eq!(ahead, 0, "the leader serves from what it applied");
+        } else {
+            assert!(ahead > 0, "member {id} counted no event sent ahead");
+        }
+    }
+}

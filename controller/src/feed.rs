@@ -10,12 +10,16 @@
 //!
 //! A follower holds two streams, all events and changes only, because whether an event is only
 //! a renewal is known where the lease's previous state is, and this member may not have it yet.
+//! Each is held only while the follower serves watchers of its kind (agents watch changes only,
+//! so the stream of every renewal is usually not held at all), and let go after a quiet spell
+//! without them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::ServerState;
+use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use twill_proto::v1 as pb;
 use twill_proto::v1::watch_response::Msg;
@@ -26,6 +30,10 @@ use crate::watch::Event;
 /// How many events a feed holds ahead of this member's own apply; a member further behind
 /// serves its watchers from its own log alone until it catches up.
 pub const CAPACITY: usize = 10_000;
+
+/// How long a feed is kept after the last watcher of its kind went: agents that reconnect
+/// (a rolling restart, a member restarting) find it still there.
+pub const IDLE: Duration = Duration::from_secs(30);
 
 /// Events received from the leader's stream and not yet applied here.
 #[derive(Debug)]
@@ -120,10 +128,12 @@ pub struct OutOfOrder {
     last: Option<u64>,
 }
 
-/// The two feeds of one member.
+/// The two feeds of one member, and the watchers of each kind it serves.
 pub struct Feeds {
     all: Mutex<Ahead>,
     changes: Mutex<Ahead>,
+    watching_all: watch::Sender<usize>,
+    watching_changes: watch::Sender<usize>,
 }
 
 impl Default for Feeds {
@@ -131,11 +141,31 @@ impl Default for Feeds {
         Feeds {
             all: Mutex::new(Ahead::new(CAPACITY)),
             changes: Mutex::new(Ahead::new(CAPACITY)),
+            watching_all: watch::channel(0).0,
+            watching_changes: watch::channel(0).0,
         }
     }
 }
 
 impl Feeds {
+    fn watching(&self, omit_renewals: bool) -> &watch::Sender<usize> {
+        if omit_renewals {
+            &self.watching_changes
+        } else {
+            &self.watching_all
+        }
+    }
+
+    /// A client's watcher of this kind opened on this member.
+    pub fn watcher_opened(&self, omit_renewals: bool) {
+        self.watching(omit_renewals).send_modify(|n| *n += 1);
+    }
+
+    pub fn watcher_closed(&self, omit_renewals: bool) {
+        self.watching(omit_renewals)
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+
     /// The feed for watchers with or without renewals. Lock it after the state machine, never
     /// the other way round: a watcher reads both under the state machine's lock.
     pub fn lock(&self, omit_renewals: bool) -> MutexGuard<'_, Ahead> {
@@ -148,15 +178,25 @@ impl Feeds {
     }
 }
 
-/// Keeps one feed filled from whichever member leads, for as long as this member runs. A
-/// leader has nothing to be fed: its watchers read what it applied.
-pub async fn run(m: Arc<Member>, omit_renewals: bool) {
+/// Keeps one feed filled from whichever member leads while this member serves watchers of its
+/// kind, for as long as it runs; `idle` is how long it is kept without any. A leader has nothing
+/// to be fed: its watchers read what it applied.
+pub async fn run(m: Arc<Member>, omit_renewals: bool, idle: Duration) {
     let mut stopping = m.stopping();
     let mut server = m.raft.server_metrics();
+    let mut watching = m.feeds.watching(omit_renewals).subscribe();
     let kind = if omit_renewals { "changes" } else { "all" };
     loop {
         if *stopping.borrow() {
             break;
+        }
+        if *watching.borrow_and_update() == 0 {
+            m.feeds.lock(omit_renewals).end();
+            tokio::select! {
+                r = watching.wait_for(|n| *n > 0) => if r.is_err() { break },
+                _ = stopping.wait_for(|s| *s) => break,
+            }
+            continue;
         }
         let (state, leader) = {
             let s = server.borrow_and_update();
@@ -187,6 +227,7 @@ pub async fn run(m: Arc<Member>, omit_renewals: bool) {
             r = follow(&m, &addr, omit_renewals) => Some(r),
             // Any change of leader or role: start over from what it is now.
             _ = wait_leader_change(&mut server, leader) => None,
+            _ = unwatched(&mut watching, idle) => None,
             _ = stopping.wait_for(|s| *s) => break,
         };
         m.feeds.lock(omit_renewals).end();
@@ -209,6 +250,22 @@ pub async fn run(m: Arc<Member>, omit_renewals: bool) {
         }
     }
     m.feeds.lock(omit_renewals).end();
+}
+
+/// Resolves once this member has served no watcher of the kind for `idle`.
+async fn unwatched(watching: &mut watch::Receiver<usize>, idle: Duration) {
+    loop {
+        if watching.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        let gone = tokio::select! {
+            _ = tokio::time::sleep(idle) => return,
+            r = watching.wait_for(|n| *n > 0) => r.is_err(),
+        };
+        if gone {
+            return std::future::pending().await;
+        }
+    }
 }
 
 async fn wait_leader_change(

@@ -138,6 +138,11 @@ impl Metrics {
         self.events_ahead.inc_by(n);
     }
 
+    /// Other members' feeds this member serves now.
+    pub fn feeds_served(&self) -> i64 {
+        self.feeds_served.get()
+    }
+
     pub fn events_ahead_total(&self) -> u64 {
         self.events_ahead.get()
     }

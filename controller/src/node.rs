@@ -63,6 +63,8 @@ pub struct Options {
     /// Followers serve their watchers from the leader's stream too, ahead of their own log
     /// ([`crate::feed`]).
     pub watch_feed: bool,
+    /// How long a follower keeps a feed after its last watcher of that kind has gone.
+    pub watch_feed_idle: Duration,
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
     /// log instead of a whole snapshot.
@@ -117,6 +119,7 @@ impl Options {
             watch_progress: Duration::from_secs(5),
             watch_history: DEFAULT_HISTORY,
             watch_feed: true,
+            watch_feed_idle: crate::feed::IDLE,
             snapshot_every: 10_000,
             keep_log: 1_000,
             promote_grace_ms: 10_000,
@@ -792,8 +795,12 @@ pub async fn start_on(
     }
     let duties = tokio::spawn(leader::run(member.clone()));
     if opts.watch_feed {
-        tokio::spawn(crate::feed::run(member.clone(), false));
-        tokio::spawn(crate::feed::run(member.clone(), true));
+        tokio::spawn(crate::feed::run(
+            member.clone(),
+            false,
+            opts.watch_feed_idle,
+        ));
+        tokio::spawn(crate::feed::run(member.clone(), true, opts.watch_feed_idle));
     }
     Ok(Running {
         member,

@@ -49,7 +49,7 @@ pub fn serve(
         omit_renewals,
         stopping: m.stopping(),
         progress: Box::pin(tokio::time::sleep(m.opts.watch_progress)),
-        _open: WatcherGauge::new(m.clone(), caller.is_member()),
+        _open: WatcherGauge::new(m.clone(), caller.is_member(), omit_renewals),
         _permit: permit,
         m,
         caller,
@@ -290,19 +290,34 @@ fn snapshot_chunks(a: &alloc::Allocator, caller: &Caller) -> Vec<pb::WatchRespon
         .collect()
 }
 
-/// Counts an open watch stream for as long as it is served: a watcher's, or another member's
-/// feed ([`crate::feed`]), each in its own gauge.
-struct WatcherGauge(Arc<Member>, bool);
+/// Counts an open watch stream for as long as it is served: a client's, by kind, which is what
+/// keeps this member's feed of that kind ([`crate::feed`]), or another member's feed, in a gauge
+/// of its own.
+struct WatcherGauge {
+    m: Arc<Member>,
+    feed: bool,
+    omit_renewals: bool,
+}
 
 impl WatcherGauge {
-    fn new(m: Arc<Member>, feed: bool) -> Self {
+    fn new(m: Arc<Member>, feed: bool, omit_renewals: bool) -> Self {
         m.metrics.watch_opened(feed);
-        WatcherGauge(m, feed)
+        if !feed {
+            m.feeds.watcher_opened(omit_renewals);
+        }
+        WatcherGauge {
+            m,
+            feed,
+            omit_renewals,
+        }
     }
 }
 
 impl Drop for WatcherGauge {
     fn drop(&mut self) {
-        self.0.metrics.watch_closed(self.1);
+        self.m.metrics.watch_closed(self.feed);
+        if !self.feed {
+            self.m.feeds.watcher_closed(self.omit_renewals);
+        }
     }
 }

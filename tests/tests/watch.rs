@@ -610,3 +610,49 @@ async fn pass_on(
         }
     }
 }
+
+/// A feed costs the leader a stream and each write an event on it, so a follower holds one only
+/// while it serves watchers of that kind, and lets it go once they have gone for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_a_feed_only_while_it_serves_watchers_of_its_kind() {
+    let cl = Cluster::start_with(3, |o| {
+        o.watch_progress = Duration::from_millis(300);
+        o.watch_feed_idle = Duration::from_millis(500);
+    })
+    .await
+    .expect("cluster starts");
+    let leader = cl
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = *cl
+        .members
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    let served = || cl.members[&leader].member.metrics.feeds_served();
+    let until = |want: i64, what: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while served() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: the leader serves {} feeds, not {want}",
+                served()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served(), 0, "no watcher anywhere, no feed");
+
+    let c = cl.client_of(follower);
+    let changes = c.watch_changes(0).await.expect("watch");
+    until(1, "a watcher of changes on a follower").await;
+    let all = c.watch(0).await.expect("watch");
+    until(2, "and one of every event").await;
+    drop(changes);
+    until(1, "the watcher of changes gone").await;
+    drop(all);
+    until(0, "both gone").await;
+    cl.shutdown().await;
+}

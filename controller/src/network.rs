@@ -177,6 +177,8 @@ pub struct NetworkFactory {
     pub formats: std::sync::Arc<PeerFormats>,
     /// How long a peer is called the plain way before its lane is tried again.
     pub reprobe: Duration,
+    /// The heartbeat interval: the first wait before an unreachable peer is called again.
+    pub heartbeat: Duration,
 }
 
 /// How long a peer found without a Raft lane is called the plain way before the lane is tried
@@ -202,6 +204,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             plain: e.map(|e| raft_client(e.connect_lazy())),
             way: Way::Unknown,
             reprobe: self.reprobe,
+            heartbeat: self.heartbeat,
             faults: self.faults.clone(),
             formats: self.formats.clone(),
         }
@@ -228,6 +231,7 @@ pub struct PeerConn {
     plain: Option<RaftClient<Channel>>,
     way: Way,
     reprobe: Duration,
+    heartbeat: Duration,
     faults: Option<std::sync::Arc<Faults>>,
     formats: std::sync::Arc<PeerFormats>,
 }
@@ -414,6 +418,24 @@ impl RaftNetwork<TypeConfig> for PeerConn {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(RPCTypes::Vote, &rpc, &option).await
     }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(unreachable_retries(self.heartbeat))
+    }
+}
+
+/// The waits before calling an unreachable peer again: a heartbeat, doubling up to four.
+///
+/// openraft's own is 500 ms every time. A member restarted within that wait heard nothing from
+/// the leader before its election timer ran out (the leader's lease plus its random timeout,
+/// 390 - 520 ms with the defaults), called an election, deposed the leader, and, refused for its
+/// shorter log, kept 520 ms more on its timer until its next election: half of `scripts/bench
+/// failover`'s kills took 950 - 1,000 ms instead of 430 - 560 ms. Four heartbeats stay under
+/// the shortest such timer, and a dead peer costs a failed connection five times a second.
+pub fn unreachable_retries(heartbeat: Duration) -> impl Iterator<Item = Duration> + Send + 'static {
+    let first = heartbeat.max(Duration::from_millis(1));
+    let cap = first * 4;
+    std::iter::successors(Some(first), move |d| Some((*d * 2).min(cap)))
 }
 
 /// The server half: hands incoming RPCs to the local Raft member.
@@ -535,6 +557,26 @@ mod tests {
     use super::*;
     use crate::listener::{sort, Lane};
 
+    /// A restarted member must hear from the leader before its own election timer runs out:
+    /// that timer is at least the longest election timeout plus the shortest, each more than
+    /// two heartbeats, so the wait between calls stays at or under four heartbeats.
+    #[test]
+    fn an_unreachable_peer_is_called_again_within_four_heartbeats() {
+        let ms = |v: Vec<Duration>| v.into_iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        let waits: Vec<Duration> = unreachable_retries(Duration::from_millis(50))
+            .take(6)
+            .collect();
+        assert_eq!(ms(waits), vec![50, 100, 200, 200, 200, 200]);
+        let slow: Vec<Duration> = unreachable_retries(Duration::from_millis(300))
+            .take(4)
+            .collect();
+        assert_eq!(ms(slow), vec![300, 600, 1200, 1200]);
+        assert_eq!(
+            unreachable_retries(Duration::ZERO).next(),
+            Some(Duration::from_millis(1))
+        );
+    }
+
     /// Grants every vote; the other calls are not used here.
     struct Grant;
 
@@ -627,6 +669,7 @@ mod tests {
             formats: formats.clone(),
             // Long enough that a loaded machine does not reach it between the first two calls.
             reprobe: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(50),
         };
         let mut conn = factory
             .new_client(2, &BasicNode::new(format!("http://{addr}")))

@@ -638,6 +638,7 @@ pub async fn start_on(
         tls: opts.tls.as_ref().map(|c| c.client_tls()),
         formats: formats.clone(),
         reprobe: opts.lane_reprobe,
+        heartbeat: Duration::from_millis(opts.heartbeat_ms),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

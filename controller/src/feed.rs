@@ -128,53 +128,56 @@ pub struct OutOfOrder {
     last: Option<u64>,
 }
 
-/// The two feeds of one member, and the watchers of each kind it serves.
-pub struct Feeds {
-    all: Mutex<Ahead>,
-    changes: Mutex<Ahead>,
-    watching_all: watch::Sender<usize>,
-    watching_changes: watch::Sender<usize>,
+/// One kind of feed (every event, or changes only) and the watchers of that kind this member
+/// serves, which decide whether it is held.
+struct Feed {
+    ahead: Mutex<Ahead>,
+    watching: watch::Sender<usize>,
 }
 
-impl Default for Feeds {
+impl Default for Feed {
     fn default() -> Self {
-        Feeds {
-            all: Mutex::new(Ahead::new(CAPACITY)),
-            changes: Mutex::new(Ahead::new(CAPACITY)),
-            watching_all: watch::channel(0).0,
-            watching_changes: watch::channel(0).0,
+        Feed {
+            ahead: Mutex::new(Ahead::new(CAPACITY)),
+            watching: watch::channel(0).0,
         }
     }
 }
 
+/// The two feeds of one member.
+#[derive(Default)]
+pub struct Feeds {
+    all: Feed,
+    changes: Feed,
+}
+
 impl Feeds {
-    fn watching(&self, omit_renewals: bool) -> &watch::Sender<usize> {
+    fn of(&self, omit_renewals: bool) -> &Feed {
         if omit_renewals {
-            &self.watching_changes
+            &self.changes
         } else {
-            &self.watching_all
+            &self.all
         }
     }
 
     /// A client's watcher of this kind opened on this member.
     pub fn watcher_opened(&self, omit_renewals: bool) {
-        self.watching(omit_renewals).send_modify(|n| *n += 1);
+        self.of(omit_renewals).watching.send_modify(|n| *n += 1);
     }
 
     pub fn watcher_closed(&self, omit_renewals: bool) {
-        self.watching(omit_renewals)
+        self.of(omit_renewals)
+            .watching
             .send_modify(|n| *n = n.saturating_sub(1));
     }
 
     /// The feed for watchers with or without renewals. Lock it after the state machine, never
     /// the other way round: a watcher reads both under the state machine's lock.
     pub fn lock(&self, omit_renewals: bool) -> MutexGuard<'_, Ahead> {
-        let m = if omit_renewals {
-            &self.changes
-        } else {
-            &self.all
-        };
-        m.lock().unwrap_or_else(|p| p.into_inner())
+        self.of(omit_renewals)
+            .ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -184,7 +187,7 @@ impl Feeds {
 pub async fn run(m: Arc<Member>, omit_renewals: bool, idle: Duration) {
     let mut stopping = m.stopping();
     let mut server = m.raft.server_metrics();
-    let mut watching = m.feeds.watching(omit_renewals).subscribe();
+    let mut watching = m.feeds.of(omit_renewals).watching.subscribe();
     let kind = if omit_renewals { "changes" } else { "all" };
     loop {
         if *stopping.borrow() {

@@ -20,6 +20,11 @@ use crate::etcd::FlannelEtcd;
 /// The agent's default `--health-interval`.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(10);
 
+/// How long one call of a simulated agent may take before it is tried again, on twill and on
+/// etcd alike: while thousands of agents join, every join is a write sent to every watcher
+/// already there, and a call bounded by a second would give up on a busy but working cluster.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Counters the simulated agents keep while they run.
 #[derive(Default)]
 pub struct Counters {
@@ -65,7 +70,7 @@ impl Drop for Agents {
 fn options(tls: tonic::transport::ClientTlsConfig) -> ClientOptions {
     ClientOptions {
         retry_for: Duration::from_secs(60),
-        attempt_timeout: Duration::from_secs(10),
+        attempt_timeout: ATTEMPT_TIMEOUT,
         tls: Some(tls),
         ..Default::default()
     }
@@ -175,7 +180,7 @@ pub async fn start_etcd(
                 network,
                 subnet_len,
             )
-            .map(Arc::new)
+            .map(|c| Arc::new(c.with_attempt_timeout(ATTEMPT_TIMEOUT)))
         })
         .collect::<Result<_>>()?;
     spawn(clients, agents, |a, c, counters, ready, gate| async move {

@@ -80,12 +80,18 @@ async fn cluster(
     TwillProcs::start_with(&twill_bin()?, members, dir, &flags, logs).await
 }
 
+/// How long the benchmark's clients give one call before trying again. Under thousands of
+/// watchers (`scale`) an acquisition can wait seconds in either system's queue; a client that
+/// gave up sooner would be sent to the back of the queue again, so etcd's clients there get the
+/// same bound as twill's.
+const CLIENT_ATTEMPT: Duration = Duration::from_secs(5);
+
 fn client(urls: &[String]) -> Result<Client> {
     Ok(Client::with_options(
         urls,
         ClientOptions {
             retry_for: Duration::from_secs(60),
-            attempt_timeout: Duration::from_secs(5),
+            attempt_timeout: CLIENT_ATTEMPT,
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             tls: Some(twill_tests::admin_tls()),
@@ -479,7 +485,10 @@ async fn bench_scale(
     let network: ipnet::Ipv4Net = "10.0.0.0/8".parse()?;
     let etcd_clients = |eps: &[String]| {
         (0..CONCURRENT)
-            .map(|_| FlannelEtcd::new(eps.to_vec(), network, 24))
+            .map(|_| {
+                FlannelEtcd::new(eps.to_vec(), network, 24)
+                    .map(|c| c.with_attempt_timeout(CLIENT_ATTEMPT))
+            })
             .collect::<Result<Vec<_>>>()
     };
     let etcd_acquire = |c: Arc<FlannelEtcd>, n: usize| async move {

@@ -81,9 +81,9 @@ async fn cluster(
 }
 
 /// How long the benchmark's clients give one call before trying again. Under thousands of
-/// watchers (`scale`) an acquisition can wait seconds in either system's queue; a client that
-/// gave up sooner would be sent to the back of the queue again, so etcd's clients there get the
-/// same bound as twill's.
+/// watchers (`scale`) an acquisition waits seconds in either system's queue, where the bound
+/// decides how often a call is abandoned and sent again, so etcd's clients there get the same
+/// bound as twill's.
 const CLIENT_ATTEMPT: Duration = Duration::from_secs(5);
 
 fn client(urls: &[String]) -> Result<Client> {
